@@ -1,0 +1,117 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { envReader } from '../config/common.js';
+import { type ServerProcess, spawnServer } from './processes.js';
+import { findBinary, waitForPort } from './tools.js';
+
+export interface DevOptions {
+  dataDir: string;
+}
+
+/**
+ * `haystack dev`: the whole cluster on this machine, data under ./data, every
+ * endpoint printed, Ctrl-C stops everything cleanly; a second start reuses the data.
+ */
+export async function runDev(opts: DevOptions): Promise<void> {
+  const r = envReader();
+  const host = r.string('DEV_HOST', '127.0.0.1');
+  const dirPorts = [0, 1, 2].map((i) => r.int('DEV_DIRECTORY_PORT', 9000, { min: 1, max: 65533 }) + i);
+  const storePorts = [0, 1, 2].map((i) => r.int('DEV_STORE_PORT', 8001, { min: 1, max: 65533 }) + i);
+  const gatewayPorts = [0, 1].map((i) => r.int('DEV_GATEWAY_PORT', 8100, { min: 1, max: 65534 }) + i);
+  const replicationPort = r.int('DEV_REPLICATION_PORT', 9003, { min: 1, max: 65535 });
+  const redisPort = r.int('DEV_REDIS_PORT', 6379, { min: 1, max: 65535 });
+  r.done();
+  const dataDir = path.resolve(opts.dataDir);
+  await mkdir(dataDir, { recursive: true });
+
+  const children: ServerProcess[] = [];
+  let redis: ChildProcess | undefined;
+  let stopping = false;
+  const stopAll = async () => {
+    if (stopping) return;
+    stopping = true;
+    process.stderr.write('\nstopping the cluster...\n');
+    // Clients first, then the services they depend on.
+    await Promise.all(children.filter((c) => c.name.startsWith('gateway')).map((c) => c.stop()));
+    await Promise.all(children.filter((c) => !c.name.startsWith('gateway')).map((c) => c.stop()));
+    if (redis && redis.exitCode === null) {
+      redis.kill('SIGTERM');
+      await new Promise((res) => redis?.once('exit', res));
+    }
+    process.stderr.write('cluster stopped\n');
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stopAll());
+  process.on('SIGTERM', () => void stopAll());
+
+  let redisUrl = process.env.REDIS_URL ?? '';
+  if (!redisUrl) {
+    const redisBin = findBinary('redis-server');
+    if (redisBin) {
+      const redisDir = path.join(dataDir, 'redis');
+      await mkdir(redisDir, { recursive: true });
+      redis = spawn(
+        redisBin,
+        ['--bind', host, '--port', String(redisPort), '--dir', redisDir, '--maxmemory', '512mb', '--maxmemory-policy', 'allkeys-lru', '--save', '', '--appendonly', 'no'],
+        { stdio: 'ignore' },
+      );
+      await waitForPort(host, redisPort, 10_000);
+      redisUrl = `redis://${host}:${redisPort}`;
+    } else {
+      process.stderr.write('warning: redis-server not found and REDIS_URL not set: leases and cache run in-process\n');
+    }
+  }
+
+  const peers = dirPorts.map((p) => `${host}:${p}`).join(',');
+  const common = { REDIS_URL: redisUrl, LOG_LEVEL: process.env.LOG_LEVEL ?? 'info' };
+  const start = async (name: string, args: string[], env: Record<string, string> = {}) => {
+    const proc = await spawnServer({ name, args, env: { ...common, ...env }, echo: process.env.DEV_ECHO_LOGS === '1' });
+    children.push(proc);
+    void proc.exited.then((code) => {
+      if (!stopping) process.stderr.write(`${name} exited (${code})\n`);
+    });
+    return proc;
+  };
+
+  try {
+    await Promise.all(
+      dirPorts.map((p, i) =>
+        start(`directory-${i}`, ['directory', '--listen', `${host}:${p}`, '--data', path.join(dataDir, `directory-${i}`)], {
+          DIRECTORY_ID: `directory-${i}`,
+          DIRECTORY_PEERS: peers,
+        }),
+      ),
+    );
+    await Promise.all(
+      storePorts.map((p, i) =>
+        start(`store-${i}`, ['store', '--listen', `${host}:${p}`, '--data', path.join(dataDir, `store-${i}`)], {
+          STORE_ID: `store-${i}`,
+          DIRECTORY_ADDRS: peers,
+        }),
+      ),
+    );
+    await start('replication', ['replication', '--listen', `${host}:${replicationPort}`], { DIRECTORY_ADDRS: peers });
+    await Promise.all(
+      gatewayPorts.map((p, i) =>
+        start(`gateway-${i}`, ['gateway', '--listen', `${host}:${p}`], { GATEWAY_ID: `gateway-${i}`, DIRECTORY_ADDRS: peers }),
+      ),
+    );
+  } catch (err) {
+    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
+    await stopAll();
+    return;
+  }
+
+  const lines = [
+    '',
+    'Haystack local cluster',
+    `  data            ${dataDir}`,
+    `  redis           ${redisUrl || '(in-process)'}`,
+    ...children.map((c) => `  ${c.name.padEnd(15)} ${c.address}`),
+    '',
+    'cluster ready (Ctrl-C stops it)',
+    '',
+  ];
+  process.stdout.write(lines.join('\n'));
+}

@@ -1,0 +1,82 @@
+import { Code, ConnectError, type Interceptor } from '@connectrpc/connect';
+import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client';
+import type { Logger } from './logger.js';
+
+/** Prometheus metrics of one process: RPC counts and latencies plus process metrics. */
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly handled: Counter<'service' | 'method' | 'code'>;
+  private readonly latency: Histogram<'service' | 'method'>;
+
+  constructor(labels: { service: string; instance: string }) {
+    this.registry.setDefaultLabels(labels);
+    collectDefaultMetrics({ register: this.registry });
+    this.handled = new Counter({
+      name: 'haystack_rpc_handled_total',
+      help: 'RPCs completed, by method and gRPC status code',
+      labelNames: ['service', 'method', 'code'],
+      registers: [this.registry],
+    });
+    this.latency = new Histogram({
+      name: 'haystack_rpc_duration_seconds',
+      help: 'RPC duration from first byte to the end of the response stream',
+      labelNames: ['service', 'method'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [this.registry],
+    });
+  }
+
+  /**
+   * Records each call's status and duration and logs it: every call at debug,
+   * failures at warn (client errors) or error (server faults) with the gRPC code.
+   */
+  interceptor(log: Logger): Interceptor {
+    return (next) => async (req) => {
+      const started = performance.now();
+      const service = req.service.typeName;
+      const method = req.method.name;
+      const finish = (err: unknown) => {
+        const code = err === undefined ? 'ok' : Code[ConnectError.from(err).code];
+        const seconds = (performance.now() - started) / 1000;
+        this.handled.inc({ service, method, code: String(code).toLowerCase() });
+        this.latency.observe({ service, method }, seconds);
+        if (err === undefined) {
+          log.debug({ rpc: `${service}/${method}`, ms: Math.round(seconds * 1000) }, 'rpc ok');
+        } else {
+          const ce = ConnectError.from(err);
+          const serverFault = [Code.Internal, Code.Unknown, Code.DataLoss].includes(ce.code);
+          log[serverFault ? 'error' : 'warn'](
+            { rpc: `${service}/${method}`, code: Code[ce.code], ms: Math.round(seconds * 1000), err: ce.rawMessage },
+            'rpc failed',
+          );
+        }
+      };
+      let res: Awaited<ReturnType<typeof next>>;
+      try {
+        res = await next(req);
+      } catch (err) {
+        finish(err);
+        throw err;
+      }
+      if (!res.stream) {
+        finish(undefined);
+        return res;
+      }
+      const inner = res.message;
+      async function* timed() {
+        try {
+          yield* inner;
+          finish(undefined);
+        } catch (err) {
+          finish(err);
+          throw err;
+        }
+      }
+      return { ...res, message: timed() };
+    };
+  }
+
+  async render(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}

@@ -1,0 +1,165 @@
+import type http from 'node:http';
+import type http2 from 'node:http2';
+import type { DescFile, DescService } from '@bufbuild/protobuf';
+import type { ConnectRouter } from '@connectrpc/connect';
+import { connectNodeAdapter } from '@connectrpc/connect-node';
+import { file_grpc_health_v1_health } from '../../gen/grpc/health/v1/health_pb.js';
+import { file_grpc_reflection_v1_reflection } from '../../gen/grpc/reflection/v1/reflection_pb.js';
+import { file_grpc_reflection_v1alpha_reflection } from '../../gen/grpc/reflection/v1alpha/reflection_pb.js';
+import { parseHostPort } from '../config/env.js';
+import { HealthRegistry, ServingStatus } from './health.js';
+import { DualProtocolListener } from './listener.js';
+import type { Logger } from './logger.js';
+import { Metrics } from './metrics.js';
+import { registerReflection } from './reflection.js';
+
+export type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
+export type HttpResponse = http.ServerResponse | http2.Http2ServerResponse;
+/** A plain HTTP route; returns false when the request is not its to answer. */
+export type HttpRoute = (req: HttpRequest, res: HttpResponse) => boolean | Promise<boolean>;
+
+/** A gRPC service this process implements. */
+export interface ServiceRegistration {
+  /** The service descriptor (for health and reflection). */
+  desc: DescService;
+  /** Registers the implementation on the router. */
+  register(router: ConnectRouter): void;
+}
+
+export interface ServerOptions {
+  /** Component name: store, directory, replication, gateway. */
+  component: string;
+  /** Instance id (store id, directory id...). */
+  instance: string;
+  listen: string;
+  log: Logger;
+  services: ServiceRegistration[];
+  httpRoutes?: HttpRoute[];
+  /** Longest time a graceful shutdown waits for in-flight calls. */
+  shutdownGraceMs: number;
+  /** Called once draining begins: end long-lived streams, stop background work. */
+  onDrain?: () => void | Promise<void>;
+  /** Called after the last call finished: flush and close resources. */
+  onClose?: () => void | Promise<void>;
+  /** An existing Metrics object, when the component registers its own metrics on it. */
+  metrics?: Metrics;
+}
+
+export interface RunningServer {
+  host: string;
+  port: number;
+  health: HealthRegistry;
+  metrics: Metrics;
+  /** Graceful shutdown: stop accepting, drain (bounded), close. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts one Haystack server process: Connect, gRPC and gRPC-Web on one port,
+ * grpc.health.v1, reflection, /metrics and graceful shutdown.
+ */
+export async function startServer(opts: ServerOptions): Promise<RunningServer> {
+  const { log } = opts;
+  const addr = parseHostPort(opts.listen);
+  if (!addr) throw new Error(`invalid listen address "${opts.listen}": expected HOST:PORT`);
+
+  const serviceNames = opts.services.map((s) => s.desc.typeName);
+  const health = new HealthRegistry(serviceNames);
+  const metrics = opts.metrics ?? new Metrics({ service: opts.component, instance: opts.instance });
+  const files: DescFile[] = [
+    ...new Set<DescFile>([
+      ...opts.services.map((s) => s.desc.file),
+      file_grpc_health_v1_health,
+      file_grpc_reflection_v1_reflection,
+      file_grpc_reflection_v1alpha_reflection,
+    ]),
+  ];
+  const reflected = [
+    ...serviceNames,
+    'grpc.health.v1.Health',
+    'grpc.reflection.v1.ServerReflection',
+    'grpc.reflection.v1alpha.ServerReflection',
+  ];
+
+  const shutdown = new AbortController();
+  const routes: HttpRoute[] = [
+    async (req, res) => {
+      if (req.method !== 'GET' || req.url !== '/metrics') return false;
+      const { contentType, body } = await metrics.render();
+      res.writeHead(200, { 'content-type': contentType });
+      res.end(body);
+      return true;
+    },
+    (req, res) => {
+      if (req.method !== 'GET' || req.url !== '/healthz') return false;
+      const ok = health.get('') === ServingStatus.SERVING;
+      res.writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' });
+      res.end(ok ? 'SERVING\n' : 'NOT_SERVING\n');
+      return true;
+    },
+    ...(opts.httpRoutes ?? []),
+  ];
+
+  const handler = connectNodeAdapter({
+    routes: (router) => {
+      for (const s of opts.services) s.register(router);
+      health.register(router);
+      registerReflection(router, files, reflected);
+    },
+    interceptors: [metrics.interceptor(log)],
+    shutdownSignal: shutdown.signal,
+    // Blob chunks are at most a few MiB; Put carries a whole (bounded) upload.
+    readMaxBytes: 256 * 1024 * 1024,
+    fallback: (req, nodeRes) => {
+      const res = nodeRes as unknown as HttpResponse;
+      void (async () => {
+        for (const route of routes) {
+          if (await route(req, res)) return;
+        }
+        res.writeHead(404, { 'content-type': 'text/plain' });
+        res.end('not found\n');
+      })().catch((err: unknown) => {
+        log.error({ err }, 'http route failed');
+        if (!res.headersSent) res.writeHead(500);
+        res.end();
+      });
+    },
+  });
+
+  let inFlight = 0;
+  let drained: (() => void) | undefined;
+  const listener = new DualProtocolListener((req, res) => {
+    inFlight++;
+    res.once('close', () => {
+      inFlight--;
+      if (inFlight === 0) drained?.();
+    });
+    handler(req as never, res as never);
+  });
+  const bound = await listener.listen(addr.host, addr.port);
+  log.info({ listen: `${bound.host}:${bound.port}`, services: serviceNames }, `${opts.component} serving`);
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      log.info({ inFlight }, 'shutting down: draining');
+      health.setAll(ServingStatus.NOT_SERVING);
+      listener.stopAccepting();
+      await opts.onDrain?.();
+      if (inFlight > 0) {
+        await new Promise<void>((resolve) => {
+          drained = resolve;
+          setTimeout(resolve, opts.shutdownGraceMs).unref();
+        });
+      }
+      if (inFlight > 0) log.warn({ inFlight }, 'grace period over: cancelling remaining calls');
+      shutdown.abort();
+      listener.destroyAll();
+      await opts.onClose?.();
+      log.info('stopped');
+    })();
+    return closing;
+  };
+
+  return { host: bound.host, port: bound.port, health, metrics, close };
+}

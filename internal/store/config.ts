@@ -1,0 +1,60 @@
+import { COMMON_ENV_HELP, envReader, readServerConfig, type ServerConfig } from '../config/common.js';
+import type { Env } from '../config/env.js';
+
+/** Configuration of a store process (`haystack store`). */
+export interface StoreConfig extends ServerConfig {
+  storeId: string;
+  /** host:port other processes use to reach this store. */
+  advertise: string;
+  dataDir: string;
+  zone: string;
+  maxVolumeSize: number;
+  compactionThreshold: number;
+  compactionCheckIntervalMs: number;
+  /** Directory instances to heartbeat to (empty: run standalone). */
+  directories: string[];
+  heartbeatIntervalMs: number;
+  /** Bytes per chunk on Read streams. */
+  readChunkSize: number;
+}
+
+export const STORE_ENV_HELP = `${COMMON_ENV_HELP}
+  STORE_ID               store id (default store-<port>)
+  STORE_ADVERTISE        host:port others reach this store at (default: the listen address)
+  DATA_DIR               where volumes live (flag --data; default ./data/<store id>)
+  ZONE                   failure-domain label used to spread replicas (default none)
+  MAX_VOLUME_SIZE        a volume turns read-only at this size (default 4GiB)
+  COMPACTION_EFFICIENCY_THRESHOLD  compact volumes whose live/total is below this (default 0.60)
+  COMPACTION_CHECK_INTERVAL        how often to look for such volumes (default 3600s)
+  DIRECTORY_ADDRS        comma-separated directory host:port list for heartbeats
+  HEARTBEAT_INTERVAL     heartbeat period (default 30s)
+  READ_CHUNK_SIZE        bytes per chunk on Read streams (default 256KiB)`;
+
+export function readStoreConfig(flags: { listen?: string; data?: string }, env: Env = process.env): StoreConfig {
+  const r = envReader(env);
+  const server = readServerConfig(r, '127.0.0.1:8001', flags);
+  const port = server.listen.split(':').pop();
+  const storeId = r.matching('STORE_ID', `store-${port}`, /^[A-Za-z0-9._-]{1,64}$/, 'an id of 1-64 characters [A-Za-z0-9._-]');
+  const cfg: StoreConfig = {
+    ...server,
+    storeId,
+    advertise: r.hostPort('STORE_ADVERTISE', server.listen),
+    dataDir: flags.data ?? r.string('DATA_DIR', `./data/${storeId}`),
+    zone: r.string('ZONE', ''),
+    maxVolumeSize: r.size('MAX_VOLUME_SIZE', 4 * 1024 ** 3, { min: 1024 * 1024, max: 2 ** 45 }),
+    compactionThreshold: r.float('COMPACTION_EFFICIENCY_THRESHOLD', 0.6, { min: 0, max: 1 }),
+    compactionCheckIntervalMs: r.duration('COMPACTION_CHECK_INTERVAL', 3_600_000, { minMs: 1000 }),
+    directories: list(r.string('DIRECTORY_ADDRS', '')),
+    heartbeatIntervalMs: r.duration('HEARTBEAT_INTERVAL', 30_000, { minMs: 50, maxMs: 600_000 }),
+    readChunkSize: r.size('READ_CHUNK_SIZE', 256 * 1024, { min: 4096, max: 4 * 1024 * 1024 }),
+  };
+  r.done();
+  return cfg;
+}
+
+export function list(text: string): string[] {
+  return text
+    .split(',')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0);
+}
