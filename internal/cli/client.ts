@@ -7,7 +7,12 @@ import { createGrpcTransport } from '@connectrpc/connect-node';
 import { SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { Health, HealthCheckResponse_ServingStatus } from '../../gen/grpc/health/v1/health_pb.js';
-import { BlobService, type BlobInfo, type UploadRequest, UploadRequestSchema } from '../../gen/haystack/v1/blob_pb.js';
+import {
+  type BlobInfo,
+  BlobService,
+  type UploadRequest,
+  UploadRequestSchema,
+} from '../../gen/haystack/v1/blob_pb.js';
 
 const DEFAULT_URL = 'http://127.0.0.1:8080';
 const CHUNK = 256 * 1024;
@@ -45,7 +50,10 @@ function action<A extends unknown[]>(fn: (opts: GlobalOpts, ...args: A) => Promi
     } catch (err) {
       const ce = ConnectError.from(err);
       const msg = `${Code[ce.code] ?? 'ERROR'}: ${ce.rawMessage}`;
-      if (opts.json) process.stdout.write(`${JSON.stringify({ error: { code: Code[ce.code], message: ce.rawMessage } })}\n`);
+      if (opts.json)
+        process.stdout.write(
+          `${JSON.stringify({ error: { code: Code[ce.code], message: ce.rawMessage } })}\n`,
+        );
       process.stderr.write(`haystack: ${msg}\n`);
       process.exit(1);
     }
@@ -91,7 +99,8 @@ export function registerClientCommands(program: Command): void {
         const client = createClient(BlobService, transportFor(opts));
         for (const file of await filesOf(paths)) {
           const size = (await stat(file)).size;
-          const bar = opts.json || !process.stderr.isTTY ? undefined : new SingleBar({ stream: process.stderr });
+          const bar =
+            opts.json || !process.stderr.isTTY ? undefined : new SingleBar({ stream: process.stderr });
           bar?.start(size, 0);
           let sent = 0;
           async function* messages(): AsyncGenerator<UploadRequest> {
@@ -145,7 +154,11 @@ export function registerClientCommands(program: Command): void {
     .action(
       action(async (opts, id: string) => {
         const res = await createClient(BlobService, transportFor(opts)).delete({ blobId: id });
-        process.stdout.write(opts.json ? `${JSON.stringify({ id, found: res.found })}\n` : `${res.found ? 'deleted' : 'not found'} ${id}\n`);
+        process.stdout.write(
+          opts.json
+            ? `${JSON.stringify({ id, found: res.found })}\n`
+            : `${res.found ? 'deleted' : 'not found'} ${id}\n`,
+        );
       }),
     );
 
@@ -172,9 +185,15 @@ export function registerClientCommands(program: Command): void {
         let token = '';
         let left = Number(flags.limit);
         do {
-          const res = await client.list({ prefix: flags.prefix, pageToken: token, pageSize: Math.min(left, 1000) });
+          const res = await client.list({
+            prefix: flags.prefix,
+            pageToken: token,
+            pageSize: Math.min(left, 1000),
+          });
           for (const b of res.blobs) {
-            process.stdout.write(opts.json ? `${JSON.stringify(info(b))}\n` : `${b.blobId}\t${b.size}\t${b.contentType}\n`);
+            process.stdout.write(
+              opts.json ? `${JSON.stringify(info(b))}\n` : `${b.blobId}\t${b.size}\t${b.contentType}\n`,
+            );
           }
           left -= res.blobs.length;
           token = res.nextPageToken;
@@ -188,18 +207,24 @@ export function registerClientCommands(program: Command): void {
     .description('grpc.health.v1 status of servers')
     .action(
       action(async (opts, addresses: string[]) => {
-        const targets = addresses.length > 0 ? addresses : [opts.url ?? process.env.HAYSTACK_URL ?? DEFAULT_URL];
+        const targets =
+          addresses.length > 0 ? addresses : [opts.url ?? process.env.HAYSTACK_URL ?? DEFAULT_URL];
         let bad = 0;
         for (const target of targets) {
           let status = 'UNREACHABLE';
           try {
-            const res = await createClient(Health, transportFor({ url: target })).check({}, { timeoutMs: 3000 });
+            const res = await createClient(Health, transportFor({ url: target })).check(
+              {},
+              { timeoutMs: 3000 },
+            );
             status = HealthCheckResponse_ServingStatus[res.status] ?? 'UNKNOWN';
           } catch (err) {
             status = `UNREACHABLE (${ConnectError.from(err).rawMessage})`;
           }
           if (!status.startsWith('SERVING')) bad++;
-          process.stdout.write(opts.json ? `${JSON.stringify({ target, status })}\n` : `${target}\t${status}\n`);
+          process.stdout.write(
+            opts.json ? `${JSON.stringify({ target, status })}\n` : `${target}\t${status}\n`,
+          );
         }
         if (bad > 0) process.exit(1);
       }),
@@ -210,7 +235,10 @@ export function registerClientCommands(program: Command): void {
     .description('cluster statistics')
     .action(
       action(async () => {
-        throw new ConnectError('cluster statistics arrive with the directory and replication services', Code.Unimplemented);
+        throw new ConnectError(
+          'cluster statistics arrive with the directory and replication services',
+          Code.Unimplemented,
+        );
       }),
     );
 }

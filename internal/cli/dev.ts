@@ -53,20 +53,42 @@ export async function runDev(opts: DevOptions): Promise<void> {
       await mkdir(redisDir, { recursive: true });
       redis = spawn(
         redisBin,
-        ['--bind', host, '--port', String(redisPort), '--dir', redisDir, '--maxmemory', '512mb', '--maxmemory-policy', 'allkeys-lru', '--save', '', '--appendonly', 'no'],
+        [
+          '--bind',
+          host,
+          '--port',
+          String(redisPort),
+          '--dir',
+          redisDir,
+          '--maxmemory',
+          '512mb',
+          '--maxmemory-policy',
+          'allkeys-lru',
+          '--save',
+          '',
+          '--appendonly',
+          'no',
+        ],
         { stdio: 'ignore' },
       );
       await waitForPort(host, redisPort, 10_000);
       redisUrl = `redis://${host}:${redisPort}`;
     } else {
-      process.stderr.write('warning: redis-server not found and REDIS_URL not set: leases and cache run in-process\n');
+      process.stderr.write(
+        'warning: redis-server not found and REDIS_URL not set: leases and cache run in-process\n',
+      );
     }
   }
 
   const peers = dirPorts.map((p) => `${host}:${p}`).join(',');
   const common = { REDIS_URL: redisUrl, LOG_LEVEL: process.env.LOG_LEVEL ?? 'info' };
   const start = async (name: string, args: string[], env: Record<string, string> = {}) => {
-    const proc = await spawnServer({ name, args, env: { ...common, ...env }, echo: process.env.DEV_ECHO_LOGS === '1' });
+    const proc = await spawnServer({
+      name,
+      args,
+      env: { ...common, ...env },
+      echo: process.env.DEV_ECHO_LOGS === '1',
+    });
     children.push(proc);
     void proc.exited.then((code) => {
       if (!stopping) process.stderr.write(`${name} exited (${code})\n`);
@@ -77,24 +99,37 @@ export async function runDev(opts: DevOptions): Promise<void> {
   try {
     await Promise.all(
       dirPorts.map((p, i) =>
-        start(`directory-${i}`, ['directory', '--listen', `${host}:${p}`, '--data', path.join(dataDir, `directory-${i}`)], {
-          DIRECTORY_ID: `directory-${i}`,
-          DIRECTORY_PEERS: peers,
-        }),
+        start(
+          `directory-${i}`,
+          ['directory', '--listen', `${host}:${p}`, '--data', path.join(dataDir, `directory-${i}`)],
+          {
+            DIRECTORY_ID: `directory-${i}`,
+            DIRECTORY_PEERS: peers,
+          },
+        ),
       ),
     );
     await Promise.all(
       storePorts.map((p, i) =>
-        start(`store-${i}`, ['store', '--listen', `${host}:${p}`, '--data', path.join(dataDir, `store-${i}`)], {
-          STORE_ID: `store-${i}`,
-          DIRECTORY_ADDRS: peers,
-        }),
+        start(
+          `store-${i}`,
+          ['store', '--listen', `${host}:${p}`, '--data', path.join(dataDir, `store-${i}`)],
+          {
+            STORE_ID: `store-${i}`,
+            DIRECTORY_ADDRS: peers,
+          },
+        ),
       ),
     );
-    await start('replication', ['replication', '--listen', `${host}:${replicationPort}`], { DIRECTORY_ADDRS: peers });
+    await start('replication', ['replication', '--listen', `${host}:${replicationPort}`], {
+      DIRECTORY_ADDRS: peers,
+    });
     await Promise.all(
       gatewayPorts.map((p, i) =>
-        start(`gateway-${i}`, ['gateway', '--listen', `${host}:${p}`], { GATEWAY_ID: `gateway-${i}`, DIRECTORY_ADDRS: peers }),
+        start(`gateway-${i}`, ['gateway', '--listen', `${host}:${p}`], {
+          GATEWAY_ID: `gateway-${i}`,
+          DIRECTORY_ADDRS: peers,
+        }),
       ),
     );
   } catch (err) {

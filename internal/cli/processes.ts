@@ -48,7 +48,8 @@ export function spawnServer(opts: SpawnOptions): Promise<ServerProcess> {
   child.stderr?.on('data', (d: string) => {
     stderr += d;
     if (stderr.length > 1_000_000) stderr = stderr.slice(-500_000);
-    if (opts.echo) for (const line of d.split('\n')) if (line) process.stderr.write(`[${opts.name}] ${line}\n`);
+    if (opts.echo)
+      for (const line of d.split('\n')) if (line) process.stderr.write(`[${opts.name}] ${line}\n`);
   });
   const exited = new Promise<number | string | null>((resolve) => {
     child.once('exit', (code, signal) => resolve(code ?? signal));

@@ -15,11 +15,20 @@ export const COMMON_ENV_HELP = `
   LOG_LEVEL              trace|debug|info|warn|error (default info)
   SHUTDOWN_GRACE         time SIGTERM waits for in-flight calls (default 10s)`;
 
-export function readServerConfig(r: EnvReader, defaultListen: string, flags: { listen?: string }): ServerConfig {
+export function readServerConfig(
+  r: EnvReader,
+  defaultListen: string,
+  flags: { listen?: string },
+): ServerConfig {
   const listen = flags.listen ?? r.hostPort('LISTEN', defaultListen);
   return {
     listen,
-    logLevel: r.matching('LOG_LEVEL', 'info', /^(trace|debug|info|warn|error|fatal|silent)$/, 'trace|debug|info|warn|error'),
+    logLevel: r.matching(
+      'LOG_LEVEL',
+      'info',
+      /^(trace|debug|info|warn|error|fatal|silent)$/,
+      'trace|debug|info|warn|error',
+    ),
     shutdownGraceMs: r.duration('SHUTDOWN_GRACE', 10_000, { minMs: 0, maxMs: 600_000 }),
   };
 }

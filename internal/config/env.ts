@@ -99,7 +99,12 @@ export class EnvReader {
     const min = opts.min ?? 0;
     const max = opts.max ?? Number.MAX_SAFE_INTEGER;
     if (n === undefined || n < min || n > max) {
-      return this.fail(name, v, `a size in bytes (e.g. 4GiB, 512MiB, 65536) between ${min} and ${max}`, fallback);
+      return this.fail(
+        name,
+        v,
+        `a size in bytes (e.g. 4GiB, 512MiB, 65536) between ${min} and ${max}`,
+        fallback,
+      );
     }
     return n;
   }
@@ -119,7 +124,12 @@ export class EnvReader {
     const min = opts.minMs ?? 0;
     const max = opts.maxMs ?? Number.MAX_SAFE_INTEGER;
     if (ms === undefined || ms < min || ms > max) {
-      return this.fail(name, v, `a duration (e.g. 30, 1.5s, 500ms) between ${min} ms and ${max} ms`, fallbackMs);
+      return this.fail(
+        name,
+        v,
+        `a duration (e.g. 30, 1.5s, 500ms) between ${min} ms and ${max} ms`,
+        fallbackMs,
+      );
     }
     return ms;
   }

@@ -37,11 +37,19 @@ export const DIRECTORY_ENV_HELP = `${COMMON_ENV_HELP}
   DEFAULT_REPLICA_COUNT  replicas per new blob (default 3)
   MIN_FREE_BYTES         stores with less free space get no new blobs (default 100MiB)`;
 
-export function readDirectoryConfig(flags: { listen?: string; data?: string }, env: Env = process.env): DirectoryConfig {
+export function readDirectoryConfig(
+  flags: { listen?: string; data?: string },
+  env: Env = process.env,
+): DirectoryConfig {
   const r = envReader(env);
   const server = readServerConfig(r, '127.0.0.1:9000', flags);
   const port = server.listen.split(':').pop();
-  const directoryId = r.matching('DIRECTORY_ID', `directory-${port}`, /^[A-Za-z0-9._-]{1,64}$/, 'an id of 1-64 characters [A-Za-z0-9._-]');
+  const directoryId = r.matching(
+    'DIRECTORY_ID',
+    `directory-${port}`,
+    /^[A-Za-z0-9._-]{1,64}$/,
+    'an id of 1-64 characters [A-Za-z0-9._-]',
+  );
   const heartbeatIntervalMs = r.duration('HEARTBEAT_INTERVAL', 30_000, { minMs: 50, maxMs: 600_000 });
   const cfg: DirectoryConfig = {
     ...server,

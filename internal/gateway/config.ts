@@ -27,7 +27,12 @@ export function readGatewayConfig(flags: { listen?: string }, env: Env = process
   const port = server.listen.split(':').pop();
   const cfg: GatewayConfig = {
     ...server,
-    gatewayId: r.matching('GATEWAY_ID', `gateway-${port}`, /^[A-Za-z0-9._-]{1,64}$/, 'an id of 1-64 characters [A-Za-z0-9._-]'),
+    gatewayId: r.matching(
+      'GATEWAY_ID',
+      `gateway-${port}`,
+      /^[A-Za-z0-9._-]{1,64}$/,
+      'an id of 1-64 characters [A-Za-z0-9._-]',
+    ),
     directories: list(r.string('DIRECTORY_ADDRS', '')),
     redisUrl: r.matching('REDIS_URL', '', /^(rediss?:\/\/.*)?$/, 'a redis:// URL or empty'),
     cacheTtlMs: r.duration('CACHE_TTL', 3_600_000, { minMs: 1000 }),

@@ -44,7 +44,12 @@ export function readReplicationConfig(flags: { listen?: string }, env: Env = pro
   const port = server.listen.split(':').pop();
   const cfg: ReplicationConfig = {
     ...server,
-    managerId: r.matching('MANAGER_ID', `replication-${port}`, /^[A-Za-z0-9._-]{1,64}$/, 'an id of 1-64 characters [A-Za-z0-9._-]'),
+    managerId: r.matching(
+      'MANAGER_ID',
+      `replication-${port}`,
+      /^[A-Za-z0-9._-]{1,64}$/,
+      'an id of 1-64 characters [A-Za-z0-9._-]',
+    ),
     directories: list(r.string('DIRECTORY_ADDRS', '')),
     redisUrl: r.matching('REDIS_URL', 'redis://127.0.0.1:6379', /^rediss?:\/\//, 'a redis:// URL'),
     defaultReplicaCount: r.int('DEFAULT_REPLICA_COUNT', 3, { min: 1, max: 16 }),

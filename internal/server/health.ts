@@ -1,11 +1,11 @@
+import { create } from '@bufbuild/protobuf';
 import { Code, ConnectError, type ConnectRouter } from '@connectrpc/connect';
 import {
-  type HealthCheckResponse,
-  HealthCheckResponse_ServingStatus as ServingStatus,
   Health,
+  type HealthCheckResponse,
+  HealthCheckResponseSchema,
+  HealthCheckResponse_ServingStatus as ServingStatus,
 } from '../../gen/grpc/health/v1/health_pb.js';
-import { create } from '@bufbuild/protobuf';
-import { HealthCheckResponseSchema } from '../../gen/grpc/health/v1/health_pb.js';
 
 export { ServingStatus };
 

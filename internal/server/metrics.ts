@@ -1,5 +1,5 @@
 import { Code, ConnectError, type Interceptor } from '@connectrpc/connect';
-import { collectDefaultMetrics, Counter, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client';
 import type { Logger } from './logger.js';
 
 /** Prometheus metrics of one process: RPC counts and latencies plus process metrics. */
@@ -46,7 +46,12 @@ export class Metrics {
           const ce = ConnectError.from(err);
           const serverFault = [Code.Internal, Code.Unknown, Code.DataLoss].includes(ce.code);
           log[serverFault ? 'error' : 'warn'](
-            { rpc: `${service}/${method}`, code: Code[ce.code], ms: Math.round(seconds * 1000), err: ce.rawMessage },
+            {
+              rpc: `${service}/${method}`,
+              code: Code[ce.code],
+              ms: Math.round(seconds * 1000),
+              err: ce.rawMessage,
+            },
             'rpc failed',
           );
         }

@@ -11,7 +11,11 @@ type Response = v1.ServerReflectionResponse;
  * gRPC server reflection (v1 and v1alpha), answered from the descriptors compiled
  * into gen/, so grpcurl can list and describe services with no .proto files.
  */
-export function registerReflection(router: ConnectRouter, roots: readonly DescFile[], services: readonly string[]): void {
+export function registerReflection(
+  router: ConnectRouter,
+  roots: readonly DescFile[],
+  services: readonly string[],
+): void {
   const index = new FileIndex(roots);
   const answer = (req: Request): Response => respond(index, services, req);
   router.service(v1.ServerReflection, {
@@ -51,7 +55,11 @@ function respond(registry: FileIndex, services: readonly string[], req: Request)
       ...base,
       messageResponse: {
         case: 'fileDescriptorResponse',
-        value: { fileDescriptorProto: withDependencies(file).map((f) => toBinary(FileDescriptorProtoSchema, f.proto)) },
+        value: {
+          fileDescriptorProto: withDependencies(file).map((f) =>
+            toBinary(FileDescriptorProtoSchema, f.proto),
+          ),
+        },
       },
     });
   };
@@ -60,14 +68,20 @@ function respond(registry: FileIndex, services: readonly string[], req: Request)
     case 'listServices':
       return create(v1.ServerReflectionResponseSchema, {
         ...base,
-        messageResponse: { case: 'listServicesResponse', value: { service: services.map((name) => ({ name })) } },
+        messageResponse: {
+          case: 'listServicesResponse',
+          value: { service: services.map((name) => ({ name })) },
+        },
       });
     case 'fileByFilename':
       return files(registry.getFile(m.value), `file "${m.value}"`);
     case 'fileContainingSymbol':
       return files(fileOfSymbol(registry, m.value), `symbol "${m.value}"`);
     case 'fileContainingExtension':
-      return error(Code.NotFound, `extension ${m.value.extensionNumber} of "${m.value.containingType}" not found`);
+      return error(
+        Code.NotFound,
+        `extension ${m.value.extensionNumber} of "${m.value.containingType}" not found`,
+      );
     case 'allExtensionNumbersOfType': {
       const type = registry.getMessage(m.value);
       if (!type) return error(Code.NotFound, `type "${m.value}" not found`);

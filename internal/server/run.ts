@@ -11,7 +11,9 @@ export async function runServerProcess(
   component: string,
   instance: string,
   config: ServerConfig,
-  build: (log: Logger) => Promise<Omit<ServerOptions, 'component' | 'instance' | 'listen' | 'log' | 'shutdownGraceMs'>>,
+  build: (
+    log: Logger,
+  ) => Promise<Omit<ServerOptions, 'component' | 'instance' | 'listen' | 'log' | 'shutdownGraceMs'>>,
 ): Promise<RunningServer> {
   const log = createLogger(component, instance, config.logLevel);
   const parts = await build(log);
@@ -24,6 +26,8 @@ export async function runServerProcess(
     ...parts,
   });
   exitOnSignals(log, server.close);
-  process.stdout.write(`${JSON.stringify({ ready: component, instance, address: `${server.host}:${server.port}` })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ ready: component, instance, address: `${server.host}:${server.port}` })}\n`,
+  );
   return server;
 }

@@ -1,0 +1,87 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  ConfigError,
+  EnvReader,
+  parseDuration,
+  parseHostPort,
+  parseSize,
+} from '../../internal/config/env.js';
+import { readDirectoryConfig } from '../../internal/directory/config.js';
+import { readReplicationConfig } from '../../internal/replication/config.js';
+import { readStoreConfig } from '../../internal/store/config.js';
+
+describe('env parsing', () => {
+  it('reads sizes with units', () => {
+    expect(parseSize('4GiB')).toBe(4 * 1024 ** 3);
+    expect(parseSize('512mb')).toBe(512 * 1024 ** 2);
+    expect(parseSize('65536')).toBe(65536);
+    expect(parseSize('1.5k')).toBe(1536);
+    expect(parseSize('ten')).toBeUndefined();
+    expect(parseSize('5 parsecs')).toBeUndefined();
+  });
+
+  it('reads durations, bare numbers in the given unit', () => {
+    expect(parseDuration('30', 's')).toBe(30_000);
+    expect(parseDuration('0.5', 's')).toBe(500);
+    expect(parseDuration('250ms', 's')).toBe(250);
+    expect(parseDuration('2m', 'ms')).toBe(120_000);
+    expect(parseDuration('-1', 's')).toBeUndefined();
+  });
+
+  it('reads host:port', () => {
+    expect(parseHostPort('127.0.0.1:9000')).toEqual({ host: '127.0.0.1', port: 9000 });
+    expect(parseHostPort('[::1]:80')).toEqual({ host: '::1', port: 80 });
+    expect(parseHostPort('host:70000')).toBeUndefined();
+    expect(parseHostPort('host')).toBeUndefined();
+  });
+
+  it('round-trips any integer in range and rejects any out of it', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: -1000, max: 1000 }), (n) => {
+        const r = new EnvReader({ N: String(n) });
+        const v = r.int('N', 7, { min: 0, max: 500 });
+        if (n >= 0 && n <= 500) {
+          expect(v).toBe(n);
+          r.done();
+        } else {
+          expect(() => r.done()).toThrow(ConfigError);
+        }
+      }),
+    );
+  });
+
+  it('collects every problem and names each variable', () => {
+    try {
+      readStoreConfig({}, { MAX_VOLUME_SIZE: 'x', HEARTBEAT_INTERVAL: 'y', STORE_ID: 'bad id!' });
+      expect.unreachable();
+    } catch (err) {
+      expect(err).toBeInstanceOf(ConfigError);
+      const msg = (err as Error).message;
+      for (const name of ['MAX_VOLUME_SIZE', 'HEARTBEAT_INTERVAL', 'STORE_ID']) expect(msg).toContain(name);
+    }
+  });
+
+  it('uses the seed defaults', () => {
+    const s = readStoreConfig({}, {});
+    expect(s.maxVolumeSize).toBe(4 * 1024 ** 3);
+    expect(s.compactionThreshold).toBe(0.6);
+    expect(s.heartbeatIntervalMs).toBe(30_000);
+    const d = readDirectoryConfig({}, {});
+    expect(d.leaderTimeoutMs).toBe(10_000);
+    expect(d.leaderHeartbeatIntervalMs).toBe(3_000);
+    expect(d.storeDegradedAfterMs).toBe(60_000);
+    expect(d.storeDownAfterMs).toBe(90_000);
+    expect(d.followerSyncIntervalMs).toBe(500);
+    const r = readReplicationConfig({}, {});
+    expect([r.minReplicaCount, r.defaultReplicaCount, r.maxReplicaCount]).toEqual([2, 3, 5]);
+    expect(r.nightlyAuditHour).toBe(2);
+  });
+
+  it('checks relations between variables', () => {
+    expect(() => readDirectoryConfig({}, { LEADER_TIMEOUT: '2', LEADER_HEARTBEAT_INTERVAL: '3' })).toThrow(
+      /LEADER_HEARTBEAT_INTERVAL/,
+    );
+    expect(() => readReplicationConfig({}, { MIN_REPLICA_COUNT: '4' })).toThrow(/MIN_REPLICA_COUNT/);
+  });
+});
