@@ -30,11 +30,19 @@ export const STORE_ENV_HELP = `${COMMON_ENV_HELP}
   HEARTBEAT_INTERVAL     heartbeat period (default 30s)
   READ_CHUNK_SIZE        bytes per chunk on Read streams (default 256KiB)`;
 
-export function readStoreConfig(flags: { listen?: string; data?: string }, env: Env = process.env): StoreConfig {
+export function readStoreConfig(
+  flags: { listen?: string; data?: string },
+  env: Env = process.env,
+): StoreConfig {
   const r = envReader(env);
   const server = readServerConfig(r, '127.0.0.1:8001', flags);
   const port = server.listen.split(':').pop();
-  const storeId = r.matching('STORE_ID', `store-${port}`, /^[A-Za-z0-9._-]{1,64}$/, 'an id of 1-64 characters [A-Za-z0-9._-]');
+  const storeId = r.matching(
+    'STORE_ID',
+    `store-${port}`,
+    /^[A-Za-z0-9._-]{1,64}$/,
+    'an id of 1-64 characters [A-Za-z0-9._-]',
+  );
   const cfg: StoreConfig = {
     ...server,
     storeId,
