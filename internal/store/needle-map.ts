@@ -1,0 +1,296 @@
+/**
+ * The in-memory needle map: blob id → needle location, without storing keys.
+ *
+ * Open addressing with linear probing over parallel typed arrays; a slot is
+ * 18 bytes:
+ *
+ *   hashLo u32 | hashHi u32 | offset/8 u32 | meta u32 (length/8 in bits 0..30,
+ *   bit 31 = deleted) | volumeId u16
+ *
+ * `meta === 0` marks an empty slot (every needle is at least 48 bytes long).
+ * The table grows ×1.4 when the load factor would exceed 0.8, so after the
+ * first growth it is never below 0.57 full: at most 18 / 0.571 ≈ 31.5 bytes per
+ * entry. Deletion is backward-shift (no tombstone slots).
+ *
+ * Only a 64-bit hash of the key is held, so the map is told how to read the key
+ * stored at a location (`keyAt`, the blob id in the needle header on disk):
+ *
+ * - Each hash appears at most once in the table. Inserting a key whose hash is
+ *   already present compares against the key stored at that slot's location;
+ *   if it differs (a genuine 64-bit collision) the new key goes to a small
+ *   `overflow` Map keyed by the full string.
+ * - Lookups consult `overflow` first (exact string match); otherwise the slot
+ *   with the key's hash is a candidate. `get`/`set`/`delete` confirm candidates
+ *   with `keyAt`; `lookup` returns the unconfirmed candidate so the caller can
+ *   confirm asynchronously against the header it reads anyway.
+ *
+ * Invariant: a key is in exactly one of {overflow, table}, so correctness never
+ * depends on the hash being collision-free.
+ */
+import { hashKey64, type KeyHash } from './key-hash.js';
+
+export interface NeedleLocation {
+  volumeId: number;
+  /** Byte offset of the needle in the volume file (multiple of 8, < 32 GiB). */
+  offset: number;
+  /** Total needle length on disk in bytes (multiple of 8, < 16 GiB). */
+  length: number;
+  /** The entry is a tombstone: the blob was deleted. */
+  deleted: boolean;
+}
+
+/** Reads the key stored at a location; undefined if unreadable. */
+export type KeyAt = (location: NeedleLocation) => string | undefined;
+
+export interface NeedleMapOptions {
+  keyAt: KeyAt;
+  hash?: KeyHash;
+  initialCapacity?: number;
+}
+
+export const MAX_VOLUME_ID = 0xffff;
+export const MAX_OFFSET = 2 ** 35 - 8;
+export const MAX_LENGTH = 2 ** 34 - 8;
+const MAX_LOAD = 0.8;
+const GROWTH = 1.4;
+const DELETED_BIT = 0x80000000;
+const TWO32 = 4294967296;
+
+function checkLocation(loc: NeedleLocation): void {
+  if (
+    !Number.isInteger(loc.volumeId) ||
+    loc.volumeId < 0 ||
+    loc.volumeId > MAX_VOLUME_ID ||
+    loc.offset % 8 !== 0 ||
+    loc.offset < 0 ||
+    loc.offset > MAX_OFFSET ||
+    loc.length % 8 !== 0 ||
+    loc.length <= 0 ||
+    loc.length > MAX_LENGTH
+  ) {
+    throw new RangeError(`needle location out of range: ${JSON.stringify(loc)}`);
+  }
+}
+
+export class NeedleMap {
+  private cap: number;
+  private count = 0;
+  private hLo: Uint32Array;
+  private hHi: Uint32Array;
+  private off8: Uint32Array;
+  private meta: Uint32Array;
+  private vol: Uint16Array;
+  private readonly overflow = new Map<string, NeedleLocation>();
+  private readonly keyAt: KeyAt;
+  private readonly hash: KeyHash;
+  private readonly h = new Uint32Array(2);
+
+  constructor(opts: NeedleMapOptions) {
+    this.keyAt = opts.keyAt;
+    this.hash = opts.hash ?? hashKey64;
+    this.cap = Math.max(16, Math.ceil((opts.initialCapacity ?? 1024) / MAX_LOAD));
+    this.hLo = new Uint32Array(this.cap);
+    this.hHi = new Uint32Array(this.cap);
+    this.off8 = new Uint32Array(this.cap);
+    this.meta = new Uint32Array(this.cap);
+    this.vol = new Uint16Array(this.cap);
+  }
+
+  /** Entries (table + overflow). */
+  get size(): number {
+    return this.count + this.overflow.size;
+  }
+  get overflowSize(): number {
+    return this.overflow.size;
+  }
+  get capacity(): number {
+    return this.cap;
+  }
+  /** Bytes held by the typed arrays (overflow entries excluded). */
+  get tableBytes(): number {
+    return this.cap * 18;
+  }
+
+  private home(lo: number, cap: number): number {
+    const i = Math.floor((lo * cap) / TWO32);
+    return i >= cap ? cap - 1 : i;
+  }
+
+  /** Slot holding this hash, or -1. */
+  private findSlot(lo: number, hi: number): number {
+    const cap = this.cap;
+    let i = this.home(lo, cap);
+    const meta = this.meta;
+    const hLo = this.hLo;
+    const hHi = this.hHi;
+    while (meta[i] !== 0) {
+      if (hLo[i] === lo && hHi[i] === hi) return i;
+      i++;
+      if (i === cap) i = 0;
+    }
+    return -1;
+  }
+
+  private locAt(i: number): NeedleLocation {
+    const m = this.meta[i]!;
+    return {
+      volumeId: this.vol[i]!,
+      offset: this.off8[i]! * 8,
+      length: (m & ~DELETED_BIT) * 8,
+      deleted: (m & DELETED_BIT) !== 0,
+    };
+  }
+
+  private writeSlot(i: number, lo: number, hi: number, loc: NeedleLocation): void {
+    this.hLo[i] = lo;
+    this.hHi[i] = hi;
+    this.vol[i] = loc.volumeId;
+    this.off8[i] = loc.offset / 8;
+    this.meta[i] = ((loc.length / 8) | (loc.deleted ? DELETED_BIT : 0)) >>> 0;
+  }
+
+  /**
+   * Unconfirmed candidate for `key`: the overflow entry, or the table entry
+   * with the same hash (which may belong to another key). The caller must
+   * compare `key` with the key stored at the returned location.
+   */
+  lookup(key: string): NeedleLocation | undefined {
+    if (this.overflow.size !== 0) {
+      const o = this.overflow.get(key);
+      if (o !== undefined) return o;
+    }
+    this.hash(key, this.h);
+    const i = this.findSlot(this.h[0]!, this.h[1]!);
+    return i < 0 ? undefined : this.locAt(i);
+  }
+
+  /** Confirmed lookup (calls keyAt on a table hit). */
+  get(key: string): NeedleLocation | undefined {
+    if (this.overflow.size !== 0) {
+      const o = this.overflow.get(key);
+      if (o !== undefined) return o;
+    }
+    this.hash(key, this.h);
+    const i = this.findSlot(this.h[0]!, this.h[1]!);
+    if (i < 0) return undefined;
+    const loc = this.locAt(i);
+    return this.keyAt(loc) === key ? loc : undefined;
+  }
+
+  /** Inserts or updates `key`. */
+  set(key: string, loc: NeedleLocation): void {
+    checkLocation(loc);
+    if (this.overflow.has(key)) {
+      this.overflow.set(key, { ...loc });
+      return;
+    }
+    this.hash(key, this.h);
+    const lo = this.h[0]!;
+    const hi = this.h[1]!;
+    const i = this.findSlot(lo, hi);
+    if (i >= 0) {
+      if (this.keyAt(this.locAt(i)) === key) {
+        this.writeSlot(i, lo, hi, loc);
+      } else {
+        this.overflow.set(key, { ...loc }); // genuine hash collision
+      }
+      return;
+    }
+    if (this.count + 1 > this.cap * MAX_LOAD) this.resize(Math.ceil(this.cap * GROWTH));
+    this.insertNew(lo, hi, loc);
+  }
+
+  private insertNew(lo: number, hi: number, loc: NeedleLocation): void {
+    const cap = this.cap;
+    let i = this.home(lo, cap);
+    while (this.meta[i] !== 0) {
+      i++;
+      if (i === cap) i = 0;
+    }
+    this.writeSlot(i, lo, hi, loc);
+    this.count++;
+  }
+
+  /**
+   * Replaces the location of `key` only if it currently is `expected` (same
+   * volume and offset). Needs no key read: a location holds exactly one key,
+   * so a slot at `expected` can only belong to `key`.
+   */
+  replace(key: string, expected: { volumeId: number; offset: number }, next: NeedleLocation): boolean {
+    checkLocation(next);
+    const o = this.overflow.get(key);
+    if (o !== undefined) {
+      if (o.volumeId !== expected.volumeId || o.offset !== expected.offset) return false;
+      this.overflow.set(key, { ...next });
+      return true;
+    }
+    this.hash(key, this.h);
+    const i = this.findSlot(this.h[0]!, this.h[1]!);
+    if (i < 0 || this.vol[i] !== expected.volumeId || this.off8[i]! * 8 !== expected.offset) return false;
+    this.writeSlot(i, this.h[0]!, this.h[1]!, next);
+    return true;
+  }
+
+  /** Removes `key` (confirmed); returns whether it was present. */
+  delete(key: string): boolean {
+    if (this.overflow.delete(key)) return true;
+    this.hash(key, this.h);
+    const i = this.findSlot(this.h[0]!, this.h[1]!);
+    if (i < 0 || this.keyAt(this.locAt(i)) !== key) return false;
+    this.removeSlot(i);
+    return true;
+  }
+
+  private removeSlot(slot: number): void {
+    const cap = this.cap;
+    let i = slot;
+    let j = slot;
+    for (;;) {
+      j++;
+      if (j === cap) j = 0;
+      if (this.meta[j] === 0) break;
+      const k = this.home(this.hLo[j]!, cap);
+      // Entry at j may move to i only if its home is not cyclically within (i, j].
+      const stays = i <= j ? i < k && k <= j : i < k || k <= j;
+      if (stays) continue;
+      this.hLo[i] = this.hLo[j]!;
+      this.hHi[i] = this.hHi[j]!;
+      this.vol[i] = this.vol[j]!;
+      this.off8[i] = this.off8[j]!;
+      this.meta[i] = this.meta[j]!;
+      i = j;
+    }
+    this.meta[i] = 0;
+    this.count--;
+  }
+
+  private resize(newCap: number): void {
+    const { hLo, hHi, vol, off8, meta } = this;
+    const oldCap = this.cap;
+    this.cap = newCap;
+    this.hLo = new Uint32Array(newCap);
+    this.hHi = new Uint32Array(newCap);
+    this.vol = new Uint16Array(newCap);
+    this.off8 = new Uint32Array(newCap);
+    this.meta = new Uint32Array(newCap);
+    for (let s = 0; s < oldCap; s++) {
+      if (meta[s] === 0) continue;
+      let i = this.home(hLo[s]!, newCap);
+      while (this.meta[i] !== 0) {
+        i++;
+        if (i === newCap) i = 0;
+      }
+      this.hLo[i] = hLo[s]!;
+      this.hHi[i] = hHi[s]!;
+      this.vol[i] = vol[s]!;
+      this.off8[i] = off8[s]!;
+      this.meta[i] = meta[s]!;
+    }
+  }
+
+  /** Calls `fn` for every entry (no keys: only locations). */
+  forEach(fn: (loc: NeedleLocation) => void): void {
+    for (let i = 0; i < this.cap; i++) if (this.meta[i] !== 0) fn(this.locAt(i));
+    for (const loc of this.overflow.values()) fn({ ...loc });
+  }
+}

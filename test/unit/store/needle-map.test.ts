@@ -1,0 +1,123 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { hashKey64, type KeyHash } from '../../../internal/store/key-hash.js';
+import { type NeedleLocation, NeedleMap } from '../../../internal/store/needle-map.js';
+
+/** A fake "disk": every location ever handed out remembers the key written there. */
+function harness(hash?: KeyHash) {
+  const disk = new Map<string, string>();
+  let next = 1;
+  const map = new NeedleMap({
+    keyAt: (loc) => disk.get(`${loc.volumeId}:${loc.offset}`),
+    initialCapacity: 4,
+    ...(hash ? { hash } : {}),
+  });
+  const place = (key: string, deleted = false): NeedleLocation => {
+    const loc = { volumeId: next % 7, offset: next * 8, length: 8 * (1 + (next % 50)), deleted };
+    next++;
+    disk.set(`${loc.volumeId}:${loc.offset}`, key);
+    return loc;
+  };
+  return { map, place };
+}
+
+type Op =
+  | { t: 'set'; k: string; del: boolean }
+  | { t: 'delete'; k: string }
+  | { t: 'get'; k: string }
+  | { t: 'replace'; k: string };
+
+const keys = fc.constantFrom(...Array.from({ length: 40 }, (_, i) => `key-${i}`));
+const opArb: fc.Arbitrary<Op> = fc.oneof(
+  fc.record({ t: fc.constant('set' as const), k: keys, del: fc.boolean() }),
+  fc.record({ t: fc.constant('delete' as const), k: keys }),
+  fc.record({ t: fc.constant('get' as const), k: keys }),
+  fc.record({ t: fc.constant('replace' as const), k: keys }),
+);
+
+const hashes: Record<string, KeyHash | undefined> = {
+  default: undefined,
+  'all-collide': (_k, out) => {
+    out[0] = 12345;
+    out[1] = 6789;
+  },
+  'few-buckets': (k, out) => {
+    out[0] = (k.length * 0x9e3779b9) >>> 0;
+    out[1] = k.charCodeAt(k.length - 1) & 3;
+  },
+  'same-home-different-hash': (k, out) => {
+    out[0] = 0;
+    hashKey64(k, out);
+    out[0] = 7; // every key has the same home slot, distinct high halves
+  },
+};
+
+describe('NeedleMap vs reference Map', () => {
+  for (const [name, hash] of Object.entries(hashes)) {
+    it(`agrees under random operations (${name} hash)`, () => {
+      fc.assert(
+        fc.property(fc.array(opArb, { maxLength: 300 }), (ops) => {
+          const { map, place } = harness(hash);
+          const ref = new Map<string, NeedleLocation>();
+          for (const op of ops) {
+            if (op.t === 'set') {
+              const loc = place(op.k, op.del);
+              map.set(op.k, loc);
+              ref.set(op.k, loc);
+            } else if (op.t === 'delete') {
+              expect(map.delete(op.k)).toBe(ref.delete(op.k));
+            } else if (op.t === 'replace') {
+              const cur = ref.get(op.k);
+              const wrong = { volumeId: 99, offset: 8 };
+              const loc = place(op.k);
+              expect(map.replace(op.k, wrong, loc)).toBe(false);
+              if (cur) {
+                expect(map.replace(op.k, cur, loc)).toBe(true);
+                ref.set(op.k, loc);
+              } else {
+                expect(map.replace(op.k, { volumeId: loc.volumeId, offset: loc.offset }, loc)).toBe(false);
+              }
+            }
+            // full consistency check after every step
+            for (let i = 0; i < 40; i++) {
+              const k = `key-${i}`;
+              expect(map.get(k)).toEqual(ref.get(k));
+            }
+            expect(map.size).toBe(ref.size);
+          }
+          let n = 0;
+          map.forEach(() => n++);
+          expect(n).toBe(ref.size);
+        }),
+        { numRuns: 150 },
+      );
+    });
+  }
+
+  it('routes genuine hash collisions to the overflow map and lookup() returns candidates', () => {
+    const { map, place } = harness(hashes['all-collide']);
+    const a = place('a');
+    const b = place('b');
+    map.set('a', a);
+    map.set('b', b);
+    expect(map.overflowSize).toBe(1);
+    expect(map.get('a')).toEqual(a);
+    expect(map.get('b')).toEqual(b);
+    expect(map.get('c')).toBeUndefined();
+    // unconfirmed candidate for 'c' is a's slot: the caller must check the key on disk
+    expect(map.lookup('c')).toEqual(a);
+    expect(map.lookup('b')).toEqual(b);
+  });
+
+  it('grows and keeps ≤ 32 bytes per entry after growth at scale', () => {
+    const map = new NeedleMap({ keyAt: () => undefined, initialCapacity: 16 });
+    const n = 200_000;
+    for (let i = 0; i < n; i++)
+      map.set(`blob-${i}`, { volumeId: i & 0xff, offset: i * 8, length: 64, deleted: false });
+    expect(map.size).toBe(n);
+    expect(map.overflowSize).toBe(0);
+    expect(map.tableBytes / n).toBeLessThanOrEqual(32);
+    for (let i = 0; i < n; i += 997) expect(map.lookup(`blob-${i}`)?.offset).toBe(i * 8);
+    expect(map.lookup('blob-x')).toBeUndefined();
+  });
+});
