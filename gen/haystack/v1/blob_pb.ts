@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file haystack/v1/blob.proto.
  */
 export const file_haystack_v1_blob: GenFile = /*@__PURE__*/
-  fileDesc("ChZoYXlzdGFjay92MS9ibG9iLnByb3RvEgtoYXlzdGFjay52MSKrAQoIQmxvYkluZm8SDwoHYmxvYl9pZBgBIAEoCRIMCgRzaXplGAIgASgEEg4KBnNoYTI1NhgDIAEoCRIUCgxjb250ZW50X3R5cGUYBCABKAkSFQoNY3JlYXRlZF9hdF9tcxgFIAEoAxIVCg1yZXBsaWNhX2NvdW50GAYgASgNEhwKFHRhcmdldF9yZXBsaWNhX2NvdW50GAcgASgNEg4KBmNvb2tpZRgIIAEoBiJqCgxVcGxvYWRIZWFkZXISDwoHYmxvYl9pZBgBIAEoCRIMCgRzaXplGAIgASgEEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRIOCgZzaGEyNTYYBCABKAkSFQoNcmVwbGljYV9jb3VudBgFIAEoDSJUCg1VcGxvYWRSZXF1ZXN0EisKBmhlYWRlchgBIAEoCzIZLmhheXN0YWNrLnYxLlVwbG9hZEhlYWRlckgAEg8KBWNodW5rGAIgASgMSABCBQoDbXNnIjUKDlVwbG9hZFJlc3BvbnNlEiMKBGJsb2IYASABKAsyFS5oYXlzdGFjay52MS5CbG9iSW5mbyJYCgpQdXRSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkSDAoEZGF0YRgCIAEoDBIUCgxjb250ZW50X3R5cGUYAyABKAkSFQoNcmVwbGljYV9jb3VudBgEIAEoDSIyCgtQdXRSZXNwb25zZRIjCgRibG9iGAEgASgLMhUuaGF5c3RhY2sudjEuQmxvYkluZm8iQgoPRG93bmxvYWRSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkSDgoGb2Zmc2V0GAIgASgEEg4KBmxlbmd0aBgDIAEoBCJRChBEb3dubG9hZFJlc3BvbnNlEiUKBGluZm8YASABKAsyFS5oYXlzdGFjay52MS5CbG9iSW5mb0gAEg8KBWNodW5rGAIgASgMSABCBQoDbXNnIiAKDURlbGV0ZVJlcXVlc3QSDwoHYmxvYl9pZBgBIAEoCSIfCg5EZWxldGVSZXNwb25zZRINCgVmb3VuZBgBIAEoCCIeCgtTdGF0UmVxdWVzdBIPCgdibG9iX2lkGAEgASgJIjMKDFN0YXRSZXNwb25zZRIjCgRibG9iGAEgASgLMhUuaGF5c3RhY2sudjEuQmxvYkluZm8iTwoWQmxvYlNlcnZpY2VMaXN0UmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZwcmVmaXgYAyABKAkiWAoXQmxvYlNlcnZpY2VMaXN0UmVzcG9uc2USJAoFYmxvYnMYASADKAsyFS5oYXlzdGFjay52MS5CbG9iSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkyqgMKC0Jsb2JTZXJ2aWNlEkMKBlVwbG9hZBIaLmhheXN0YWNrLnYxLlVwbG9hZFJlcXVlc3QaGy5oYXlzdGFjay52MS5VcGxvYWRSZXNwb25zZSgBEjgKA1B1dBIXLmhheXN0YWNrLnYxLlB1dFJlcXVlc3QaGC5oYXlzdGFjay52MS5QdXRSZXNwb25zZRJJCghEb3dubG9hZBIcLmhheXN0YWNrLnYxLkRvd25sb2FkUmVxdWVzdBodLmhheXN0YWNrLnYxLkRvd25sb2FkUmVzcG9uc2UwARJBCgZEZWxldGUSGi5oYXlzdGFjay52MS5EZWxldGVSZXF1ZXN0GhsuaGF5c3RhY2sudjEuRGVsZXRlUmVzcG9uc2USOwoEU3RhdBIYLmhheXN0YWNrLnYxLlN0YXRSZXF1ZXN0GhkuaGF5c3RhY2sudjEuU3RhdFJlc3BvbnNlElEKBExpc3QSIy5oYXlzdGFjay52MS5CbG9iU2VydmljZUxpc3RSZXF1ZXN0GiQuaGF5c3RhY2sudjEuQmxvYlNlcnZpY2VMaXN0UmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChZoYXlzdGFjay92MS9ibG9iLnByb3RvEgtoYXlzdGFjay52MSKrAQoIQmxvYkluZm8SDwoHYmxvYl9pZBgBIAEoCRIMCgRzaXplGAIgASgEEg4KBnNoYTI1NhgDIAEoCRIUCgxjb250ZW50X3R5cGUYBCABKAkSFQoNY3JlYXRlZF9hdF9tcxgFIAEoAxIVCg1yZXBsaWNhX2NvdW50GAYgASgNEhwKFHRhcmdldF9yZXBsaWNhX2NvdW50GAcgASgNEg4KBmNvb2tpZRgIIAEoBiJqCgxVcGxvYWRIZWFkZXISDwoHYmxvYl9pZBgBIAEoCRIMCgRzaXplGAIgASgEEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRIOCgZzaGEyNTYYBCABKAkSFQoNcmVwbGljYV9jb3VudBgFIAEoDSJUCg1VcGxvYWRSZXF1ZXN0EisKBmhlYWRlchgBIAEoCzIZLmhheXN0YWNrLnYxLlVwbG9hZEhlYWRlckgAEg8KBWNodW5rGAIgASgMSABCBQoDbXNnIjUKDlVwbG9hZFJlc3BvbnNlEiMKBGJsb2IYASABKAsyFS5oYXlzdGFjay52MS5CbG9iSW5mbyJYCgpQdXRSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkSDAoEZGF0YRgCIAEoDBIUCgxjb250ZW50X3R5cGUYAyABKAkSFQoNcmVwbGljYV9jb3VudBgEIAEoDSIyCgtQdXRSZXNwb25zZRIjCgRibG9iGAEgASgLMhUuaGF5c3RhY2sudjEuQmxvYkluZm8iQgoPRG93bmxvYWRSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkSDgoGb2Zmc2V0GAIgASgEEg4KBmxlbmd0aBgDIAEoBCJRChBEb3dubG9hZFJlc3BvbnNlEiUKBGluZm8YASABKAsyFS5oYXlzdGFjay52MS5CbG9iSW5mb0gAEg8KBWNodW5rGAIgASgMSABCBQoDbXNnIiAKDURlbGV0ZVJlcXVlc3QSDwoHYmxvYl9pZBgBIAEoCSIfCg5EZWxldGVSZXNwb25zZRINCgVmb3VuZBgBIAEoCCIeCgtTdGF0UmVxdWVzdBIPCgdibG9iX2lkGAEgASgJIjMKDFN0YXRSZXNwb25zZRIjCgRibG9iGAEgASgLMhUuaGF5c3RhY2sudjEuQmxvYkluZm8iTwoWQmxvYlNlcnZpY2VMaXN0UmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZwcmVmaXgYAyABKAkiWAoXQmxvYlNlcnZpY2VMaXN0UmVzcG9uc2USJAoFYmxvYnMYASADKAsyFS5oYXlzdGFjay52MS5CbG9iSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHAoaQmxvYlNlcnZpY2VHZXRTdGF0c1JlcXVlc3QiPAoKQ2FjaGVTdGF0cxIMCgRoaXRzGAEgASgEEg4KBm1pc3NlcxgCIAEoBBIQCghoaXRfcmF0ZRgDIAEoASKBAgobQmxvYlNlcnZpY2VHZXRTdGF0c1Jlc3BvbnNlEhIKCmdhdGV3YXlfaWQYASABKAkSFQoNY2FjaGVfYmFja2VuZBgCIAEoCRIXCg9jYWNoZV9hdmFpbGFibGUYAyABKAgSKAoHZ2F0ZXdheRgEIAEoCzIXLmhheXN0YWNrLnYxLkNhY2hlU3RhdHMSKAoHY2x1c3RlchgFIAEoCzIXLmhheXN0YWNrLnYxLkNhY2hlU3RhdHMSFwoPbWF4X3VwbG9hZF9zaXplGAYgASgEEhsKE2NhY2hlX21heF9ibG9iX3NpemUYByABKAQSFAoMY2FjaGVfdHRsX21zGAggASgEMokECgtCbG9iU2VydmljZRJDCgZVcGxvYWQSGi5oYXlzdGFjay52MS5VcGxvYWRSZXF1ZXN0GhsuaGF5c3RhY2sudjEuVXBsb2FkUmVzcG9uc2UoARI4CgNQdXQSFy5oYXlzdGFjay52MS5QdXRSZXF1ZXN0GhguaGF5c3RhY2sudjEuUHV0UmVzcG9uc2USSQoIRG93bmxvYWQSHC5oYXlzdGFjay52MS5Eb3dubG9hZFJlcXVlc3QaHS5oYXlzdGFjay52MS5Eb3dubG9hZFJlc3BvbnNlMAESQQoGRGVsZXRlEhouaGF5c3RhY2sudjEuRGVsZXRlUmVxdWVzdBobLmhheXN0YWNrLnYxLkRlbGV0ZVJlc3BvbnNlEjsKBFN0YXQSGC5oYXlzdGFjay52MS5TdGF0UmVxdWVzdBoZLmhheXN0YWNrLnYxLlN0YXRSZXNwb25zZRJRCgRMaXN0EiMuaGF5c3RhY2sudjEuQmxvYlNlcnZpY2VMaXN0UmVxdWVzdBokLmhheXN0YWNrLnYxLkJsb2JTZXJ2aWNlTGlzdFJlc3BvbnNlEl0KCEdldFN0YXRzEicuaGF5c3RhY2sudjEuQmxvYlNlcnZpY2VHZXRTdGF0c1JlcXVlc3QaKC5oYXlzdGFjay52MS5CbG9iU2VydmljZUdldFN0YXRzUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * Public description of a blob.
@@ -474,6 +474,126 @@ export const BlobServiceListResponseSchema: GenMessage<BlobServiceListResponse> 
   messageDesc(file_haystack_v1_blob, 13);
 
 /**
+ * Ask a gateway for its statistics.
+ *
+ * @generated from message haystack.v1.BlobServiceGetStatsRequest
+ */
+export type BlobServiceGetStatsRequest = Message<"haystack.v1.BlobServiceGetStatsRequest"> & {
+};
+
+/**
+ * Describes the message haystack.v1.BlobServiceGetStatsRequest.
+ * Use `create(BlobServiceGetStatsRequestSchema)` to create a new message.
+ */
+export const BlobServiceGetStatsRequestSchema: GenMessage<BlobServiceGetStatsRequest> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_blob, 14);
+
+/**
+ * Hit and miss counts of a blob cache.
+ *
+ * @generated from message haystack.v1.CacheStats
+ */
+export type CacheStats = Message<"haystack.v1.CacheStats"> & {
+  /**
+   * Reads answered from the cache.
+   *
+   * @generated from field: uint64 hits = 1;
+   */
+  hits: bigint;
+
+  /**
+   * Reads that went to the stores (blob not cached, or too large to cache).
+   *
+   * @generated from field: uint64 misses = 2;
+   */
+  misses: bigint;
+
+  /**
+   * hits / (hits + misses); 0 before the first read.
+   *
+   * @generated from field: double hit_rate = 3;
+   */
+  hitRate: number;
+};
+
+/**
+ * Describes the message haystack.v1.CacheStats.
+ * Use `create(CacheStatsSchema)` to create a new message.
+ */
+export const CacheStatsSchema: GenMessage<CacheStats> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_blob, 15);
+
+/**
+ * A gateway's statistics.
+ *
+ * @generated from message haystack.v1.BlobServiceGetStatsResponse
+ */
+export type BlobServiceGetStatsResponse = Message<"haystack.v1.BlobServiceGetStatsResponse"> & {
+  /**
+   * Gateway that answered.
+   *
+   * @generated from field: string gateway_id = 1;
+   */
+  gatewayId: string;
+
+  /**
+   * Cache backend: "redis", "memory" or "none".
+   *
+   * @generated from field: string cache_backend = 2;
+   */
+  cacheBackend: string;
+
+  /**
+   * False while the cache is unreachable (reads and writes then bypass it).
+   *
+   * @generated from field: bool cache_available = 3;
+   */
+  cacheAvailable: boolean;
+
+  /**
+   * Counts of the answering gateway since it started.
+   *
+   * @generated from field: haystack.v1.CacheStats gateway = 4;
+   */
+  gateway?: CacheStats | undefined;
+
+  /**
+   * Counts of every gateway sharing the cache (equal to gateway for an in-process cache).
+   *
+   * @generated from field: haystack.v1.CacheStats cluster = 5;
+   */
+  cluster?: CacheStats | undefined;
+
+  /**
+   * Uploads larger than this are refused (MAX_UPLOAD_SIZE).
+   *
+   * @generated from field: uint64 max_upload_size = 6;
+   */
+  maxUploadSize: bigint;
+
+  /**
+   * Larger blobs are not cached (CACHE_MAX_BLOB_SIZE).
+   *
+   * @generated from field: uint64 cache_max_blob_size = 7;
+   */
+  cacheMaxBlobSize: bigint;
+
+  /**
+   * Cache entry lifetime in milliseconds (CACHE_TTL).
+   *
+   * @generated from field: uint64 cache_ttl_ms = 8;
+   */
+  cacheTtlMs: bigint;
+};
+
+/**
+ * Describes the message haystack.v1.BlobServiceGetStatsResponse.
+ * Use `create(BlobServiceGetStatsResponseSchema)` to create a new message.
+ */
+export const BlobServiceGetStatsResponseSchema: GenMessage<BlobServiceGetStatsResponse> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_blob, 16);
+
+/**
  * BlobService is Haystack's public API, served by stateless gateway processes
  * behind Envoy to the SDK, grpcurl and browsers (Connect / gRPC-Web). A gateway
  * performs the Haystack steps server-side: allocate → stream to the stores →
@@ -542,6 +662,17 @@ export const BlobService: GenService<{
     methodKind: "unary";
     input: typeof BlobServiceListRequestSchema;
     output: typeof BlobServiceListResponseSchema;
+  },
+  /**
+   * Cache and limits of the answering gateway (the cache hit rate of the dashboard
+   * and `haystack stats`).
+   *
+   * @generated from rpc haystack.v1.BlobService.GetStats
+   */
+  getStats: {
+    methodKind: "unary";
+    input: typeof BlobServiceGetStatsRequestSchema;
+    output: typeof BlobServiceGetStatsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_haystack_v1_blob, 0);
