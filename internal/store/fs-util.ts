@@ -1,0 +1,54 @@
+import fs, { type FileHandle } from 'node:fs/promises';
+
+/** fsync a directory so renames/creates/unlinks in it are durable. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const h = await fs.open(dir, 'r');
+  try {
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+}
+
+/** Positioned write of all of `buf` (loops on short writes). */
+export async function writeFully(h: FileHandle, buf: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) {
+    const { bytesWritten } = await h.write(buf, done, buf.length - done, position + done);
+    if (bytesWritten <= 0) throw new Error(`write returned ${bytesWritten}`);
+    done += bytesWritten;
+  }
+}
+
+/** Positioned read filling `buf` as far as the file allows; returns bytes read. */
+export async function readFully(
+  h: FileHandle,
+  buf: Uint8Array,
+  position: number,
+  length = buf.length,
+): Promise<number> {
+  let done = 0;
+  while (done < length) {
+    const { bytesRead } = await h.read(buf, done, length - done, position + done);
+    if (bytesRead === 0) break;
+    done += bytesRead;
+  }
+  return done;
+}
+
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await fs.access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export async function unlinkIfExists(path: string): Promise<void> {
+  try {
+    await fs.unlink(path);
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'ENOENT') throw err;
+  }
+}

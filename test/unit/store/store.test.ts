@@ -1,0 +1,180 @@
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { crc32c } from '../../../internal/store/crc32c.js';
+import {
+  AlreadyExistsError,
+  InvalidArgumentError,
+  NotFoundError,
+} from '../../../internal/store/errors.js';
+import { blob, get, hex, openStore, put, sha256, tempDir } from './helpers.js';
+
+describe('Store basics', () => {
+  it('writes, reads, range-reads, deletes and persists across restart', async () => {
+    const dir = await tempDir();
+    let s = await openStore(dir);
+    const a = blob(100_000, 1);
+    const b = blob(0, 2);
+    const ra = await put(s, 'a', a, { cookie: 7n });
+    expect(ra.existed).toBe(false);
+    expect(ra.crc32c).toBe(crc32c(a));
+    expect(hex(ra.sha256)).toBe(hex(sha256(a)));
+    await put(s, 'empty', b);
+    expect(hex(await get(s, 'a'))).toBe(hex(a));
+    expect(hex(await get(s, 'a', 7n))).toBe(hex(a));
+    expect((await get(s, 'empty')).length).toBe(0);
+    expect(hex(await get(s, 'a', 0n, 5000, 12345))).toBe(hex(a.subarray(5000, 17345)));
+    expect(hex(await get(s, 'a', undefined, 99_990))).toBe(hex(a.subarray(99_990)));
+    expect((await get(s, 'a', undefined, 100_000)).length).toBe(0);
+    const r = await s.openRead('a');
+    expect(r.size).toBe(100_000);
+    expect(r.crc32c).toBe(crc32c(a));
+    expect(r.volumeId).toBe(ra.volumeId);
+    await expect(s.openRead('a', 8n)).rejects.toBeInstanceOf(NotFoundError);
+    await expect(s.openRead('nope')).rejects.toBeInstanceOf(NotFoundError);
+    await expect(s.openRead('bad/id')).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(async () => {
+      for await (const _ of r.stream(50, 100_000)) void _;
+    }).rejects.toBeInstanceOf(InvalidArgumentError);
+
+    await put(s, 'doomed', blob(5000, 3));
+    expect(await s.delete('doomed')).toBe(true);
+    expect(await s.delete('doomed')).toBe(false);
+    expect(await s.delete('never')).toBe(false);
+    await expect(s.openRead('doomed')).rejects.toBeInstanceOf(NotFoundError);
+
+    await s.close();
+    s = await openStore(dir);
+    expect(hex(await get(s, 'a', 7n))).toBe(hex(a));
+    expect((await get(s, 'empty')).length).toBe(0);
+    await expect(s.openRead('doomed')).rejects.toBeInstanceOf(NotFoundError);
+    const st = await s.stats();
+    expect(st.needleCount).toBe(2);
+    expect(st.volumes).toHaveLength(1);
+    expect(st.volumes[0]!.deletedCount).toBe(2); // the deleted needle + its tombstone
+    expect(st.capacityBytes).toBeGreaterThan(0);
+    expect(st.usedBytes).toBeGreaterThan(100_000);
+  });
+
+  it('is idempotent for identical rewrites and rejects different content or reuse of deleted ids', async () => {
+    const s = await openStore(await tempDir());
+    const a = blob(3000, 9);
+    const first = await put(s, 'x', a);
+    const again = await put(s, 'x', a, { chunk: 1000 });
+    expect(again.existed).toBe(true);
+    expect(again.offset).toBe(first.offset);
+    expect(again.volumeId).toBe(first.volumeId);
+    expect(hex(again.sha256)).toBe(hex(first.sha256));
+    const b = a.slice();
+    b[10]! ^= 1;
+    await expect(put(s, 'x', b)).rejects.toBeInstanceOf(AlreadyExistsError);
+    await expect(put(s, 'x', a, { cookie: 43n })).rejects.toBeInstanceOf(AlreadyExistsError);
+    await expect(put(s, 'x', a.subarray(0, 2999))).rejects.toBeInstanceOf(AlreadyExistsError);
+    expect((await s.stats()).volumes[0]!.sizeBytes).toBe(first.offset + 3056);
+    await s.delete('x');
+    const err = await put(s, 'x', a).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(AlreadyExistsError);
+    expect((err as AlreadyExistsError).reason).toBe('deleted');
+  });
+
+  it('commits nothing for a short stream, an overlong stream, a SHA-256 mismatch or an abort', async () => {
+    const dir = await tempDir();
+    let s = await openStore(dir);
+    const a = blob(10_000, 4);
+    const w = await s.beginWrite('short', 1n, 10_000);
+    await w.write(a.subarray(0, 9_999));
+    await expect(w.commit()).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(s.openRead('short')).rejects.toBeInstanceOf(NotFoundError);
+
+    const w2 = await s.beginWrite('long', 1n, 10);
+    await expect(w2.write(a.subarray(0, 11))).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(s.openRead('long')).rejects.toBeInstanceOf(NotFoundError);
+
+    const wrongSha = sha256(a.subarray(1));
+    await expect(put(s, 'sha', a, { sha: wrongSha })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(s.openRead('sha')).rejects.toBeInstanceOf(NotFoundError);
+
+    const w3 = await s.beginWrite('aborted', 1n, 100);
+    await w3.write(a.subarray(0, 100));
+    await w3.abort();
+    await expect(s.openRead('aborted')).rejects.toBeInstanceOf(NotFoundError);
+
+    // the correct sha commits; the ids above remain writable
+    await put(s, 'sha', a, { sha: sha256(a) });
+    await put(s, 'short', a);
+    await s.close();
+    s = await openStore(dir);
+    for (const id of ['long', 'aborted']) await expect(s.openRead(id)).rejects.toBeInstanceOf(NotFoundError);
+    expect(hex(await get(s, 'sha'))).toBe(hex(a));
+    expect(hex(await get(s, 'short'))).toBe(hex(a));
+    expect((await s.stats()).needleCount).toBe(2);
+  });
+
+  it('runs 200 concurrent writes, batching their fsyncs, all readable after reopen', async () => {
+    const dir = await tempDir();
+    let datSyncs = 0;
+    let s = await openStore(dir, {
+      maxVolumeSize: 64 << 20,
+      hooks: {
+        onFsync: (f) => {
+          if (f === 'dat') datSyncs++;
+        },
+      },
+    });
+    await put(s, 'warmup', blob(10));
+    datSyncs = 0;
+    const n = 200;
+    const results = await Promise.all(
+      Array.from({ length: n }, (_, i) => put(s, `c-${i}`, blob(1000 + i * 37, i), { chunk: 512 })),
+    );
+    expect(new Set(results.map((r) => `${r.volumeId}:${r.offset}`)).size).toBe(n);
+    expect(datSyncs).toBeGreaterThan(0);
+    expect(datSyncs).toBeLessThan(n / 4); // group commit: far fewer fsyncs than writes
+    const cs = s.commitStats()[0]!;
+    expect(cs.items).toBe(n + 1);
+    await s.close();
+    s = await openStore(dir, { maxVolumeSize: 64 << 20 });
+    for (let i = 0; i < n; i++) expect(hex(await get(s, `c-${i}`)), `c-${i}`).toBe(hex(blob(1000 + i * 37, i)));
+    expect((await s.stats()).needleCount).toBe(n + 1);
+  });
+
+  it('serializes concurrent writers of the same id: one writes, the other is idempotent or rejected', async () => {
+    const s = await openStore(await tempDir());
+    const a = blob(4000, 1);
+    const [r1, r2] = await Promise.all([put(s, 'same', a), put(s, 'same', a)]);
+    expect([r1.existed, r2.existed].sort()).toEqual([false, true]);
+    expect(r1.offset).toBe(r2.offset);
+    const results = await Promise.allSettled([put(s, 'diff', a), put(s, 'diff', blob(4000, 2))]);
+    expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+    expect((results.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason).toBeInstanceOf(
+      AlreadyExistsError,
+    );
+    expect((await s.stats()).needleCount).toBe(2);
+  });
+
+  it('lists live needles in id order with paging', async () => {
+    const s = await openStore(await tempDir(), { maxVolumeSize: 8192 });
+    const ids = Array.from({ length: 30 }, (_, i) => `id-${String(i).padStart(3, '0')}`);
+    for (const id of [...ids].reverse()) await put(s, id, blob(300, id.length));
+    await s.delete('id-005');
+    expect((await s.stats()).volumes.length).toBeGreaterThan(1);
+    const all: string[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const page = await s.listNeedles(after, 7);
+      if (page.length === 0) break;
+      all.push(...page.map((p) => p.blobId));
+      after = page[page.length - 1]!.blobId;
+      expect(page[0]!.size).toBe(300);
+    }
+    expect(all).toEqual(ids.filter((i) => i !== 'id-005'));
+  });
+
+  it('rejects invalid arguments with actionable messages', async () => {
+    const s = await openStore(await tempDir(), { maxVolumeSize: 8192 });
+    await expect(s.beginWrite('', 1n, 1)).rejects.toThrow(/empty/);
+    await expect(s.beginWrite('ok', 1n, -1)).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(s.beginWrite('ok', 1n, 9000)).rejects.toThrow(/exceeds/);
+    await expect(fs.stat(path.join(s.dataDir, '1.dat'))).rejects.toThrow();
+  });
+});
