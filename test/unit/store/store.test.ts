@@ -2,11 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { crc32c } from '../../../internal/store/crc32c.js';
-import {
-  AlreadyExistsError,
-  InvalidArgumentError,
-  NotFoundError,
-} from '../../../internal/store/errors.js';
+import { AlreadyExistsError, InvalidArgumentError, NotFoundError } from '../../../internal/store/errors.js';
 import { blob, get, hex, openStore, put, sha256, tempDir } from './helpers.js';
 
 describe('Store basics', () => {
@@ -134,7 +130,8 @@ describe('Store basics', () => {
     expect(cs.items).toBe(n + 1);
     await s.close();
     s = await openStore(dir, { maxVolumeSize: 64 << 20 });
-    for (let i = 0; i < n; i++) expect(hex(await get(s, `c-${i}`)), `c-${i}`).toBe(hex(blob(1000 + i * 37, i)));
+    for (let i = 0; i < n; i++)
+      expect(hex(await get(s, `c-${i}`)), `c-${i}`).toBe(hex(blob(1000 + i * 37, i)));
     expect((await s.stats()).needleCount).toBe(n + 1);
   });
 
@@ -176,5 +173,31 @@ describe('Store basics', () => {
     await expect(s.beginWrite('ok', 1n, -1)).rejects.toBeInstanceOf(InvalidArgumentError);
     await expect(s.beginWrite('ok', 1n, 9000)).rejects.toThrow(/exceeds/);
     await expect(fs.stat(path.join(s.dataDir, '1.dat'))).rejects.toThrow();
+  });
+});
+
+describe('Store with forced hash collisions', () => {
+  it('keeps colliding ids apart (keys confirmed against the needle headers), across restart and compaction', async () => {
+    const dir = await tempDir();
+    const collide = (k: string, out: Uint32Array) => {
+      out[0] = k.length % 2; // only two distinct hashes for all ids
+      out[1] = 0;
+    };
+    let s = await openStore(dir, { keyHash: collide });
+    const ids = Array.from({ length: 30 }, (_, i) => `col-${i}`);
+    for (const [i, id] of ids.entries()) await put(s, id, blob(200 + i, i));
+    expect(s.mapInfo().overflow).toBeGreaterThan(20);
+    await expect(s.openRead('col-99')).rejects.toBeInstanceOf(NotFoundError); // same hash, absent id
+    for (const id of ids.slice(0, 10)) expect(await s.delete(id)).toBe(true);
+    await s.close();
+    s = await openStore(dir, { keyHash: collide });
+    await s.compact(1, true);
+    for (const [i, id] of ids.entries()) {
+      if (i < 10) await expect(s.openRead(id)).rejects.toBeInstanceOf(NotFoundError);
+      else expect(hex(await get(s, id))).toBe(hex(blob(200 + i, i)));
+    }
+    await expect(put(s, 'col-3', blob(5, 5))).rejects.toBeInstanceOf(AlreadyExistsError);
+    expect((await s.stats()).needleCount).toBe(20);
+    expect((await s.listNeedles(undefined, 100)).map((n) => n.blobId)).toEqual(ids.slice(10).sort());
   });
 });
