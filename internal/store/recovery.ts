@@ -79,7 +79,7 @@ export async function settleDirectory(dir: string, log: RecoveryLogger): Promise
   }
   for (const name of [...names]) {
     const m = VOLUME_FILE.exec(name);
-    if (!m || m[3] !== 'compact' || m[2] !== 'idx') continue;
+    if (m?.[3] !== 'compact' || m[2] !== 'idx') continue;
     const id = Number(m[1]);
     const datGen = await readGeneration(path.join(dir, datName(id)), 'dat');
     const idxGen = await readGeneration(path.join(dir, name), 'idx');

@@ -52,11 +52,18 @@ export async function put(
 ) {
   const w = await s.beginWrite(id, opts.cookie ?? 42n, data.length);
   const step = opts.chunk ?? 7919;
-  for (let i = 0; i < data.length; i += step) await w.write(data.subarray(i, Math.min(data.length, i + step)));
+  for (let i = 0; i < data.length; i += step)
+    await w.write(data.subarray(i, Math.min(data.length, i + step)));
   return w.commit(opts.sha);
 }
 
-export async function get(s: Store, id: string, cookie?: bigint, offset?: number, length?: number): Promise<Uint8Array> {
+export async function get(
+  s: Store,
+  id: string,
+  cookie?: bigint,
+  offset?: number,
+  length?: number,
+): Promise<Uint8Array> {
   const r = await s.openRead(id, cookie);
   const parts: Uint8Array[] = [];
   for await (const c of r.stream(offset, length, 4096)) parts.push(c);

@@ -86,7 +86,9 @@ describe('NeedleMap vs reference Map', () => {
             expect(map.size).toBe(ref.size);
           }
           let n = 0;
-          map.forEach(() => n++);
+          map.forEach(() => {
+            n++;
+          });
           expect(n).toBe(ref.size);
         }),
         { numRuns: 150 },
