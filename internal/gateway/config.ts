@@ -11,6 +11,20 @@ export interface GatewayConfig extends ServerConfig {
   cacheTtlMs: number;
   cacheMaxBlobSize: number;
   maxUploadSize: number;
+  /** auto: Redis when REDIS_URL is set, else in-process. */
+  cacheBackend: 'auto' | 'redis' | 'memory' | 'none';
+  cacheMemorySize: number;
+  cacheWarnIntervalMs: number;
+  /** Longest wait for the next message of a store Read before failing over to another replica. */
+  storeTimeoutMs: number;
+  /** Deadline of one directory call. */
+  directoryTimeoutMs: number;
+  /** How long directory calls are retried (across instances) while none answers. */
+  directoryRetryMs: number;
+  /** Cache-Control of GET /blobs/{id}. */
+  httpCacheControl: string;
+  /** Static files served under /ui/ (the dashboard); empty: the built web/ when present. */
+  uiDir: string;
 }
 
 export const GATEWAY_ENV_HELP = `${COMMON_ENV_HELP}
@@ -19,7 +33,15 @@ export const GATEWAY_ENV_HELP = `${COMMON_ENV_HELP}
   REDIS_URL              Redis for the blob cache (empty: no cache)
   CACHE_TTL              cache entry lifetime (default 3600s)
   CACHE_MAX_BLOB_SIZE    larger blobs are not cached (default 1MiB)
-  MAX_UPLOAD_SIZE        larger uploads are refused (default 100MiB)`;
+  MAX_UPLOAD_SIZE        larger uploads are refused (default 100MiB)
+  CACHE_BACKEND          auto|redis|memory|none (default auto: redis when REDIS_URL is set)
+  CACHE_MEMORY_SIZE      byte budget of the in-process cache (default 256MiB)
+  CACHE_WARN_INTERVAL    at most one "cache unavailable" warning per interval (default 30s)
+  STORE_TIMEOUT          wait for a store before failing over to the next replica (default 5s)
+  DIRECTORY_TIMEOUT      deadline of one directory call (default 5s)
+  DIRECTORY_RETRY        how long unanswered directory calls are retried (default 15s)
+  HTTP_CACHE_CONTROL     Cache-Control of GET /blobs/{id} (default "public, max-age=3600")
+  UI_DIR                 static files served under /ui/ (default: the built dashboard)`;
 
 export function readGatewayConfig(flags: { listen?: string }, env: Env = process.env): GatewayConfig {
   const r = envReader(env);
@@ -38,7 +60,26 @@ export function readGatewayConfig(flags: { listen?: string }, env: Env = process
     cacheTtlMs: r.duration('CACHE_TTL', 3_600_000, { minMs: 1000 }),
     cacheMaxBlobSize: r.size('CACHE_MAX_BLOB_SIZE', 1024 * 1024),
     maxUploadSize: r.size('MAX_UPLOAD_SIZE', 100 * 1024 * 1024, { min: 1 }),
+    cacheBackend: r.matching(
+      'CACHE_BACKEND',
+      'auto',
+      /^(auto|redis|memory|none)$/,
+      'auto, redis, memory or none',
+    ) as GatewayConfig['cacheBackend'],
+    cacheMemorySize: r.size('CACHE_MEMORY_SIZE', 256 * 1024 * 1024),
+    cacheWarnIntervalMs: r.duration('CACHE_WARN_INTERVAL', 30_000, { minMs: 0 }),
+    storeTimeoutMs: r.duration('STORE_TIMEOUT', 5_000, { minMs: 10, maxMs: 600_000 }),
+    directoryTimeoutMs: r.duration('DIRECTORY_TIMEOUT', 5_000, { minMs: 10, maxMs: 600_000 }),
+    directoryRetryMs: r.duration('DIRECTORY_RETRY', 15_000, { minMs: 0, maxMs: 600_000 }),
+    httpCacheControl: r.matching(
+      'HTTP_CACHE_CONTROL',
+      'public, max-age=3600',
+      /^[\x20-\x7e]{1,200}$/,
+      'a Cache-Control header value',
+    ),
+    uiDir: r.string('UI_DIR', ''),
   };
+  if (cfg.cacheBackend === 'redis' && !cfg.redisUrl) r.problem('CACHE_BACKEND=redis needs REDIS_URL');
   r.done();
   return cfg;
 }

@@ -1,0 +1,323 @@
+import { Redis } from 'ioredis';
+import type { Logger } from '../server/logger.js';
+import type {
+  BlobCache,
+  CacheCounts,
+  CachedBlob,
+  CachedBlobMeta,
+  CacheObserver,
+  CacheStatsSnapshot,
+} from './blob-cache.js';
+
+export interface RedisCacheOptions {
+  url: string;
+  ttlMs: number;
+  maxBlobSize: number;
+  log: Logger;
+  /** Key prefix (default "haystack:"). */
+  prefix?: string;
+  /** Longest a cache command may take before the read or write goes on without it. */
+  commandTimeoutMs?: number;
+  /** At most one "cache unavailable" warning per this interval. */
+  warnIntervalMs?: number;
+  /** How long a deletion keeps read-through fills of the same id out. */
+  tombstoneMs?: number;
+  /** How often this process adds its hit/miss counts to the shared counters. */
+  statsFlushMs?: number;
+  observe?: CacheObserver;
+}
+
+// KEYS[1] blob key, KEYS[2] tombstone key; ARGV value, ttl ms, fresh (1|0).
+// A read-through fill must not bring back a blob deleted while it was being read.
+const SET_BLOB = `
+if ARGV[3] == '1' then
+  redis.call('DEL', KEYS[2])
+elseif redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`;
+
+type SetBlobCommand = (
+  blobKey: string,
+  tombKey: string,
+  value: Buffer,
+  ttl: number,
+  fresh: string,
+) => Promise<number>;
+
+/** Largest number of ids whose invalidation is remembered while Redis is away. */
+const MAX_PENDING_INVALIDATIONS = 10_000;
+
+/**
+ * The blob cache on Redis (shared by every gateway). Each value is a 4-byte
+ * header length, a JSON header with the metadata, then the content. While Redis
+ * is unreachable every call bypasses it at once (no queueing), one warning is
+ * logged per interval, and deletions are remembered and replayed when Redis is
+ * back, so a blob deleted during the outage is not served from a stale entry.
+ */
+export class RedisBlobCache implements BlobCache {
+  readonly backend = 'redis' as const;
+  readonly maxBlobSize: number;
+  private readonly redis: Redis & { hsSetBlob: SetBlobCommand };
+  private readonly prefix: string;
+  private readonly log: Logger;
+  private readonly counts: CacheCounts = { hits: 0, misses: 0 };
+  private readonly unflushed: CacheCounts = { hits: 0, misses: 0 };
+  private cluster: CacheCounts = { hits: 0, misses: 0 };
+  private readonly pendingInvalidations = new Set<string>();
+  private flushAllOnReconnect = false;
+  private lastWarnAt = 0;
+  private suppressed = 0;
+  private wasDown = false;
+  private readonly flushTimer: NodeJS.Timeout;
+  private closed = false;
+
+  constructor(private readonly opts: RedisCacheOptions) {
+    this.maxBlobSize = opts.maxBlobSize;
+    this.prefix = opts.prefix ?? 'haystack:';
+    this.log = opts.log;
+    const redis = new Redis(opts.url, {
+      // Fail fast while disconnected: a read must not wait for the cache.
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      commandTimeout: opts.commandTimeoutMs ?? 500,
+      connectTimeout: 2_000,
+      // Reconnect forever, at most every 2 s: caching resumes by itself.
+      retryStrategy: (times) => Math.min(100 * times, 2_000),
+      lazyConnect: false,
+    });
+    redis.defineCommand('hsSetBlob', { numberOfKeys: 2, lua: SET_BLOB });
+    this.redis = redis as Redis & { hsSetBlob: SetBlobCommand };
+    this.redis.on('error', (err: Error) => this.unavailable(err));
+    this.redis.on('close', () => {
+      if (!this.closed) this.unavailable(new Error('connection closed'));
+    });
+    this.redis.on('ready', () => void this.onReady());
+    this.flushTimer = setInterval(() => void this.flushStats(), opts.statsFlushMs ?? 1_000);
+    this.flushTimer.unref();
+  }
+
+  private key(blobId: string): string {
+    return `${this.prefix}blob:${blobId}`;
+  }
+  private tombKey(blobId: string): string {
+    return `${this.prefix}deleted:${blobId}`;
+  }
+  private get statsKey(): string {
+    return `${this.prefix}cache-stats`;
+  }
+
+  available(): boolean {
+    return this.redis.status === 'ready';
+  }
+
+  /** Logs at most one warning per interval while Redis is unreachable. */
+  private unavailable(err: unknown): void {
+    this.wasDown = true;
+    const now = Date.now();
+    if (now - this.lastWarnAt < (this.opts.warnIntervalMs ?? 30_000)) {
+      this.suppressed++;
+      return;
+    }
+    this.log.warn(
+      { err: err instanceof Error ? err.message : String(err), suppressed: this.suppressed },
+      'redis cache unavailable: reads and writes bypass the cache',
+    );
+    this.lastWarnAt = now;
+    this.suppressed = 0;
+  }
+
+  private async onReady(): Promise<void> {
+    if (this.wasDown) this.log.info('redis cache available again: caching resumes');
+    this.wasDown = false;
+    this.lastWarnAt = 0;
+    try {
+      if (this.flushAllOnReconnect) {
+        await this.dropAllBlobs();
+        this.flushAllOnReconnect = false;
+        this.pendingInvalidations.clear();
+      }
+      for (const id of [...this.pendingInvalidations]) {
+        await this.writeInvalidation(id);
+        this.pendingInvalidations.delete(id);
+      }
+    } catch (err) {
+      this.unavailable(err);
+    }
+  }
+
+  /** Too many deletions were missed: drop every cached blob rather than serve a stale one. */
+  private async dropAllBlobs(): Promise<void> {
+    let cursor = '0';
+    do {
+      const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${this.prefix}blob:*`, 'COUNT', 1000);
+      if (keys.length > 0) await this.redis.del(...keys);
+      cursor = next;
+    } while (cursor !== '0');
+    this.log.warn('dropped every cached blob after missing deletions during a Redis outage');
+  }
+
+  private record(hit: boolean): void {
+    if (hit) {
+      this.counts.hits++;
+      this.unflushed.hits++;
+    } else {
+      this.counts.misses++;
+      this.unflushed.misses++;
+    }
+    this.opts.observe?.(hit ? 'hit' : 'miss');
+  }
+
+  async get(blobId: string): Promise<CachedBlob | undefined> {
+    if (!this.available()) {
+      this.record(false);
+      return undefined;
+    }
+    try {
+      const value = await this.redis.getBuffer(this.key(blobId));
+      const blob = value ? decode(value) : undefined;
+      this.record(blob !== undefined);
+      return blob;
+    } catch (err) {
+      this.unavailable(err);
+      this.record(false);
+      return undefined;
+    }
+  }
+
+  async set(blob: CachedBlob, opts: { fresh?: boolean } = {}): Promise<void> {
+    if (blob.data.length > this.maxBlobSize || blob.data.length !== blob.meta.size) return;
+    if (!this.available()) return;
+    try {
+      await this.redis.hsSetBlob(
+        this.key(blob.meta.blobId),
+        this.tombKey(blob.meta.blobId),
+        encode(blob),
+        this.opts.ttlMs,
+        opts.fresh ? '1' : '0',
+      );
+    } catch (err) {
+      this.unavailable(err);
+    }
+  }
+
+  async invalidate(blobId: string): Promise<void> {
+    if (this.available()) {
+      try {
+        await this.writeInvalidation(blobId);
+        return;
+      } catch (err) {
+        this.unavailable(err);
+      }
+    }
+    // Replayed once Redis is back; a flood of them drops the whole cache instead.
+    if (this.pendingInvalidations.size < MAX_PENDING_INVALIDATIONS) this.pendingInvalidations.add(blobId);
+    else this.flushAllOnReconnect = true;
+  }
+
+  private async writeInvalidation(blobId: string): Promise<void> {
+    await this.redis
+      .multi()
+      .del(this.key(blobId))
+      .set(this.tombKey(blobId), '1', 'PX', this.opts.tombstoneMs ?? 60_000)
+      .exec();
+  }
+
+  private async flushStats(): Promise<void> {
+    if (!this.available()) return;
+    const { hits, misses } = this.unflushed;
+    try {
+      const multi = this.redis.multi();
+      if (hits > 0) multi.hincrby(this.statsKey, 'hits', hits);
+      if (misses > 0) multi.hincrby(this.statsKey, 'misses', misses);
+      multi.hgetall(this.statsKey);
+      const res = await multi.exec();
+      this.unflushed.hits -= hits;
+      this.unflushed.misses -= misses;
+      const all = res?.[res.length - 1]?.[1] as Record<string, string> | undefined;
+      if (all) this.cluster = { hits: Number(all.hits ?? 0), misses: Number(all.misses ?? 0) };
+    } catch (err) {
+      this.unavailable(err);
+    }
+  }
+
+  async stats(): Promise<CacheStatsSnapshot> {
+    await this.flushStats();
+    return {
+      backend: 'redis',
+      available: this.available(),
+      local: { ...this.counts },
+      // What Redis last said plus what this process has not handed over yet.
+      cluster: {
+        hits: this.cluster.hits + this.unflushed.hits,
+        misses: this.cluster.misses + this.unflushed.misses,
+      },
+    };
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.flushTimer);
+    await this.flushStats();
+    this.closed = true;
+    this.redis.disconnect();
+  }
+}
+
+interface Header {
+  v: 1;
+  id: string;
+  size: number;
+  sha256: string;
+  ct: string;
+  at: number;
+  cookie: string;
+  rc: number;
+  trc: number;
+}
+
+export function encode(blob: CachedBlob): Buffer {
+  const m = blob.meta;
+  const header: Header = {
+    v: 1,
+    id: m.blobId,
+    size: m.size,
+    sha256: m.sha256,
+    ct: m.contentType,
+    at: m.createdAtMs,
+    cookie: m.cookie.toString(),
+    rc: m.replicaCount,
+    trc: m.targetReplicaCount,
+  };
+  const h = Buffer.from(JSON.stringify(header));
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(h.length);
+  return Buffer.concat([len, h, blob.data]);
+}
+
+/** Undefined for anything that is not a well-formed entry (treated as a miss). */
+export function decode(value: Buffer): CachedBlob | undefined {
+  if (value.length < 4) return undefined;
+  const n = value.readUInt32BE(0);
+  if (4 + n > value.length) return undefined;
+  let h: Header;
+  try {
+    h = JSON.parse(value.subarray(4, 4 + n).toString('utf8')) as Header;
+  } catch {
+    return undefined;
+  }
+  const data = value.subarray(4 + n);
+  if (h.v !== 1 || data.length !== h.size) return undefined;
+  const meta: CachedBlobMeta = {
+    blobId: h.id,
+    size: h.size,
+    sha256: h.sha256,
+    contentType: h.ct,
+    createdAtMs: h.at,
+    cookie: BigInt(h.cookie),
+    replicaCount: h.rc,
+    targetReplicaCount: h.trc,
+  };
+  return { meta, data };
+}

@@ -1,0 +1,131 @@
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { decode, encode, RedisBlobCache } from '../../../internal/cache/redis-cache.js';
+import { RedisProcess } from '../../helpers/redis.js';
+import { blob } from './blob.js';
+
+function captureLogger() {
+  const lines: Array<{ level: number; msg: string }> = [];
+  const stream = new Writable({
+    write(chunk, _enc, cb) {
+      for (const l of String(chunk).split('\n')) if (l) lines.push(JSON.parse(l));
+      cb();
+    },
+  });
+  return { log: pino({ level: 'info' }, stream), lines };
+}
+
+async function until(cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('RedisBlobCache entry codec', () => {
+  it('round-trips metadata and bytes and rejects garbage', () => {
+    const b = blob('x', 100, 7);
+    expect(decode(encode(b))).toEqual({ meta: b.meta, data: Buffer.from(b.data) });
+    expect(decode(Buffer.from('nope'))).toBeUndefined();
+    expect(decode(encode(b).subarray(0, 50))).toBeUndefined();
+  });
+});
+
+describe('RedisBlobCache on a real redis-server', () => {
+  let redis: RedisProcess;
+  let cache: RedisBlobCache;
+  const { log, lines } = captureLogger();
+
+  beforeAll(async () => {
+    redis = await RedisProcess.start();
+    cache = new RedisBlobCache({
+      url: redis.url,
+      ttlMs: 60_000,
+      maxBlobSize: 1024,
+      log,
+      warnIntervalMs: 60_000,
+      tombstoneMs: 2_000,
+      statsFlushMs: 100,
+    });
+    await until(() => cache.available());
+  });
+  afterAll(async () => {
+    await cache?.close();
+    await redis?.stop();
+  });
+
+  it('misses, then hits after a push-on-write, keeping metadata and bytes', async () => {
+    expect(await cache.get('p1')).toBeUndefined();
+    await cache.set(blob('p1', 512, 9), { fresh: true });
+    const got = await cache.get('p1');
+    expect(got?.meta).toEqual(blob('p1', 512).meta);
+    expect(Buffer.from(got!.data)).toEqual(Buffer.alloc(512, 9));
+  });
+
+  it('does not cache blobs above the size limit', async () => {
+    await cache.set(blob('big', 1025));
+    expect(await cache.get('big')).toBeUndefined();
+  });
+
+  it('invalidates on delete and keeps racing read-through fills out', async () => {
+    await cache.set(blob('d1', 10), { fresh: true });
+    await cache.invalidate('d1');
+    expect(await cache.get('d1')).toBeUndefined();
+    await cache.set(blob('d1', 10));
+    expect(await cache.get('d1')).toBeUndefined();
+    await cache.set(blob('d1', 10), { fresh: true });
+    expect(await cache.get('d1')).toBeDefined();
+  });
+
+  it('sets the TTL on entries', async () => {
+    const short = new RedisBlobCache({ url: redis.url, ttlMs: 300, maxBlobSize: 1024, log, prefix: 'ttl:' });
+    await until(() => short.available());
+    await short.set(blob('ttl', 10), { fresh: true });
+    expect(await short.get('ttl')).toBeDefined();
+    await new Promise((r) => setTimeout(r, 400));
+    expect(await short.get('ttl')).toBeUndefined();
+    await short.close();
+  });
+
+  it('shares hit and miss counts across processes through Redis', async () => {
+    const other = new RedisBlobCache({ url: redis.url, ttlMs: 60_000, maxBlobSize: 1024, log });
+    await until(() => other.available());
+    await other.get('p1'); // hit
+    await other.get('nope'); // miss
+    const mine = await cache.stats();
+    const theirs = await other.stats();
+    expect(theirs.local).toEqual({ hits: 1, misses: 1 });
+    await until(async () => {
+      const s = await cache.stats();
+      return s.cluster.hits >= mine.local.hits + 1;
+    });
+    const s = await cache.stats();
+    expect(s.cluster.hits + s.cluster.misses).toBe(
+      mine.local.hits + mine.local.misses + theirs.local.hits + theirs.local.misses,
+    );
+    await other.close();
+  });
+
+  it('bypasses a dead Redis quickly with one warning, replays deletions and resumes when it is back', async () => {
+    await cache.set(blob('keep', 10), { fresh: true });
+    await cache.set(blob('gone', 10), { fresh: true });
+    await redis.kill();
+    await until(() => !cache.available());
+    const t0 = Date.now();
+    for (let i = 0; i < 50; i++) expect(await cache.get('keep')).toBeUndefined();
+    await cache.set(blob('x', 10), { fresh: true });
+    await cache.invalidate('gone');
+    expect(Date.now() - t0).toBeLessThan(1000);
+    const warnings = lines.filter((l) => l.msg.startsWith('redis cache unavailable'));
+    expect(warnings.length, JSON.stringify(warnings)).toBe(1);
+
+    // A restarted Redis (same data would come back from a partition; here it is empty).
+    await redis.restart();
+    await until(() => cache.available());
+    await cache.set(blob('keep', 10), { fresh: true });
+    expect(await cache.get('keep')).toBeDefined();
+    expect(lines.some((l) => l.msg.startsWith('redis cache available again'))).toBe(true);
+  });
+});

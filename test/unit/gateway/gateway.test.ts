@@ -1,0 +1,243 @@
+import { createHash } from 'node:crypto';
+import { Code, ConnectError } from '@connectrpc/connect';
+import { pino } from 'pino';
+import { describe, expect, it } from 'vitest';
+import { MemoryBlobCache } from '../../../internal/cache/memory-cache.js';
+import { BlobGateway, range } from '../../../internal/gateway/blobs.js';
+import { parseRange } from '../../../internal/gateway/http.js';
+import { bytes } from '../../helpers/store-client.js';
+import { fakeCluster } from './fakes.js';
+
+const log = pino({ level: 'silent' });
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+function setup(opts: { maxUpload?: number; cacheMax?: number; storeTimeoutMs?: number } = {}) {
+  const c = fakeCluster();
+  const cache = new MemoryBlobCache({ ttlMs: 60_000, maxBlobSize: opts.cacheMax ?? 10_000, maxBytes: 1e8 });
+  const failovers: string[] = [];
+  const gw = new BlobGateway({
+    directory: c.directory,
+    store: c.storeApi,
+    cache,
+    log,
+    maxUploadSize: opts.maxUpload ?? 1e7,
+    storeTimeoutMs: opts.storeTimeoutMs ?? 200,
+    onFailover: (id) => failovers.push(id),
+  });
+  return { ...c, cache, gw, failovers };
+}
+
+async function* chunked(data: Uint8Array, size = 777) {
+  for (let i = 0; i < data.length; i += size) yield data.subarray(i, i + size);
+}
+
+async function readAll(gw: BlobGateway, id: string, offset = 0, length = 0) {
+  const o = await gw.open(id, offset, length);
+  const parts: Uint8Array[] = [];
+  for await (const c of o.chunks) parts.push(c);
+  return { ...o, data: Buffer.concat(parts) };
+}
+
+const header = (
+  size: number,
+  extra: Partial<{ blobId: string; sha256: string; contentType: string }> = {},
+) => ({
+  blobId: '',
+  size: BigInt(size),
+  contentType: '',
+  sha256: '',
+  replicaCount: 0,
+  ...extra,
+});
+
+describe('BlobGateway writes', () => {
+  it('allocates, streams to the first store with the others as forward_to, commits, and answers BlobInfo', async () => {
+    const { gw, stores, directory } = setup();
+    const data = bytes(50_000, 1);
+    const info = await gw.write(
+      header(data.length, { blobId: 'photo-1', contentType: 'image/jpeg' }),
+      chunked(data),
+    );
+    expect(info.blobId).toBe('photo-1');
+    expect(info.size).toBe(50_000n);
+    expect(info.sha256).toBe(sha(data));
+    expect(info.contentType).toBe('image/jpeg');
+    expect(info.replicaCount).toBe(3);
+    for (const s of stores) expect(s.blobs.get('photo-1')?.data.equals(data)).toBe(true);
+    expect(directory.blobs.get('photo-1')?.cookie).toBe(directory.allocated.get('photo-1'));
+  });
+
+  it('names a blob by its SHA-256 when the header gives one, else picks a random id', async () => {
+    const { gw } = setup();
+    const data = bytes(100, 2);
+    expect((await gw.write(header(100, { sha256: sha(data) }), chunked(data))).blobId).toBe(sha(data));
+    const random = await gw.write(header(100), chunked(bytes(100, 3)));
+    expect(random.blobId).toMatch(/^[A-Za-z0-9_-]{22}$/);
+  });
+
+  it('refuses oversized uploads before allocating, with RESOURCE_EXHAUSTED naming the limit', async () => {
+    const { gw, directory } = setup({ maxUpload: 1000 });
+    const err = await gw.write(header(1001), chunked(bytes(1001, 1))).catch((e) => ConnectError.from(e));
+    expect(err).toBeInstanceOf(ConnectError);
+    expect((err as ConnectError).code).toBe(Code.ResourceExhausted);
+    expect((err as ConnectError).rawMessage).toContain('MAX_UPLOAD_SIZE');
+    expect(directory.allocated.size).toBe(0);
+  });
+
+  it.each([
+    ['more bytes than announced', 10, bytes(11, 1), /more than the 10 bytes/],
+    ['fewer bytes than announced', 12, bytes(11, 1), /ended after 11 of the 12 bytes/],
+  ])('fails an upload carrying %s with INVALID_ARGUMENT and commits nothing', async (_n, size, data, msg) => {
+    const { gw, directory } = setup();
+    const err = (await gw.write(header(size), chunked(data, 4)).catch((e) => e)) as ConnectError;
+    expect(err.code).toBe(Code.InvalidArgument);
+    expect(err.rawMessage).toMatch(msg);
+    expect(directory.commits).toBe(0);
+  });
+
+  it('fails a SHA-256 mismatch with INVALID_ARGUMENT and commits nothing', async () => {
+    const { gw, directory } = setup();
+    const err = (await gw
+      .write(header(100, { sha256: 'a'.repeat(64) }), chunked(bytes(100, 1)))
+      .catch((e) => e)) as ConnectError;
+    expect(err.code).toBe(Code.InvalidArgument);
+    expect(err.rawMessage).toContain('does not match');
+    expect(directory.commits).toBe(0);
+  });
+
+  it.each([
+    [{ blobId: 'bad/id' }, /only letters, digits/],
+    [{ sha256: 'XYZ' }, /64 lower-case hex/],
+    [{ contentType: 'text/plain\r\nx: y' }, /not a MIME type/],
+  ])('rejects a bad header %o with INVALID_ARGUMENT', async (extra, msg) => {
+    const { gw } = setup();
+    const err = (await gw.write(header(1, extra), chunked(bytes(1, 1))).catch((e) => e)) as ConnectError;
+    expect(err.code).toBe(Code.InvalidArgument);
+    expect(err.rawMessage).toMatch(msg);
+  });
+
+  it('does not commit when the store write fails, and passes its status on', async () => {
+    const { gw, stores, directory } = setup();
+    stores[0]!.writeMode = 'fail';
+    const err = (await gw.write(header(100), chunked(bytes(100, 1))).catch((e) => e)) as ConnectError;
+    expect(err.code).toBe(Code.Unavailable);
+    expect(directory.commits).toBe(0);
+  });
+
+  it('pushes small blobs into the cache on write, not large ones', async () => {
+    const { gw, cache } = setup({ cacheMax: 1000 });
+    await gw.write(header(1000, { blobId: 'small' }), chunked(bytes(1000, 1)));
+    await gw.write(header(1001, { blobId: 'large' }), chunked(bytes(1001, 1)));
+    expect(await cache.get('small')).toBeDefined();
+    expect(await cache.get('large')).toBeUndefined();
+  });
+});
+
+describe('BlobGateway reads', () => {
+  it('serves the second read of a blob from the cache', async () => {
+    const { gw, stores, cache } = setup();
+    const data = bytes(5000, 5);
+    // Written by "another gateway": straight into the stores and directory.
+    const other = new BlobGateway({
+      directory: (gw as unknown as { o: { directory: never } }).o.directory,
+      store: (a) => stores.find((s) => s.storeId === a)!.api(),
+      cache: new MemoryBlobCache({ ttlMs: 1, maxBlobSize: 0, maxBytes: 0 }),
+      log,
+      maxUploadSize: 1e7,
+      storeTimeoutMs: 200,
+    });
+    await other.write(header(5000, { blobId: 'rt' }), chunked(data));
+    const a = await readAll(gw, 'rt');
+    expect(a.fromCache).toBe(false);
+    const b = await readAll(gw, 'rt');
+    expect(b.fromCache).toBe(true);
+    expect(b.data.equals(data)).toBe(true);
+    expect((await cache.stats()).local).toEqual({ hits: 1, misses: 1 });
+  });
+
+  it('fails over to the next replica when a store is down or stalls, without the client noticing', async () => {
+    const { gw, stores, failovers } = setup({ cacheMax: 0 });
+    const data = bytes(20_000, 6);
+    await gw.write(header(data.length, { blobId: 'f' }), chunked(data));
+    stores[0]!.mode = { kind: 'down' };
+    expect((await readAll(gw, 'f')).data.equals(data)).toBe(true);
+    stores[0]!.mode = { kind: 'stall' };
+    stores[1]!.mode = { kind: 'down' };
+    const t0 = Date.now();
+    expect((await readAll(gw, 'f')).data.equals(data)).toBe(true);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    expect(failovers.length).toBe(3);
+  });
+
+  it('resumes mid-stream on another replica from the first byte not yet delivered', async () => {
+    const { gw, stores } = setup({ cacheMax: 0 });
+    const data = bytes(20_000, 7);
+    await gw.write(header(data.length, { blobId: 'm' }), chunked(data));
+    stores[0]!.mode = { kind: 'cut', after: 7000 };
+    stores[1]!.mode = { kind: 'cut', after: 5000 };
+    const got = await readAll(gw, 'm');
+    expect(got.data.length).toBe(20_000);
+    expect(got.data.equals(data)).toBe(true);
+  });
+
+  it('answers UNAVAILABLE naming the failures when no replica can be read, NOT_FOUND for unknown ids', async () => {
+    const { gw, stores } = setup({ cacheMax: 0 });
+    await gw.write(header(10, { blobId: 'u' }), chunked(bytes(10, 1)));
+    for (const s of stores) s.mode = { kind: 'down' };
+    const err = (await gw.open('u').catch((e) => e)) as ConnectError;
+    expect(err.code).toBe(Code.Unavailable);
+    expect(err.rawMessage).toContain('3 tried');
+    const nf = (await gw.open('nope').catch((e) => e)) as ConnectError;
+    expect(nf.code).toBe(Code.NotFound);
+  });
+
+  it('reads byte ranges, from the stores and from the cache', async () => {
+    const { gw } = setup();
+    const data = bytes(3000, 8);
+    await gw.write(header(3000, { blobId: 'r' }), chunked(data));
+    const fromCache = await readAll(gw, 'r', 1000, 500);
+    expect(fromCache.fromCache).toBe(true);
+    expect(fromCache.data.equals(data.subarray(1000, 1500))).toBe(true);
+    const { gw: g2 } = setup({ cacheMax: 0 });
+    await g2.write(header(3000, { blobId: 'r' }), chunked(data));
+    const fromStore = await readAll(g2, 'r', 2500, 0);
+    expect(fromStore.data.equals(data.subarray(2500))).toBe(true);
+    const oob = (await g2.open('r', 3001).catch((e) => e)) as ConnectError;
+    expect(oob.code).toBe(Code.OutOfRange);
+  });
+
+  it('invalidates the cache on delete; later reads are NOT_FOUND', async () => {
+    const { gw } = setup();
+    await gw.write(header(10, { blobId: 'd' }), chunked(bytes(10, 1)));
+    expect((await readAll(gw, 'd')).fromCache).toBe(true);
+    expect(await gw.delete('d')).toBe(true);
+    expect(((await gw.open('d').catch((e) => e)) as ConnectError).code).toBe(Code.NotFound);
+    expect(await gw.delete('d')).toBe(false);
+  });
+
+  it('lists in id order with pages', async () => {
+    const { gw } = setup();
+    for (const id of ['c', 'a', 'b']) await gw.write(header(1, { blobId: id }), chunked(bytes(1, 1)));
+    const p1 = await gw.list(2, '', '');
+    expect(p1.blobs.map((b) => b.blobId)).toEqual(['a', 'b']);
+    const p2 = await gw.list(2, p1.next, '');
+    expect(p2.blobs.map((b) => b.blobId)).toEqual(['c']);
+    expect(p2.next).toBe('');
+  });
+});
+
+describe('ranges', () => {
+  it('parses single byte ranges like an HTTP server', () => {
+    expect(parseRange(undefined, 100)).toBeNull();
+    expect(parseRange('bytes=0-9', 100)).toEqual({ start: 0, end: 9 });
+    expect(parseRange('bytes=90-', 100)).toEqual({ start: 90, end: 99 });
+    expect(parseRange('bytes=-10', 100)).toEqual({ start: 90, end: 99 });
+    expect(parseRange('bytes=50-500', 100)).toEqual({ start: 50, end: 99 });
+    expect(parseRange('bytes=100-', 100)).toBe('unsatisfiable');
+    expect(parseRange('bytes=5-2', 100)).toBe('unsatisfiable');
+    expect(parseRange('bytes=0-1,5-6', 100)).toBeNull();
+    expect(parseRange('items=0-1', 100)).toBeNull();
+    expect(range(10, 10, 0)).toEqual({ offset: 10, length: 0 });
+    expect(range(10, 4, 100)).toEqual({ offset: 4, length: 6 });
+  });
+});
