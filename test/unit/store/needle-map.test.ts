@@ -45,6 +45,14 @@ const hashes: Record<string, KeyHash | undefined> = {
     out[0] = (k.length * 0x9e3779b9) >>> 0;
     out[1] = k.charCodeAt(k.length - 1) & 3;
   },
+  'clustered-homes': (k, out) => {
+    hashKey64(k, out);
+    out[0] = ((out[0]! % 5) * 0x06000000) >>> 0; // 5 nearby homes → interleaved clusters
+  },
+  'wrapping-clusters': (k, out) => {
+    hashKey64(k, out);
+    out[0] = (0xc0000000 + (out[0]! % 8) * 0x08000000) >>> 0; // homes at the table's end → clusters wrap to 0
+  },
   'same-home-different-hash': (k, out) => {
     out[0] = 0;
     hashKey64(k, out);
@@ -56,7 +64,7 @@ describe('NeedleMap vs reference Map', () => {
   for (const [name, hash] of Object.entries(hashes)) {
     it(`agrees under random operations (${name} hash)`, () => {
       fc.assert(
-        fc.property(fc.array(opArb, { maxLength: 300 }), (ops) => {
+        fc.property(fc.array(opArb, { minLength: 20, maxLength: 400 }), (ops) => {
           const { map, place } = harness(hash);
           const ref = new Map<string, NeedleLocation>();
           for (const op of ops) {
@@ -91,8 +99,32 @@ describe('NeedleMap vs reference Map', () => {
           });
           expect(n).toBe(ref.size);
         }),
-        { numRuns: 150 },
+        { numRuns: 80 },
       );
+    });
+  }
+
+  for (const [name, hash] of Object.entries(hashes)) {
+    it(`agrees over a long seeded random sequence (${name} hash)`, () => {
+      const { map, place } = harness(hash);
+      const ref = new Map<string, NeedleLocation>();
+      let x = 12345;
+      const rnd = (n: number) => {
+        x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+        return (x >>> 8) % n;
+      };
+      for (let step = 0; step < 20_000; step++) {
+        const k = `key-${rnd(60)}`;
+        if (rnd(100) < 55) {
+          const loc = place(k, rnd(10) === 0);
+          map.set(k, loc);
+          ref.set(k, loc);
+        } else {
+          expect(map.delete(k)).toBe(ref.delete(k));
+        }
+        if (step % 25 === 0) for (const [kk, loc] of ref) expect(map.get(kk), `${kk} @${step}`).toEqual(loc);
+      }
+      expect(map.size).toBe(ref.size);
     });
   }
 
