@@ -1,0 +1,148 @@
+/**
+ * The Haystack SDK for browsers: Connect over fetch (through Envoy), uploads as
+ * one Put message sent with XMLHttpRequest so that progress can be reported.
+ */
+import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import { Code, ConnectError } from '@connectrpc/connect';
+import { createConnectTransport } from '@connectrpc/connect-web';
+import { PutRequestSchema, PutResponseSchema } from '../../gen/haystack/v1/blob_pb.js';
+import {
+  HaystackClient as CoreClient,
+  type HaystackClientOptions,
+  type StoredBlob,
+  toStoredBlob,
+  type UploadOptions,
+} from './client.js';
+import { HaystackError, IntegrityError, toHaystackError } from './errors.js';
+import { Sha256 } from './sha256.js';
+
+/** The part of XMLHttpRequest used here (the SDK compiles without the DOM library). */
+interface Xhr {
+  open(method: string, url: string): void;
+  setRequestHeader(name: string, value: string): void;
+  send(body: Uint8Array): void;
+  abort(): void;
+  responseType: string;
+  response: unknown;
+  status: number;
+  upload: { onprogress: ((e: { loaded: number; total: number }) => void) | null };
+  onerror: (() => void) | null;
+  ontimeout: (() => void) | null;
+  onabort: (() => void) | null;
+  onload: (() => void) | null;
+}
+declare const XMLHttpRequest: { new (): Xhr };
+
+export * from './client.js';
+export * from './errors.js';
+export { type Hasher, Sha256 } from './sha256.js';
+
+const CODES: Record<string, Code> = Object.fromEntries(
+  Object.entries(Code)
+    .filter(([, v]) => typeof v === 'number')
+    .map(([k, v]) => [k.replace(/([a-z])([A-Z])/g, '$1_$2').toLowerCase(), v as Code]),
+);
+
+export interface BrowserClientOptions extends Partial<HaystackClientOptions> {
+  /** Envoy's origin (default: the page's origin). */
+  url?: string;
+}
+
+/** The Haystack client for browsers. */
+export class HaystackClient extends CoreClient {
+  readonly url: string;
+
+  constructor(opts: BrowserClientOptions = {}) {
+    const url = opts.url ?? (globalThis as unknown as { location: { origin: string } }).location.origin;
+    super({
+      unaryUploads: true,
+      ...opts,
+      transport: opts.transport ?? createConnectTransport({ baseUrl: url, useBinaryFormat: true }),
+    });
+    this.url = url;
+  }
+
+  /** The URL an <img src> loads the blob from. */
+  blobUrl(id: string): string {
+    return `${this.url}/blobs/${encodeURIComponent(id)}`;
+  }
+
+  /**
+   * Uploads a File/Blob/bytes with upload progress (XMLHttpRequest: fetch reports
+   * none). Retries on UNAVAILABLE; verifies the stored SHA-256.
+   */
+  async uploadWithProgress(source: Blob | Uint8Array, opts: UploadOptions = {}): Promise<StoredBlob> {
+    const data = source instanceof Uint8Array ? source : new Uint8Array(await source.arrayBuffer());
+    const h = new Sha256();
+    h.update(data);
+    const sha256 = h.hex();
+    const contentType = opts.contentType ?? (source instanceof Uint8Array ? '' : source.type);
+    const body = toBinary(
+      PutRequestSchema,
+      create(PutRequestSchema, {
+        blobId: opts.id ?? sha256,
+        data,
+        contentType,
+        replicaCount: opts.replicaCount ?? 0,
+      }),
+    );
+    try {
+      return await this.retry(true, opts.signal, async () => {
+        const bytes = await xhrPost(`${this.url}/haystack.v1.BlobService/Put`, body, opts, data.length);
+        const stored = toStoredBlob(fromBinary(PutResponseSchema, bytes).blob);
+        if (stored.sha256 !== sha256) {
+          throw new IntegrityError(
+            `blob ${stored.id} was stored with SHA-256 ${stored.sha256}, sent ${sha256}`,
+          );
+        }
+        return stored;
+      });
+    } catch (err) {
+      const e = toHaystackError(err);
+      if (e.code === Code.AlreadyExists && !opts.id) {
+        const existing = await this.stat(sha256);
+        if (existing.sha256 === sha256) return existing;
+      }
+      throw e;
+    }
+  }
+}
+
+function xhrPost(url: string, body: Uint8Array, opts: UploadOptions, total: number): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', url);
+    xhr.responseType = 'arraybuffer';
+    xhr.setRequestHeader('content-type', 'application/proto');
+    xhr.setRequestHeader('connect-protocol-version', '1');
+    if (opts.timeoutMs) xhr.setRequestHeader('connect-timeout-ms', String(opts.timeoutMs));
+    xhr.upload.onprogress = (e) =>
+      opts.onProgress?.(Math.min(total, Math.round((e.loaded / e.total) * total)), total);
+    xhr.onerror = () => reject(new ConnectError('network error', Code.Unavailable));
+    xhr.ontimeout = () => reject(new ConnectError('timed out', Code.DeadlineExceeded));
+    opts.signal?.addEventListener('abort', () => xhr.abort());
+    xhr.onabort = () => reject(new ConnectError('aborted', Code.Canceled));
+    xhr.onload = () => {
+      const buf = new Uint8Array(xhr.response as ArrayBuffer);
+      if (xhr.status === 200) {
+        opts.onProgress?.(total, total);
+        resolve(buf);
+        return;
+      }
+      // Connect errors are JSON {code, message}; Envoy's own answers may not be.
+      let code =
+        xhr.status === 429 ? Code.ResourceExhausted : xhr.status === 503 ? Code.Unavailable : Code.Unknown;
+      let message = `HTTP ${xhr.status}`;
+      try {
+        const j = JSON.parse(new TextDecoder().decode(buf)) as { code?: string; message?: string };
+        if (j.code && CODES[j.code] !== undefined) code = CODES[j.code]!;
+        if (j.message) message = j.message;
+      } catch {
+        const text = new TextDecoder().decode(buf).trim();
+        if (text) message = `${message}: ${text.slice(0, 200)}`;
+      }
+      reject(new HaystackError(message, code));
+    };
+    xhr.send(body);
+  });
+}

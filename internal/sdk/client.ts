@@ -1,0 +1,510 @@
+import { create } from '@bufbuild/protobuf';
+import { type CallOptions, type Client, Code, createClient, type Transport } from '@connectrpc/connect';
+import {
+  type BlobInfo,
+  BlobService,
+  type BlobServiceGetStatsResponse,
+  type UploadRequest,
+  UploadRequestSchema,
+} from '../../gen/haystack/v1/blob_pb.js';
+import { DirectoryService, type GetClusterStatusResponse } from '../../gen/haystack/v1/directory_pb.js';
+import {
+  ReplicationService,
+  type ReplicationServiceGetStatsResponse,
+} from '../../gen/haystack/v1/replication_pb.js';
+import {
+  AlreadyExistsError,
+  HaystackError,
+  IntegrityError,
+  InvalidArgumentError,
+  isRetryable,
+  toHaystackError,
+} from './errors.js';
+import { type Hasher, Sha256 } from './sha256.js';
+
+/** A stored blob. */
+export interface StoredBlob {
+  id: string;
+  size: number;
+  /** SHA-256 of the content, lower-case hex (also the HTTP ETag). */
+  sha256: string;
+  contentType: string;
+  createdAt: Date;
+  /** Replicas holding it now. */
+  replicas: number;
+  /** Replicas aimed for. */
+  targetReplicas: number;
+}
+
+/** What upload accepts. Bytes, Blobs (browser Files) and factories can be replayed on retry. */
+export type UploadSource =
+  | Uint8Array
+  | ArrayBuffer
+  | Blob
+  | ReadableStream<Uint8Array>
+  | AsyncIterable<Uint8Array>
+  | (() => AsyncIterable<Uint8Array>);
+
+export interface CallOpts {
+  /** Deadline of the call (per attempt) in milliseconds. */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export interface UploadOptions extends CallOpts {
+  /** Blob id; default: the SHA-256 of the content when known up front, else a random id. */
+  id?: string;
+  contentType?: string;
+  /** Exact size; required for streams of unknown length. */
+  size?: number;
+  /** SHA-256 hex of the content, if known: the gateway refuses content that does not match. */
+  sha256?: string;
+  /** Replicas wanted; 0 or absent: the cluster default. */
+  replicaCount?: number;
+  /** Called as bytes leave: (sent, total). */
+  onProgress?: (sent: number, total: number) => void;
+}
+
+export interface DownloadOptions extends CallOpts {
+  /** First byte (default 0). */
+  offset?: number;
+  /** Bytes from offset (default: to the end). */
+  length?: number;
+  /** Called as bytes arrive: (received, total of the range). */
+  onProgress?: (received: number, total: number) => void;
+}
+
+export interface DownloadStream {
+  info: StoredBlob;
+  /** Length of the requested range. */
+  length: number;
+  /** The content; the SHA-256 of a whole-blob download is checked at the end (IntegrityError). */
+  chunks: AsyncIterable<Uint8Array>;
+}
+
+export interface ListPage {
+  blobs: StoredBlob[];
+  nextPageToken: string;
+}
+
+export interface GatewayStats {
+  gatewayId: string;
+  cacheBackend: string;
+  cacheAvailable: boolean;
+  gateway: { hits: number; misses: number; hitRate: number };
+  cluster: { hits: number; misses: number; hitRate: number };
+  maxUploadSize: number;
+  cacheMaxBlobSize: number;
+  cacheTtlMs: number;
+}
+
+export interface HaystackClientOptions {
+  /** How calls reach Envoy or a gateway (gRPC in Node, Connect in browsers). */
+  transport: Transport;
+  /** Attempts after the first on UNAVAILABLE (default 5). */
+  retries?: number;
+  /** First backoff delay in ms, doubled each attempt, with full jitter (default 100). */
+  retryBaseMs?: number;
+  /** Longest backoff delay in ms (default 3000). */
+  retryMaxMs?: number;
+  /** Default deadline of unary calls in ms (default 30000). */
+  timeoutMs?: number;
+  /** Incremental SHA-256 (default: a portable implementation; Node passes node:crypto). */
+  hasher?: () => Hasher;
+  /** Bytes per upload message (default 256 KiB). */
+  chunkSize?: number;
+  /** Send uploads as one Put message instead of an Upload stream (browsers: no client streaming). */
+  unaryUploads?: boolean;
+}
+
+export function toStoredBlob(b: BlobInfo | undefined): StoredBlob {
+  if (!b) throw new HaystackError('the server answered without blob information', Code.Internal);
+  return {
+    id: b.blobId,
+    size: Number(b.size),
+    sha256: b.sha256,
+    contentType: b.contentType,
+    createdAt: new Date(Number(b.createdAtMs)),
+    replicas: b.replicaCount,
+    targetReplicas: b.targetReplicaCount,
+  };
+}
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => {
+      clearTimeout(t);
+      resolve();
+    });
+  });
+
+function isReadableStream(x: unknown): x is ReadableStream<Uint8Array> {
+  return typeof (x as ReadableStream | undefined)?.getReader === 'function';
+}
+
+async function* readStream(s: ReadableStream<Uint8Array>): AsyncGenerator<Uint8Array> {
+  const reader = s.getReader();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) return;
+      yield value;
+    }
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+/** Cuts a source into pieces of at most `size` bytes. */
+async function* rechunk(src: AsyncIterable<Uint8Array>, size: number): AsyncGenerator<Uint8Array> {
+  for await (const c of src) {
+    for (let i = 0; i < c.length; i += size) yield c.subarray(i, Math.min(c.length, i + size));
+  }
+}
+
+/**
+ * The Haystack client: typed calls over the generated BlobService, with retries
+ * (exponential backoff with jitter) on UNAVAILABLE, deadlines, end-to-end SHA-256
+ * checks and clear error types (see errors.ts). Works over any Connect transport:
+ * `index.ts` builds a gRPC one in Node, `browser.ts` a Connect one in browsers.
+ */
+export class HaystackClient {
+  readonly blobs: Client<typeof BlobService>;
+  protected readonly o: Required<Omit<HaystackClientOptions, 'transport'>> & { transport: Transport };
+
+  constructor(opts: HaystackClientOptions) {
+    this.o = {
+      retries: 5,
+      retryBaseMs: 100,
+      retryMaxMs: 3000,
+      timeoutMs: 30_000,
+      hasher: () => new Sha256(),
+      chunkSize: 256 * 1024,
+      unaryUploads: false,
+      ...opts,
+    };
+    this.blobs = createClient(BlobService, opts.transport);
+  }
+
+  protected callOptions(o: CallOpts | undefined, unary: boolean): CallOptions {
+    const timeoutMs = o?.timeoutMs ?? (unary ? this.o.timeoutMs : undefined);
+    return { ...(timeoutMs ? { timeoutMs } : {}), ...(o?.signal ? { signal: o.signal } : {}) };
+  }
+
+  /** Runs `fn` again after retryable failures, with backoff; maps errors to HaystackErrors. */
+  protected async retry<T>(
+    idempotent: boolean,
+    signal: AbortSignal | undefined,
+    fn: (attempt: number) => Promise<T>,
+    retries = this.o.retries,
+  ): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await fn(attempt);
+      } catch (err) {
+        if (attempt >= retries || signal?.aborted || !isRetryable(err, idempotent)) {
+          throw toHaystackError(err);
+        }
+        const cap = Math.min(this.o.retryMaxMs, this.o.retryBaseMs * 2 ** attempt);
+        await sleep(Math.random() * cap, signal);
+      }
+    }
+  }
+
+  /**
+   * Uploads a blob and resolves once it is durable on every replica. The SHA-256
+   * is computed while sending and compared with what the gateway stored.
+   */
+  async upload(source: UploadSource, opts: UploadOptions = {}): Promise<StoredBlob> {
+    let replay: (() => AsyncIterable<Uint8Array>) | undefined;
+    let size = opts.size;
+    let sha256 = opts.sha256 ?? '';
+    let bytes: Uint8Array | undefined;
+    if (source instanceof ArrayBuffer) source = new Uint8Array(source);
+    if (source instanceof Uint8Array) {
+      bytes = source;
+      const b = source;
+      size = b.length;
+      if (!sha256) {
+        const h = this.o.hasher();
+        h.update(b);
+        sha256 = h.hex();
+      }
+      replay = async function* () {
+        yield b;
+      };
+    } else if (typeof Blob !== 'undefined' && source instanceof Blob) {
+      const blob = source;
+      size = blob.size;
+      replay = () => readStream(blob.stream() as ReadableStream<Uint8Array>);
+    } else if (typeof source === 'function') {
+      replay = source;
+    }
+    if (size === undefined) {
+      throw new InvalidArgumentError(
+        'upload of a stream needs opts.size (the exact byte count)',
+        Code.InvalidArgument,
+      );
+    }
+    const total = size;
+    const contentType =
+      opts.contentType ?? (typeof Blob !== 'undefined' && source instanceof Blob ? source.type : '');
+    const oneShot = !replay
+      ? isReadableStream(source)
+        ? readStream(source)
+        : (source as AsyncIterable<Uint8Array>)
+      : undefined;
+    let used = false;
+    const open = (): AsyncIterable<Uint8Array> => {
+      if (replay) return replay();
+      if (used) throw new HaystackError('the upload stream failed and cannot be replayed', Code.Unavailable);
+      used = true;
+      return oneShot!;
+    };
+    const blobId = opts.id ?? '';
+    try {
+      // A one-shot stream cannot be sent twice: no retries.
+      const retries = replay ? this.o.retries : 0;
+      return await this.retry(
+        true,
+        opts.signal,
+        async () => {
+          const hasher = this.o.hasher();
+          let sent = 0;
+          let res: BlobInfo | undefined;
+          if (this.o.unaryUploads) {
+            const data = bytes ?? (await collect(open(), total));
+            hasher.update(data);
+            res = (
+              await this.blobs.put(
+                { blobId: blobId || sha256, data, contentType, replicaCount: opts.replicaCount ?? 0 },
+                this.callOptions(opts, false),
+              )
+            ).blob;
+            opts.onProgress?.(data.length, total);
+          } else {
+            const chunkSize = this.o.chunkSize;
+            const onProgress = opts.onProgress;
+            const messages = async function* (): AsyncGenerator<UploadRequest> {
+              yield create(UploadRequestSchema, {
+                msg: {
+                  case: 'header',
+                  value: {
+                    blobId,
+                    size: BigInt(total),
+                    contentType,
+                    sha256,
+                    replicaCount: opts.replicaCount ?? 0,
+                  },
+                },
+              });
+              onProgress?.(0, total);
+              for await (const c of rechunk(open(), chunkSize)) {
+                hasher.update(c);
+                sent += c.length;
+                yield create(UploadRequestSchema, { msg: { case: 'chunk', value: c } });
+                onProgress?.(sent, total);
+              }
+            };
+            res = (await this.blobs.upload(messages(), this.callOptions(opts, false))).blob;
+          }
+          const stored = toStoredBlob(res);
+          const mine = hasher.hex();
+          if (stored.sha256 !== mine) {
+            throw new IntegrityError(
+              `blob ${stored.id} was stored with SHA-256 ${stored.sha256}, sent ${mine}`,
+            );
+          }
+          return stored;
+        },
+        retries,
+      );
+    } catch (err) {
+      // Content-addressed: the same bytes are already there (an earlier upload, or a
+      // retried one whose answer was lost). That is success.
+      if (err instanceof AlreadyExistsError && sha256 && (!blobId || blobId === sha256)) {
+        const existing = await this.stat(sha256, opts);
+        if (existing.sha256 === sha256) return existing;
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * Opens a download. Resolves once the gateway sent the blob's facts; the chunks
+   * then resume transparently (from the next byte) when the connection fails.
+   */
+  async downloadStream(id: string, opts: DownloadOptions = {}): Promise<DownloadStream> {
+    const start = opts.offset ?? 0;
+    let received = 0;
+    let info: StoredBlob | undefined;
+    let length = 0;
+    const openAt = async (from: number) => {
+      const it = this.blobs
+        .download(
+          {
+            blobId: id,
+            offset: BigInt(from),
+            length: BigInt(opts.length ? opts.length - (from - start) : 0),
+          },
+          this.callOptions(opts, false),
+        )
+        [Symbol.asyncIterator]();
+      const first = await it.next();
+      if (first.done || first.value.msg.case !== 'info') {
+        throw new HaystackError('the download did not start with the blob information', Code.Internal);
+      }
+      const got = toStoredBlob(first.value.msg.value);
+      if (info && got.sha256 !== info.sha256) {
+        throw new IntegrityError(`blob ${id} changed while it was being downloaded`);
+      }
+      return { it, got };
+    };
+    let { it, got } = await this.retry(true, opts.signal, () => openAt(start));
+    info = got;
+    if (start > info.size)
+      throw new InvalidArgumentError(`offset ${start} is past the end (${info.size})`, Code.OutOfRange);
+    length = opts.length ? Math.min(opts.length, info.size - start) : info.size - start;
+    const whole = start === 0 && length === info.size;
+    const hasher = whole ? this.o.hasher() : undefined;
+    const self = this;
+    const total = length;
+    const blobInfo = info;
+    async function* chunks(): AsyncGenerator<Uint8Array> {
+      let failures = 0;
+      while (received < total) {
+        try {
+          const r = await it.next();
+          if (r.done) {
+            if (received < total) {
+              throw new HaystackError(`download ended after ${received} of ${total} bytes`, Code.Unavailable);
+            }
+            break;
+          }
+          if (r.value.msg.case !== 'chunk') continue;
+          const c = r.value.msg.value;
+          received += c.length;
+          hasher?.update(c);
+          opts.onProgress?.(received, total);
+          yield c;
+        } catch (err) {
+          if (err instanceof IntegrityError) throw err;
+          if (failures++ >= self.o.retries || opts.signal?.aborted || !isRetryable(err, true)) {
+            throw toHaystackError(err);
+          }
+          await sleep(
+            Math.random() * Math.min(self.o.retryMaxMs, self.o.retryBaseMs * 2 ** failures),
+            opts.signal,
+          );
+          ({ it } = await self.retry(true, opts.signal, () => openAt(start + received)));
+        }
+      }
+      if (hasher) {
+        const sum = hasher.hex();
+        if (sum !== blobInfo.sha256) {
+          throw new IntegrityError(`blob ${id} arrived with SHA-256 ${sum}, expected ${blobInfo.sha256}`);
+        }
+      }
+    }
+    return { info, length, chunks: chunks() };
+  }
+
+  /** Downloads a blob (or a range) into memory, verified end to end. */
+  async download(id: string, opts: DownloadOptions = {}): Promise<{ info: StoredBlob; data: Uint8Array }> {
+    const d = await this.downloadStream(id, opts);
+    return { info: d.info, data: await collect(d.chunks, d.length) };
+  }
+
+  /** Deletes a blob; false when there was none. Later reads are NotFoundError. */
+  async delete(id: string, opts: CallOpts = {}): Promise<boolean> {
+    return this.retry(
+      true,
+      opts.signal,
+      async () => (await this.blobs.delete({ blobId: id }, this.callOptions(opts, true))).found,
+    );
+  }
+
+  /** A blob's metadata. */
+  async stat(id: string, opts: CallOpts = {}): Promise<StoredBlob> {
+    return this.retry(true, opts.signal, async () =>
+      toStoredBlob((await this.blobs.stat({ blobId: id }, this.callOptions(opts, true))).blob),
+    );
+  }
+
+  /** One page of blobs in id order. */
+  async list(
+    opts: CallOpts & { prefix?: string; pageSize?: number; pageToken?: string } = {},
+  ): Promise<ListPage> {
+    return this.retry(true, opts.signal, async () => {
+      const res = await this.blobs.list(
+        { prefix: opts.prefix ?? '', pageSize: opts.pageSize ?? 100, pageToken: opts.pageToken ?? '' },
+        this.callOptions(opts, true),
+      );
+      return { blobs: res.blobs.map(toStoredBlob), nextPageToken: res.nextPageToken };
+    });
+  }
+
+  /** Every blob (with the prefix), page after page. */
+  async *listAll(opts: CallOpts & { prefix?: string; pageSize?: number } = {}): AsyncGenerator<StoredBlob> {
+    let pageToken = '';
+    do {
+      const page = await this.list({ ...opts, pageToken });
+      yield* page.blobs;
+      pageToken = page.nextPageToken;
+    } while (pageToken);
+  }
+
+  /** Cache and limits of the gateway that answers. */
+  async gatewayStats(opts: CallOpts = {}): Promise<GatewayStats> {
+    return this.retry(true, opts.signal, async () => {
+      const r: BlobServiceGetStatsResponse = await this.blobs.getStats({}, this.callOptions(opts, true));
+      const counts = (c: typeof r.gateway) => ({
+        hits: Number(c?.hits ?? 0),
+        misses: Number(c?.misses ?? 0),
+        hitRate: c?.hitRate ?? 0,
+      });
+      return {
+        gatewayId: r.gatewayId,
+        cacheBackend: r.cacheBackend,
+        cacheAvailable: r.cacheAvailable,
+        gateway: counts(r.gateway),
+        cluster: counts(r.cluster),
+        maxUploadSize: Number(r.maxUploadSize),
+        cacheMaxBlobSize: Number(r.cacheMaxBlobSize),
+        cacheTtlMs: Number(r.cacheTtlMs),
+      };
+    });
+  }
+
+  /** Directories (roles, terms), stores (health, capacity), blob counts. */
+  async clusterStatus(opts: CallOpts = {}): Promise<GetClusterStatusResponse> {
+    const dir = createClient(DirectoryService, this.o.transport);
+    return this.retry(true, opts.signal, () => dir.getClusterStatus({}, this.callOptions(opts, true)));
+  }
+
+  /** Replication queue, in-flight work and hot blobs. */
+  async replicationStats(opts: CallOpts = {}): Promise<ReplicationServiceGetStatsResponse> {
+    const rep = createClient(ReplicationService, this.o.transport);
+    return this.retry(true, opts.signal, () => rep.getStats({}, this.callOptions(opts, true)));
+  }
+}
+
+/** Gathers chunks into one array (sized up front when the length is known). */
+async function collect(src: AsyncIterable<Uint8Array>, sizeHint: number): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  let n = 0;
+  for await (const c of src) {
+    parts.push(c);
+    n += c.length;
+  }
+  if (parts.length === 1 && parts[0]!.length === n) return parts[0]!;
+  const out = new Uint8Array(Math.max(n, 0));
+  let o = 0;
+  for (const c of parts) {
+    out.set(c, o);
+    o += c.length;
+  }
+  void sizeHint;
+  return out;
+}
