@@ -1,10 +1,60 @@
 import { ReplicationService } from '../../gen/haystack/v1/replication_pb.js';
+import { StoreService } from '../../gen/haystack/v1/store_pb.js';
+import { LeaseKeeper } from '../lease/lease-keeper.js';
+import { systemClock } from '../lease/lease-store.js';
+import { RedisLeaseStore } from '../lease/redis-lease-store.js';
+import { ClientPool } from '../rpc/clients.js';
+import { Metrics } from '../server/metrics.js';
 import { runServerProcess } from '../server/run.js';
 import type { ReplicationConfig } from './config.js';
+import { DirectoryApi } from './directory-api.js';
+import { ReplicationManager } from './manager.js';
+import { replicationMetrics } from './metrics.js';
+import { replicationService } from './service.js';
 
 /** `haystack replication`: one replication manager instance. */
 export async function runReplication(cfg: ReplicationConfig): Promise<void> {
-  await runServerProcess('replication', cfg.managerId, cfg, async () => ({
-    services: [{ desc: ReplicationService, register: (router) => router.service(ReplicationService, {}) }],
-  }));
+  await runServerProcess('replication', cfg.managerId, cfg, async (log) => {
+    const metrics = new Metrics({ service: 'replication', instance: cfg.managerId });
+    const leaseStore = new RedisLeaseStore({
+      url: cfg.redisUrl,
+      commandTimeoutMs: Math.max(100, Math.floor(cfg.leaderHeartbeatIntervalMs / 2)),
+    });
+    const lease = new LeaseKeeper({
+      store: leaseStore,
+      clock: systemClock,
+      key: cfg.leaseKey,
+      holder: `${cfg.managerId}|${cfg.advertise}`,
+      ttlMs: cfg.leaderTimeoutMs,
+      renewIntervalMs: cfg.leaderHeartbeatIntervalMs,
+      retryIntervalMs: cfg.leaderHeartbeatIntervalMs,
+      safetyMarginMs: Math.floor(cfg.leaderTimeoutMs / 5),
+      onError: (op, err) =>
+        log.debug({ op, err: err instanceof Error ? err.message : String(err) }, 'lease store call failed'),
+    });
+    const pool = new ClientPool();
+    let manager: ReplicationManager | undefined;
+    const events = replicationMetrics(metrics.registry, () => manager as ReplicationManager);
+    manager = new ReplicationManager({
+      cfg,
+      log,
+      directory: new DirectoryApi(cfg.directories),
+      stores: (address) => pool.client(StoreService, address),
+      lease,
+      events,
+    });
+    const m = manager;
+    m.start();
+    return {
+      metrics,
+      services: [
+        {
+          desc: ReplicationService,
+          register: (router) => router.service(ReplicationService, replicationService(m, cfg)),
+        },
+      ],
+      onDrain: () => m.stop(),
+      onClose: () => leaseStore.close(),
+    };
+  });
 }

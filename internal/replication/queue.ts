@@ -192,6 +192,11 @@ export class TaskQueue {
     return b.openedAt !== undefined;
   }
 
+  /** True while the store's breaker is open (placement avoids it). */
+  isBlocked(storeId: string, now: number): boolean {
+    return this.breakers.has(storeId) && this.isOpen(this.breaker(storeId, now));
+  }
+
   /** Whether the store may get a task now (closed, or open long enough for one trial). */
   private storeAccepts(storeId: string, now: number): boolean {
     if ((this.storeRunning.get(storeId) ?? 0) >= this.opts.perStoreConcurrency) return false;

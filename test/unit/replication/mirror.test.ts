@@ -45,7 +45,7 @@ describe('MetadataMirror', () => {
         },
       }),
     );
-    expect(m.blobs.get('x')?.version).toBe(3n);
+    expect(m.blob('x')?.version).toBe(3n);
     expect(m.blobsOn('s1')).toEqual(['x']);
     const ch = m.apply(
       entry({
@@ -59,8 +59,8 @@ describe('MetadataMirror', () => {
       }),
     );
     expect(ch).toEqual({ type: 'blob', blobId: 'x' });
-    expect(m.blobs.get('x')).toMatchObject({
-      target: 5,
+    expect(m.blob('x')).toMatchObject({
+      targetReplicaCount: 5,
       version: 4n,
       replicas: [{ storeId: 's2', volumeId: 4 }],
     });
@@ -79,7 +79,8 @@ describe('MetadataMirror', () => {
       blobId: 'x',
       storeIds: ['s2'],
     });
-    expect(m.blobs.size).toBe(0);
+    expect(m.blob('x')).toBeUndefined();
+    expect(m.liveCount).toBe(0);
     expect(m.blobsOn('s2')).toEqual([]);
     expect(m.appliedIndex).toBe(6n);
   });
@@ -96,7 +97,7 @@ describe('MetadataMirror', () => {
         ],
       }),
     );
-    expect([...m.blobs.keys()]).toEqual(['a']);
+    expect([...m.liveBlobs()].map((b) => b.blobId)).toEqual(['a']);
     expect(
       m.apply(create(LogEntrySchema, { index: 9n, change: { case: 'blobDeleted', value: { blobId: 'a' } } })),
     ).toEqual({ type: 'none' });

@@ -1,0 +1,234 @@
+import { create, type MessageInitShape } from '@bufbuild/protobuf';
+import { Code, ConnectError } from '@connectrpc/connect';
+import { BlobState, StoreHealth } from '../../../gen/haystack/v1/common_pb.js';
+import {
+  GetClusterStatusResponseSchema,
+  UpdateReplicasRequestSchema,
+  UpdateReplicasResponseSchema,
+  VerifyBlobsResponseSchema,
+  type WatchMetadataResponse,
+  WatchMetadataResponseSchema,
+} from '../../../gen/haystack/v1/directory_pb.js';
+import { type LogEntry, LogEntrySchema } from '../../../gen/haystack/v1/metadata_pb.js';
+import { MetadataState } from '../../../internal/directory/state-machine.js';
+import type { DirectoryCalls } from '../../../internal/replication/directory-api.js';
+import type { StoreCalls } from '../../../internal/replication/manager.js';
+
+const GiB = 1024n ** 3n;
+
+/** An in-memory directory: a MetadataState, its log, and WatchMetadata over it. */
+export class FakeDirectory implements DirectoryCalls {
+  readonly state = new MetadataState();
+  private readonly watchers = new Set<() => void>();
+  private readonly entries: LogEntry[] = [];
+  /** Blob ids with an allocation in flight (VerifyBlobs counts them referenced). */
+  readonly inflight = new Set<string>();
+  updates = 0;
+
+  append(change: MessageInitShape<typeof LogEntrySchema>['change']): LogEntry {
+    const e = create(LogEntrySchema, {
+      index: this.state.appliedIndex + 1n,
+      term: 1n,
+      timestampMs: BigInt(Date.now()),
+      change,
+    });
+    this.state.apply(e);
+    this.entries.push(e);
+    for (const w of this.watchers) w();
+    return e;
+  }
+
+  addStore(storeId: string, zone = '', freeBytes = 10n * GiB): void {
+    this.append({
+      case: 'storeRegistered',
+      value: {
+        store: {
+          storeId,
+          address: storeId,
+          zone,
+          freeBytes,
+          capacityBytes: 100n * GiB,
+          health: StoreHealth.HEALTHY,
+        },
+      },
+    });
+  }
+
+  setHealth(storeId: string, health: StoreHealth): void {
+    this.append({ case: 'storeHealthChanged', value: { storeId, health } });
+  }
+
+  commit(blobId: string, storeIds: string[], size = 1000n, sha256 = new Uint8Array(32)): void {
+    this.append({
+      case: 'blobCommitted',
+      value: {
+        blob: {
+          blobId,
+          size,
+          sha256,
+          cookie: 7n,
+          state: BlobState.ACTIVE,
+          targetReplicaCount: 3,
+          replicas: storeIds.map((storeId) => ({ storeId, volumeId: 1 })),
+        },
+      },
+    });
+  }
+
+  holders(blobId: string): string[] {
+    return (this.state.active(blobId)?.replicas ?? []).map((r) => r.storeId).sort();
+  }
+
+  async updateReplicas(init: MessageInitShape<typeof UpdateReplicasRequestSchema>) {
+    const req = create(UpdateReplicasRequestSchema, init);
+    const b = this.state.active(req.blobId);
+    if (!b) throw new ConnectError('no such blob', Code.NotFound);
+    if (req.expectedVersion !== 0n && req.expectedVersion !== b.version) {
+      throw new ConnectError('version moved', Code.FailedPrecondition);
+    }
+    this.updates++;
+    const e = this.append({
+      case: 'replicasChanged',
+      value: {
+        blobId: req.blobId,
+        added: req.add,
+        removedStoreIds: req.removeStoreIds,
+        targetReplicaCount: req.targetReplicaCount,
+      },
+    });
+    return create(UpdateReplicasResponseSchema, {
+      commitIndex: e.index,
+      blob: this.state.active(req.blobId),
+    });
+  }
+
+  async verifyBlobs(storeId: string, blobIds: string[]) {
+    return create(VerifyBlobsResponseSchema, {
+      referencedBlobIds: blobIds.filter(
+        (id) =>
+          this.inflight.has(id) || this.state.blobs.get(id)?.replicas.some((r) => r.storeId === storeId),
+      ),
+    });
+  }
+
+  async clusterStatus() {
+    return create(GetClusterStatusResponseSchema, { stores: [...this.state.stores.values()] });
+  }
+
+  watch(fromIndex: bigint, _watcher: string, signal: AbortSignal) {
+    const self = this;
+    async function* stream(): AsyncGenerator<WatchMetadataResponse> {
+      let next = fromIndex;
+      if (fromIndex === 0n) {
+        const snap = self.state.toSnapshot();
+        yield create(WatchMetadataResponseSchema, { msg: { case: 'snapshot', value: snap } });
+        next = snap.index + 1n;
+      }
+      while (!signal.aborted) {
+        const batch = self.entries.filter((e) => e.index >= next);
+        if (batch.length > 0) {
+          next = (batch.at(-1) as LogEntry).index + 1n;
+          yield create(WatchMetadataResponseSchema, { msg: { case: 'entries', value: { entries: batch } } });
+          continue;
+        }
+        await new Promise<void>((resolve) => {
+          const wake = () => {
+            self.watchers.delete(wake);
+            resolve();
+          };
+          self.watchers.add(wake);
+          signal.addEventListener('abort', wake, { once: true });
+        });
+      }
+    }
+    return { address: 'fake-directory', stream: stream() };
+  }
+
+  rotate(): void {}
+}
+
+interface Needle {
+  data: string;
+  writtenAt: number;
+  corrupt: boolean;
+}
+
+/** In-memory stores keyed by address (= store id in these tests). */
+export class FakeStores {
+  readonly needles = new Map<string, Map<string, Needle>>();
+  readonly down = new Set<string>();
+  readonly failing = new Set<string>();
+  replicateCalls: { from: string; to: string; blobId: string }[] = [];
+
+  on(storeId: string): Map<string, Needle> {
+    let m = this.needles.get(storeId);
+    if (!m) {
+      m = new Map();
+      this.needles.set(storeId, m);
+    }
+    return m;
+  }
+
+  put(storeId: string, blobId: string, writtenAt = Date.now()): void {
+    this.on(storeId).set(blobId, { data: `content-of-${blobId}`, writtenAt, corrupt: false });
+  }
+
+  has(storeId: string, blobId: string): boolean {
+    return this.on(storeId).has(blobId);
+  }
+
+  client(address: string): StoreCalls {
+    const check = () => {
+      if (this.down.has(address)) throw new ConnectError('connection refused', Code.Unavailable);
+    };
+    const fake = {
+      replicate: async (req: { blobId: string; source?: { address: string } }) => {
+        check();
+        if (this.failing.has(address)) throw new ConnectError('disk on fire', Code.Internal);
+        const src = req.source?.address ?? '';
+        if (this.down.has(src)) throw new ConnectError('source unreachable', Code.Unavailable);
+        const n = this.on(src).get(req.blobId);
+        if (!n) throw new ConnectError('source lacks it', Code.NotFound);
+        if (n.corrupt) throw new ConnectError('checksum mismatch', Code.DataLoss);
+        this.replicateCalls.push({ from: src, to: address, blobId: req.blobId });
+        this.on(address).set(req.blobId, { data: n.data, writtenAt: Date.now(), corrupt: false });
+        return { replica: { storeId: address, volumeId: 2, offset: 0n }, size: BigInt(n.data.length) };
+      },
+      delete: async (req: { blobId: string }) => {
+        check();
+        return { found: this.on(address).delete(req.blobId) };
+      },
+      scrub: async () => {
+        check();
+        const corrupt = [...this.on(address)]
+          .filter(([, n]) => n.corrupt)
+          .map(([blobId]) => ({ blobId, volumeId: 1, offset: 0n, reason: 'crc' }));
+        return { needlesChecked: BigInt(this.on(address).size), bytesChecked: 0n, corrupt };
+      },
+      listNeedles: async (req: { pageSize: number; pageToken: string }) => {
+        check();
+        const ids = [...this.on(address).keys()].sort().filter((id) => id > req.pageToken);
+        const page = ids.slice(0, req.pageSize || 1000);
+        return {
+          needles: page.map((blobId) => ({
+            blobId,
+            volumeId: 1,
+            size: 10n,
+            writtenAtMs: BigInt(this.on(address).get(blobId)?.writtenAt ?? 0),
+          })),
+          nextPageToken: page.length < ids.length ? (page.at(-1) ?? '') : '',
+        };
+      },
+    };
+    return fake as unknown as StoreCalls;
+  }
+}
+
+/** Polls until `fn` returns true (or throws after `ms`). */
+export async function until(fn: () => boolean, ms = 5_000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

@@ -1,0 +1,155 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { StoreHealth } from '../../../gen/haystack/v1/common_pb.js';
+import { TaskKind, TaskState } from '../../../gen/haystack/v1/replication_pb.js';
+import { readReplicationConfig } from '../../../internal/replication/config.js';
+import { ReplicationManager } from '../../../internal/replication/manager.js';
+import { createLogger } from '../../../internal/server/logger.js';
+import { FakeDirectory, FakeStores, until } from './fakes.js';
+
+const managers: ReplicationManager[] = [];
+
+function setup(env: Record<string, string> = {}, stores = ['s1', 's2', 's3', 's4', 's5']) {
+  const cfg = readReplicationConfig(
+    {},
+    {
+      DIRECTORY_ADDRS: 'fake:1',
+      STATS_REPORT_INTERVAL: '400ms',
+      EWMA_PERIOD: '1s',
+      EWMA_ALPHA: '0.5',
+      DE_REPLICATION_GRACE_PERIOD: '600ms',
+      MONITORING_INTERVAL: '300ms',
+      GC_INTERVAL: '200ms',
+      GC_GRACE_PERIOD: '500ms',
+      SCRUB_INTERVAL: '0',
+      RETRY_BACKOFF: '30ms',
+      RETRY_BACKOFF_MAX: '100ms',
+      ...env,
+    },
+  );
+  const dir = new FakeDirectory();
+  const fs = new FakeStores();
+  for (const [i, s] of stores.entries()) dir.addStore(s, `z${i % 3}`);
+  const m = new ReplicationManager({
+    cfg,
+    log: createLogger('replication', 'test', 'silent'),
+    directory: dir,
+    stores: (a) => fs.client(a),
+    lease: undefined,
+  });
+  managers.push(m);
+  const blob = (id: string, on: string[]) => {
+    for (const s of on) fs.put(s, id);
+    dir.commit(id, on);
+  };
+  return { cfg, dir, fs, m, blob };
+}
+
+afterEach(async () => {
+  for (const m of managers.splice(0)) await m.stop();
+});
+
+describe('ReplicationManager (fake directory and stores)', () => {
+  it('raises a hot blob to the maximum, then back to the default after the grace period, one removal at a time', async () => {
+    const { dir, fs, m, blob } = setup();
+    blob('hot', ['s1', 's2', 's3']);
+    blob('cold', ['s1', 's2', 's3']);
+    m.start();
+    await until(() => m.mirror.loaded && m.active);
+    // 750 reads per minute (high threshold: 150).
+    const feed = setInterval(() => m.report('s1', 400, [['hot', 5]]), 400);
+    m.report('s1', 400, [['hot', 5]]);
+    try {
+      await until(() => dir.holders('hot').length === 5, 5_000, 'hot blob at 5 replicas');
+      expect(dir.state.active('hot')?.targetReplicaCount).toBe(5);
+      expect(dir.holders('hot')).toEqual(['s1', 's2', 's3', 's4', 's5']);
+      for (const s of ['s4', 's5']) expect(fs.has(s, 'hot')).toBe(true);
+    } finally {
+      clearInterval(feed);
+    }
+    // Removals go one at a time: never two running for the blob at once.
+    let maxConcurrent = 0;
+    await until(
+      () => {
+        const running = m.queue
+          .forBlob('hot')
+          .filter((t) => t.kind === TaskKind.REMOVE && t.state === TaskState.RUNNING).length;
+        maxConcurrent = Math.max(maxConcurrent, running);
+        return dir.holders('hot').length === 3;
+      },
+      8_000,
+      'hot blob back at 3',
+    );
+    expect(maxConcurrent).toBeLessThanOrEqual(1);
+    // Each step removed exactly one replica, and no step was refused as stale.
+    expect(dir.updates).toBe(1 + 2 + 1 + 2); // target up, 2 copies, target down, 2 removals
+    expect(dir.state.active('hot')?.targetReplicaCount).toBe(3);
+    // Removed replicas were tombstoned on their stores.
+    const gone = ['s1', 's2', 's3', 's4', 's5'].filter((s) => !dir.holders('hot').includes(s));
+    for (const s of gone) expect(fs.has(s, 'hot')).toBe(false);
+    expect(dir.holders('cold')).toEqual(['s1', 's2', 's3']);
+  });
+
+  it('brings every blob of a DOWN store back to its target on the others', async () => {
+    const { dir, fs, m, blob } = setup();
+    for (let i = 0; i < 20; i++) blob(`b${i}`, ['s1', 's2', 's3']);
+    m.start();
+    await until(() => m.mirror.loaded && m.active);
+    fs.down.add('s2');
+    dir.setHealth('s2', StoreHealth.DOWN);
+    await until(
+      () => [...Array(20).keys()].every((i) => dir.holders(`b${i}`).filter((s) => s !== 's2').length === 3),
+      5_000,
+      'all blobs at 3 live replicas',
+    );
+    for (let i = 0; i < 20; i++) {
+      const live = dir.holders(`b${i}`).filter((s) => s !== 's2');
+      for (const s of live) expect(fs.has(s, `b${i}`)).toBe(true);
+    }
+  });
+
+  it('repairs a corrupt replica from a good one', async () => {
+    const { dir, fs, m, blob } = setup();
+    blob('x', ['s1', 's2', 's3']);
+    m.start();
+    await until(() => m.mirror.loaded && m.active);
+    const n = fs.on('s2').get('x');
+    if (n) n.corrupt = true;
+    expect(m.reportCorruption('s2', ['x'])).toBe(1);
+    await until(() => !dir.holders('x').includes('s2') && dir.holders('x').length === 3, 5_000, 'repair');
+    expect(fs.has('s2', 'x')).toBe(false);
+    expect(fs.replicateCalls.every((c) => c.from !== 's2')).toBe(true);
+    expect(m.queue.list(TaskState.DONE, 10).some((t) => t.kind === TaskKind.REPAIR)).toBe(true);
+  });
+
+  it('collects an orphan needle after the grace period, never one whose commit is in flight', async () => {
+    const { dir, fs, m, blob } = setup();
+    blob('kept', ['s1', 's2', 's3']);
+    fs.put('s4', 'orphan', Date.now());
+    fs.put('s4', 'inflight', Date.now() - 10_000);
+    dir.inflight.add('inflight');
+    m.start();
+    await until(() => m.mirror.loaded && m.active);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(fs.has('s4', 'orphan')).toBe(true); // younger than the grace period
+    await until(() => !fs.has('s4', 'orphan'), 3_000, 'orphan collected');
+    expect(fs.has('s4', 'inflight')).toBe(true);
+    for (const s of ['s1', 's2', 's3']) expect(fs.has(s, 'kept')).toBe(true);
+  });
+
+  it('opens the breaker of a failing store and places the copy elsewhere', async () => {
+    const { dir, fs, m, blob } = setup({
+      BREAKER_THRESHOLD: '2',
+      BREAKER_OPEN_TIME: '60s',
+      TASK_RETRIES: '1',
+    });
+    // s3 (zone z2) is the first choice for blobs on s1 (z0) and s2 (z1), and it fails.
+    blob('a', ['s1', 's2']);
+    blob('b', ['s1', 's2']);
+    fs.failing.add('s3');
+    m.start();
+    await until(() => dir.holders('a').length === 3 && dir.holders('b').length === 3, 5_000, 'copies placed');
+    expect(dir.holders('a')).not.toContain('s3');
+    expect(dir.holders('b')).not.toContain('s3');
+    expect(m.queue.breakerStates(Date.now()).find((b) => b.storeId === 's3')?.open).toBe(true);
+  });
+});
