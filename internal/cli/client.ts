@@ -1,46 +1,63 @@
-import { createReadStream, createWriteStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { create } from '@bufbuild/protobuf';
-import { Code, ConnectError, createClient, type Transport } from '@connectrpc/connect';
-import { createGrpcTransport } from '@connectrpc/connect-node';
-import { SingleBar } from 'cli-progress';
+import { createClient } from '@connectrpc/connect';
+import { Presets, SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { Health, HealthCheckResponse_ServingStatus } from '../../gen/grpc/health/v1/health_pb.js';
+import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
+import { DirectoryRole } from '../../gen/haystack/v1/directory_pb.js';
+import { ReplicationService, TaskPriority } from '../../gen/haystack/v1/replication_pb.js';
 import {
-  type BlobInfo,
-  BlobService,
-  type UploadRequest,
-  UploadRequestSchema,
-} from '../../gen/haystack/v1/blob_pb.js';
-
-const DEFAULT_URL = 'http://127.0.0.1:8080';
-const CHUNK = 256 * 1024;
+  DEFAULT_URL,
+  grpcTransport,
+  HaystackClient,
+  type StoredBlob,
+  toHaystackError,
+} from '../sdk/index.js';
 
 interface GlobalOpts {
   json?: boolean;
   url?: string;
+  progress?: boolean;
 }
 
-function transportFor(opts: GlobalOpts): Transport {
-  const baseUrl = opts.url ?? process.env.HAYSTACK_URL ?? DEFAULT_URL;
-  return createGrpcTransport({ baseUrl: baseUrl.includes('://') ? baseUrl : `http://${baseUrl}` });
+const endpoint = (o: GlobalOpts) => o.url ?? process.env.HAYSTACK_URL ?? DEFAULT_URL;
+const clientFor = (o: GlobalOpts) => new HaystackClient({ url: endpoint(o) });
+const out = (line: string) => process.stdout.write(`${line}\n`);
+
+function blobJson(b: StoredBlob) {
+  return { ...b, createdAt: b.createdAt.toISOString() };
 }
 
-function info(b: BlobInfo | undefined) {
-  if (!b) return {};
-  return {
-    id: b.blobId,
-    size: Number(b.size),
-    sha256: b.sha256,
-    contentType: b.contentType,
-    createdAt: new Date(Number(b.createdAtMs)).toISOString(),
-    replicas: b.replicaCount,
-    targetReplicas: b.targetReplicaCount,
-  };
+function human(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
 }
 
-/** Runs a client command: one-line error and exit 1 on failure. */
+/** A byte progress bar on stderr: on a terminal, or everywhere with --progress; never with --json. */
+function progressBar(opts: GlobalOpts, label: string): SingleBar | undefined {
+  if (opts.json || !(opts.progress || process.stderr.isTTY)) return undefined;
+  return new SingleBar(
+    {
+      stream: process.stderr,
+      format: `${label} [{bar}] {percentage}% | {done} / {all}`,
+      noTTYOutput: true,
+      notTTYSchedule: 500,
+      hideCursor: true,
+      clearOnComplete: false,
+      formatValue: (v, _o, type) => (type === 'value' || type === 'total' ? human(v) : String(v)),
+    },
+    Presets.shades_classic,
+  );
+}
+
+/** Runs a client command: a one-line error on stderr (and JSON on stdout with --json), exit 1. */
 function action<A extends unknown[]>(fn: (opts: GlobalOpts, ...args: A) => Promise<void>) {
   return async (...args: unknown[]) => {
     const cmd = args[args.length - 1] as Command;
@@ -48,80 +65,72 @@ function action<A extends unknown[]>(fn: (opts: GlobalOpts, ...args: A) => Promi
     try {
       await fn(opts, ...(args.slice(0, -2) as A));
     } catch (err) {
-      const ce = ConnectError.from(err);
-      const msg = `${Code[ce.code] ?? 'ERROR'}: ${ce.rawMessage}`;
-      if (opts.json)
-        process.stdout.write(
-          `${JSON.stringify({ error: { code: Code[ce.code], message: ce.rawMessage } })}\n`,
-        );
-      process.stderr.write(`haystack: ${msg}\n`);
+      // Local problems (a missing file) carry a string errno code; the rest are RPC failures.
+      const local = err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string';
+      const codeName = local ? 'LOCAL' : toHaystackError(err).codeName;
+      const message = (local ? (err as Error).message : toHaystackError(err).message)
+        .replace(/\s+/g, ' ')
+        .trim();
+      if (opts.json) out(JSON.stringify({ error: { code: codeName, message } }));
+      process.stderr.write(`haystack: ${codeName}: ${message}\n`);
       process.exit(1);
     }
   };
 }
 
 async function filesOf(inputs: string[]): Promise<string[]> {
-  const out: string[] = [];
+  const files: string[] = [];
   for (const p of inputs) {
     const s = await stat(p);
     if (s.isDirectory()) {
-      const entries = await readdir(p, { withFileTypes: true });
-      out.push(...(await filesOf(entries.map((e) => path.join(p, e.name)))));
-    } else {
-      out.push(p);
+      const entries = (await readdir(p, { withFileTypes: true })).filter((e) => !e.name.startsWith('.'));
+      entries.sort((a, b) => a.name.localeCompare(b.name));
+      files.push(...(await filesOf(entries.map((e) => path.join(p, e.name)))));
+    } else if (s.isFile()) {
+      files.push(p);
     }
   }
-  return out;
+  return files;
 }
-
-const MIME: Record<string, string> = {
-  '.jpg': 'image/jpeg',
-  '.jpeg': 'image/jpeg',
-  '.png': 'image/png',
-  '.gif': 'image/gif',
-  '.webp': 'image/webp',
-  '.svg': 'image/svg+xml',
-  '.txt': 'text/plain',
-  '.json': 'application/json',
-};
 
 export function registerClientCommands(program: Command): void {
   program
-    .option('--url <url>', `Haystack endpoint (env HAYSTACK_URL, default ${DEFAULT_URL})`)
-    .option('--json', 'print machine-readable JSON');
+    .option('--url <url>', `Envoy or a gateway (env HAYSTACK_URL, default ${DEFAULT_URL})`)
+    .option('--json', 'machine-readable output: one JSON object per line')
+    .option('--progress', 'show progress bars even when stderr is not a terminal');
 
   program
     .command('upload')
-    .argument('<paths...>', 'files or directories')
+    .argument('<paths...>', 'files or directories (recursively)')
+    .option('--replicas <n>', 'replicas wanted (default: the cluster default)', '0')
+    .option('--id <id>', 'blob id (one file only; default: the SHA-256 of the content)')
     .description('upload files; prints one blob id per line')
     .action(
       action(async (opts, paths: string[]) => {
-        const client = createClient(BlobService, transportFor(opts));
-        for (const file of await filesOf(paths)) {
+        const flags = opts as GlobalOpts & { replicas: string; id?: string };
+        const client = clientFor(opts);
+        const files = await filesOf(paths);
+        if (files.length === 0) throw Object.assign(new Error('no files to upload'), { code: 'ENOENT' });
+        if (flags.id && files.length > 1) {
+          throw Object.assign(new Error('--id needs exactly one file'), { code: 'EINVAL' });
+        }
+        for (const file of files) {
+          const bar = progressBar(opts, path.basename(file));
           const size = (await stat(file)).size;
-          const bar =
-            opts.json || !process.stderr.isTTY ? undefined : new SingleBar({ stream: process.stderr });
-          bar?.start(size, 0);
-          let sent = 0;
-          async function* messages(): AsyncGenerator<UploadRequest> {
-            yield create(UploadRequestSchema, {
-              msg: {
-                case: 'header',
-                value: {
-                  size: BigInt(size),
-                  contentType: MIME[path.extname(file).toLowerCase()] ?? 'application/octet-stream',
-                },
-              },
+          bar?.start(size, 0, { done: human(0), all: human(size) });
+          try {
+            const blob = await client.uploadFile(file, {
+              replicaCount: Number(flags.replicas) || 0,
+              ...(flags.id ? { id: flags.id } : {}),
+              onProgress: (sent, total) => bar?.update(sent, { done: human(sent), all: human(total) }),
             });
-            for await (const chunk of createReadStream(file, { highWaterMark: CHUNK })) {
-              sent += (chunk as Buffer).length;
-              bar?.update(sent);
-              yield create(UploadRequestSchema, { msg: { case: 'chunk', value: chunk as Buffer } });
-            }
+            bar?.update(size, { done: human(size), all: human(size) });
+            bar?.stop();
+            out(opts.json ? JSON.stringify({ file, ...blobJson(blob) }) : blob.id);
+          } catch (err) {
+            bar?.stop();
+            throw err;
           }
-          const res = await client.upload(messages()).finally(() => bar?.stop());
-          if (opts.json) process.stdout.write(`${JSON.stringify({ file, ...info(res.blob) })}\n`);
-          else process.stdout.write(`${res.blob?.blobId}\n`);
         }
       }),
     );
@@ -130,46 +139,83 @@ export function registerClientCommands(program: Command): void {
     .command('download')
     .argument('<id>', 'blob id')
     .argument('[out]', 'output file (default: stdout)')
-    .description('download a blob')
+    .description('download a blob (its SHA-256 is verified)')
     .action(
-      action(async (opts, id: string, out?: string) => {
-        const client = createClient(BlobService, transportFor(opts));
-        const sink: NodeJS.WritableStream = out ? createWriteStream(out) : process.stdout;
-        let blob: BlobInfo | undefined;
-        for await (const msg of client.download({ blobId: id })) {
-          if (msg.msg.case === 'info') blob = msg.msg.value;
-          else if (msg.msg.case === 'chunk' && !sink.write(msg.msg.value)) {
-            await new Promise<void>((r) => sink.once('drain', () => r()));
-          }
+      action(async (opts, id: string, file?: string) => {
+        const client = clientFor(opts);
+        if (file) {
+          const bar = progressBar(opts, id.slice(0, 16));
+          let started = false;
+          const info = await client.downloadToFile(id, file, {
+            onProgress: (got, total) => {
+              if (!started) bar?.start(total, 0, { done: human(0), all: human(total) });
+              started = true;
+              bar?.update(got, { done: human(got), all: human(total) });
+            },
+          });
+          bar?.stop();
+          if (opts.json) out(JSON.stringify({ file, ...blobJson(info) }));
+          return;
         }
-        if (out) await new Promise<void>((r) => sink.end(() => r()));
-        if (opts.json) process.stderr.write(`${JSON.stringify(info(blob))}\n`);
+        const d = await client.downloadStream(id);
+        for await (const c of d.chunks) {
+          if (!process.stdout.write(c))
+            await new Promise<void>((r) => process.stdout.once('drain', () => r()));
+        }
       }),
     );
 
   program
     .command('delete')
-    .argument('<id>', 'blob id')
-    .description('delete a blob')
+    .argument('<ids...>', 'blob ids')
+    .description('delete blobs')
     .action(
-      action(async (opts, id: string) => {
-        const res = await createClient(BlobService, transportFor(opts)).delete({ blobId: id });
-        process.stdout.write(
-          opts.json
-            ? `${JSON.stringify({ id, found: res.found })}\n`
-            : `${res.found ? 'deleted' : 'not found'} ${id}\n`,
-        );
+      action(async (opts, ids: string[]) => {
+        const client = clientFor(opts);
+        for (const id of ids) {
+          const found = await client.delete(id);
+          out(opts.json ? JSON.stringify({ id, found }) : `${found ? 'deleted' : 'not found'} ${id}`);
+        }
       }),
     );
 
   program
     .command('status')
     .argument('<id>', 'blob id')
-    .description('metadata and replicas of a blob')
+    .description('metadata, replicas and access heat of a blob')
     .action(
       action(async (opts, id: string) => {
-        const res = await createClient(BlobService, transportFor(opts)).stat({ blobId: id });
-        process.stdout.write(`${JSON.stringify(info(res.blob), null, opts.json ? undefined : 2)}\n`);
+        const client = clientFor(opts);
+        const blob = await client.stat(id);
+        // Heat and replica placement come from the replication manager, when reachable.
+        const rep = await createClient(ReplicationService, grpcTransport(endpoint(opts)))
+          .getBlobStatus({ blobId: id }, { timeoutMs: 3000 })
+          .catch(() => undefined);
+        const placement = rep && {
+          ratePerMinute: rep.ratePerMinute,
+          replicas: rep.replicas.map((r) => ({
+            store: r.storeId,
+            address: r.address,
+            volume: r.volumeId,
+            health: StoreHealth[r.health],
+          })),
+          tasks: rep.tasks.length,
+        };
+        if (opts.json) {
+          out(JSON.stringify({ ...blobJson(blob), ...(placement ? { replication: placement } : {}) }));
+          return;
+        }
+        out(`id             ${blob.id}`);
+        out(`size           ${blob.size} (${human(blob.size)})`);
+        out(`sha256         ${blob.sha256}`);
+        out(`content type   ${blob.contentType}`);
+        out(`created        ${blob.createdAt.toISOString()}`);
+        out(`replicas       ${blob.replicas} (target ${blob.targetReplicas})`);
+        if (placement) {
+          out(`reads/min      ${placement.ratePerMinute.toFixed(1)}`);
+          for (const r of placement.replicas)
+            out(`  ${r.store.padEnd(14)} ${r.address.padEnd(22)} volume ${r.volume} ${r.health}`);
+        }
       }),
     );
 
@@ -177,68 +223,167 @@ export function registerClientCommands(program: Command): void {
     .command('ls')
     .option('--prefix <prefix>', 'only ids with this prefix', '')
     .option('--limit <n>', 'at most this many', '1000')
-    .description('list blobs')
+    .description('list blobs in id order')
     .action(
       action(async (opts) => {
         const flags = opts as GlobalOpts & { prefix: string; limit: string };
-        const client = createClient(BlobService, transportFor(opts));
-        let token = '';
-        let left = Number(flags.limit);
-        do {
-          const res = await client.list({
-            prefix: flags.prefix,
-            pageToken: token,
-            pageSize: Math.min(left, 1000),
-          });
-          for (const b of res.blobs) {
-            process.stdout.write(
-              opts.json ? `${JSON.stringify(info(b))}\n` : `${b.blobId}\t${b.size}\t${b.contentType}\n`,
-            );
-          }
-          left -= res.blobs.length;
-          token = res.nextPageToken;
-        } while (token && left > 0);
+        const limit = Number(flags.limit);
+        let n = 0;
+        for await (const b of clientFor(opts).listAll({
+          prefix: flags.prefix,
+          pageSize: Math.min(limit, 1000),
+        })) {
+          if (n++ >= limit) break;
+          out(
+            opts.json
+              ? JSON.stringify(blobJson(b))
+              : `${b.id}\t${b.size}\t${b.contentType}\t${b.createdAt.toISOString()}`,
+          );
+        }
       }),
     );
 
   program
     .command('health')
-    .argument('[addresses...]', 'host:port of servers to check (default: the endpoint)')
+    .argument(
+      '[addresses...]',
+      'host:port of servers to check (default: the endpoint and every cluster member)',
+    )
     .description('grpc.health.v1 status of servers')
     .action(
       action(async (opts, addresses: string[]) => {
-        const targets =
-          addresses.length > 0 ? addresses : [opts.url ?? process.env.HAYSTACK_URL ?? DEFAULT_URL];
+        const targets = addresses.length > 0 ? addresses : [endpoint(opts)];
+        if (addresses.length === 0) {
+          // Every directory and store the cluster knows of.
+          const status = await clientFor(opts)
+            .clusterStatus({ timeoutMs: 3000 })
+            .catch(() => undefined);
+          for (const d of status?.directories ?? []) targets.push(d.address);
+          for (const s of status?.stores ?? []) targets.push(s.address);
+        }
         let bad = 0;
-        for (const target of targets) {
-          let status = 'UNREACHABLE';
+        for (const target of [...new Set(targets)]) {
+          let status: string;
           try {
-            const res = await createClient(Health, transportFor({ url: target })).check(
-              {},
-              { timeoutMs: 3000 },
-            );
+            const res = await createClient(Health, grpcTransport(target)).check({}, { timeoutMs: 3000 });
             status = HealthCheckResponse_ServingStatus[res.status] ?? 'UNKNOWN';
           } catch (err) {
-            status = `UNREACHABLE (${ConnectError.from(err).rawMessage})`;
+            status = `UNREACHABLE (${toHaystackError(err).message.replace(/\s+/g, ' ')})`;
           }
-          if (!status.startsWith('SERVING')) bad++;
-          process.stdout.write(
-            opts.json ? `${JSON.stringify({ target, status })}\n` : `${target}\t${status}\n`,
-          );
+          if (status !== 'SERVING') bad++;
+          out(opts.json ? JSON.stringify({ target, status }) : `${target.padEnd(28)} ${status}`);
         }
-        if (bad > 0) process.exit(1);
+        if (bad > 0) {
+          process.stderr.write(`haystack: UNAVAILABLE: ${bad} of ${targets.length} not serving\n`);
+          process.exit(1);
+        }
       }),
     );
 
   program
     .command('stats')
-    .description('cluster statistics')
+    .description('cluster statistics: directories, stores, replication, cache')
     .action(
-      action(async () => {
-        throw new ConnectError(
-          'cluster statistics arrive with the directory and replication services',
-          Code.Unimplemented,
-        );
+      action(async (opts) => {
+        const client = clientFor(opts);
+        const [cluster, replication, gateway] = await Promise.allSettled([
+          client.clusterStatus({ timeoutMs: 5000 }),
+          client.replicationStats({ timeoutMs: 5000 }),
+          client.gatewayStats({ timeoutMs: 5000 }),
+        ]);
+        if (
+          cluster.status === 'rejected' &&
+          replication.status === 'rejected' &&
+          gateway.status === 'rejected'
+        ) {
+          throw cluster.reason;
+        }
+        const c = cluster.status === 'fulfilled' ? cluster.value : undefined;
+        const r = replication.status === 'fulfilled' ? replication.value : undefined;
+        const g = gateway.status === 'fulfilled' ? gateway.value : undefined;
+        const doc = {
+          directories: c?.directories.map((d) => ({
+            id: d.directoryId,
+            address: d.address,
+            role: DirectoryRole[d.role],
+            term: Number(d.term),
+            commitIndex: Number(d.commitIndex),
+            reachable: d.reachable,
+          })),
+          leader: c?.leaderId,
+          term: c ? Number(c.term) : undefined,
+          blobs: c ? Number(c.blobCount) : undefined,
+          replicaHistogram: c?.replicaHistogram.map((b) => ({
+            replicas: b.replicas,
+            blobs: Number(b.blobs),
+          })),
+          stores: c?.stores.map((s) => ({
+            id: s.storeId,
+            address: s.address,
+            health: StoreHealth[s.health],
+            capacity: Number(s.capacityBytes),
+            free: Number(s.freeBytes),
+            volumes: s.volumes.length,
+          })),
+          replication: r && {
+            manager: r.managerId,
+            active: r.active,
+            queue: r.queue.map((q) => ({ priority: TaskPriority[q.priority], depth: Number(q.depth) })),
+            inFlight: Number(r.inFlight),
+            completed: Number(r.completed),
+            failed: Number(r.failed),
+            hotBlobs: r.hotBlobs.map((h) => ({
+              id: h.blobId,
+              ratePerMinute: h.ratePerMinute,
+              replicas: h.replicaCount,
+            })),
+          },
+          cache: g && {
+            backend: g.cacheBackend,
+            available: g.cacheAvailable,
+            hits: g.cluster.hits,
+            misses: g.cluster.misses,
+            hitRate: g.cluster.hitRate,
+            gateway: g.gatewayId,
+          },
+          errors: [cluster, replication, gateway]
+            .filter((x): x is PromiseRejectedResult => x.status === 'rejected')
+            .map((x) => toHaystackError(x.reason).message),
+        };
+        if (opts.json) {
+          out(JSON.stringify(doc));
+          return;
+        }
+        if (doc.directories) {
+          out(`directories (leader ${doc.leader || 'none'}, term ${doc.term}, ${doc.blobs} blobs)`);
+          for (const d of doc.directories) {
+            out(
+              `  ${d.id.padEnd(14)} ${d.address.padEnd(22)} ${String(d.role).padEnd(10)} term ${d.term}${d.reachable ? '' : ' UNREACHABLE'}`,
+            );
+          }
+        }
+        if (doc.stores) {
+          out('stores');
+          for (const s of doc.stores) {
+            out(
+              `  ${s.id.padEnd(14)} ${s.address.padEnd(22)} ${String(s.health).padEnd(10)} ${human(s.free)} free of ${human(s.capacity)}`,
+            );
+          }
+        }
+        if (doc.replication) {
+          const q = doc.replication.queue.reduce((n, x) => n + x.depth, 0);
+          out(
+            `replication    queue ${q}, in flight ${doc.replication.inFlight}, done ${doc.replication.completed}, failed ${doc.replication.failed}`,
+          );
+          for (const h of doc.replication.hotBlobs.slice(0, 5))
+            out(`  hot ${h.id} ${h.ratePerMinute.toFixed(1)}/min ${h.replicas} replicas`);
+        }
+        if (doc.cache) {
+          out(
+            `cache          ${doc.cache.backend}${doc.cache.available ? '' : ' (unavailable)'}: ${doc.cache.hits} hits, ${doc.cache.misses} misses, hit rate ${(doc.cache.hitRate * 100).toFixed(1)}%`,
+          );
+        }
+        for (const e of doc.errors) process.stderr.write(`haystack: warning: ${e}\n`);
       }),
     );
 }
