@@ -1,0 +1,142 @@
+import { Code, ConnectError, createClient } from '@connectrpc/connect';
+import { createGrpcTransport } from '@connectrpc/connect-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ReplicationService } from '../../gen/haystack/v1/replication_pb.js';
+import { AccessReporter, ReporterKind } from '../../internal/replication/access-reporter.js';
+import { RedisProcess } from '../helpers/redis.js';
+import { grpcurl, type ServerProcess, spawnServer } from '../helpers/tools.js';
+
+// Two manager processes sharing a Redis lease, with no directory (the lease, the
+// reporter stream and failover do not need one): only the holder takes reports.
+
+const client = (address: string) =>
+  createClient(ReplicationService, createGrpcTransport({ baseUrl: `http://${address}` }));
+
+async function until<T>(fn: () => Promise<T | undefined>, ms: number, what: string): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const codeOf = async (p: Promise<unknown>) => {
+  try {
+    await p;
+    return 'ok';
+  } catch (err) {
+    return ConnectError.from(err).code;
+  }
+};
+
+describe('replication manager high availability (real Redis, two processes)', () => {
+  let redis: RedisProcess;
+  const managers: ServerProcess[] = [];
+  let reporter: AccessReporter | undefined;
+
+  const start = (id: string) =>
+    spawnServer({
+      name: id,
+      args: ['replication', '--listen', '127.0.0.1:0'],
+      env: {
+        MANAGER_ID: id,
+        REDIS_URL: redis.url,
+        DIRECTORY_ADDRS: '127.0.0.1:1',
+        LEADER_TIMEOUT: '2s',
+        LEADER_HEARTBEAT_INTERVAL: '300ms',
+        STATS_REPORT_INTERVAL: '1s',
+        EWMA_PERIOD: '1s',
+        LOG_LEVEL: 'warn',
+      },
+    });
+
+  beforeAll(async () => {
+    redis = await RedisProcess.start();
+    managers.push(...(await Promise.all([start('manager-a'), start('manager-b')])));
+  });
+  afterAll(async () => {
+    await reporter?.stop();
+    await Promise.all(managers.map((m) => m.stop()));
+    await redis?.stop();
+  });
+
+  it('one instance acts; reports reach it; the standby refuses; kill -9 hands over within seconds', async () => {
+    const stats = async () =>
+      Promise.all(
+        managers.map(async (m) => ({
+          m,
+          s: await client(m.address)
+            .getStats({})
+            .catch(() => undefined),
+        })),
+      );
+    const [active, standby] = await until(
+      async () => {
+        const all = await stats();
+        const act = all.filter((x) => x.s?.active);
+        if (act.length !== 1) return undefined;
+        return [act[0]!.m, all.find((x) => !x.s?.active)!.m] as const;
+      },
+      10_000,
+      'exactly one active manager',
+    );
+
+    // The standby refuses reports and corruption reports, so reporters move on.
+    expect(await codeOf(client(standby.address).reportCorruption({ storeId: 's', blobIds: ['x'] }))).toBe(
+      Code.FailedPrecondition,
+    );
+    expect(await codeOf(client(standby.address).runAudit({}))).toBe(Code.FailedPrecondition);
+
+    reporter = new AccessReporter({
+      reporterId: 'store-test',
+      kind: ReporterKind.STORE,
+      managers: [standby.address, active.address],
+      intervalMs: 200,
+    });
+    reporter.start();
+    const reads = setInterval(() => reporter?.count('photo-1', 10), 50);
+    try {
+      const hot = await until(
+        async () => {
+          const s = await client(active.address).getStats({});
+          const h = s.hotBlobs.find((b) => b.blobId === 'photo-1');
+          return h && h.ratePerMinute > 100 ? h : undefined;
+        },
+        10_000,
+        'heat on the active manager',
+      );
+      expect(hot.ratePerMinute).toBeGreaterThan(100);
+      expect(reporter.manager).toBe(active.address);
+      // grpcurl sees the same through reflection.
+      const g = await grpcurl([active.address, 'haystack.v1.ReplicationService/GetStats']);
+      expect(g.code).toBe(0);
+      expect(JSON.parse(g.stdout).hotBlobs[0].blobId).toBe('photo-1');
+
+      const killedAt = Date.now();
+      await active.kill();
+      await until(
+        async () => ((await client(standby.address).getStats({})).active ? true : undefined),
+        10_000,
+        'the standby to take over',
+      );
+      const takeoverMs = Date.now() - killedAt;
+      expect(takeoverMs).toBeLessThan(5_000);
+      // The reporter found the new active manager on its own.
+      await until(
+        async () => {
+          const s = await client(standby.address).getStats({});
+          return s.hotBlobs.some((b) => b.blobId === 'photo-1' && b.ratePerMinute > 100) ? true : undefined;
+        },
+        10_000,
+        'heat on the new active manager',
+      );
+      expect(reporter.manager).toBe(standby.address);
+      const s = await client(standby.address).getStats({});
+      expect(s.term).toBeGreaterThan(1n);
+    } finally {
+      clearInterval(reads);
+    }
+  });
+});
