@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import type http from 'node:http';
 import type http2 from 'node:http2';
 import type { DescFile, DescService } from '@bufbuild/protobuf';
@@ -82,6 +83,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   ];
 
   const shutdown = new AbortController();
+  // Every call listens on the shutdown signal.
+  setMaxListeners(0, shutdown.signal);
   const routes: HttpRoute[] = [
     async (req, res) => {
       if (req.method !== 'GET' || req.url !== '/metrics') return false;
@@ -110,6 +113,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     shutdownSignal: shutdown.signal,
     // Blob chunks are at most a few MiB; Put carries a whole (bounded) upload.
     readMaxBytes: 256 * 1024 * 1024,
+    // Photos are already compressed: gzip would spend CPU for nothing. Compressed
+    // requests are still accepted.
+    compressMinBytes: Number.MAX_SAFE_INTEGER,
     fallback: (req, nodeRes) => {
       const res = nodeRes as unknown as HttpResponse;
       void (async () => {

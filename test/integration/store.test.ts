@@ -1,0 +1,201 @@
+import { createHash } from 'node:crypto';
+import { Code, ConnectError } from '@connectrpc/connect';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  bytes,
+  readBlob,
+  type StoreClient,
+  sameBytes,
+  storeClient,
+  writeBlob,
+} from '../helpers/store-client.js';
+import { grpcurl, type ServerProcess, spawnServer, tmpName } from '../helpers/tools.js';
+
+const sha = (b: Uint8Array) => createHash('sha256').update(b).digest();
+const codeOf = async (p: Promise<unknown>) => {
+  try {
+    await p;
+  } catch (err) {
+    return ConnectError.from(err).code;
+  }
+  return 'ok';
+};
+const messageOf = async (p: Promise<unknown>) => {
+  try {
+    await p;
+  } catch (err) {
+    return ConnectError.from(err).rawMessage;
+  }
+  return '';
+};
+
+async function startStore(
+  name: string,
+  dataDir = tmpName(name),
+  env: Record<string, string> = {},
+): Promise<ServerProcess> {
+  return spawnServer({
+    name,
+    args: ['store', '--listen', '127.0.0.1:0', '--data', dataDir],
+    env: { STORE_ID: name, ...env },
+  });
+}
+
+describe('one store over real gRPC', () => {
+  let proc: ServerProcess;
+  let client: StoreClient;
+
+  beforeAll(async () => {
+    proc = await startStore('store-a', tmpName('store-a'), { MAX_VOLUME_SIZE: '8MiB' });
+    client = storeClient(proc.address);
+  });
+  afterAll(async () => {
+    await proc?.stop();
+  });
+
+  it('writes, reads, range-reads and deletes', async () => {
+    const data = bytes(300_000, 1);
+    const res = await writeBlob(client, 'photo-1.jpg', data, { cookie: 42n, chunkSize: 10_000 });
+    expect(res.blobId).toBe('photo-1.jpg');
+    expect(Buffer.from(res.sha256)).toEqual(sha(data));
+    expect(res.replicas).toHaveLength(1);
+    expect(res.replicas[0]?.storeId).toBe('store-a');
+
+    expect(sameBytes(await readBlob(client, 'photo-1.jpg'), data)).toBe('identical');
+    expect(sameBytes(await readBlob(client, 'photo-1.jpg', { cookie: 42n }), data)).toBe('identical');
+    expect(
+      sameBytes(
+        await readBlob(client, 'photo-1.jpg', { offset: 1000, length: 5000 }),
+        data.subarray(1000, 6000),
+      ),
+    ).toBe('identical');
+    expect(
+      sameBytes(await readBlob(client, 'photo-1.jpg', { offset: 299_990 }), data.subarray(299_990)),
+    ).toBe('identical');
+    expect(await codeOf(readBlob(client, 'photo-1.jpg', { cookie: 43n }))).toBe(Code.NotFound);
+    expect(await codeOf(readBlob(client, 'photo-1.jpg', { offset: 300_001 }))).toBe(Code.OutOfRange);
+
+    expect((await client.delete({ blobId: 'photo-1.jpg' })).found).toBe(true);
+    expect(await codeOf(readBlob(client, 'photo-1.jpg'))).toBe(Code.NotFound);
+    expect((await client.delete({ blobId: 'photo-1.jpg' })).found).toBe(false);
+  });
+
+  it('writes an empty blob', async () => {
+    await writeBlob(client, 'empty', new Uint8Array());
+    expect(sameBytes(await readBlob(client, 'empty'), Buffer.alloc(0))).toBe('identical');
+  });
+
+  it('is idempotent for the same content and refuses different content', async () => {
+    const data = bytes(5000, 2);
+    const a = await writeBlob(client, 'same', data, { cookie: 7n });
+    const b = await writeBlob(client, 'same', data, { cookie: 7n });
+    expect(b.replicas[0]).toEqual(a.replicas[0]);
+    expect(await codeOf(writeBlob(client, 'same', bytes(5000, 3), { cookie: 7n }))).toBe(Code.AlreadyExists);
+    expect(sameBytes(await readBlob(client, 'same'), data)).toBe('identical');
+  });
+
+  it('commits nothing for a short stream or a checksum mismatch', async () => {
+    const data = bytes(100_000, 4);
+    const short = await messageOf(writeBlob(client, 'short', data, { truncateAt: 50_000 }));
+    expect(short).toMatch(/50000 of the declared 100000 bytes/);
+    expect(await codeOf(readBlob(client, 'short'))).toBe(Code.NotFound);
+
+    const wrong = await codeOf(writeBlob(client, 'badsum', data, { sha256: sha(bytes(10, 5)) }));
+    expect(wrong).toBe(Code.InvalidArgument);
+    expect(await codeOf(readBlob(client, 'badsum'))).toBe(Code.NotFound);
+    // The id is still free: a correct write afterwards succeeds.
+    await writeBlob(client, 'badsum', data, { sha256: sha(data) });
+    expect(sameBytes(await readBlob(client, 'badsum'), data)).toBe('identical');
+  });
+
+  it('answers bad input with precise statuses and keeps serving', async () => {
+    expect(await codeOf(readBlob(client, 'never-written'))).toBe(Code.NotFound);
+    expect(await codeOf(readBlob(client, ''))).toBe(Code.InvalidArgument);
+    expect(await codeOf(readBlob(client, 'x'.repeat(256)))).toBe(Code.InvalidArgument);
+    expect(await messageOf(readBlob(client, 'bad/id'))).toContain('"/"');
+    expect(await codeOf(writeBlob(client, 'white space', bytes(10, 6)))).toBe(Code.InvalidArgument);
+    expect(await codeOf(client.delete({ blobId: '' }))).toBe(Code.InvalidArgument);
+    const headerless = client.write(
+      (async function* () {
+        yield { msg: { case: 'chunk' as const, value: new Uint8Array(3) } };
+      })(),
+    );
+    expect(await codeOf(headerless)).toBe(Code.InvalidArgument);
+    expect(await codeOf(writeBlob(client, 'too-long', bytes(10, 6), { size: 5 }))).toBe(Code.InvalidArgument);
+    await writeBlob(client, 'still-serving', bytes(10, 7));
+    expect(sameBytes(await readBlob(client, 'still-serving'), bytes(10, 7))).toBe('identical');
+  });
+
+  it('rolls over to new volumes at MAX_VOLUME_SIZE and reports stats from the filesystem', async () => {
+    for (let i = 0; i < 12; i++) await writeBlob(client, `big-${i}`, bytes(1024 * 1024, 100 + i));
+    const stats = await client.getStats({});
+    expect(stats.storeId).toBe('store-a');
+    expect(stats.volumes.length).toBeGreaterThanOrEqual(2);
+    expect(stats.volumes.some((v) => v.readOnly)).toBe(true);
+    expect(stats.capacityBytes).toBeGreaterThan(stats.freeBytes);
+    expect(stats.freeBytes).toBeGreaterThan(0n);
+    for (const v of stats.volumes) expect(v.sizeBytes).toBeLessThanOrEqual(8n * 1024n * 1024n);
+    for (let i = 0; i < 12; i++)
+      expect(sameBytes(await readBlob(client, `big-${i}`), bytes(1024 * 1024, 100 + i))).toBe('identical');
+  });
+
+  it('compacts on demand while keeping every live blob', async () => {
+    for (let i = 0; i < 6; i++) await client.delete({ blobId: `big-${i}` });
+    const res = await client.compact({ force: true });
+    expect(res.compactions.length).toBeGreaterThan(0);
+    for (let i = 0; i < 6; i++) expect(await codeOf(readBlob(client, `big-${i}`))).toBe(Code.NotFound);
+    for (let i = 6; i < 12; i++)
+      expect(sameBytes(await readBlob(client, `big-${i}`), bytes(1024 * 1024, 100 + i))).toBe('identical');
+  });
+
+  it('scrubs clean volumes without findings and lists needles in id order', async () => {
+    const scrub = await client.scrub({});
+    expect(scrub.needlesChecked).toBeGreaterThan(0n);
+    expect(scrub.corrupt).toEqual([]);
+    const page = await client.listNeedles({ pageSize: 3 });
+    expect(page.needles).toHaveLength(3);
+    const ids = page.needles.map((n) => n.blobId);
+    expect([...ids].sort()).toEqual(ids);
+    const next = await client.listNeedles({ pageSize: 1000, pageToken: page.nextPageToken });
+    expect((next.needles[0]?.blobId ?? '') > ids[2]!).toBe(true);
+  });
+
+  it('is usable from the real grpcurl', async () => {
+    const res = await grpcurl([proc.address, 'haystack.v1.StoreService/GetStats']);
+    expect(res.code).toBe(0);
+    expect(JSON.parse(res.stdout).storeId).toBe('store-a');
+  });
+});
+
+describe('three stores with fan-out replication', () => {
+  const procs: ServerProcess[] = [];
+
+  beforeAll(async () => {
+    for (const name of ['fan-1', 'fan-2', 'fan-3']) procs.push(await startStore(name));
+  });
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.stop()));
+  });
+
+  const targets = () => procs.map((p) => ({ storeId: p.name, address: p.address }));
+
+  it('acknowledges only when every replica holds the bytes', async () => {
+    const data = bytes(1_500_000, 9);
+    const [a, b, c] = procs.map((p) => storeClient(p.address)) as [StoreClient, StoreClient, StoreClient];
+    const res = await writeBlob(a, 'fanned', data, { forwardTo: targets().slice(1), cookie: 5n });
+    expect(res.replicas.map((r) => r.storeId).sort()).toEqual(['fan-1', 'fan-2', 'fan-3']);
+    for (const cl of [a, b, c])
+      expect(sameBytes(await readBlob(cl, 'fanned', { cookie: 5n }), data)).toBe('identical');
+  });
+
+  it('fails naming the store when one replica is down, and acknowledges nothing', async () => {
+    const a = storeClient(procs[0]!.address);
+    await procs[2]!.kill();
+    const msg = await messageOf(
+      writeBlob(a, 'partial', bytes(200_000, 10), { forwardTo: targets().slice(1) }),
+    );
+    expect(msg).toContain('fan-3');
+    const code = await codeOf(writeBlob(a, 'partial', bytes(200_000, 10), { forwardTo: targets().slice(1) }));
+    expect(code).toBe(Code.Unavailable);
+  });
+});
