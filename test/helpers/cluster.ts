@@ -20,6 +20,11 @@ export interface ClusterOptions {
   replication?: boolean;
   /** Start a real redis-server (default true); false runs leases and caches in-process. */
   redis?: boolean;
+  /**
+   * Give the gateways their own redis-server for the blob cache (as in deploy/: an
+   * allkeys-lru cache must not share an instance with the directory's lease).
+   */
+  cacheRedis?: boolean;
   /** Start the real Envoy in front (default true); overrides of its options. */
   envoy?: boolean | Partial<EnvoyOptions>;
   /** Environment for every server (after the fast test defaults). */
@@ -53,6 +58,7 @@ export const FAST_ENV: Record<string, string> = {
  */
 export class Cluster {
   redis: RedisProcess | undefined;
+  cacheRedis: RedisProcess | undefined;
   readonly directories: ServerProcess[] = [];
   readonly stores: ServerProcess[] = [];
   readonly gateways: ServerProcess[] = [];
@@ -91,6 +97,7 @@ export class Cluster {
     const o = this.opts;
     mkdirSync(this.dataDir, { recursive: true });
     if (o.redis !== false) this.redis = await RedisProcess.start();
+    if (o.cacheRedis) this.cacheRedis = await RedisProcess.start();
     const nd = o.directories ?? 3;
     const ns = o.stores ?? 3;
     const ng = o.gateways ?? 2;
@@ -175,6 +182,7 @@ export class Cluster {
     const p = await this.spawn(`gateway-${i}`, ['gateway', '--listen', `127.0.0.1:${this.gatewayPorts[i]}`], {
       GATEWAY_ID: `gateway-${i}`,
       DIRECTORY_ADDRS: this.directoryAddrs,
+      ...(this.cacheRedis ? { REDIS_URL: this.cacheRedis.url } : {}),
       ...this.opts.gatewayEnv,
     });
     this.gateways[i] = p;
@@ -254,5 +262,6 @@ export class Cluster {
     await Promise.all(this.stores.map((s) => s?.kill()));
     await Promise.all(this.directories.map((d) => d?.kill()));
     await this.redis?.kill();
+    await this.cacheRedis?.kill();
   }
 }
