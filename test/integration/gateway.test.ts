@@ -115,7 +115,7 @@ describe('the haystack CLI on the SDK', () => {
     const files = `${dir}/cli`;
     mkdirSync(files, { recursive: true });
     const contents = [bytes(10_000, 31), bytes(20_000, 32), bytes(30_000, 33)];
-    contents.forEach((c, i) => writeFileSync(`${files}/f${i}.png`, c));
+    for (const [i, c] of contents.entries()) writeFileSync(`${files}/f${i}.png`, c);
     const up = await haystack(['upload', files]);
     expect(up.code, up.stderr).toBe(0);
     const ids = up.stdout.trim().split('\n');
