@@ -16,6 +16,9 @@ export interface StoreConfig extends ServerConfig {
   heartbeatIntervalMs: number;
   /** Bytes per chunk on Read streams. */
   readChunkSize: number;
+  /** Replication manager instances to stream access counts to (empty: none). */
+  managers: string[];
+  statsReportIntervalMs: number;
 }
 
 export const STORE_ENV_HELP = `${COMMON_ENV_HELP}
@@ -28,7 +31,9 @@ export const STORE_ENV_HELP = `${COMMON_ENV_HELP}
   COMPACTION_CHECK_INTERVAL        how often to look for such volumes (default 3600s)
   DIRECTORY_ADDRS        comma-separated directory host:port list for heartbeats
   HEARTBEAT_INTERVAL     heartbeat period (default 30s)
-  READ_CHUNK_SIZE        bytes per chunk on Read streams (default 256KiB)`;
+  READ_CHUNK_SIZE        bytes per chunk on Read streams (default 256KiB)
+  REPLICATION_ADDRS      comma-separated replication manager host:port list (access counts, corruption reports)
+  STATS_REPORT_INTERVAL  how often access counts are sent (default 60s)`;
 
 export function readStoreConfig(
   flags: { listen?: string; data?: string },
@@ -55,6 +60,8 @@ export function readStoreConfig(
     directories: list(r.string('DIRECTORY_ADDRS', '')),
     heartbeatIntervalMs: r.duration('HEARTBEAT_INTERVAL', 30_000, { minMs: 50, maxMs: 600_000 }),
     readChunkSize: r.size('READ_CHUNK_SIZE', 256 * 1024, { min: 4096, max: 4 * 1024 * 1024 }),
+    managers: list(r.string('REPLICATION_ADDRS', '')),
+    statsReportIntervalMs: r.duration('STATS_REPORT_INTERVAL', 60_000, { minMs: 100, maxMs: 3_600_000 }),
   };
   r.done();
   return cfg;

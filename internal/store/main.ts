@@ -1,5 +1,6 @@
 import { StoreService } from '../../gen/haystack/v1/store_pb.js';
 import { startStoreHeartbeat } from '../directory/heartbeat-client.js';
+import { AccessReporter, ReporterKind } from '../replication/access-reporter.js';
 import { ClientPool } from '../rpc/clients.js';
 import { runServerProcess } from '../server/run.js';
 import type { StoreConfig } from './config.js';
@@ -27,12 +28,29 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
       'volumes loaded',
     );
     const peers = new ClientPool();
+    // Reads feed the replication manager's heat map; corrupt replicas go to it for repair.
+    const reporter = new AccessReporter({
+      reporterId: cfg.storeId,
+      kind: ReporterKind.STORE,
+      managers: cfg.managers,
+      intervalMs: cfg.statsReportIntervalMs,
+      log,
+      pool: peers,
+    });
+    reporter.start();
     const service = new StoreServiceImpl({
       storeId: cfg.storeId,
       store,
       peers,
       log,
       readChunkSize: cfg.readChunkSize,
+      onRead: (blobId) => reporter.count(blobId),
+      onCorrupt: (blobId) => {
+        if (cfg.managers.length === 0) return;
+        reporter.reportCorruption(cfg.storeId, [blobId]).catch((err: unknown) => {
+          log.warn({ err, blobId }, 'could not report a corrupt replica');
+        });
+      },
     });
 
     // Compaction runs in the background; reads and writes continue meanwhile.
@@ -79,7 +97,7 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
       services: [{ desc: StoreService, register: (router) => service.register(router) }],
       onDrain: async () => {
         clearInterval(compactTimer);
-        await heartbeat?.stop();
+        await Promise.all([heartbeat?.stop(), reporter.stop()]);
       },
       onClose: () => store.close(),
     };

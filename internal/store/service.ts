@@ -31,6 +31,8 @@ export interface StoreServiceOptions {
   readChunkSize: number;
   /** Counts a served read for the replication manager's heat map. */
   onRead?: (blobId: string) => void;
+  /** A read found this store's copy corrupt (checksum mismatch). */
+  onCorrupt?: (blobId: string) => void;
 }
 
 /** A volume's statistics as the contract's VolumeStats message. */
@@ -288,7 +290,9 @@ export class StoreServiceImpl {
         yield create(ReadResponseSchema, { msg: { case: 'chunk', value: chunk } });
       }
     } catch (err) {
-      throw toConnectError(err);
+      const ce = toConnectError(err);
+      if (ce.code === Code.DataLoss) this.o.onCorrupt?.(blobId);
+      throw ce;
     }
   }
 

@@ -29,7 +29,16 @@ describe.each(SERVERS)('haystack $sub as a real process', ({ sub, service, metho
   beforeAll(async () => {
     const args = [sub, '--listen', '127.0.0.1:0'];
     if (data) args.push('--data', tmpName(sub));
-    proc = await spawnServer({ name: sub, args, env: { REDIS_URL: 'redis://127.0.0.1:1' } });
+    // Peers that do not answer: each server must still start, serve health and reflection.
+    proc = await spawnServer({
+      name: sub,
+      args,
+      env: {
+        REDIS_URL: 'redis://127.0.0.1:1',
+        DIRECTORY_ADDRS: '127.0.0.1:1',
+        REPLICATION_ADDRS: '127.0.0.1:1',
+      },
+    });
   });
 
   afterAll(async () => {
