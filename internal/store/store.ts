@@ -155,7 +155,15 @@ interface Resolved {
   header: NeedleHeader;
   vol: Volume;
   file: VolumeFile;
+  /** The whole needle, when it was small enough to read in the lookup's one pread. */
+  whole?: Uint8Array;
 }
+
+/**
+ * Needles up to this length are read whole by the lookup: header, key, data and
+ * footer in a single disk operation (Haystack's one-read promise).
+ */
+const ONE_READ_MAX = 256 * 1024;
 
 const NOOP_LOG: StoreLogger = { info() {}, warn() {}, error() {} };
 const MIN_VOLUME_SIZE = 4096;
@@ -299,7 +307,6 @@ export class Store {
 
   /** Finds and confirms the needle for `blobId`; the returned file reference must be released. */
   private async resolve(blobId: string): Promise<Resolved | undefined> {
-    const buf = new Uint8Array(NEEDLE_HEADER_SIZE + 255);
     for (let attempt = 0; attempt < 8; attempt++) {
       const loc = this.map.lookup(blobId);
       if (!loc) return undefined;
@@ -309,6 +316,8 @@ export class Store {
       if (!file.acquire()) continue;
       let keep = false;
       try {
+        const small = loc.length <= ONE_READ_MAX && loc.length >= NEEDLE_HEADER_SIZE + NEEDLE_FOOTER_SIZE;
+        const buf = new Uint8Array(small ? loc.length : NEEDLE_HEADER_SIZE + 255);
         const n = await readFully(file.handle, buf, loc.offset);
         let header: NeedleHeader;
         try {
@@ -319,7 +328,8 @@ export class Store {
         }
         if (header.key !== blobId) return undefined; // another id with the same hash
         keep = true;
-        return { loc, header, vol, file };
+        const whole = small && n === loc.length ? buf : undefined;
+        return whole ? { loc, header, vol, file, whole } : { loc, header, vol, file };
       } finally {
         if (!keep) file.release();
       }
@@ -327,9 +337,25 @@ export class Store {
     throw new Error(`needle for ${blobId} kept moving; retry`);
   }
 
+  private corrupt(blobId: string, loc: NeedleLocation, crc: number, stored: number): ChecksumError {
+    return new ChecksumError(
+      `blob ${blobId} in volume ${loc.volumeId} at offset ${loc.offset} is corrupt (CRC32C ${crc.toString(16)} != stored ${stored.toString(16)}); read it from another replica`,
+      'data-checksum',
+      loc.volumeId,
+      loc.offset,
+    );
+  }
+
   private async readFooterCrc(r: Resolved): Promise<number> {
+    const rel = dataOffset(r.header.key.length) + r.header.dataSize;
+    if (r.whole && rel + NEEDLE_FOOTER_SIZE <= r.whole.length) {
+      return decodeFooter(r.whole.subarray(rel, rel + NEEDLE_FOOTER_SIZE), 0, {
+        volumeId: r.loc.volumeId,
+        offset: r.loc.offset,
+      });
+    }
     const foot = new Uint8Array(NEEDLE_FOOTER_SIZE);
-    const at = r.loc.offset + dataOffset(r.header.key.length) + r.header.dataSize;
+    const at = r.loc.offset + rel;
     const n = await readFully(r.file.handle, foot, at);
     return decodeFooter(foot.subarray(0, n), 0, { volumeId: r.loc.volumeId, offset: r.loc.offset });
   }
@@ -383,6 +409,18 @@ export class Store {
     ) {
       throw new InvalidArgumentError(`range [${start}, ${start}+${length}) is outside the ${size}-byte blob`);
     }
+    if (r.whole) {
+      // The lookup already read the whole needle: verify and serve it from memory.
+      const from = dataOffset(r.header.key.length);
+      const data = r.whole.subarray(from, from + size);
+      const crc = crc32c(data, 0);
+      if (crc !== storedCrc) throw this.corrupt(r.header.key, r.loc, crc, storedCrc);
+      const step = Math.max(4096, Math.min(chunkSize, 16 << 20));
+      for (let pos = start; pos < start + length; pos += step) {
+        yield data.subarray(pos, Math.min(start + length, pos + step));
+      }
+      return;
+    }
     let file = r.file;
     let loc = r.loc;
     if (!file.acquire()) {
@@ -430,14 +468,7 @@ export class Store {
         }
         pos += n;
       }
-      if (crc !== storedCrc) {
-        throw new ChecksumError(
-          `blob ${r.header.key} in volume ${loc.volumeId} at offset ${loc.offset} is corrupt (CRC32C ${crc.toString(16)} != stored ${storedCrc.toString(16)}); read it from another replica`,
-          'data-checksum',
-          loc.volumeId,
-          loc.offset,
-        );
-      }
+      if (crc !== storedCrc) throw this.corrupt(r.header.key, loc, crc, storedCrc);
       if (pending) yield pending;
     } finally {
       file.release();
