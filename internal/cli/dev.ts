@@ -2,6 +2,10 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { envReader } from '../config/common.js';
+import { parseSize } from '../config/env.js';
+import { DEFAULT_DELETE_RATE_LIMIT, DEFAULT_UPLOAD_RATE_LIMIT } from '../edge/envoy-config.js';
+import { type EnvoyProcess, startEnvoy } from '../edge/envoy-process.js';
+import { buildWeb } from '../edge/web-build.js';
 import { type ServerProcess, spawnServer } from './processes.js';
 import { findBinary, waitForPort } from './tools.js';
 
@@ -21,17 +25,26 @@ export async function runDev(opts: DevOptions): Promise<void> {
   const gatewayPorts = [0, 1].map((i) => r.int('DEV_GATEWAY_PORT', 8100, { min: 1, max: 65534 }) + i);
   const replicationPort = r.int('DEV_REPLICATION_PORT', 9003, { min: 1, max: 65535 });
   const redisPort = r.int('DEV_REDIS_PORT', 6379, { min: 1, max: 65535 });
+  const envoyPort = r.int('DEV_ENVOY_PORT', 8080, { min: 1, max: 65535 });
+  const envoyAdminPort = r.int('DEV_ENVOY_ADMIN_PORT', 9901, { min: 1, max: 65535 });
+  const corsOrigins = r
+    .string('CORS_ORIGINS', '*')
+    .split(',')
+    .map((o) => o.trim())
+    .filter(Boolean);
   r.done();
   const dataDir = path.resolve(opts.dataDir);
   await mkdir(dataDir, { recursive: true });
 
   const children: ServerProcess[] = [];
   let redis: ChildProcess | undefined;
+  let envoy: EnvoyProcess | undefined;
   let stopping = false;
   const stopAll = async () => {
     if (stopping) return;
     stopping = true;
     process.stderr.write('\nstopping the cluster...\n');
+    await envoy?.stop();
     // Clients first, then the services they depend on.
     await Promise.all(children.filter((c) => c.name.startsWith('gateway')).map((c) => c.stop()));
     await Promise.all(children.filter((c) => !c.name.startsWith('gateway')).map((c) => c.stop()));
@@ -121,6 +134,15 @@ export async function runDev(opts: DevOptions): Promise<void> {
         ),
       ),
     );
+    // The dashboard, served by the gateways under /ui/ (behind Envoy).
+    let uiDir = '';
+    try {
+      uiDir = await buildWeb(path.join(dataDir, 'web'));
+    } catch (err) {
+      process.stderr.write(
+        `warning: dashboard not built: ${err instanceof Error ? err.message : String(err)}\n`,
+      );
+    }
     await start('replication', ['replication', '--listen', `${host}:${replicationPort}`], {
       DIRECTORY_ADDRS: peers,
     });
@@ -129,9 +151,38 @@ export async function runDev(opts: DevOptions): Promise<void> {
         start(`gateway-${i}`, ['gateway', '--listen', `${host}:${p}`], {
           GATEWAY_ID: `gateway-${i}`,
           DIRECTORY_ADDRS: peers,
+          ...(uiDir ? { UI_DIR: uiDir } : {}),
         }),
       ),
     );
+    const envoyBin = findBinary('envoy');
+    if (envoyBin) {
+      const at = (port: number) => ({ host, port });
+      envoy = await startEnvoy({
+        bin: envoyBin,
+        dir: path.join(dataDir, 'envoy'),
+        config: {
+          listen: at(envoyPort),
+          admin: at(envoyAdminPort),
+          gateways: gatewayPorts.map(at),
+          directories: dirPorts.map(at),
+          replication: [at(replicationPort)],
+          corsOrigins,
+          uploadRateLimit: DEFAULT_UPLOAD_RATE_LIMIT,
+          deleteRateLimit: DEFAULT_DELETE_RATE_LIMIT,
+          maxUploadBytes: parseSize(process.env.MAX_UPLOAD_SIZE ?? '') ?? 100 * 1024 * 1024,
+          accessLogPath: path.join(dataDir, 'envoy', 'access.log'),
+        },
+      });
+      await envoy.waitHealthy('gateways', 1, 30_000);
+      void envoy.exited.then((code) => {
+        if (!stopping) process.stderr.write(`envoy exited (${code})\n`);
+      });
+    } else {
+      process.stderr.write(
+        'warning: envoy not found (test/env/bootstrap.sh envoy installs it): no edge proxy\n',
+      );
+    }
   } catch (err) {
     process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n`);
     await stopAll();
@@ -144,6 +195,16 @@ export async function runDev(opts: DevOptions): Promise<void> {
     `  data            ${dataDir}`,
     `  redis           ${redisUrl || '(in-process)'}`,
     ...children.map((c) => `  ${c.name.padEnd(15)} ${c.address}`),
+    ...(envoy
+      ? [
+          `  envoy           ${envoy.address}  (gRPC, gRPC-Web, Connect, /blobs/{id})`,
+          `  envoy log       ${path.join(dataDir, 'envoy', 'access.log')}`,
+          `  envoy admin     ${envoy.adminUrl}`,
+          `  dashboard       http://${envoy.address}/ui/`,
+          '',
+          `  try: HAYSTACK_URL=http://${envoy.address} npx haystack upload photo.jpg`,
+        ]
+      : []),
     '',
     'cluster ready (Ctrl-C stops it)',
     '',
