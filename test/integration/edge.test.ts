@@ -32,6 +32,46 @@ describe('Envoy configuration', () => {
     expect(res.stdout + res.stderr).toContain("configuration 'envoy/envoy.yaml' OK");
   });
 
+  it('deploy/ manifests are valid YAML and carry the same Envoy config', async () => {
+    const k8sCopy = readFileSync(
+      new URL('../../deploy/kubernetes/envoy-config/envoy.yaml', import.meta.url),
+      'utf8',
+    );
+    expect(k8sCopy).toBe(deployEnvoyYaml());
+    const files = [
+      'deploy/docker-compose.yml',
+      ...['kustomization', 'namespace', 'redis', 'directory', 'store', 'replication', 'gateway', 'envoy'].map(
+        (f) => `deploy/kubernetes/${f}.yaml`,
+      ),
+    ];
+    // PyYAML (python3 is on every machine the bootstrap runs on).
+    const script =
+      'import sys, yaml, json\nprint(json.dumps([list(yaml.safe_load_all(open(f))) for f in sys.argv[1:]]))';
+    const res = await exec('python3', ['-c', script, ...files]);
+    expect(res.code, res.stderr).toBe(0);
+    const docs = JSON.parse(res.stdout) as unknown[][];
+    const compose = docs[0]![0] as { services: Record<string, { command?: string[] }> };
+    expect(Object.keys(compose.services)).toEqual(
+      expect.arrayContaining([
+        'redis',
+        'redis-cache',
+        'directory-0',
+        'store-0',
+        'gateway',
+        'replication',
+        'envoy',
+      ]),
+    );
+    expect(compose.services['redis-cache']!.command).toEqual(
+      expect.arrayContaining(['--maxmemory', '5gb', '--maxmemory-policy', 'allkeys-lru']),
+    );
+    const kinds = docs
+      .slice(1)
+      .flat()
+      .map((d) => (d as { kind: string }).kind);
+    expect(kinds).toEqual(expect.arrayContaining(['StatefulSet', 'Deployment', 'Service', 'Kustomization']));
+  });
+
   it('validates the local config rendered with actual ports', async () => {
     const h = (port: number) => ({ host: '127.0.0.1', port });
     const file = `${tmpName('envoy')}.yaml`;
