@@ -94,6 +94,13 @@ export class ReplicationManager {
   private readonly settling = new Map<string, bigint>();
   /** blob → stores known to hold a corrupt copy. */
   private readonly corrupt = new Map<string, Set<string>>();
+  /**
+   * blob → stores that refused a copy because they hold a tombstone for it (a store
+   * never reuses a deleted id), so placement skips them. Bounded; a manager that
+   * takes over relearns it from the same refusal.
+   */
+  private readonly refused = new Map<string, Set<string>>();
+  private refusedCount = 0;
   private readonly stopCtl = new AbortController();
   private activeCtl = new AbortController();
   private wakeTimer: NodeJS.Timeout | undefined;
@@ -287,6 +294,7 @@ export class ReplicationManager {
         this.watched.delete(c.blobId);
         this.corrupt.delete(c.blobId);
         this.pendingTarget.delete(c.blobId);
+        this.refused.delete(c.blobId);
         return;
       case 'store': {
         if (!this.active || c.previous === c.health) return;
@@ -399,7 +407,7 @@ export class ReplicationManager {
               ? TaskPriority.MEDIUM
               : TaskPriority.LOW;
       const holders = [...b.replicas.map((r) => r.storeId), ...copies.map((t) => t.storeId)];
-      const targets = chooseTargets(holders, b.size, need, this.ctx(now));
+      const targets = chooseTargets(holders, b.size, need, this.ctx(now), this.refused.get(blobId));
       for (const s of targets) {
         const r = this.queue.enqueue(
           {
@@ -787,6 +795,14 @@ export class ReplicationManager {
           retryable: true,
         });
       }
+      if (ce.code === Code.AlreadyExists) {
+        // The target tombstoned this id once (a removal or a collection) and will not take it again.
+        this.refuse(b.blobId, targetId);
+        throw new TaskError(`${targetId} refuses the blob: ${ce.rawMessage}`, {
+          storeFault: false,
+          retryable: false,
+        });
+      }
       if (ce.code === Code.NotFound) {
         throw new TaskError(`source ${source.storeId} lacks the blob: ${ce.rawMessage}`, {
           storeFault: false,
@@ -809,7 +825,7 @@ export class ReplicationManager {
       const ce = ConnectError.from(err);
       if (ce.code === Code.NotFound) {
         // Deleted meanwhile: take the copy back.
-        await this.tombstone(target.address, b.blobId);
+        await this.tombstone(targetId, target.address, b.blobId);
         return;
       }
       throw new TaskError(`commit of the copy on ${targetId}: ${ce.rawMessage}`, {
@@ -818,6 +834,22 @@ export class ReplicationManager {
       });
     }
     this.log.info({ blob: b.blobId, from: source.storeId, to: targetId }, 'replica added');
+  }
+
+  private refuse(blobId: string, storeId: string): void {
+    if (this.refusedCount >= 100_000) {
+      this.refused.clear();
+      this.refusedCount = 0;
+    }
+    let set = this.refused.get(blobId);
+    if (!set) {
+      set = new Set();
+      this.refused.set(blobId, set);
+    }
+    if (!set.has(storeId)) {
+      set.add(storeId);
+      this.refusedCount++;
+    }
   }
 
   private settle(blobId: string, index: bigint): void {
@@ -846,7 +878,7 @@ export class ReplicationManager {
       throw new TaskError(`commit of the removal: ${ce.rawMessage}`, { storeFault: false, retryable: true });
     }
     const s = this.mirror.stores.get(t.storeId);
-    if (s) await this.tombstone(s.address, b.blobId);
+    if (s) await this.tombstone(t.storeId, s.address, b.blobId);
     this.log.info({ blob: b.blobId, store: t.storeId }, 'replica removed');
   }
 
@@ -878,14 +910,20 @@ export class ReplicationManager {
         });
       }
       const s = this.mirror.stores.get(t.storeId);
-      if (s) await this.tombstone(s.address, b.blobId);
+      if (s) await this.tombstone(t.storeId, s.address, b.blobId);
       this.deps.events?.onRepair?.(t.storeId, b.blobId);
       this.log.warn({ blob: b.blobId, store: t.storeId }, 'corrupt replica dropped');
     }
     // Copy onto the best other store (the corrupt one only if nothing else fits).
     const remaining = holders.filter((s) => s !== t.storeId);
     const now = this.now();
-    const [dest] = chooseTargets(remaining, b.size, 1, this.ctx(now), new Set([t.storeId]));
+    const [dest] = chooseTargets(
+      remaining,
+      b.size,
+      1,
+      this.ctx(now),
+      new Set([t.storeId, ...(this.refused.get(b.blobId) ?? [])]),
+    );
     const destId = dest?.storeId ?? t.storeId;
     const view: BlobMeta = { ...b, replicas: b.replicas.filter((r) => r.storeId !== t.storeId) };
     try {
@@ -909,6 +947,7 @@ export class ReplicationManager {
     const res = await this.deps.directory.verifyBlobs(t.storeId, [t.blobId]);
     if (res.referencedBlobIds.includes(t.blobId) || this.referencedLocally(t.blobId, t.storeId)) return;
     try {
+      this.refuse(t.blobId, t.storeId);
       await this.store(s.address).delete({ blobId: t.blobId, term: 0n }, { timeoutMs: 10_000 });
     } catch (err) {
       const ce = ConnectError.from(err);
@@ -922,7 +961,9 @@ export class ReplicationManager {
   }
 
   /** Best-effort tombstone (an orphan left behind is collected by GC later). */
-  private async tombstone(address: string, blobId: string): Promise<void> {
+  private async tombstone(storeId: string, address: string, blobId: string): Promise<void> {
+    // A tombstoned store never takes the id again.
+    this.refuse(blobId, storeId);
     for (let i = 0; i < 3; i++) {
       try {
         await this.store(address).delete({ blobId, term: 0n }, { timeoutMs: 5_000 });

@@ -158,6 +158,8 @@ export class FakeStores {
   readonly needles = new Map<string, Map<string, Needle>>();
   readonly down = new Set<string>();
   readonly failing = new Set<string>();
+  /** store → ids it holds a tombstone for (a store never reuses a deleted id). */
+  readonly tombstoned = new Map<string, Set<string>>();
   replicateCalls: { from: string; to: string; blobId: string }[] = [];
 
   on(storeId: string): Map<string, Needle> {
@@ -171,6 +173,15 @@ export class FakeStores {
 
   put(storeId: string, blobId: string, writtenAt = Date.now()): void {
     this.on(storeId).set(blobId, { data: `content-of-${blobId}`, writtenAt, corrupt: false });
+  }
+
+  tombstone(storeId: string, blobId: string): void {
+    let t = this.tombstoned.get(storeId);
+    if (!t) {
+      t = new Set();
+      this.tombstoned.set(storeId, t);
+    }
+    t.add(blobId);
   }
 
   has(storeId: string, blobId: string): boolean {
@@ -190,12 +201,16 @@ export class FakeStores {
         const n = this.on(src).get(req.blobId);
         if (!n) throw new ConnectError('source lacks it', Code.NotFound);
         if (n.corrupt) throw new ConnectError('checksum mismatch', Code.DataLoss);
+        if (this.tombstoned.get(address)?.has(req.blobId)) {
+          throw new ConnectError('deleted ids cannot be reused', Code.AlreadyExists);
+        }
         this.replicateCalls.push({ from: src, to: address, blobId: req.blobId });
         this.on(address).set(req.blobId, { data: n.data, writtenAt: Date.now(), corrupt: false });
         return { replica: { storeId: address, volumeId: 2, offset: 0n }, size: BigInt(n.data.length) };
       },
       delete: async (req: { blobId: string }) => {
         check();
+        this.tombstone(address, req.blobId);
         return { found: this.on(address).delete(req.blobId) };
       },
       scrub: async () => {

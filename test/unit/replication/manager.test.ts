@@ -107,6 +107,23 @@ describe('ReplicationManager (fake directory and stores)', () => {
     }
   });
 
+  it('places a copy elsewhere when the preferred store holds a tombstone for the blob', async () => {
+    const { dir, fs, m, blob } = setup();
+    blob('t', ['s1', 's2', 's3']);
+    // s4 (zone z0, the zone s1 leaves empty) deleted this id once and refuses it.
+    fs.tombstone('s4', 't');
+    m.start();
+    await until(() => m.mirror.loaded && m.active);
+    fs.down.add('s1');
+    dir.setHealth('s1', StoreHealth.DOWN);
+    await until(() => dir.holders('t').includes('s5'), 5_000, 'copy on s5');
+    expect(dir.holders('t')).toEqual(['s1', 's2', 's3', 's5']);
+    await new Promise((r) => setTimeout(r, 300));
+    // Refused once, then never tried again.
+    expect(m.queue.list(TaskState.FAILED, 100).filter((t) => t.storeId === 's4')).toHaveLength(1);
+    expect(m.queue.pending).toBe(0);
+  });
+
   it('repairs a corrupt replica from a good one', async () => {
     const { dir, fs, m, blob } = setup();
     blob('x', ['s1', 's2', 's3']);
