@@ -54,6 +54,14 @@ export interface BlobCache {
   /** Forgets a blob (on delete). */
   invalidate(blobId: string): Promise<void>;
   available(): boolean;
+  /**
+   * The highest directory commit index any gateway sharing this cache published,
+   * as last seen (refreshed by every get; 0 for an in-process cache). Gateways pass
+   * it as Locate's min_index: a write through one gateway is visible through all.
+   */
+  sharedCommitIndex(): bigint;
+  /** Publishes a commit index (raising the shared one). */
+  publishCommitIndex(index: bigint): Promise<void>;
   stats(): Promise<CacheStatsSnapshot>;
   close(): Promise<void>;
 }
@@ -84,6 +92,10 @@ export class NoCache implements BlobCache {
   available(): boolean {
     return true;
   }
+  sharedCommitIndex(): bigint {
+    return 0n;
+  }
+  async publishCommitIndex(): Promise<void> {}
   async stats(): Promise<CacheStatsSnapshot> {
     return { backend: 'none', available: true, local: { ...this.counts }, cluster: { ...this.counts } };
   }

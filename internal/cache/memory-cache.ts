@@ -86,6 +86,12 @@ export class MemoryBlobCache implements BlobCache {
     return true;
   }
 
+  sharedCommitIndex(): bigint {
+    return 0n;
+  }
+
+  async publishCommitIndex(): Promise<void> {}
+
   /** Entries and bytes held (for tests and diagnostics). */
   size(): { entries: number; bytes: number } {
     return { entries: this.entries.size, bytes: this.bytes };

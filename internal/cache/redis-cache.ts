@@ -39,6 +39,14 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 `;
 
+// KEYS[1] commit index key; ARGV index. Only ever raised.
+const RAISE_INDEX = `
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+`;
+
+type RaiseIndexCommand = (key: string, index: string) => Promise<number>;
 type SetBlobCommand = (
   blobKey: string,
   tombKey: string,
@@ -60,7 +68,8 @@ const MAX_PENDING_INVALIDATIONS = 10_000;
 export class RedisBlobCache implements BlobCache {
   readonly backend = 'redis' as const;
   readonly maxBlobSize: number;
-  private readonly redis: Redis & { hsSetBlob: SetBlobCommand };
+  private readonly redis: Redis & { hsSetBlob: SetBlobCommand; hsRaiseIndex: RaiseIndexCommand };
+  private commitIndex = 0n;
   private readonly prefix: string;
   private readonly log: Logger;
   private readonly counts: CacheCounts = { hits: 0, misses: 0 };
@@ -89,7 +98,8 @@ export class RedisBlobCache implements BlobCache {
       lazyConnect: false,
     });
     redis.defineCommand('hsSetBlob', { numberOfKeys: 2, lua: SET_BLOB });
-    this.redis = redis as Redis & { hsSetBlob: SetBlobCommand };
+    redis.defineCommand('hsRaiseIndex', { numberOfKeys: 1, lua: RAISE_INDEX });
+    this.redis = redis as Redis & { hsSetBlob: SetBlobCommand; hsRaiseIndex: RaiseIndexCommand };
     this.redis.on('error', (err: Error) => this.unavailable(err));
     this.redis.on('close', () => {
       if (!this.closed) this.unavailable(new Error('connection closed'));
@@ -107,6 +117,23 @@ export class RedisBlobCache implements BlobCache {
   }
   private get statsKey(): string {
     return `${this.prefix}cache-stats`;
+  }
+  private get indexKey(): string {
+    return `${this.prefix}commit-index`;
+  }
+
+  sharedCommitIndex(): bigint {
+    return this.commitIndex;
+  }
+
+  async publishCommitIndex(index: bigint): Promise<void> {
+    if (index > this.commitIndex) this.commitIndex = index;
+    if (!this.available()) return;
+    try {
+      await this.redis.hsRaiseIndex(this.indexKey, index.toString());
+    } catch (err) {
+      this.unavailable(err);
+    }
   }
 
   available(): boolean {
@@ -176,7 +203,11 @@ export class RedisBlobCache implements BlobCache {
       return undefined;
     }
     try {
-      const value = await this.redis.getBuffer(this.key(blobId));
+      // One round trip: the entry and the shared commit index.
+      const res = await this.redis.multi().getBuffer(this.key(blobId)).get(this.indexKey).exec();
+      const value = res?.[0]?.[1] as Buffer | null | undefined;
+      const index = res?.[1]?.[1] as string | null | undefined;
+      if (index && /^\d+$/.test(index) && BigInt(index) > this.commitIndex) this.commitIndex = BigInt(index);
       const blob = value ? decode(value) : undefined;
       this.record(blob !== undefined);
       return blob;

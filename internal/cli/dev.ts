@@ -151,6 +151,7 @@ export async function runDev(opts: DevOptions): Promise<void> {
         start(`gateway-${i}`, ['gateway', '--listen', `${host}:${p}`], {
           GATEWAY_ID: `gateway-${i}`,
           DIRECTORY_ADDRS: peers,
+          REPLICATION_ADDRS: `${host}:${replicationPort}`,
           ...(uiDir ? { UI_DIR: uiDir } : {}),
         }),
       ),

@@ -23,6 +23,8 @@ export interface GatewayOptions {
   /** Hooks for metrics. */
   onFailover?: (storeId: string, err: ConnectError) => void;
   onBytes?: (direction: 'in' | 'out', n: number) => void;
+  /** A read served from the cache (the stores never see it: reported as access heat). */
+  onCacheRead?: (blobId: string) => void;
 }
 
 export interface UploadHeaderIn {
@@ -231,7 +233,7 @@ export class BlobGateway {
         contentType,
         replicas: written.replicas.map((r) => ({ storeId: r.storeId, volumeId: r.volumeId })),
       });
-      if (commit.commitIndex > this.commitIndex) this.commitIndex = commit.commitIndex;
+      this.sawIndex(commit.commitIndex);
       const info = commit.blob
         ? toInfo(commit.blob)
         : create(BlobInfoSchema, {
@@ -255,10 +257,23 @@ export class BlobGateway {
     }
   }
 
-  /** Blob metadata from the directory; NOT_FOUND for unknown or deleted ids. */
+  /** Records a directory commit index and shares it with the other gateways. */
+  private sawIndex(index: bigint): void {
+    if (index > this.commitIndex) this.commitIndex = index;
+    void this.o.cache.publishCommitIndex(index);
+  }
+
+  /**
+   * Blob metadata from the directory; NOT_FOUND for unknown or deleted ids. Asks
+   * for at least the highest commit index any gateway has seen, so a follower
+   * answers only once it knows every write and delete acknowledged so far.
+   */
   async locate(blobId: string): Promise<{ meta: BlobMeta; replicas: ReplicaLocation[] }> {
     checkId(blobId);
-    const res = await this.o.directory.locate({ blobIds: [blobId], minIndex: this.commitIndex });
+    const shared = this.o.cache.sharedCommitIndex();
+    let minIndex = this.commitIndex;
+    if (shared > minIndex) minIndex = shared; // bigints: no Math.max
+    const res = await this.o.directory.locate({ blobIds: [blobId], minIndex });
     const loc = res.locations[0];
     if (!loc?.found || !loc.blob) throw new ConnectError(`blob ${blobId} not found`, Code.NotFound);
     return { meta: loc.blob, replicas: loc.replicas };
@@ -296,6 +311,7 @@ export class BlobGateway {
       if (!r) return { info, offset: 0, length: 0, fromCache: true, chunks: nothing };
       const data = cached.data.subarray(r.offset, r.offset + r.length);
       this.o.onBytes?.('out', data.length);
+      this.o.onCacheRead?.(blobId);
       return {
         info,
         ...r,
@@ -409,7 +425,7 @@ export class BlobGateway {
   async delete(blobId: string): Promise<boolean> {
     checkId(blobId);
     const res = await this.o.directory.delete({ blobId });
-    if (res.commitIndex > this.commitIndex) this.commitIndex = res.commitIndex;
+    this.sawIndex(res.commitIndex);
     await this.o.cache.invalidate(blobId);
     return res.found;
   }

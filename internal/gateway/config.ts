@@ -25,6 +25,9 @@ export interface GatewayConfig extends ServerConfig {
   httpCacheControl: string;
   /** Static files served under /ui/ (the dashboard); empty: the built web/ when present. */
   uiDir: string;
+  /** Replication managers to report cache-served reads to (empty: none). */
+  replicationAddrs: string[];
+  statsReportIntervalMs: number;
 }
 
 export const GATEWAY_ENV_HELP = `${COMMON_ENV_HELP}
@@ -41,7 +44,9 @@ export const GATEWAY_ENV_HELP = `${COMMON_ENV_HELP}
   DIRECTORY_TIMEOUT      deadline of one directory call (default 5s)
   DIRECTORY_RETRY        how long unanswered directory calls are retried (default 15s)
   HTTP_CACHE_CONTROL     Cache-Control of GET /blobs/{id} (default "public, max-age=3600")
-  UI_DIR                 static files served under /ui/ (default: the built dashboard)`;
+  UI_DIR                 static files served under /ui/ (default: the built dashboard)
+  REPLICATION_ADDRS      replication managers to report cache-served reads to (access heat)
+  STATS_REPORT_INTERVAL  access report period (default 60s)`;
 
 export function readGatewayConfig(flags: { listen?: string }, env: Env = process.env): GatewayConfig {
   const r = envReader(env);
@@ -78,6 +83,8 @@ export function readGatewayConfig(flags: { listen?: string }, env: Env = process
       'a Cache-Control header value',
     ),
     uiDir: r.string('UI_DIR', ''),
+    replicationAddrs: list(r.string('REPLICATION_ADDRS', '')),
+    statsReportIntervalMs: r.duration('STATS_REPORT_INTERVAL', 60_000, { minMs: 100 }),
   };
   if (cfg.cacheBackend === 'redis' && !cfg.redisUrl) r.problem('CACHE_BACKEND=redis needs REDIS_URL');
   r.done();

@@ -7,6 +7,7 @@ import { type BlobCache, type CacheObserver, hitRate, NoCache } from '../cache/b
 import { MemoryBlobCache } from '../cache/memory-cache.js';
 import { RedisBlobCache } from '../cache/redis-cache.js';
 import { PROJECT_ROOT } from '../cli/processes.js';
+import { AccessReporter, ReporterKind } from '../replication/access-reporter.js';
 import { ClientPool } from '../rpc/clients.js';
 import type { Logger } from '../server/logger.js';
 import { Metrics } from '../server/metrics.js';
@@ -85,6 +86,19 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
     });
 
     const pool = new ClientPool();
+    // Reads served from the cache never reach a store: the gateway reports them.
+    const reporter =
+      cfg.replicationAddrs.length > 0
+        ? new AccessReporter({
+            reporterId: cfg.gatewayId,
+            kind: ReporterKind.GATEWAY,
+            managers: cfg.replicationAddrs,
+            intervalMs: cfg.statsReportIntervalMs,
+            log,
+            pool,
+          })
+        : undefined;
+    reporter?.start();
     const directory = new FailoverDirectoryClient(cfg.directories, pool, {
       timeoutMs: cfg.directoryTimeoutMs,
       retryMs: cfg.directoryRetryMs,
@@ -98,6 +112,7 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
       storeTimeoutMs: cfg.storeTimeoutMs,
       onFailover: () => failovers.inc(),
       onBytes: (direction, n) => bytes.inc({ direction }, n),
+      ...(reporter ? { onCacheRead: (id: string) => reporter.count(id) } : {}),
     });
 
     const httpRoutes: HttpRoute[] = [blobRoute(gateway, log, cfg.httpCacheControl)];
@@ -118,6 +133,9 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
         },
       ],
       httpRoutes,
+      onDrain: async () => {
+        await reporter?.stop();
+      },
       onClose: () => cache.close(),
     };
   });

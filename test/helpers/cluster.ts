@@ -182,6 +182,7 @@ export class Cluster {
     const p = await this.spawn(`gateway-${i}`, ['gateway', '--listen', `127.0.0.1:${this.gatewayPorts[i]}`], {
       GATEWAY_ID: `gateway-${i}`,
       DIRECTORY_ADDRS: this.directoryAddrs,
+      ...(this.opts.replication !== false ? { REPLICATION_ADDRS: `127.0.0.1:${this.replicationPort}` } : {}),
       ...(this.cacheRedis ? { REDIS_URL: this.cacheRedis.url } : {}),
       ...this.opts.gatewayEnv,
     });

@@ -79,6 +79,17 @@ describe('RedisBlobCache on a real redis-server', () => {
     expect(await cache.get('d1')).toBeDefined();
   });
 
+  it('shares the highest commit index between gateways, never lowering it', async () => {
+    const other = new RedisBlobCache({ url: redis.url, ttlMs: 60_000, maxBlobSize: 1024, log });
+    await until(() => other.available());
+    await other.publishCommitIndex(42n);
+    await other.publishCommitIndex(7n);
+    expect(other.sharedCommitIndex()).toBe(42n);
+    await cache.get('anything'); // every lookup refreshes it
+    expect(cache.sharedCommitIndex()).toBe(42n);
+    await other.close();
+  });
+
   it('sets the TTL on entries', async () => {
     const short = new RedisBlobCache({ url: redis.url, ttlMs: 300, maxBlobSize: 1024, log, prefix: 'ttl:' });
     await until(() => short.available());

@@ -105,6 +105,8 @@ export class FakeDirectory implements DirectoryApi {
   readonly allocated = new Map<string, bigint>();
   index = 0n;
   commits = 0;
+  /** min_index of every Locate. */
+  readonly minIndexes: bigint[] = [];
 
   constructor(
     readonly stores: FakeStore[],
@@ -145,6 +147,7 @@ export class FakeDirectory implements DirectoryApi {
   }
 
   async locate(req: { blobIds?: string[]; minIndex?: bigint }) {
+    this.minIndexes.push(req.minIndex ?? 0n);
     return create(LocateResponseSchema, {
       appliedIndex: this.index,
       locations: (req.blobIds ?? []).map((id) => {

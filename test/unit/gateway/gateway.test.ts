@@ -215,6 +215,16 @@ describe('BlobGateway reads', () => {
     expect(await gw.delete('d')).toBe(false);
   });
 
+  it('locates with the highest commit index seen by any gateway (read-your-writes)', async () => {
+    const { gw, directory, cache } = setup({ cacheMax: 0 });
+    await gw.write(header(10, { blobId: 'w' }), chunked(bytes(10, 1)));
+    await gw.stat('w');
+    expect(directory.minIndexes.at(-1)).toBe(directory.index);
+    cache.sharedCommitIndex = () => 1000n; // another gateway committed later
+    await gw.stat('w');
+    expect(directory.minIndexes.at(-1)).toBe(1000n);
+  });
+
   it('lists in id order with pages', async () => {
     const { gw } = setup();
     for (const id of ['c', 'a', 'b']) await gw.write(header(1, { blobId: id }), chunked(bytes(1, 1)));
