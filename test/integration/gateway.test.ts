@@ -110,6 +110,21 @@ describe('SDK round trips through Envoy', () => {
   });
 });
 
+describe('the package entry point', () => {
+  it("is the SDK: import { HaystackClient } from 'haystack-blobstore'", async () => {
+    const script = `import { HaystackClient } from 'haystack-blobstore';
+      const c = new HaystackClient({ url: process.env.HAYSTACK_URL });
+      const b = await c.upload(new TextEncoder().encode('from the package'));
+      const { data } = await c.download(b.id);
+      console.log(new TextDecoder().decode(data));`;
+    const res = await exec(process.execPath, ['--input-type=module', '-e', script], {
+      env: { ...process.env, HAYSTACK_URL: cluster.url },
+    });
+    expect(res.stderr).toBe('');
+    expect(res.stdout.trim()).toBe('from the package');
+  });
+});
+
 describe('the haystack CLI on the SDK', () => {
   it('upload (progress, one id per line), download, status, ls, delete, with --json', async () => {
     const files = `${dir}/cli`;
@@ -226,6 +241,11 @@ describe('the blob cache (Redis)', () => {
     const stats = await client.gatewayStats();
     expect(stats.cacheBackend).toBe('redis');
     expect(stats.cluster.hitRate).toBeGreaterThan(0);
+    // And in Prometheus metrics.
+    const metrics = await (await fetch(`http://${cluster.gateways[0]!.address}/metrics`)).text();
+    expect(metrics).toMatch(/haystack_gateway_cache_lookups_total\{[^}]*result="(hit|miss)"[^}]*\} \d+/);
+    expect(metrics).toMatch(/haystack_gateway_cache_hit_ratio\{[^}]*\} [\d.]+/);
+    expect(metrics).toMatch(/haystack_gateway_cache_available\{[^}]*\} 1/);
   });
 
   it('keeps reads and writes working while Redis is down, and caches again once it is back', async () => {
