@@ -9,7 +9,9 @@ export interface DirectoryConfig extends ServerConfig {
   dataDir: string;
   /** Every directory instance, this one included (host:port). */
   peers: string[];
+  /** Empty: the in-process lease (one directory only; see docs/directory.md). */
   redisUrl: string;
+  leaseKey: string;
   leaderTimeoutMs: number;
   leaderHeartbeatIntervalMs: number;
   heartbeatIntervalMs: number;
@@ -17,6 +19,9 @@ export interface DirectoryConfig extends ServerConfig {
   storeDownAfterMs: number;
   followerSyncIntervalMs: number;
   snapshotIntervalMs: number;
+  logRetainEntries: number;
+  readIndexWaitMs: number;
+  allocationTtlMs: number;
   defaultReplicaCount: number;
   minFreeBytes: number;
 }
@@ -26,14 +31,27 @@ export const DIRECTORY_ENV_HELP = `${COMMON_ENV_HELP}
   DIRECTORY_ADVERTISE    host:port peers reach this instance at (default: the listen address)
   DATA_DIR               metadata log and snapshots (flag --data; default ./data/<id>)
   DIRECTORY_PEERS        comma-separated host:port of every directory instance
-  REDIS_URL              Redis for the leader lease (default redis://127.0.0.1:6379)
-  LEADER_TIMEOUT         lease time-to-live (default 10s)
-  LEADER_HEARTBEAT_INTERVAL  lease renewal period (default 3s)
+  REDIS_URL              Redis for the leader lease (default redis://127.0.0.1:6379); set to the
+                         empty string for an in-process lease: then only the first of
+                         DIRECTORY_PEERS ever leads (no failover), meant for one-machine dev
+  LEASE_KEY              Redis key of the lease; the term counter is <key>:term
+                         (default haystack:directory:leader)
+  LEADER_TIMEOUT         lease time-to-live: a dead leader is replaced after at most this
+                         plus one retry (default 3s)
+  LEADER_HEARTBEAT_INTERVAL  lease renewal period (default 1s); the leader stops committing
+                         when no renewal succeeded for LEADER_TIMEOUT minus a safety margin
   HEARTBEAT_INTERVAL     store heartbeat period (default 30s)
   STORE_DEGRADED_AFTER   heartbeat age that marks a store DEGRADED (default 2 x HEARTBEAT_INTERVAL)
   STORE_DOWN_AFTER       heartbeat age that marks a store DOWN (default 3 x HEARTBEAT_INTERVAL)
-  FOLLOWER_SYNC_INTERVAL longest a follower batches before acknowledging (default 0.5s)
+  FOLLOWER_SYNC_INTERVAL how often a follower re-reports its durable index when idle (default 0.5s);
+                         it acknowledges new entries as soon as they are fsync'd
   SNAPSHOT_INTERVAL      how often the metadata is snapshotted and the log truncated (default 60s)
+  LOG_RETAIN_ENTRIES     entries kept in the log behind a snapshot, so briefly lagging
+                         followers catch up without a snapshot transfer (default 10000)
+  READ_INDEX_WAIT        how long a follower waits for Locate's min_index before forwarding
+                         the read to the leader (default 500ms)
+  ALLOCATION_TTL         how long an allocation without a commit counts as in flight for
+                         VerifyBlobs (default 1h)
   DEFAULT_REPLICA_COUNT  replicas per new blob (default 3)
   MIN_FREE_BYTES         stores with less free space get no new blobs (default 100MiB)`;
 
@@ -57,19 +75,34 @@ export function readDirectoryConfig(
     advertise: r.hostPort('DIRECTORY_ADVERTISE', server.listen),
     dataDir: flags.data ?? r.string('DATA_DIR', `./data/${directoryId}`),
     peers: list(r.string('DIRECTORY_PEERS', '')),
-    redisUrl: r.matching('REDIS_URL', 'redis://127.0.0.1:6379', /^rediss?:\/\//, 'a redis:// URL'),
-    leaderTimeoutMs: r.duration('LEADER_TIMEOUT', 10_000, { minMs: 200, maxMs: 600_000 }),
-    leaderHeartbeatIntervalMs: r.duration('LEADER_HEARTBEAT_INTERVAL', 3_000, { minMs: 50, maxMs: 300_000 }),
+    // REDIS_URL set but empty selects the in-process lease (haystack dev without Redis).
+    redisUrl:
+      env.REDIS_URL !== undefined && env.REDIS_URL.trim() === ''
+        ? ''
+        : r.matching('REDIS_URL', 'redis://127.0.0.1:6379', /^rediss?:\/\//, 'a redis:// URL'),
+    leaseKey: r.matching(
+      'LEASE_KEY',
+      'haystack:directory:leader',
+      /^[^\s]{1,200}$/,
+      'a Redis key without spaces',
+    ),
+    leaderTimeoutMs: r.duration('LEADER_TIMEOUT', 3_000, { minMs: 200, maxMs: 600_000 }),
+    leaderHeartbeatIntervalMs: r.duration('LEADER_HEARTBEAT_INTERVAL', 1_000, { minMs: 50, maxMs: 300_000 }),
     heartbeatIntervalMs,
     storeDegradedAfterMs: r.duration('STORE_DEGRADED_AFTER', heartbeatIntervalMs * 2, { minMs: 50 }),
     storeDownAfterMs: r.duration('STORE_DOWN_AFTER', heartbeatIntervalMs * 3, { minMs: 50 }),
     followerSyncIntervalMs: r.duration('FOLLOWER_SYNC_INTERVAL', 500, { minMs: 1, maxMs: 60_000 }),
     snapshotIntervalMs: r.duration('SNAPSHOT_INTERVAL', 60_000, { minMs: 100 }),
+    logRetainEntries: r.int('LOG_RETAIN_ENTRIES', 10_000, { min: 0, max: 10_000_000 }),
+    readIndexWaitMs: r.duration('READ_INDEX_WAIT', 500, { minMs: 0, maxMs: 60_000 }),
+    allocationTtlMs: r.duration('ALLOCATION_TTL', 3_600_000, { minMs: 1000 }),
     defaultReplicaCount: r.int('DEFAULT_REPLICA_COUNT', 3, { min: 1, max: 16 }),
     minFreeBytes: r.size('MIN_FREE_BYTES', 100 * 1024 * 1024),
   };
-  if (cfg.leaderHeartbeatIntervalMs >= cfg.leaderTimeoutMs) {
-    r.problem('LEADER_HEARTBEAT_INTERVAL must be shorter than LEADER_TIMEOUT');
+  if (cfg.leaderHeartbeatIntervalMs * 2 > cfg.leaderTimeoutMs) {
+    r.problem(
+      'LEADER_HEARTBEAT_INTERVAL must be at most half of LEADER_TIMEOUT (the leader must get a renewal through before its validity runs out)',
+    );
   }
   if (cfg.storeDownAfterMs <= cfg.storeDegradedAfterMs) {
     r.problem('STORE_DOWN_AFTER must be longer than STORE_DEGRADED_AFTER');

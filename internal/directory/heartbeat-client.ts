@@ -1,6 +1,13 @@
+import { create } from '@bufbuild/protobuf';
+import { Code, ConnectError } from '@connectrpc/connect';
 import type { VolumeStats } from '../../gen/haystack/v1/common_pb.js';
-import type { StoreCommand } from '../../gen/haystack/v1/directory_pb.js';
+import {
+  type HeartbeatRequest,
+  HeartbeatRequestSchema,
+  type StoreCommand,
+} from '../../gen/haystack/v1/directory_pb.js';
 import type { Logger } from '../server/logger.js';
+import { leaderHintOf, PeerClients } from './peers.js';
 
 /** What a store reports on each heartbeat. */
 export interface StoreHeartbeatState {
@@ -28,11 +35,157 @@ export interface StoreHeartbeat {
   stop(): Promise<void>;
 }
 
+/** Commands remembered as done (so a resent command is acknowledged, not run twice). */
+const DONE_MEMORY = 10_000;
+
 /**
- * Keeps a store's Heartbeat stream to the directory leader open.
- * Placeholder until the directory lands: it does nothing.
+ * Keeps a store's Heartbeat stream to the directory leader open: sends the
+ * store's state every interval (the directory may change the interval), carries
+ * out the commands that come back and reports them done on the next heartbeat
+ * (sent at once after a command completes). A follower answers with the leader's
+ * address (FAILED_PRECONDITION) and the stream moves there; any other failure
+ * tries the next directory with exponential backoff. Commands from a term lower
+ * than the highest seen are refused (a deposed leader's).
  */
 export function startStoreHeartbeat(opts: StoreHeartbeatOptions): StoreHeartbeat {
-  opts.log.debug({ directories: opts.directories }, 'directory heartbeat not implemented yet');
-  return { stop: async () => {} };
+  const stop = new AbortController();
+  const clients = new PeerClients();
+  const log = opts.log;
+  let highestTerm = 0n;
+  let interval = opts.intervalMs;
+  const completed: bigint[] = [];
+  const done = new Set<bigint>();
+  let hint: string | null = null;
+  let rr = 0;
+
+  const remember = (id: bigint) => {
+    done.add(id);
+    if (done.size > DONE_MEMORY) done.delete(done.values().next().value as bigint);
+  };
+
+  async function runStream(target: string): Promise<void> {
+    const streamCtl = new AbortController();
+    const signal = AbortSignal.any([stop.signal, streamCtl.signal]);
+    let wake: (() => void) | null = null;
+    const sendNow = () => wake?.();
+    async function* requests(): AsyncGenerator<HeartbeatRequest> {
+      while (!signal.aborted) {
+        const st = await opts.state();
+        const ids = completed.splice(0, completed.length);
+        yield create(HeartbeatRequestSchema, {
+          storeId: opts.storeId,
+          address: opts.address,
+          zone: opts.zone,
+          capacityBytes: st.capacityBytes,
+          freeBytes: st.freeBytes,
+          volumes: st.volumes,
+          writable: st.writable,
+          completedCommandIds: ids,
+        });
+        await new Promise<void>((resolve) => {
+          const finish = () => {
+            clearTimeout(t);
+            signal.removeEventListener('abort', finish);
+            resolve();
+          };
+          const t = setTimeout(finish, interval);
+          wake = finish;
+          signal.addEventListener('abort', finish, { once: true });
+        });
+        wake = null;
+      }
+    }
+    const commands: StoreCommand[] = [];
+    let running = false;
+    const runCommands = async () => {
+      if (running) return;
+      running = true;
+      try {
+        while (commands.length > 0 && !signal.aborted) {
+          const cmd = commands.shift() as StoreCommand;
+          if (done.has(cmd.commandId)) {
+            completed.push(cmd.commandId);
+            sendNow();
+            continue;
+          }
+          try {
+            await opts.onCommand(cmd);
+            remember(cmd.commandId);
+            completed.push(cmd.commandId);
+            sendNow();
+          } catch (err) {
+            log.warn({ commandId: cmd.commandId, err }, 'directory command failed: it will be sent again');
+          }
+        }
+      } finally {
+        running = false;
+      }
+    };
+    try {
+      const stream = clients.get(target).heartbeat(requests(), { signal });
+      let first = true;
+      for await (const resp of stream) {
+        if (first) {
+          log.info({ directory: target, term: resp.term }, 'heartbeat stream to the directory leader open');
+          first = false;
+          rr = 0;
+        }
+        if (resp.term < highestTerm) {
+          log.warn({ term: resp.term, highestTerm }, 'heartbeat answer from a deposed leader: reconnecting');
+          streamCtl.abort();
+          break;
+        }
+        highestTerm = resp.term;
+        if (resp.heartbeatIntervalMs > 0) interval = resp.heartbeatIntervalMs;
+        for (const cmd of resp.commands) {
+          if (cmd.term < highestTerm) {
+            log.warn(
+              { commandId: cmd.commandId, term: cmd.term, highestTerm },
+              'refusing a command of an old term',
+            );
+            continue;
+          }
+          commands.push(cmd);
+        }
+        void runCommands();
+      }
+    } finally {
+      streamCtl.abort();
+    }
+  }
+
+  const loop = (async () => {
+    let backoff = 50;
+    while (!stop.signal.aborted) {
+      const dirs = opts.directories;
+      if (dirs.length === 0) return;
+      const target: string = hint ?? (dirs[rr++ % dirs.length] as string);
+      hint = null;
+      try {
+        await runStream(target);
+        backoff = 50;
+      } catch (err) {
+        if (stop.signal.aborted) break;
+        const ce = ConnectError.from(err);
+        const leader = leaderHintOf(ce);
+        if (leader && leader !== target) {
+          hint = leader;
+          log.debug({ directory: target, leader }, 'directory is not the leader: following its hint');
+          continue;
+        }
+        log.debug({ directory: target, code: Code[ce.code], err: ce.rawMessage }, 'heartbeat stream failed');
+      }
+      if (stop.signal.aborted) break;
+      const wait = backoff / 2 + Math.random() * backoff;
+      backoff = Math.min(backoff * 2, 2000);
+      await new Promise((r) => setTimeout(r, wait));
+    }
+  })();
+
+  return {
+    stop: async () => {
+      stop.abort();
+      await loop;
+    },
+  };
 }

@@ -50,6 +50,8 @@ export class LogStore {
   snapshot: MetadataSnapshot | null = null;
   /** Highest term this instance has promised to follow (persisted). */
   currentTerm = 0n;
+  /** The instance it accepted as leader (candidate) of currentTerm, '' when none yet. */
+  votedFor = '';
 
   private constructor(
     readonly dir: string,
@@ -71,6 +73,7 @@ export class LogStore {
       }
     }
     let currentTerm = 0n;
+    const votedFor = '';
     const termBytes = await readIfExists(path.join(dir, TERM_FILE));
     if (termBytes) {
       try {
@@ -93,6 +96,7 @@ export class LogStore {
     const store = new LogStore(dir, fh, log, onFatal);
     store.snapshot = snapshot;
     store.currentTerm = currentTerm;
+    store.votedFor = votedFor;
     if (decoded.tornTail) {
       log.warn(
         { file: logPath, cutAtByte: decoded.validBytes, reason: decoded.tornTail },
@@ -298,11 +302,20 @@ export class LogStore {
     });
   }
 
-  /** Persists the highest term this instance follows (before it acts on it). */
-  async setCurrentTerm(term: bigint): Promise<void> {
-    if (term <= this.currentTerm) return;
+  /**
+   * Persists the highest term this instance follows and who leads it (before acting
+   * on it). A lower term is ignored; the same term only fills in an empty leader.
+   */
+  async setCurrentTerm(term: bigint, votedFor = ''): Promise<void> {
+    if (term < this.currentTerm) return;
+    if (term === this.currentTerm && (this.votedFor !== '' || votedFor === '')) return;
     this.currentTerm = term;
-    await writeAtomic(this.dir, TERM_FILE, Buffer.from(JSON.stringify({ currentTerm: term.toString() })));
+    this.votedFor = votedFor;
+    await writeAtomic(
+      this.dir,
+      TERM_FILE,
+      Buffer.from(JSON.stringify({ currentTerm: term.toString(), votedFor })),
+    );
   }
 
   /**

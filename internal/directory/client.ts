@@ -1,0 +1,266 @@
+import type { MessageInitShape } from '@bufbuild/protobuf';
+import { Code, ConnectError } from '@connectrpc/connect';
+import type {
+  AllocateWriteRequestSchema,
+  AllocateWriteResponse,
+  CommitWriteRequestSchema,
+  CommitWriteResponse,
+  DirectoryServiceDeleteResponse,
+  DirectoryServiceListRequestSchema,
+  DirectoryServiceListResponse,
+  GetClusterStatusResponse,
+  LocateResponse,
+  UpdateReplicasRequestSchema,
+  UpdateReplicasResponse,
+  VerifyBlobsResponse,
+  WatchMetadataResponse,
+} from '../../gen/haystack/v1/directory_pb.js';
+import { type DirectoryClientStub, LEADER_ADDRESS_HEADER, leaderHintOf, PeerClients } from './peers.js';
+
+export interface DirectoryClientOptions {
+  /** Directory instances (host:port). */
+  addresses: string[];
+  /** Longest a call (with its retries) may take; default 15 s. */
+  deadlineMs?: number;
+  /** Longest a single attempt may take; default 5 s. */
+  attemptTimeoutMs?: number;
+  /** First retry delay (doubles up to maxBackoffMs, with jitter); default 50 ms. */
+  backoffMs?: number;
+  /** Longest retry delay; default 250 ms (a failover takes about LEADER_TIMEOUT). */
+  maxBackoffMs?: number;
+}
+
+export interface CallOptions {
+  deadlineMs?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * Worth retrying: UNAVAILABLE (no leader, forwarding failed, too few stores right
+ * now), an attempt's own timeout, and a follower's FAILED_PRECONDITION that names
+ * the leader. Any other FAILED_PRECONDITION (a version check) is final.
+ */
+function retriable(ce: ConnectError): boolean {
+  if (ce.code === Code.Unavailable || ce.code === Code.DeadlineExceeded || ce.code === Code.Aborted)
+    return true;
+  return ce.code === Code.FailedPrecondition && leaderHintOf(ce) !== null;
+}
+
+/**
+ * A client of the directory cluster for other processes (gateway, replication
+ * manager, CLI). Reads go to any reachable instance (the last one that worked
+ * first, failing over to the others); writes go to the leader, learnt from the
+ * hints directories give (error metadata, response header) and from
+ * GetClusterStatus. UNAVAILABLE (and a follower's FAILED_PRECONDITION naming the
+ * leader) is retried with exponential backoff until the deadline. Writes are
+ * safe to retry: CommitWrite is idempotent, Delete reports found=false the
+ * second time, UpdateReplicas can pin expected_version.
+ */
+export class DirectoryClient {
+  private readonly clients = new PeerClients();
+  private leader: string | null = null;
+  private readInstance = 0;
+  private readonly deadlineMs: number;
+  private readonly attemptMs: number;
+  private readonly backoffMs: number;
+  private readonly maxBackoffMs: number;
+
+  constructor(private readonly opts: DirectoryClientOptions) {
+    if (opts.addresses.length === 0) throw new Error('DirectoryClient needs at least one directory address');
+    this.deadlineMs = opts.deadlineMs ?? 15_000;
+    this.attemptMs = opts.attemptTimeoutMs ?? 5_000;
+    this.backoffMs = opts.backoffMs ?? 50;
+    this.maxBackoffMs = opts.maxBackoffMs ?? 250;
+  }
+
+  /** The leader address as last learnt (null when unknown). */
+  get knownLeader(): string | null {
+    return this.leader;
+  }
+
+  allocateWrite(
+    req: MessageInitShape<typeof AllocateWriteRequestSchema>,
+    o?: CallOptions,
+  ): Promise<AllocateWriteResponse> {
+    return this.write((c, opt) => c.allocateWrite(req, opt), o);
+  }
+
+  commitWrite(
+    req: MessageInitShape<typeof CommitWriteRequestSchema>,
+    o?: CallOptions,
+  ): Promise<CommitWriteResponse> {
+    return this.write((c, opt) => c.commitWrite(req, opt), o);
+  }
+
+  delete(blobId: string, o?: CallOptions): Promise<DirectoryServiceDeleteResponse> {
+    return this.write((c, opt) => c.delete({ blobId }, opt), o);
+  }
+
+  updateReplicas(
+    req: MessageInitShape<typeof UpdateReplicasRequestSchema>,
+    o?: CallOptions,
+  ): Promise<UpdateReplicasResponse> {
+    return this.write((c, opt) => c.updateReplicas(req, opt), o);
+  }
+
+  /** Which of these ids are referenced on the store (answered by the leader: it knows in-flight allocations). */
+  verifyBlobs(storeId: string, blobIds: string[], o?: CallOptions): Promise<VerifyBlobsResponse> {
+    return this.write((c, opt) => c.verifyBlobs({ storeId, blobIds }, opt), o);
+  }
+
+  /** Locates blobs; pass a commit index as minIndex to read your own write on any instance. */
+  locate(blobIds: string[], minIndex = 0n, o?: CallOptions): Promise<LocateResponse> {
+    return this.read((c, opt) => c.locate({ blobIds, minIndex }, opt), o);
+  }
+
+  list(
+    req: MessageInitShape<typeof DirectoryServiceListRequestSchema>,
+    o?: CallOptions,
+  ): Promise<DirectoryServiceListResponse> {
+    return this.read((c, opt) => c.list(req, opt), o);
+  }
+
+  getClusterStatus(o?: CallOptions): Promise<GetClusterStatusResponse> {
+    return this.read(async (c, opt) => {
+      const res = await c.getClusterStatus({}, opt);
+      const leader = res.directories.find((d) => d.directoryId === res.leaderId && res.leaderId !== '');
+      if (leader?.address) this.leader = leader.address;
+      return res;
+    }, o);
+  }
+
+  /**
+   * Follows committed metadata changes from `fromIndex` (0: a snapshot first),
+   * reconnecting to another instance on failure and resuming after the last entry seen.
+   */
+  async *watchMetadata(
+    req: { fromIndex?: bigint; watcherId?: string },
+    signal?: AbortSignal,
+  ): AsyncGenerator<WatchMetadataResponse> {
+    let from = req.fromIndex ?? 0n;
+    let backoff = this.backoffMs;
+    while (!signal?.aborted) {
+      const address = this.pickRead();
+      try {
+        for await (const msg of this.clients
+          .get(address)
+          .watchMetadata(
+            { fromIndex: from, watcherId: req.watcherId ?? '', includeUncommitted: false },
+            { signal },
+          )) {
+          backoff = this.backoffMs;
+          if (msg.msg.case === 'snapshot') from = msg.msg.value.index + 1n;
+          else if (msg.msg.case === 'entries') {
+            const last = msg.msg.value.entries.at(-1);
+            if (last) from = last.index + 1n;
+          }
+          yield msg;
+        }
+      } catch (err) {
+        if (signal?.aborted) return;
+        this.failRead(address);
+        if (!retriable(ConnectError.from(err))) throw err;
+      }
+      await sleep(jitter(backoff), signal);
+      backoff = Math.min(backoff * 2, this.maxBackoffMs);
+    }
+  }
+
+  private pickRead(): string {
+    return this.opts.addresses[this.readInstance % this.opts.addresses.length] as string;
+  }
+
+  private failRead(address: string): void {
+    if (this.pickRead() === address) this.readInstance++;
+  }
+
+  private async read<T>(fn: (c: DirectoryClientStub, o: object) => Promise<T>, o?: CallOptions): Promise<T> {
+    const deadline = Date.now() + (o?.deadlineMs ?? this.deadlineMs);
+    let backoff = this.backoffMs;
+    let tried = 0;
+    let last: ConnectError | null = null;
+    for (;;) {
+      const address = this.pickRead();
+      try {
+        return await fn(this.clients.get(address), this.attemptOptions(deadline, o));
+      } catch (err) {
+        const ce = finalError(ConnectError.from(err), last, deadline);
+        last = ce;
+        if (!retriable(ce) || Date.now() >= deadline || o?.signal?.aborted) throw ce;
+        this.failRead(address);
+        tried++;
+        // Another instance right away, then back off once every instance failed.
+        if (tried % this.opts.addresses.length === 0) {
+          await sleep(jitter(backoff), o?.signal);
+          backoff = Math.min(backoff * 2, this.maxBackoffMs);
+        }
+      }
+    }
+  }
+
+  private async write<T>(fn: (c: DirectoryClientStub, o: object) => Promise<T>, o?: CallOptions): Promise<T> {
+    const deadline = Date.now() + (o?.deadlineMs ?? this.deadlineMs);
+    let backoff = this.backoffMs;
+    let attempt = 0;
+    let last: ConnectError | null = null;
+    for (;;) {
+      const address = this.leader ?? (this.opts.addresses[attempt % this.opts.addresses.length] as string);
+      attempt++;
+      try {
+        return await fn(this.clients.get(address), {
+          ...this.attemptOptions(deadline, o),
+          onHeader: (h: Headers) => {
+            const l = h.get(LEADER_ADDRESS_HEADER);
+            if (l) this.leader = l;
+          },
+        });
+      } catch (err) {
+        const ce = finalError(ConnectError.from(err), last, deadline);
+        last = ce;
+        if (!retriable(ce) || Date.now() >= deadline || o?.signal?.aborted) throw ce;
+        const hint = leaderHintOf(ce);
+        if (hint && hint !== address) {
+          this.leader = hint;
+          continue; // follow the hint at once
+        }
+        // The instance we thought led cannot commit (or is gone): ask around next time.
+        if (this.leader === address) this.leader = null;
+        await sleep(Math.min(jitter(backoff), Math.max(0, deadline - Date.now() - 20)), o?.signal);
+        if (Date.now() >= deadline - 20) throw ce;
+        backoff = Math.min(backoff * 2, this.maxBackoffMs);
+      }
+    }
+  }
+
+  private attemptOptions(deadline: number, o?: CallOptions): { timeoutMs: number; signal?: AbortSignal } {
+    const timeoutMs = Math.max(1, Math.min(this.attemptMs, deadline - Date.now()));
+    return o?.signal ? { timeoutMs, signal: o.signal } : { timeoutMs };
+  }
+}
+
+/** When the overall deadline cut an attempt short, the previous error says more. */
+function finalError(ce: ConnectError, last: ConnectError | null, deadline: number): ConnectError {
+  if (ce.code === Code.DeadlineExceeded && last && Date.now() >= deadline - 5) return last;
+  return ce;
+}
+
+function jitter(ms: number): number {
+  return ms / 2 + Math.random() * ms;
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const t = setTimeout(resolve, ms);
+    signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(t);
+        resolve();
+      },
+      { once: true },
+    );
+  });
+}
+
+export { LEADER_ADDRESS_HEADER };

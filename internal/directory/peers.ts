@@ -1,0 +1,67 @@
+import { type Client, Code, ConnectError, createClient } from '@connectrpc/connect';
+import { createGrpcTransport } from '@connectrpc/connect-node';
+import { DirectoryService } from '../../gen/haystack/v1/directory_pb.js';
+
+/** Header on a request a directory forwarded to the leader (never forwarded again). */
+export const FORWARDED_HEADER = 'haystack-forwarded';
+/** Header (request) of a candidate fetching a peer's raw log while it catches up: its term. */
+export const CATCHUP_TERM_HEADER = 'haystack-catchup-term';
+/** Error/response metadata naming the leader's address, when known. */
+export const LEADER_ADDRESS_HEADER = 'haystack-leader-address';
+export const LEADER_ID_HEADER = 'haystack-leader-id';
+
+export type DirectoryClientStub = Client<typeof DirectoryService>;
+
+/** gRPC clients to directory instances, one HTTP/2 session per address. */
+export class PeerClients {
+  private readonly clients = new Map<string, DirectoryClientStub>();
+
+  get(address: string): DirectoryClientStub {
+    let c = this.clients.get(address);
+    if (!c) {
+      c = createClient(
+        DirectoryService,
+        createGrpcTransport({
+          baseUrl: `http://${address}`,
+          // Notice a dead peer on an idle stream too.
+          pingIntervalMs: 1000,
+          pingTimeoutMs: 1000,
+          pingIdleConnection: true,
+          idleConnectionTimeoutMs: 60_000,
+        }),
+      );
+      this.clients.set(address, c);
+    }
+    return c;
+  }
+}
+
+/** An error that tells the caller where the leader is (when known). */
+export function notLeaderError(
+  code: Code,
+  message: string,
+  leader: { id: string; address: string } | null,
+): ConnectError {
+  const err = new ConnectError(
+    leader ? `${message}; the leader is ${leader.id} at ${leader.address}` : message,
+    code,
+  );
+  if (leader) {
+    err.metadata.set(LEADER_ADDRESS_HEADER, leader.address);
+    err.metadata.set(LEADER_ID_HEADER, leader.id);
+  }
+  return err;
+}
+
+/** The leader address carried by an error, if any. */
+export function leaderHintOf(err: unknown): string | null {
+  if (!(err instanceof ConnectError)) return null;
+  const h = err.metadata.get(LEADER_ADDRESS_HEADER);
+  if (h) return h;
+  const m = /the leader is \S+ at (\S+?)(?:;|$|\s)/.exec(err.rawMessage);
+  return m?.[1] ?? null;
+}
+
+export function unavailable(message: string): ConnectError {
+  return new ConnectError(message, Code.Unavailable);
+}

@@ -1,0 +1,175 @@
+import { mkdirSync } from 'node:fs';
+import { createClient } from '@connectrpc/connect';
+import { createGrpcTransport } from '@connectrpc/connect-node';
+import type { StoreCommand } from '../../gen/haystack/v1/directory_pb.js';
+import { DirectoryRole, DirectoryService } from '../../gen/haystack/v1/directory_pb.js';
+import { DirectoryClient } from '../../internal/directory/client.js';
+import { type StoreHeartbeat, startStoreHeartbeat } from '../../internal/directory/heartbeat-client.js';
+import { createLogger } from '../../internal/server/logger.js';
+import { freePort, RedisProcess } from './redis.js';
+import { type ServerProcess, spawnServer, tmpName } from './tools.js';
+
+/** Short timeouts so failover and health tests run in seconds. */
+export const FAST_ENV: Record<string, string> = {
+  LEADER_TIMEOUT: '1.5s',
+  LEADER_HEARTBEAT_INTERVAL: '300ms',
+  HEARTBEAT_INTERVAL: '200ms',
+  STORE_DEGRADED_AFTER: '600ms',
+  STORE_DOWN_AFTER: '1200ms',
+  FOLLOWER_SYNC_INTERVAL: '200ms',
+  MIN_FREE_BYTES: '1MiB',
+  LOG_LEVEL: process.env.DIRECTORY_TEST_LOG_LEVEL ?? 'info',
+};
+
+/** Three (or n) real `haystack directory` processes on one real Redis. */
+export class DirectoryCluster {
+  readonly procs: (ServerProcess | null)[] = [];
+  readonly dataDirs: string[] = [];
+  readonly client: DirectoryClient;
+
+  private constructor(
+    readonly redis: RedisProcess,
+    readonly addresses: string[],
+    readonly env: Record<string, string>,
+  ) {
+    this.client = new DirectoryClient({ addresses, deadlineMs: 20_000, attemptTimeoutMs: 3_000 });
+  }
+
+  static async start(opts: { n?: number; env?: Record<string, string> } = {}): Promise<DirectoryCluster> {
+    const n = opts.n ?? 3;
+    const redis = await RedisProcess.start();
+    const ports = await Promise.all(Array.from({ length: n }, () => freePort()));
+    const c = new DirectoryCluster(
+      redis,
+      ports.map((p) => `127.0.0.1:${p}`),
+      { ...FAST_ENV, ...opts.env },
+    );
+    for (let i = 0; i < n; i++) {
+      const d = tmpName(`dir${i}`);
+      mkdirSync(d, { recursive: true });
+      c.dataDirs.push(d);
+      c.procs.push(null);
+    }
+    await Promise.all(c.addresses.map((_, i) => c.startOne(i)));
+    return c;
+  }
+
+  async startOne(i: number): Promise<ServerProcess> {
+    const proc = await spawnServer({
+      name: `directory-${i}`,
+      args: ['directory', '--listen', this.addresses[i] as string, '--data', this.dataDirs[i] as string],
+      env: {
+        ...this.env,
+        DIRECTORY_ID: `directory-${i}`,
+        DIRECTORY_PEERS: this.addresses.join(','),
+        REDIS_URL: this.redis.url,
+      },
+      echo: process.env.DIRECTORY_TEST_ECHO === '1',
+    });
+    this.procs[i] = proc;
+    return proc;
+  }
+
+  stub(i: number) {
+    return createClient(DirectoryService, createGrpcTransport({ baseUrl: `http://${this.addresses[i]}` }));
+  }
+
+  /** Index of the instance that reports itself LEADER (waits for one). */
+  async waitLeader(timeoutMs = 15_000, except?: number): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      for (let i = 0; i < this.addresses.length; i++) {
+        if (!this.procs[i] || i === except) continue;
+        try {
+          const st = await this.stub(i).getClusterStatus({ localOnly: true }, { timeoutMs: 500 });
+          if (st.directories[0]?.role === DirectoryRole.LEADER) return i;
+        } catch {
+          // not up
+        }
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error(`no directory leader within ${timeoutMs} ms:\n${this.logs().slice(-6000)}`);
+  }
+
+  async kill(i: number): Promise<void> {
+    await this.procs[i]?.kill();
+    this.procs[i] = null;
+  }
+
+  logs(): string {
+    return this.procs.map((p, i) => `--- directory-${i}\n${p?.logs().slice(-3000) ?? '(down)'}`).join('\n');
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.procs.map((p) => p?.kill()));
+    await this.redis.kill();
+  }
+}
+
+const quiet = createLogger('test', 'fake-store', process.env.DIRECTORY_TEST_LOG_LEVEL ?? 'silent');
+
+/** A fake store: no volumes, but a real Heartbeat stream (the real store-side client). */
+export class FakeStore {
+  readonly commands: StoreCommand[] = [];
+  freeBytes = 10n * 1024n ** 3n;
+  writable = true;
+  /** While true the stream stays open but no heartbeat is sent (a hung store). */
+  frozen = false;
+  private thaw: (() => void) | null = null;
+  private hb: StoreHeartbeat | null = null;
+
+  constructor(
+    readonly id: string,
+    readonly directories: string[],
+    readonly zone = '',
+    readonly intervalMs = 200,
+  ) {}
+
+  get address(): string {
+    return `127.0.0.1:${20000 + Number(this.id.replace(/\D/g, '') || 0)}`;
+  }
+
+  start(): this {
+    this.hb = startStoreHeartbeat({
+      storeId: this.id,
+      address: this.address,
+      zone: this.zone,
+      directories: this.directories,
+      intervalMs: this.intervalMs,
+      log: quiet,
+      state: async () => {
+        while (this.frozen)
+          await new Promise<void>((r) => {
+            this.thaw = r;
+          });
+        return {
+          capacityBytes: 20n * 1024n ** 3n,
+          freeBytes: this.freeBytes,
+          volumes: [],
+          writable: this.writable,
+        };
+      },
+      onCommand: async (cmd) => {
+        this.commands.push(cmd);
+      },
+    });
+    return this;
+  }
+
+  unfreeze(): void {
+    this.frozen = false;
+    this.thaw?.();
+  }
+
+  /** Cuts the heartbeat stream (the store process "dies"). */
+  async stop(): Promise<void> {
+    this.unfreeze();
+    await this.hb?.stop();
+    this.hb = null;
+  }
+
+  deletedIds(): string[] {
+    return this.commands.flatMap((c) => (c.command.case === 'deleteBlobs' ? c.command.value.blobIds : []));
+  }
+}
