@@ -173,3 +173,63 @@ export class FakeStore {
     return this.commands.flatMap((c) => (c.command.case === 'deleteBlobs' ? c.command.value.blobIds : []));
   }
 }
+
+/** Writes blobs in a loop (allocate + commit) and records what was acknowledged. */
+export class WriteLoad {
+  readonly acked = new Map<string, bigint>();
+  readonly successes: number[] = [];
+  readonly failures: { at: number; message: string }[] = [];
+  private stopped = false;
+  private runners: Promise<void>[] = [];
+  private readonly client: DirectoryClient;
+
+  constructor(
+    addresses: string[],
+    readonly prefix: string,
+    opts: { deadlineMs?: number } = {},
+  ) {
+    this.client = new DirectoryClient({
+      addresses,
+      deadlineMs: opts.deadlineMs ?? 1000,
+      attemptTimeoutMs: 500,
+    });
+  }
+
+  start(workers = 3): this {
+    for (let w = 0; w < workers; w++) this.runners.push(this.run(w));
+    return this;
+  }
+
+  private async run(w: number): Promise<void> {
+    let n = 0;
+    while (!this.stopped) {
+      const id = `${this.prefix}-${w}-${n++}`;
+      try {
+        const a = await this.client.allocateWrite({ blobId: id, size: 10n });
+        const r = await this.client.commitWrite({
+          blobId: id,
+          cookie: a.cookie,
+          size: 10n,
+          sha256: new Uint8Array(32).fill(w),
+          replicas: a.stores.map((s, i) => ({ storeId: s.storeId, volumeId: i + 1 })),
+        });
+        this.acked.set(id, r.commitIndex);
+        this.successes.push(Date.now());
+      } catch (err) {
+        this.failures.push({ at: Date.now(), message: err instanceof Error ? err.message : String(err) });
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await Promise.all(this.runners);
+  }
+
+  maxIndex(): bigint {
+    let m = 0n;
+    for (const v of this.acked.values()) if (v > m) m = v;
+    return m;
+  }
+}

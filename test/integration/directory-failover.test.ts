@@ -1,0 +1,145 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { Code, ConnectError } from '@connectrpc/connect';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { LogEntry } from '../../gen/haystack/v1/metadata_pb.js';
+import { decodeLog } from '../../internal/directory/log-codec.js';
+import { DirectoryCluster, FakeStore, WriteLoad } from '../helpers/directory-cluster.js';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Every acknowledged write is found on every running instance (read-your-writes by index). */
+async function expectAllLocated(c: DirectoryCluster, load: WriteLoad): Promise<void> {
+  const ids = [...load.acked.keys()];
+  const minIndex = load.maxIndex();
+  for (let i = 0; i < c.addresses.length; i++) {
+    if (!c.procs[i]) continue;
+    for (let k = 0; k < ids.length; k += 1000) {
+      const batch = ids.slice(k, k + 1000);
+      const res = await c.stub(i).locate({ blobIds: batch, minIndex }, { timeoutMs: 10_000 });
+      const missing = res.locations.filter((l) => !l.found).map((l) => l.blobId);
+      expect(missing, `acknowledged writes missing on directory-${i}`).toEqual([]);
+    }
+  }
+}
+
+/** The on-disk logs of all instances (uncommitted tails included). */
+function diskLogs(c: DirectoryCluster): LogEntry[][] {
+  return c.dataDirs.map((d) => decodeLog(readFileSync(path.join(d, 'metadata.log'))).entries);
+}
+
+/** Each term has exactly one leader, whose LeaderChanged opens the term in every log. */
+function checkOneLeaderPerTerm(logs: LogEntry[][]): Map<bigint, string> {
+  const leaders = new Map<bigint, string>();
+  for (const [i, log] of logs.entries()) {
+    let term = 0n;
+    for (const e of log) {
+      if (e.change.case === 'leaderChanged') {
+        const prev = leaders.get(e.term);
+        expect(prev === undefined || prev === e.change.value.leaderId, `two leaders in term ${e.term}`).toBe(
+          true,
+        );
+        leaders.set(e.term, e.change.value.leaderId);
+      }
+      if (e.term !== term) {
+        expect(e.term, `log ${i}: terms go back at index ${e.index}`).toBeGreaterThan(term);
+        expect(e.change.case, `log ${i}: term ${e.term} does not start with LeaderChanged`).toBe(
+          'leaderChanged',
+        );
+        term = e.term;
+      }
+    }
+  }
+  // Where two logs hold the same index with the same term, they hold the same entry.
+  const byIndex = new Map<bigint, LogEntry>();
+  for (const log of logs) {
+    for (const e of log) {
+      const other = byIndex.get(e.index);
+      if (other && other.term === e.term) expect(other.change).toEqual(e.change);
+      byIndex.set(e.index, e);
+    }
+  }
+  return leaders;
+}
+
+describe('directory failover: real processes, real Redis', () => {
+  let c: DirectoryCluster;
+  let stores: FakeStore[];
+
+  beforeAll(async () => {
+    c = await DirectoryCluster.start();
+    await c.waitLeader();
+    stores = ['s1', 's2', 's3'].map((s) => new FakeStore(s, c.addresses).start());
+    await c.client.allocateWrite({ blobId: 'warmup', size: 1n });
+  });
+
+  afterAll(async () => {
+    await Promise.all(stores?.map((s) => s.stop()) ?? []);
+    await c?.stop();
+  });
+
+  it('kill -9 of the leader during a write load: writes resume within 3 s, no acknowledged write is lost', async () => {
+    const load = new WriteLoad(c.addresses, 'kill').start(3);
+    await sleep(1000);
+    const leader = await c.waitLeader();
+    const before = load.acked.size;
+    expect(before).toBeGreaterThan(10);
+    const killedAt = Date.now();
+    await c.kill(leader);
+    await sleep(4000);
+    await load.stop();
+    const firstAfter = load.successes.find((t) => t > killedAt);
+    expect(
+      firstAfter,
+      `no write succeeded after the kill; failures: ${load.failures.at(-1)?.message}`,
+    ).toBeDefined();
+    const gap = (firstAfter as number) - killedAt;
+    expect(gap).toBeLessThan(3000);
+    const newLeader = await c.waitLeader();
+    expect(newLeader).not.toBe(leader);
+    // The killed instance comes back as a follower and catches up.
+    await c.startOne(leader);
+    await expectAllLocated(c, load);
+    console.log(
+      `failover: first write ${gap} ms after kill -9; ${load.acked.size} acknowledged, ${load.failures.length} failed`,
+    );
+    const leaders = checkOneLeaderPerTerm(diskLogs(c));
+    expect(leaders.size).toBeGreaterThanOrEqual(2);
+  });
+
+  it('stops committing when Redis goes away (before the lease could expire) and resumes when it is back', async () => {
+    await c.waitLeader();
+    const load = new WriteLoad(c.addresses, 'redis', { deadlineMs: 400 }).start(2);
+    await sleep(500);
+    const redisDownAt = Date.now();
+    await c.redis.kill();
+    // Writes keep working at most LEADER_TIMEOUT minus the margin after the last renewal.
+    await sleep(1500);
+    const cutoff = Date.now();
+    const lastOk = Math.max(...load.successes);
+    expect(lastOk - redisDownAt).toBeLessThan(1500);
+    await sleep(1500);
+    expect(load.successes.filter((t) => t > cutoff)).toEqual([]);
+    const err = ConnectError.from(
+      await c.client.allocateWrite({ blobId: 'no-redis', size: 1n }, { deadlineMs: 300 }).catch((e) => e),
+    );
+    expect(err.code).toBe(Code.Unavailable);
+    expect(err.rawMessage).toMatch(/lease/);
+    // Reads go on from every instance.
+    const some = [...load.acked.keys()].slice(0, 5);
+    for (let i = 0; i < 3; i++) {
+      const loc = await c.stub(i).locate({ blobIds: some });
+      expect(loc.locations.every((l) => l.found)).toBe(true);
+    }
+    const backAt = Date.now();
+    await c.redis.restart();
+    await c.waitLeader(10_000);
+    await sleep(1500);
+    await load.stop();
+    const resumed = load.successes.find((t) => t > backAt);
+    expect(resumed, `writes did not resume: ${load.failures.at(-1)?.message}`).toBeDefined();
+    await expectAllLocated(c, load);
+    // Redis lost its term counter; terms still only go up.
+    checkOneLeaderPerTerm(diskLogs(c));
+  });
+});
