@@ -130,8 +130,13 @@ function xhrPost(url: string, body: Uint8Array, opts: UploadOptions, total: numb
         return;
       }
       // Connect errors are JSON {code, message}; Envoy's own answers may not be.
-      let code =
-        xhr.status === 429 ? Code.ResourceExhausted : xhr.status === 503 ? Code.Unavailable : Code.Unknown;
+      const byStatus: Record<number, Code> = {
+        413: Code.ResourceExhausted, // Envoy's size limit
+        429: Code.ResourceExhausted, // Envoy's rate limit
+        503: Code.Unavailable,
+        504: Code.DeadlineExceeded,
+      };
+      let code = byStatus[xhr.status] ?? Code.Unknown;
       let message = `HTTP ${xhr.status}`;
       try {
         const j = JSON.parse(new TextDecoder().decode(buf)) as { code?: string; message?: string };
