@@ -17,9 +17,9 @@ export interface GatewayConfig extends ServerConfig {
   cacheWarnIntervalMs: number;
   /** Longest wait for the next message of a store Read before failing over to another replica. */
   storeTimeoutMs: number;
-  /** Deadline of one directory call. */
+  /** Deadline of one attempt of a directory call. */
   directoryTimeoutMs: number;
-  /** How long directory calls are retried (across instances) while none answers. */
+  /** Deadline of a directory call with its retries (across instances, through elections). */
   directoryRetryMs: number;
   /** Cache-Control of GET /blobs/{id}. */
   httpCacheControl: string;
@@ -41,8 +41,8 @@ export const GATEWAY_ENV_HELP = `${COMMON_ENV_HELP}
   CACHE_MEMORY_SIZE      byte budget of the in-process cache (default 256MiB)
   CACHE_WARN_INTERVAL    at most one "cache unavailable" warning per interval (default 30s)
   STORE_TIMEOUT          wait for a store before failing over to the next replica (default 5s)
-  DIRECTORY_TIMEOUT      deadline of one directory call (default 5s)
-  DIRECTORY_RETRY        how long unanswered directory calls are retried (default 15s)
+  DIRECTORY_TIMEOUT      deadline of one attempt of a directory call (default 5s)
+  DIRECTORY_RETRY        deadline of a directory call with its retries (default 15s)
   HTTP_CACHE_CONTROL     Cache-Control of GET /blobs/{id} (default "public, max-age=3600")
   UI_DIR                 static files served under /ui/ (default: the built dashboard)
   REPLICATION_ADDRS      replication managers to report cache-served reads to (access heat)
@@ -75,7 +75,7 @@ export function readGatewayConfig(flags: { listen?: string }, env: Env = process
     cacheWarnIntervalMs: r.duration('CACHE_WARN_INTERVAL', 30_000, { minMs: 0 }),
     storeTimeoutMs: r.duration('STORE_TIMEOUT', 5_000, { minMs: 10, maxMs: 600_000 }),
     directoryTimeoutMs: r.duration('DIRECTORY_TIMEOUT', 5_000, { minMs: 10, maxMs: 600_000 }),
-    directoryRetryMs: r.duration('DIRECTORY_RETRY', 15_000, { minMs: 0, maxMs: 600_000 }),
+    directoryRetryMs: r.duration('DIRECTORY_RETRY', 15_000, { minMs: 10, maxMs: 600_000 }),
     httpCacheControl: r.matching(
       'HTTP_CACHE_CONTROL',
       'public, max-age=3600',

@@ -7,6 +7,7 @@ import { type BlobCache, type CacheObserver, hitRate, NoCache } from '../cache/b
 import { MemoryBlobCache } from '../cache/memory-cache.js';
 import { RedisBlobCache } from '../cache/redis-cache.js';
 import { PROJECT_ROOT } from '../cli/processes.js';
+import { DirectoryClient } from '../directory/client.js';
 import { AccessReporter, ReporterKind } from '../replication/access-reporter.js';
 import { ClientPool } from '../rpc/clients.js';
 import type { Logger } from '../server/logger.js';
@@ -15,7 +16,7 @@ import { runServerProcess } from '../server/run.js';
 import type { HttpRoute } from '../server/server.js';
 import { BlobGateway } from './blobs.js';
 import type { GatewayConfig } from './config.js';
-import { FailoverDirectoryClient } from './directory.js';
+import { directoryApi } from './directory.js';
 import { blobRoute, staticRoute } from './http.js';
 import { blobService } from './service.js';
 
@@ -99,10 +100,13 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
           })
         : undefined;
     reporter?.start();
-    const directory = new FailoverDirectoryClient(cfg.directories, pool, {
-      timeoutMs: cfg.directoryTimeoutMs,
-      retryMs: cfg.directoryRetryMs,
-    });
+    const directory = directoryApi(
+      new DirectoryClient({
+        addresses: cfg.directories,
+        attemptTimeoutMs: cfg.directoryTimeoutMs,
+        deadlineMs: cfg.directoryRetryMs,
+      }),
+    );
     const gateway = new BlobGateway({
       directory,
       store: (address) => pool.client(StoreService, address),
