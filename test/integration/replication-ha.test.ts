@@ -114,6 +114,14 @@ describe('replication manager high availability (real Redis, two processes)', ()
       expect(g.code).toBe(0);
       expect(JSON.parse(g.stdout).hotBlobs[0].blobId).toBe('photo-1');
 
+      // Prometheus sees the same.
+      const metrics = await (await fetch(`http://${active.address}/metrics`)).text();
+      expect(metrics).toMatch(/^haystack_replication_active\{[^}]*\} 1$/m);
+      expect(metrics).toMatch(/^haystack_replication_access_batches_total\{[^}]*\} [1-9]/m);
+      expect(metrics).toMatch(/^haystack_replication_tracked_blobs\{[^}]*\} 1$/m);
+      const standbyMetrics = await (await fetch(`http://${standby.address}/metrics`)).text();
+      expect(standbyMetrics).toMatch(/^haystack_replication_active\{[^}]*\} 0$/m);
+
       const killedAt = Date.now();
       await active.kill();
       await until(
