@@ -100,8 +100,8 @@ export class HaystackClient extends CoreClient {
     } catch (err) {
       const e = toHaystackError(err);
       if (e.code === Code.AlreadyExists && !opts.id) {
-        const existing = await this.stat(sha256);
-        if (existing.sha256 === sha256) return existing;
+        const existing = await this.stat(sha256).catch(() => undefined);
+        if (existing?.sha256 === sha256) return existing;
       }
       throw e;
     }

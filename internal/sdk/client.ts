@@ -324,8 +324,9 @@ export class HaystackClient {
       // Content-addressed: the same bytes are already there (an earlier upload, or a
       // retried one whose answer was lost). That is success.
       if (err instanceof AlreadyExistsError && sha256 && (!blobId || blobId === sha256)) {
-        const existing = await this.stat(sha256, opts);
-        if (existing.sha256 === sha256) return existing;
+        // (Not committed after all — an allocation still in flight: report the conflict.)
+        const existing = await this.stat(sha256, opts).catch(() => undefined);
+        if (existing?.sha256 === sha256) return existing;
       }
       throw err;
     }
