@@ -4,6 +4,7 @@ import { LeaseKeeper } from '../lease/lease-keeper.js';
 import { systemClock } from '../lease/lease-store.js';
 import { RedisLeaseStore } from '../lease/redis-lease-store.js';
 import { ClientPool } from '../rpc/clients.js';
+import { ServingStatus } from '../server/health.js';
 import { Metrics } from '../server/metrics.js';
 import { runServerProcess } from '../server/run.js';
 import type { ReplicationConfig } from './config.js';
@@ -14,7 +15,10 @@ import { replicationService } from './service.js';
 
 /** `haystack replication`: one replication manager instance. */
 export async function runReplication(cfg: ReplicationConfig): Promise<void> {
-  await runServerProcess('replication', cfg.managerId, cfg, async (log) => {
+  let setServing: (active: boolean) => void = () => {};
+  let closing = false;
+  let manager: ReplicationManager | undefined;
+  const server = await runServerProcess('replication', cfg.managerId, cfg, async (log) => {
     const metrics = new Metrics({ service: 'replication', instance: cfg.managerId });
     const leaseStore = new RedisLeaseStore({
       url: cfg.redisUrl,
@@ -33,8 +37,10 @@ export async function runReplication(cfg: ReplicationConfig): Promise<void> {
         log.debug({ op, err: err instanceof Error ? err.message : String(err) }, 'lease store call failed'),
     });
     const pool = new ClientPool();
-    let manager: ReplicationManager | undefined;
-    const events = replicationMetrics(metrics.registry, () => manager as ReplicationManager);
+    const events = {
+      ...replicationMetrics(metrics.registry, () => manager as ReplicationManager),
+      onActiveChange: (active: boolean) => setServing(active),
+    };
     manager = new ReplicationManager({
       cfg,
       log,
@@ -53,8 +59,22 @@ export async function runReplication(cfg: ReplicationConfig): Promise<void> {
           register: (router) => router.service(ReplicationService, replicationService(m, cfg)),
         },
       ],
-      onDrain: () => m.stop(),
+      onDrain: () => {
+        closing = true;
+        return m.stop();
+      },
       onClose: () => leaseStore.close(),
     };
   });
+  // Only the active instance serves ReplicationService as far as health checks
+  // (Envoy) go; the standby stays up and answers, but takes no routed traffic.
+  setServing = (active) => {
+    if (!closing) {
+      server.health.set(
+        ReplicationService.typeName,
+        active ? ServingStatus.SERVING : ServingStatus.NOT_SERVING,
+      );
+    }
+  };
+  setServing(manager?.active ?? false);
 }

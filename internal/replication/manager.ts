@@ -45,6 +45,7 @@ const STORE_FAULTS = new Set([
 ]);
 
 export interface ManagerEvents {
+  onActiveChange?(active: boolean): void;
   onTaskFinished?(task: Task, outcome: 'done' | 'retry' | 'failed'): void;
   onReport?(reporterId: string, blobs: number): void;
   onCollected?(storeId: string, blobId: string): void;
@@ -177,6 +178,7 @@ export class ReplicationManager {
     this.activeCtl = new AbortController();
     this.queue = this.newQueue();
     this.log.info({ term: String(term) }, 'replication manager active');
+    this.deps.events?.onActiveChange?.(true);
     void this.runActive(this.activeCtl.signal);
   }
 
@@ -189,6 +191,7 @@ export class ReplicationManager {
     for (const s of this.streams) s.abort();
     if (this.wakeTimer) clearTimeout(this.wakeTimer);
     this.log.warn({ reason }, 'replication manager standing by');
+    this.deps.events?.onActiveChange?.(false);
   }
 
   /** Registers an open ReportAccess stream; the signal fires when it must end. */

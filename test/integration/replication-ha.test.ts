@@ -1,6 +1,7 @@
 import { Code, ConnectError, createClient } from '@connectrpc/connect';
 import { createGrpcTransport } from '@connectrpc/connect-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Health, HealthCheckResponse_ServingStatus } from '../../gen/grpc/health/v1/health_pb.js';
 import { ReplicationService } from '../../gen/haystack/v1/replication_pb.js';
 import { AccessReporter, ReporterKind } from '../../internal/replication/access-reporter.js';
 import { RedisProcess } from '../helpers/redis.js';
@@ -21,6 +22,14 @@ async function until<T>(fn: () => Promise<T | undefined>, ms: number, what: stri
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** grpc.health.v1 status of ReplicationService on an instance. */
+const serving = async (address: string) =>
+  (
+    await createClient(Health, createGrpcTransport({ baseUrl: `http://${address}` })).check({
+      service: 'haystack.v1.ReplicationService',
+    })
+  ).status;
 
 const codeOf = async (p: Promise<unknown>) => {
   try {
@@ -83,6 +92,10 @@ describe('replication manager high availability (real Redis, two processes)', ()
       'exactly one active manager',
     );
 
+    // Health checks (Envoy) route only to the active instance.
+    expect(await serving(active.address)).toBe(HealthCheckResponse_ServingStatus.SERVING);
+    expect(await serving(standby.address)).toBe(HealthCheckResponse_ServingStatus.NOT_SERVING);
+
     // The standby refuses reports and corruption reports, so reporters move on.
     expect(await codeOf(client(standby.address).reportCorruption({ storeId: 's', blobIds: ['x'] }))).toBe(
       Code.FailedPrecondition,
@@ -131,6 +144,7 @@ describe('replication manager high availability (real Redis, two processes)', ()
       );
       const takeoverMs = Date.now() - killedAt;
       expect(takeoverMs).toBeLessThan(5_000);
+      expect(await serving(standby.address)).toBe(HealthCheckResponse_ServingStatus.SERVING);
       // The reporter found the new active manager on its own.
       await until(
         async () => {
