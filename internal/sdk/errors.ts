@@ -77,13 +77,16 @@ export function toHaystackError(err: unknown): HaystackError {
 /**
  * Failures worth another attempt: UNAVAILABLE (what Envoy, a restarting gateway or
  * a refused connection answer), and for idempotent calls a stream cut mid-way
- * (an HTTP/2 reset or a closed socket surfaces as INTERNAL or UNKNOWN).
+ * (an HTTP/2 reset or a closed socket surfaces as INTERNAL, UNKNOWN or CANCELED).
  */
 export function isRetryable(err: unknown, idempotent: boolean): boolean {
   const ce = err instanceof HaystackError ? err : ConnectError.from(err);
   if (ce.code === Code.Unavailable) return true;
   if (!idempotent) return false;
-  if (ce.code !== Code.Internal && ce.code !== Code.Unknown && ce.code !== Code.Aborted) return false;
+  // CANCELED that the caller did not ask for (callers check their own signal first):
+  // a proxy or server whose connection died resets its streams with CANCEL.
+  const transient = [Code.Internal, Code.Unknown, Code.Aborted, Code.Canceled];
+  if (!transient.includes(ce.code)) return false;
   const msg =
     err instanceof Error ? `${err.message} ${String((err as { cause?: unknown }).cause ?? '')}` : '';
   return /stream|reset|socket|premature|closed|ECONN|EPIPE|terminated|network|fetch failed/i.test(msg);

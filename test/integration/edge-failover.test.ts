@@ -86,7 +86,7 @@ describe('failover behind Envoy under a read load', () => {
       .toSatisfy((i: number) => i >= 0 && i !== leader);
     await sleep(1000);
     const stats = await load.end();
-    expect(stats.failed).toEqual([]);
+    expect(stats.failed, cluster.gateways.map((g) => g.logs().slice(-3000)).join('\n')).toEqual([]);
     expect(stats.ok).toBeGreaterThan(mid);
     const data = bytes(10_000, 999);
     const b = await client.upload(data);

@@ -64,6 +64,9 @@ describe('errors', () => {
     ).toBe(true);
     expect(isRetryable(new ConnectError('http/2 stream closed', Code.Internal), false)).toBe(false);
     expect(isRetryable(new ConnectError('bad id', Code.InvalidArgument), true)).toBe(false);
+    expect(
+      isRetryable(new ConnectError('http/2 stream closed with error code CANCEL (0x8)', Code.Canceled), true),
+    ).toBe(true);
   });
 });
 
