@@ -33,7 +33,7 @@ export interface GatewayConfig extends ServerConfig {
 export const GATEWAY_ENV_HELP = `${COMMON_ENV_HELP}
   GATEWAY_ID             instance id (default gateway-<port>)
   DIRECTORY_ADDRS        comma-separated directory host:port list
-  REDIS_URL              Redis for the blob cache (empty: no cache)
+  REDIS_URL              Redis for the blob cache (empty: an in-process cache)
   CACHE_TTL              cache entry lifetime (default 3600s)
   CACHE_MAX_BLOB_SIZE    larger blobs are not cached (default 1MiB)
   MAX_UPLOAD_SIZE        larger uploads are refused (default 100MiB)
