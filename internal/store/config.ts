@@ -9,6 +9,8 @@ export interface StoreConfig extends ServerConfig {
   dataDir: string;
   zone: string;
   maxVolumeSize: number;
+  /** At most this many volumes; beyond, writes are RESOURCE_EXHAUSTED (default 65535). */
+  maxVolumes: number;
   compactionThreshold: number;
   compactionCheckIntervalMs: number;
   /** Directory instances to heartbeat to (empty: run standalone). */
@@ -27,6 +29,7 @@ export const STORE_ENV_HELP = `${COMMON_ENV_HELP}
   DATA_DIR               where volumes live (flag --data; default ./data/<store id>)
   ZONE                   failure-domain label used to spread replicas (default none)
   MAX_VOLUME_SIZE        a volume turns read-only at this size (default 4GiB)
+  MAX_VOLUMES            at most this many volumes; then writes are RESOURCE_EXHAUSTED (default 65535)
   COMPACTION_EFFICIENCY_THRESHOLD  compact volumes whose live/total is below this (default 0.60)
   COMPACTION_CHECK_INTERVAL        how often to look for such volumes (default 3600s)
   DIRECTORY_ADDRS        comma-separated directory host:port list for heartbeats
@@ -55,6 +58,7 @@ export function readStoreConfig(
     dataDir: flags.data ?? r.string('DATA_DIR', `./data/${storeId}`),
     zone: r.string('ZONE', ''),
     maxVolumeSize: r.size('MAX_VOLUME_SIZE', 4 * 1024 ** 3, { min: 1024 * 1024, max: 2 ** 45 }),
+    maxVolumes: r.int('MAX_VOLUMES', 65535, { min: 1, max: 65535 }),
     compactionThreshold: r.float('COMPACTION_EFFICIENCY_THRESHOLD', 0.6, { min: 0, max: 1 }),
     compactionCheckIntervalMs: r.duration('COMPACTION_CHECK_INTERVAL', 3_600_000, { minMs: 1000 }),
     directories: list(r.string('DIRECTORY_ADDRS', '')),

@@ -14,6 +14,7 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
     const store = await Store.open({
       dataDir: cfg.dataDir,
       maxVolumeSize: cfg.maxVolumeSize,
+      maxVolumes: cfg.maxVolumes,
       compactionThreshold: cfg.compactionThreshold,
       logger: log,
     });
