@@ -34,6 +34,15 @@ export class TaskError extends Error {
   }
 }
 
+/**
+ * Whether Replicate carries the manager's lease term. Off until the store keeps a
+ * separate high-water mark for manager terms: today it compares every term with the
+ * directory leader's (a different sequence), so a directory at term 2 would refuse
+ * a manager at term 1. The lease is still checked before every side effect, and a
+ * late copy from a deposed manager is only an orphan needle that GC collects.
+ */
+const REPLICATE_TERM = false;
+
 /** Codes that blame the store called (its breaker counts them). */
 const STORE_FAULTS = new Set([
   Code.Unavailable,
@@ -102,6 +111,8 @@ export class ReplicationManager {
    */
   private readonly refused = new Map<string, Set<string>>();
   private refusedCount = 0;
+  /** blob → store → time until which a copy there is not tried again (it just failed). */
+  private readonly avoid = new Map<string, Map<string, number>>();
   private readonly stopCtl = new AbortController();
   private activeCtl = new AbortController();
   private wakeTimer: NodeJS.Timeout | undefined;
@@ -298,6 +309,7 @@ export class ReplicationManager {
         this.corrupt.delete(c.blobId);
         this.pendingTarget.delete(c.blobId);
         this.refused.delete(c.blobId);
+        this.avoid.delete(c.blobId);
         return;
       case 'store': {
         if (!this.active || c.previous === c.health) return;
@@ -410,7 +422,7 @@ export class ReplicationManager {
               ? TaskPriority.MEDIUM
               : TaskPriority.LOW;
       const holders = [...b.replicas.map((r) => r.storeId), ...copies.map((t) => t.storeId)];
-      const targets = chooseTargets(holders, b.size, need, this.ctx(now), this.refused.get(blobId));
+      const targets = chooseTargets(holders, b.size, need, this.ctx(now), this.excluded(blobId, now));
       for (const s of targets) {
         const r = this.queue.enqueue(
           {
@@ -711,6 +723,10 @@ export class ReplicationManager {
             });
       const r = queue.fail(t.id, te.message, this.now(), te.o);
       outcome = r === 'retry' ? 'retry' : 'failed';
+      if (outcome === 'failed' && t.kind === TaskKind.REPLICATE) {
+        // Place the next copy elsewhere for a while instead of failing here again at once.
+        this.avoidFor(t.blobId, t.storeId, this.now() + this.cfg.retryBackoffMaxMs);
+      }
       this.log[outcome === 'failed' ? 'warn' : 'debug'](
         {
           task: t.id,
@@ -783,7 +799,7 @@ export class ReplicationManager {
           cookie: b.cookie,
           source: { storeId: source.storeId, address: source.address, zone: source.zone },
           sha256: b.sha256,
-          term: this.term,
+          term: REPLICATE_TERM ? this.term : 0n,
         },
         { timeoutMs: this.cfg.copyTimeoutMs, signal: this.activeCtl.signal },
       );
@@ -837,6 +853,30 @@ export class ReplicationManager {
       });
     }
     this.log.info({ blob: b.blobId, from: source.storeId, to: targetId }, 'replica added');
+  }
+
+  /** Stores placement must skip for a blob: refusals, and recent failed copies. */
+  private excluded(blobId: string, now: number): Set<string> {
+    const out = new Set(this.refused.get(blobId));
+    const av = this.avoid.get(blobId);
+    if (av) {
+      for (const [s, until] of av) {
+        if (until > now) out.add(s);
+        else av.delete(s);
+      }
+      if (av.size === 0) this.avoid.delete(blobId);
+    }
+    return out;
+  }
+
+  private avoidFor(blobId: string, storeId: string, until: number): void {
+    if (this.avoid.size >= 100_000) this.avoid.clear();
+    let m = this.avoid.get(blobId);
+    if (!m) {
+      m = new Map();
+      this.avoid.set(blobId, m);
+    }
+    m.set(storeId, until);
   }
 
   private refuse(blobId: string, storeId: string): void {
@@ -925,7 +965,7 @@ export class ReplicationManager {
       b.size,
       1,
       this.ctx(now),
-      new Set([t.storeId, ...(this.refused.get(b.blobId) ?? [])]),
+      new Set([t.storeId, ...this.excluded(b.blobId, now)]),
     );
     const destId = dest?.storeId ?? t.storeId;
     const view: BlobMeta = { ...b, replicas: b.replicas.filter((r) => r.storeId !== t.storeId) };

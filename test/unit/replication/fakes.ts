@@ -158,6 +158,8 @@ export class FakeStores {
   readonly needles = new Map<string, Map<string, Needle>>();
   readonly down = new Set<string>();
   readonly failing = new Set<string>();
+  /** Stores that refuse every Replicate as from a deposed sender (FAILED_PRECONDITION). */
+  readonly deposing = new Set<string>();
   /** store → ids it holds a tombstone for (a store never reuses a deleted id). */
   readonly tombstoned = new Map<string, Set<string>>();
   replicateCalls: { from: string; to: string; blobId: string }[] = [];
@@ -196,6 +198,8 @@ export class FakeStores {
       replicate: async (req: { blobId: string; source?: { address: string } }) => {
         check();
         if (this.failing.has(address)) throw new ConnectError('disk on fire', Code.Internal);
+        if (this.deposing.has(address))
+          throw new ConnectError('the sender was deposed', Code.FailedPrecondition);
         const src = req.source?.address ?? '';
         if (this.down.has(src)) throw new ConnectError('source unreachable', Code.Unavailable);
         const n = this.on(src).get(req.blobId);

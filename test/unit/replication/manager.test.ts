@@ -124,6 +124,20 @@ describe('ReplicationManager (fake directory and stores)', () => {
     expect(m.queue.pending).toBe(0);
   });
 
+  it('does not spin on a store that refuses a copy outright; the copy goes elsewhere', async () => {
+    const { dir, fs, m, blob } = setup({ RETRY_BACKOFF_MAX: '2s' });
+    // s3 (zone z2) is the first choice for a blob on s1 (z0) and s2 (z1), and refuses.
+    blob('a', ['s1', 's2']);
+    fs.deposing.add('s3');
+    m.start();
+    await until(() => dir.holders('a').length === 3, 5_000, 'copy placed');
+    expect(dir.holders('a')).not.toContain('s3');
+    await new Promise((r) => setTimeout(r, 500));
+    expect(m.queue.list(TaskState.FAILED, 1000).filter((t) => t.storeId === 's3').length).toBeLessThanOrEqual(
+      1,
+    );
+  });
+
   it('repairs a corrupt replica from a good one', async () => {
     const { dir, fs, m, blob } = setup();
     blob('x', ['s1', 's2', 's3']);
