@@ -1,0 +1,140 @@
+// What the cluster benchmark runs against: a local cluster of real processes
+// (Redis ×2, 3 directories, 3 stores, the replication manager, 2 gateways and
+// Envoy, from test/helpers/cluster.ts) that it can kill and restart, or an
+// existing deployment at HAYSTACK_URL (throughput and hit rate only).
+import { Redis } from 'ioredis';
+import { type GatewayStats, HaystackClient } from '../internal/sdk/index.js';
+import { Cluster } from '../test/helpers/cluster.js';
+
+/** The production defaults of every timing FAST_ENV shortens ('' = use the built-in default). */
+const DEFAULT_TIMINGS: Record<string, string> = {
+  HEARTBEAT_INTERVAL: '',
+  LEADER_TIMEOUT: '',
+  LEADER_HEARTBEAT_INTERVAL: '',
+  FOLLOWER_SYNC_INTERVAL: '',
+  STATS_REPORT_INTERVAL: '',
+  STORE_TIMEOUT: '',
+  DIRECTORY_TIMEOUT: '',
+  MIN_FREE_BYTES: '',
+};
+
+export interface Target {
+  kind: 'local' | 'remote';
+  url: string;
+  client: HaystackClient;
+  /** Settings the servers run with (for the report). */
+  settings: Record<string, string>;
+  /** Empties the blob cache (undefined: not possible on this target). */
+  flushCache?: () => Promise<void>;
+  /** Caps the cache's memory (LRU eviction beyond); 0 = no cap. */
+  setCacheMemory?: (bytes: number) => Promise<void>;
+  /** Exact hit and miss counts summed over every gateway. */
+  cacheCounts(): Promise<{ hits: number; misses: number }>;
+  cluster?: Cluster;
+  close(): Promise<void>;
+}
+
+export async function localTarget(
+  opts: { echo?: boolean; env?: Record<string, string> } = {},
+): Promise<Target> {
+  const unlimited = { maxTokens: 1_000_000, tokensPerFill: 1_000_000, fillIntervalMs: 1000 };
+  const env = { LOG_LEVEL: 'warn', ...DEFAULT_TIMINGS, ...opts.env };
+  const cluster = await Cluster.start({
+    directories: 3,
+    stores: 3,
+    gateways: 2,
+    cacheRedis: true,
+    env,
+    // The edge's per-route rate limits (100 uploads/s by default) are a policy, not
+    // the system's capacity: lifted so the benchmark measures the stores and gateways.
+    envoy: { uploadRateLimit: unlimited, deleteRateLimit: unlimited },
+    echo: opts.echo ?? false,
+  });
+  const cacheUrl = cluster.cacheRedis?.url;
+  if (!cacheUrl) throw new Error('the bench cluster has no cache Redis');
+  const redis = new Redis(cacheUrl, { lazyConnect: false, maxRetriesPerRequest: 2 });
+  const gatewayClients = () =>
+    cluster.gateways.map((g) => new HaystackClient({ url: `http://${g.address}`, retries: 2 }));
+  let gws = gatewayClients();
+  const client = new HaystackClient({ url: cluster.url });
+  return {
+    kind: 'local',
+    url: cluster.url,
+    client,
+    settings: {
+      ...Object.fromEntries(Object.entries(env).map(([k, v]) => [k, v === '' ? '(default)' : v])),
+      directories: '3',
+      stores: '3',
+      gateways: '2',
+      'envoy rate limits': 'lifted',
+      'cache redis': 'separate instance',
+    },
+    flushCache: async () => {
+      await redis.flushdb();
+    },
+    setCacheMemory: async (bytes) => {
+      await redis.config('SET', 'maxmemory-policy', 'allkeys-lru');
+      await redis.config('SET', 'maxmemory', String(bytes));
+    },
+    cacheCounts: async () => {
+      let hits = 0;
+      let misses = 0;
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const all: GatewayStats[] = await Promise.all(gws.map((g) => g.gatewayStats({ timeoutMs: 5000 })));
+          for (const s of all) {
+            hits += s.gateway.hits;
+            misses += s.gateway.misses;
+          }
+          return { hits, misses };
+        } catch (err) {
+          if (attempt >= 2) throw err;
+          gws = gatewayClients();
+        }
+      }
+    },
+    cluster,
+    close: async () => {
+      redis.disconnect();
+      await cluster.stop();
+    },
+  };
+}
+
+/**
+ * An existing deployment. The cache can be flushed (for the miss phase) only when
+ * BENCH_CACHE_REDIS_URL names its Redis; hit rates come from the cluster-wide
+ * counters (flushed by each gateway every second, so read after a pause).
+ */
+export async function remoteTarget(url: string): Promise<Target> {
+  const client = new HaystackClient({ url });
+  const cacheUrl = process.env.BENCH_CACHE_REDIS_URL;
+  const redis = cacheUrl ? new Redis(cacheUrl, { maxRetriesPerRequest: 2 }) : undefined;
+  return {
+    kind: 'remote',
+    url,
+    client,
+    settings: { target: url },
+    ...(redis
+      ? {
+          flushCache: async () => {
+            // Only the blob entries: the deployment's other keys stay.
+            let cursor = '0';
+            do {
+              const [next, keys] = await redis.scan(cursor, 'MATCH', 'haystack:blob:*', 'COUNT', 1000);
+              if (keys.length > 0) await redis.del(...keys);
+              cursor = next;
+            } while (cursor !== '0');
+          },
+        }
+      : {}),
+    cacheCounts: async () => {
+      await new Promise((r) => setTimeout(r, 1500));
+      const s = await client.gatewayStats();
+      return { hits: s.cluster.hits, misses: s.cluster.misses };
+    },
+    close: async () => {
+      redis?.disconnect();
+    },
+  };
+}
