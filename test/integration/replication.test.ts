@@ -96,12 +96,10 @@ describe.sequential('replication manager on a real cluster: heat, repair, garbag
 
     // The cold blob, as the manager sees it, throughout.
     const coldTargets = new Set<number>();
-    let coldMaxReplicas = 0;
     const watchCold = setInterval(() => {
       void m.getBlobStatus({ blobId: 'cold-1' }).then(
         (st) => {
           coldTargets.add(st.targetReplicaCount);
-          coldMaxReplicas = Math.max(coldMaxReplicas, st.replicas.length);
         },
         () => {},
       );
@@ -155,7 +153,8 @@ describe.sequential('replication manager on a real cluster: heat, repair, garbag
       clearInterval(watchCold);
     }
     expect([...coldTargets]).toEqual([3]);
-    expect(coldMaxReplicas).toBe(3);
+    // (Its replica count may move if a store flaps on a loaded machine; its target may not.)
+    expect((await c.rc.locate('cold-1')).replicas).toHaveLength(3);
     expect((await m.getBlobStatus({ blobId: 'cold-1' })).targetReplicaCount).toBe(3);
   });
 
@@ -196,20 +195,20 @@ describe.sequential('replication manager on a real cluster: heat, repair, garbag
 
   it('collects an orphan needle after the grace period, but not a needle whose commit is in flight', async () => {
     const orphan = bytes(10_000, 31);
-    await writeBlob(c.rc.store(4), 'orphan-1', orphan);
-    const inflightData = bytes(10_000, 32);
-    const { res, alloc } = await c.rc.writeUncommitted('inflight-1', inflightData);
     const written = Date.now();
-    // Still there before the grace period (2 s) is over.
-    await new Promise((r) => setTimeout(r, 1000));
-    expect((await readBlob(c.rc.store(4), 'orphan-1')).equals(orphan)).toBe(true);
-    await waitFor(
-      async () => ((await codeOf(readBlob(c.rc.store(4), 'orphan-1'))) === Code.NotFound ? true : undefined),
-      15_000,
+    await writeBlob(c.rc.store(4), 'orphan-1', orphan);
+    // Watch from the start for the moment it is gone.
+    const goneAt = waitFor(
+      async () =>
+        (await codeOf(readBlob(c.rc.store(4), 'orphan-1'))) === Code.NotFound ? Date.now() : undefined,
+      20_000,
       'orphan collected',
       c.logs,
     );
-    expect(Date.now() - written).toBeGreaterThanOrEqual(2000);
+    const inflightData = bytes(10_000, 32);
+    const { res, alloc } = await c.rc.writeUncommitted('inflight-1', inflightData);
+    // Never before the grace period (2 s) was over.
+    expect((await goneAt) - written).toBeGreaterThanOrEqual(2000);
     // Another GC pass after the in-flight needle is past the grace period too.
     await new Promise((r) => setTimeout(r, 2500));
     for (const r of res.replicas) {
