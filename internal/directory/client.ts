@@ -26,7 +26,7 @@ export interface DirectoryClientOptions {
   attemptTimeoutMs?: number;
   /** First retry delay (doubles up to maxBackoffMs, with jitter); default 50 ms. */
   backoffMs?: number;
-  /** Longest retry delay; default 250 ms (a failover takes about LEADER_TIMEOUT). */
+  /** Longest retry delay; default 200 ms (a failover takes about LEADER_TIMEOUT). */
   maxBackoffMs?: number;
 }
 
@@ -70,7 +70,7 @@ export class DirectoryClient {
     this.deadlineMs = opts.deadlineMs ?? 15_000;
     this.attemptMs = opts.attemptTimeoutMs ?? 5_000;
     this.backoffMs = opts.backoffMs ?? 50;
-    this.maxBackoffMs = opts.maxBackoffMs ?? 250;
+    this.maxBackoffMs = opts.maxBackoffMs ?? 200;
   }
 
   /** The leader address as last learnt (null when unknown). */

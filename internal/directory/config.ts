@@ -37,9 +37,10 @@ export const DIRECTORY_ENV_HELP = `${COMMON_ENV_HELP}
   LEASE_KEY              Redis key of the lease; the term counter is <key>:term
                          (default haystack:directory:leader)
   LEADER_TIMEOUT         lease time-to-live: a dead leader is replaced after at most this
-                         plus one retry (default 3s)
-  LEADER_HEARTBEAT_INTERVAL  lease renewal period (default 1s); the leader stops committing
-                         when no renewal succeeded for LEADER_TIMEOUT minus a safety margin
+                         plus one retry, so writes resume within ~2.5s (default 2s)
+  LEADER_HEARTBEAT_INTERVAL  lease renewal period (default 500ms, at most half of LEADER_TIMEOUT);
+                         the leader stops committing when no renewal succeeded for
+                         LEADER_TIMEOUT minus a safety margin (a fifth of it, 50ms..1s)
   HEARTBEAT_INTERVAL     store heartbeat period (default 30s)
   STORE_DEGRADED_AFTER   heartbeat age that marks a store DEGRADED (default 2 x HEARTBEAT_INTERVAL)
   STORE_DOWN_AFTER       heartbeat age that marks a store DOWN (default 3 x HEARTBEAT_INTERVAL)
@@ -86,8 +87,8 @@ export function readDirectoryConfig(
       /^[^\s]{1,200}$/,
       'a Redis key without spaces',
     ),
-    leaderTimeoutMs: r.duration('LEADER_TIMEOUT', 3_000, { minMs: 200, maxMs: 600_000 }),
-    leaderHeartbeatIntervalMs: r.duration('LEADER_HEARTBEAT_INTERVAL', 1_000, { minMs: 50, maxMs: 300_000 }),
+    leaderTimeoutMs: r.duration('LEADER_TIMEOUT', 2_000, { minMs: 200, maxMs: 600_000 }),
+    leaderHeartbeatIntervalMs: r.duration('LEADER_HEARTBEAT_INTERVAL', 500, { minMs: 50, maxMs: 300_000 }),
     heartbeatIntervalMs,
     storeDegradedAfterMs: r.duration('STORE_DEGRADED_AFTER', heartbeatIntervalMs * 2, { minMs: 50 }),
     storeDownAfterMs: r.duration('STORE_DOWN_AFTER', heartbeatIntervalMs * 3, { minMs: 50 }),

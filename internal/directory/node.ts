@@ -118,7 +118,7 @@ export class DirectoryNode {
       renewIntervalMs: cfg.leaderHeartbeatIntervalMs,
       retryIntervalMs: Math.max(
         25,
-        Math.min(cfg.leaderHeartbeatIntervalMs, Math.round(cfg.leaderTimeoutMs / 8)),
+        Math.min(cfg.leaderHeartbeatIntervalMs, Math.round(cfg.leaderTimeoutMs / 10)),
       ),
       safetyMarginMs: margin,
       // An in-process lease cannot see other processes: only one instance may ever lead.
@@ -126,6 +126,10 @@ export class DirectoryNode {
       onError: (op, err) =>
         log.debug({ op, err: err instanceof Error ? err.message : String(err) }, 'lease store call failed'),
     });
+    if (memoryLease && staticLeader !== selfAddress) {
+      // Nobody else can see an in-process lease: follow the one instance that leads.
+      this.leaderInfo = { id: staticLeader, address: staticLeader, term: 0n };
+    }
     this.keeper.observeTerm(store.currentTerm);
     this.keeper.observeTerm(store.lastTerm);
     this.keeper.on((e) => {
@@ -832,6 +836,10 @@ export class DirectoryNode {
         const target = st.session.match;
         await this.store.waitDurable(minBig(target, this.store.lastIndex)).catch(() => {});
         const durable = minBig(this.store.durableIndex, st.session.match);
+        // Never acknowledge for a term this instance has promised to leave behind: the
+        // durable index is computed in the same tick as this check, so every entry it
+        // covers was in the log a newer candidate was told about.
+        if (st.term < this.store.currentTerm) return;
         if (durable === st.last && !force) continue;
         force = false;
         const res = await this.client(st.address).ackMetadata(
