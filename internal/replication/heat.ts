@@ -156,20 +156,32 @@ export class HeatTracker {
   }
 
   /**
-   * Evicts the coldest blobs down to 90% of the cap, so the O(n log n) sort runs
-   * once per tenth of the cap in new blobs (amortised O(log n) per insertion).
+   * Evicts the coldest blobs down to 75% of the cap: one pass computing rates into
+   * a typed array, a numeric sort of a copy to find the cutoff, one pass deleting.
+   * It runs once per quarter of the cap in new blobs (amortised O(log n) each).
    */
   private evictColdest(now: number): void {
-    const keep = Math.floor(this.opts.maxTrackedBlobs * 0.9);
-    const rates: [string, number][] = [];
-    for (const id of this.blobs.keys()) rates.push([id, this.rate(id, now)]);
-    rates.sort((a, b) => a[1] - b[1]);
+    const keep = Math.floor(this.opts.maxTrackedBlobs * 0.75);
     const excess = this.blobs.size - keep;
-    for (let i = 0; i < excess; i++) {
-      const r = rates[i];
-      if (!r) break;
-      this.blobs.delete(r[0]);
-      this.evicted++;
+    if (excess <= 0) return;
+    const ids: string[] = [];
+    const rates = new Float64Array(this.blobs.size);
+    let i = 0;
+    for (const id of this.blobs.keys()) {
+      ids.push(id);
+      rates[i++] = this.rate(id, now);
     }
+    const cutoff = Float64Array.from(rates).sort()[excess - 1] as number;
+    let removed = 0;
+    // Strictly colder than the cutoff first, then ties at the cutoff as needed.
+    for (const tie of [false, true]) {
+      for (let j = 0; j < ids.length && removed < excess; j++) {
+        const r = rates[j] as number;
+        if (tie ? r === cutoff : r < cutoff) {
+          if (this.blobs.delete(ids[j] as string)) removed++;
+        }
+      }
+    }
+    this.evicted += removed;
   }
 }
