@@ -44,6 +44,14 @@ export class Metrics {
           log.debug({ rpc: `${service}/${method}`, ms: Math.round(seconds * 1000) }, 'rpc ok');
         } else {
           const ce = ConnectError.from(err);
+          if (req.signal.aborted || ce.code === Code.Canceled) {
+            // The client went away (cancelled, deadline, closed stream): not a server fault.
+            log.debug(
+              { rpc: `${service}/${method}`, code: Code[ce.code], err: ce.rawMessage },
+              'rpc cancelled',
+            );
+            return;
+          }
           const serverFault = [Code.Internal, Code.Unknown, Code.DataLoss].includes(ce.code);
           log[serverFault ? 'error' : 'warn'](
             {
