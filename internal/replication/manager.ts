@@ -34,15 +34,6 @@ export class TaskError extends Error {
   }
 }
 
-/**
- * Whether Replicate carries the manager's lease term. Off until the store keeps a
- * separate high-water mark for manager terms: today it compares every term with the
- * directory leader's (a different sequence), so a directory at term 2 would refuse
- * a manager at term 1. The lease is still checked before every side effect, and a
- * late copy from a deposed manager is only an orphan needle that GC collects.
- */
-const REPLICATE_TERM = false;
-
 /** Codes that blame the store called (its breaker counts them). */
 const STORE_FAULTS = new Set([
   Code.Unavailable,
@@ -799,7 +790,8 @@ export class ReplicationManager {
           cookie: b.cookie,
           source: { storeId: source.storeId, address: source.address, zone: source.zone },
           sha256: b.sha256,
-          term: REPLICATE_TERM ? this.term : 0n,
+          // The store fences manager terms apart from directory terms.
+          term: this.term,
         },
         { timeoutMs: this.cfg.copyTimeoutMs, signal: this.activeCtl.signal },
       );

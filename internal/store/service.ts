@@ -56,8 +56,11 @@ function checkId(id: string): void {
 
 /** The StoreService handlers over a Store engine. */
 export class StoreServiceImpl {
-  /** Highest fencing term seen; older terms are refused. */
-  private term = 0n;
+  /**
+   * Highest fencing terms seen, one per issuer: directory leaders (Write, Delete)
+   * and replication managers (Replicate) draw terms from different counters.
+   */
+  private readonly terms = { directory: 0n, manager: 0n };
 
   constructor(private readonly o: StoreServiceOptions) {}
 
@@ -68,13 +71,13 @@ export class StoreServiceImpl {
       delete: (req) =>
         mapErrors(async () => {
           checkId(req.blobId);
-          this.checkTerm(req.term);
+          this.checkTerm('directory', req.term);
           return { found: await this.o.store.delete(req.blobId) };
         }),
       replicate: (req, ctx) =>
         mapErrors(async () => {
           checkId(req.blobId);
-          this.checkTerm(req.term);
+          this.checkTerm('manager', req.term);
           if (!req.source?.address) throw invalidArgument('source.address is required');
           if (req.sha256.length !== 0 && req.sha256.length !== 32)
             throw invalidArgument('sha256 must be 32 bytes');
@@ -138,15 +141,16 @@ export class StoreServiceImpl {
     });
   }
 
-  private checkTerm(term: bigint): void {
+  private checkTerm(issuer: 'directory' | 'manager', term: bigint): void {
     if (term === 0n) return;
-    if (term < this.term) {
+    const seen = this.terms[issuer];
+    if (term < seen) {
       throw new ConnectError(
-        `term ${term} is older than term ${this.term} already seen: the sender was deposed`,
+        `${issuer} term ${term} is older than term ${seen} already seen: the sender was deposed`,
         Code.FailedPrecondition,
       );
     }
-    this.term = term;
+    this.terms[issuer] = term;
   }
 
   /**
@@ -163,7 +167,7 @@ export class StoreServiceImpl {
     checkId(h.blobId);
     if (h.sha256.length !== 0 && h.sha256.length !== 32)
       throw invalidArgument('sha256 must be empty or 32 bytes');
-    this.checkTerm(h.term);
+    this.checkTerm('directory', h.term);
     const size = Number(h.size);
     if (!Number.isSafeInteger(size)) throw invalidArgument(`size ${h.size} is too large`);
     const targets = h.forwardTo.filter((t) => t.storeId !== this.o.storeId);

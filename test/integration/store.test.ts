@@ -160,6 +160,21 @@ describe('one store over real gRPC', () => {
     expect((next.needles[0]?.blobId ?? '') > ids[2]!).toBe(true);
   });
 
+  it('fences directory and replication-manager terms separately', async () => {
+    await writeBlob(client, 'fenced', bytes(100, 11), { term: 7n });
+    // A deposed directory leader (older term) may not delete.
+    expect(await codeOf(client.delete({ blobId: 'fenced', term: 6n }))).toBe(Code.FailedPrecondition);
+    expect(await messageOf(client.delete({ blobId: 'fenced', term: 6n }))).toMatch(
+      /directory term 6 is older than term 7/,
+    );
+    // A manager's term comes from another counter: term 1 is not "older" than directory term 7.
+    const copy = await codeOf(
+      client.replicate({ blobId: 'fenced', term: 1n, source: { storeId: 'store-a', address: proc.address } }),
+    );
+    expect(copy).not.toBe(Code.FailedPrecondition);
+    expect((await client.delete({ blobId: 'fenced', term: 7n })).found).toBe(true);
+  });
+
   it('is usable from the real grpcurl', async () => {
     const res = await grpcurl([proc.address, 'haystack.v1.StoreService/GetStats']);
     expect(res.code).toBe(0);
