@@ -2,7 +2,12 @@ import { createHash, randomBytes } from 'node:crypto';
 import { create } from '@bufbuild/protobuf';
 import { type Client, Code, ConnectError } from '@connectrpc/connect';
 import { type BlobInfo, BlobInfoSchema } from '../../gen/haystack/v1/blob_pb.js';
-import type { BlobMeta, ReplicaLocation } from '../../gen/haystack/v1/common_pb.js';
+import {
+  type BlobMeta,
+  type ReplicaLocation,
+  ReplicaLocationSchema,
+  StoreHealth,
+} from '../../gen/haystack/v1/common_pb.js';
 import { type StoreService, type WriteRequest, WriteRequestSchema } from '../../gen/haystack/v1/store_pb.js';
 import type { BlobCache, CachedBlobMeta } from '../cache/blob-cache.js';
 import { validateBlobId } from '../common/blob-id.js';
@@ -115,6 +120,9 @@ function* pieces(b: Uint8Array): Generator<Uint8Array> {
 export class BlobGateway {
   /** Highest directory commit index this gateway has seen (read-your-writes on followers). */
   private commitIndex = 0n;
+  /** Store id → address, from every answer that named one. */
+  private readonly storeAddresses = new Map<string, string>();
+  private lastStatusRefresh = 0;
 
   constructor(private readonly o: GatewayOptions) {}
 
@@ -276,7 +284,44 @@ export class BlobGateway {
     const res = await this.o.directory.locate({ blobIds: [blobId], minIndex });
     const loc = res.locations[0];
     if (!loc?.found || !loc.blob) throw new ConnectError(`blob ${blobId} not found`, Code.NotFound);
-    return { meta: loc.blob, replicas: loc.replicas };
+    return { meta: loc.blob, replicas: await this.withRecordedReplicas(loc.blob, loc.replicas) };
+  }
+
+  /**
+   * The replicas the directory offers (best first), then the blob's other recorded
+   * replicas the directory left out. Its health view is advisory: just after an
+   * election the new leader has heard no heartbeat yet and offers no store at all,
+   * while the stores are up. Those are tried last, at addresses learnt earlier (or
+   * from GetClusterStatus).
+   */
+  private async withRecordedReplicas(meta: BlobMeta, offered: ReplicaLocation[]): Promise<ReplicaLocation[]> {
+    for (const r of offered) if (r.address) this.storeAddresses.set(r.storeId, r.address);
+    const listed = new Set(offered.map((r) => r.storeId));
+    const missing = meta.replicas.filter((r) => !listed.has(r.storeId));
+    if (missing.length === 0) return offered;
+    if (
+      missing.some((r) => !this.storeAddresses.has(r.storeId)) &&
+      Date.now() - this.lastStatusRefresh > 2_000
+    ) {
+      this.lastStatusRefresh = Date.now();
+      try {
+        const status = await this.o.directory.getClusterStatus({ localOnly: true });
+        for (const st of status.stores) if (st.address) this.storeAddresses.set(st.storeId, st.address);
+      } catch (err) {
+        this.o.log.debug({ err: ConnectError.from(err).message }, 'could not learn store addresses');
+      }
+    }
+    const extra = missing
+      .filter((r) => this.storeAddresses.has(r.storeId))
+      .map((r) =>
+        create(ReplicaLocationSchema, {
+          storeId: r.storeId,
+          address: this.storeAddresses.get(r.storeId) ?? '',
+          volumeId: r.volumeId,
+          health: StoreHealth.UNSPECIFIED,
+        }),
+      );
+    return [...offered, ...extra];
   }
 
   async stat(blobId: string): Promise<BlobInfo> {

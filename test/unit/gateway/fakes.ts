@@ -107,6 +107,8 @@ export class FakeDirectory implements DirectoryApi {
   commits = 0;
   /** min_index of every Locate. */
   readonly minIndexes: bigint[] = [];
+  /** Offer no replica in Locate answers (a leader that has heard no heartbeat yet). */
+  hideReplicas = false;
 
   constructor(
     readonly stores: FakeStore[],
@@ -157,7 +159,7 @@ export class FakeDirectory implements DirectoryApi {
           blobId: id,
           found: true,
           blob,
-          replicas: blob.replicas.map((r) => ({
+          replicas: (this.hideReplicas ? [] : blob.replicas).map((r) => ({
             storeId: r.storeId,
             address: r.storeId,
             volumeId: r.volumeId,
@@ -186,7 +188,13 @@ export class FakeDirectory implements DirectoryApi {
   }
 
   async getClusterStatus() {
-    return create(GetClusterStatusResponseSchema, {});
+    return create(GetClusterStatusResponseSchema, {
+      stores: this.stores.map((s) => ({
+        storeId: s.storeId,
+        address: s.storeId,
+        health: StoreHealth.HEALTHY,
+      })),
+    });
   }
 }
 

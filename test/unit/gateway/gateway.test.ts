@@ -169,6 +169,25 @@ describe('BlobGateway reads', () => {
     expect(failovers.length).toBe(3);
   });
 
+  it('still tries the recorded replicas when the directory offers none (just after an election)', async () => {
+    const { gw, directory, stores } = setup({ cacheMax: 0 });
+    const data = bytes(5000, 9);
+    await gw.write(header(data.length, { blobId: 'e' }), chunked(data));
+    directory.hideReplicas = true;
+    stores[0]!.mode = { kind: 'down' };
+    expect((await readAll(gw, 'e')).data.equals(data)).toBe(true);
+    // A fresh gateway learns the store addresses from GetClusterStatus.
+    const fresh = new BlobGateway({
+      directory,
+      store: (a) => stores.find((s) => s.storeId === a)!.api(),
+      cache: new MemoryBlobCache({ ttlMs: 1, maxBlobSize: 0, maxBytes: 0 }),
+      log,
+      maxUploadSize: 1e7,
+      storeTimeoutMs: 200,
+    });
+    expect((await readAll(fresh, 'e')).data.equals(data)).toBe(true);
+  });
+
   it('resumes mid-stream on another replica from the first byte not yet delivered', async () => {
     const { gw, stores } = setup({ cacheMax: 0 });
     const data = bytes(20_000, 7);
