@@ -25,6 +25,7 @@ export async function runDev(opts: DevOptions): Promise<void> {
   const gatewayPorts = [0, 1].map((i) => r.int('DEV_GATEWAY_PORT', 8100, { min: 1, max: 65534 }) + i);
   const replicationPort = r.int('DEV_REPLICATION_PORT', 9003, { min: 1, max: 65535 });
   const redisPort = r.int('DEV_REDIS_PORT', 6379, { min: 1, max: 65535 });
+  const cacheRedisPort = r.int('DEV_CACHE_REDIS_PORT', 6380, { min: 1, max: 65535 });
   const envoyPort = r.int('DEV_ENVOY_PORT', 8080, { min: 1, max: 65535 });
   const envoyAdminPort = r.int('DEV_ENVOY_ADMIN_PORT', 9901, { min: 1, max: 65535 });
   const corsOrigins = r
@@ -37,7 +38,7 @@ export async function runDev(opts: DevOptions): Promise<void> {
   await mkdir(dataDir, { recursive: true });
 
   const children: ServerProcess[] = [];
-  let redis: ChildProcess | undefined;
+  const redisChildren: ChildProcess[] = [];
   let envoy: EnvoyProcess | undefined;
   let stopping = false;
   const stopAll = async () => {
@@ -48,44 +49,53 @@ export async function runDev(opts: DevOptions): Promise<void> {
     // Clients first, then the services they depend on.
     await Promise.all(children.filter((c) => c.name.startsWith('gateway')).map((c) => c.stop()));
     await Promise.all(children.filter((c) => !c.name.startsWith('gateway')).map((c) => c.stop()));
-    if (redis && redis.exitCode === null) {
-      redis.kill('SIGTERM');
-      await new Promise((res) => redis?.once('exit', res));
-    }
+    await Promise.all(
+      redisChildren
+        .filter((c) => c.exitCode === null)
+        .map((c) => {
+          c.kill('SIGTERM');
+          return new Promise((res) => c.once('exit', res));
+        }),
+    );
     process.stderr.write('cluster stopped\n');
     process.exit(0);
   };
   process.on('SIGINT', () => void stopAll());
   process.on('SIGTERM', () => void stopAll());
 
+  // Two Redis servers, as in deploy/: leases and terms must never be evicted, while
+  // the blob cache is an allkeys-lru cache.
+  const redisBin = process.env.REDIS_URL ? undefined : findBinary('redis-server');
+  const startRedis = async (name: string, port: number, policy: string, maxmemory: string) => {
+    if (!redisBin) return '';
+    const dir = path.join(dataDir, name);
+    await mkdir(dir, { recursive: true });
+    const child = spawn(
+      redisBin,
+      [
+        '--bind',
+        host,
+        '--port',
+        String(port),
+        '--dir',
+        dir,
+        '--maxmemory',
+        maxmemory,
+        '--maxmemory-policy',
+        policy,
+      ],
+      { stdio: 'ignore' },
+    );
+    redisChildren.push(child);
+    await waitForPort(host, port, 10_000);
+    return `redis://${host}:${port}`;
+  };
   let redisUrl = process.env.REDIS_URL ?? '';
+  let cacheRedisUrl = process.env.CACHE_REDIS_URL ?? redisUrl;
   if (!redisUrl) {
-    const redisBin = findBinary('redis-server');
     if (redisBin) {
-      const redisDir = path.join(dataDir, 'redis');
-      await mkdir(redisDir, { recursive: true });
-      redis = spawn(
-        redisBin,
-        [
-          '--bind',
-          host,
-          '--port',
-          String(redisPort),
-          '--dir',
-          redisDir,
-          '--maxmemory',
-          '512mb',
-          '--maxmemory-policy',
-          'allkeys-lru',
-          '--save',
-          '',
-          '--appendonly',
-          'no',
-        ],
-        { stdio: 'ignore' },
-      );
-      await waitForPort(host, redisPort, 10_000);
-      redisUrl = `redis://${host}:${redisPort}`;
+      redisUrl = await startRedis('redis', redisPort, 'noeviction', '64mb');
+      cacheRedisUrl = await startRedis('redis-cache', cacheRedisPort, 'allkeys-lru', '512mb');
     } else {
       process.stderr.write(
         'warning: redis-server not found and REDIS_URL not set: leases and cache run in-process\n',
@@ -150,6 +160,7 @@ export async function runDev(opts: DevOptions): Promise<void> {
       gatewayPorts.map((p, i) =>
         start(`gateway-${i}`, ['gateway', '--listen', `${host}:${p}`], {
           GATEWAY_ID: `gateway-${i}`,
+          REDIS_URL: cacheRedisUrl,
           DIRECTORY_ADDRS: peers,
           REPLICATION_ADDRS: `${host}:${replicationPort}`,
           ...(uiDir ? { UI_DIR: uiDir } : {}),
@@ -194,7 +205,8 @@ export async function runDev(opts: DevOptions): Promise<void> {
     '',
     'Haystack local cluster',
     `  data            ${dataDir}`,
-    `  redis           ${redisUrl || '(in-process)'}`,
+    `  redis (leases)  ${redisUrl || '(in-process)'}`,
+    `  redis (cache)   ${cacheRedisUrl || '(in-process)'}`,
     ...children.map((c) => `  ${c.name.padEnd(15)} ${c.address}`),
     ...(envoy
       ? [
