@@ -1,5 +1,5 @@
 import { Code, ConnectError } from '@connectrpc/connect';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { bytes, readBlob, storeClient, writeBlob } from '../helpers/store-client.js';
 import { type ServerProcess, spawnServer, tmpName } from '../helpers/tools.js';
 
@@ -9,12 +9,21 @@ const contentOf = (id: string): Buffer => {
   return bytes(1000 + ((n * 7919) % 120_000), n + 1);
 };
 
-const start = (dataDir: string): Promise<ServerProcess> =>
-  spawnServer({
+const started: ServerProcess[] = [];
+const start = async (dataDir: string): Promise<ServerProcess> => {
+  const proc = await spawnServer({
     name: 'crash-store',
     args: ['store', '--listen', '127.0.0.1:0', '--data', dataDir],
     env: { STORE_ID: 'crash' },
   });
+  started.push(proc);
+  return proc;
+};
+
+// A failed assertion must not leave a store process behind.
+afterEach(async () => {
+  await Promise.all(started.splice(0).map((p) => p.kill()));
+});
 
 /**
  * Checks the invariants after a crash: every acknowledged write reads back
