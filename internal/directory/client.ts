@@ -37,12 +37,16 @@ export interface CallOptions {
 
 /**
  * Worth retrying: UNAVAILABLE (no leader, forwarding failed, too few stores right
- * now), an attempt's own timeout, and a follower's FAILED_PRECONDITION that names
+ * now), an attempt's own timeout, a stream the peer reset (CANCELED while our own
+ * signal is not aborted), and a follower's FAILED_PRECONDITION that names
  * the leader. Any other FAILED_PRECONDITION (a version check) is final.
  */
 function retriable(ce: ConnectError): boolean {
   if (ce.code === Code.Unavailable || ce.code === Code.DeadlineExceeded || ce.code === Code.Aborted)
     return true;
+  // An instance that dies mid-call resets its HTTP/2 streams (RST_STREAM CANCEL);
+  // callers check their own signal before retrying, so this is the peer's doing.
+  if (ce.code === Code.Canceled) return true;
   return ce.code === Code.FailedPrecondition && leaderHintOf(ce) !== null;
 }
 
