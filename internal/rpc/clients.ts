@@ -1,6 +1,9 @@
 import type { DescService } from '@bufbuild/protobuf';
 import { type Client, createClient, type Transport } from '@connectrpc/connect';
 import { createGrpcTransport } from '@connectrpc/connect-node';
+import { widenHttp2ClientWindows } from './http2-windows.js';
+
+widenHttp2ClientWindows();
 
 /**
  * gRPC clients to peers by host:port, one HTTP/2 transport per address, reused

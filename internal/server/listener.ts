@@ -7,6 +7,10 @@ export type RequestHandler = (
   res: http.ServerResponse | http2.Http2ServerResponse,
 ) => void;
 
+/** HTTP/2 flow-control windows: blob chunks are up to 4 MiB, many streams share a connection. */
+export const STREAM_WINDOW = 4 * 1024 * 1024;
+export const CONNECTION_WINDOW = 64 * 1024 * 1024;
+
 /** The connection preface of cleartext HTTP/2 with prior knowledge starts with "PRI ". */
 const H2_PREFACE = Buffer.from('PRI ');
 
@@ -25,8 +29,14 @@ export class DualProtocolListener {
 
   constructor(handler: RequestHandler) {
     this.h1 = http.createServer({ keepAliveTimeout: 65_000 }, handler as http.RequestListener);
-    this.h2 = http2.createServer({ settings: { maxConcurrentStreams: 1000 } }, handler as never);
+    this.h2 = http2.createServer(
+      { settings: { maxConcurrentStreams: 1000, initialWindowSize: STREAM_WINDOW } },
+      handler as never,
+    );
     this.h2.on('session', (s) => {
+      // The default 64 KiB connection window throttles every concurrent upload on
+      // the connection to one window per round trip.
+      s.once('localSettings', () => s.setLocalWindowSize(CONNECTION_WINDOW));
       this.sessions.add(s);
       s.on('close', () => this.sessions.delete(s));
     });

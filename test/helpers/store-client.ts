@@ -8,6 +8,9 @@ import {
   WriteRequestSchema,
   type WriteResponse,
 } from '../../gen/haystack/v1/store_pb.js';
+import { widenHttp2ClientWindows } from '../../internal/rpc/http2-windows.js';
+
+widenHttp2ClientWindows();
 
 export type StoreClient = Client<typeof StoreService>;
 
