@@ -1,0 +1,403 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Code, ConnectError } from '@connectrpc/connect';
+import { Redis } from 'ioredis';
+import { payload } from '../../bench/workload.js';
+import { HaystackClient, ResourceExhaustedError } from '../../internal/sdk/index.js';
+import { readBlob, storeClient } from '../helpers/store-client.js';
+import { FAULTS, type Fault, type FaultCluster, flipBytesOnDisk, sleep } from './harness.js';
+import { MixedLoad, type MixedLoadOptions, type OpSample } from './load.js';
+import { fullCheck, OpLog, quickCheck, sha256hex, type Violation, waitReplicated } from './oplog.js';
+
+export interface FaultReport {
+  fault: string;
+  killed: string;
+  /** Requests (after the SDK's retries) that failed from the kill until the next fault. */
+  failed: { write: number; read: number; delete: number };
+  ok: { write: number; read: number; delete: number };
+  errors: Record<string, number>;
+  /** From the kill: restart issued, all healthy again, first write issued after the kill that succeeded. */
+  restartedAtMs: number;
+  healthyAtMs: number;
+  firstWriteMs: number;
+  /** From the kill to the end of the last failed request of the window (0: none failed). */
+  lastFailureMs: number;
+  /** Service back: the later of the first successful write and the last failure. */
+  recoveryMs: number;
+  /** Acknowledged writes or deletes found violated after this fault (must be 0). */
+  dataLost: number;
+  violations: Violation[];
+}
+
+export interface SequenceOptions {
+  faults: string[];
+  load: Omit<MixedLoadOptions, 'maxMs'>;
+  /** Load before each kill, time dead, load after recovery (ms). */
+  steadyMs: number;
+  outageMs: number;
+  settleMs: number;
+  log?: (line: string) => void;
+}
+
+export interface SequenceResult {
+  reports: FaultReport[];
+  oplog: OpLog;
+  samples: OpSample[];
+  wrongReads: string[];
+}
+
+function windowStats(samples: OpSample[], from: number, to: number) {
+  const inW = samples.filter((s) => s.end >= from && s.end < to);
+  const count = (kind: OpSample['kind'], ok: boolean) =>
+    inW.filter((s) => s.kind === kind && s.ok === ok).length;
+  const errors: Record<string, number> = {};
+  for (const s of inW) if (!s.ok) errors[`${s.kind} ${s.error}`] = (errors[`${s.kind} ${s.error}`] ?? 0) + 1;
+  const failures = inW.filter((s) => !s.ok).map((s) => s.end - from);
+  const firstWrite = inW
+    .filter((s) => s.kind === 'write' && s.ok && s.start >= from)
+    .map((s) => s.end - from);
+  return {
+    failed: { write: count('write', false), read: count('read', false), delete: count('delete', false) },
+    ok: { write: count('write', true), read: count('read', true), delete: count('delete', true) },
+    errors,
+    lastFailureMs: failures.length ? Math.max(...failures) : 0,
+    firstWriteMs: firstWrite.length ? Math.min(...firstWrite) : Number.NaN,
+  };
+}
+
+/**
+ * Under a mixed load, kills each fault's component with SIGKILL, waits, restarts
+ * it, waits until the cluster is healthy and a write issued after the kill has
+ * succeeded, then checks every acknowledged operation so far against the stores.
+ */
+export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Promise<SequenceResult> {
+  const oplog = new OpLog();
+  const faults: Fault[] = o.faults.map((n) => {
+    const f = FAULTS[n];
+    if (!f) throw new Error(`unknown fault ${n}`);
+    return f();
+  });
+  const perFaultMs = o.steadyMs + o.outageMs + o.settleMs + 60_000;
+  const load = new MixedLoad(fc.sdk, oplog, { ...o.load, maxMs: 60_000 + faults.length * perFaultMs });
+  const reports: FaultReport[] = [];
+  const kills: Array<{ fault: Fault; killed: string; at: number; restartedAt: number; healthyAt: number }> =
+    [];
+  const seen = new Set<string>();
+  try {
+    for (const fault of faults) {
+      await sleep(o.steadyMs);
+      const killed = await fault.kill(fc);
+      const at = Date.now();
+      o.log?.(`kill -9 ${killed}`);
+      await sleep(o.outageMs);
+      await fault.restart(fc);
+      const restartedAt = Date.now();
+      await fc.waitHealthy(90_000);
+      const healthyAt = Date.now();
+      // Recovered once a write issued after the kill has succeeded (bounded).
+      const deadline = Date.now() + 60_000;
+      while (
+        Date.now() < deadline &&
+        !load.samples.some((s) => s.kind === 'write' && s.ok && s.start >= at)
+      ) {
+        if (!load.running) throw new Error('the load ended before the cluster recovered');
+        await sleep(100);
+      }
+      await sleep(o.settleMs);
+      const violations = await quickCheck(oplog, fc.directory, Date.now());
+      kills.push({ fault, killed, at, restartedAt, healthyAt });
+      const fresh = violations.filter((v) => !seen.has(v.id));
+      for (const v of fresh) seen.add(v.id);
+      reports.push({
+        fault: fault.name,
+        killed,
+        ...windowStats(load.samples, at, Number.POSITIVE_INFINITY),
+        restartedAtMs: restartedAt - at,
+        healthyAtMs: healthyAt - at,
+        recoveryMs: 0,
+        dataLost: fresh.length,
+        violations: fresh,
+      });
+      o.log?.(`${fault.name}: recovered; ${violations.length} violations so far`);
+    }
+  } finally {
+    await load.stop();
+  }
+  // Windows end at the next kill.
+  kills.forEach((k, i) => {
+    const to = kills[i + 1]?.at ?? Number.POSITIVE_INFINITY;
+    const r = reports[i] as FaultReport;
+    Object.assign(r, windowStats(load.samples, k.at, to));
+    r.recoveryMs = Math.max(r.firstWriteMs, r.lastFailureMs);
+  });
+  return { reports, oplog, samples: load.samples, wrongReads: load.wrongReads };
+}
+
+/** After the faults: replica counts back at target, then the full check and a scrub of every store. */
+export async function verifyEverything(
+  fc: FaultCluster,
+  oplog: OpLog,
+  o: { replicatedWithinMs: number },
+): Promise<{ replicatedMs: number; violations: Violation[]; corruptNeedles: string[] }> {
+  const rep = await waitReplicated(oplog, fc.directory, o.replicatedWithinMs);
+  const violations = await fullCheck(oplog, fc.sdk, fc.directory, fc.storeAddresses());
+  const corruptNeedles: string[] = [];
+  for (let i = 0; i < fc.cluster.stores.length; i++) {
+    const res = await fc.store(i).scrub({ volumeId: 0 }, { timeoutMs: 60_000 });
+    for (const c of res.corrupt) corruptNeedles.push(`store-${i}: ${c.blobId} (${c.reason ?? ''})`);
+  }
+  return { replicatedMs: rep.ms, violations, corruptNeedles };
+}
+
+export interface CorruptionReport {
+  blobId: string;
+  corrupted: string[];
+  /** Direct reads of the damaged replicas: gRPC codes (DATA_LOSS expected). */
+  detected: string[];
+  /** SDK reads with the cache emptied before each: all must return the acknowledged bytes. */
+  servedCorrectly: number;
+  reads: number;
+  /** Until every replica the directory lists returns the right bytes at the target count (ms). */
+  repairedMs: number;
+}
+
+/**
+ * Flips bytes of one blob's needle on its first `damage` replicas (behind the
+ * stores' backs; the directory lists replicas in a stable order, so these are the
+ * ones a gateway reads first), then: direct reads of the damaged replicas fail
+ * with DATA_LOSS; reads through the SDK (cache emptied each time) get the right
+ * bytes from a healthy replica; the stores' corruption reports and scrubs get the
+ * damaged copies replaced within the bound.
+ */
+export async function corruptAndRepair(
+  fc: FaultCluster,
+  o: { damage: number; repairWithinMs: number; seed: number },
+): Promise<CorruptionReport> {
+  const repairWithinMs = o.repairWithinMs;
+  const data = payload(48 * 1024, o.seed);
+  const sha = sha256hex(data);
+  await fc.sdk.upload(data, { sha256: sha });
+  const loc = (await fc.directory.locate([sha])).locations[0];
+  if (!loc?.found || !loc.blob || loc.replicas.length <= o.damage) {
+    throw new Error(`blob not placed on more than ${o.damage} replicas`);
+  }
+  // The first replicas listed: the ones a gateway reads first.
+  const damaged = loc.replicas.slice(0, o.damage);
+  const corrupted: string[] = [];
+  for (const r of damaged) {
+    const i = Number(/store-(\d+)/.exec(r.storeId)?.[1]);
+    corrupted.push(`${r.storeId}:${await flipBytesOnDisk(fc.storeDataDir(i), sha)}`);
+  }
+  const detected: string[] = [];
+  for (const r of damaged) {
+    const code = await readBlob(storeClient(r.address), sha).then(
+      () => 'OK',
+      (e: unknown) => Code[ConnectError.from(e).code],
+    );
+    detected.push(`${r.storeId}: ${code}`);
+  }
+  const redis = new Redis(fc.cluster.redis?.url ?? '', { maxRetriesPerRequest: 1 });
+  let served = 0;
+  const reads = 5;
+  try {
+    for (let i = 0; i < reads; i++) {
+      await redis.del(`haystack:blob:${sha}`).catch(() => 0);
+      const got = await fc.sdk.download(sha, { timeoutMs: 20_000 });
+      if (sha256hex(got.data) === sha) served++;
+    }
+  } finally {
+    redis.disconnect();
+  }
+  const t0 = Date.now();
+  let seen = '';
+  for (;;) {
+    const l = (await fc.directory.locate([sha])).locations[0];
+    let good = 0;
+    const states: string[] = [];
+    for (const r of l?.replicas ?? []) {
+      const ok = await readBlob(storeClient(r.address), sha).then(
+        (b) => (sha256hex(b) === sha ? 'ok' : 'other bytes'),
+        (e: unknown) => Code[ConnectError.from(e).code] ?? 'error',
+      );
+      states.push(`${r.storeId}:${ok}`);
+      if (ok === 'ok') good++;
+    }
+    seen = `corrupted ${corrupted.join(', ')}; detected ${detected.join(', ')}; replicas now ${states.join(', ')}`;
+    const target = l?.blob?.targetReplicaCount ?? 0;
+    if (l?.found && good === target && l.replicas.length === target) break;
+    if (Date.now() - t0 > repairWithinMs) {
+      throw new Error(
+        `blob ${sha} not repaired within ${repairWithinMs} ms: ${good}/${target} good replicas (${seen})\n${fc.logs()}`,
+      );
+    }
+    await sleep(500);
+  }
+  return { blobId: sha, corrupted, detected, servedCorrectly: served, reads, repairedMs: Date.now() - t0 };
+}
+
+export interface FullDiskReport {
+  mechanism: string;
+  written: number;
+  /** Codes of the refused writes once full (RESOURCE_EXHAUSTED expected). */
+  refusals: string[];
+  readsOk: number;
+  deleted: number;
+  /** From the deletes + compaction until the first accepted write (ms). */
+  resumedMs: number;
+  writtenAfter: number;
+  violations: Violation[];
+  corruptNeedles: string[];
+}
+
+const codeOf = (e: unknown) =>
+  e instanceof ResourceExhaustedError
+    ? 'RESOURCE_EXHAUSTED'
+    : ((e as { codeName?: string }).codeName ?? String(e));
+
+/**
+ * Fills every store (a tiny volume limit, or a small filesystem), then checks:
+ * writes are refused with RESOURCE_EXHAUSTED, everything acknowledged reads back
+ * intact, no needle is corrupt; after deletes and compaction (space returns)
+ * writes are accepted again.
+ */
+export async function fillDisk(
+  fc: FaultCluster,
+  o: {
+    mechanism: string;
+    blobSize: number;
+    maxWrites: number;
+    resumeWithinMs: number;
+    /** Writes tried again once full, a second apart. */
+    probes: number;
+    /**
+     * How space returns: 'delete' compacts the stores after the deletes; 'grow'
+     * restarts each store with room for more volumes (an operator adding a disk).
+     */
+    reclaim: 'delete' | 'grow';
+    grownEnv?: Record<string, string>;
+    log?: (line: string) => void;
+  },
+): Promise<FullDiskReport> {
+  const oplog = new OpLog();
+  let seed = 0x5eed0000;
+  // No SDK retries: a refusal must come back as it is, not after minutes of retrying UNAVAILABLE.
+  const once = new HaystackClient({ url: fc.cluster.url, retries: 0, timeoutMs: 30_000 });
+  const write = async () => {
+    const data = payload(o.blobSize, seed++);
+    const sha = sha256hex(data);
+    oplog.beginWrite(sha, sha, data.length, true);
+    try {
+      await once.upload(data, { sha256: sha, timeoutMs: 30_000 });
+      oplog.endWrite(sha, true);
+    } catch (err) {
+      oplog.endWrite(sha, false);
+      throw err;
+    }
+  };
+  let written = 0;
+  let firstRefusal: unknown;
+  for (let i = 0; i < o.maxWrites; i++) {
+    try {
+      await write();
+      written++;
+    } catch (e) {
+      firstRefusal = e;
+      break;
+    }
+  }
+  if (!firstRefusal) throw new Error(`${o.maxWrites} writes fit: the disk never filled`);
+  o.log?.(`full after ${written} writes: ${String(firstRefusal)}`);
+  const refusals = [codeOf(firstRefusal)];
+  // Once the stores' heartbeats have told the directory, it refuses too.
+  for (let i = 0; i < o.probes; i++) {
+    await sleep(1000);
+    refusals.push(await write().then(() => 'OK', codeOf));
+  }
+  let readsOk = 0;
+  for (const b of oplog.live()) {
+    const got = await fc.sdk.download(b.id, { timeoutMs: 20_000 });
+    if (sha256hex(got.data) === b.sha) readsOk++;
+  }
+  // Space returns: delete three quarters, compact.
+  const victims = oplog.live().filter((_, i) => i % 4 !== 0);
+  for (const b of victims) {
+    oplog.beginDelete(b.id);
+    await fc.sdk.delete(b.id);
+    oplog.endDelete(b.id, true);
+  }
+  o.log?.(`refusals ${refusals.join(', ')}; ${readsOk} reads ok; ${victims.length} deleted`);
+  const t0 = Date.now();
+  let writtenAfter = 0;
+  if (o.reclaim === 'grow') {
+    for (let i = 0; i < fc.cluster.stores.length; i++) await fc.restartStoreWith(i, o.grownEnv ?? {});
+    await fc.cluster.waitReady(60_000).catch((err: unknown) => {
+      throw new Error(`${String(err).slice(0, 500)}\n${fc.logs()}`);
+    });
+  }
+  for (;;) {
+    for (let i = 0; i < fc.cluster.stores.length; i++) {
+      await fc
+        .store(i)
+        .compact({ volumeId: 0, force: false }, { timeoutMs: 30_000 })
+        .catch(() => undefined);
+    }
+    const ok = await write().then(
+      () => true,
+      (e: unknown) => {
+        o.log?.(`not yet: ${String(e).slice(0, 200)}`);
+        return false;
+      },
+    );
+    if (ok) {
+      writtenAfter++;
+      break;
+    }
+    if (Date.now() - t0 > o.resumeWithinMs)
+      throw new Error(`writes did not resume within ${o.resumeWithinMs} ms`);
+    await sleep(500);
+  }
+  const resumedMs = Date.now() - t0;
+  for (let i = 0; i < 5; i++) {
+    await write();
+    writtenAfter++;
+  }
+  const violations = await fullCheck(oplog, fc.sdk, fc.directory, fc.storeAddresses());
+  const corruptNeedles: string[] = [];
+  for (let i = 0; i < fc.cluster.stores.length; i++) {
+    const res = await fc.store(i).scrub({ volumeId: 0 }, { timeoutMs: 60_000 });
+    for (const c of res.corrupt) corruptNeedles.push(`store-${i}: ${c.blobId}`);
+  }
+  return {
+    mechanism: o.mechanism,
+    written,
+    refusals,
+    readsOk,
+    deleted: victims.length,
+    resumedMs,
+    writtenAfter,
+    violations,
+    corruptNeedles,
+  };
+}
+
+/** A Markdown table of the per-fault results. */
+export function faultTable(reports: FaultReport[]): string {
+  const s = (ms: number) => (Number.isFinite(ms) ? `${(ms / 1000).toFixed(1)} s` : '–');
+  return [
+    '| fault | killed | failed (w/r/d) | ok (w/r/d) | restarted | healthy | first write | recovery | data lost |',
+    '|---|---|---|---|---:|---:|---:|---:|---:|',
+    ...reports.map(
+      (r) =>
+        `| ${r.fault} | ${r.killed} | ${r.failed.write}/${r.failed.read}/${r.failed.delete} | ${r.ok.write}/${r.ok.read}/${r.ok.delete} | ${s(r.restartedAtMs)} | ${s(r.healthyAtMs)} | ${s(r.firstWriteMs)} | ${s(r.recoveryMs)} | ${r.dataLost} |`,
+    ),
+  ].join('\n');
+}
+
+/** Writes the run's report to test-results/ (JSON) and returns the Markdown. */
+export async function saveReport(name: string, report: Record<string, unknown>): Promise<string> {
+  const dir = path.resolve('test-results');
+  await mkdir(dir, { recursive: true });
+  const file = path.join(dir, `${name}.json`);
+  await writeFile(file, `${JSON.stringify(report, null, 2)}\n`);
+  return file;
+}

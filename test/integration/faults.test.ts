@@ -1,0 +1,104 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FaultCluster } from '../faults/harness.js';
+import {
+  corruptAndRepair,
+  faultTable,
+  fillDisk,
+  runFaultSequence,
+  saveReport,
+  verifyEverything,
+} from '../faults/run.js';
+
+/**
+ * The reduced fault suite (the full one: `npm run test:faults`, docs/faults.md).
+ * Under a mixed read/write/delete load through Envoy, kill -9 in turn a store,
+ * the leader directory, a follower, the active replication manager, Redis and
+ * Envoy, restarting each; then an independent checker (the log of acknowledged
+ * operations) verifies through the SDK and directly against every replica.
+ */
+describe('faults (reduced): kill -9 each component under a mixed load', () => {
+  let fc: FaultCluster;
+
+  beforeAll(async () => {
+    fc = await FaultCluster.start({ stores: 4 });
+  });
+  afterAll(async () => {
+    await fc?.stop();
+  });
+
+  it('loses no acknowledged write or delete, and every blob is back at its target replica count', async () => {
+    const res = await runFaultSequence(fc, {
+      faults: ['store', 'leader', 'follower', 'replication', 'redis', 'envoy'],
+      load: { writers: 2, readers: 2, deleters: 1, seed: 7, maxOps: 20_000 },
+      steadyMs: 1000,
+      outageMs: 1500,
+      settleMs: 500,
+      log: (l) => process.stderr.write(`[faults] ${l}\n`),
+    });
+    const v = await verifyEverything(fc, res.oplog, { replicatedWithinMs: 90_000 });
+    const counts = res.oplog.counts();
+    process.stderr.write(
+      `\n${faultTable(res.reports)}\n\nacknowledged: ${JSON.stringify(counts)}; replicas at target after ${v.replicatedMs} ms\n`,
+    );
+    await saveReport('faults-reduced', { reports: res.reports, counts, ...v });
+    expect(res.wrongReads).toEqual([]);
+    expect(res.reports.map((r) => [r.fault, r.violations])).toEqual(res.reports.map((r) => [r.fault, []]));
+    expect(v.violations).toEqual([]);
+    expect(v.corruptNeedles).toEqual([]);
+    // The load did real work across the faults.
+    expect(counts.writesAcked).toBeGreaterThan(20);
+    expect(counts.deletesAcked).toBeGreaterThan(3);
+    expect(res.reports.every((r) => Number.isFinite(r.firstWriteMs))).toBe(true);
+  }, 300_000);
+
+  it('flipped bytes in volume files are detected, served from the healthy replica, and repaired', async () => {
+    const r = await corruptAndRepair(fc, { damage: 1, repairWithinMs: 60_000, seed: 0xc0ffee });
+    process.stderr.write(`[faults] corruption: ${JSON.stringify(r)}\n`);
+    expect(r.detected.every((d) => d.endsWith('DataLoss'))).toBe(true);
+    expect(r.servedCorrectly).toBe(r.reads);
+  }, 120_000);
+});
+
+describe('faults (reduced): a full disk', () => {
+  let fc: FaultCluster;
+
+  beforeAll(async () => {
+    // Each store may hold two volumes of 1 MiB (sealed at 7/8): a few dozen blobs.
+    fc = await FaultCluster.start({
+      stores: 3,
+      managers: 1,
+      storeEnv: { MAX_VOLUME_SIZE: '1MiB', MAX_VOLUMES: '2', COMPACTION_EFFICIENCY_THRESHOLD: '0.9' },
+    });
+  });
+  afterAll(async () => {
+    await fc?.stop();
+  });
+
+  it('refuses writes with RESOURCE_EXHAUSTED without corrupting anything, and resumes when space returns', async () => {
+    const r = await fillDisk(fc, {
+      mechanism: 'MAX_VOLUMES=2 × MAX_VOLUME_SIZE=1MiB',
+      blobSize: 40 * 1024,
+      maxWrites: 200,
+      resumeWithinMs: 60_000,
+      probes: 1,
+      // Space returns by giving the stores room for more volumes: deletes alone do
+      // not free a full store today (its tombstones need space too — a known bug,
+      // asserted by the full suite; docs/faults.md).
+      reclaim: 'grow',
+      grownEnv: { MAX_VOLUMES: '8' },
+      log: (l) => process.stderr.write(`[faults] full disk: ${l}\n`),
+    });
+    process.stderr.write(
+      `[faults] full disk: ${JSON.stringify({ ...r, violations: r.violations.length })}\n`,
+    );
+    // The store refuses with RESOURCE_EXHAUSTED. (Once heartbeats report the stores
+    // unwritable the directory answers UNAVAILABLE instead — a known bug, asserted
+    // by the full suite, docs/faults.md; here: still a refusal, never an accepted write.)
+    expect(r.refusals[0]).toBe('RESOURCE_EXHAUSTED');
+    expect(r.refusals).not.toContain('OK');
+    expect(r.readsOk).toBe(r.written);
+    expect(r.violations).toEqual([]);
+    expect(r.corruptNeedles).toEqual([]);
+    expect(r.writtenAfter).toBe(6);
+  }, 240_000);
+});
