@@ -10,8 +10,12 @@ import { GATEWAY_ENV_HELP, readGatewayConfig } from '../internal/gateway/config.
 import { runGateway } from '../internal/gateway/main.js';
 import { REPLICATION_ENV_HELP, readReplicationConfig } from '../internal/replication/config.js';
 import { runReplication } from '../internal/replication/main.js';
+import { widenHttp2ClientWindows } from '../internal/rpc/http2-windows.js';
 import { readStoreConfig, STORE_ENV_HELP } from '../internal/store/config.js';
 import { runStore } from '../internal/store/main.js';
+
+// Every gRPC client this process opens (stores, directories, managers, gateways).
+widenHttp2ClientWindows();
 
 type Flags = { listen?: string; data?: string };
 
