@@ -4,10 +4,10 @@ import { Code, ConnectError } from '@connectrpc/connect';
 import { Redis } from 'ioredis';
 import { payload } from '../../bench/workload.js';
 import { HaystackClient, ResourceExhaustedError } from '../../internal/sdk/index.js';
-import { readBlob, storeClient } from '../helpers/store-client.js';
+import { readBlob } from '../helpers/store-client.js';
 import { FAULTS, type Fault, type FaultCluster, flipBytesOnDisk, sleep } from './harness.js';
 import { MixedLoad, type MixedLoadOptions, type OpSample } from './load.js';
-import { fullCheck, OpLog, quickCheck, sha256hex, type Violation, waitReplicated } from './oplog.js';
+import { fullCheck, OpLog, quickCheck, sha256hex, store, type Violation, waitReplicated } from './oplog.js';
 
 export interface FaultReport {
   fault: string;
@@ -119,6 +119,7 @@ export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Pr
         violations: fresh,
       });
       o.log?.(`${fault.name}: recovered; ${violations.length} violations so far`);
+      for (const v of fresh.slice(0, 3)) o.log?.(`  violation: ${v.id.slice(0, 16)}… ${v.what}`);
     }
   } finally {
     await load.stop();
@@ -190,7 +191,7 @@ export async function corruptAndRepair(
   }
   const detected: string[] = [];
   for (const r of damaged) {
-    const code = await readBlob(storeClient(r.address), sha).then(
+    const code = await readBlob(store(r.address), sha).then(
       () => 'OK',
       (e: unknown) => Code[ConnectError.from(e).code],
     );
@@ -215,7 +216,7 @@ export async function corruptAndRepair(
     let good = 0;
     const states: string[] = [];
     for (const r of l?.replicas ?? []) {
-      const ok = await readBlob(storeClient(r.address), sha).then(
+      const ok = await readBlob(store(r.address), sha).then(
         (b) => (sha256hex(b) === sha ? 'ok' : 'other bytes'),
         (e: unknown) => Code[ConnectError.from(e).code] ?? 'error',
       );

@@ -1,0 +1,107 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FaultCluster } from './harness.js';
+import {
+  corruptAndRepair,
+  faultTable,
+  fillDisk,
+  runFaultSequence,
+  saveReport,
+  verifyEverything,
+} from './run.js';
+
+/**
+ * The full fault suite (`npm run test:faults`; docs/faults.md). Longer outages,
+ * more load and every fault twice; corruption of one and of two replicas; a full
+ * disk that must recover by deletes and compaction alone.
+ */
+const log = (l: string) => process.stderr.write(`[faults] ${l}\n`);
+
+describe('faults (full): kill -9 each component twice under a mixed load', () => {
+  let fc: FaultCluster;
+
+  beforeAll(async () => {
+    fc = await FaultCluster.start({ stores: 4 });
+  });
+  afterAll(async () => {
+    await fc?.stop();
+  });
+
+  it('loses no acknowledged write or delete, and every blob is back at its target replica count', async () => {
+    const once = ['store', 'leader', 'follower', 'replication', 'redis', 'envoy'];
+    const res = await runFaultSequence(fc, {
+      faults: [...once, ...once],
+      load: { writers: 3, readers: 4, deleters: 1, seed: 11, maxOps: 100_000 },
+      steadyMs: 3000,
+      outageMs: 4000,
+      settleMs: 1000,
+      log,
+    });
+    const v = await verifyEverything(fc, res.oplog, { replicatedWithinMs: 120_000 });
+    const counts = res.oplog.counts();
+    log(
+      `\n${faultTable(res.reports)}\n\nacknowledged: ${JSON.stringify(counts)}; replicas at target after ${v.replicatedMs} ms`,
+    );
+    await saveReport('faults-full', { reports: res.reports, counts, ...v });
+    expect(res.wrongReads).toEqual([]);
+    expect(res.reports.map((r) => [r.fault, r.violations])).toEqual(res.reports.map((r) => [r.fault, []]));
+    expect(v.violations).toEqual([]);
+    expect(v.corruptNeedles).toEqual([]);
+    expect(counts.writesAcked).toBeGreaterThan(100);
+    expect(counts.deletesAcked).toBeGreaterThan(10);
+  }, 900_000);
+
+  it('one flipped replica: detected, served from another, repaired', async () => {
+    const r = await corruptAndRepair(fc, { damage: 1, repairWithinMs: 60_000, seed: 0xbad1 });
+    log(`corruption (1 replica): ${JSON.stringify(r)}`);
+    expect(r.detected.every((d) => d.endsWith('DataLoss'))).toBe(true);
+    expect(r.servedCorrectly).toBe(r.reads);
+  }, 120_000);
+
+  it('two flipped replicas of three: detected, served from the third, both repaired', async () => {
+    const r = await corruptAndRepair(fc, { damage: 2, repairWithinMs: 60_000, seed: 0xbad2 });
+    log(`corruption (2 replicas): ${JSON.stringify(r)}`);
+    expect(r.detected.every((d) => d.endsWith('DataLoss'))).toBe(true);
+    expect(r.servedCorrectly).toBe(r.reads);
+  }, 120_000);
+});
+
+describe('faults (full): a full disk that deletes and compaction must free', () => {
+  let fc: FaultCluster;
+
+  beforeAll(async () => {
+    fc = await FaultCluster.start({
+      stores: 3,
+      managers: 1,
+      storeEnv: { MAX_VOLUME_SIZE: '1MiB', MAX_VOLUMES: '2', COMPACTION_EFFICIENCY_THRESHOLD: '0.9' },
+    });
+  });
+  afterAll(async () => {
+    await fc?.stop();
+  });
+
+  it('refuses every write with RESOURCE_EXHAUSTED while full, corrupts nothing, resumes after deletes', async () => {
+    const r = await fillDisk(fc, {
+      mechanism: 'MAX_VOLUMES=2 × MAX_VOLUME_SIZE=1MiB',
+      blobSize: 40 * 1024,
+      maxWrites: 200,
+      resumeWithinMs: 60_000,
+      probes: 3,
+      reclaim: 'delete',
+      log: (l) => log(`full disk: ${l}`),
+    }).catch((err: unknown) => {
+      log(`full disk failed: ${String(err).slice(0, 500)}`);
+      throw err;
+    });
+    log(`full disk: ${JSON.stringify({ ...r, violations: r.violations.length })}`);
+    await saveReport('faults-full-disk', { ...r });
+    expect(r.refusals).toEqual([
+      'RESOURCE_EXHAUSTED',
+      'RESOURCE_EXHAUSTED',
+      'RESOURCE_EXHAUSTED',
+      'RESOURCE_EXHAUSTED',
+    ]);
+    expect(r.readsOk).toBe(r.written);
+    expect(r.violations).toEqual([]);
+    expect(r.corruptNeedles).toEqual([]);
+  }, 300_000);
+});
