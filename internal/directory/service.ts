@@ -178,9 +178,11 @@ export class DirectoryHandlers {
         res.code === 'unavailable' ? Code.Unavailable : Code.ResourceExhausted,
       );
     }
-    let cookie = 0n;
-    while (cookie === 0n) cookie = randomBytes(8).readBigUInt64BE();
     this.expirePending();
+    // A retried upload (the first attempt may have left its needle on some stores)
+    // gets the same cookie, so those stores accept the same content again.
+    let cookie = this.pending.get(req.blobId)?.cookie ?? 0n;
+    while (cookie === 0n) cookie = randomBytes(8).readBigUInt64BE();
     this.pending.set(req.blobId, {
       cookie,
       storeIds: res.stores.map((s) => s.storeId),

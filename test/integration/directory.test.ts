@@ -98,6 +98,10 @@ describe('directory: three real instances on a real Redis, fake stores with real
     const leader = await c.waitLeader();
     const follower = (leader + 1) % 3;
     const a = await c.stub(follower).allocateWrite({ blobId: 'fwd', size: 5n });
+    // A retried allocation (the upload failed part-way) keeps the cookie, so stores
+    // that already hold the needle accept the same content again.
+    const retry = await c.stub(leader).allocateWrite({ blobId: 'fwd', size: 5n });
+    expect(retry.cookie).toBe(a.cookie);
     const req = {
       blobId: 'fwd',
       cookie: a.cookie,
