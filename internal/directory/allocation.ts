@@ -23,9 +23,10 @@ export type AllocationResult =
  * zones tie-break by their best store's free space, then name. The first store is
  * the one with the most free space overall among the picks' order.
  *
- * Too few HEALTHY writable stores is UNAVAILABLE (wait or fix the stores); enough
- * of them but too few with room is RESOURCE_EXHAUSTED (add capacity). Both
- * messages say what each store lacks.
+ * Too few HEALTHY writable stores is UNAVAILABLE (wait or fix the stores), unless
+ * every store is HEALTHY and the missing ones are merely full (not writable): then,
+ * as when enough are writable but too few have room, RESOURCE_EXHAUSTED (add
+ * capacity). Both messages say what each store lacks.
  */
 export function allocateStores(opts: {
   candidates: readonly AllocationCandidate[];
@@ -45,13 +46,18 @@ export function allocateStores(opts: {
       .map(
         (c) => `${c.storeId} is ${c.health === StoreHealth.HEALTHY ? 'not writable' : healthName(c.health)}`,
       );
+    // Every store is up but some are full (not writable): that is a capacity
+    // problem, not an outage, and retrying will not help.
+    const allFull = candidates.length >= count && sortedAll.every((c) => c.health === StoreHealth.HEALTHY);
     return {
       ok: false,
-      code: 'unavailable',
+      code: allFull ? 'exhausted' : 'unavailable',
       message:
         `need ${count} healthy writable stores, have ${up.length}` +
         (why.length ? `: ${why.join(', ')}` : candidates.length === 0 ? ': no store has registered' : '') +
-        '; start or repair stores, or ask for fewer replicas',
+        (allFull
+          ? '; the stores are full: add stores or disk space, or delete blobs and compact'
+          : '; start or repair stores, or ask for fewer replicas'),
     };
   }
   if (eligible.length < count) {

@@ -84,6 +84,19 @@ describe('allocation', () => {
     });
   });
 
+  it('is RESOURCE_EXHAUSTED, not UNAVAILABLE, when every store is up but full (not writable)', () => {
+    const full = [
+      store('s1', 0n, { writable: false }),
+      store('s2', 0n, { writable: false }),
+      store('s3', 900n * MiB),
+    ];
+    expect(allocateStores({ candidates: full, count: 3, size: 1n, minFreeBytes: 0n })).toMatchObject({
+      ok: false,
+      code: 'exhausted',
+      message: expect.stringMatching(/s1 is not writable, s2 is not writable; the stores are full/),
+    });
+  });
+
   it('is RESOURCE_EXHAUSTED when healthy stores lack room, counting MIN_FREE_BYTES', () => {
     const res = allocateStores({
       candidates: [store('s1', 150n * MiB), store('s2', 120n * MiB), store('s3', 900n * MiB)],
