@@ -629,7 +629,7 @@ export class Store {
         { key: blobId, cookie: r.header.cookie, flags: FLAG_DELETED, writtenAtMs: this.clock.now() },
         new Uint8Array(0),
       );
-      const { vol, offset } = await this.reserveSpace(tomb.length);
+      const { vol, offset } = await this.reserveTombstoneSpace(tomb.length, r.vol);
       try {
         await vol.writeDat(tomb, offset);
         const record: IndexRecord = {
@@ -654,6 +654,22 @@ export class Store {
       return true;
     } finally {
       release();
+    }
+  }
+
+  /**
+   * Room for a tombstone: a writable volume as usual, else (every volume full and
+   * the volume limit reached) the deleted needle's own volume, so deletes and then
+   * compaction can free space on a full store.
+   */
+  private async reserveTombstoneSpace(length: number, own: Volume): Promise<{ vol: Volume; offset: number }> {
+    try {
+      return await this.reserveSpace(length);
+    } catch (err) {
+      if (!(err instanceof ResourceExhaustedError)) throw err;
+      const offset = own.reserveTombstone(length);
+      if (offset === null) throw err;
+      return { vol: own, offset };
     }
   }
 

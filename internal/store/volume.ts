@@ -137,6 +137,20 @@ export class Volume {
     return at;
   }
 
+  /**
+   * Reserves room for a tombstone even when the volume is sealed: a store whose
+   * volumes are all full must still be able to delete, or it could never free
+   * space. Tombstones may overrun MAX_VOLUME_SIZE by at most 1/64 of it.
+   */
+  reserveTombstone(length: number): number | null {
+    if (this.compacting || this.broken !== undefined) return null;
+    if (this.tail + length > this.maxSize + Math.floor(this.maxSize / 64)) return null;
+    const at = this.tail;
+    this.tail += length;
+    this.inflight++;
+    return at;
+  }
+
   /** Ends an in-flight reservation (committed or aborted). */
   finish(): void {
     this.inflight--;

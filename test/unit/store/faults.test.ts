@@ -99,6 +99,39 @@ describe('capacity', () => {
     expect(hex(await get(s, 'a'))).toBe(hex(blob(3500, 1)));
   });
 
+  it('still deletes on a full store, so compaction can give the space back', async () => {
+    const dir = await tempDir();
+    let s = await openStore(dir, { maxVolumeSize: 8192, maxVolumes: 2 });
+    for (const [id, i] of [
+      ['a', 1],
+      ['b', 2],
+      ['c', 3],
+      ['d', 4],
+    ] as const)
+      await put(s, id, blob(3500, i));
+    await put(s, 'small', blob(500, 6));
+    await expect(put(s, 'e', blob(3500, 5))).rejects.toBeInstanceOf(ResourceExhaustedError);
+    // Every volume is full and the limit is reached: the tombstones go to the
+    // deleted needles' own volumes.
+    expect(await s.delete('a')).toBe(true);
+    expect(await s.delete('b')).toBe(true);
+    await expect(s.openRead('a')).rejects.toBeInstanceOf(NotFoundError);
+    await s.compact(undefined, true);
+    await put(s, 'e', blob(3500, 5));
+    expect(hex(await get(s, 'e'))).toBe(hex(blob(3500, 5)));
+    await s.close();
+    s = await openStore(dir, { maxVolumeSize: 8192, maxVolumes: 2 });
+    await expect(s.openRead('a')).rejects.toBeInstanceOf(NotFoundError);
+    await expect(s.openRead('b')).rejects.toBeInstanceOf(NotFoundError);
+    for (const [id, i] of [
+      ['c', 3],
+      ['d', 4],
+      ['e', 5],
+    ] as const)
+      expect(hex(await get(s, id))).toBe(hex(blob(3500, i)));
+    await s.close();
+  });
+
   it('maps ENOSPC during data, footer/commit and index writes to ResourceExhausted without corruption', async () => {
     const dir = await tempDir();
     let fail: ((file: string, pos: number, len: number) => boolean) | undefined;
