@@ -15,6 +15,7 @@ import type {
   VerifyBlobsResponse,
   WatchMetadataResponse,
 } from '../../gen/haystack/v1/directory_pb.js';
+import { sleep } from '../common/sleep.js';
 import { type DirectoryClientStub, LEADER_ADDRESS_HEADER, leaderHintOf, PeerClients } from './peers.js';
 
 export interface DirectoryClientOptions {
@@ -250,21 +251,6 @@ function finalError(ce: ConnectError, last: ConnectError | null, deadline: numbe
 
 function jitter(ms: number): number {
   return ms / 2 + Math.random() * ms;
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    const t = setTimeout(resolve, ms);
-    signal?.addEventListener(
-      'abort',
-      () => {
-        clearTimeout(t);
-        resolve();
-      },
-      { once: true },
-    );
-  });
 }
 
 export { LEADER_ADDRESS_HEADER };

@@ -6,6 +6,7 @@ import {
   ReportAccessRequestSchema,
   ReporterKind,
 } from '../../gen/haystack/v1/replication_pb.js';
+import { sleep } from '../common/sleep.js';
 import { ClientPool } from '../rpc/clients.js';
 
 export { ReporterKind };
@@ -243,17 +244,4 @@ class Channel<T> implements AsyncIterable<T> {
       this.wake = undefined;
     }
   }
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    }
-    signal?.addEventListener('abort', done, { once: true });
-  });
 }

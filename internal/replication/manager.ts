@@ -10,6 +10,7 @@ import {
   TaskState,
 } from '../../gen/haystack/v1/replication_pb.js';
 import type { StoreService } from '../../gen/haystack/v1/store_pb.js';
+import { sleep } from '../common/sleep.js';
 import type { LeaseKeeper } from '../lease/lease-keeper.js';
 import type { Logger } from '../server/logger.js';
 import type { ReplicationConfig } from './config.js';
@@ -1012,17 +1013,4 @@ export class ReplicationManager {
       }
     }
   }
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    const t = setTimeout(done, ms);
-    function done() {
-      clearTimeout(t);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    }
-    signal?.addEventListener('abort', done, { once: true });
-  });
 }
