@@ -86,7 +86,6 @@ describe('faults (full): a full disk that deletes and compaction must free', () 
       maxWrites: 200,
       resumeWithinMs: 60_000,
       probes: 3,
-      reclaim: 'delete',
       log: (l) => log(`full disk: ${l}`),
     }).catch((err: unknown) => {
       log(`full disk failed: ${String(err).slice(0, 500)}`);

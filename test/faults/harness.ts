@@ -8,7 +8,7 @@ import { DirectoryClient } from '../../internal/directory/client.js';
 import type { EnvoyOptions } from '../../internal/edge/envoy-config.js';
 import { startEnvoy } from '../../internal/edge/envoy-process.js';
 import { HaystackClient } from '../../internal/sdk/index.js';
-import { Cluster, type ClusterOptions, FAST_ENV } from '../helpers/cluster.js';
+import { Cluster, type ClusterOptions } from '../helpers/cluster.js';
 import { freePort } from '../helpers/redis.js';
 import { REPLICATION_FAST_ENV } from '../helpers/replication-cluster.js';
 import { type ServerProcess, spawnServer, tool } from '../helpers/tools.js';
@@ -33,7 +33,6 @@ export class FaultCluster {
     private readonly managerPorts: number[],
     private readonly env: Record<string, string>,
     private readonly envoyOverrides: Partial<EnvoyOptions>,
-    private readonly storeEnv: Record<string, string>,
   ) {
     // Retries as an application would configure them for a flaky network.
     this.sdk = new HaystackClient({ url: cluster.url, retries: 6, retryMaxMs: 1500, timeoutMs: 20_000 });
@@ -69,7 +68,7 @@ export class FaultCluster {
       envoy: envoyOverrides,
     };
     const cluster = await Cluster.start(opts);
-    const fc = new FaultCluster(cluster, managerPorts, env, envoyOverrides, storeEnv);
+    const fc = new FaultCluster(cluster, managerPorts, env, envoyOverrides);
     try {
       await Promise.all(managerPorts.map((_, i) => fc.startManager(i)));
       await fc.activeManager();
@@ -127,29 +126,6 @@ export class FaultCluster {
     const p = this.cluster.stores[i];
     if (!p) throw new Error(`no store ${i}`);
     return createClient(StoreService, createGrpcTransport({ baseUrl: `http://${p.address}` }));
-  }
-
-  /**
-   * kill -9 store i and start it again on the same port and data with changed
-   * settings (an operator giving it more room).
-   */
-  async restartStoreWith(i: number, extra: Record<string, string>): Promise<void> {
-    const old = this.cluster.stores[i];
-    if (!old) throw new Error(`no store ${i}`);
-    await old.kill();
-    this.cluster.stores[i] = await spawnServer({
-      name: `store-${i}`,
-      args: ['store', '--listen', old.address, '--data', this.storeDataDir(i)],
-      env: {
-        ...FAST_ENV,
-        ...this.env,
-        REDIS_URL: this.cluster.redis?.url ?? '',
-        STORE_ID: `store-${i}`,
-        DIRECTORY_ADDRS: this.cluster.directoryAddrs,
-        ...this.storeEnv,
-        ...extra,
-      },
-    });
   }
 
   /** kill -9 Envoy. */

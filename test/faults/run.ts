@@ -270,12 +270,6 @@ export async function fillDisk(
     resumeWithinMs: number;
     /** Writes tried again once full, a second apart. */
     probes: number;
-    /**
-     * How space returns: 'delete' compacts the stores after the deletes; 'grow'
-     * restarts each store with room for more volumes (an operator adding a disk).
-     */
-    reclaim: 'delete' | 'grow';
-    grownEnv?: Record<string, string>;
     log?: (line: string) => void;
   },
 ): Promise<FullDiskReport> {
@@ -329,12 +323,6 @@ export async function fillDisk(
   o.log?.(`refusals ${refusals.join(', ')}; ${readsOk} reads ok; ${victims.length} deleted`);
   const t0 = Date.now();
   let writtenAfter = 0;
-  if (o.reclaim === 'grow') {
-    for (let i = 0; i < fc.cluster.stores.length; i++) await fc.restartStoreWith(i, o.grownEnv ?? {});
-    await fc.cluster.waitReady(60_000).catch((err: unknown) => {
-      throw new Error(`${String(err).slice(0, 500)}\n${fc.logs()}`);
-    });
-  }
   for (;;) {
     for (let i = 0; i < fc.cluster.stores.length; i++) {
       await fc
