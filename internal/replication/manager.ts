@@ -900,22 +900,31 @@ export class ReplicationManager {
     const live = this.liveHolders(b);
     const keep = Math.max(this.targetOf(b, this.now()), this.cfg.minReplicaCount);
     if (live.length - (live.includes(t.storeId) ? 1 : 0) < keep) return; // no longer over-replicated
+    if (!(await this.dropReplica(b, t.storeId, 'removal'))) return;
+    this.log.info({ blob: b.blobId, store: t.storeId }, 'replica removed');
+  }
+
+  /**
+   * Drops a blob's replica on a store: the metadata change commits first, then the
+   * store's copy is tombstoned. False when the blob is gone from the directory.
+   */
+  private async dropReplica(b: BlobMeta, storeId: string, what: string): Promise<boolean> {
     this.ensureActing();
     try {
       const res = await this.deps.directory.updateReplicas({
         blobId: b.blobId,
-        removeStoreIds: [t.storeId],
+        removeStoreIds: [storeId],
         expectedVersion: b.version,
       });
       this.settle(b.blobId, res.commitIndex);
     } catch (err) {
       const ce = ConnectError.from(err);
-      if (ce.code === Code.NotFound) return;
-      throw new TaskError(`commit of the removal: ${ce.rawMessage}`, { storeFault: false, retryable: true });
+      if (ce.code === Code.NotFound) return false;
+      throw new TaskError(`commit of the ${what}: ${ce.rawMessage}`, { storeFault: false, retryable: true });
     }
-    const s = this.mirror.stores.get(t.storeId);
-    if (s) await this.tombstone(t.storeId, s.address, b.blobId);
-    this.log.info({ blob: b.blobId, store: t.storeId }, 'replica removed');
+    const s = this.mirror.stores.get(storeId);
+    if (s) await this.tombstone(storeId, s.address, b.blobId);
+    return true;
   }
 
   /** Replaces a corrupt replica: drop it (metadata, then tombstone), copy from a good one. */
@@ -929,24 +938,7 @@ export class ReplicationManager {
       throw new TaskError('no good replica to repair from', { storeFault: false, retryable: true });
     }
     if (holders.includes(t.storeId)) {
-      this.ensureActing();
-      try {
-        const res = await this.deps.directory.updateReplicas({
-          blobId: b.blobId,
-          removeStoreIds: [t.storeId],
-          expectedVersion: b.version,
-        });
-        this.settle(b.blobId, res.commitIndex);
-      } catch (err) {
-        const ce = ConnectError.from(err);
-        if (ce.code === Code.NotFound) return;
-        throw new TaskError(`commit of the corrupt replica's removal: ${ce.rawMessage}`, {
-          storeFault: false,
-          retryable: true,
-        });
-      }
-      const s = this.mirror.stores.get(t.storeId);
-      if (s) await this.tombstone(t.storeId, s.address, b.blobId);
+      if (!(await this.dropReplica(b, t.storeId, "corrupt replica's removal"))) return;
       this.deps.events?.onRepair?.(t.storeId, b.blobId);
       this.log.warn({ blob: b.blobId, store: t.storeId }, 'corrupt replica dropped');
     }
