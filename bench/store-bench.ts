@@ -27,7 +27,7 @@ const start = (name: string) =>
 const stores = [await start('bench-1'), await start('bench-2'), await start('bench-3')];
 const results: PhaseResult[] = [];
 try {
-  const primary = storeClient(stores[0]!.address);
+  const primary = storeClient(stores[0]!.address, { direct: process.env.BENCH_CLIENT !== 'connect' });
   const forwardTo = stores.slice(1).map((s) => ({ storeId: s.name, address: s.address }));
   for (const fanout of [false, true]) {
     for (const [label, size] of SIZES) {

@@ -1,9 +1,17 @@
 import type { DescService } from '@bufbuild/protobuf';
 import { type Client, createClient, type Transport } from '@connectrpc/connect';
 import { createGrpcTransport } from '@connectrpc/connect-node';
+import { createDirectGrpcTransport } from './direct-transport.js';
 import { widenHttp2ClientWindows } from './http2-windows.js';
 
 widenHttp2ClientWindows();
+
+/**
+ * Services whose servers take plain gRPC on the direct path (the store's data
+ * plane, see internal/server/direct-grpc.ts); their clients use the matching
+ * lean transport.
+ */
+const DIRECT_SERVICES = new Set(['haystack.v1.StoreService']);
 
 /**
  * gRPC clients to peers by host:port, one HTTP/2 transport per address, reused
@@ -11,6 +19,7 @@ widenHttp2ClientWindows();
  */
 export class ClientPool {
   private readonly transports = new Map<string, Transport>();
+  private readonly direct = new Map<string, Transport>();
 
   transport(address: string): Transport {
     let t = this.transports.get(address);
@@ -25,7 +34,20 @@ export class ClientPool {
     return t;
   }
 
+  /** A direct gRPC transport to `address` (see direct-transport.ts). */
+  directTransport(address: string): Transport {
+    let t = this.direct.get(address);
+    if (!t) {
+      t = createDirectGrpcTransport({ address, pingIntervalMs: 10_000, idleTimeoutMs: 60_000 });
+      this.direct.set(address, t);
+    }
+    return t;
+  }
+
   client<S extends DescService>(service: S, address: string): Client<S> {
-    return createClient(service, this.transport(address));
+    const transport = DIRECT_SERVICES.has(service.typeName)
+      ? this.directTransport(address)
+      : this.transport(address);
+    return createClient(service, transport);
   }
 }

@@ -1,7 +1,7 @@
 import type { ClientHttp2Session } from 'node:http2';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import net from 'node:net';
-import { CONNECTION_WINDOW, STREAM_WINDOW } from '../server/listener.js';
+import { CONNECTION_WINDOW, MAX_FRAME_SIZE, STREAM_WINDOW } from '../server/listener.js';
 
 const require = createRequire(import.meta.url);
 let installed = false;
@@ -20,7 +20,11 @@ export function widenHttp2ClientWindows(): void {
   const wrapped = ((...args: Parameters<typeof connect>) => {
     const [authority, options, listener] = args as [string, Record<string, unknown> | undefined, unknown];
     const opts = typeof options === 'object' && options !== null ? options : {};
-    const settings = { initialWindowSize: STREAM_WINDOW, ...(opts.settings as object | undefined) };
+    const settings = {
+      initialWindowSize: STREAM_WINDOW,
+      maxFrameSize: MAX_FRAME_SIZE,
+      ...(opts.settings as object | undefined),
+    };
     const url = new URL(String(authority));
     // Small frames (headers, trailers, WINDOW_UPDATEs) must not wait for Nagle.
     const createConnection =

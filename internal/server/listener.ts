@@ -7,9 +7,17 @@ export type RequestHandler = (
   res: http.ServerResponse | http2.Http2ServerResponse,
 ) => void;
 
+/** Takes an HTTP/2 stream before the compatibility layer wraps it; false passes it on. */
+export type StreamHandler = (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => boolean;
+
 /** HTTP/2 flow-control windows: blob chunks are up to 4 MiB, many streams share a connection. */
 export const STREAM_WINDOW = 4 * 1024 * 1024;
 export const CONNECTION_WINDOW = 64 * 1024 * 1024;
+/**
+ * Largest HTTP/2 DATA frame each side lets its peer send: 1 MiB instead of the
+ * 16 KiB default, so a 64 KiB message arrives as one chunk (one event, no reassembly).
+ */
+export const MAX_FRAME_SIZE = 1 << 20;
 
 /** The connection preface of cleartext HTTP/2 with prior knowledge starts with "PRI ". */
 const H2_PREFACE = Buffer.from('PRI ');
@@ -27,12 +35,27 @@ export class DualProtocolListener {
   private readonly sessions = new Set<http2.Http2Session>();
   private readonly sockets = new Set<net.Socket>();
 
-  constructor(handler: RequestHandler) {
+  constructor(handler: RequestHandler, streamHandler?: StreamHandler) {
     this.h1 = http.createServer({ keepAliveTimeout: 65_000 }, handler as http.RequestListener);
     this.h2 = http2.createServer(
-      { settings: { maxConcurrentStreams: 1000, initialWindowSize: STREAM_WINDOW } },
+      {
+        settings: {
+          maxConcurrentStreams: 1000,
+          initialWindowSize: STREAM_WINDOW,
+          maxFrameSize: MAX_FRAME_SIZE,
+        },
+      },
       handler as never,
     );
+    if (streamHandler) {
+      // The compatibility layer listens on 'stream' and wraps every stream in a
+      // request/response pair; streams the direct handler takes must not reach it.
+      const emit = this.h2.emit.bind(this.h2);
+      this.h2.emit = ((event: string | symbol, ...args: unknown[]) => {
+        if (event === 'stream' && streamHandler(args[0] as never, args[1] as never)) return true;
+        return emit(event, ...args);
+      }) as typeof this.h2.emit;
+    }
     this.h2.on('session', (s) => {
       // The default 64 KiB connection window throttles every concurrent upload on
       // the connection to one window per round trip.

@@ -27,43 +27,46 @@ export class Metrics {
   }
 
   /**
-   * Records each call's status and duration and logs it: every call at debug,
-   * failures at warn (client errors) or error (server faults) with the gRPC code.
+   * Starts observing one call: the returned function records its status and
+   * duration and logs it: every call at debug, failures at warn (client errors)
+   * or error (server faults) with the gRPC code.
    */
+  startCall(log: Logger, service: string, method: string, signal: AbortSignal): (err: unknown) => void {
+    const started = performance.now();
+    return (err) => {
+      const code = err === undefined ? 'ok' : Code[ConnectError.from(err, Code.Internal).code];
+      const seconds = (performance.now() - started) / 1000;
+      this.handled.inc({ service, method, code: String(code).toLowerCase() });
+      this.latency.observe({ service, method }, seconds);
+      if (err === undefined) {
+        if (log.isLevelEnabled('debug')) {
+          log.debug({ rpc: `${service}/${method}`, ms: Math.round(seconds * 1000) }, 'rpc ok');
+        }
+        return;
+      }
+      const ce = ConnectError.from(err, Code.Internal);
+      if (signal.aborted || ce.code === Code.Canceled) {
+        // The client went away (cancelled, deadline, closed stream): not a server fault.
+        log.debug({ rpc: `${service}/${method}`, code: Code[ce.code], err: ce.rawMessage }, 'rpc cancelled');
+        return;
+      }
+      const serverFault = [Code.Internal, Code.Unknown, Code.DataLoss].includes(ce.code);
+      log[serverFault ? 'error' : 'warn'](
+        {
+          rpc: `${service}/${method}`,
+          code: Code[ce.code],
+          ms: Math.round(seconds * 1000),
+          err: ce.rawMessage,
+        },
+        'rpc failed',
+      );
+    };
+  }
+
+  /** The same observation as a connect-node interceptor. */
   interceptor(log: Logger): Interceptor {
     return (next) => async (req) => {
-      const started = performance.now();
-      const service = req.service.typeName;
-      const method = req.method.name;
-      const finish = (err: unknown) => {
-        const code = err === undefined ? 'ok' : Code[ConnectError.from(err).code];
-        const seconds = (performance.now() - started) / 1000;
-        this.handled.inc({ service, method, code: String(code).toLowerCase() });
-        this.latency.observe({ service, method }, seconds);
-        if (err === undefined) {
-          log.debug({ rpc: `${service}/${method}`, ms: Math.round(seconds * 1000) }, 'rpc ok');
-        } else {
-          const ce = ConnectError.from(err);
-          if (req.signal.aborted || ce.code === Code.Canceled) {
-            // The client went away (cancelled, deadline, closed stream): not a server fault.
-            log.debug(
-              { rpc: `${service}/${method}`, code: Code[ce.code], err: ce.rawMessage },
-              'rpc cancelled',
-            );
-            return;
-          }
-          const serverFault = [Code.Internal, Code.Unknown, Code.DataLoss].includes(ce.code);
-          log[serverFault ? 'error' : 'warn'](
-            {
-              rpc: `${service}/${method}`,
-              code: Code[ce.code],
-              ms: Math.round(seconds * 1000),
-              err: ce.rawMessage,
-            },
-            'rpc failed',
-          );
-        }
-      };
+      const finish = this.startCall(log, req.service.typeName, req.method.name, req.signal);
       let res: Awaited<ReturnType<typeof next>>;
       try {
         res = await next(req);

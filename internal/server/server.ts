@@ -2,12 +2,13 @@ import { setMaxListeners } from 'node:events';
 import type http from 'node:http';
 import type http2 from 'node:http2';
 import type { DescFile, DescService } from '@bufbuild/protobuf';
-import type { ConnectRouter } from '@connectrpc/connect';
+import type { ConnectRouter, ServiceImplSpec } from '@connectrpc/connect';
 import { connectNodeAdapter } from '@connectrpc/connect-node';
 import { file_grpc_health_v1_health } from '../../gen/grpc/health/v1/health_pb.js';
 import { file_grpc_reflection_v1_reflection } from '../../gen/grpc/reflection/v1/reflection_pb.js';
 import { file_grpc_reflection_v1alpha_reflection } from '../../gen/grpc/reflection/v1alpha/reflection_pb.js';
 import { parseHostPort } from '../config/env.js';
+import { DirectGrpcServer } from './direct-grpc.js';
 import { HealthRegistry, ServingStatus } from './health.js';
 import { DualProtocolListener } from './listener.js';
 import type { Logger } from './logger.js';
@@ -25,6 +26,12 @@ export interface ServiceRegistration {
   desc: DescService;
   /** Registers the implementation on the router. */
   register(router: ConnectRouter): void;
+  /**
+   * The same implementation, to serve plain gRPC calls straight from HTTP/2
+   * streams (see direct-grpc.ts): for data-plane services where per-call CPU
+   * decides throughput.
+   */
+  direct?: ServiceImplSpec;
 }
 
 export interface ServerOptions {
@@ -54,6 +61,9 @@ export interface RunningServer {
   /** Graceful shutdown: stop accepting, drain (bounded), close. */
   close(): Promise<void>;
 }
+
+/** Largest request message: blob chunks are at most a few MiB; Put carries a whole (bounded) upload. */
+const READ_MAX_BYTES = 256 * 1024 * 1024;
 
 /**
  * Starts one Haystack server process: Connect, gRPC and gRPC-Web on one port,
@@ -111,8 +121,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     },
     interceptors: [metrics.interceptor(log)],
     shutdownSignal: shutdown.signal,
-    // Blob chunks are at most a few MiB; Put carries a whole (bounded) upload.
-    readMaxBytes: 256 * 1024 * 1024,
+    readMaxBytes: READ_MAX_BYTES,
     // Photos are already compressed: gzip would spend CPU for nothing. Compressed
     // requests are still accepted.
     compressMinBytes: Number.MAX_SAFE_INTEGER,
@@ -132,16 +141,38 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     },
   });
 
+  const directSpecs = opts.services.flatMap((s) => (s.direct ? [s.direct] : []));
+  const direct =
+    directSpecs.length > 0
+      ? new DirectGrpcServer({
+          services: directSpecs,
+          maxMessageBytes: READ_MAX_BYTES,
+          shutdownSignal: shutdown.signal,
+          observe: (spec, signal) =>
+            metrics.startCall(log, spec.method.parent.typeName, spec.method.name, signal),
+        })
+      : undefined;
+
   let inFlight = 0;
   let drained: (() => void) | undefined;
-  const listener = new DualProtocolListener((req, res) => {
-    inFlight++;
-    res.once('close', () => {
-      inFlight--;
-      if (inFlight === 0) drained?.();
-    });
-    handler(req as never, res as never);
-  });
+  const callEnded = () => {
+    inFlight--;
+    if (inFlight === 0) drained?.();
+  };
+  const listener = new DualProtocolListener(
+    (req, res) => {
+      inFlight++;
+      res.once('close', callEnded);
+      handler(req as never, res as never);
+    },
+    direct &&
+      ((stream, headers) => {
+        if (!direct.handle(stream, headers)) return false;
+        inFlight++;
+        stream.once('close', callEnded);
+        return true;
+      }),
+  );
   const bound = await listener.listen(addr.host, addr.port);
   log.info({ listen: `${bound.host}:${bound.port}`, services: serviceNames }, `${opts.component} serving`);
 

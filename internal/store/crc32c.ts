@@ -1,7 +1,27 @@
+import { createRequire } from 'node:module';
+
 /**
- * CRC32C (Castagnoli, reflected polynomial 0x82F63B78), slice-by-8, pure JS.
+ * CRC32C (Castagnoli, reflected polynomial 0x82F63B78). Every read verifies
+ * the whole needle, so the checksum is on the read path: the native SSE4.2
+ * version (@node-rs/crc32, ~8 µs per 64 KiB) is used where its prebuilt binary
+ * exists, the pure-JS slice-by-8 (~37 µs) elsewhere.
  * crc32c(b, crc32c(a)) === crc32c(concat(a, b)), so chunks can be fed in order.
  */
+type NativeCrc = (input: Uint8Array, initial?: number) => number;
+
+function loadNative(): NativeCrc | undefined {
+  try {
+    const mod = createRequire(import.meta.url)('@node-rs/crc32') as { crc32c: NativeCrc };
+    return mod.crc32c(new TextEncoder().encode('123456789')) === 0xe3069283 ? mod.crc32c : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const native = loadNative();
+
+/** Which implementation crc32c() uses. */
+export const CRC32C_IMPLEMENTATION: 'native' | 'js' = native ? 'native' : 'js';
 const POLY = 0x82f63b78;
 const TABLE = new Int32Array(256 * 8);
 for (let n = 0; n < 256; n++) {
@@ -27,6 +47,12 @@ const T7 = TABLE.subarray(1792, 2048);
 
 /** CRC32C of `data[start, end)` continuing from `crc` (the CRC of the preceding bytes; 0 to start). */
 export function crc32c(data: Uint8Array, crc = 0, start = 0, end = data.length): number {
+  if (native) return native(start === 0 && end === data.length ? data : data.subarray(start, end), crc) >>> 0;
+  return crc32cJs(data, crc, start, end);
+}
+
+/** The pure-JS CRC32C (also the reference the native one is tested against). */
+export function crc32cJs(data: Uint8Array, crc = 0, start = 0, end = data.length): number {
   let c = ~crc;
   let i = start;
   const end8 = end - ((end - i) & 7);

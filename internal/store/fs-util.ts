@@ -1,3 +1,4 @@
+import { read as readCb, write as writeCb } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 
 /** fsync a directory so renames/creates/unlinks in it are durable. */
@@ -10,11 +11,46 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
+/*
+ * Positioned I/O goes through the callback API on the handle's fd: FileHandle.read
+ * and .write cost several times more JS per call (ref counting, promise plumbing),
+ * which showed as 18% of a store's CPU on 64 KiB reads. Callers hold the volume
+ * file's reference (acquire/release), so the fd cannot be closed meanwhile.
+ */
+type PositionedOp = (
+  fd: number,
+  buf: Uint8Array,
+  offset: number,
+  length: number,
+  position: number,
+  cb: (err: NodeJS.ErrnoException | null, n: number) => void,
+) => void;
+
+function positioned(
+  op: PositionedOp,
+  fd: number,
+  buf: Uint8Array,
+  offset: number,
+  length: number,
+  position: number,
+): Promise<number> {
+  return new Promise((resolve, reject) => {
+    op(fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n)));
+  });
+}
+
 /** Positioned write of all of `buf` (loops on short writes). */
 export async function writeFully(h: FileHandle, buf: Uint8Array, position: number): Promise<void> {
   let done = 0;
   while (done < buf.length) {
-    const { bytesWritten } = await h.write(buf, done, buf.length - done, position + done);
+    const bytesWritten = await positioned(
+      writeCb as PositionedOp,
+      h.fd,
+      buf,
+      done,
+      buf.length - done,
+      position + done,
+    );
     if (bytesWritten <= 0) throw new Error(`write returned ${bytesWritten}`);
     done += bytesWritten;
   }
@@ -29,7 +65,14 @@ export async function readFully(
 ): Promise<number> {
   let done = 0;
   while (done < length) {
-    const { bytesRead } = await h.read(buf, done, length - done, position + done);
+    const bytesRead = await positioned(
+      readCb as PositionedOp,
+      h.fd,
+      buf,
+      done,
+      length - done,
+      position + done,
+    );
     if (bytesRead === 0) break;
     done += bytesRead;
   }

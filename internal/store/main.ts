@@ -1,3 +1,4 @@
+import { createServiceImplSpec } from '@connectrpc/connect';
 import { StoreService } from '../../gen/haystack/v1/store_pb.js';
 import { startStoreHeartbeat } from '../directory/heartbeat-client.js';
 import { AccessReporter, ReporterKind } from '../replication/access-reporter.js';
@@ -95,7 +96,14 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
         : undefined;
 
     return {
-      services: [{ desc: StoreService, register: (router) => service.register(router) }],
+      services: [
+        {
+          desc: StoreService,
+          register: (router) => service.register(router),
+          // Blob bytes: every call's CPU counts (see internal/server/direct-grpc.ts).
+          direct: createServiceImplSpec<typeof StoreService>(StoreService, service.impl()),
+        },
+      ],
       onDrain: async () => {
         clearInterval(compactTimer);
         await Promise.all([heartbeat?.stop(), reporter.stop()]);

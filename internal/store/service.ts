@@ -1,5 +1,11 @@
 import { create } from '@bufbuild/protobuf';
-import { Code, ConnectError, type ConnectRouter, type HandlerContext } from '@connectrpc/connect';
+import {
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  type HandlerContext,
+  type ServiceImpl,
+} from '@connectrpc/connect';
 import { type StoreTarget, type VolumeStats, VolumeStatsSchema } from '../../gen/haystack/v1/common_pb.js';
 import {
   type ReadResponse,
@@ -65,7 +71,12 @@ export class StoreServiceImpl {
   constructor(private readonly o: StoreServiceOptions) {}
 
   register(router: ConnectRouter): void {
-    router.service(StoreService, {
+    router.service(StoreService, this.impl());
+  }
+
+  /** The handlers, for connect-node and the direct gRPC path alike. */
+  impl(): ServiceImpl<typeof StoreService> {
+    return {
       write: (reqs, ctx) => this.write(reqs, ctx),
       read: (req, ctx) => this.read(req.blobId, req.cookie, req.offset, req.length, ctx),
       delete: (req) =>
@@ -138,7 +149,7 @@ export class StoreServiceImpl {
             nextPageToken: more ? (needles[needles.length - 1]?.blobId ?? '') : '',
           };
         }),
-    });
+    };
   }
 
   private checkTerm(issuer: 'directory' | 'manager', term: bigint): void {

@@ -8,14 +8,19 @@ import {
   WriteRequestSchema,
   type WriteResponse,
 } from '../../gen/haystack/v1/store_pb.js';
+import { createDirectGrpcTransport } from '../../internal/rpc/direct-transport.js';
 import { widenHttp2ClientWindows } from '../../internal/rpc/http2-windows.js';
 
 widenHttp2ClientWindows();
 
 export type StoreClient = Client<typeof StoreService>;
 
-export function storeClient(address: string): StoreClient {
-  return createClient(StoreService, createGrpcTransport({ baseUrl: `http://${address}` }));
+/** A StoreService client over connect-node's gRPC transport, or (direct) the lean one the servers use. */
+export function storeClient(address: string, o: { direct?: boolean } = {}): StoreClient {
+  return createClient(
+    StoreService,
+    o.direct ? createDirectGrpcTransport({ address }) : createGrpcTransport({ baseUrl: `http://${address}` }),
+  );
 }
 
 export interface WriteOptions {

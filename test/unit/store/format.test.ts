@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { validateBlobId } from '../../../internal/common/blob-id.js';
-import { Crc32c, crc32c } from '../../../internal/store/crc32c.js';
+import { CRC32C_IMPLEMENTATION, Crc32c, crc32c, crc32cJs } from '../../../internal/store/crc32c.js';
 import { ChecksumError } from '../../../internal/store/errors.js';
 import {
   decodeIndexHeader,
@@ -53,6 +53,18 @@ describe('crc32c', () => {
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 100 }), (d) => {
         expect(crc32c(d)).toBe(ref(d));
+        expect(crc32cJs(d)).toBe(ref(d));
+      }),
+    );
+  });
+  it('uses the native implementation on this platform, and it agrees with the JS one on ranges', () => {
+    // linux-x64 has a prebuilt binary; the JS fallback is for other platforms.
+    expect(CRC32C_IMPLEMENTATION).toBe('native');
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 5000 }), fc.nat(), fc.nat(), fc.nat(), (d, a, b, seed) => {
+        const start = Math.min(a, d.length);
+        const end = start + Math.min(b, d.length - start);
+        expect(crc32c(d, seed >>> 0, start, end)).toBe(crc32cJs(d, seed >>> 0, start, end));
       }),
     );
   });

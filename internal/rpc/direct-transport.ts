@@ -1,0 +1,430 @@
+import http2 from 'node:http2';
+import net from 'node:net';
+import {
+  create,
+  type DescMessage,
+  type DescMethodStreaming,
+  type DescMethodUnary,
+  fromBinary,
+  isMessage,
+  type MessageInitShape,
+  type MessageShape,
+} from '@bufbuild/protobuf';
+import {
+  Code,
+  ConnectError,
+  type StreamResponse,
+  type Transport,
+  type UnaryResponse,
+} from '@connectrpc/connect';
+import { CONNECTION_WINDOW, MAX_FRAME_SIZE, STREAM_WINDOW } from '../server/listener.js';
+import {
+  codeFromHttpStatus,
+  codeFromRstCode,
+  decodeGrpcMessage,
+  encodeFrame,
+  type FrameError,
+  FrameParser,
+  formatTimeout,
+  toHeaders,
+} from './grpc-wire.js';
+
+/**
+ * A connect Transport that speaks plain gRPC over one Node HTTP/2 session,
+ * without connect-node's universal client layer: the per-call CPU of that
+ * layer, not the network, bounded store-to-store and gateway-to-store
+ * throughput. Clients made with createClient() over it behave as over
+ * createGrpcTransport(): same errors, headers, trailers, signals, timeouts.
+ */
+export interface DirectTransportOptions {
+  /** host:port of the server. */
+  address: string;
+  /** Keepalive PING interval while calls are open; a missed ack fails them. */
+  pingIntervalMs?: number;
+  /** Closes the session after this long without calls. */
+  idleTimeoutMs?: number;
+  /** Largest response message accepted. */
+  maxMessageBytes?: number;
+}
+
+const DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024;
+
+export function createDirectGrpcTransport(o: DirectTransportOptions): Transport {
+  const session = new SessionHolder(o);
+  const maxMessageBytes = o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE;
+  return {
+    async unary<I extends DescMessage, O extends DescMessage>(
+      method: DescMethodUnary<I, O>,
+      signal: AbortSignal | undefined,
+      timeoutMs: number | undefined,
+      header: ConstructorParameters<typeof Headers>[0] | undefined,
+      input: MessageInitShape<I>,
+    ): Promise<UnaryResponse<I, O>> {
+      const call = new ClientCall<I, O>(session, method, maxMessageBytes, signal, timeoutMs, header);
+      call.sendAll(single(input));
+      const response = await call.response();
+      let message: MessageShape<O> | undefined;
+      for await (const m of call.messages()) {
+        if (message !== undefined) {
+          throw new ConnectError('the server sent more than one response message', Code.Unimplemented);
+        }
+        message = m;
+      }
+      if (message === undefined)
+        throw new ConnectError('the server sent no response message', Code.Unimplemented);
+      return {
+        stream: false,
+        service: method.parent,
+        method,
+        header: response,
+        trailer: call.trailer,
+        message,
+      };
+    },
+    async stream<I extends DescMessage, O extends DescMessage>(
+      method: DescMethodStreaming<I, O>,
+      signal: AbortSignal | undefined,
+      timeoutMs: number | undefined,
+      header: ConstructorParameters<typeof Headers>[0] | undefined,
+      input: AsyncIterable<MessageInitShape<I>>,
+    ): Promise<StreamResponse<I, O>> {
+      const call = new ClientCall<I, O>(session, method, maxMessageBytes, signal, timeoutMs, header);
+      call.sendAll(input);
+      const response = await call.response();
+      return {
+        stream: true,
+        service: method.parent,
+        method,
+        header: response,
+        trailer: call.trailer,
+        message: call.messages(),
+      };
+    },
+  };
+}
+
+async function* single<T>(value: T): AsyncGenerator<T> {
+  yield value;
+}
+
+/** One HTTP/2 session to the server, reopened after it closes or fails. */
+class SessionHolder {
+  private session: http2.ClientHttp2Session | undefined;
+  private active = 0;
+  private pinger: NodeJS.Timeout | undefined;
+
+  constructor(private readonly o: DirectTransportOptions) {}
+
+  /** Opens a request stream, counting it so an idle session does not keep the process alive. */
+  request(headers: http2.OutgoingHttpHeaders): http2.ClientHttp2Stream {
+    const session = this.get();
+    const stream = session.request(headers, { endStream: false });
+    this.active++;
+    if (this.active === 1) session.ref();
+    stream.once('close', () => {
+      this.active--;
+      if (this.active === 0 && !session.destroyed) session.unref();
+    });
+    return stream;
+  }
+
+  private get(): http2.ClientHttp2Session {
+    const cur = this.session;
+    if (cur && !cur.closed && !cur.destroyed) return cur;
+    const [host, port] = splitAddress(this.o.address);
+    const s = http2.connect(`http://${this.o.address}`, {
+      settings: { initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME_SIZE },
+      // Headers, trailers and WINDOW_UPDATEs are small frames: no Nagle delay.
+      createConnection: () => net.connect({ host, port, noDelay: true }),
+    });
+    s.once('localSettings', () => {
+      if (!s.destroyed) s.setLocalWindowSize(CONNECTION_WINDOW);
+    });
+    // Failures reach the open streams; the session itself needs no handler.
+    s.on('error', () => {});
+    const forget = () => {
+      if (this.session === s) {
+        this.session = undefined;
+        clearInterval(this.pinger);
+      }
+    };
+    s.on('goaway', forget);
+    s.on('close', forget);
+    if (this.o.idleTimeoutMs) s.setTimeout(this.o.idleTimeoutMs, () => this.active === 0 && s.close());
+    if (this.o.pingIntervalMs) {
+      clearInterval(this.pinger);
+      const interval = this.o.pingIntervalMs;
+      this.pinger = setInterval(() => {
+        if (this.active === 0 || s.destroyed) return;
+        const timer = setTimeout(() => s.destroy(new Error('keepalive ping not answered')), interval);
+        timer.unref();
+        s.ping((err) => {
+          clearTimeout(timer);
+          if (err && !s.destroyed) s.destroy(err);
+        });
+      }, interval);
+      this.pinger.unref();
+    }
+    s.unref();
+    this.session = s;
+    return s;
+  }
+}
+
+function splitAddress(address: string): [string, number] {
+  const i = address.lastIndexOf(':');
+  return [address.slice(0, i).replace(/^\[|\]$/g, ''), Number(address.slice(i + 1))];
+}
+
+/** Network errors that mean "the server is not reachable now": retryable. */
+const UNAVAILABLE_ERRNOS = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ERR_HTTP2_GOAWAY_SESSION',
+  'ERR_HTTP2_SESSION_ERROR',
+  'ERR_HTTP2_INVALID_SESSION',
+  'ERR_HTTP2_STREAM_CANCEL',
+  'ERR_HTTP2_PING_CANCEL',
+]);
+
+class ClientCall<I extends DescMessage, O extends DescMessage> {
+  private readonly stream: http2.ClientHttp2Stream;
+  private readonly parser: FrameParser;
+  private readonly queue: Uint8Array[] = [];
+  private failure: ConnectError | undefined;
+  private ended = false;
+  private wake: (() => void) | undefined;
+  private headers: http2.IncomingHttpHeaders | undefined;
+  private trailers: http2.IncomingHttpHeaders | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly onAbort: () => void;
+  readonly trailer = new Headers();
+
+  constructor(
+    holder: SessionHolder,
+    private readonly method: DescMethodUnary<I, O> | DescMethodStreaming<I, O>,
+    maxMessageBytes: number,
+    private readonly signal: AbortSignal | undefined,
+    timeoutMs: number | undefined,
+    header: ConstructorParameters<typeof Headers>[0] | undefined,
+  ) {
+    this.parser = new FrameParser(maxMessageBytes);
+    const h: http2.OutgoingHttpHeaders = {
+      ':method': 'POST',
+      ':path': `/${method.parent.typeName}/${method.name}`,
+      'content-type': 'application/grpc+proto',
+      te: 'trailers',
+    };
+    if (timeoutMs !== undefined) h['grpc-timeout'] = formatTimeout(timeoutMs);
+    if (header) {
+      new Headers(header).forEach((v, k) => {
+        h[k] = v;
+      });
+    }
+    this.onAbort = () => {
+      const reason: unknown = signal?.reason;
+      this.fail(
+        reason instanceof ConnectError ? reason : new ConnectError('the call was cancelled', Code.Canceled),
+        http2.constants.NGHTTP2_CANCEL,
+      );
+    };
+    try {
+      this.stream = holder.request(h);
+    } catch (err) {
+      this.stream = undefined as never;
+      this.failure = transportError(err);
+      return;
+    }
+    const { stream } = this;
+    if (timeoutMs !== undefined) {
+      this.timer = setTimeout(
+        () =>
+          this.fail(
+            new ConnectError('the deadline expired', Code.DeadlineExceeded),
+            http2.constants.NGHTTP2_CANCEL,
+          ),
+        timeoutMs,
+      );
+    }
+    if (signal?.aborted) this.onAbort();
+    else signal?.addEventListener('abort', this.onAbort, { once: true });
+    stream.on('response', (headers) => {
+      this.headers = headers;
+      this.notify();
+    });
+    stream.on('trailers', (trailers) => {
+      this.trailers = trailers;
+    });
+    stream.on('data', (chunk: Buffer) => {
+      try {
+        for (const m of this.parser.push(chunk)) this.queue.push(m);
+      } catch (err) {
+        const fe = err as FrameError;
+        this.fail(new ConnectError(fe.message, fe.code), http2.constants.NGHTTP2_CANCEL);
+      }
+      if (this.queue.length >= 16) stream.pause();
+      this.notify();
+    });
+    stream.on('end', () => {
+      this.ended = true;
+      this.notify();
+    });
+    stream.on('error', (err) => {
+      this.fail(transportError(err));
+    });
+    stream.on('close', () => {
+      clearTimeout(this.timer);
+      signal?.removeEventListener('abort', this.onAbort);
+      if (!this.ended && !this.failure) {
+        const code = stream.rstCode;
+        this.fail(
+          new ConnectError(
+            code === http2.constants.NGHTTP2_CANCEL
+              ? 'the server cancelled the call'
+              : `the stream was reset (HTTP/2 error ${code})`,
+            codeFromRstCode(code ?? http2.constants.NGHTTP2_INTERNAL_ERROR),
+          ),
+        );
+      }
+      this.ended = true;
+      this.notify();
+    });
+  }
+
+  private fail(err: ConnectError, rst?: number): void {
+    if (this.failure) return;
+    this.failure = err;
+    clearTimeout(this.timer);
+    if (rst !== undefined && this.stream && !this.stream.destroyed) this.stream.close(rst);
+    this.notify();
+  }
+
+  private notify(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
+  private waitForEvent(): Promise<void> {
+    return new Promise((resolve) => {
+      this.wake = resolve;
+    });
+  }
+
+  /** Writes the request messages with backpressure, then half-closes. */
+  sendAll(input: AsyncIterable<MessageInitShape<I>>): void {
+    if (this.failure) return;
+    const { stream } = this;
+    const schema = this.method.input;
+    void (async () => {
+      try {
+        for await (const m of input) {
+          if (this.failure || stream.destroyed) return;
+          const msg = isMessage(m, schema) ? m : create(schema, m as MessageInitShape<I>);
+          if (!stream.write(encodeFrame(schema, msg))) {
+            await new Promise<void>((resolve) => {
+              const done = () => {
+                stream.off('drain', done);
+                stream.off('close', done);
+                resolve();
+              };
+              stream.on('drain', done);
+              stream.on('close', done);
+            });
+          }
+        }
+        if (!stream.destroyed) stream.end();
+      } catch (err) {
+        // The caller's request stream failed: the call fails with its error.
+        this.fail(ConnectError.from(err), http2.constants.NGHTTP2_CANCEL);
+      }
+    })();
+  }
+
+  /** Waits for the response headers; a trailers-only error response throws here. */
+  async response(): Promise<Headers> {
+    for (;;) {
+      if (this.headers) break;
+      if (this.failure) throw this.failure;
+      if (this.ended) throw new ConnectError('the stream closed before response headers', Code.Unavailable);
+      await this.waitForEvent();
+    }
+    const h = this.headers;
+    const status = Number(h[':status']);
+    if (h['grpc-status'] !== undefined) {
+      // Trailers-only: the status came with the headers.
+      this.trailers = h;
+      this.ended = true;
+      const err = this.statusError();
+      if (err) {
+        this.fail(err);
+        throw err;
+      }
+    } else if (status !== 200) {
+      const err = new ConnectError(`HTTP status ${status} from the server`, codeFromHttpStatus(status));
+      this.fail(err, http2.constants.NGHTTP2_CANCEL);
+      throw err;
+    }
+    return toHeaders(h);
+  }
+
+  /** The status in the trailers as an error; undefined for OK. */
+  private statusError(): ConnectError | undefined {
+    const t = this.trailers;
+    if (!t) return new ConnectError('the server closed the stream without a status', Code.Internal);
+    for (const [k, v] of Object.entries(t)) {
+      if (!k.startsWith(':') && v !== undefined)
+        this.trailer.set(k, Array.isArray(v) ? v.join(', ') : String(v));
+    }
+    const code = Number(t['grpc-status']);
+    if (code === 0) return undefined;
+    const message = decodeGrpcMessage(String(t['grpc-message'] ?? ''));
+    const valid = Number.isInteger(code) && code > 0 && code <= 16;
+    return new ConnectError(message, valid ? (code as Code) : Code.Unknown, toHeaders(t));
+  }
+
+  /** The response messages; throws the call's status at the end when it is not OK. */
+  async *messages(): AsyncGenerator<MessageShape<O>> {
+    const schema = this.method.output;
+    try {
+      for (;;) {
+        const raw = this.queue.shift();
+        if (raw) {
+          if (this.queue.length < 8 && this.stream.isPaused()) this.stream.resume();
+          yield fromBinary(schema, raw);
+          continue;
+        }
+        if (this.failure) throw this.failure;
+        if (this.ended) break;
+        await this.waitForEvent();
+      }
+      if (this.parser.pending > 0)
+        throw new ConnectError('the response ended inside a message', Code.Internal);
+      const err = this.statusError();
+      if (err) throw err;
+    } finally {
+      // The consumer stopped early (break, error): cancel what is still open.
+      if (!this.ended && this.stream && !this.stream.destroyed)
+        this.stream.close(http2.constants.NGHTTP2_CANCEL);
+      clearTimeout(this.timer);
+      this.signal?.removeEventListener('abort', this.onAbort);
+    }
+  }
+}
+
+function transportError(err: unknown): ConnectError {
+  if (err instanceof ConnectError) return err;
+  const e = err as NodeJS.ErrnoException;
+  const cause = (e?.cause as NodeJS.ErrnoException | undefined)?.code;
+  const code =
+    UNAVAILABLE_ERRNOS.has(e?.code ?? '') || UNAVAILABLE_ERRNOS.has(cause ?? '')
+      ? Code.Unavailable
+      : Code.Internal;
+  return new ConnectError(e?.message ?? String(err), code, undefined, undefined, err);
+}

@@ -1,0 +1,327 @@
+import { createHash } from 'node:crypto';
+import { create, toBinary } from '@bufbuild/protobuf';
+import {
+  type Client,
+  Code,
+  ConnectError,
+  createClient,
+  createServiceImplSpec,
+  type ServiceImpl,
+  type Transport,
+} from '@connectrpc/connect';
+import { createGrpcTransport, createGrpcWebTransport } from '@connectrpc/connect-node';
+import * as grpc from '@grpc/grpc-js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DirectoryService } from '../../gen/haystack/v1/directory_pb.js';
+import { ReadResponseSchema, StoreService, WriteRequestSchema } from '../../gen/haystack/v1/store_pb.js';
+import { sleep } from '../../internal/common/sleep.js';
+import { createDirectGrpcTransport } from '../../internal/rpc/direct-transport.js';
+import { createLogger } from '../../internal/server/logger.js';
+import { type RunningServer, startServer } from '../../internal/server/server.js';
+import { grpcurl } from '../helpers/tools.js';
+
+/**
+ * The direct gRPC path (internal/server/direct-grpc.ts) and transport
+ * (internal/rpc/direct-transport.ts) against the reference stacks: connect-node,
+ * @grpc/grpc-js and grpcurl, over real HTTP/2 sockets.
+ */
+
+const cancelled: string[] = [];
+
+/** A StoreService whose behaviour is chosen by the blob id. */
+const store: ServiceImpl<typeof StoreService> = {
+  async write(reqs, ctx) {
+    let blobId = '';
+    let size = 0n;
+    const sha = createHash('sha256');
+    for await (const r of reqs) {
+      if (r.msg.case === 'header') {
+        blobId = r.msg.value.blobId;
+        if (blobId === 'refuse') {
+          ctx.responseTrailer.set('x-why', 'refused on purpose');
+          throw new ConnectError('blob "refuse" already exists — naïve 100%', Code.AlreadyExists);
+        }
+      } else if (r.msg.case === 'chunk') {
+        size += BigInt(r.msg.value.length);
+        sha.update(r.msg.value);
+        // A slow disk: the client must be held back by flow control, not buffered.
+        if (blobId === 'slow') await sleep(1);
+      }
+    }
+    return { blobId, size, sha256: sha.digest() };
+  },
+  async *read(req, ctx) {
+    if (req.blobId === 'missing') throw new ConnectError(`blob ${req.blobId} not found`, Code.NotFound);
+    if (req.blobId === 'hang') {
+      yield { msg: { case: 'header', value: { size: 0n } } };
+      await new Promise<void>((resolve) => ctx.signal.addEventListener('abort', () => resolve()));
+      cancelled.push(`${req.blobId}:${ConnectError.from(ctx.signal.reason).code}`);
+      return;
+    }
+    const chunks = Number(req.length);
+    yield { msg: { case: 'header', value: { size: BigInt(chunks * 65536) } } };
+    for (let i = 0; i < chunks; i++) {
+      if (ctx.signal.aborted) {
+        cancelled.push(`${req.blobId}:stopped`);
+        return;
+      }
+      yield { msg: { case: 'chunk', value: new Uint8Array(65536).fill(i & 0xff) } };
+    }
+  },
+  async delete() {
+    throw new ConnectError('plain Error below', Code.Internal);
+  },
+  async replicate() {
+    throw new Error('not a ConnectError');
+  },
+  async compact() {
+    return { compactions: [] };
+  },
+  async scrub() {
+    return { needlesChecked: 0n, bytesChecked: 0n, corrupt: [] };
+  },
+  async getStats(_req, ctx) {
+    ctx.responseHeader.set('x-seen', ctx.requestHeader.get('x-test') ?? 'none');
+    ctx.responseTrailer.set('x-trailer', 'yes');
+    const timeout = ctx.timeoutMs();
+    if (ctx.requestHeader.get('x-test') === 'sleep') await sleep(2000, ctx.signal).catch(() => {});
+    return { storeId: 'fake', capacityBytes: BigInt(timeout === undefined ? 0 : Math.round(timeout)) };
+  },
+  async listNeedles() {
+    return { needles: [], nextPageToken: '' };
+  },
+};
+
+/** Heartbeat (bidi) echoes each request's free bytes as the term. */
+const directory: Partial<ServiceImpl<typeof DirectoryService>> = {
+  async *heartbeat(reqs) {
+    for await (const r of reqs) yield { term: r.freeBytes };
+  },
+};
+
+let server: RunningServer;
+let plain: RunningServer;
+let address: string;
+
+beforeAll(async () => {
+  const log = createLogger('test', 'direct', 'silent');
+  server = await startServer({
+    component: 'test',
+    instance: 'direct',
+    listen: '127.0.0.1:0',
+    log,
+    shutdownGraceMs: 1000,
+    services: [
+      {
+        desc: StoreService,
+        register: (r) => r.service(StoreService, store),
+        direct: createServiceImplSpec<typeof StoreService>(StoreService, store),
+      },
+      {
+        desc: DirectoryService,
+        register: (r) => r.service(DirectoryService, directory),
+        direct: createServiceImplSpec<typeof DirectoryService>(DirectoryService, directory),
+      },
+    ],
+  });
+  // The same service without the direct path: the direct transport must talk to connect-node too.
+  plain = await startServer({
+    component: 'test',
+    instance: 'plain',
+    listen: '127.0.0.1:0',
+    log,
+    shutdownGraceMs: 1000,
+    services: [{ desc: StoreService, register: (r) => r.service(StoreService, store) }],
+  });
+  address = `127.0.0.1:${server.port}`;
+});
+
+afterAll(async () => {
+  await Promise.all([server?.close(), plain?.close()]);
+});
+
+function clients(addr: () => string): Array<[string, () => Client<typeof StoreService>]> {
+  const make = (t: () => Transport) => () => createClient(StoreService, t());
+  return [
+    ['direct transport', make(() => createDirectGrpcTransport({ address: addr() }))],
+    ['connect-node gRPC', make(() => createGrpcTransport({ baseUrl: `http://${addr()}` }))],
+    [
+      'connect-node gRPC-Web (falls back to connect-node)',
+      make(() => createGrpcWebTransport({ baseUrl: `http://${addr()}` })),
+    ],
+  ];
+}
+
+async function* upload(blobId: string, chunks: number, chunkSize = 65536) {
+  yield create(WriteRequestSchema, { msg: { case: 'header', value: { blobId } } });
+  for (let i = 0; i < chunks; i++) {
+    yield create(WriteRequestSchema, {
+      msg: { case: 'chunk', value: new Uint8Array(chunkSize).fill(i & 0xff) },
+    });
+  }
+}
+
+function expectedSha(chunks: number, chunkSize = 65536): string {
+  const h = createHash('sha256');
+  for (let i = 0; i < chunks; i++) h.update(new Uint8Array(chunkSize).fill(i & 0xff));
+  return h.digest('hex');
+}
+
+async function codeOf(p: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await p;
+  } catch (err) {
+    return ConnectError.from(err);
+  }
+  throw new Error('the call succeeded');
+}
+
+for (const [server, addr] of [
+  ['direct path', () => address],
+  ['connect-node server', () => `127.0.0.1:${plain.port}`],
+] as const) {
+  describe.each(clients(addr))(`${server}, client: %s`, (_name, make) => {
+    it('client-streams 16 MiB through flow control and gets the digest back', async () => {
+      const res = await make().write(upload('slow', 256));
+      expect(res.size).toBe(256n * 65536n);
+      expect(Buffer.from(res.sha256).toString('hex')).toBe(expectedSha(256));
+    });
+
+    it('server-streams every chunk in order', async () => {
+      let i = 0;
+      let header = false;
+      for await (const m of make().read({ blobId: 'x', length: 40n })) {
+        if (m.msg.case === 'header') header = true;
+        else if (m.msg.case === 'chunk') {
+          expect(m.msg.value.length).toBe(65536);
+          expect(m.msg.value[100]).toBe(i & 0xff);
+          i++;
+        }
+      }
+      expect(header).toBe(true);
+      expect(i).toBe(40);
+    });
+
+    it('carries status codes, percent-encoded messages and trailers', async () => {
+      const c = make();
+      const refused = await codeOf(c.write(upload('refuse', 1)));
+      expect(refused.code).toBe(Code.AlreadyExists);
+      expect(refused.rawMessage).toBe('blob "refuse" already exists — naïve 100%');
+      expect(refused.metadata.get('x-why')).toBe('refused on purpose');
+      const missing = await codeOf(
+        (async () => {
+          for await (const _ of c.read({ blobId: 'missing' }));
+        })(),
+      );
+      expect(missing.code).toBe(Code.NotFound);
+      expect(missing.rawMessage).toBe('blob missing not found');
+      expect((await codeOf(c.delete({ blobId: 'a' }))).code).toBe(Code.Internal);
+      // A plain Error thrown by a handler is INTERNAL in connect-node, and so here.
+      expect((await codeOf(c.replicate({ blobId: 'a' }))).code).toBe(Code.Internal);
+    });
+
+    it('passes request headers, response headers and trailers, and the deadline', async () => {
+      let header: Headers | undefined;
+      let trailer: Headers | undefined;
+      const res = await make().getStats(
+        {},
+        {
+          headers: { 'x-test': 'hello' },
+          timeoutMs: 5000,
+          onHeader: (h) => {
+            header = h;
+          },
+          onTrailer: (t) => {
+            trailer = t;
+          },
+        },
+      );
+      expect(res.storeId).toBe('fake');
+      expect(Number(res.capacityBytes)).toBeGreaterThan(4000);
+      expect(Number(res.capacityBytes)).toBeLessThanOrEqual(5000);
+      expect(header?.get('x-seen')).toBe('hello');
+      expect(trailer?.get('x-trailer')).toBe('yes');
+    });
+
+    it('ends a call past its deadline with DEADLINE_EXCEEDED', async () => {
+      const err = await codeOf(make().getStats({}, { headers: { 'x-test': 'sleep' }, timeoutMs: 150 }));
+      expect(err.code).toBe(Code.DeadlineExceeded);
+    });
+  });
+}
+
+describe('direct path specifics', () => {
+  it('a client that stops reading cancels the server stream', async () => {
+    const c = createClient(StoreService, createDirectGrpcTransport({ address }));
+    cancelled.length = 0;
+    const ac = new AbortController();
+    const err = await codeOf(
+      (async () => {
+        for await (const m of c.read({ blobId: 'hang' }, { signal: ac.signal })) {
+          if (m.msg.case === 'header') ac.abort();
+        }
+      })(),
+    );
+    expect(err.code).toBe(Code.Canceled);
+    await expect.poll(() => cancelled).toContain('hang:1'); // Code.Canceled on the server side
+  });
+
+  it('bidi-streams: every request answered in order', async () => {
+    const c = createClient(DirectoryService, createDirectGrpcTransport({ address }));
+    async function* beats() {
+      for (let i = 1; i <= 50; i++) yield { storeId: 's', freeBytes: BigInt(i) };
+    }
+    const terms: bigint[] = [];
+    for await (const r of c.heartbeat(beats())) terms.push(r.term);
+    expect(terms).toEqual(Array.from({ length: 50 }, (_, i) => BigInt(i + 1)));
+  });
+
+  it('answers grpc-js (the reference gRPC stack) streaming calls', async () => {
+    const client = new grpc.Client(address, grpc.credentials.createInsecure());
+    const chunks: number[] = [];
+    await new Promise<void>((resolve, reject) => {
+      const call = client.makeServerStreamRequest(
+        '/haystack.v1.StoreService/Read',
+        (m: Uint8Array) => Buffer.from(m),
+        (b: Buffer) => b,
+        Buffer.from(
+          toBinary(
+            StoreService.method.read.input,
+            create(StoreService.method.read.input, { blobId: 'g', length: 3n }),
+          ),
+        ),
+      );
+      call.on('data', (b: Buffer) => chunks.push(b.length));
+      call.on('error', reject);
+      call.on('end', resolve);
+    });
+    client.close();
+    // The header message, then three 64 KiB chunk messages.
+    expect(chunks.length).toBe(4);
+    expect(chunks.slice(1).every((n) => n > 65536)).toBe(true);
+    const header = toBinary(
+      ReadResponseSchema,
+      create(ReadResponseSchema, { msg: { case: 'header', value: { size: 3n * 65536n } } }),
+    );
+    expect(chunks[0]).toBe(header.length);
+  });
+
+  it('answers the real grpcurl, errors included', async () => {
+    const missing = await grpcurl(['-d', '{"blobId":"missing"}', address, 'haystack.v1.StoreService/Read']);
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr).toContain('NotFound');
+    expect(missing.stderr).toContain('blob missing not found');
+  });
+
+  it('a server that is not there is UNAVAILABLE', async () => {
+    const c = createClient(StoreService, createDirectGrpcTransport({ address: '127.0.0.1:1' }));
+    expect((await codeOf(c.getStats({}))).code).toBe(Code.Unavailable);
+  });
+
+  it('counts direct calls in the process metrics', async () => {
+    const res = await fetch(`http://${address}/metrics`);
+    const text = await res.text();
+    expect(text).toMatch(/haystack_rpc_handled_total\{[^}]*method="Write"[^}]*code="ok"[^}]*\} [1-9]/);
+    expect(text).toMatch(/haystack_rpc_handled_total\{[^}]*method="Read"[^}]*code="notfound"[^}]*\} [1-9]/);
+  });
+});
