@@ -83,7 +83,8 @@ export async function readBlob(
     else if (msg.msg.case === 'chunk') parts.push(msg.msg.value);
   }
   if (!header) throw new Error('Read stream carried no header');
-  return Buffer.concat(parts);
+  const only = parts.length === 1 ? parts[0]! : undefined;
+  return only ? Buffer.from(only.buffer, only.byteOffset, only.byteLength) : Buffer.concat(parts);
 }
 
 /** Deterministic pseudo-random bytes (xorshift), so failures reproduce. */
