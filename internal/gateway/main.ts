@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
+import { createServiceImplSpec } from '@connectrpc/connect';
 import { Counter, Gauge } from 'prom-client';
 import { BlobService } from '../../gen/haystack/v1/blob_pb.js';
 import { StoreService } from '../../gen/haystack/v1/store_pb.js';
@@ -124,16 +125,15 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
     if (existsSync(path.join(uiDir, 'index.html'))) httpRoutes.push(staticRoute('/ui/', uiDir));
     else if (cfg.uiDir) log.warn({ uiDir }, 'UI_DIR has no index.html: the dashboard is not served');
 
+    const impl = blobService({ gateway, cache, gatewayId: cfg.gatewayId, cacheTtlMs: cfg.cacheTtlMs });
     return {
       metrics,
       services: [
         {
           desc: BlobService,
-          register: (router) =>
-            router.service(
-              BlobService,
-              blobService({ gateway, cache, gatewayId: cfg.gatewayId, cacheTtlMs: cfg.cacheTtlMs }),
-            ),
+          register: (router) => router.service(BlobService, impl),
+          // Blob bytes again: plain gRPC from Envoy skips connect-node's per-call layer.
+          direct: createServiceImplSpec<typeof BlobService>(BlobService, impl),
         },
       ],
       httpRoutes,
