@@ -1,4 +1,4 @@
-import type http2 from 'node:http2';
+import http2 from 'node:http2';
 import { create, type DescMessage, fromBinary, isMessage, type MessageShape } from '@bufbuild/protobuf';
 import {
   Code,
@@ -278,7 +278,7 @@ class DirectCall {
   }
 
   private async send(schema: DescMessage, init: unknown): Promise<void> {
-    if (this.finished || this.stream.destroyed) throw this.abortReason();
+    if (this.finished || this.stream.destroyed || this.stream.closed) throw this.abortReason();
     const msg = isMessage(init, schema) ? init : create(schema, init as never);
     const frame = encodeFrame(schema, msg);
     if (!this.responded) this.respond();
@@ -327,13 +327,23 @@ class DirectCall {
     });
     // Whatever the client still sends is not needed; keep flow control moving.
     this.stream.resume();
-    if (!this.responded) {
-      this.respond(trailers, true);
-      return;
+    try {
+      if (!this.responded) {
+        this.respond(trailers, true);
+        return;
+      }
+      this.stream.once('wantTrailers', () => {
+        try {
+          if (!this.stream.destroyed) this.stream.sendTrailers(trailers);
+        } catch {
+          this.stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+        }
+      });
+      this.stream.end();
+    } catch {
+      // The stream went away meanwhile, or a handler set a header Node refuses:
+      // the client sees a reset (INTERNAL) rather than the process failing.
+      if (!this.stream.destroyed) this.stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
     }
-    this.stream.once('wantTrailers', () => {
-      if (!this.stream.destroyed) this.stream.sendTrailers(trailers);
-    });
-    this.stream.end();
   }
 }
