@@ -97,9 +97,9 @@ export class ReplicationManager {
   /** blob → stores known to hold a corrupt copy. */
   private readonly corrupt = new Map<string, Set<string>>();
   /**
-   * blob → stores that refused a copy because they hold a tombstone for it (a store
-   * never reuses a deleted id), so placement skips them. Bounded; a manager that
-   * takes over relearns it from the same refusal.
+   * blob → stores that refused a copy with ALREADY_EXISTS (they hold other content
+   * under the id), so placement skips them. A tombstone is no refusal: a copy
+   * supersedes it. Bounded; a manager that takes over relearns it from the same refusal.
    */
   private readonly refused = new Map<string, Set<string>>();
   private refusedCount = 0;
@@ -611,7 +611,8 @@ export class ReplicationManager {
       if (!this.acting() || s.health !== StoreHealth.HEALTHY) continue;
       try {
         const res = await this.store(s.address).scrub({ volumeId: 0 }, { signal: this.activeCtl.signal });
-        const ids = res.corrupt.map((c) => c.blobId).filter((id) => id.length > 0);
+        // A superseded needle is never served (the store took a fresh copy since): nothing to repair.
+        const ids = res.corrupt.filter((c) => !c.superseded && c.blobId.length > 0).map((c) => c.blobId);
         if (ids.length > 0 && this.active) this.reportCorruption(s.storeId, ids);
       } catch (err) {
         this.log.debug({ store: s.storeId, err: ConnectError.from(err).message }, 'scrub failed');
@@ -808,7 +809,7 @@ export class ReplicationManager {
         });
       }
       if (ce.code === Code.AlreadyExists) {
-        // The target tombstoned this id once (a removal or a collection) and will not take it again.
+        // The target holds other content under this id (another cookie) and keeps it.
         this.refuse(b.blobId, targetId);
         throw new TaskError(`${targetId} refuses the blob: ${ce.rawMessage}`, {
           storeFault: false,
@@ -975,7 +976,6 @@ export class ReplicationManager {
     const res = await this.deps.directory.verifyBlobs(t.storeId, [t.blobId]);
     if (res.referencedBlobIds.includes(t.blobId) || this.referencedLocally(t.blobId, t.storeId)) return;
     try {
-      this.refuse(t.blobId, t.storeId);
       await this.store(s.address).delete({ blobId: t.blobId, term: 0n }, { timeoutMs: 10_000 });
     } catch (err) {
       const ce = ConnectError.from(err);
@@ -990,15 +990,13 @@ export class ReplicationManager {
 
   /** Best-effort tombstone (an orphan left behind is collected by GC later). */
   private async tombstone(storeId: string, address: string, blobId: string): Promise<void> {
-    // A tombstoned store never takes the id again.
-    this.refuse(blobId, storeId);
     for (let i = 0; i < 3; i++) {
       try {
         await this.store(address).delete({ blobId, term: 0n }, { timeoutMs: 5_000 });
         return;
       } catch (err) {
         this.log.debug(
-          { blob: blobId, store: address, err: ConnectError.from(err).message },
+          { blob: blobId, store: storeId, err: ConnectError.from(err).message },
           'tombstone failed',
         );
         await sleep(200 * 2 ** i);

@@ -160,8 +160,12 @@ export class FakeStores {
   readonly failing = new Set<string>();
   /** Stores that refuse every Replicate as from a deposed sender (FAILED_PRECONDITION). */
   readonly deposing = new Set<string>();
-  /** store → ids it holds a tombstone for (a store never reuses a deleted id). */
+  /** store → ids it holds a tombstone for (a copy supersedes it, as on a real store). */
   readonly tombstoned = new Map<string, Set<string>>();
+  /** store → ids of corrupt needles a later copy superseded (scrub reports them as such). */
+  readonly superseded = new Map<string, Set<string>>();
+  /** store → ids it answers ALREADY_EXISTS for (it holds other content under the id). */
+  readonly refusing = new Map<string, Set<string>>();
   replicateCalls: { from: string; to: string; blobId: string }[] = [];
 
   on(storeId: string): Map<string, Needle> {
@@ -178,12 +182,11 @@ export class FakeStores {
   }
 
   tombstone(storeId: string, blobId: string): void {
-    let t = this.tombstoned.get(storeId);
-    if (!t) {
-      t = new Set();
-      this.tombstoned.set(storeId, t);
-    }
-    t.add(blobId);
+    addTo(this.tombstoned, storeId, blobId);
+  }
+
+  refuse(storeId: string, blobId: string): void {
+    addTo(this.refusing, storeId, blobId);
   }
 
   has(storeId: string, blobId: string): boolean {
@@ -205,11 +208,15 @@ export class FakeStores {
         const n = this.on(src).get(req.blobId);
         if (!n) throw new ConnectError('source lacks it', Code.NotFound);
         if (n.corrupt) throw new ConnectError('checksum mismatch', Code.DataLoss);
-        if (this.tombstoned.get(address)?.has(req.blobId)) {
-          throw new ConnectError('deleted ids cannot be reused', Code.AlreadyExists);
+        if (this.refusing.get(address)?.has(req.blobId)) {
+          throw new ConnectError('exists with other content', Code.AlreadyExists);
         }
         this.replicateCalls.push({ from: src, to: address, blobId: req.blobId });
-        this.on(address).set(req.blobId, { data: n.data, writtenAt: Date.now(), corrupt: false });
+        // Idempotent over a live copy; a new needle supersedes a tombstone.
+        if (!this.on(address).has(req.blobId)) {
+          this.tombstoned.get(address)?.delete(req.blobId);
+          this.on(address).set(req.blobId, { data: n.data, writtenAt: Date.now(), corrupt: false });
+        }
         return { replica: { storeId: address, volumeId: 2, offset: 0n }, size: BigInt(n.data.length) };
       },
       delete: async (req: { blobId: string }) => {
@@ -221,7 +228,10 @@ export class FakeStores {
         check();
         const corrupt = [...this.on(address)]
           .filter(([, n]) => n.corrupt)
-          .map(([blobId]) => ({ blobId, volumeId: 1, offset: 0n, reason: 'crc' }));
+          .map(([blobId]) => ({ blobId, volumeId: 1, offset: 0n, reason: 'crc', superseded: false }));
+        for (const blobId of this.superseded.get(address) ?? []) {
+          corrupt.push({ blobId, volumeId: 1, offset: 8n, reason: 'crc (superseded)', superseded: true });
+        }
         return { needlesChecked: BigInt(this.on(address).size), bytesChecked: 0n, corrupt };
       },
       listNeedles: async (req: { pageSize: number; pageToken: string }) => {
@@ -241,6 +251,15 @@ export class FakeStores {
     };
     return fake as unknown as StoreCalls;
   }
+}
+
+function addTo(m: Map<string, Set<string>>, storeId: string, blobId: string): void {
+  let set = m.get(storeId);
+  if (!set) {
+    set = new Set();
+    m.set(storeId, set);
+  }
+  set.add(blobId);
 }
 
 /** Polls until `fn` returns true (or throws after `ms`). */

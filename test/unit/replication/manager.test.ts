@@ -107,11 +107,11 @@ describe('ReplicationManager (fake directory and stores)', () => {
     }
   });
 
-  it('places a copy elsewhere when the preferred store holds a tombstone for the blob', async () => {
+  it('places a copy elsewhere when the preferred store refuses the blob (ALREADY_EXISTS)', async () => {
     const { dir, fs, m, blob } = setup();
     blob('t', ['s1', 's2', 's3']);
-    // s4 (zone z0, the zone s1 leaves empty) deleted this id once and refuses it.
-    fs.tombstone('s4', 't');
+    // s4 (zone z0, the zone s1 leaves empty) holds other content under this id and refuses it.
+    fs.refuse('s4', 't');
     m.start();
     await until(() => m.mirror.loaded && m.active);
     fs.down.add('s1');
@@ -122,6 +122,23 @@ describe('ReplicationManager (fake directory and stores)', () => {
     // Refused once, then never tried again.
     expect(m.queue.list(TaskState.FAILED, 100).filter((t) => t.storeId === 's4')).toHaveLength(1);
     expect(m.queue.pending).toBe(0);
+  });
+
+  it('copies a blob back onto a store it removed (tombstoned) the blob from', async () => {
+    const { dir, fs, m, blob } = setup({}, ['s1', 's2', 's3', 's4']);
+    // Four replicas, target 3: one is removed, and its store holds a tombstone.
+    blob('x', ['s1', 's2', 's3', 's4']);
+    m.start();
+    await until(() => dir.holders('x').length === 3, 5_000, 'one replica removed');
+    const [removed] = ['s1', 's2', 's3', 's4'].filter((s) => !dir.holders('x').includes(s));
+    expect(fs.has(removed!, 'x')).toBe(false);
+    // A holder dies: the only store left to copy to is the one that tombstoned the blob.
+    const dead = dir.holders('x')[0]!;
+    fs.down.add(dead);
+    dir.setHealth(dead, StoreHealth.DOWN);
+    await until(() => dir.holders('x').includes(removed!), 5_000, `copy back on ${removed}`);
+    expect(dir.holders('x').filter((s) => s !== dead)).toHaveLength(3);
+    for (const s of dir.holders('x').filter((h) => h !== dead)) expect(fs.has(s, 'x'), s).toBe(true);
   });
 
   it('does not spin on a store that refuses a copy outright; the copy goes elsewhere', async () => {
@@ -150,6 +167,23 @@ describe('ReplicationManager (fake directory and stores)', () => {
     expect(fs.has('s2', 'x')).toBe(false);
     expect(fs.replicateCalls.every((c) => c.from !== 's2')).toBe(true);
     expect(m.queue.list(TaskState.DONE, 10).some((t) => t.kind === TaskKind.REPAIR)).toBe(true);
+  });
+
+  it('repairs nothing for a corrupt needle that a later copy superseded', async () => {
+    const { fs, m, blob } = setup();
+    blob('x', ['s1', 's2', 's3']);
+    // s2 held a corrupt copy once, was repaired, and took a fresh copy since.
+    fs.superseded.set('s2', new Set(['x']));
+    fs.on('s3').get('x')!.corrupt = true;
+    m.start();
+    await until(() => m.mirror.loaded && m.active);
+    await m.scrubAll();
+    const repairs = [
+      ...m.queue.forBlob('x'),
+      ...m.queue.list(TaskState.DONE, 100),
+      ...m.queue.list(TaskState.FAILED, 100),
+    ].filter((t) => t.blobId === 'x' && t.kind === TaskKind.REPAIR);
+    expect(repairs.map((t) => t.storeId)).toEqual(['s3']);
   });
 
   it('collects an orphan needle after the grace period, never one whose commit is in flight', async () => {
