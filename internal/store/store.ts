@@ -27,6 +27,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { validateBlobId } from '../common/blob-id.js';
+import { KeyLock } from '../common/key-lock.js';
 import { type CompactionResult, type CompactionStep, compactVolume } from './compaction.js';
 import { crc32c } from './crc32c.js';
 import {
@@ -40,7 +41,6 @@ import {
 import { fsyncDir, readFully } from './fs-util.js';
 import { INDEX_HEADER_SIZE, type IndexRecord, scanIndexFile } from './index-file.js';
 import type { KeyHash } from './key-hash.js';
-import { KeyLock } from './key-lock.js';
 import {
   dataOffset,
   decodeFooter,
