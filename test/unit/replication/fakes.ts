@@ -3,6 +3,7 @@ import { Code, ConnectError } from '@connectrpc/connect';
 import { BlobState, StoreHealth } from '../../../gen/haystack/v1/common_pb.js';
 import {
   GetClusterStatusResponseSchema,
+  type UpdateReplicasRequest,
   UpdateReplicasRequestSchema,
   UpdateReplicasResponseSchema,
   VerifyBlobsResponseSchema,
@@ -24,6 +25,10 @@ export class FakeDirectory implements DirectoryCalls {
   /** Blob ids with an allocation in flight (VerifyBlobs counts them referenced). */
   readonly inflight = new Set<string>();
   updates = 0;
+  /** Runs after an UpdateReplicas is committed, before it is answered (a slow answer). */
+  afterUpdate?: (req: UpdateReplicasRequest) => Promise<void>;
+  /** Runs after a VerifyBlobs answer is computed, before it is returned. */
+  afterVerify?: (storeId: string, blobIds: string[]) => Promise<void>;
 
   append(change: MessageInitShape<typeof LogEntrySchema>['change']): LogEntry {
     const e = create(LogEntrySchema, {
@@ -96,19 +101,23 @@ export class FakeDirectory implements DirectoryCalls {
         targetReplicaCount: req.targetReplicaCount,
       },
     });
-    return create(UpdateReplicasResponseSchema, {
+    const res = create(UpdateReplicasResponseSchema, {
       commitIndex: e.index,
       blob: this.state.active(req.blobId),
     });
+    await this.afterUpdate?.(req);
+    return res;
   }
 
   async verifyBlobs(storeId: string, blobIds: string[]) {
-    return create(VerifyBlobsResponseSchema, {
+    const res = create(VerifyBlobsResponseSchema, {
       referencedBlobIds: blobIds.filter(
         (id) =>
           this.inflight.has(id) || this.state.blobs.get(id)?.replicas.some((r) => r.storeId === storeId),
       ),
     });
+    await this.afterVerify?.(storeId, blobIds);
+    return res;
   }
 
   async clusterStatus() {
@@ -167,6 +176,10 @@ export class FakeStores {
   /** store → ids it answers ALREADY_EXISTS for (it holds other content under the id). */
   readonly refusing = new Map<string, Set<string>>();
   replicateCalls: { from: string; to: string; blobId: string }[] = [];
+  /** Runs after a Replicate is applied, before it is answered (a slow answer). */
+  afterReplicate?: (storeId: string, blobId: string) => Promise<void>;
+  /** Runs when a Delete is applied. */
+  onDelete?: (storeId: string, blobId: string) => void;
 
   on(storeId: string): Map<string, Needle> {
     let m = this.needles.get(storeId);
@@ -217,12 +230,15 @@ export class FakeStores {
           this.tombstoned.get(address)?.delete(req.blobId);
           this.on(address).set(req.blobId, { data: n.data, writtenAt: Date.now(), corrupt: false });
         }
+        await this.afterReplicate?.(address, req.blobId);
         return { replica: { storeId: address, volumeId: 2, offset: 0n }, size: BigInt(n.data.length) };
       },
       delete: async (req: { blobId: string }) => {
         check();
         this.tombstone(address, req.blobId);
-        return { found: this.on(address).delete(req.blobId) };
+        const found = this.on(address).delete(req.blobId);
+        this.onDelete?.(address, req.blobId);
+        return { found };
       },
       scrub: async () => {
         check();
@@ -250,6 +266,34 @@ export class FakeStores {
       },
     };
     return fake as unknown as StoreCalls;
+  }
+}
+
+/**
+ * A latch a fake call waits on, opened by the test when the event it waits for
+ * happens; `pass(fallbackMs)` goes through anyway after that long, for when the
+ * code under test (rightly) never lets the event happen.
+ */
+export class Gate {
+  entered = false;
+  private opened = false;
+  private readonly waiters: (() => void)[] = [];
+
+  open(): void {
+    this.opened = true;
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  async pass(fallbackMs: number): Promise<void> {
+    this.entered = true;
+    if (this.opened) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, fallbackMs);
+      this.waiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
   }
 }
 
