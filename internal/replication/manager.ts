@@ -10,6 +10,7 @@ import {
   TaskState,
 } from '../../gen/haystack/v1/replication_pb.js';
 import type { StoreService } from '../../gen/haystack/v1/store_pb.js';
+import { KeyLock } from '../common/key-lock.js';
 import { sleep } from '../common/sleep.js';
 import type { LeaseKeeper } from '../lease/lease-keeper.js';
 import type { Logger } from '../server/logger.js';
@@ -17,7 +18,14 @@ import type { ReplicationConfig } from './config.js';
 import type { DirectoryCalls } from './directory-api.js';
 import { HeatTracker } from './heat.js';
 import { LogGapError, MetadataMirror, type MirrorChange } from './mirror.js';
-import { chooseSource, chooseTargets, chooseVictim, isLive, type PlacementContext } from './placement.js';
+import {
+  chooseSource,
+  chooseTargets,
+  chooseVictim,
+  isLive,
+  type PlacementContext,
+  type StoreView,
+} from './placement.js';
 import { decideTarget } from './policy.js';
 import { type Task, TaskQueue } from './queue.js';
 
@@ -44,6 +52,8 @@ const STORE_FAULTS = new Set([
   Code.ResourceExhausted,
   Code.Canceled,
 ]);
+
+const pairKey = (blobId: string, storeId: string) => `${blobId}\u0000${storeId}`;
 
 export interface ManagerEvents {
   onActiveChange?(active: boolean): void;
@@ -97,14 +107,22 @@ export class ReplicationManager {
   /** blob → stores known to hold a corrupt copy. */
   private readonly corrupt = new Map<string, Set<string>>();
   /**
-   * blob → stores that refused a copy because they hold a tombstone for it (a store
-   * never reuses a deleted id), so placement skips them. Bounded; a manager that
-   * takes over relearns it from the same refusal.
+   * blob → stores that refused a copy with ALREADY_EXISTS (they hold other content
+   * under the id), so placement skips them. A tombstone is no refusal: a copy
+   * supersedes it. Bounded; a manager that takes over relearns it from the same refusal.
    */
   private readonly refused = new Map<string, Set<string>>();
   private refusedCount = 0;
   /** blob → store → time until which a copy there is not tried again (it just failed). */
   private readonly avoid = new Map<string, Map<string, number>>();
+  /**
+   * One side effect at a time per (blob, store): a copy onto the store (Replicate,
+   * then its commit) and a tombstone sent to it (removal, repair, collection) never
+   * interleave, so no tombstone lands between a copy and its commit.
+   */
+  private readonly pairs = new KeyLock();
+  /** (blob, store) → when the last copy there ended; collection leaves the pair alone for GC_GRACE_PERIOD. */
+  private readonly copiedAt = new Map<string, number>();
   private readonly stopCtl = new AbortController();
   private activeCtl = new AbortController();
   private wakeTimer: NodeJS.Timeout | undefined;
@@ -611,7 +629,8 @@ export class ReplicationManager {
       if (!this.acting() || s.health !== StoreHealth.HEALTHY) continue;
       try {
         const res = await this.store(s.address).scrub({ volumeId: 0 }, { signal: this.activeCtl.signal });
-        const ids = res.corrupt.map((c) => c.blobId).filter((id) => id.length > 0);
+        // A superseded needle is never served (the store took a fresh copy since): nothing to repair.
+        const ids = res.corrupt.filter((c) => !c.superseded && c.blobId.length > 0).map((c) => c.blobId);
         if (ids.length > 0 && this.active) this.reportCorruption(s.storeId, ids);
       } catch (err) {
         this.log.debug({ store: s.storeId, err: ConnectError.from(err).message }, 'scrub failed');
@@ -653,7 +672,8 @@ export class ReplicationManager {
       const referenced = new Set(res.referencedBlobIds);
       const now = this.now();
       for (const id of ids) {
-        if (referenced.has(id) || !this.active) continue;
+        // Re-checked after the await: a collection must not replace a waiting copy or removal.
+        if (referenced.has(id) || !this.active || this.referencedLocally(id, s.storeId)) continue;
         const r = this.queue.enqueue(
           { blobId: id, storeId: s.storeId, kind: TaskKind.COLLECT, priority: TaskPriority.LOW },
           now,
@@ -760,17 +780,35 @@ export class ReplicationManager {
     }
   }
 
-  /** Copies a blob onto t.storeId and commits the new replica. */
-  private async copy(t: Task): Promise<void> {
-    const b = this.mirror.blob(t.blobId);
-    if (!b) return;
-    if (b.replicas.some((r) => r.storeId === t.storeId)) return;
-    const now = this.now();
-    if (this.liveHolders(b).length >= this.targetOf(b, now)) return; // no longer needed
-    await this.copyTo(b, t.storeId, new Set());
+  /** Runs `fn` alone on the (blob, store) pair (see `pairs`). */
+  private async exclusive<T>(blobId: string, storeId: string, fn: () => Promise<T>): Promise<T> {
+    const release = await this.pairs.acquire(pairKey(blobId, storeId));
+    try {
+      return await fn();
+    } finally {
+      release();
+    }
   }
 
-  private async copyTo(b: BlobMeta, targetId: string, exclude: Set<string>): Promise<void> {
+  /** Copies a blob onto t.storeId and commits the new replica. */
+  private copy(t: Task): Promise<void> {
+    return this.exclusive(t.blobId, t.storeId, async () => {
+      // Checked under the pair's lock, so a removal or copy that just ended there counts.
+      const b = this.mirror.blob(t.blobId);
+      if (!b) return;
+      if (b.replicas.some((r) => r.storeId === t.storeId)) return;
+      const now = this.now();
+      if (this.liveHolders(b).length >= this.targetOf(b, now)) return; // no longer needed
+      await this.copyLocked(b, t.storeId, new Set());
+    });
+  }
+
+  /** Copies a blob onto targetId and commits it, alone on the (blob, target) pair. */
+  private copyTo(b: BlobMeta, targetId: string, exclude: Set<string>): Promise<void> {
+    return this.exclusive(b.blobId, targetId, () => this.copyLocked(b, targetId, exclude));
+  }
+
+  private async copyLocked(b: BlobMeta, targetId: string, exclude: Set<string>): Promise<void> {
     const target = this.mirror.stores.get(targetId);
     if (!target || target.health !== StoreHealth.HEALTHY) {
       throw new TaskError(`target store ${targetId} is not healthy`, { storeFault: false, retryable: false });
@@ -783,6 +821,16 @@ export class ReplicationManager {
     );
     if (!source) throw new TaskError('no live replica to copy from', { storeFault: false, retryable: true });
     this.ensureActing();
+    try {
+      await this.replicateAndCommit(b, target, source);
+    } finally {
+      // Whatever the outcome, the store may hold the copy now and its commit may land late.
+      this.noteCopy(b.blobId, targetId);
+    }
+  }
+
+  private async replicateAndCommit(b: BlobMeta, target: StoreView, source: StoreView): Promise<void> {
+    const targetId = target.storeId;
     let volumeId: number;
     try {
       const res = await this.store(target.address).replicate(
@@ -808,7 +856,7 @@ export class ReplicationManager {
         });
       }
       if (ce.code === Code.AlreadyExists) {
-        // The target tombstoned this id once (a removal or a collection) and will not take it again.
+        // The target holds other content under this id (another cookie) and keeps it.
         this.refuse(b.blobId, targetId);
         throw new TaskError(`${targetId} refuses the blob: ${ce.rawMessage}`, {
           storeFault: false,
@@ -906,25 +954,34 @@ export class ReplicationManager {
 
   /**
    * Drops a blob's replica on a store: the metadata change commits first, then the
-   * store's copy is tombstoned. False when the blob is gone from the directory.
+   * store's copy is tombstoned, both alone on the pair. False when the blob is gone
+   * from the directory.
    */
-  private async dropReplica(b: BlobMeta, storeId: string, what: string): Promise<boolean> {
-    this.ensureActing();
-    try {
-      const res = await this.deps.directory.updateReplicas({
-        blobId: b.blobId,
-        removeStoreIds: [storeId],
-        expectedVersion: b.version,
-      });
-      this.settle(b.blobId, res.commitIndex);
-    } catch (err) {
-      const ce = ConnectError.from(err);
-      if (ce.code === Code.NotFound) return false;
-      throw new TaskError(`commit of the ${what}: ${ce.rawMessage}`, { storeFault: false, retryable: true });
-    }
-    const s = this.mirror.stores.get(storeId);
-    if (s) await this.tombstone(storeId, s.address, b.blobId);
-    return true;
+  private dropReplica(b: BlobMeta, storeId: string, what: string): Promise<boolean> {
+    return this.exclusive(b.blobId, storeId, async () => {
+      this.ensureActing();
+      try {
+        const res = await this.deps.directory.updateReplicas({
+          blobId: b.blobId,
+          removeStoreIds: [storeId],
+          expectedVersion: b.version,
+        });
+        this.settle(b.blobId, res.commitIndex);
+      } catch (err) {
+        const ce = ConnectError.from(err);
+        if (ce.code === Code.NotFound) return false;
+        throw new TaskError(`commit of the ${what}: ${ce.rawMessage}`, {
+          storeFault: false,
+          retryable: true,
+        });
+      }
+      // Deposed meanwhile: the needle is an orphan for the next manager's GC (which
+      // takes the pair's lock there) rather than a tombstone racing its copies.
+      this.ensureActing();
+      const s = this.mirror.stores.get(storeId);
+      if (s) await this.tombstone(storeId, s.address, b.blobId);
+      return true;
+    });
   }
 
   /** Replaces a corrupt replica: drop it (metadata, then tombstone), copy from a good one. */
@@ -966,39 +1023,64 @@ export class ReplicationManager {
     this.corrupt.get(t.blobId)?.delete(t.storeId);
   }
 
-  /** Deletes an unreferenced needle, re-checking the references first. */
+  /**
+   * Deletes an unreferenced needle, re-checking the references first, alone on the
+   * pair: no copy there can commit between the check and the tombstone.
+   */
   private async collect(t: Task): Promise<void> {
-    if (this.referencedLocally(t.blobId, t.storeId)) return;
-    const s = this.mirror.stores.get(t.storeId);
-    if (!s) return;
-    this.ensureActing();
-    const res = await this.deps.directory.verifyBlobs(t.storeId, [t.blobId]);
-    if (res.referencedBlobIds.includes(t.blobId) || this.referencedLocally(t.blobId, t.storeId)) return;
-    try {
-      this.refuse(t.blobId, t.storeId);
-      await this.store(s.address).delete({ blobId: t.blobId, term: 0n }, { timeoutMs: 10_000 });
-    } catch (err) {
-      const ce = ConnectError.from(err);
-      throw new TaskError(`delete on ${t.storeId}: ${ce.rawMessage}`, {
-        storeFault: STORE_FAULTS.has(ce.code),
-        retryable: true,
-      });
-    }
+    const collected = await this.exclusive(t.blobId, t.storeId, async () => {
+      if (this.referencedLocally(t.blobId, t.storeId)) return false;
+      // A copy's commit whose answer was lost may still land: wait out the grace period.
+      if (this.copiedRecently(t.blobId, t.storeId)) return false;
+      const s = this.mirror.stores.get(t.storeId);
+      if (!s) return false;
+      this.ensureActing();
+      const res = await this.deps.directory.verifyBlobs(t.storeId, [t.blobId]);
+      if (res.referencedBlobIds.includes(t.blobId) || this.referencedLocally(t.blobId, t.storeId)) {
+        return false;
+      }
+      this.ensureActing();
+      try {
+        await this.store(s.address).delete({ blobId: t.blobId, term: 0n }, { timeoutMs: 10_000 });
+      } catch (err) {
+        const ce = ConnectError.from(err);
+        throw new TaskError(`delete on ${t.storeId}: ${ce.rawMessage}`, {
+          storeFault: STORE_FAULTS.has(ce.code),
+          retryable: true,
+        });
+      }
+      return true;
+    });
+    if (!collected) return;
     this.deps.events?.onCollected?.(t.storeId, t.blobId);
     this.log.info({ blob: t.blobId, store: t.storeId }, 'orphan needle collected');
   }
 
-  /** Best-effort tombstone (an orphan left behind is collected by GC later). */
+  private noteCopy(blobId: string, storeId: string): void {
+    const now = this.now();
+    if (this.copiedAt.size >= 10_000) {
+      for (const [k, at] of this.copiedAt) if (now - at >= this.cfg.gcGracePeriodMs) this.copiedAt.delete(k);
+    }
+    this.copiedAt.set(pairKey(blobId, storeId), now);
+  }
+
+  private copiedRecently(blobId: string, storeId: string): boolean {
+    const at = this.copiedAt.get(pairKey(blobId, storeId));
+    return at !== undefined && this.now() - at < this.cfg.gcGracePeriodMs;
+  }
+
+  /**
+   * Best-effort tombstone, sent under the pair's lock (an orphan left behind is
+   * collected by GC later). Stops once the lease is lost, for the same reason.
+   */
   private async tombstone(storeId: string, address: string, blobId: string): Promise<void> {
-    // A tombstoned store never takes the id again.
-    this.refuse(blobId, storeId);
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < 3 && this.acting(); i++) {
       try {
         await this.store(address).delete({ blobId, term: 0n }, { timeoutMs: 5_000 });
         return;
       } catch (err) {
         this.log.debug(
-          { blob: blobId, store: address, err: ConnectError.from(err).message },
+          { blob: blobId, store: storeId, err: ConnectError.from(err).message },
           'tombstone failed',
         );
         await sleep(200 * 2 ** i);

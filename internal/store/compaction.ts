@@ -14,6 +14,11 @@
  * `.idx.compact` (same generation) or, failing that, rebuilds the index from
  * the volume. Appends to the volume stay blocked until the rename is durable,
  * so nothing acknowledged can depend on a rename that a crash might undo.
+ *
+ * Needles and records are copied as they are, stamps included. Only the
+ * records the map points at (each key's greatest stamp) are kept; every record
+ * dropped is superseded by a greater stamp that stays on disk, so the load
+ * order (store.ts) reaches the same map after a restart.
  */
 import fs, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';

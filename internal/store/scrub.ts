@@ -17,6 +17,8 @@ export interface CorruptNeedleReport {
   volumeId: number;
   offset: number;
   reason: string;
+  /** Not the current needle of its blob id (never served; compaction drops it). */
+  superseded: boolean;
 }
 
 export interface ScrubReport {
@@ -53,6 +55,7 @@ export async function scrubVolume(v: Volume, map: NeedleMap): Promise<ScrubRepor
             volumeId: v.id,
             offset: r.offset,
             reason: current ? reason : `${reason} (superseded needle; compaction will drop it)`,
+            superseded: !current,
           });
         try {
           const n = await readFully(dat.handle, head, r.offset);

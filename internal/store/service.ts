@@ -118,6 +118,7 @@ export class StoreServiceImpl {
               volumeId: c.volumeId,
               offset: BigInt(c.offset),
               reason: c.reason,
+              superseded: c.superseded,
             })),
           };
         }),
@@ -327,7 +328,9 @@ export class StoreServiceImpl {
       for await (const msg of stream) {
         if (msg.msg.case === 'header') {
           size = msg.msg.value.size;
-          writer = await this.o.store.beginWrite(blobId, cookie, Number(size));
+          // A manager-placed copy may take back an id this store tombstoned (a
+          // removal or a repair); the manager re-deletes copies of deleted blobs.
+          writer = await this.o.store.beginWrite(blobId, cookie, Number(size), { replaceTombstone: true });
         } else if (msg.msg.case === 'chunk') {
           if (!writer)
             throw new ConnectError(`source ${source.storeId} sent data before its header`, Code.Internal);

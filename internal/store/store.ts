@@ -9,9 +9,14 @@
  * - Rewriting a live id with the same size, cookie and SHA-256 is idempotent
  *   (returns the existing placement, writes nothing); other content →
  *   AlreadyExistsError('different-content').
- * - Deleted ids are never reused: writing one → AlreadyExistsError('deleted').
- *   The tombstone is kept through compaction so the delete survives restarts
- *   even while older volumes still hold the data needle.
+ * - Deleted ids are not reused by writes: writing one → AlreadyExistsError('deleted').
+ *   Only a replica copy (`replaceTombstone`, the replication manager's Replicate)
+ *   may write over a tombstone; its needle supersedes the tombstone.
+ * - Every needle and tombstone carries a stamp (`writtenAtMs`), strictly
+ *   increasing per store. On load, of all records of a key in all volumes the
+ *   one with the greatest stamp wins (a tombstone wins a tie), so a delete
+ *   survives restarts and compaction while older volumes still hold the data
+ *   needle, and a later copy survives them over an older tombstone.
  * - Deleting an unknown or already deleted id writes nothing and returns false.
  * - Cookie 0 / undefined on read skips the cookie check; a mismatch is NotFound.
  * - Reads verify the CRC32C of the whole needle data, also for range reads
@@ -22,6 +27,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import { validateBlobId } from '../common/blob-id.js';
+import { KeyLock } from '../common/key-lock.js';
 import { type CompactionResult, type CompactionStep, compactVolume } from './compaction.js';
 import { crc32c } from './crc32c.js';
 import {
@@ -35,7 +41,6 @@ import {
 import { fsyncDir, readFully } from './fs-util.js';
 import { INDEX_HEADER_SIZE, type IndexRecord, scanIndexFile } from './index-file.js';
 import type { KeyHash } from './key-hash.js';
-import { KeyLock } from './key-lock.js';
 import {
   dataOffset,
   decodeFooter,
@@ -96,6 +101,14 @@ export interface WriteResult {
   sha256: Uint8Array;
   /** True when the blob already existed with identical content (idempotent retry). */
   existed: boolean;
+}
+
+export interface WriteOptions {
+  /**
+   * A replica copy, placed by the replication manager: it may write over a
+   * tombstone (the new needle supersedes it). Client writes never set it.
+   */
+  replaceTombstone?: boolean;
 }
 
 export interface NeedleWriter {
@@ -179,6 +192,16 @@ function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
+/**
+ * Whether a record (stamp, deleted) supersedes the current entry of its key on
+ * load. The greater stamp wins; on a tie, or when the current entry's header is
+ * unreadable (its stamp unknown), a tombstone wins and otherwise the later record.
+ */
+function supersedes(stamp: number, deleted: boolean, cur: number | undefined, curDeleted: boolean): boolean {
+  if (cur !== undefined && stamp !== cur) return stamp > cur;
+  return deleted || !curDeleted;
+}
+
 function ioError(err: unknown, what: string): unknown {
   if (isNoSpaceError(err)) {
     return new ResourceExhaustedError(
@@ -205,6 +228,8 @@ export class Store {
   private readonly locks = new KeyLock();
   private creating: Promise<void> | undefined;
   private closed = false;
+  /** Greatest stamp given or loaded: stamps stay increasing even if the clock steps back. */
+  private lastStamp = 0;
 
   private constructor(o: StoreOpenOptions) {
     this.dataDir = o.dataDir;
@@ -261,17 +286,38 @@ export class Store {
     return s;
   }
 
-  /** Loading rule: a tombstone always wins; otherwise the later record wins. */
+  /**
+   * Loading rule, a stamp-ordered merge over every volume's records: the record
+   * with the greatest stamp wins (see `supersedes`), whatever the volume order.
+   */
   private applyRecord(v: Volume, r: IndexRecord): void {
+    if (r.writtenAtMs > this.lastStamp) this.lastStamp = r.writtenAtMs;
     const loc: NeedleLocation = {
       volumeId: v.id,
       offset: r.offset,
       length: needleLength(r.key.length, r.dataSize),
       deleted: (r.flags & FLAG_DELETED) !== 0,
     };
-    const cur = this.map.get(r.key);
-    if (cur?.deleted) return;
-    this.map.set(r.key, loc);
+    const cur = this.map.lookup(r.key);
+    if (!cur) {
+      this.map.set(r.key, loc);
+      return;
+    }
+    // One header read both confirms the key and gives the current entry's stamp.
+    const h = this.volumes.get(cur.volumeId)?.readHeaderSync(cur.offset);
+    if (h && h.key !== r.key) {
+      this.map.set(r.key, loc); // another key with the same hash
+      return;
+    }
+    if (supersedes(r.writtenAtMs, loc.deleted, h?.writtenAtMs, cur.deleted))
+      this.map.replace(r.key, cur, loc);
+  }
+
+  /** The next stamp: strictly increasing per store, so one key's records are totally ordered. */
+  private nextStamp(): number {
+    const s = Math.max(Math.floor(this.clock.now()), this.lastStamp + 1);
+    this.lastStamp = s;
+    return s;
   }
 
   private recomputeStats(only?: Volume): void {
@@ -539,7 +585,12 @@ export class Store {
    * Starts writing blob `blobId` of exactly `size` bytes. Holds the id's lock
    * until commit/abort (a concurrent writer of the same id waits).
    */
-  async beginWrite(blobId: string, cookie: bigint, size: number): Promise<NeedleWriter> {
+  async beginWrite(
+    blobId: string,
+    cookie: bigint,
+    size: number,
+    opts: WriteOptions = {},
+  ): Promise<NeedleWriter> {
     this.checkOpen();
     this.checkId(blobId);
     if (!Number.isSafeInteger(size) || size < 0)
@@ -555,13 +606,15 @@ export class Store {
       const existing = await this.resolve(blobId);
       if (existing) {
         existing.file.release();
-        if (existing.loc.deleted) {
+        if (!existing.loc.deleted)
+          return new BlobWriter(this, blobId, cookie, size, release, undefined, existing);
+        if (!opts.replaceTombstone) {
           throw new AlreadyExistsError(
             `blob ${blobId} was deleted; deleted ids cannot be reused, write under a new id`,
             'deleted',
           );
         }
-        return new BlobWriter(this, blobId, cookie, size, release, undefined, existing);
+        // A replica copy: the new needle's later stamp supersedes the tombstone.
       }
       const length = needleLength(blobId.length, size);
       const { vol, offset } = await this.reserveSpace(length);
@@ -570,7 +623,7 @@ export class Store {
         cookie,
         flags: 0,
         dataSize: size,
-        writtenAtMs: this.clock.now(),
+        writtenAtMs: this.nextStamp(),
       });
       try {
         await vol.writeDat(header, offset);
@@ -625,8 +678,10 @@ export class Store {
       if (!r) return false;
       r.file.release();
       if (r.loc.deleted) return false;
+      // Header and index record carry the same stamp (the load order compares them).
+      const stamp = this.nextStamp();
       const tomb = encodeNeedle(
-        { key: blobId, cookie: r.header.cookie, flags: FLAG_DELETED, writtenAtMs: this.clock.now() },
+        { key: blobId, cookie: r.header.cookie, flags: FLAG_DELETED, writtenAtMs: stamp },
         new Uint8Array(0),
       );
       const { vol, offset } = await this.reserveTombstoneSpace(tomb.length, r.vol);
@@ -638,7 +693,7 @@ export class Store {
           offset,
           dataSize: 0,
           cookie: r.header.cookie,
-          writtenAtMs: this.clock.now(),
+          writtenAtMs: stamp,
         };
         await vol.committer.submit({
           record,

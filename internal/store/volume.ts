@@ -207,9 +207,14 @@ export class Volume {
 
   /** Synchronously reads the blob id stored in the needle header at `offset` (needle map key check). */
   readKeySync(offset: number): string | undefined {
+    return this.readHeaderSync(offset)?.key;
+  }
+
+  /** Synchronously reads and verifies the needle header at `offset`; undefined if unreadable. */
+  readHeaderSync(offset: number): NeedleHeader | undefined {
     try {
       const n = fsReadSync(this.dat.handle.fd, this.keyBuf, offset);
-      return decodeHeader(this.keyBuf.subarray(0, n)).key;
+      return decodeHeader(this.keyBuf.subarray(0, n));
     } catch {
       return undefined;
     }

@@ -214,3 +214,51 @@ describe('three stores with fan-out replication', () => {
     expect(code).toBe(Code.Unavailable);
   });
 });
+
+describe('a replica copy over a tombstone', () => {
+  const dstDir = tmpName('copy-dst');
+  let src: ServerProcess;
+  let dst: ServerProcess;
+
+  beforeAll(async () => {
+    src = await startStore('copy-src');
+    dst = await startStore('copy-dst', dstDir);
+  });
+  afterAll(async () => {
+    await Promise.all([src?.stop(), dst?.stop()]);
+  });
+
+  it('is taken back by Replicate (not by a client Write) and survives a restart', async () => {
+    const data = bytes(50_000, 12);
+    const a = storeClient(src.address);
+    await writeBlob(a, 'again', data, {
+      forwardTo: [{ storeId: 'copy-dst', address: dst.address }],
+      cookie: 9n,
+    });
+    // The replication manager removed the replica on dst (a tombstone there).
+    expect((await storeClient(dst.address).delete({ blobId: 'again' })).found).toBe(true);
+    expect(await codeOf(writeBlob(storeClient(dst.address), 'again', data, { cookie: 9n }))).toBe(
+      Code.AlreadyExists,
+    );
+    const copy = await storeClient(dst.address).replicate({
+      blobId: 'again',
+      cookie: 9n,
+      sha256: sha(data),
+      source: { storeId: 'copy-src', address: src.address },
+    });
+    expect(copy.replica?.storeId).toBe('copy-dst');
+    expect(sameBytes(await readBlob(storeClient(dst.address), 'again', { cookie: 9n }), data)).toBe(
+      'identical',
+    );
+    await dst.stop();
+    dst = await startStore('copy-dst', dstDir);
+    const b = storeClient(dst.address);
+    expect(sameBytes(await readBlob(b, 'again', { cookie: 9n }), data)).toBe('identical');
+    // Deleted again: stays deleted across a restart and a compaction.
+    expect((await b.delete({ blobId: 'again' })).found).toBe(true);
+    await b.compact({ force: true });
+    await dst.stop();
+    dst = await startStore('copy-dst', dstDir);
+    expect(await codeOf(readBlob(storeClient(dst.address), 'again'))).toBe(Code.NotFound);
+  });
+});

@@ -3,6 +3,7 @@ import { Code, ConnectError } from '@connectrpc/connect';
 import { BlobState, StoreHealth } from '../../../gen/haystack/v1/common_pb.js';
 import {
   GetClusterStatusResponseSchema,
+  type UpdateReplicasRequest,
   UpdateReplicasRequestSchema,
   UpdateReplicasResponseSchema,
   VerifyBlobsResponseSchema,
@@ -24,6 +25,10 @@ export class FakeDirectory implements DirectoryCalls {
   /** Blob ids with an allocation in flight (VerifyBlobs counts them referenced). */
   readonly inflight = new Set<string>();
   updates = 0;
+  /** Runs after an UpdateReplicas is committed, before it is answered (a slow answer). */
+  afterUpdate?: (req: UpdateReplicasRequest) => Promise<void>;
+  /** Runs after a VerifyBlobs answer is computed, before it is returned. */
+  afterVerify?: (storeId: string, blobIds: string[]) => Promise<void>;
 
   append(change: MessageInitShape<typeof LogEntrySchema>['change']): LogEntry {
     const e = create(LogEntrySchema, {
@@ -96,19 +101,23 @@ export class FakeDirectory implements DirectoryCalls {
         targetReplicaCount: req.targetReplicaCount,
       },
     });
-    return create(UpdateReplicasResponseSchema, {
+    const res = create(UpdateReplicasResponseSchema, {
       commitIndex: e.index,
       blob: this.state.active(req.blobId),
     });
+    await this.afterUpdate?.(req);
+    return res;
   }
 
   async verifyBlobs(storeId: string, blobIds: string[]) {
-    return create(VerifyBlobsResponseSchema, {
+    const res = create(VerifyBlobsResponseSchema, {
       referencedBlobIds: blobIds.filter(
         (id) =>
           this.inflight.has(id) || this.state.blobs.get(id)?.replicas.some((r) => r.storeId === storeId),
       ),
     });
+    await this.afterVerify?.(storeId, blobIds);
+    return res;
   }
 
   async clusterStatus() {
@@ -160,9 +169,17 @@ export class FakeStores {
   readonly failing = new Set<string>();
   /** Stores that refuse every Replicate as from a deposed sender (FAILED_PRECONDITION). */
   readonly deposing = new Set<string>();
-  /** store → ids it holds a tombstone for (a store never reuses a deleted id). */
+  /** store → ids it holds a tombstone for (a copy supersedes it, as on a real store). */
   readonly tombstoned = new Map<string, Set<string>>();
+  /** store → ids of corrupt needles a later copy superseded (scrub reports them as such). */
+  readonly superseded = new Map<string, Set<string>>();
+  /** store → ids it answers ALREADY_EXISTS for (it holds other content under the id). */
+  readonly refusing = new Map<string, Set<string>>();
   replicateCalls: { from: string; to: string; blobId: string }[] = [];
+  /** Runs after a Replicate is applied, before it is answered (a slow answer). */
+  afterReplicate?: (storeId: string, blobId: string) => Promise<void>;
+  /** Runs when a Delete is applied. */
+  onDelete?: (storeId: string, blobId: string) => void;
 
   on(storeId: string): Map<string, Needle> {
     let m = this.needles.get(storeId);
@@ -178,12 +195,11 @@ export class FakeStores {
   }
 
   tombstone(storeId: string, blobId: string): void {
-    let t = this.tombstoned.get(storeId);
-    if (!t) {
-      t = new Set();
-      this.tombstoned.set(storeId, t);
-    }
-    t.add(blobId);
+    addTo(this.tombstoned, storeId, blobId);
+  }
+
+  refuse(storeId: string, blobId: string): void {
+    addTo(this.refusing, storeId, blobId);
   }
 
   has(storeId: string, blobId: string): boolean {
@@ -205,23 +221,33 @@ export class FakeStores {
         const n = this.on(src).get(req.blobId);
         if (!n) throw new ConnectError('source lacks it', Code.NotFound);
         if (n.corrupt) throw new ConnectError('checksum mismatch', Code.DataLoss);
-        if (this.tombstoned.get(address)?.has(req.blobId)) {
-          throw new ConnectError('deleted ids cannot be reused', Code.AlreadyExists);
+        if (this.refusing.get(address)?.has(req.blobId)) {
+          throw new ConnectError('exists with other content', Code.AlreadyExists);
         }
         this.replicateCalls.push({ from: src, to: address, blobId: req.blobId });
-        this.on(address).set(req.blobId, { data: n.data, writtenAt: Date.now(), corrupt: false });
+        // Idempotent over a live copy; a new needle supersedes a tombstone.
+        if (!this.on(address).has(req.blobId)) {
+          this.tombstoned.get(address)?.delete(req.blobId);
+          this.on(address).set(req.blobId, { data: n.data, writtenAt: Date.now(), corrupt: false });
+        }
+        await this.afterReplicate?.(address, req.blobId);
         return { replica: { storeId: address, volumeId: 2, offset: 0n }, size: BigInt(n.data.length) };
       },
       delete: async (req: { blobId: string }) => {
         check();
         this.tombstone(address, req.blobId);
-        return { found: this.on(address).delete(req.blobId) };
+        const found = this.on(address).delete(req.blobId);
+        this.onDelete?.(address, req.blobId);
+        return { found };
       },
       scrub: async () => {
         check();
         const corrupt = [...this.on(address)]
           .filter(([, n]) => n.corrupt)
-          .map(([blobId]) => ({ blobId, volumeId: 1, offset: 0n, reason: 'crc' }));
+          .map(([blobId]) => ({ blobId, volumeId: 1, offset: 0n, reason: 'crc', superseded: false }));
+        for (const blobId of this.superseded.get(address) ?? []) {
+          corrupt.push({ blobId, volumeId: 1, offset: 8n, reason: 'crc (superseded)', superseded: true });
+        }
         return { needlesChecked: BigInt(this.on(address).size), bytesChecked: 0n, corrupt };
       },
       listNeedles: async (req: { pageSize: number; pageToken: string }) => {
@@ -241,6 +267,43 @@ export class FakeStores {
     };
     return fake as unknown as StoreCalls;
   }
+}
+
+/**
+ * A latch a fake call waits on, opened by the test when the event it waits for
+ * happens; `pass(fallbackMs)` goes through anyway after that long, for when the
+ * code under test (rightly) never lets the event happen.
+ */
+export class Gate {
+  entered = false;
+  private opened = false;
+  private readonly waiters: (() => void)[] = [];
+
+  open(): void {
+    this.opened = true;
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  async pass(fallbackMs: number): Promise<void> {
+    this.entered = true;
+    if (this.opened) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, fallbackMs);
+      this.waiters.push(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+}
+
+function addTo(m: Map<string, Set<string>>, storeId: string, blobId: string): void {
+  let set = m.get(storeId);
+  if (!set) {
+    set = new Set();
+    m.set(storeId, set);
+  }
+  set.add(blobId);
 }
 
 /** Polls until `fn` returns true (or throws after `ms`). */

@@ -4,7 +4,7 @@ import { TaskKind, TaskState } from '../../../gen/haystack/v1/replication_pb.js'
 import { readReplicationConfig } from '../../../internal/replication/config.js';
 import { ReplicationManager } from '../../../internal/replication/manager.js';
 import { createLogger } from '../../../internal/server/logger.js';
-import { FakeDirectory, FakeStores, until } from './fakes.js';
+import { FakeDirectory, FakeStores, Gate, until } from './fakes.js';
 
 const managers: ReplicationManager[] = [];
 
@@ -107,11 +107,11 @@ describe('ReplicationManager (fake directory and stores)', () => {
     }
   });
 
-  it('places a copy elsewhere when the preferred store holds a tombstone for the blob', async () => {
+  it('places a copy elsewhere when the preferred store refuses the blob (ALREADY_EXISTS)', async () => {
     const { dir, fs, m, blob } = setup();
     blob('t', ['s1', 's2', 's3']);
-    // s4 (zone z0, the zone s1 leaves empty) deleted this id once and refuses it.
-    fs.tombstone('s4', 't');
+    // s4 (zone z0, the zone s1 leaves empty) holds other content under this id and refuses it.
+    fs.refuse('s4', 't');
     m.start();
     await until(() => m.mirror.loaded && m.active);
     fs.down.add('s1');
@@ -122,6 +122,23 @@ describe('ReplicationManager (fake directory and stores)', () => {
     // Refused once, then never tried again.
     expect(m.queue.list(TaskState.FAILED, 100).filter((t) => t.storeId === 's4')).toHaveLength(1);
     expect(m.queue.pending).toBe(0);
+  });
+
+  it('copies a blob back onto a store it removed (tombstoned) the blob from', async () => {
+    const { dir, fs, m, blob } = setup({}, ['s1', 's2', 's3', 's4']);
+    // Four replicas, target 3: one is removed, and its store holds a tombstone.
+    blob('x', ['s1', 's2', 's3', 's4']);
+    m.start();
+    await until(() => dir.holders('x').length === 3, 5_000, 'one replica removed');
+    const [removed] = ['s1', 's2', 's3', 's4'].filter((s) => !dir.holders('x').includes(s));
+    expect(fs.has(removed!, 'x')).toBe(false);
+    // A holder dies: the only store left to copy to is the one that tombstoned the blob.
+    const dead = dir.holders('x')[0]!;
+    fs.down.add(dead);
+    dir.setHealth(dead, StoreHealth.DOWN);
+    await until(() => dir.holders('x').includes(removed!), 5_000, `copy back on ${removed}`);
+    expect(dir.holders('x').filter((s) => s !== dead)).toHaveLength(3);
+    for (const s of dir.holders('x').filter((h) => h !== dead)) expect(fs.has(s, 'x'), s).toBe(true);
   });
 
   it('does not spin on a store that refuses a copy outright; the copy goes elsewhere', async () => {
@@ -150,6 +167,23 @@ describe('ReplicationManager (fake directory and stores)', () => {
     expect(fs.has('s2', 'x')).toBe(false);
     expect(fs.replicateCalls.every((c) => c.from !== 's2')).toBe(true);
     expect(m.queue.list(TaskState.DONE, 10).some((t) => t.kind === TaskKind.REPAIR)).toBe(true);
+  });
+
+  it('repairs nothing for a corrupt needle that a later copy superseded', async () => {
+    const { fs, m, blob } = setup();
+    blob('x', ['s1', 's2', 's3']);
+    // s2 held a corrupt copy once, was repaired, and took a fresh copy since.
+    fs.superseded.set('s2', new Set(['x']));
+    fs.on('s3').get('x')!.corrupt = true;
+    m.start();
+    await until(() => m.mirror.loaded && m.active);
+    await m.scrubAll();
+    const repairs = [
+      ...m.queue.forBlob('x'),
+      ...m.queue.list(TaskState.DONE, 100),
+      ...m.queue.list(TaskState.FAILED, 100),
+    ].filter((t) => t.blobId === 'x' && t.kind === TaskKind.REPAIR);
+    expect(repairs.map((t) => t.storeId)).toEqual(['s3']);
   });
 
   it('collects an orphan needle after the grace period, never one whose commit is in flight', async () => {
@@ -182,5 +216,100 @@ describe('ReplicationManager (fake directory and stores)', () => {
     expect(dir.holders('a')).not.toContain('s3');
     expect(dir.holders('b')).not.toContain('s3');
     expect(m.queue.breakerStates(Date.now()).find((b) => b.storeId === 's3')?.open).toBe(true);
+  });
+});
+
+/**
+ * A copy onto a store and a tombstone sent to the same store for the same blob
+ * must never interleave: a tombstone landing between a copy's Replicate and its
+ * commit leaves the directory listing a replica the store has deleted. Each test
+ * holds the answers of the fakes so that the unsafe interleaving happens if the
+ * manager allows it; a manager that serialises the pair makes the gate wait in
+ * vain (its fallback then lets it through).
+ */
+describe('ReplicationManager: copies and tombstones on one (blob, store) pair', () => {
+  const quiet = { GC_INTERVAL: '1h', MONITORING_INTERVAL: '1h' };
+  const stores4 = ['s1', 's2', 's3', 's4'];
+
+  /** Every replica the directory lists is held live by its store. */
+  function expectListedHeld(dir: FakeDirectory, fs: FakeStores, blobId: string): void {
+    for (const s of dir.holders(blobId))
+      expect(fs.has(s, blobId), `${s} is listed and holds ${blobId}`).toBe(true);
+  }
+
+  it('a collection on a store and a repair copy to it', async () => {
+    const { dir, fs, m, blob } = setup(quiet, stores4);
+    blob('x', ['s1', 's2', 's3']);
+    // s4 holds an orphan copy of x (an earlier copy whose commit was lost).
+    fs.put('s4', 'x', Date.now() - 60_000);
+    const verified = new Gate();
+    const collected = new Gate();
+    let verifies = 0;
+    // The collection's re-check answers "unreferenced" but slowly: the copy onto s4
+    // is applied meanwhile, and its commit waits until the tombstone landed.
+    dir.afterVerify = async (storeId, ids) => {
+      if (storeId === 's4' && ids.includes('x') && ++verifies === 2) await verified.pass(300);
+    };
+    fs.afterReplicate = async (storeId, blobId) => {
+      if (storeId !== 's4' || blobId !== 'x') return;
+      verified.open();
+      await collected.pass(300);
+    };
+    fs.onDelete = (storeId, blobId) => {
+      if (storeId === 's4' && blobId === 'x') collected.open();
+    };
+    m.start();
+    await until(() => m.mirror.loaded && m.active);
+    await m.gc();
+    await until(() => verified.entered, 5_000, 'the collection re-checking x on s4');
+    // s2's copy is corrupt: the repair drops it and copies onto s4, the only store left.
+    fs.on('s2').get('x')!.corrupt = true;
+    m.reportCorruption('s2', ['x']);
+    await until(
+      () => m.queue.pending === 0 && !dir.holders('x').includes('s2') && dir.holders('x').length === 3,
+      5_000,
+      'repair done',
+    );
+    expect(dir.holders('x')).toEqual(['s1', 's3', 's4']);
+    expectListedHeld(dir, fs, 'x');
+  });
+
+  it('a removal from a store and a repair copy to it', async () => {
+    const { dir, fs, m, blob } = setup(quiet, stores4);
+    // Four replicas for a target of 3: one is removed.
+    blob('x', stores4);
+    const committed = new Gate();
+    const removed = new Gate();
+    let victim = '';
+    // The removal's commit is answered slowly: the repair copies onto the removed
+    // store meanwhile, and that copy's commit waits until the tombstone landed.
+    dir.afterUpdate = async (req) => {
+      if (victim === '' && req.removeStoreIds.length === 1) {
+        victim = req.removeStoreIds[0]!;
+        await committed.pass(300);
+      }
+    };
+    fs.afterReplicate = async (storeId, blobId) => {
+      if (storeId !== victim || blobId !== 'x') return;
+      committed.open();
+      await removed.pass(300);
+    };
+    fs.onDelete = (storeId, blobId) => {
+      if (storeId === victim && blobId === 'x') removed.open();
+    };
+    m.start();
+    await until(() => committed.entered, 5_000, 'the removal committed');
+    await until(() => !m.mirror.blob('x')?.replicas.some((r) => r.storeId === victim), 5_000, 'mirror');
+    // A copy that is not the victim's goes corrupt: the repair's only destination is the victim.
+    const bad = stores4.find((s) => s !== victim)!;
+    fs.on(bad).get('x')!.corrupt = true;
+    m.reportCorruption(bad, ['x']);
+    await until(
+      () => m.queue.pending === 0 && !dir.holders('x').includes(bad) && dir.holders('x').length === 3,
+      5_000,
+      'repair done',
+    );
+    expect(dir.holders('x')).toContain(victim);
+    expectListedHeld(dir, fs, 'x');
   });
 });

@@ -43,14 +43,16 @@ export function rand(n: number): Uint8Array {
   return new Uint8Array(randomBytes(n));
 }
 
-/** Writes a blob in chunks of `chunk` bytes. */
+/** Writes a blob in chunks of `chunk` bytes; `replica` writes as a replica copy (Replicate) does. */
 export async function put(
   s: Store,
   id: string,
   data: Uint8Array,
-  opts: { cookie?: bigint; chunk?: number; sha?: Uint8Array } = {},
+  opts: { cookie?: bigint; chunk?: number; sha?: Uint8Array; replica?: boolean } = {},
 ) {
-  const w = await s.beginWrite(id, opts.cookie ?? 42n, data.length);
+  const w = await s.beginWrite(id, opts.cookie ?? 42n, data.length, {
+    replaceTombstone: opts.replica === true,
+  });
   const step = opts.chunk ?? 7919;
   for (let i = 0; i < data.length; i += step)
     await w.write(data.subarray(i, Math.min(data.length, i + step)));

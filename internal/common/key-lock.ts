@@ -1,6 +1,7 @@
 /**
- * Per-key mutual exclusion: at most one writer or deleter per blob id at a
- * time, so a blob id never gets two data needles from racing writers.
+ * Per-key mutual exclusion, first come first served: the store holds one per
+ * blob id (one writer or deleter at a time), the replication manager one per
+ * (blob, store) pair (one copy or tombstone at a time).
  */
 export class KeyLock {
   private readonly tails = new Map<string, Promise<void>>();
