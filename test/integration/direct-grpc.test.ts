@@ -147,7 +147,7 @@ function clients(addr: () => string): Array<[string, () => Client<typeof StoreSe
     ['connect-node gRPC', make(() => createGrpcTransport({ baseUrl: `http://${addr()}` }))],
     [
       'connect-node gRPC-Web (falls back to connect-node)',
-      make(() => createGrpcWebTransport({ baseUrl: `http://${addr()}` })),
+      make(() => createGrpcWebTransport({ baseUrl: `http://${addr()}`, httpVersion: '1.1' })),
     ],
   ];
 }
