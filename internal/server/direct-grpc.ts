@@ -241,10 +241,8 @@ class DirectCall {
     try {
       return fromBinary(this.spec.method.input, bytes);
     } catch (err) {
-      throw new ConnectError(
-        `cannot decode the request message: ${(err as Error).message}`,
-        Code.InvalidArgument,
-      );
+      // INTERNAL, as connect-node and grpc-go answer a request that does not unmarshal.
+      throw new ConnectError(`cannot decode the request message: ${(err as Error).message}`, Code.Internal);
     }
   }
 
@@ -265,16 +263,13 @@ class DirectCall {
     }
   }
 
-  private respond(extra?: http2.OutgoingHttpHeaders, endStream = false): void {
+  private respond(): void {
     this.responded = true;
     const headers: http2.OutgoingHttpHeaders = { ':status': 200, 'content-type': 'application/grpc+proto' };
     this.responseHeader?.forEach((v, k) => {
       headers[k] = v;
     });
-    this.stream.respond(
-      { ...headers, ...extra },
-      endStream ? { endStream: true } : { waitForTrailers: true },
-    );
+    this.stream.respond(headers, { waitForTrailers: true });
   }
 
   private async send(schema: DescMessage, init: unknown): Promise<void> {
@@ -308,7 +303,7 @@ class DirectCall {
     this.end(reason);
   }
 
-  /** Sends the status: in trailers, or as a trailers-only response when nothing was sent yet. */
+  /** Sends the status in trailers. */
   private end(err: unknown): void {
     if (this.finished || this.stream.destroyed || this.stream.closed) {
       this.finished = true;
@@ -328,10 +323,10 @@ class DirectCall {
     // Whatever the client still sends is not needed; keep flow control moving.
     this.stream.resume();
     try {
-      if (!this.responded) {
-        this.respond(trailers, true);
-        return;
-      }
+      // Headers, then the status in trailers, even when nothing else was sent (no
+      // trailers-only response): proxies such as Envoy's gRPC-Web filter then carry
+      // the status the same way as connect-node's.
+      if (!this.responded) this.respond();
       this.stream.once('wantTrailers', () => {
         try {
           if (!this.stream.destroyed) this.stream.sendTrailers(trailers);

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import http2 from 'node:http2';
 import { create, toBinary } from '@bufbuild/protobuf';
 import {
   type Client,
@@ -311,6 +312,36 @@ describe('direct path specifics', () => {
     expect(missing.code).not.toBe(0);
     expect(missing.stderr).toContain('NotFound');
     expect(missing.stderr).toContain('blob missing not found');
+  });
+
+  it('a request that does not unmarshal is INTERNAL in trailers after headers, and the server keeps serving', async () => {
+    const session = http2.connect(`http://${address}`);
+    const result = await new Promise<{
+      headers: http2.IncomingHttpHeaders;
+      trailers: http2.IncomingHttpHeaders;
+    }>((resolve, reject) => {
+      const req = session.request({
+        ':method': 'POST',
+        ':path': '/haystack.v1.StoreService/GetStats',
+        'content-type': 'application/grpc',
+        te: 'trailers',
+      });
+      let headers: http2.IncomingHttpHeaders = {};
+      req.on('response', (h) => {
+        headers = h;
+      });
+      req.on('trailers', (trailers) => resolve({ headers, trailers }));
+      req.on('error', reject);
+      req.on('data', () => {});
+      req.end(Buffer.from([0, 0, 0, 0, 3, 0xff, 0xff, 0xff]));
+    });
+    session.close();
+    expect(result.headers[':status']).toBe(200);
+    expect(result.headers['grpc-status']).toBeUndefined();
+    expect(result.trailers['grpc-status']).toBe('13');
+    expect(String(result.trailers['grpc-message'])).toContain('cannot decode the request message');
+    const c = createClient(StoreService, createDirectGrpcTransport({ address }));
+    expect((await c.getStats({})).storeId).toBe('fake');
   });
 
   it('a server that is not there is UNAVAILABLE', async () => {
