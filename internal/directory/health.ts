@@ -34,3 +34,20 @@ export function healthRank(h: StoreHealth): number {
       return -1;
   }
 }
+
+/**
+ * The order in which readers should try a blob's replicas: healthy before
+ * degraded (down and unknown stores left out), and a random order among equals,
+ * so the reads of a blob spread over all its replicas (the reason a hot blob
+ * gets more of them) instead of all landing on the first one committed.
+ */
+export function readOrder<T extends { health: StoreHealth }>(
+  replicas: T[],
+  random: () => number = Math.random,
+): T[] {
+  return replicas
+    .filter((r) => healthRank(r.health) >= 0)
+    .map((r) => ({ r, rank: healthRank(r.health), key: random() }))
+    .sort((a, b) => a.rank - b.rank || a.key - b.key)
+    .map((x) => x.r);
+}

@@ -5,7 +5,6 @@ import {
   type BlobMeta,
   BlobMetaSchema,
   BlobState,
-  StoreHealth,
   type StoreTarget,
 } from '../../gen/haystack/v1/common_pb.js';
 import {
@@ -39,7 +38,7 @@ import {
 import { StoreRecordSchema } from '../../gen/haystack/v1/metadata_pb.js';
 import { validateBlobId } from '../common/blob-id.js';
 import { allocateStores } from './allocation.js';
-import { healthRank } from './health.js';
+import { readOrder } from './health.js';
 import type { DirectoryNode } from './node.js';
 import { FORWARDED_HEADER, LEADER_ADDRESS_HEADER, notLeaderError, unavailable } from './peers.js';
 import { sameContent } from './state-machine.js';
@@ -368,23 +367,19 @@ export class DirectoryHandlers {
     const locations = req.blobIds.map((id) => {
       const blob = state.active(id);
       if (!blob) return create(BlobLocationSchema, { blobId: id, found: false });
-      const replicas = blob.replicas
-        .map((r) => {
-          const rec = state.stores.get(r.storeId);
-          const health = leading
-            ? this.stores.currentHealth(r.storeId)
-            : (rec?.health ?? StoreHealth.UNSPECIFIED);
-          return { r, rec, health };
-        })
-        .filter((x) => x.rec && healthRank(x.health) >= 0)
-        .sort((a, b) => healthRank(a.health) - healthRank(b.health))
-        .map((x) => ({
-          storeId: x.r.storeId,
-          address: x.rec?.address ?? '',
-          volumeId: x.r.volumeId,
-          health: x.health,
-          zone: x.rec?.zone ?? '',
-        }));
+      const known = blob.replicas.flatMap((r) => {
+        const rec = state.stores.get(r.storeId);
+        if (!rec) return [];
+        const health = leading ? this.stores.currentHealth(r.storeId) : rec.health;
+        return [{ r, rec, health }];
+      });
+      const replicas = readOrder(known).map((x) => ({
+        storeId: x.r.storeId,
+        address: x.rec.address,
+        volumeId: x.r.volumeId,
+        health: x.health,
+        zone: x.rec.zone,
+      }));
       return create(BlobLocationSchema, { blobId: id, found: true, blob, replicas });
     });
     return create(LocateResponseSchema, { locations, appliedIndex: state.appliedIndex });
