@@ -13,10 +13,14 @@
  *   Only a replica copy (`replaceTombstone`, the replication manager's Replicate)
  *   may write over a tombstone; its needle supersedes the tombstone.
  * - Every needle and tombstone carries a stamp (`writtenAtMs`), strictly
- *   increasing per store. On load, of all records of a key in all volumes the
- *   one with the greatest stamp wins (a tombstone wins a tie), so a delete
- *   survives restarts and compaction while older volumes still hold the data
- *   needle, and a later copy survives them over an older tombstone.
+ *   increasing per key: the wall clock, except that a record superseding one
+ *   of the same key (a tombstone over its needle, a copy over its tombstone)
+ *   is stamped at least 1 above it, so stamps of new keys never run ahead of
+ *   the clock whatever the write rate, and a clock that stands still or steps
+ *   back cannot reorder one key's records. On load, of all records of a key in
+ *   all volumes the one with the greatest stamp wins (a tombstone wins a tie),
+ *   so a delete survives restarts and compaction while older volumes still
+ *   hold the data needle, and a later copy survives them over an older tombstone.
  * - Deleting an unknown or already deleted id writes nothing and returns false.
  * - Cookie 0 / undefined on read skips the cookie check; a mismatch is NotFound.
  * - Reads verify the CRC32C of the whole needle data, also for range reads
@@ -228,8 +232,14 @@ export class Store {
   private readonly locks = new KeyLock();
   private creating: Promise<void> | undefined;
   private closed = false;
-  /** Greatest stamp given or loaded: stamps stay increasing even if the clock steps back. */
-  private lastStamp = 0;
+  /**
+   * Per key, the stamp of its latest record whose commit failed. That record
+   * may still be on disk (a needle whose footer wipe failed, a tombstone, an
+   * index append whose cut failed) and come back on a restart, so the key's
+   * next record is stamped above it. Cleared once a later record of the key
+   * is current; only failed commits add entries.
+   */
+  private readonly failedStamps = new Map<string, number>();
 
   private constructor(o: StoreOpenOptions) {
     this.dataDir = o.dataDir;
@@ -291,7 +301,6 @@ export class Store {
    * with the greatest stamp wins (see `supersedes`), whatever the volume order.
    */
   private applyRecord(v: Volume, r: IndexRecord): void {
-    if (r.writtenAtMs > this.lastStamp) this.lastStamp = r.writtenAtMs;
     const loc: NeedleLocation = {
       volumeId: v.id,
       offset: r.offset,
@@ -313,11 +322,21 @@ export class Store {
       this.map.replace(r.key, cur, loc);
   }
 
-  /** The next stamp: strictly increasing per store, so one key's records are totally ordered. */
-  private nextStamp(): number {
-    const s = Math.max(Math.floor(this.clock.now()), this.lastStamp + 1);
-    this.lastStamp = s;
-    return s;
+  /**
+   * The stamp of a new record of `key`: the wall clock, but greater than
+   * `current`, the stamp of the key's current record (undefined for a new
+   * key), and than any record of the key whose commit failed. The caller holds
+   * the key's lock until the record is published or failed, so one key's
+   * records are totally ordered.
+   */
+  private stampFor(key: string, current: number | undefined): number {
+    const floor = Math.max(current ?? -1, this.failedStamps.get(key) ?? -1);
+    return Math.max(Math.floor(this.clock.now()), floor + 1);
+  }
+
+  /** @internal a record of `key` stamped `stamp` (above any earlier failed one) failed to commit. */
+  _commitFailed(key: string, stamp: number): void {
+    this.failedStamps.set(key, stamp);
   }
 
   private recomputeStats(only?: Volume): void {
@@ -614,17 +633,12 @@ export class Store {
             'deleted',
           );
         }
-        // A replica copy: the new needle's later stamp supersedes the tombstone.
+        // A replica copy: the new needle's greater stamp supersedes the tombstone.
       }
       const length = needleLength(blobId.length, size);
       const { vol, offset } = await this.reserveSpace(length);
-      const header = encodeHeader({
-        key: blobId,
-        cookie,
-        flags: 0,
-        dataSize: size,
-        writtenAtMs: this.nextStamp(),
-      });
+      const stamp = this.stampFor(blobId, existing?.header.writtenAtMs);
+      const header = encodeHeader({ key: blobId, cookie, flags: 0, dataSize: size, writtenAtMs: stamp });
       try {
         await vol.writeDat(header, offset);
       } catch (err) {
@@ -632,7 +646,7 @@ export class Store {
         if (!isNoSpaceError(err)) vol.markBroken(`header write failed: ${(err as Error).message}`);
         throw ioError(err, `writing blob ${blobId}`);
       }
-      return new BlobWriter(this, blobId, cookie, size, release, { vol, offset, header }, undefined);
+      return new BlobWriter(this, blobId, cookie, size, release, { vol, offset, stamp }, undefined);
     } catch (err) {
       release();
       throw err;
@@ -651,6 +665,7 @@ export class Store {
   _publish(vol: Volume, key: string, loc: NeedleLocation): void {
     const prev = this.map.get(key);
     this.map.set(key, loc);
+    this.failedStamps.delete(key); // the new record was stamped above the failed ones
     if (prev) {
       const pv = this.volumes.get(prev.volumeId);
       if (pv) {
@@ -679,7 +694,7 @@ export class Store {
       r.file.release();
       if (r.loc.deleted) return false;
       // Header and index record carry the same stamp (the load order compares them).
-      const stamp = this.nextStamp();
+      const stamp = this.stampFor(blobId, r.header.writtenAtMs);
       const tomb = encodeNeedle(
         { key: blobId, cookie: r.header.cookie, flags: FLAG_DELETED, writtenAtMs: stamp },
         new Uint8Array(0),
@@ -701,6 +716,7 @@ export class Store {
             this._publish(vol, blobId, { volumeId: vol.id, offset, length: tomb.length, deleted: true }),
         });
       } catch (err) {
+        this._commitFailed(blobId, stamp);
         if (!isNoSpaceError(err)) vol.markBroken(`tombstone write failed: ${(err as Error).message}`);
         throw ioError(err, `deleting blob ${blobId}`);
       } finally {
@@ -899,7 +915,8 @@ export class Store {
 interface Placement {
   vol: Volume;
   offset: number;
-  header: Uint8Array;
+  /** The needle's stamp (header and index record carry the same). */
+  stamp: number;
 }
 
 class BlobWriter implements NeedleWriter {
@@ -1006,7 +1023,7 @@ class BlobWriter implements NeedleWriter {
           offset,
           dataSize: this.size,
           cookie: this.cookie,
-          writtenAtMs: decodeHeader(this.place.header).writtenAtMs,
+          writtenAtMs: this.place.stamp,
         };
         await vol.committer.submit({
           record,
@@ -1014,7 +1031,9 @@ class BlobWriter implements NeedleWriter {
             this.store._publish(vol, this.blobId, { volumeId: vol.id, offset, length, deleted: false }),
         });
       } catch (err) {
-        // Never let a failed commit resurface through recovery: wipe the footer (best effort).
+        // Never let a failed commit resurface through recovery: wipe the footer (best
+        // effort). Should the needle come back anyway, the key's next record outstamps it.
+        this.store._commitFailed(this.blobId, this.place.stamp);
         await vol.writeDat(new Uint8Array(NEEDLE_FOOTER_SIZE), footerAt).catch(() => {});
         if (!isNoSpaceError(err)) vol.markBroken(`commit failed: ${(err as Error).message}`);
         throw ioError(err, `committing blob ${this.blobId}`);

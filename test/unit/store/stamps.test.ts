@@ -3,14 +3,17 @@ import path from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { AlreadyExistsError, NotFoundError } from '../../../internal/store/errors.js';
+import { INDEX_HEADER_SIZE, scanIndexFile } from '../../../internal/store/index-file.js';
 import { NEEDLE_HEADER_SIZE } from '../../../internal/store/needle.js';
 import type { Store, StoreOpenOptions } from '../../../internal/store/store.js';
 import { blob, get, hex, openStore, put, tempDir } from './helpers.js';
 
 /**
- * Needles and tombstones are ordered by their per-store stamp: a replica copy
- * (Replicate) supersedes an older tombstone, a delete supersedes an older
- * needle, whatever volumes they sit in, through restarts and compaction.
+ * Needles and tombstones are ordered by their stamp, strictly increasing per
+ * key: a replica copy (Replicate) supersedes an older tombstone, a delete
+ * supersedes an older needle, whatever volumes they sit in, through restarts
+ * and compaction. A key's first record is stamped with the wall clock, however
+ * many records the store writes per millisecond.
  */
 
 const SMALL: Partial<StoreOpenOptions> = { maxVolumeSize: 8192 };
@@ -27,6 +30,23 @@ async function copyDir(from: string): Promise<string> {
   const to = await tempDir();
   await fs.cp(from, to, { recursive: true });
   return to;
+}
+
+/** The stamps of `key`'s index records, in volume and then file order. */
+async function stamps(dir: string, key: string): Promise<number[]> {
+  const idx = (await fs.readdir(dir)).filter((n) => /^\d+\.idx$/.test(n));
+  const out: number[] = [];
+  for (const name of idx.sort((a, b) => Number.parseInt(a, 10) - Number.parseInt(b, 10))) {
+    const h = await fs.open(path.join(dir, name), 'r');
+    try {
+      await scanIndexFile(h, INDEX_HEADER_SIZE, (await h.stat()).size, (r) => {
+        if (r.key === key) out.push(r.writtenAtMs);
+      });
+    } finally {
+      await h.close();
+    }
+  }
+  return out;
 }
 
 function permutations<T>(xs: T[]): T[][] {
@@ -57,7 +77,7 @@ describe('stamp-ordered needles and tombstones', () => {
     expect((await s.stats()).needleCount).toBe(0);
   });
 
-  it('keeps stamps increasing when the clock stands still or steps back across a restart', async () => {
+  it("keeps one key's stamps increasing when the clock stands still or steps back across a restart", async () => {
     const dir = await tempDir();
     let now = 5_000;
     const clock = { now: () => now };
@@ -65,8 +85,9 @@ describe('stamp-ordered needles and tombstones', () => {
     await put(s, 'x', X);
     expect(await s.delete('x')).toBe(true);
     await put(s, 'x', X, { replica: true }); // all three at the same clock reading
-    const first = (await s.openRead('x')).writtenAtMs;
-    expect(first).toBe(5_002);
+    expect((await s.openRead('x')).writtenAtMs).toBe(5_002);
+    await put(s, 'y', X); // a new key: the clock, whatever other keys got
+    expect((await s.openRead('y')).writtenAtMs).toBe(5_000);
     await s.close();
     now = 1_000; // the clock stepped back
     s = await openStore(dir, { clock });
@@ -74,13 +95,58 @@ describe('stamp-ordered needles and tombstones', () => {
     expect(await s.delete('x')).toBe(true);
     await put(s, 'x', X, { replica: true });
     expect((await s.openRead('x')).writtenAtMs).toBe(5_004);
+    expect(await s.delete('y')).toBe(true);
+    await put(s, 'z', X);
+    expect((await s.openRead('z')).writtenAtMs).toBe(1_000);
     await s.close();
     s = await openStore(dir, { clock });
     expect(hex(await get(s, 'x'))).toBe(hex(X));
     expect(await s.delete('x')).toBe(true);
     await s.close();
+    expect(await stamps(dir, 'x')).toEqual([5_000, 5_001, 5_002, 5_003, 5_004, 5_005]);
+    expect(await stamps(dir, 'y')).toEqual([5_000, 5_001]);
+    expect(await stamps(dir, 'z')).toEqual([1_000]);
     s = await openStore(dir, { clock });
     await expectDeleted(s, 'x');
+    await expectDeleted(s, 'y');
+  });
+
+  it('stamps a record whose commit failed below the next record of its key, in case a restart brings it back', async () => {
+    const dir = await tempDir();
+    const T = 9_000;
+    let failing = false;
+    const written = new Set<number>();
+    const opts: Partial<StoreOpenOptions> = {
+      clock: { now: () => T },
+      hooks: {
+        // The index append fails, and so does the wipe of the failed needle's
+        // footer (a second write at one position): the record stays whole on disk.
+        beforeWrite: (file, _v, pos) => {
+          if (!failing) return;
+          if (file === 'idx' && pos >= INDEX_HEADER_SIZE) throw new Error('EIO: i/o error');
+          if (file === 'dat' && written.has(pos)) throw new Error('EIO: i/o error');
+          if (file === 'dat') written.add(pos);
+        },
+      },
+    };
+    let s = await openStore(dir, opts);
+    await put(s, 'x', X);
+    failing = true;
+    await expect(s.delete('x')).rejects.toThrow('EIO');
+    await expect(put(s, 'y', X)).rejects.toThrow('EIO');
+    failing = false;
+    // Both keys as the failures left them in memory: x live, y absent.
+    expect(hex(await get(s, 'x'))).toBe(hex(X));
+    await expect(s.openRead('y')).rejects.toBeInstanceOf(NotFoundError);
+    expect(await s.delete('x')).toBe(true);
+    const Y = blob(2000, 9);
+    await put(s, 'y', Y);
+    await s.close();
+    s = await openStore(dir, opts); // recovery takes the failed records back from the volume tails
+    expect(await stamps(dir, 'x')).toEqual([T, T + 1, T + 2]);
+    expect(await stamps(dir, 'y')).toEqual([T, T + 1]);
+    await expectDeleted(s, 'x');
+    expect(hex(await get(s, 'y'))).toBe(hex(Y));
   });
 
   it('orders records across volumes through restarts and compaction of every volume in every order', async () => {
@@ -130,6 +196,33 @@ describe('stamp-ordered needles and tombstones', () => {
     }
   });
 
+  it('takes a record over the one it superseded in a higher-numbered volume', async () => {
+    const dir = await tempDir();
+    let s = await openStore(dir, SMALL);
+    const reopen = async () => {
+      await s.close();
+      s = await openStore(dir, SMALL);
+    };
+    // Volume 1: x, then a filler that fills it exactly; the tombstone goes to volume 2.
+    expect((await put(s, 'x', X)).volumeId).toBe(1);
+    await put(s, 'f1', blob(5022, 2));
+    expect(await s.delete('x')).toBe(true);
+    // Compacting volume 1 drops the superseded needle: the copy takes its place.
+    await s.compact(1, true);
+    expect((await put(s, 'x', X, { replica: true })).volumeId).toBe(1);
+    await reopen();
+    expect(hex(await get(s, 'x'))).toBe(hex(X));
+    // Volume 1 is full again: a tombstone and a second copy go to volume 2.
+    expect(await s.delete('x')).toBe(true);
+    expect((await put(s, 'x', X, { replica: true })).volumeId).toBe(2);
+    // Compacting volume 1 drops the first copy: the next tombstone goes there.
+    await s.compact(1, true);
+    expect(await s.delete('x')).toBe(true);
+    await reopen();
+    await expectDeleted(s, 'x');
+    expect(hex(await get(s, 'f1'))).toBe(hex(blob(5022, 2)));
+  });
+
   it('reports a corrupt needle a copy superseded as superseded', async () => {
     const dir = await tempDir();
     const s = await openStore(dir);
@@ -147,6 +240,54 @@ describe('stamp-ordered needles and tombstones', () => {
   });
 });
 
+describe('stamps follow the wall clock', () => {
+  const N = 5_000;
+  const data = blob(16, 7);
+
+  /** Writes N new keys, 250 at a time; `each` sees every key with the clock readings around its write. */
+  async function burst(s: Store, each: (id: string, before: number, after: number) => void): Promise<void> {
+    for (let i = 0; i < N; i += 250) {
+      await Promise.all(
+        Array.from({ length: 250 }, async (_, j) => {
+          const id = `k${String(i + j).padStart(5, '0')}`;
+          const before = Date.now();
+          await put(s, id, data);
+          each(id, before, Date.now());
+        }),
+      );
+    }
+  }
+
+  it('stamps 5,000 new keys written within one clock reading with that reading', async () => {
+    const now = 1_700_000_000_000;
+    const dir = await tempDir();
+    const s = await openStore(dir, { maxVolumeSize: 4 << 20, clock: { now: () => now } });
+    await burst(s, () => {});
+    const listed = await s.listNeedles(undefined, N);
+    expect(listed).toHaveLength(N);
+    expect(listed.filter((n) => n.writtenAtMs !== now)).toEqual([]);
+    // A record superseding one in the same millisecond still gets a greater stamp.
+    expect(await s.delete('k00000')).toBe(true);
+    await put(s, 'k00000', data, { replica: true });
+    expect(await stamps(dir, 'k00000')).toEqual([now, now + 1, now + 2]);
+  });
+
+  it('stamps a burst of 5,000 new keys at the wall clock, not ahead of it', async () => {
+    const s = await openStore(await tempDir(), { maxVolumeSize: 4 << 20 });
+    const windows = new Map<string, [number, number]>();
+    const started = Date.now();
+    await burst(s, (id, before, after) => windows.set(id, [before, after]));
+    const rate = N / Math.max(1, Date.now() - started);
+    const listed = await s.listNeedles(undefined, N);
+    expect(listed).toHaveLength(N);
+    const outside = listed.filter((n) => {
+      const [before, after] = windows.get(n.blobId)!;
+      return n.writtenAtMs < before || n.writtenAtMs > after;
+    });
+    expect(outside, `${rate.toFixed(1)} writes/ms`).toEqual([]);
+  });
+});
+
 type Op =
   | { t: 'put'; id: string; seed: number; replica: boolean }
   | { t: 'delete'; id: string }
@@ -154,6 +295,13 @@ type Op =
   | { t: 'compact'; pick: number }
   | { t: 'clock'; delta: number };
 
+/**
+ * The smallest volumes (4 KiB) hold one to three records, so a key's records
+ * scatter over volumes in every order: a newer record often lands in a
+ * lower-numbered volume (one with room left, or freed by compaction) than the
+ * record it supersedes, and only stamps can tell them apart on load.
+ */
+const TINY: Partial<StoreOpenOptions> = { maxVolumeSize: 4096 };
 const IDS = ['a', 'b', 'c'];
 const content = (id: string, seed: number) => blob(300 + seed * 1100 + id.charCodeAt(0), seed);
 
@@ -185,7 +333,7 @@ describe('stamp ordering against a reference model', () => {
       fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 30 }), async (ops) => {
         const dir = await tempDir();
         let now = 1_000_000;
-        const opts: Partial<StoreOpenOptions> = { ...SMALL, clock: { now: () => now } };
+        const opts: Partial<StoreOpenOptions> = { ...TINY, clock: { now: () => now } };
         let s = await openStore(dir, opts);
         const model: Model = new Map();
         try {
