@@ -41,6 +41,10 @@ describe('faults (reduced): kill -9 each component under a mixed load', () => {
       `\n${faultTable(res.reports)}\n\nacknowledged: ${JSON.stringify(counts)}; replicas at target after ${v.replicatedMs} ms\n`,
     );
     await saveReport('faults-reduced', { reports: res.reports, counts, ...v });
+    for (const r of res.reports) {
+      if (r.violations.length > 0)
+        process.stderr.write(`[faults] ${r.fault}: ${JSON.stringify(r.violations)}\n`);
+    }
     expect(res.wrongReads).toEqual([]);
     expect(res.reports.map((r) => [r.fault, r.violations])).toEqual(res.reports.map((r) => [r.fault, []]));
     expect(v.violations).toEqual([]);
