@@ -65,6 +65,12 @@ export class DirectoryNode {
   commitIndex = 0n;
   /** Monotonic time this instance's current leadership became ready. */
   leaderSinceMono = 0;
+  /**
+   * Whether the log held entries of earlier terms when this leader took office:
+   * then an earlier leader may have handed out allocations whose in-memory
+   * pending records died with it.
+   */
+  inheritedLog = false;
   /** Why writes are refused right now (for messages). */
   private notLeadingReason = 'no leader elected yet';
   /** The leader as this instance knows it. */
@@ -349,6 +355,7 @@ export class DirectoryNode {
       this.matchIndex.clear();
       for (const s of answered) this.matchIndex.set(s.res.directoryId, 0n);
       const index = this.appendLocal({ case: 'leaderChanged', value: { leaderId: this.id } });
+      this.inheritedLog = index > 1n;
       await this.waitCommitted(index, term);
       if (epoch !== this.epoch) return;
       this.leaderReady = true;

@@ -324,9 +324,17 @@ export class DirectoryHandlers {
       );
     }
     this.expirePending();
+    // Allocations are pending in the leader's memory only. For ALLOCATION_TTL after a
+    // failover, an upload the previous leader allocated may still commit (its
+    // gateway retries CommitWrite here), so an id this directory has never seen
+    // could be such an upload's needle: keep it until every inherited allocation
+    // has expired. GC waits; no committed blob loses a replica to it.
+    const inherited =
+      this.node.inheritedLog && performance.now() - this.node.leaderSinceMono < this.node.cfg.allocationTtlMs;
     const referenced = req.blobIds.filter((id) => {
-      const b = this.node.state.active(id);
-      if (b?.replicas.some((r) => r.storeId === req.storeId)) return true;
+      const b = this.node.state.blobs.get(id);
+      if (b === undefined) return inherited || this.pending.has(id);
+      if (b.state === BlobState.ACTIVE && b.replicas.some((r) => r.storeId === req.storeId)) return true;
       // An allocation in flight may land on any store: keep it.
       return this.pending.has(id);
     });
