@@ -112,30 +112,6 @@ describe('directory failover: real processes, real Redis', () => {
     expect(leaders.size).toBeGreaterThanOrEqual(2);
   });
 
-  it("after a failover, VerifyBlobs keeps ids the new leader has never seen: the old leader's allocations may still commit", async () => {
-    const leader = await c.waitLeader();
-    // An upload allocated by this leader, its commit not yet sent.
-    const a = await c.client.allocateWrite({ blobId: 'inherited-inflight', size: 1n });
-    const on = a.stores[0]?.storeId as string;
-    await c.kill(leader);
-    const next = await c.waitLeader();
-    expect(next).not.toBe(leader);
-    // The new leader never saw that allocation (pending records live in memory),
-    // yet the gateway may still commit it here: GC must not collect its needles.
-    const res = await c.client.verifyBlobs(on, ['inherited-inflight', 'inherited-unknown']);
-    expect(res.referencedBlobIds).toEqual(['inherited-inflight', 'inherited-unknown']);
-    // And the commit does land on the new leader.
-    const committed = await c.client.commitWrite({
-      blobId: 'inherited-inflight',
-      cookie: a.cookie,
-      size: 1n,
-      sha256: new Uint8Array(32),
-      replicas: a.stores.map((st, i) => ({ storeId: st.storeId, volumeId: i + 1 })),
-    });
-    expect(committed.commitIndex).toBeGreaterThan(0n);
-    await c.startOne(leader);
-  });
-
   it('stops committing when Redis goes away (before the lease could expire) and resumes when it is back', async () => {
     await c.waitLeader();
     const load = new WriteLoad(c.addresses, 'redis', { deadlineMs: 400 }).start(2);
@@ -170,5 +146,31 @@ describe('directory failover: real processes, real Redis', () => {
     await expectAllLocated(c, load);
     // Redis lost its term counter; terms still only go up.
     checkOneLeaderPerTerm(diskLogs(c));
+  });
+
+  // Last: the stores' heartbeat streams to the killed leader reconnect after it, which
+  // a test needing every store healthy right away would trip over.
+  it("after a failover, VerifyBlobs keeps ids the new leader has never seen: the old leader's allocations may still commit", async () => {
+    const leader = await c.waitLeader();
+    // An upload allocated by this leader, its commit not yet sent.
+    const a = await c.client.allocateWrite({ blobId: 'inherited-inflight', size: 1n });
+    const on = a.stores[0]?.storeId as string;
+    await c.kill(leader);
+    const next = await c.waitLeader();
+    expect(next).not.toBe(leader);
+    // The new leader never saw that allocation (pending records live in memory),
+    // yet the gateway may still commit it here: GC must not collect its needles.
+    const res = await c.client.verifyBlobs(on, ['inherited-inflight', 'inherited-unknown']);
+    expect(res.referencedBlobIds).toEqual(['inherited-inflight', 'inherited-unknown']);
+    // And the commit does land on the new leader.
+    const committed = await c.client.commitWrite({
+      blobId: 'inherited-inflight',
+      cookie: a.cookie,
+      size: 1n,
+      sha256: new Uint8Array(32),
+      replicas: a.stores.map((st, i) => ({ storeId: st.storeId, volumeId: i + 1 })),
+    });
+    expect(committed.commitIndex).toBeGreaterThan(0n);
+    await c.startOne(leader);
   });
 });
