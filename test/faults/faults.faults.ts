@@ -1,13 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FaultCluster } from './harness.js';
-import {
-  corruptAndRepair,
-  faultTable,
-  fillDisk,
-  runFaultSequence,
-  saveReport,
-  verifyEverything,
-} from './run.js';
+import { corruptAndRepair, fillDisk, runAndVerify, saveReport } from './run.js';
 
 /**
  * The full fault suite (`npm run test:faults`; docs/faults.md). Longer outages,
@@ -28,20 +21,15 @@ describe('faults (full): kill -9 each component twice under a mixed load', () =>
 
   it('loses no acknowledged write or delete, and every blob is back at its target replica count', async () => {
     const once = ['store', 'leader', 'follower', 'replication', 'redis', 'envoy'];
-    const res = await runFaultSequence(fc, {
+    const { res, v, counts } = await runAndVerify(fc, 'faults-full', {
       faults: [...once, ...once],
       load: { writers: 3, readers: 4, deleters: 1, seed: 11, maxOps: 100_000 },
       steadyMs: 3000,
       outageMs: 4000,
       settleMs: 1000,
       log,
+      replicatedWithinMs: 120_000,
     });
-    const v = await verifyEverything(fc, res.oplog, { replicatedWithinMs: 120_000 });
-    const counts = res.oplog.counts();
-    log(
-      `\n${faultTable(res.reports)}\n\nacknowledged: ${JSON.stringify(counts)}; replicas at target after ${v.replicatedMs} ms`,
-    );
-    await saveReport('faults-full', { reports: res.reports, counts, ...v });
     expect(res.wrongReads).toEqual([]);
     expect(res.reports.map((r) => [r.fault, r.violations])).toEqual(res.reports.map((r) => [r.fault, []]));
     expect(v.violations).toEqual([]);

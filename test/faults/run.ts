@@ -150,6 +150,33 @@ export async function verifyEverything(
   return { replicatedMs: rep.ms, violations, corruptNeedles };
 }
 
+/**
+ * The fault sequence, then verifyEverything; prints the per-fault table, the
+ * acknowledged counts and any violation, and saves the report as `name`.
+ */
+export async function runAndVerify(
+  fc: FaultCluster,
+  name: string,
+  o: SequenceOptions & { replicatedWithinMs: number },
+): Promise<{
+  res: SequenceResult;
+  v: Awaited<ReturnType<typeof verifyEverything>>;
+  counts: ReturnType<OpLog['counts']>;
+}> {
+  const log = o.log ?? (() => {});
+  const res = await runFaultSequence(fc, o);
+  const v = await verifyEverything(fc, res.oplog, { replicatedWithinMs: o.replicatedWithinMs });
+  const counts = res.oplog.counts();
+  log(
+    `\n${faultTable(res.reports)}\n\nacknowledged: ${JSON.stringify(counts)}; replicas at target after ${v.replicatedMs} ms`,
+  );
+  for (const r of res.reports) {
+    if (r.violations.length > 0) log(`${r.fault}: ${JSON.stringify(r.violations)}`);
+  }
+  await saveReport(name, { reports: res.reports, counts, ...v });
+  return { res, v, counts };
+}
+
 export interface CorruptionReport {
   blobId: string;
   corrupted: string[];

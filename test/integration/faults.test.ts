@@ -1,13 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FaultCluster } from '../faults/harness.js';
-import {
-  corruptAndRepair,
-  faultTable,
-  fillDisk,
-  runFaultSequence,
-  saveReport,
-  verifyEverything,
-} from '../faults/run.js';
+import { corruptAndRepair, fillDisk, runAndVerify } from '../faults/run.js';
 
 /**
  * The reduced fault suite (the full one: `npm run test:faults`, docs/faults.md).
@@ -27,24 +20,15 @@ describe('faults (reduced): kill -9 each component under a mixed load', () => {
   });
 
   it('loses no acknowledged write or delete, and every blob is back at its target replica count', async () => {
-    const res = await runFaultSequence(fc, {
+    const { res, v, counts } = await runAndVerify(fc, 'faults-reduced', {
       faults: ['store', 'leader', 'follower', 'replication', 'redis', 'envoy'],
       load: { writers: 2, readers: 2, deleters: 1, seed: 7, maxOps: 20_000 },
       steadyMs: 1000,
       outageMs: 1500,
       settleMs: 500,
       log: (l) => process.stderr.write(`[faults] ${l}\n`),
+      replicatedWithinMs: 90_000,
     });
-    const v = await verifyEverything(fc, res.oplog, { replicatedWithinMs: 90_000 });
-    const counts = res.oplog.counts();
-    process.stderr.write(
-      `\n${faultTable(res.reports)}\n\nacknowledged: ${JSON.stringify(counts)}; replicas at target after ${v.replicatedMs} ms\n`,
-    );
-    await saveReport('faults-reduced', { reports: res.reports, counts, ...v });
-    for (const r of res.reports) {
-      if (r.violations.length > 0)
-        process.stderr.write(`[faults] ${r.fault}: ${JSON.stringify(r.violations)}\n`);
-    }
     expect(res.wrongReads).toEqual([]);
     expect(res.reports.map((r) => [r.fault, r.violations])).toEqual(res.reports.map((r) => [r.fault, []]));
     expect(v.violations).toEqual([]);
