@@ -1,6 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FaultCluster } from './harness.js';
-import { corruptAndRepair, fillDisk, runAndVerify, saveReport } from './run.js';
+import {
+  corruptAndRepair,
+  FULL_DISK_CLUSTER,
+  FULL_DISK_WRITES,
+  fillDisk,
+  runAndVerify,
+  saveReport,
+} from './run.js';
 
 /**
  * The full fault suite (`npm run test:faults`; docs/faults.md). Longer outages,
@@ -57,11 +64,7 @@ describe('faults (full): a full disk that deletes and compaction must free', () 
   let fc: FaultCluster;
 
   beforeAll(async () => {
-    fc = await FaultCluster.start({
-      stores: 3,
-      managers: 1,
-      storeEnv: { MAX_VOLUME_SIZE: '1MiB', MAX_VOLUMES: '2', COMPACTION_EFFICIENCY_THRESHOLD: '0.9' },
-    });
+    fc = await FaultCluster.start(FULL_DISK_CLUSTER);
   });
   afterAll(async () => {
     await fc?.stop();
@@ -69,10 +72,7 @@ describe('faults (full): a full disk that deletes and compaction must free', () 
 
   it('refuses every write with RESOURCE_EXHAUSTED while full, corrupts nothing, resumes after deletes', async () => {
     const r = await fillDisk(fc, {
-      mechanism: 'MAX_VOLUMES=2 × MAX_VOLUME_SIZE=1MiB',
-      blobSize: 40 * 1024,
-      maxWrites: 200,
-      resumeWithinMs: 60_000,
+      ...FULL_DISK_WRITES,
       probes: 3,
       log: (l) => log(`full disk: ${l}`),
     }).catch((err: unknown) => {

@@ -288,6 +288,24 @@ const codeOf = (e: unknown) =>
  * intact, no needle is corrupt; after deletes and compaction (space returns)
  * writes are accepted again.
  */
+/**
+ * The full-disk cluster: each store may hold two volumes of 1 MiB (sealed at 7/8),
+ * so a few dozen 40 KiB blobs fill it; one manager, so compaction is its alone.
+ */
+export const FULL_DISK_CLUSTER = {
+  stores: 3,
+  managers: 1,
+  storeEnv: { MAX_VOLUME_SIZE: '1MiB', MAX_VOLUMES: '2', COMPACTION_EFFICIENCY_THRESHOLD: '0.9' },
+};
+
+/** The fillDisk workload that matches FULL_DISK_CLUSTER (space returns by deletes, then compaction). */
+export const FULL_DISK_WRITES = {
+  mechanism: 'MAX_VOLUMES=2 × MAX_VOLUME_SIZE=1MiB',
+  blobSize: 40 * 1024,
+  maxWrites: 200,
+  resumeWithinMs: 60_000,
+};
+
 export async function fillDisk(
   fc: FaultCluster,
   o: {

@@ -1,6 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FaultCluster } from '../faults/harness.js';
-import { corruptAndRepair, fillDisk, runAndVerify } from '../faults/run.js';
+import {
+  corruptAndRepair,
+  FULL_DISK_CLUSTER,
+  FULL_DISK_WRITES,
+  fillDisk,
+  runAndVerify,
+} from '../faults/run.js';
 
 /**
  * The reduced fault suite (the full one: `npm run test:faults`, docs/faults.md).
@@ -51,12 +57,7 @@ describe('faults (reduced): a full disk', () => {
   let fc: FaultCluster;
 
   beforeAll(async () => {
-    // Each store may hold two volumes of 1 MiB (sealed at 7/8): a few dozen blobs.
-    fc = await FaultCluster.start({
-      stores: 3,
-      managers: 1,
-      storeEnv: { MAX_VOLUME_SIZE: '1MiB', MAX_VOLUMES: '2', COMPACTION_EFFICIENCY_THRESHOLD: '0.9' },
-    });
+    fc = await FaultCluster.start(FULL_DISK_CLUSTER);
   });
   afterAll(async () => {
     await fc?.stop();
@@ -64,10 +65,7 @@ describe('faults (reduced): a full disk', () => {
 
   it('refuses writes with RESOURCE_EXHAUSTED without corrupting anything, and resumes after deletes', async () => {
     const r = await fillDisk(fc, {
-      mechanism: 'MAX_VOLUMES=2 × MAX_VOLUME_SIZE=1MiB',
-      blobSize: 40 * 1024,
-      maxWrites: 200,
-      resumeWithinMs: 60_000,
+      ...FULL_DISK_WRITES,
       probes: 1,
       // Space returns the way an operator frees it: deletes, then compaction.
       log: (l) => process.stderr.write(`[faults] full disk: ${l}\n`),
