@@ -2,15 +2,15 @@
 // @generated from file haystack/v1/blob.proto (package haystack.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file haystack/v1/blob.proto.
  */
 export const file_haystack_v1_blob: GenFile = /*@__PURE__*/
-  fileDesc("ChZoYXlzdGFjay92MS9ibG9iLnByb3RvEgtoYXlzdGFjay52MSKrAQoIQmxvYkluZm8SDwoHYmxvYl9pZBgBIAEoCRIMCgRzaXplGAIgASgEEg4KBnNoYTI1NhgDIAEoCRIUCgxjb250ZW50X3R5cGUYBCABKAkSFQoNY3JlYXRlZF9hdF9tcxgFIAEoAxIVCg1yZXBsaWNhX2NvdW50GAYgASgNEhwKFHRhcmdldF9yZXBsaWNhX2NvdW50GAcgASgNEg4KBmNvb2tpZRgIIAEoBiJqCgxVcGxvYWRIZWFkZXISDwoHYmxvYl9pZBgBIAEoCRIMCgRzaXplGAIgASgEEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRIOCgZzaGEyNTYYBCABKAkSFQoNcmVwbGljYV9jb3VudBgFIAEoDSJUCg1VcGxvYWRSZXF1ZXN0EisKBmhlYWRlchgBIAEoCzIZLmhheXN0YWNrLnYxLlVwbG9hZEhlYWRlckgAEg8KBWNodW5rGAIgASgMSABCBQoDbXNnIjUKDlVwbG9hZFJlc3BvbnNlEiMKBGJsb2IYASABKAsyFS5oYXlzdGFjay52MS5CbG9iSW5mbyJYCgpQdXRSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkSDAoEZGF0YRgCIAEoDBIUCgxjb250ZW50X3R5cGUYAyABKAkSFQoNcmVwbGljYV9jb3VudBgEIAEoDSIyCgtQdXRSZXNwb25zZRIjCgRibG9iGAEgASgLMhUuaGF5c3RhY2sudjEuQmxvYkluZm8iQgoPRG93bmxvYWRSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkSDgoGb2Zmc2V0GAIgASgEEg4KBmxlbmd0aBgDIAEoBCJRChBEb3dubG9hZFJlc3BvbnNlEiUKBGluZm8YASABKAsyFS5oYXlzdGFjay52MS5CbG9iSW5mb0gAEg8KBWNodW5rGAIgASgMSABCBQoDbXNnIiAKDURlbGV0ZVJlcXVlc3QSDwoHYmxvYl9pZBgBIAEoCSIfCg5EZWxldGVSZXNwb25zZRINCgVmb3VuZBgBIAEoCCIeCgtTdGF0UmVxdWVzdBIPCgdibG9iX2lkGAEgASgJIjMKDFN0YXRSZXNwb25zZRIjCgRibG9iGAEgASgLMhUuaGF5c3RhY2sudjEuQmxvYkluZm8iTwoWQmxvYlNlcnZpY2VMaXN0UmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZwcmVmaXgYAyABKAkiWAoXQmxvYlNlcnZpY2VMaXN0UmVzcG9uc2USJAoFYmxvYnMYASADKAsyFS5oYXlzdGFjay52MS5CbG9iSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHAoaQmxvYlNlcnZpY2VHZXRTdGF0c1JlcXVlc3QiPAoKQ2FjaGVTdGF0cxIMCgRoaXRzGAEgASgEEg4KBm1pc3NlcxgCIAEoBBIQCghoaXRfcmF0ZRgDIAEoASKBAgobQmxvYlNlcnZpY2VHZXRTdGF0c1Jlc3BvbnNlEhIKCmdhdGV3YXlfaWQYASABKAkSFQoNY2FjaGVfYmFja2VuZBgCIAEoCRIXCg9jYWNoZV9hdmFpbGFibGUYAyABKAgSKAoHZ2F0ZXdheRgEIAEoCzIXLmhheXN0YWNrLnYxLkNhY2hlU3RhdHMSKAoHY2x1c3RlchgFIAEoCzIXLmhheXN0YWNrLnYxLkNhY2hlU3RhdHMSFwoPbWF4X3VwbG9hZF9zaXplGAYgASgEEhsKE2NhY2hlX21heF9ibG9iX3NpemUYByABKAQSFAoMY2FjaGVfdHRsX21zGAggASgEMokECgtCbG9iU2VydmljZRJDCgZVcGxvYWQSGi5oYXlzdGFjay52MS5VcGxvYWRSZXF1ZXN0GhsuaGF5c3RhY2sudjEuVXBsb2FkUmVzcG9uc2UoARI4CgNQdXQSFy5oYXlzdGFjay52MS5QdXRSZXF1ZXN0GhguaGF5c3RhY2sudjEuUHV0UmVzcG9uc2USSQoIRG93bmxvYWQSHC5oYXlzdGFjay52MS5Eb3dubG9hZFJlcXVlc3QaHS5oYXlzdGFjay52MS5Eb3dubG9hZFJlc3BvbnNlMAESQQoGRGVsZXRlEhouaGF5c3RhY2sudjEuRGVsZXRlUmVxdWVzdBobLmhheXN0YWNrLnYxLkRlbGV0ZVJlc3BvbnNlEjsKBFN0YXQSGC5oYXlzdGFjay52MS5TdGF0UmVxdWVzdBoZLmhheXN0YWNrLnYxLlN0YXRSZXNwb25zZRJRCgRMaXN0EiMuaGF5c3RhY2sudjEuQmxvYlNlcnZpY2VMaXN0UmVxdWVzdBokLmhheXN0YWNrLnYxLkJsb2JTZXJ2aWNlTGlzdFJlc3BvbnNlEl0KCEdldFN0YXRzEicuaGF5c3RhY2sudjEuQmxvYlNlcnZpY2VHZXRTdGF0c1JlcXVlc3QaKC5oYXlzdGFjay52MS5CbG9iU2VydmljZUdldFN0YXRzUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("ChZoYXlzdGFjay92MS9ibG9iLnByb3RvEgtoYXlzdGFjay52MSKSAgoIQmxvYkluZm8SDwoHYmxvYl9pZBgBIAEoCRIMCgRzaXplGAIgASgEEg4KBnNoYTI1NhgDIAEoCRIUCgxjb250ZW50X3R5cGUYBCABKAkSFQoNY3JlYXRlZF9hdF9tcxgFIAEoAxIVCg1yZXBsaWNhX2NvdW50GAYgASgNEhwKFHRhcmdldF9yZXBsaWNhX2NvdW50GAcgASgNEg4KBmNvb2tpZRgIIAEoBhIRCglmaWxlX25hbWUYCSABKAkSJgoEdGllchgKIAEoDjIYLmhheXN0YWNrLnYxLlN0b3JhZ2VUaWVyEhMKC2RhdGFfc2hhcmRzGAsgASgNEhUKDXBhcml0eV9zaGFyZHMYDCABKA0ifQoMVXBsb2FkSGVhZGVyEg8KB2Jsb2JfaWQYASABKAkSDAoEc2l6ZRgCIAEoBBIUCgxjb250ZW50X3R5cGUYAyABKAkSDgoGc2hhMjU2GAQgASgJEhUKDXJlcGxpY2FfY291bnQYBSABKA0SEQoJZmlsZV9uYW1lGAYgASgJIlQKDVVwbG9hZFJlcXVlc3QSKwoGaGVhZGVyGAEgASgLMhkuaGF5c3RhY2sudjEuVXBsb2FkSGVhZGVySAASDwoFY2h1bmsYAiABKAxIAEIFCgNtc2ciNQoOVXBsb2FkUmVzcG9uc2USIwoEYmxvYhgBIAEoCzIVLmhheXN0YWNrLnYxLkJsb2JJbmZvImsKClB1dFJlcXVlc3QSDwoHYmxvYl9pZBgBIAEoCRIMCgRkYXRhGAIgASgMEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRIVCg1yZXBsaWNhX2NvdW50GAQgASgNEhEKCWZpbGVfbmFtZRgFIAEoCSIyCgtQdXRSZXNwb25zZRIjCgRibG9iGAEgASgLMhUuaGF5c3RhY2sudjEuQmxvYkluZm8iQgoPRG93bmxvYWRSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkSDgoGb2Zmc2V0GAIgASgEEg4KBmxlbmd0aBgDIAEoBCJRChBEb3dubG9hZFJlc3BvbnNlEiUKBGluZm8YASABKAsyFS5oYXlzdGFjay52MS5CbG9iSW5mb0gAEg8KBWNodW5rGAIgASgMSABCBQoDbXNnIiAKDURlbGV0ZVJlcXVlc3QSDwoHYmxvYl9pZBgBIAEoCSIfCg5EZWxldGVSZXNwb25zZRINCgVmb3VuZBgBIAEoCCIeCgtTdGF0UmVxdWVzdBIPCgdibG9iX2lkGAEgASgJIjMKDFN0YXRSZXNwb25zZRIjCgRibG9iGAEgASgLMhUuaGF5c3RhY2sudjEuQmxvYkluZm8iTwoWQmxvYlNlcnZpY2VMaXN0UmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIOCgZwcmVmaXgYAyABKAkiWAoXQmxvYlNlcnZpY2VMaXN0UmVzcG9uc2USJAoFYmxvYnMYASADKAsyFS5oYXlzdGFjay52MS5CbG9iSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiHAoaQmxvYlNlcnZpY2VHZXRTdGF0c1JlcXVlc3QiPAoKQ2FjaGVTdGF0cxIMCgRoaXRzGAEgASgEEg4KBm1pc3NlcxgCIAEoBBIQCghoaXRfcmF0ZRgDIAEoASKBAgobQmxvYlNlcnZpY2VHZXRTdGF0c1Jlc3BvbnNlEhIKCmdhdGV3YXlfaWQYASABKAkSFQoNY2FjaGVfYmFja2VuZBgCIAEoCRIXCg9jYWNoZV9hdmFpbGFibGUYAyABKAgSKAoHZ2F0ZXdheRgEIAEoCzIXLmhheXN0YWNrLnYxLkNhY2hlU3RhdHMSKAoHY2x1c3RlchgFIAEoCzIXLmhheXN0YWNrLnYxLkNhY2hlU3RhdHMSFwoPbWF4X3VwbG9hZF9zaXplGAYgASgEEhsKE2NhY2hlX21heF9ibG9iX3NpemUYByABKAQSFAoMY2FjaGVfdHRsX21zGAggASgEIj4KFkNyZWF0ZVNpZ25lZFVybFJlcXVlc3QSDwoHYmxvYl9pZBgBIAEoCRITCgt0dGxfc2Vjb25kcxgCIAEoDSI7ChdDcmVhdGVTaWduZWRVcmxSZXNwb25zZRIMCgRwYXRoGAEgASgJEhIKCmV4cGlyZXNfYXQYAiABKAMqaAoLU3RvcmFnZVRpZXISHAoYU1RPUkFHRV9USUVSX1VOU1BFQ0lGSUVEEAASGwoXU1RPUkFHRV9USUVSX1JFUExJQ0FURUQQARIeChpTVE9SQUdFX1RJRVJfRVJBU1VSRV9DT0RFRBACMucECgtCbG9iU2VydmljZRJDCgZVcGxvYWQSGi5oYXlzdGFjay52MS5VcGxvYWRSZXF1ZXN0GhsuaGF5c3RhY2sudjEuVXBsb2FkUmVzcG9uc2UoARI4CgNQdXQSFy5oYXlzdGFjay52MS5QdXRSZXF1ZXN0GhguaGF5c3RhY2sudjEuUHV0UmVzcG9uc2USSQoIRG93bmxvYWQSHC5oYXlzdGFjay52MS5Eb3dubG9hZFJlcXVlc3QaHS5oYXlzdGFjay52MS5Eb3dubG9hZFJlc3BvbnNlMAESQQoGRGVsZXRlEhouaGF5c3RhY2sudjEuRGVsZXRlUmVxdWVzdBobLmhheXN0YWNrLnYxLkRlbGV0ZVJlc3BvbnNlEjsKBFN0YXQSGC5oYXlzdGFjay52MS5TdGF0UmVxdWVzdBoZLmhheXN0YWNrLnYxLlN0YXRSZXNwb25zZRJRCgRMaXN0EiMuaGF5c3RhY2sudjEuQmxvYlNlcnZpY2VMaXN0UmVxdWVzdBokLmhheXN0YWNrLnYxLkJsb2JTZXJ2aWNlTGlzdFJlc3BvbnNlEl0KCEdldFN0YXRzEicuaGF5c3RhY2sudjEuQmxvYlNlcnZpY2VHZXRTdGF0c1JlcXVlc3QaKC5oYXlzdGFjay52MS5CbG9iU2VydmljZUdldFN0YXRzUmVzcG9uc2USXAoPQ3JlYXRlU2lnbmVkVXJsEiMuaGF5c3RhY2sudjEuQ3JlYXRlU2lnbmVkVXJsUmVxdWVzdBokLmhheXN0YWNrLnYxLkNyZWF0ZVNpZ25lZFVybFJlc3BvbnNlYgZwcm90bzM");
 
 /**
  * Public description of a blob.
@@ -68,11 +68,44 @@ export type BlobInfo = Message<"haystack.v1.BlobInfo"> & {
   targetReplicaCount: number;
 
   /**
-   * The blob's cookie; part of its identity (see common.proto).
+   * The blob's cookie; part of its identity (see common.proto). Only admin tokens see
+   * it; for every other caller it is 0. With it, /blobs/{id}/{cookie as 16 lower-case
+   * hex digits} is the blob's capability URL (readable without a token).
    *
    * @generated from field: fixed64 cookie = 8;
    */
   cookie: bigint;
+
+  /**
+   * The original file name given at upload, or empty. GET /blobs/{id} sends it as
+   * Content-Disposition (RFC 6266).
+   *
+   * @generated from field: string file_name = 9;
+   */
+  fileName: string;
+
+  /**
+   * How the blob is kept: full replicas, or erasure-coded shards (cold).
+   *
+   * @generated from field: haystack.v1.StorageTier tier = 10;
+   */
+  tier: StorageTier;
+
+  /**
+   * For an erasure-coded blob: k, its stripe's data shards (the raw bytes kept are
+   * size·(k+m)/k); 0 for a replicated blob.
+   *
+   * @generated from field: uint32 data_shards = 11;
+   */
+  dataShards: number;
+
+  /**
+   * For an erasure-coded blob: m, its stripe's parity shards (losses survived); 0
+   * for a replicated blob.
+   *
+   * @generated from field: uint32 parity_shards = 12;
+   */
+  parityShards: number;
 };
 
 /**
@@ -90,7 +123,9 @@ export const BlobInfoSchema: GenMessage<BlobInfo> = /*@__PURE__*/
 export type UploadHeader = Message<"haystack.v1.UploadHeader"> & {
   /**
    * Blob id; empty lets the gateway choose (the SHA-256 hex of the content when
-   * sha256 is given, else a random id).
+   * sha256 is given, else a random id). Content ids are earned: an id of 64 hex
+   * digits must be the lower-case SHA-256 of the content, else INVALID_ARGUMENT
+   * (nobody can squat the address of content someone else will upload).
    *
    * @generated from field: string blob_id = 1;
    */
@@ -124,6 +159,13 @@ export type UploadHeader = Message<"haystack.v1.UploadHeader"> & {
    * @generated from field: uint32 replica_count = 5;
    */
   replicaCount: number;
+
+  /**
+   * The original file name (a base name, no folders; at most 255 bytes of UTF-8), or empty.
+   *
+   * @generated from field: string file_name = 6;
+   */
+  fileName: string;
 };
 
 /**
@@ -198,7 +240,8 @@ export const UploadResponseSchema: GenMessage<UploadResponse> = /*@__PURE__*/
  */
 export type PutRequest = Message<"haystack.v1.PutRequest"> & {
   /**
-   * Blob id; empty means the SHA-256 hex of the data.
+   * Blob id; empty means the SHA-256 hex of the data. An id of 64 hex digits must be
+   * the lower-case SHA-256 of the data, else INVALID_ARGUMENT.
    *
    * @generated from field: string blob_id = 1;
    */
@@ -224,6 +267,13 @@ export type PutRequest = Message<"haystack.v1.PutRequest"> & {
    * @generated from field: uint32 replica_count = 4;
    */
   replicaCount: number;
+
+  /**
+   * The original file name (a base name, no folders; at most 255 bytes of UTF-8), or empty.
+   *
+   * @generated from field: string file_name = 5;
+   */
+  fileName: string;
 };
 
 /**
@@ -594,10 +644,108 @@ export const BlobServiceGetStatsResponseSchema: GenMessage<BlobServiceGetStatsRe
   messageDesc(file_haystack_v1_blob, 16);
 
 /**
+ * Ask for a signed read URL.
+ *
+ * @generated from message haystack.v1.CreateSignedUrlRequest
+ */
+export type CreateSignedUrlRequest = Message<"haystack.v1.CreateSignedUrlRequest"> & {
+  /**
+   * Blob id.
+   *
+   * @generated from field: string blob_id = 1;
+   */
+  blobId: string;
+
+  /**
+   * Lifetime in seconds, 1 to 604800 (7 days); 0 means 3600.
+   *
+   * @generated from field: uint32 ttl_seconds = 2;
+   */
+  ttlSeconds: number;
+};
+
+/**
+ * Describes the message haystack.v1.CreateSignedUrlRequest.
+ * Use `create(CreateSignedUrlRequestSchema)` to create a new message.
+ */
+export const CreateSignedUrlRequestSchema: GenMessage<CreateSignedUrlRequest> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_blob, 17);
+
+/**
+ * A signed read URL.
+ *
+ * @generated from message haystack.v1.CreateSignedUrlResponse
+ */
+export type CreateSignedUrlResponse = Message<"haystack.v1.CreateSignedUrlResponse"> & {
+  /**
+   * Path and query to append to the public endpoint: /blobs/{id}?exp=…&sig=…
+   *
+   * @generated from field: string path = 1;
+   */
+  path: string;
+
+  /**
+   * Expiry, seconds since the Unix epoch.
+   *
+   * @generated from field: int64 expires_at = 2;
+   */
+  expiresAt: bigint;
+};
+
+/**
+ * Describes the message haystack.v1.CreateSignedUrlResponse.
+ * Use `create(CreateSignedUrlResponseSchema)` to create a new message.
+ */
+export const CreateSignedUrlResponseSchema: GenMessage<CreateSignedUrlResponse> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_blob, 18);
+
+/**
+ * How a blob's bytes are kept (docs/design/ec-tier.md).
+ *
+ * @generated from enum haystack.v1.StorageTier
+ */
+export enum StorageTier {
+  /**
+   * Not set (an older server).
+   *
+   * @generated from enum value: STORAGE_TIER_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Full replicas on the placement group's members (and any extra replicas).
+   *
+   * @generated from enum value: STORAGE_TIER_REPLICATED = 1;
+   */
+  REPLICATED = 1,
+
+  /**
+   * Cold: Reed–Solomon shards of a stripe on the group's EC members, with a stub
+   * (the blob's facts and its ColdRef) on each group member.
+   *
+   * @generated from enum value: STORAGE_TIER_ERASURE_CODED = 2;
+   */
+  ERASURE_CODED = 2,
+}
+
+/**
+ * Describes the enum haystack.v1.StorageTier.
+ */
+export const StorageTierSchema: GenEnum<StorageTier> = /*@__PURE__*/
+  enumDesc(file_haystack_v1_blob, 0);
+
+/**
  * BlobService is Haystack's public API, served by stateless gateway processes
  * behind Envoy to the SDK, grpcurl and browsers (Connect / gRPC-Web). A gateway
  * performs the Haystack steps server-side: allocate → stream to the stores →
  * commit on writes; cache → locate → store (with failover) on reads.
+ *
+ * Access control (docs/security.md, "Public access"): every call carries a bearer JWT
+ * (`authorization: Bearer <token>`) whose scopes allow it: blob:write (Upload, Put),
+ * blob:read (Download, Stat, CreateSignedUrl), blob:delete (Delete), blob:list (List),
+ * admin (all, and the only scope that sees cookies). A token limited to a blob id prefix
+ * only reaches ids with that prefix. A missing, invalid or expired token: UNAUTHENTICATED;
+ * a missing scope or an id outside the prefix: PERMISSION_DENIED.
  *
  * @generated from service haystack.v1.BlobService
  */
@@ -634,7 +782,11 @@ export const BlobService: GenService<{
     output: typeof DownloadResponseSchema;
   },
   /**
-   * Deletes a blob; later reads are NOT_FOUND.
+   * Deletes a blob; later reads are NOT_FOUND. The id may be uploaded again (the
+   * same photo put back, a content-addressed id included): the upload stores the
+   * content anew and never brings old replicas back. On a cluster of per-blob
+   * records (PLACEMENT_GROUPS=0) that upload is FAILED_PRECONDITION until the
+   * delete's tombstones have reached every replica (usually well under a second).
    *
    * @generated from rpc haystack.v1.BlobService.Delete
    */
@@ -673,6 +825,17 @@ export const BlobService: GenService<{
     methodKind: "unary";
     input: typeof BlobServiceGetStatsRequestSchema;
     output: typeof BlobServiceGetStatsResponseSchema;
+  },
+  /**
+   * A signed read URL for one blob (`/blobs/{id}?exp=…&sig=…`, what an <img src> can load
+   * without a token until it expires). Needs blob:read on the id. NOT_FOUND for unknown ids.
+   *
+   * @generated from rpc haystack.v1.BlobService.CreateSignedUrl
+   */
+  createSignedUrl: {
+    methodKind: "unary";
+    input: typeof CreateSignedUrlRequestSchema;
+    output: typeof CreateSignedUrlResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_haystack_v1_blob, 0);

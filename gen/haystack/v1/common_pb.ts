@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file haystack/v1/common.proto.
  */
 export const file_haystack_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChhoYXlzdGFjay92MS9jb21tb24ucHJvdG8SC2hheXN0YWNrLnYxIi4KB1JlcGxpY2ESEAoIc3RvcmVfaWQYASABKAkSEQoJdm9sdW1lX2lkGAIgASgNIj4KC1N0b3JlVGFyZ2V0EhAKCHN0b3JlX2lkGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSDAoEem9uZRgDIAEoCSJ/Cg9SZXBsaWNhTG9jYXRpb24SEAoIc3RvcmVfaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIRCgl2b2x1bWVfaWQYAyABKA0SKAoGaGVhbHRoGAQgASgOMhguaGF5c3RhY2sudjEuU3RvcmVIZWFsdGgSDAoEem9uZRgFIAEoCSL0AQoIQmxvYk1ldGESDwoHYmxvYl9pZBgBIAEoCRIOCgZjb29raWUYAiABKAYSDAoEc2l6ZRgDIAEoBBIOCgZzaGEyNTYYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEiYKCHJlcGxpY2FzGAYgAygLMhQuaGF5c3RhY2sudjEuUmVwbGljYRIcChR0YXJnZXRfcmVwbGljYV9jb3VudBgHIAEoDRIVCg1jcmVhdGVkX2F0X21zGAggASgDEiUKBXN0YXRlGAkgASgOMhYuaGF5c3RhY2sudjEuQmxvYlN0YXRlEg8KB3ZlcnNpb24YCiABKAQisAEKC1ZvbHVtZVN0YXRzEhEKCXZvbHVtZV9pZBgBIAEoDRISCgpzaXplX2J5dGVzGAIgASgEEhIKCmxpdmVfYnl0ZXMYAyABKAQSFAoMbmVlZGxlX2NvdW50GAQgASgEEhUKDWRlbGV0ZWRfY291bnQYBSABKAQSEgoKZWZmaWNpZW5jeRgGIAEoARIRCglyZWFkX29ubHkYByABKAgSEgoKY29tcGFjdGluZxgIIAEoCCp3CgtTdG9yZUhlYWx0aBIcChhTVE9SRV9IRUFMVEhfVU5TUEVDSUZJRUQQABIYChRTVE9SRV9IRUFMVEhfSEVBTFRIWRABEhkKFVNUT1JFX0hFQUxUSF9ERUdSQURFRBACEhUKEVNUT1JFX0hFQUxUSF9ET1dOEAMqVgoJQmxvYlN0YXRlEhoKFkJMT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFCTE9CX1NUQVRFX0FDVElWRRABEhYKEkJMT0JfU1RBVEVfREVMRVRFRBACYgZwcm90bzM");
+  fileDesc("ChhoYXlzdGFjay92MS9jb21tb24ucHJvdG8SC2hheXN0YWNrLnYxIi4KB1JlcGxpY2ESEAoIc3RvcmVfaWQYASABKAkSEQoJdm9sdW1lX2lkGAIgASgNIj4KC1N0b3JlVGFyZ2V0EhAKCHN0b3JlX2lkGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSDAoEem9uZRgDIAEoCSJ/Cg9SZXBsaWNhTG9jYXRpb24SEAoIc3RvcmVfaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIRCgl2b2x1bWVfaWQYAyABKA0SKAoGaGVhbHRoGAQgASgOMhguaGF5c3RhY2sudjEuU3RvcmVIZWFsdGgSDAoEem9uZRgFIAEoCSKrAgoIQmxvYk1ldGESDwoHYmxvYl9pZBgBIAEoCRIOCgZjb29raWUYAiABKAYSDAoEc2l6ZRgDIAEoBBIOCgZzaGEyNTYYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEiYKCHJlcGxpY2FzGAYgAygLMhQuaGF5c3RhY2sudjEuUmVwbGljYRIcChR0YXJnZXRfcmVwbGljYV9jb3VudBgHIAEoDRIVCg1jcmVhdGVkX2F0X21zGAggASgDEiUKBXN0YXRlGAkgASgOMhYuaGF5c3RhY2sudjEuQmxvYlN0YXRlEg8KB3ZlcnNpb24YCiABKAQSEQoJZmlsZV9uYW1lGAsgASgJEiIKBGNvbGQYDCABKAsyFC5oYXlzdGFjay52MS5Db2xkUmVmIrABCgtWb2x1bWVTdGF0cxIRCgl2b2x1bWVfaWQYASABKA0SEgoKc2l6ZV9ieXRlcxgCIAEoBBISCgpsaXZlX2J5dGVzGAMgASgEEhQKDG5lZWRsZV9jb3VudBgEIAEoBBIVCg1kZWxldGVkX2NvdW50GAUgASgEEhIKCmVmZmljaWVuY3kYBiABKAESEQoJcmVhZF9vbmx5GAcgASgIEhIKCmNvbXBhY3RpbmcYCCABKAgifQoIRWNMYXlvdXQSDQoFY29kZWMYASABKAkSEwoLZGF0YV9zaGFyZHMYAiABKA0SFQoNcGFyaXR5X3NoYXJkcxgDIAEoDRIMCgRzaXplGAQgASgEEhIKCnNoYXJkX3NpemUYBSABKAQSFAoMc2hhcmRfY3JjMzJjGAYgAygHIlMKB0NvbGRSZWYSEQoJc3RyaXBlX2lkGAEgASgJEg4KBm9mZnNldBgCIAEoBBIlCgZsYXlvdXQYAyABKAsyFS5oYXlzdGFjay52MS5FY0xheW91dCp3CgtTdG9yZUhlYWx0aBIcChhTVE9SRV9IRUFMVEhfVU5TUEVDSUZJRUQQABIYChRTVE9SRV9IRUFMVEhfSEVBTFRIWRABEhkKFVNUT1JFX0hFQUxUSF9ERUdSQURFRBACEhUKEVNUT1JFX0hFQUxUSF9ET1dOEAMqVgoJQmxvYlN0YXRlEhoKFkJMT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFCTE9CX1NUQVRFX0FDVElWRRABEhYKEkJMT0JfU1RBVEVfREVMRVRFRBACYgZwcm90bzM");
 
 /**
  * Where one replica of a blob lives.
@@ -199,6 +199,22 @@ export type BlobMeta = Message<"haystack.v1.BlobMeta"> & {
    * @generated from field: uint64 version = 10;
    */
   version: bigint;
+
+  /**
+   * The original file name given at upload, or empty.
+   *
+   * @generated from field: string file_name = 11;
+   */
+  fileName: string;
+
+  /**
+   * Set for an erasure-coded (cold) blob: where its bytes lie in which stripe of
+   * its placement group, and the stripe's code (docs/design/ec-tier.md); the
+   * shards are on the group's ec_members. Unset: full replicas.
+   *
+   * @generated from field: haystack.v1.ColdRef cold = 12;
+   */
+  cold?: ColdRef | undefined;
 };
 
 /**
@@ -277,6 +293,103 @@ export type VolumeStats = Message<"haystack.v1.VolumeStats"> & {
  */
 export const VolumeStatsSchema: GenMessage<VolumeStats> = /*@__PURE__*/
   messageDesc(file_haystack_v1_common, 4);
+
+/**
+ * The Reed–Solomon code of one stripe and the checksum of each of its shards
+ * (internal/ec/codec.ts ShardLayout). Shard i of a stripe is bytes
+ * [i·shard_size, (i+1)·shard_size) of the stripe's data zero-padded to
+ * data_shards·shard_size for i < data_shards, parity after.
+ *
+ * @generated from message haystack.v1.EcLayout
+ */
+export type EcLayout = Message<"haystack.v1.EcLayout"> & {
+  /**
+   * Parity format: "ronomon-cauchy-6" (@ronomon/reed-solomon 6.0.0's Cauchy bit
+   * matrices). Readers refuse a codec they do not know (FAILED_PRECONDITION).
+   *
+   * @generated from field: string codec = 1;
+   */
+  codec: string;
+
+  /**
+   * k: data shards, 1..24.
+   *
+   * @generated from field: uint32 data_shards = 2;
+   */
+  dataShards: number;
+
+  /**
+   * m: parity shards, 1..6; any data_shards of the k + m shards rebuild the stripe.
+   *
+   * @generated from field: uint32 parity_shards = 3;
+   */
+  parityShards: number;
+
+  /**
+   * Bytes of stripe data (the sum of its blobs, padded to 8 bytes each).
+   *
+   * @generated from field: uint64 size = 4;
+   */
+  size: bigint;
+
+  /**
+   * Bytes per shard: ceil(size / k) rounded up to 8, at least 8.
+   *
+   * @generated from field: uint64 shard_size = 5;
+   */
+  shardSize: bigint;
+
+  /**
+   * CRC32C of each shard, data shards first (k + m entries).
+   *
+   * @generated from field: repeated fixed32 shard_crc32c = 6;
+   */
+  shardCrc32c: number[];
+};
+
+/**
+ * Describes the message haystack.v1.EcLayout.
+ * Use `create(EcLayoutSchema)` to create a new message.
+ */
+export const EcLayoutSchema: GenMessage<EcLayout> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_common, 5);
+
+/**
+ * Where a cold blob's bytes are: a byte range of one stripe of its placement group.
+ * Shard i of the stripe is on the group's ec_members[i] (metadata.proto).
+ *
+ * @generated from message haystack.v1.ColdRef
+ */
+export type ColdRef = Message<"haystack.v1.ColdRef"> & {
+  /**
+   * Stripe id: the blob id for a stripe of one blob; "g<group>.<n>" for a batched
+   * stripe of the group. Shard needles are keyed "ec:<index>:<stripe id>".
+   *
+   * @generated from field: string stripe_id = 1;
+   */
+  stripeId: string;
+
+  /**
+   * Offset of the blob's first byte in the stripe's data.
+   *
+   * @generated from field: uint64 offset = 2;
+   */
+  offset: bigint;
+
+  /**
+   * The stripe's code and shard checksums.
+   *
+   * @generated from field: haystack.v1.EcLayout layout = 3;
+   */
+  layout?: EcLayout | undefined;
+};
+
+/**
+ * Describes the message haystack.v1.ColdRef.
+ * Use `create(ColdRefSchema)` to create a new message.
+ */
+export const ColdRefSchema: GenMessage<ColdRef> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_common, 6);
 
 /**
  * Health of a store as the directory sees it, from the age of its heartbeats.

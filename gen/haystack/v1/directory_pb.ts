@@ -6,7 +6,7 @@ import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobu
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { BlobMeta, Replica, ReplicaLocation, StoreTarget, VolumeStats } from "./common_pb.js";
 import { file_haystack_v1_common } from "./common_pb.js";
-import type { LogEntry, MetadataSnapshot, StoreRecord } from "./metadata_pb.js";
+import type { LogEntry, MetadataSnapshot, PlacementGroup, PlacementMember, StoreRecord } from "./metadata_pb.js";
 import { file_haystack_v1_metadata } from "./metadata_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,307 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file haystack/v1/directory.proto.
  */
 export const file_haystack_v1_directory: GenFile = /*@__PURE__*/
-  fileDesc("ChtoYXlzdGFjay92MS9kaXJlY3RvcnkucHJvdG8SC2hheXN0YWNrLnYxIkwKFEFsbG9jYXRlV3JpdGVSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkSDAoEc2l6ZRgCIAEoBBIVCg1yZXBsaWNhX2NvdW50GAMgASgNInAKFUFsbG9jYXRlV3JpdGVSZXNwb25zZRIPCgdibG9iX2lkGAEgASgJEg4KBmNvb2tpZRgCIAEoBhIoCgZzdG9yZXMYAyADKAsyGC5oYXlzdGFjay52MS5TdG9yZVRhcmdldBIMCgR0ZXJtGAQgASgEIpEBChJDb21taXRXcml0ZVJlcXVlc3QSDwoHYmxvYl9pZBgBIAEoCRIOCgZjb29raWUYAiABKAYSDAoEc2l6ZRgDIAEoBBIOCgZzaGEyNTYYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEiYKCHJlcGxpY2FzGAYgAygLMhQuaGF5c3RhY2sudjEuUmVwbGljYSJQChNDb21taXRXcml0ZVJlc3BvbnNlEhQKDGNvbW1pdF9pbmRleBgBIAEoBBIjCgRibG9iGAIgASgLMhUuaGF5c3RhY2sudjEuQmxvYk1ldGEiNAoNTG9jYXRlUmVxdWVzdBIQCghibG9iX2lkcxgBIAMoCRIRCgltaW5faW5kZXgYAiABKAQigwEKDEJsb2JMb2NhdGlvbhIPCgdibG9iX2lkGAEgASgJEg0KBWZvdW5kGAIgASgIEiMKBGJsb2IYAyABKAsyFS5oYXlzdGFjay52MS5CbG9iTWV0YRIuCghyZXBsaWNhcxgEIAMoCzIcLmhheXN0YWNrLnYxLlJlcGxpY2FMb2NhdGlvbiJVCg5Mb2NhdGVSZXNwb25zZRIsCglsb2NhdGlvbnMYASADKAsyGS5oYXlzdGFjay52MS5CbG9iTG9jYXRpb24SFQoNYXBwbGllZF9pbmRleBgCIAEoBCIwCh1EaXJlY3RvcnlTZXJ2aWNlRGVsZXRlUmVxdWVzdBIPCgdibG9iX2lkGAEgASgJIkUKHkRpcmVjdG9yeVNlcnZpY2VEZWxldGVSZXNwb25zZRIUCgxjb21taXRfaW5kZXgYASABKAQSDQoFZm91bmQYAiABKAgiVAobRGlyZWN0b3J5U2VydmljZUxpc3RSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEg4KBnByZWZpeBgDIAEoCSJ0ChxEaXJlY3RvcnlTZXJ2aWNlTGlzdFJlc3BvbnNlEiQKBWJsb2JzGAEgAygLMhUuaGF5c3RhY2sudjEuQmxvYk1ldGESFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJEhUKDWFwcGxpZWRfaW5kZXgYAyABKAQiOAoSVmVyaWZ5QmxvYnNSZXF1ZXN0EhAKCHN0b3JlX2lkGAEgASgJEhAKCGJsb2JfaWRzGAIgAygJIjIKE1ZlcmlmeUJsb2JzUmVzcG9uc2USGwoTcmVmZXJlbmNlZF9ibG9iX2lkcxgBIAMoCSKdAQoVVXBkYXRlUmVwbGljYXNSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkSIQoDYWRkGAIgAygLMhQuaGF5c3RhY2sudjEuUmVwbGljYRIYChByZW1vdmVfc3RvcmVfaWRzGAMgAygJEhwKFHRhcmdldF9yZXBsaWNhX2NvdW50GAQgASgNEhgKEGV4cGVjdGVkX3ZlcnNpb24YBSABKAQiUwoWVXBkYXRlUmVwbGljYXNSZXNwb25zZRIUCgxjb21taXRfaW5kZXgYASABKAQSIwoEYmxvYhgCIAEoCzIVLmhheXN0YWNrLnYxLkJsb2JNZXRhIssBChBIZWFydGJlYXRSZXF1ZXN0EhAKCHN0b3JlX2lkGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSDAoEem9uZRgDIAEoCRIWCg5jYXBhY2l0eV9ieXRlcxgEIAEoBBISCgpmcmVlX2J5dGVzGAUgASgEEikKB3ZvbHVtZXMYBiADKAsyGC5oYXlzdGFjay52MS5Wb2x1bWVTdGF0cxIdChVjb21wbGV0ZWRfY29tbWFuZF9pZHMYByADKAQSEAoId3JpdGFibGUYCCABKAgiJgoSRGVsZXRlQmxvYnNDb21tYW5kEhAKCGJsb2JfaWRzGAEgAygJIikKFENvbXBhY3RWb2x1bWVDb21tYW5kEhEKCXZvbHVtZV9pZBgBIAEoDSKxAQoMU3RvcmVDb21tYW5kEhIKCmNvbW1hbmRfaWQYASABKAQSDAoEdGVybRgCIAEoBBI3CgxkZWxldGVfYmxvYnMYAyABKAsyHy5oYXlzdGFjay52MS5EZWxldGVCbG9ic0NvbW1hbmRIABI7Cg5jb21wYWN0X3ZvbHVtZRgEIAEoCzIhLmhheXN0YWNrLnYxLkNvbXBhY3RWb2x1bWVDb21tYW5kSABCCQoHY29tbWFuZCJtChFIZWFydGJlYXRSZXNwb25zZRIMCgR0ZXJtGAEgASgEEisKCGNvbW1hbmRzGAIgAygLMhkuaGF5c3RhY2sudjEuU3RvcmVDb21tYW5kEh0KFWhlYXJ0YmVhdF9pbnRlcnZhbF9tcxgDIAEoDSJbChRXYXRjaE1ldGFkYXRhUmVxdWVzdBISCgpmcm9tX2luZGV4GAEgASgEEhIKCndhdGNoZXJfaWQYAiABKAkSGwoTaW5jbHVkZV91bmNvbW1pdHRlZBgDIAEoCCKhAQoVV2F0Y2hNZXRhZGF0YVJlc3BvbnNlEgwKBHRlcm0YASABKAQSFAoMY29tbWl0X2luZGV4GAIgASgEEjEKCHNuYXBzaG90GAMgASgLMh0uaGF5c3RhY2sudjEuTWV0YWRhdGFTbmFwc2hvdEgAEioKB2VudHJpZXMYBCABKAsyFy5oYXlzdGFjay52MS5Mb2dFbnRyaWVzSABCBQoDbXNnIjQKCkxvZ0VudHJpZXMSJgoHZW50cmllcxgBIAMoCzIVLmhheXN0YWNrLnYxLkxvZ0VudHJ5Ik8KEkFja01ldGFkYXRhUmVxdWVzdBIUCgxkaXJlY3RvcnlfaWQYASABKAkSDAoEdGVybRgCIAEoBBIVCg1kdXJhYmxlX2luZGV4GAMgASgEIisKE0Fja01ldGFkYXRhUmVzcG9uc2USFAoMY29tbWl0X2luZGV4GAEgASgEIlMKEkdldExvZ1N0YXRlUmVxdWVzdBIMCgR0ZXJtGAEgASgEEhQKDGNhbmRpZGF0ZV9pZBgCIAEoCRIZChFjYW5kaWRhdGVfYWRkcmVzcxgDIAEoCSJ+ChNHZXRMb2dTdGF0ZVJlc3BvbnNlEhQKDGRpcmVjdG9yeV9pZBgBIAEoCRISCgpsYXN0X2luZGV4GAIgASgEEhEKCWxhc3RfdGVybRgDIAEoBBIUCgxjb21taXRfaW5kZXgYBCABKAQSFAoMY3VycmVudF90ZXJtGAUgASgEIi0KF0dldENsdXN0ZXJTdGF0dXNSZXF1ZXN0EhIKCmxvY2FsX29ubHkYASABKAgisgEKEURpcmVjdG9yeUluc3RhbmNlEhQKDGRpcmVjdG9yeV9pZBgBIAEoCRIPCgdhZGRyZXNzGAIgASgJEigKBHJvbGUYAyABKA4yGi5oYXlzdGFjay52MS5EaXJlY3RvcnlSb2xlEgwKBHRlcm0YBCABKAQSFAoMY29tbWl0X2luZGV4GAUgASgEEhUKDWFwcGxpZWRfaW5kZXgYBiABKAQSEQoJcmVhY2hhYmxlGAcgASgIIjUKElJlcGxpY2FDb3VudEJ1Y2tldBIQCghyZXBsaWNhcxgBIAEoDRINCgVibG9icxgCIAEoBCKAAgoYR2V0Q2x1c3RlclN0YXR1c1Jlc3BvbnNlEhQKDGRpcmVjdG9yeV9pZBgBIAEoCRIRCglsZWFkZXJfaWQYAiABKAkSDAoEdGVybRgDIAEoBBIzCgtkaXJlY3RvcmllcxgEIAMoCzIeLmhheXN0YWNrLnYxLkRpcmVjdG9yeUluc3RhbmNlEigKBnN0b3JlcxgFIAMoCzIYLmhheXN0YWNrLnYxLlN0b3JlUmVjb3JkEhIKCmJsb2JfY291bnQYBiABKAQSOgoRcmVwbGljYV9oaXN0b2dyYW0YByADKAsyHy5oYXlzdGFjay52MS5SZXBsaWNhQ291bnRCdWNrZXQqhQEKDURpcmVjdG9yeVJvbGUSHgoaRElSRUNUT1JZX1JPTEVfVU5TUEVDSUZJRUQQABIZChVESVJFQ1RPUllfUk9MRV9MRUFERVIQARIbChdESVJFQ1RPUllfUk9MRV9GT0xMT1dFUhACEhwKGERJUkVDVE9SWV9ST0xFX0NBTkRJREFURRADMpsIChBEaXJlY3RvcnlTZXJ2aWNlElYKDUFsbG9jYXRlV3JpdGUSIS5oYXlzdGFjay52MS5BbGxvY2F0ZVdyaXRlUmVxdWVzdBoiLmhheXN0YWNrLnYxLkFsbG9jYXRlV3JpdGVSZXNwb25zZRJQCgtDb21taXRXcml0ZRIfLmhheXN0YWNrLnYxLkNvbW1pdFdyaXRlUmVxdWVzdBogLmhheXN0YWNrLnYxLkNvbW1pdFdyaXRlUmVzcG9uc2USQQoGTG9jYXRlEhouaGF5c3RhY2sudjEuTG9jYXRlUmVxdWVzdBobLmhheXN0YWNrLnYxLkxvY2F0ZVJlc3BvbnNlEmEKBkRlbGV0ZRIqLmhheXN0YWNrLnYxLkRpcmVjdG9yeVNlcnZpY2VEZWxldGVSZXF1ZXN0GisuaGF5c3RhY2sudjEuRGlyZWN0b3J5U2VydmljZURlbGV0ZVJlc3BvbnNlElsKBExpc3QSKC5oYXlzdGFjay52MS5EaXJlY3RvcnlTZXJ2aWNlTGlzdFJlcXVlc3QaKS5oYXlzdGFjay52MS5EaXJlY3RvcnlTZXJ2aWNlTGlzdFJlc3BvbnNlElAKC1ZlcmlmeUJsb2JzEh8uaGF5c3RhY2sudjEuVmVyaWZ5QmxvYnNSZXF1ZXN0GiAuaGF5c3RhY2sudjEuVmVyaWZ5QmxvYnNSZXNwb25zZRJZCg5VcGRhdGVSZXBsaWNhcxIiLmhheXN0YWNrLnYxLlVwZGF0ZVJlcGxpY2FzUmVxdWVzdBojLmhheXN0YWNrLnYxLlVwZGF0ZVJlcGxpY2FzUmVzcG9uc2USTgoJSGVhcnRiZWF0Eh0uaGF5c3RhY2sudjEuSGVhcnRiZWF0UmVxdWVzdBoeLmhheXN0YWNrLnYxLkhlYXJ0YmVhdFJlc3BvbnNlKAEwARJYCg1XYXRjaE1ldGFkYXRhEiEuaGF5c3RhY2sudjEuV2F0Y2hNZXRhZGF0YVJlcXVlc3QaIi5oYXlzdGFjay52MS5XYXRjaE1ldGFkYXRhUmVzcG9uc2UwARJQCgtBY2tNZXRhZGF0YRIfLmhheXN0YWNrLnYxLkFja01ldGFkYXRhUmVxdWVzdBogLmhheXN0YWNrLnYxLkFja01ldGFkYXRhUmVzcG9uc2USUAoLR2V0TG9nU3RhdGUSHy5oYXlzdGFjay52MS5HZXRMb2dTdGF0ZVJlcXVlc3QaIC5oYXlzdGFjay52MS5HZXRMb2dTdGF0ZVJlc3BvbnNlEl8KEEdldENsdXN0ZXJTdGF0dXMSJC5oYXlzdGFjay52MS5HZXRDbHVzdGVyU3RhdHVzUmVxdWVzdBolLmhheXN0YWNrLnYxLkdldENsdXN0ZXJTdGF0dXNSZXNwb25zZWIGcHJvdG8z", [file_haystack_v1_common, file_haystack_v1_metadata]);
+  fileDesc("ChtoYXlzdGFjay92MS9kaXJlY3RvcnkucHJvdG8SC2hheXN0YWNrLnYxIjYKEURyYWluU3RvcmVSZXF1ZXN0EhAKCHN0b3JlX2lkGAEgASgJEg8KB3VuZHJhaW4YAiABKAgihwEKElN0b3JlUGxhY2VtZW50TG9hZBIQCghzdG9yZV9pZBgBIAEoCRITCgttZW1iZXJzaGlwcxgCIAEoDRIPCgdsZWF2aW5nGAMgASgNEhYKDmV4dHJhX3JlcGxpY2FzGAQgASgNEhAKCGRyYWluaW5nGAUgASgIEg8KB2RyYWluZWQYBiABKAgiWQoSRHJhaW5TdG9yZVJlc3BvbnNlEhQKDGNvbW1pdF9pbmRleBgBIAEoBBItCgRsb2FkGAIgASgLMh8uaGF5c3RhY2sudjEuU3RvcmVQbGFjZW1lbnRMb2FkIj0KF0JhbGFuY2VQbGFjZW1lbnRSZXF1ZXN0Eg8KB2RyeV9ydW4YASABKAgSEQoJbWF4X21vdmVzGAIgASgNIkoKDVBsYWNlbWVudE1vdmUSDQoFZ3JvdXAYASABKA0SFQoNZnJvbV9zdG9yZV9pZBgCIAEoCRITCgt0b19zdG9yZV9pZBgDIAEoCSLRAQoYQmFsYW5jZVBsYWNlbWVudFJlc3BvbnNlEikKBW1vdmVzGAEgAygLMhouaGF5c3RhY2sudjEuUGxhY2VtZW50TW92ZRIvCgZiZWZvcmUYAiADKAsyHy5oYXlzdGFjay52MS5TdG9yZVBsYWNlbWVudExvYWQSLgoFYWZ0ZXIYAyADKAsyHy5oYXlzdGFjay52MS5TdG9yZVBsYWNlbWVudExvYWQSFAoMY29tbWl0X2luZGV4GAQgASgEEhMKC2luX3Byb2dyZXNzGAUgASgNIqABChZVcGRhdGVQbGFjZW1lbnRSZXF1ZXN0Eg0KBWdyb3VwGAEgASgNEhYKDmV4cGVjdGVkX2Vwb2NoGAIgASgEEi0KB21lbWJlcnMYAyADKAsyHC5oYXlzdGFjay52MS5QbGFjZW1lbnRNZW1iZXISMAoKZWNfbWVtYmVycxgEIAMoCzIcLmhheXN0YWNrLnYxLlBsYWNlbWVudE1lbWJlciJbChdVcGRhdGVQbGFjZW1lbnRSZXNwb25zZRIUCgxjb21taXRfaW5kZXgYASABKAQSKgoFZ3JvdXAYAiABKAsyGy5oYXlzdGFjay52MS5QbGFjZW1lbnRHcm91cCJMChRBbGxvY2F0ZVdyaXRlUmVxdWVzdBIPCgdibG9iX2lkGAEgASgJEgwKBHNpemUYAiABKAQSFQoNcmVwbGljYV9jb3VudBgDIAEoDSJwChVBbGxvY2F0ZVdyaXRlUmVzcG9uc2USDwoHYmxvYl9pZBgBIAEoCRIOCgZjb29raWUYAiABKAYSKAoGc3RvcmVzGAMgAygLMhguaGF5c3RhY2sudjEuU3RvcmVUYXJnZXQSDAoEdGVybRgEIAEoBCKkAQoSQ29tbWl0V3JpdGVSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkSDgoGY29va2llGAIgASgGEgwKBHNpemUYAyABKAQSDgoGc2hhMjU2GAQgASgMEhQKDGNvbnRlbnRfdHlwZRgFIAEoCRImCghyZXBsaWNhcxgGIAMoCzIULmhheXN0YWNrLnYxLlJlcGxpY2ESEQoJZmlsZV9uYW1lGAcgASgJIlAKE0NvbW1pdFdyaXRlUmVzcG9uc2USFAoMY29tbWl0X2luZGV4GAEgASgEEiMKBGJsb2IYAiABKAsyFS5oYXlzdGFjay52MS5CbG9iTWV0YSI0Cg1Mb2NhdGVSZXF1ZXN0EhAKCGJsb2JfaWRzGAEgAygJEhEKCW1pbl9pbmRleBgCIAEoBCKDAQoMQmxvYkxvY2F0aW9uEg8KB2Jsb2JfaWQYASABKAkSDQoFZm91bmQYAiABKAgSIwoEYmxvYhgDIAEoCzIVLmhheXN0YWNrLnYxLkJsb2JNZXRhEi4KCHJlcGxpY2FzGAQgAygLMhwuaGF5c3RhY2sudjEuUmVwbGljYUxvY2F0aW9uIlUKDkxvY2F0ZVJlc3BvbnNlEiwKCWxvY2F0aW9ucxgBIAMoCzIZLmhheXN0YWNrLnYxLkJsb2JMb2NhdGlvbhIVCg1hcHBsaWVkX2luZGV4GAIgASgEIjAKHURpcmVjdG9yeVNlcnZpY2VEZWxldGVSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkiewoeRGlyZWN0b3J5U2VydmljZURlbGV0ZVJlc3BvbnNlEhQKDGNvbW1pdF9pbmRleBgBIAEoBBINCgVmb3VuZBgCIAEoCBI0Cg5leHRyYV9yZXBsaWNhcxgDIAMoCzIcLmhheXN0YWNrLnYxLlJlcGxpY2FMb2NhdGlvbiJUChtEaXJlY3RvcnlTZXJ2aWNlTGlzdFJlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSDgoGcHJlZml4GAMgASgJInQKHERpcmVjdG9yeVNlcnZpY2VMaXN0UmVzcG9uc2USJAoFYmxvYnMYASADKAsyFS5oYXlzdGFjay52MS5CbG9iTWV0YRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSFQoNYXBwbGllZF9pbmRleBgDIAEoBCI4ChJWZXJpZnlCbG9ic1JlcXVlc3QSEAoIc3RvcmVfaWQYASABKAkSEAoIYmxvYl9pZHMYAiADKAkiMgoTVmVyaWZ5QmxvYnNSZXNwb25zZRIbChNyZWZlcmVuY2VkX2Jsb2JfaWRzGAEgAygJIp0BChVVcGRhdGVSZXBsaWNhc1JlcXVlc3QSDwoHYmxvYl9pZBgBIAEoCRIhCgNhZGQYAiADKAsyFC5oYXlzdGFjay52MS5SZXBsaWNhEhgKEHJlbW92ZV9zdG9yZV9pZHMYAyADKAkSHAoUdGFyZ2V0X3JlcGxpY2FfY291bnQYBCABKA0SGAoQZXhwZWN0ZWRfdmVyc2lvbhgFIAEoBCJTChZVcGRhdGVSZXBsaWNhc1Jlc3BvbnNlEhQKDGNvbW1pdF9pbmRleBgBIAEoBBIjCgRibG9iGAIgASgLMhUuaGF5c3RhY2sudjEuQmxvYk1ldGEiywEKEEhlYXJ0YmVhdFJlcXVlc3QSEAoIc3RvcmVfaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIMCgR6b25lGAMgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAQgASgEEhIKCmZyZWVfYnl0ZXMYBSABKAQSKQoHdm9sdW1lcxgGIAMoCzIYLmhheXN0YWNrLnYxLlZvbHVtZVN0YXRzEh0KFWNvbXBsZXRlZF9jb21tYW5kX2lkcxgHIAMoBBIQCgh3cml0YWJsZRgIIAEoCCImChJEZWxldGVCbG9ic0NvbW1hbmQSEAoIYmxvYl9pZHMYASADKAkiKQoUQ29tcGFjdFZvbHVtZUNvbW1hbmQSEQoJdm9sdW1lX2lkGAEgASgNIrEBCgxTdG9yZUNvbW1hbmQSEgoKY29tbWFuZF9pZBgBIAEoBBIMCgR0ZXJtGAIgASgEEjcKDGRlbGV0ZV9ibG9icxgDIAEoCzIfLmhheXN0YWNrLnYxLkRlbGV0ZUJsb2JzQ29tbWFuZEgAEjsKDmNvbXBhY3Rfdm9sdW1lGAQgASgLMiEuaGF5c3RhY2sudjEuQ29tcGFjdFZvbHVtZUNvbW1hbmRIAEIJCgdjb21tYW5kIm0KEUhlYXJ0YmVhdFJlc3BvbnNlEgwKBHRlcm0YASABKAQSKwoIY29tbWFuZHMYAiADKAsyGS5oYXlzdGFjay52MS5TdG9yZUNvbW1hbmQSHQoVaGVhcnRiZWF0X2ludGVydmFsX21zGAMgASgNIlsKFFdhdGNoTWV0YWRhdGFSZXF1ZXN0EhIKCmZyb21faW5kZXgYASABKAQSEgoKd2F0Y2hlcl9pZBgCIAEoCRIbChNpbmNsdWRlX3VuY29tbWl0dGVkGAMgASgIIqEBChVXYXRjaE1ldGFkYXRhUmVzcG9uc2USDAoEdGVybRgBIAEoBBIUCgxjb21taXRfaW5kZXgYAiABKAQSMQoIc25hcHNob3QYAyABKAsyHS5oYXlzdGFjay52MS5NZXRhZGF0YVNuYXBzaG90SAASKgoHZW50cmllcxgEIAEoCzIXLmhheXN0YWNrLnYxLkxvZ0VudHJpZXNIAEIFCgNtc2ciNAoKTG9nRW50cmllcxImCgdlbnRyaWVzGAEgAygLMhUuaGF5c3RhY2sudjEuTG9nRW50cnkiTwoSQWNrTWV0YWRhdGFSZXF1ZXN0EhQKDGRpcmVjdG9yeV9pZBgBIAEoCRIMCgR0ZXJtGAIgASgEEhUKDWR1cmFibGVfaW5kZXgYAyABKAQiKwoTQWNrTWV0YWRhdGFSZXNwb25zZRIUCgxjb21taXRfaW5kZXgYASABKAQiUwoSR2V0TG9nU3RhdGVSZXF1ZXN0EgwKBHRlcm0YASABKAQSFAoMY2FuZGlkYXRlX2lkGAIgASgJEhkKEWNhbmRpZGF0ZV9hZGRyZXNzGAMgASgJIn4KE0dldExvZ1N0YXRlUmVzcG9uc2USFAoMZGlyZWN0b3J5X2lkGAEgASgJEhIKCmxhc3RfaW5kZXgYAiABKAQSEQoJbGFzdF90ZXJtGAMgASgEEhQKDGNvbW1pdF9pbmRleBgEIAEoBBIUCgxjdXJyZW50X3Rlcm0YBSABKAQiLQoXR2V0Q2x1c3RlclN0YXR1c1JlcXVlc3QSEgoKbG9jYWxfb25seRgBIAEoCCKyAQoRRGlyZWN0b3J5SW5zdGFuY2USFAoMZGlyZWN0b3J5X2lkGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSKAoEcm9sZRgDIAEoDjIaLmhheXN0YWNrLnYxLkRpcmVjdG9yeVJvbGUSDAoEdGVybRgEIAEoBBIUCgxjb21taXRfaW5kZXgYBSABKAQSFQoNYXBwbGllZF9pbmRleBgGIAEoBBIRCglyZWFjaGFibGUYByABKAgiNQoSUmVwbGljYUNvdW50QnVja2V0EhAKCHJlcGxpY2FzGAEgASgNEg0KBWJsb2JzGAIgASgEIqkDChhHZXRDbHVzdGVyU3RhdHVzUmVzcG9uc2USFAoMZGlyZWN0b3J5X2lkGAEgASgJEhEKCWxlYWRlcl9pZBgCIAEoCRIMCgR0ZXJtGAMgASgEEjMKC2RpcmVjdG9yaWVzGAQgAygLMh4uaGF5c3RhY2sudjEuRGlyZWN0b3J5SW5zdGFuY2USKAoGc3RvcmVzGAUgAygLMhguaGF5c3RhY2sudjEuU3RvcmVSZWNvcmQSEgoKYmxvYl9jb3VudBgGIAEoBBI6ChFyZXBsaWNhX2hpc3RvZ3JhbRgHIAMoCzIfLmhheXN0YWNrLnYxLlJlcGxpY2FDb3VudEJ1Y2tldBIdChVwbGFjZW1lbnRfZ3JvdXBfY291bnQYCCABKA0SNQoQcGxhY2VtZW50X2dyb3VwcxgJIAMoCzIbLmhheXN0YWNrLnYxLlBsYWNlbWVudEdyb3VwEhsKE2V4dHJhX3JlcGxpY2FfYmxvYnMYCiABKAQSNAoLc3RvcmVfbG9hZHMYCyADKAsyHy5oYXlzdGFjay52MS5TdG9yZVBsYWNlbWVudExvYWQqhQEKDURpcmVjdG9yeVJvbGUSHgoaRElSRUNUT1JZX1JPTEVfVU5TUEVDSUZJRUQQABIZChVESVJFQ1RPUllfUk9MRV9MRUFERVIQARIbChdESVJFQ1RPUllfUk9MRV9GT0xMT1dFUhACEhwKGERJUkVDVE9SWV9ST0xFX0NBTkRJREFURRADMqkKChBEaXJlY3RvcnlTZXJ2aWNlElYKDUFsbG9jYXRlV3JpdGUSIS5oYXlzdGFjay52MS5BbGxvY2F0ZVdyaXRlUmVxdWVzdBoiLmhheXN0YWNrLnYxLkFsbG9jYXRlV3JpdGVSZXNwb25zZRJQCgtDb21taXRXcml0ZRIfLmhheXN0YWNrLnYxLkNvbW1pdFdyaXRlUmVxdWVzdBogLmhheXN0YWNrLnYxLkNvbW1pdFdyaXRlUmVzcG9uc2USQQoGTG9jYXRlEhouaGF5c3RhY2sudjEuTG9jYXRlUmVxdWVzdBobLmhheXN0YWNrLnYxLkxvY2F0ZVJlc3BvbnNlEmEKBkRlbGV0ZRIqLmhheXN0YWNrLnYxLkRpcmVjdG9yeVNlcnZpY2VEZWxldGVSZXF1ZXN0GisuaGF5c3RhY2sudjEuRGlyZWN0b3J5U2VydmljZURlbGV0ZVJlc3BvbnNlElsKBExpc3QSKC5oYXlzdGFjay52MS5EaXJlY3RvcnlTZXJ2aWNlTGlzdFJlcXVlc3QaKS5oYXlzdGFjay52MS5EaXJlY3RvcnlTZXJ2aWNlTGlzdFJlc3BvbnNlElAKC1ZlcmlmeUJsb2JzEh8uaGF5c3RhY2sudjEuVmVyaWZ5QmxvYnNSZXF1ZXN0GiAuaGF5c3RhY2sudjEuVmVyaWZ5QmxvYnNSZXNwb25zZRJZCg5VcGRhdGVSZXBsaWNhcxIiLmhheXN0YWNrLnYxLlVwZGF0ZVJlcGxpY2FzUmVxdWVzdBojLmhheXN0YWNrLnYxLlVwZGF0ZVJlcGxpY2FzUmVzcG9uc2USTgoJSGVhcnRiZWF0Eh0uaGF5c3RhY2sudjEuSGVhcnRiZWF0UmVxdWVzdBoeLmhheXN0YWNrLnYxLkhlYXJ0YmVhdFJlc3BvbnNlKAEwARJYCg1XYXRjaE1ldGFkYXRhEiEuaGF5c3RhY2sudjEuV2F0Y2hNZXRhZGF0YVJlcXVlc3QaIi5oYXlzdGFjay52MS5XYXRjaE1ldGFkYXRhUmVzcG9uc2UwARJQCgtBY2tNZXRhZGF0YRIfLmhheXN0YWNrLnYxLkFja01ldGFkYXRhUmVxdWVzdBogLmhheXN0YWNrLnYxLkFja01ldGFkYXRhUmVzcG9uc2USUAoLR2V0TG9nU3RhdGUSHy5oYXlzdGFjay52MS5HZXRMb2dTdGF0ZVJlcXVlc3QaIC5oYXlzdGFjay52MS5HZXRMb2dTdGF0ZVJlc3BvbnNlEl8KEEdldENsdXN0ZXJTdGF0dXMSJC5oYXlzdGFjay52MS5HZXRDbHVzdGVyU3RhdHVzUmVxdWVzdBolLmhheXN0YWNrLnYxLkdldENsdXN0ZXJTdGF0dXNSZXNwb25zZRJcCg9VcGRhdGVQbGFjZW1lbnQSIy5oYXlzdGFjay52MS5VcGRhdGVQbGFjZW1lbnRSZXF1ZXN0GiQuaGF5c3RhY2sudjEuVXBkYXRlUGxhY2VtZW50UmVzcG9uc2USTQoKRHJhaW5TdG9yZRIeLmhheXN0YWNrLnYxLkRyYWluU3RvcmVSZXF1ZXN0Gh8uaGF5c3RhY2sudjEuRHJhaW5TdG9yZVJlc3BvbnNlEl8KEEJhbGFuY2VQbGFjZW1lbnQSJC5oYXlzdGFjay52MS5CYWxhbmNlUGxhY2VtZW50UmVxdWVzdBolLmhheXN0YWNrLnYxLkJhbGFuY2VQbGFjZW1lbnRSZXNwb25zZWIGcHJvdG8z", [file_haystack_v1_common, file_haystack_v1_metadata]);
+
+/**
+ * Drain (or undrain) a store.
+ *
+ * @generated from message haystack.v1.DrainStoreRequest
+ */
+export type DrainStoreRequest = Message<"haystack.v1.DrainStoreRequest"> & {
+  /**
+   * Store id.
+   *
+   * @generated from field: string store_id = 1;
+   */
+  storeId: string;
+
+  /**
+   * Stop draining: the store takes new placements again. Moves already started
+   * finish (their replacements are kept).
+   *
+   * @generated from field: bool undrain = 2;
+   */
+  undrain: boolean;
+};
+
+/**
+ * Describes the message haystack.v1.DrainStoreRequest.
+ * Use `create(DrainStoreRequestSchema)` to create a new message.
+ */
+export const DrainStoreRequestSchema: GenMessage<DrainStoreRequest> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_directory, 0);
+
+/**
+ * A store's share of the placement (progress of a drain or balance).
+ *
+ * @generated from message haystack.v1.StorePlacementLoad
+ */
+export type StorePlacementLoad = Message<"haystack.v1.StorePlacementLoad"> & {
+  /**
+   * Store id.
+   *
+   * @generated from field: string store_id = 1;
+   */
+  storeId: string;
+
+  /**
+   * Placement groups it is a member of, leaving ones included.
+   *
+   * @generated from field: uint32 memberships = 2;
+   */
+  memberships: number;
+
+  /**
+   * Of those, memberships marked leaving (waiting for their replacement).
+   *
+   * @generated from field: uint32 leaving = 3;
+   */
+  leaving: number;
+
+  /**
+   * Hot blobs with an extra replica on it.
+   *
+   * @generated from field: uint32 extra_replicas = 4;
+   */
+  extraReplicas: number;
+
+  /**
+   * True while the store is draining.
+   *
+   * @generated from field: bool draining = 5;
+   */
+  draining: boolean;
+
+  /**
+   * Draining and holding nothing the cluster needs: it may be stopped.
+   *
+   * @generated from field: bool drained = 6;
+   */
+  drained: boolean;
+};
+
+/**
+ * Describes the message haystack.v1.StorePlacementLoad.
+ * Use `create(StorePlacementLoadSchema)` to create a new message.
+ */
+export const StorePlacementLoadSchema: GenMessage<StorePlacementLoad> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_directory, 1);
+
+/**
+ * The store after the change.
+ *
+ * @generated from message haystack.v1.DrainStoreResponse
+ */
+export type DrainStoreResponse = Message<"haystack.v1.DrainStoreResponse"> & {
+  /**
+   * Log index of the change (0 when nothing had to change).
+   *
+   * @generated from field: uint64 commit_index = 1;
+   */
+  commitIndex: bigint;
+
+  /**
+   * Where its drain stands.
+   *
+   * @generated from field: haystack.v1.StorePlacementLoad load = 2;
+   */
+  load?: StorePlacementLoad | undefined;
+};
+
+/**
+ * Describes the message haystack.v1.DrainStoreResponse.
+ * Use `create(DrainStoreResponseSchema)` to create a new message.
+ */
+export const DrainStoreResponseSchema: GenMessage<DrainStoreResponse> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_directory, 2);
+
+/**
+ * Balance placement-group memberships.
+ *
+ * @generated from message haystack.v1.BalancePlacementRequest
+ */
+export type BalancePlacementRequest = Message<"haystack.v1.BalancePlacementRequest"> & {
+  /**
+   * Only plan: change nothing.
+   *
+   * @generated from field: bool dry_run = 1;
+   */
+  dryRun: boolean;
+
+  /**
+   * At most this many moves (default 16, at most 1024).
+   *
+   * @generated from field: uint32 max_moves = 2;
+   */
+  maxMoves: number;
+};
+
+/**
+ * Describes the message haystack.v1.BalancePlacementRequest.
+ * Use `create(BalancePlacementRequestSchema)` to create a new message.
+ */
+export const BalancePlacementRequestSchema: GenMessage<BalancePlacementRequest> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_directory, 3);
+
+/**
+ * One membership moved from one store to another.
+ *
+ * @generated from message haystack.v1.PlacementMove
+ */
+export type PlacementMove = Message<"haystack.v1.PlacementMove"> & {
+  /**
+   * Group number.
+   *
+   * @generated from field: uint32 group = 1;
+   */
+  group: number;
+
+  /**
+   * The store whose member leaves.
+   *
+   * @generated from field: string from_store_id = 2;
+   */
+  fromStoreId: string;
+
+  /**
+   * The store that joins.
+   *
+   * @generated from field: string to_store_id = 3;
+   */
+  toStoreId: string;
+};
+
+/**
+ * Describes the message haystack.v1.PlacementMove.
+ * Use `create(PlacementMoveSchema)` to create a new message.
+ */
+export const PlacementMoveSchema: GenMessage<PlacementMove> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_directory, 4);
+
+/**
+ * The plan, and what was started.
+ *
+ * @generated from message haystack.v1.BalancePlacementResponse
+ */
+export type BalancePlacementResponse = Message<"haystack.v1.BalancePlacementResponse"> & {
+  /**
+   * The moves (started unless dry_run).
+   *
+   * @generated from field: repeated haystack.v1.PlacementMove moves = 1;
+   */
+  moves: PlacementMove[];
+
+  /**
+   * Memberships per store before the moves.
+   *
+   * @generated from field: repeated haystack.v1.StorePlacementLoad before = 2;
+   */
+  before: StorePlacementLoad[];
+
+  /**
+   * Memberships per store once the moves are done.
+   *
+   * @generated from field: repeated haystack.v1.StorePlacementLoad after = 3;
+   */
+  after: StorePlacementLoad[];
+
+  /**
+   * Log index of the change (0 for a dry run or when nothing moves).
+   *
+   * @generated from field: uint64 commit_index = 4;
+   */
+  commitIndex: bigint;
+
+  /**
+   * Moves already under way from earlier calls (groups with a leaving member).
+   *
+   * @generated from field: uint32 in_progress = 5;
+   */
+  inProgress: number;
+};
+
+/**
+ * Describes the message haystack.v1.BalancePlacementResponse.
+ * Use `create(BalancePlacementResponseSchema)` to create a new message.
+ */
+export const BalancePlacementResponseSchema: GenMessage<BalancePlacementResponse> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_directory, 5);
+
+/**
+ * Replace one placement group's members.
+ *
+ * @generated from message haystack.v1.UpdatePlacementRequest
+ */
+export type UpdatePlacementRequest = Message<"haystack.v1.UpdatePlacementRequest"> & {
+  /**
+   * Group number.
+   *
+   * @generated from field: uint32 group = 1;
+   */
+  group: number;
+
+  /**
+   * The epoch the caller read; the change applies only if the group still has it.
+   *
+   * @generated from field: uint64 expected_epoch = 2;
+   */
+  expectedEpoch: bigint;
+
+  /**
+   * The new members, in write order. Every store must be registered; at least one
+   * must be ACTIVE; no store twice.
+   *
+   * @generated from field: repeated haystack.v1.PlacementMember members = 3;
+   */
+  members: PlacementMember[];
+
+  /**
+   * The group's cold-tier stores (PlacementGroup.ec_members: shard i of every
+   * stripe of the group on ec_members[i]), set by the replication manager before it
+   * encodes the group's first cold blob and when it swaps a lost shard store for a
+   * rebuilt one. Empty keeps the group's current EC members. Every store must be
+   * registered, none twice, each ACTIVE or JOINING, at most 30 (k + m).
+   *
+   * @generated from field: repeated haystack.v1.PlacementMember ec_members = 4;
+   */
+  ecMembers: PlacementMember[];
+};
+
+/**
+ * Describes the message haystack.v1.UpdatePlacementRequest.
+ * Use `create(UpdatePlacementRequestSchema)` to create a new message.
+ */
+export const UpdatePlacementRequestSchema: GenMessage<UpdatePlacementRequest> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_directory, 6);
+
+/**
+ * The group after the change.
+ *
+ * @generated from message haystack.v1.UpdatePlacementResponse
+ */
+export type UpdatePlacementResponse = Message<"haystack.v1.UpdatePlacementResponse"> & {
+  /**
+   * Log index of the change (the group's new epoch).
+   *
+   * @generated from field: uint64 commit_index = 1;
+   */
+  commitIndex: bigint;
+
+  /**
+   * The group as recorded.
+   *
+   * @generated from field: haystack.v1.PlacementGroup group = 2;
+   */
+  group?: PlacementGroup | undefined;
+};
+
+/**
+ * Describes the message haystack.v1.UpdatePlacementResponse.
+ * Use `create(UpdatePlacementResponseSchema)` to create a new message.
+ */
+export const UpdatePlacementResponseSchema: GenMessage<UpdatePlacementResponse> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_directory, 7);
 
 /**
  * Ask for a placement for a new blob.
@@ -49,7 +349,7 @@ export type AllocateWriteRequest = Message<"haystack.v1.AllocateWriteRequest"> &
  * Use `create(AllocateWriteRequestSchema)` to create a new message.
  */
 export const AllocateWriteRequestSchema: GenMessage<AllocateWriteRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 0);
+  messageDesc(file_haystack_v1_directory, 8);
 
 /**
  * A placement for a new blob.
@@ -91,7 +391,7 @@ export type AllocateWriteResponse = Message<"haystack.v1.AllocateWriteResponse">
  * Use `create(AllocateWriteResponseSchema)` to create a new message.
  */
 export const AllocateWriteResponseSchema: GenMessage<AllocateWriteResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 1);
+  messageDesc(file_haystack_v1_directory, 9);
 
 /**
  * Record a durable blob.
@@ -140,6 +440,13 @@ export type CommitWriteRequest = Message<"haystack.v1.CommitWriteRequest"> & {
    * @generated from field: repeated haystack.v1.Replica replicas = 6;
    */
   replicas: Replica[];
+
+  /**
+   * The original file name given at upload, or empty (kept in BlobMeta).
+   *
+   * @generated from field: string file_name = 7;
+   */
+  fileName: string;
 };
 
 /**
@@ -147,7 +454,7 @@ export type CommitWriteRequest = Message<"haystack.v1.CommitWriteRequest"> & {
  * Use `create(CommitWriteRequestSchema)` to create a new message.
  */
 export const CommitWriteRequestSchema: GenMessage<CommitWriteRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 2);
+  messageDesc(file_haystack_v1_directory, 10);
 
 /**
  * The committed blob.
@@ -176,7 +483,7 @@ export type CommitWriteResponse = Message<"haystack.v1.CommitWriteResponse"> & {
  * Use `create(CommitWriteResponseSchema)` to create a new message.
  */
 export const CommitWriteResponseSchema: GenMessage<CommitWriteResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 3);
+  messageDesc(file_haystack_v1_directory, 11);
 
 /**
  * Find blobs.
@@ -205,7 +512,7 @@ export type LocateRequest = Message<"haystack.v1.LocateRequest"> & {
  * Use `create(LocateRequestSchema)` to create a new message.
  */
 export const LocateRequestSchema: GenMessage<LocateRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 4);
+  messageDesc(file_haystack_v1_directory, 12);
 
 /**
  * Where one blob is.
@@ -247,7 +554,7 @@ export type BlobLocation = Message<"haystack.v1.BlobLocation"> & {
  * Use `create(BlobLocationSchema)` to create a new message.
  */
 export const BlobLocationSchema: GenMessage<BlobLocation> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 5);
+  messageDesc(file_haystack_v1_directory, 13);
 
 /**
  * Locations, in request order.
@@ -275,7 +582,7 @@ export type LocateResponse = Message<"haystack.v1.LocateResponse"> & {
  * Use `create(LocateResponseSchema)` to create a new message.
  */
 export const LocateResponseSchema: GenMessage<LocateResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 6);
+  messageDesc(file_haystack_v1_directory, 14);
 
 /**
  * Delete a blob.
@@ -296,7 +603,7 @@ export type DirectoryServiceDeleteRequest = Message<"haystack.v1.DirectoryServic
  * Use `create(DirectoryServiceDeleteRequestSchema)` to create a new message.
  */
 export const DirectoryServiceDeleteRequestSchema: GenMessage<DirectoryServiceDeleteRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 7);
+  messageDesc(file_haystack_v1_directory, 15);
 
 /**
  * The answer to Delete.
@@ -317,6 +624,14 @@ export type DirectoryServiceDeleteResponse = Message<"haystack.v1.DirectoryServi
    * @generated from field: bool found = 2;
    */
   found: boolean;
+
+  /**
+   * With placement groups: the blob's extra replicas the delete removed from the
+   * directory; the caller writes tombstones to them and to the group's members.
+   *
+   * @generated from field: repeated haystack.v1.ReplicaLocation extra_replicas = 3;
+   */
+  extraReplicas: ReplicaLocation[];
 };
 
 /**
@@ -324,7 +639,7 @@ export type DirectoryServiceDeleteResponse = Message<"haystack.v1.DirectoryServi
  * Use `create(DirectoryServiceDeleteResponseSchema)` to create a new message.
  */
 export const DirectoryServiceDeleteResponseSchema: GenMessage<DirectoryServiceDeleteResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 8);
+  messageDesc(file_haystack_v1_directory, 16);
 
 /**
  * Page through blobs.
@@ -359,7 +674,7 @@ export type DirectoryServiceListRequest = Message<"haystack.v1.DirectoryServiceL
  * Use `create(DirectoryServiceListRequestSchema)` to create a new message.
  */
 export const DirectoryServiceListRequestSchema: GenMessage<DirectoryServiceListRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 9);
+  messageDesc(file_haystack_v1_directory, 17);
 
 /**
  * A page of blobs, in id order.
@@ -394,7 +709,7 @@ export type DirectoryServiceListResponse = Message<"haystack.v1.DirectoryService
  * Use `create(DirectoryServiceListResponseSchema)` to create a new message.
  */
 export const DirectoryServiceListResponseSchema: GenMessage<DirectoryServiceListResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 10);
+  messageDesc(file_haystack_v1_directory, 18);
 
 /**
  * Which of these ids are referenced on a store.
@@ -422,7 +737,7 @@ export type VerifyBlobsRequest = Message<"haystack.v1.VerifyBlobsRequest"> & {
  * Use `create(VerifyBlobsRequestSchema)` to create a new message.
  */
 export const VerifyBlobsRequestSchema: GenMessage<VerifyBlobsRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 11);
+  messageDesc(file_haystack_v1_directory, 19);
 
 /**
  * The referenced subset.
@@ -443,7 +758,7 @@ export type VerifyBlobsResponse = Message<"haystack.v1.VerifyBlobsResponse"> & {
  * Use `create(VerifyBlobsResponseSchema)` to create a new message.
  */
 export const VerifyBlobsResponseSchema: GenMessage<VerifyBlobsResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 12);
+  messageDesc(file_haystack_v1_directory, 20);
 
 /**
  * Change a blob's replicas.
@@ -492,7 +807,7 @@ export type UpdateReplicasRequest = Message<"haystack.v1.UpdateReplicasRequest">
  * Use `create(UpdateReplicasRequestSchema)` to create a new message.
  */
 export const UpdateReplicasRequestSchema: GenMessage<UpdateReplicasRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 13);
+  messageDesc(file_haystack_v1_directory, 21);
 
 /**
  * The blob after the change.
@@ -520,7 +835,7 @@ export type UpdateReplicasResponse = Message<"haystack.v1.UpdateReplicasResponse
  * Use `create(UpdateReplicasResponseSchema)` to create a new message.
  */
 export const UpdateReplicasResponseSchema: GenMessage<UpdateReplicasResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 14);
+  messageDesc(file_haystack_v1_directory, 22);
 
 /**
  * What a store sends on its heartbeat stream.
@@ -590,7 +905,7 @@ export type HeartbeatRequest = Message<"haystack.v1.HeartbeatRequest"> & {
  * Use `create(HeartbeatRequestSchema)` to create a new message.
  */
 export const HeartbeatRequestSchema: GenMessage<HeartbeatRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 15);
+  messageDesc(file_haystack_v1_directory, 23);
 
 /**
  * Delete blobs on the store (tombstones).
@@ -611,7 +926,7 @@ export type DeleteBlobsCommand = Message<"haystack.v1.DeleteBlobsCommand"> & {
  * Use `create(DeleteBlobsCommandSchema)` to create a new message.
  */
 export const DeleteBlobsCommandSchema: GenMessage<DeleteBlobsCommand> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 16);
+  messageDesc(file_haystack_v1_directory, 24);
 
 /**
  * Compact a volume.
@@ -632,7 +947,7 @@ export type CompactVolumeCommand = Message<"haystack.v1.CompactVolumeCommand"> &
  * Use `create(CompactVolumeCommandSchema)` to create a new message.
  */
 export const CompactVolumeCommandSchema: GenMessage<CompactVolumeCommand> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 17);
+  messageDesc(file_haystack_v1_directory, 25);
 
 /**
  * A command for a store.
@@ -683,7 +998,7 @@ export type StoreCommand = Message<"haystack.v1.StoreCommand"> & {
  * Use `create(StoreCommandSchema)` to create a new message.
  */
 export const StoreCommandSchema: GenMessage<StoreCommand> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 18);
+  messageDesc(file_haystack_v1_directory, 26);
 
 /**
  * What the directory answers on a heartbeat stream.
@@ -718,7 +1033,7 @@ export type HeartbeatResponse = Message<"haystack.v1.HeartbeatResponse"> & {
  * Use `create(HeartbeatResponseSchema)` to create a new message.
  */
 export const HeartbeatResponseSchema: GenMessage<HeartbeatResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 19);
+  messageDesc(file_haystack_v1_directory, 27);
 
 /**
  * Follow the metadata log.
@@ -755,7 +1070,7 @@ export type WatchMetadataRequest = Message<"haystack.v1.WatchMetadataRequest"> &
  * Use `create(WatchMetadataRequestSchema)` to create a new message.
  */
 export const WatchMetadataRequestSchema: GenMessage<WatchMetadataRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 20);
+  messageDesc(file_haystack_v1_directory, 28);
 
 /**
  * One message on a WatchMetadata stream.
@@ -806,7 +1121,7 @@ export type WatchMetadataResponse = Message<"haystack.v1.WatchMetadataResponse">
  * Use `create(WatchMetadataResponseSchema)` to create a new message.
  */
 export const WatchMetadataResponseSchema: GenMessage<WatchMetadataResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 21);
+  messageDesc(file_haystack_v1_directory, 29);
 
 /**
  * A batch of log entries.
@@ -827,7 +1142,7 @@ export type LogEntries = Message<"haystack.v1.LogEntries"> & {
  * Use `create(LogEntriesSchema)` to create a new message.
  */
 export const LogEntriesSchema: GenMessage<LogEntries> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 22);
+  messageDesc(file_haystack_v1_directory, 30);
 
 /**
  * A follower's durable position.
@@ -862,7 +1177,7 @@ export type AckMetadataRequest = Message<"haystack.v1.AckMetadataRequest"> & {
  * Use `create(AckMetadataRequestSchema)` to create a new message.
  */
 export const AckMetadataRequestSchema: GenMessage<AckMetadataRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 23);
+  messageDesc(file_haystack_v1_directory, 31);
 
 /**
  * The leader's view after the ack.
@@ -883,7 +1198,7 @@ export type AckMetadataResponse = Message<"haystack.v1.AckMetadataResponse"> & {
  * Use `create(AckMetadataResponseSchema)` to create a new message.
  */
 export const AckMetadataResponseSchema: GenMessage<AckMetadataResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 24);
+  messageDesc(file_haystack_v1_directory, 32);
 
 /**
  * Ask an instance for its log position.
@@ -921,7 +1236,7 @@ export type GetLogStateRequest = Message<"haystack.v1.GetLogStateRequest"> & {
  * Use `create(GetLogStateRequestSchema)` to create a new message.
  */
 export const GetLogStateRequestSchema: GenMessage<GetLogStateRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 25);
+  messageDesc(file_haystack_v1_directory, 33);
 
 /**
  * An instance's log position.
@@ -970,7 +1285,7 @@ export type GetLogStateResponse = Message<"haystack.v1.GetLogStateResponse"> & {
  * Use `create(GetLogStateResponseSchema)` to create a new message.
  */
 export const GetLogStateResponseSchema: GenMessage<GetLogStateResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 26);
+  messageDesc(file_haystack_v1_directory, 34);
 
 /**
  * Ask for the cluster status.
@@ -991,7 +1306,7 @@ export type GetClusterStatusRequest = Message<"haystack.v1.GetClusterStatusReque
  * Use `create(GetClusterStatusRequestSchema)` to create a new message.
  */
 export const GetClusterStatusRequestSchema: GenMessage<GetClusterStatusRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 27);
+  messageDesc(file_haystack_v1_directory, 35);
 
 /**
  * One directory instance.
@@ -1054,7 +1369,7 @@ export type DirectoryInstance = Message<"haystack.v1.DirectoryInstance"> & {
  * Use `create(DirectoryInstanceSchema)` to create a new message.
  */
 export const DirectoryInstanceSchema: GenMessage<DirectoryInstance> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 28);
+  messageDesc(file_haystack_v1_directory, 36);
 
 /**
  * Replica-count histogram bucket.
@@ -1082,7 +1397,7 @@ export type ReplicaCountBucket = Message<"haystack.v1.ReplicaCountBucket"> & {
  * Use `create(ReplicaCountBucketSchema)` to create a new message.
  */
 export const ReplicaCountBucketSchema: GenMessage<ReplicaCountBucket> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 29);
+  messageDesc(file_haystack_v1_directory, 37);
 
 /**
  * The cluster as seen by the answering instance.
@@ -1126,7 +1441,9 @@ export type GetClusterStatusResponse = Message<"haystack.v1.GetClusterStatusResp
   stores: StoreRecord[];
 
   /**
-   * Live blobs.
+   * Live blobs. With placement groups the directory keeps no per-blob record, and
+   * this is an estimate: live needles on all stores (from their heartbeats) over
+   * the replicas per group.
    *
    * @generated from field: uint64 blob_count = 6;
    */
@@ -1138,6 +1455,35 @@ export type GetClusterStatusResponse = Message<"haystack.v1.GetClusterStatusResp
    * @generated from field: repeated haystack.v1.ReplicaCountBucket replica_histogram = 7;
    */
   replicaHistogram: ReplicaCountBucket[];
+
+  /**
+   * Number of placement groups (0: per-blob records, no placement groups).
+   *
+   * @generated from field: uint32 placement_group_count = 8;
+   */
+  placementGroupCount: number;
+
+  /**
+   * Every placement group.
+   *
+   * @generated from field: repeated haystack.v1.PlacementGroup placement_groups = 9;
+   */
+  placementGroups: PlacementGroup[];
+
+  /**
+   * Blobs with extra replicas (hot blobs).
+   *
+   * @generated from field: uint64 extra_replica_blobs = 10;
+   */
+  extraReplicaBlobs: bigint;
+
+  /**
+   * Each store's share of the placement (memberships, leaving ones, extra
+   * replicas, drain state), in store id order. Empty without placement groups.
+   *
+   * @generated from field: repeated haystack.v1.StorePlacementLoad store_loads = 11;
+   */
+  storeLoads: StorePlacementLoad[];
 };
 
 /**
@@ -1145,7 +1491,7 @@ export type GetClusterStatusResponse = Message<"haystack.v1.GetClusterStatusResp
  * Use `create(GetClusterStatusResponseSchema)` to create a new message.
  */
 export const GetClusterStatusResponseSchema: GenMessage<GetClusterStatusResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_directory, 30);
+  messageDesc(file_haystack_v1_directory, 38);
 
 /**
  * Role of a directory instance.
@@ -1325,6 +1671,48 @@ export const DirectoryService: GenService<{
     methodKind: "unary";
     input: typeof GetClusterStatusRequestSchema;
     output: typeof GetClusterStatusResponseSchema;
+  },
+  /**
+   * Replaces one placement group's members (replication manager: a backfilled
+   * member becomes ACTIVE, a drained store leaves). Compare-and-set on the group's
+   * epoch: FAILED_PRECONDITION when it moved on, so the caller re-reads the group.
+   *
+   * @generated from rpc haystack.v1.DirectoryService.UpdatePlacement
+   */
+  updatePlacement: {
+    methodKind: "unary";
+    input: typeof UpdatePlacementRequestSchema;
+    output: typeof UpdatePlacementResponseSchema;
+  },
+  /**
+   * Operators: starts (or, with undrain, stops) draining a store. A draining store
+   * gets no new placement; each of its placement-group memberships is marked
+   * leaving and gets a JOINING replacement on another store, which the replication
+   * manager backfills; the leaving member is removed only once the replacement is
+   * ACTIVE, so the store's copies are dropped only after new ones are durable. Its
+   * hot blobs' extra replicas are copied elsewhere, then removed. Idempotent: call
+   * again (or GetClusterStatus) for progress. NOT_FOUND for an unknown store,
+   * FAILED_PRECONDITION on a cluster without placement groups.
+   *
+   * @generated from rpc haystack.v1.DirectoryService.DrainStore
+   */
+  drainStore: {
+    methodKind: "unary";
+    input: typeof DrainStoreRequestSchema;
+    output: typeof DrainStoreResponseSchema;
+  },
+  /**
+   * Operators: moves placement-group memberships from the stores with the most to
+   * the stores with the fewest (a new empty store, say), at most max_moves at
+   * once, each as a leaving member plus a JOINING replacement (same safety rule as
+   * DrainStore). dry_run answers the plan without changing anything.
+   *
+   * @generated from rpc haystack.v1.DirectoryService.BalancePlacement
+   */
+  balancePlacement: {
+    methodKind: "unary";
+    input: typeof BalancePlacementRequestSchema;
+    output: typeof BalancePlacementResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_haystack_v1_directory, 0);

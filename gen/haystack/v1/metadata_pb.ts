@@ -2,8 +2,8 @@
 // @generated from file haystack/v1/metadata.proto (package haystack.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { BlobMeta, Replica, StoreHealth, VolumeStats } from "./common_pb.js";
 import { file_haystack_v1_common } from "./common_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file haystack/v1/metadata.proto.
  */
 export const file_haystack_v1_metadata: GenFile = /*@__PURE__*/
-  fileDesc("ChpoYXlzdGFjay92MS9tZXRhZGF0YS5wcm90bxILaGF5c3RhY2sudjEi2gEKC1N0b3JlUmVjb3JkEhAKCHN0b3JlX2lkGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSDAoEem9uZRgDIAEoCRIWCg5jYXBhY2l0eV9ieXRlcxgEIAEoBBISCgpmcmVlX2J5dGVzGAUgASgEEigKBmhlYWx0aBgGIAEoDjIYLmhheXN0YWNrLnYxLlN0b3JlSGVhbHRoEhkKEWxhc3RfaGVhcnRiZWF0X21zGAcgASgDEikKB3ZvbHVtZXMYCCADKAsyGC5oYXlzdGFjay52MS5Wb2x1bWVTdGF0cyI0Cg1CbG9iQ29tbWl0dGVkEiMKBGJsb2IYASABKAsyFS5oYXlzdGFjay52MS5CbG9iTWV0YSIeCgtCbG9iRGVsZXRlZBIPCgdibG9iX2lkGAEgASgJIoABCg9SZXBsaWNhc0NoYW5nZWQSDwoHYmxvYl9pZBgBIAEoCRIjCgVhZGRlZBgCIAMoCzIULmhheXN0YWNrLnYxLlJlcGxpY2ESGQoRcmVtb3ZlZF9zdG9yZV9pZHMYAyADKAkSHAoUdGFyZ2V0X3JlcGxpY2FfY291bnQYBCABKA0iOgoPU3RvcmVSZWdpc3RlcmVkEicKBXN0b3JlGAEgASgLMhguaGF5c3RhY2sudjEuU3RvcmVSZWNvcmQiUAoSU3RvcmVIZWFsdGhDaGFuZ2VkEhAKCHN0b3JlX2lkGAEgASgJEigKBmhlYWx0aBgCIAEoDjIYLmhheXN0YWNrLnYxLlN0b3JlSGVhbHRoIiIKDUxlYWRlckNoYW5nZWQSEQoJbGVhZGVyX2lkGAEgASgJIpoDCghMb2dFbnRyeRINCgVpbmRleBgBIAEoBBIMCgR0ZXJtGAIgASgEEhQKDHRpbWVzdGFtcF9tcxgDIAEoAxI0Cg5ibG9iX2NvbW1pdHRlZBgEIAEoCzIaLmhheXN0YWNrLnYxLkJsb2JDb21taXR0ZWRIABIwCgxibG9iX2RlbGV0ZWQYBSABKAsyGC5oYXlzdGFjay52MS5CbG9iRGVsZXRlZEgAEjgKEHJlcGxpY2FzX2NoYW5nZWQYBiABKAsyHC5oYXlzdGFjay52MS5SZXBsaWNhc0NoYW5nZWRIABI4ChBzdG9yZV9yZWdpc3RlcmVkGAcgASgLMhwuaGF5c3RhY2sudjEuU3RvcmVSZWdpc3RlcmVkSAASPwoUc3RvcmVfaGVhbHRoX2NoYW5nZWQYCCABKAsyHy5oYXlzdGFjay52MS5TdG9yZUhlYWx0aENoYW5nZWRIABI0Cg5sZWFkZXJfY2hhbmdlZBgJIAEoCzIaLmhheXN0YWNrLnYxLkxlYWRlckNoYW5nZWRIAEIICgZjaGFuZ2UifwoQTWV0YWRhdGFTbmFwc2hvdBINCgVpbmRleBgBIAEoBBIMCgR0ZXJtGAIgASgEEiQKBWJsb2JzGAMgAygLMhUuaGF5c3RhY2sudjEuQmxvYk1ldGESKAoGc3RvcmVzGAQgAygLMhguaGF5c3RhY2sudjEuU3RvcmVSZWNvcmRiBnByb3RvMw", [file_haystack_v1_common]);
+  fileDesc("ChpoYXlzdGFjay92MS9tZXRhZGF0YS5wcm90bxILaGF5c3RhY2sudjEi7AEKC1N0b3JlUmVjb3JkEhAKCHN0b3JlX2lkGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSDAoEem9uZRgDIAEoCRIWCg5jYXBhY2l0eV9ieXRlcxgEIAEoBBISCgpmcmVlX2J5dGVzGAUgASgEEigKBmhlYWx0aBgGIAEoDjIYLmhheXN0YWNrLnYxLlN0b3JlSGVhbHRoEhkKEWxhc3RfaGVhcnRiZWF0X21zGAcgASgDEikKB3ZvbHVtZXMYCCADKAsyGC5oYXlzdGFjay52MS5Wb2x1bWVTdGF0cxIQCghkcmFpbmluZxgJIAEoCCI0Cg1CbG9iQ29tbWl0dGVkEiMKBGJsb2IYASABKAsyFS5oYXlzdGFjay52MS5CbG9iTWV0YSIeCgtCbG9iRGVsZXRlZBIPCgdibG9iX2lkGAEgASgJIoABCg9SZXBsaWNhc0NoYW5nZWQSDwoHYmxvYl9pZBgBIAEoCRIjCgVhZGRlZBgCIAMoCzIULmhheXN0YWNrLnYxLlJlcGxpY2ESGQoRcmVtb3ZlZF9zdG9yZV9pZHMYAyADKAkSHAoUdGFyZ2V0X3JlcGxpY2FfY291bnQYBCABKA0iOgoPU3RvcmVSZWdpc3RlcmVkEicKBXN0b3JlGAEgASgLMhguaGF5c3RhY2sudjEuU3RvcmVSZWNvcmQiUAoSU3RvcmVIZWFsdGhDaGFuZ2VkEhAKCHN0b3JlX2lkGAEgASgJEigKBmhlYWx0aBgCIAEoDjIYLmhheXN0YWNrLnYxLlN0b3JlSGVhbHRoIiIKDUxlYWRlckNoYW5nZWQSEQoJbGVhZGVyX2lkGAEgASgJItoECghMb2dFbnRyeRINCgVpbmRleBgBIAEoBBIMCgR0ZXJtGAIgASgEEhQKDHRpbWVzdGFtcF9tcxgDIAEoAxI0Cg5ibG9iX2NvbW1pdHRlZBgEIAEoCzIaLmhheXN0YWNrLnYxLkJsb2JDb21taXR0ZWRIABIwCgxibG9iX2RlbGV0ZWQYBSABKAsyGC5oYXlzdGFjay52MS5CbG9iRGVsZXRlZEgAEjgKEHJlcGxpY2FzX2NoYW5nZWQYBiABKAsyHC5oYXlzdGFjay52MS5SZXBsaWNhc0NoYW5nZWRIABI4ChBzdG9yZV9yZWdpc3RlcmVkGAcgASgLMhwuaGF5c3RhY2sudjEuU3RvcmVSZWdpc3RlcmVkSAASPwoUc3RvcmVfaGVhbHRoX2NoYW5nZWQYCCABKAsyHy5oYXlzdGFjay52MS5TdG9yZUhlYWx0aENoYW5nZWRIABI0Cg5sZWFkZXJfY2hhbmdlZBgJIAEoCzIaLmhheXN0YWNrLnYxLkxlYWRlckNoYW5nZWRIABI6ChFwbGFjZW1lbnRfY2hhbmdlZBgKIAEoCzIdLmhheXN0YWNrLnYxLlBsYWNlbWVudENoYW5nZWRIABJDChZleHRyYV9yZXBsaWNhc19jaGFuZ2VkGAsgASgLMiEuaGF5c3RhY2sudjEuRXh0cmFSZXBsaWNhc0NoYW5nZWRIABI9ChNzdG9yZV9kcmFpbl9jaGFuZ2VkGAwgASgLMh4uaGF5c3RhY2sudjEuU3RvcmVEcmFpbkNoYW5nZWRIAEIICgZjaGFuZ2UiNwoRU3RvcmVEcmFpbkNoYW5nZWQSEAoIc3RvcmVfaWQYASABKAkSEAoIZHJhaW5pbmcYAiABKAgiiQIKEE1ldGFkYXRhU25hcHNob3QSDQoFaW5kZXgYASABKAQSDAoEdGVybRgCIAEoBBIkCgVibG9icxgDIAMoCzIVLmhheXN0YWNrLnYxLkJsb2JNZXRhEigKBnN0b3JlcxgEIAMoCzIYLmhheXN0YWNrLnYxLlN0b3JlUmVjb3JkEh0KFXBsYWNlbWVudF9ncm91cF9jb3VudBgFIAEoDRI1ChBwbGFjZW1lbnRfZ3JvdXBzGAYgAygLMhsuaGF5c3RhY2sudjEuUGxhY2VtZW50R3JvdXASMgoOZXh0cmFfcmVwbGljYXMYByADKAsyGi5oYXlzdGFjay52MS5FeHRyYVJlcGxpY2FzImYKD1BsYWNlbWVudE1lbWJlchIQCghzdG9yZV9pZBgBIAEoCRIwCgVzdGF0ZRgCIAEoDjIhLmhheXN0YWNrLnYxLlBsYWNlbWVudE1lbWJlclN0YXRlEg8KB2xlYXZpbmcYAyABKAgijwEKDlBsYWNlbWVudEdyb3VwEg0KBWdyb3VwGAEgASgNEi0KB21lbWJlcnMYAiADKAsyHC5oYXlzdGFjay52MS5QbGFjZW1lbnRNZW1iZXISDQoFZXBvY2gYAyABKAQSMAoKZWNfbWVtYmVycxgEIAMoCzIcLmhheXN0YWNrLnYxLlBsYWNlbWVudE1lbWJlciJUChBQbGFjZW1lbnRDaGFuZ2VkEhMKC2dyb3VwX2NvdW50GAEgASgNEisKBmdyb3VwcxgCIAMoCzIbLmhheXN0YWNrLnYxLlBsYWNlbWVudEdyb3VwImYKDUV4dHJhUmVwbGljYXMSDwoHYmxvYl9pZBgBIAEoCRImCghyZXBsaWNhcxgCIAMoCzIULmhheXN0YWNrLnYxLlJlcGxpY2ESHAoUdGFyZ2V0X3JlcGxpY2FfY291bnQYAyABKA0ilAEKFEV4dHJhUmVwbGljYXNDaGFuZ2VkEg8KB2Jsb2JfaWQYASABKAkSIwoFYWRkZWQYAiADKAsyFC5oYXlzdGFjay52MS5SZXBsaWNhEhkKEXJlbW92ZWRfc3RvcmVfaWRzGAMgAygJEhwKFHRhcmdldF9yZXBsaWNhX2NvdW50GAQgASgNEg0KBWNsZWFyGAUgASgIKoUBChRQbGFjZW1lbnRNZW1iZXJTdGF0ZRImCiJQTEFDRU1FTlRfTUVNQkVSX1NUQVRFX1VOU1BFQ0lGSUVEEAASIQodUExBQ0VNRU5UX01FTUJFUl9TVEFURV9BQ1RJVkUQARIiCh5QTEFDRU1FTlRfTUVNQkVSX1NUQVRFX0pPSU5JTkcQAmIGcHJvdG8z", [file_haystack_v1_common]);
 
 /**
  * A store as registered with the directory.
@@ -75,6 +75,15 @@ export type StoreRecord = Message<"haystack.v1.StoreRecord"> & {
    * @generated from field: repeated haystack.v1.VolumeStats volumes = 8;
    */
   volumes: VolumeStats[];
+
+  /**
+   * Set by an operator (DirectoryService.DrainStore): the store gets no new
+   * placement-group membership, extra replica or allocation, and every membership
+   * it has is moved to other stores. Kept across heartbeats and restarts.
+   *
+   * @generated from field: bool draining = 9;
+   */
+  draining: boolean;
 };
 
 /**
@@ -318,6 +327,30 @@ export type LogEntry = Message<"haystack.v1.LogEntry"> & {
      */
     value: LeaderChanged;
     case: "leaderChanged";
+  } | {
+    /**
+     * See PlacementChanged.
+     *
+     * @generated from field: haystack.v1.PlacementChanged placement_changed = 10;
+     */
+    value: PlacementChanged;
+    case: "placementChanged";
+  } | {
+    /**
+     * See ExtraReplicasChanged.
+     *
+     * @generated from field: haystack.v1.ExtraReplicasChanged extra_replicas_changed = 11;
+     */
+    value: ExtraReplicasChanged;
+    case: "extraReplicasChanged";
+  } | {
+    /**
+     * See StoreDrainChanged.
+     *
+     * @generated from field: haystack.v1.StoreDrainChanged store_drain_changed = 12;
+     */
+    value: StoreDrainChanged;
+    case: "storeDrainChanged";
   } | { case: undefined; value?: undefined };
 };
 
@@ -327,6 +360,34 @@ export type LogEntry = Message<"haystack.v1.LogEntry"> & {
  */
 export const LogEntrySchema: GenMessage<LogEntry> = /*@__PURE__*/
   messageDesc(file_haystack_v1_metadata, 7);
+
+/**
+ * An operator started or stopped draining a store.
+ *
+ * @generated from message haystack.v1.StoreDrainChanged
+ */
+export type StoreDrainChanged = Message<"haystack.v1.StoreDrainChanged"> & {
+  /**
+   * Store id.
+   *
+   * @generated from field: string store_id = 1;
+   */
+  storeId: string;
+
+  /**
+   * True: drain it (see StoreRecord.draining); false: take it back into placement.
+   *
+   * @generated from field: bool draining = 2;
+   */
+  draining: boolean;
+};
+
+/**
+ * Describes the message haystack.v1.StoreDrainChanged.
+ * Use `create(StoreDrainChangedSchema)` to create a new message.
+ */
+export const StoreDrainChangedSchema: GenMessage<StoreDrainChanged> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_metadata, 8);
 
 /**
  * The state of the metadata after applying every entry up to index.
@@ -361,6 +422,27 @@ export type MetadataSnapshot = Message<"haystack.v1.MetadataSnapshot"> & {
    * @generated from field: repeated haystack.v1.StoreRecord stores = 4;
    */
   stores: StoreRecord[];
+
+  /**
+   * Number of placement groups (0 while placement is not initialised).
+   *
+   * @generated from field: uint32 placement_group_count = 5;
+   */
+  placementGroupCount: number;
+
+  /**
+   * Every placement group, in group order.
+   *
+   * @generated from field: repeated haystack.v1.PlacementGroup placement_groups = 6;
+   */
+  placementGroups: PlacementGroup[];
+
+  /**
+   * Every blob with replicas beyond its placement group, in id order.
+   *
+   * @generated from field: repeated haystack.v1.ExtraReplicas extra_replicas = 7;
+   */
+  extraReplicas: ExtraReplicas[];
 };
 
 /**
@@ -368,5 +450,241 @@ export type MetadataSnapshot = Message<"haystack.v1.MetadataSnapshot"> & {
  * Use `create(MetadataSnapshotSchema)` to create a new message.
  */
 export const MetadataSnapshotSchema: GenMessage<MetadataSnapshot> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_metadata, 8);
+  messageDesc(file_haystack_v1_metadata, 9);
+
+/**
+ * A store in a placement group.
+ *
+ * @generated from message haystack.v1.PlacementMember
+ */
+export type PlacementMember = Message<"haystack.v1.PlacementMember"> & {
+  /**
+   * Store id.
+   *
+   * @generated from field: string store_id = 1;
+   */
+  storeId: string;
+
+  /**
+   * Its part in the group.
+   *
+   * @generated from field: haystack.v1.PlacementMemberState state = 2;
+   */
+  state: PlacementMemberState;
+
+  /**
+   * Moving out (a drain or a balance move): still a full member (it takes the
+   * group's writes and, while ACTIVE, serves its reads) until every other member
+   * is ACTIVE, that is until its replacement has been backfilled; then the
+   * directory removes it from the group.
+   *
+   * @generated from field: bool leaving = 3;
+   */
+  leaving: boolean;
+};
+
+/**
+ * Describes the message haystack.v1.PlacementMember.
+ * Use `create(PlacementMemberSchema)` to create a new message.
+ */
+export const PlacementMemberSchema: GenMessage<PlacementMember> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_metadata, 10);
+
+/**
+ * A placement group: the blobs whose placement hash falls in it (see
+ * internal/common/placement.ts: group = high 32 bits of the blob id's 64-bit hash
+ * mod the group count) and the stores that hold them. A write goes to every
+ * member; a read to any ACTIVE one. The directory keeps no per-blob record.
+ *
+ * @generated from message haystack.v1.PlacementGroup
+ */
+export type PlacementGroup = Message<"haystack.v1.PlacementGroup"> & {
+  /**
+   * Group number, 0 <= group < group count.
+   *
+   * @generated from field: uint32 group = 1;
+   */
+  group: number;
+
+  /**
+   * Members, in the order writes are streamed (the first receives and forwards).
+   *
+   * @generated from field: repeated haystack.v1.PlacementMember members = 2;
+   */
+  members: PlacementMember[];
+
+  /**
+   * Log index of the group's last change: a compare-and-set token for changes.
+   *
+   * @generated from field: uint64 epoch = 3;
+   */
+  epoch: bigint;
+
+  /**
+   * The cold tier's stores for this group (docs/design/ec-tier.md): shard i of every
+   * stripe of the group is on ec_members[i]; k + m distinct stores, ACTIVE or
+   * JOINING (being rebuilt, serves no shard reads). Empty: the group has no cold
+   * tier.
+   *
+   * @generated from field: repeated haystack.v1.PlacementMember ec_members = 4;
+   */
+  ecMembers: PlacementMember[];
+};
+
+/**
+ * Describes the message haystack.v1.PlacementGroup.
+ * Use `create(PlacementGroupSchema)` to create a new message.
+ */
+export const PlacementGroupSchema: GenMessage<PlacementGroup> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_metadata, 11);
+
+/**
+ * Placement groups were created or changed. The first such entry sets the group
+ * count, which never changes afterwards.
+ *
+ * @generated from message haystack.v1.PlacementChanged
+ */
+export type PlacementChanged = Message<"haystack.v1.PlacementChanged"> & {
+  /**
+   * The group count, set by the first PlacementChanged only; 0 afterwards.
+   *
+   * @generated from field: uint32 group_count = 1;
+   */
+  groupCount: number;
+
+  /**
+   * The groups as they are now (each replaces the group with its number).
+   *
+   * @generated from field: repeated haystack.v1.PlacementGroup groups = 2;
+   */
+  groups: PlacementGroup[];
+};
+
+/**
+ * Describes the message haystack.v1.PlacementChanged.
+ * Use `create(PlacementChangedSchema)` to create a new message.
+ */
+export const PlacementChangedSchema: GenMessage<PlacementChanged> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_metadata, 12);
+
+/**
+ * Replicas of one blob beyond its placement group's members (a hot blob's extra
+ * copies). Only these exceptions are per-blob state in the directory.
+ *
+ * @generated from message haystack.v1.ExtraReplicas
+ */
+export type ExtraReplicas = Message<"haystack.v1.ExtraReplicas"> & {
+  /**
+   * Blob id.
+   *
+   * @generated from field: string blob_id = 1;
+   */
+  blobId: string;
+
+  /**
+   * The extra replicas.
+   *
+   * @generated from field: repeated haystack.v1.Replica replicas = 2;
+   */
+  replicas: Replica[];
+
+  /**
+   * The blob's replica target (members + extras) set by the replication manager.
+   *
+   * @generated from field: uint32 target_replica_count = 3;
+   */
+  targetReplicaCount: number;
+};
+
+/**
+ * Describes the message haystack.v1.ExtraReplicas.
+ * Use `create(ExtraReplicasSchema)` to create a new message.
+ */
+export const ExtraReplicasSchema: GenMessage<ExtraReplicas> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_metadata, 13);
+
+/**
+ * Extra replicas of a blob were added or removed, or its target changed. A blob
+ * left with no extra replica and no raised target has no record.
+ *
+ * @generated from message haystack.v1.ExtraReplicasChanged
+ */
+export type ExtraReplicasChanged = Message<"haystack.v1.ExtraReplicasChanged"> & {
+  /**
+   * Blob id.
+   *
+   * @generated from field: string blob_id = 1;
+   */
+  blobId: string;
+
+  /**
+   * Replicas added.
+   *
+   * @generated from field: repeated haystack.v1.Replica added = 2;
+   */
+  added: Replica[];
+
+  /**
+   * Store ids whose extra replicas were removed.
+   *
+   * @generated from field: repeated string removed_store_ids = 3;
+   */
+  removedStoreIds: string[];
+
+  /**
+   * New target replica count; 0 leaves it unchanged.
+   *
+   * @generated from field: uint32 target_replica_count = 4;
+   */
+  targetReplicaCount: number;
+
+  /**
+   * Drop the record (every extra replica and the raised target), as on a delete.
+   *
+   * @generated from field: bool clear = 5;
+   */
+  clear: boolean;
+};
+
+/**
+ * Describes the message haystack.v1.ExtraReplicasChanged.
+ * Use `create(ExtraReplicasChangedSchema)` to create a new message.
+ */
+export const ExtraReplicasChangedSchema: GenMessage<ExtraReplicasChanged> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_metadata, 14);
+
+/**
+ * How a store takes part in a placement group.
+ *
+ * @generated from enum haystack.v1.PlacementMemberState
+ */
+export enum PlacementMemberState {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: PLACEMENT_MEMBER_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Holds every needle of the group: takes its writes and serves its reads.
+   *
+   * @generated from enum value: PLACEMENT_MEMBER_STATE_ACTIVE = 1;
+   */
+  ACTIVE = 1,
+
+  /**
+   * Newly placed: takes the group's writes while it is backfilled from an ACTIVE
+   * member; serves no reads until the replication manager marks it ACTIVE.
+   *
+   * @generated from enum value: PLACEMENT_MEMBER_STATE_JOINING = 2;
+   */
+  JOINING = 2,
+}
+
+/**
+ * Describes the enum haystack.v1.PlacementMemberState.
+ */
+export const PlacementMemberStateSchema: GenEnum<PlacementMemberState> = /*@__PURE__*/
+  enumDesc(file_haystack_v1_metadata, 0);
 

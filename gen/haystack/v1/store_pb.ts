@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { StoreTarget, VolumeStats } from "./common_pb.js";
+import type { ColdRef, StoreTarget, VolumeStats } from "./common_pb.js";
 import { file_haystack_v1_common } from "./common_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,322 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file haystack/v1/store.proto.
  */
 export const file_haystack_v1_store: GenFile = /*@__PURE__*/
-  fileDesc("ChdoYXlzdGFjay92MS9zdG9yZS5wcm90bxILaGF5c3RhY2sudjEiiAEKC1dyaXRlSGVhZGVyEg8KB2Jsb2JfaWQYASABKAkSDgoGY29va2llGAIgASgGEgwKBHNpemUYAyABKAQSDgoGc2hhMjU2GAQgASgMEiwKCmZvcndhcmRfdG8YBSADKAsyGC5oYXlzdGFjay52MS5TdG9yZVRhcmdldBIMCgR0ZXJtGAYgASgEIlIKDFdyaXRlUmVxdWVzdBIqCgZoZWFkZXIYASABKAsyGC5oYXlzdGFjay52MS5Xcml0ZUhlYWRlckgAEg8KBWNodW5rGAIgASgMSABCBQoDbXNnIkUKDldyaXR0ZW5SZXBsaWNhEhAKCHN0b3JlX2lkGAEgASgJEhEKCXZvbHVtZV9pZBgCIAEoDRIOCgZvZmZzZXQYAyABKAQifQoNV3JpdGVSZXNwb25zZRIPCgdibG9iX2lkGAEgASgJEgwKBHNpemUYAiABKAQSDgoGc2hhMjU2GAMgASgMEg4KBmNyYzMyYxgEIAEoBxItCghyZXBsaWNhcxgFIAMoCzIbLmhheXN0YWNrLnYxLldyaXR0ZW5SZXBsaWNhIk4KC1JlYWRSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkSDgoGY29va2llGAIgASgGEg4KBm9mZnNldBgDIAEoBBIOCgZsZW5ndGgYBCABKAQiXQoKUmVhZEhlYWRlchIMCgRzaXplGAEgASgEEg4KBm9mZnNldBgCIAEoBBIOCgZsZW5ndGgYAyABKAQSDgoGY3JjMzJjGAQgASgHEhEKCXZvbHVtZV9pZBgFIAEoDSJRCgxSZWFkUmVzcG9uc2USKQoGaGVhZGVyGAEgASgLMhcuaGF5c3RhY2sudjEuUmVhZEhlYWRlckgAEg8KBWNodW5rGAIgASgMSABCBQoDbXNnIjoKGVN0b3JlU2VydmljZURlbGV0ZVJlcXVlc3QSDwoHYmxvYl9pZBgBIAEoCRIMCgR0ZXJtGAIgASgEIisKGlN0b3JlU2VydmljZURlbGV0ZVJlc3BvbnNlEg0KBWZvdW5kGAEgASgIInsKEFJlcGxpY2F0ZVJlcXVlc3QSDwoHYmxvYl9pZBgBIAEoCRIOCgZjb29raWUYAiABKAYSKAoGc291cmNlGAMgASgLMhguaGF5c3RhY2sudjEuU3RvcmVUYXJnZXQSDgoGc2hhMjU2GAQgASgMEgwKBHRlcm0YBSABKAQiTwoRUmVwbGljYXRlUmVzcG9uc2USLAoHcmVwbGljYRgBIAEoCzIbLmhheXN0YWNrLnYxLldyaXR0ZW5SZXBsaWNhEgwKBHNpemUYAiABKAQiMgoOQ29tcGFjdFJlcXVlc3QSEQoJdm9sdW1lX2lkGAEgASgNEg0KBWZvcmNlGAIgASgIInsKEFZvbHVtZUNvbXBhY3Rpb24SEQoJdm9sdW1lX2lkGAEgASgNEhQKDGJ5dGVzX2JlZm9yZRgCIAEoBBITCgtieXRlc19hZnRlchgDIAEoBBIUCgxuZWVkbGVzX2tlcHQYBCABKAQSEwoLZHVyYXRpb25fbXMYBSABKAQiRQoPQ29tcGFjdFJlc3BvbnNlEjIKC2NvbXBhY3Rpb25zGAEgAygLMh0uaGF5c3RhY2sudjEuVm9sdW1lQ29tcGFjdGlvbiIhCgxTY3J1YlJlcXVlc3QSEQoJdm9sdW1lX2lkGAEgASgNImcKDUNvcnJ1cHROZWVkbGUSDwoHYmxvYl9pZBgBIAEoCRIRCgl2b2x1bWVfaWQYAiABKA0SDgoGb2Zmc2V0GAMgASgEEg4KBnJlYXNvbhgEIAEoCRISCgpzdXBlcnNlZGVkGAUgASgIImwKDVNjcnViUmVzcG9uc2USFwoPbmVlZGxlc19jaGVja2VkGAEgASgEEhUKDWJ5dGVzX2NoZWNrZWQYAiABKAQSKwoHY29ycnVwdBgDIAMoCzIaLmhheXN0YWNrLnYxLkNvcnJ1cHROZWVkbGUiHQobU3RvcmVTZXJ2aWNlR2V0U3RhdHNSZXF1ZXN0IrEBChxTdG9yZVNlcnZpY2VHZXRTdGF0c1Jlc3BvbnNlEhAKCHN0b3JlX2lkGAEgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAIgASgEEhIKCmZyZWVfYnl0ZXMYAyABKAQSEgoKdXNlZF9ieXRlcxgEIAEoBBIpCgd2b2x1bWVzGAUgAygLMhguaGF5c3RhY2sudjEuVm9sdW1lU3RhdHMSFAoMbmVlZGxlX2NvdW50GAYgASgEIjsKEkxpc3ROZWVkbGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJVCgpOZWVkbGVJbmZvEg8KB2Jsb2JfaWQYASABKAkSEQoJdm9sdW1lX2lkGAIgASgNEgwKBHNpemUYAyABKAQSFQoNd3JpdHRlbl9hdF9tcxgEIAEoAyJYChNMaXN0TmVlZGxlc1Jlc3BvbnNlEigKB25lZWRsZXMYASADKAsyFy5oYXlzdGFjay52MS5OZWVkbGVJbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTLvBAoMU3RvcmVTZXJ2aWNlEkAKBVdyaXRlEhkuaGF5c3RhY2sudjEuV3JpdGVSZXF1ZXN0GhouaGF5c3RhY2sudjEuV3JpdGVSZXNwb25zZSgBEj0KBFJlYWQSGC5oYXlzdGFjay52MS5SZWFkUmVxdWVzdBoZLmhheXN0YWNrLnYxLlJlYWRSZXNwb25zZTABElkKBkRlbGV0ZRImLmhheXN0YWNrLnYxLlN0b3JlU2VydmljZURlbGV0ZVJlcXVlc3QaJy5oYXlzdGFjay52MS5TdG9yZVNlcnZpY2VEZWxldGVSZXNwb25zZRJKCglSZXBsaWNhdGUSHS5oYXlzdGFjay52MS5SZXBsaWNhdGVSZXF1ZXN0Gh4uaGF5c3RhY2sudjEuUmVwbGljYXRlUmVzcG9uc2USRAoHQ29tcGFjdBIbLmhheXN0YWNrLnYxLkNvbXBhY3RSZXF1ZXN0GhwuaGF5c3RhY2sudjEuQ29tcGFjdFJlc3BvbnNlEj4KBVNjcnViEhkuaGF5c3RhY2sudjEuU2NydWJSZXF1ZXN0GhouaGF5c3RhY2sudjEuU2NydWJSZXNwb25zZRJfCghHZXRTdGF0cxIoLmhheXN0YWNrLnYxLlN0b3JlU2VydmljZUdldFN0YXRzUmVxdWVzdBopLmhheXN0YWNrLnYxLlN0b3JlU2VydmljZUdldFN0YXRzUmVzcG9uc2USUAoLTGlzdE5lZWRsZXMSHy5oYXlzdGFjay52MS5MaXN0TmVlZGxlc1JlcXVlc3QaIC5oYXlzdGFjay52MS5MaXN0TmVlZGxlc1Jlc3BvbnNlYgZwcm90bzM", [file_haystack_v1_common]);
+  fileDesc("ChdoYXlzdGFjay92MS9zdG9yZS5wcm90bxILaGF5c3RhY2sudjEi5AEKC05lZWRsZUZhY3RzEg8KB2Jsb2JfaWQYASABKAkSDgoGY29va2llGAIgASgGEgwKBHNpemUYAyABKAQSDgoGc2hhMjU2GAQgASgMEhQKDGNvbnRlbnRfdHlwZRgFIAEoCRIRCglmaWxlX25hbWUYBiABKAkSFQoNd3JpdHRlbl9hdF9tcxgHIAEoAxIPCgdkZWxldGVkGAggASgIEg4KBmNyYzMyYxgJIAEoBxIRCgl2b2x1bWVfaWQYCiABKA0SIgoEY29sZBgLIAEoCzIULmhheXN0YWNrLnYxLkNvbGRSZWYiUwoXU3RvcmVTZXJ2aWNlU3RhdFJlcXVlc3QSDwoHYmxvYl9pZBgBIAEoCRIOCgZjb29raWUYAiABKAYSFwoPaW5jbHVkZV9kZWxldGVkGAMgASgIIkQKGFN0b3JlU2VydmljZVN0YXRSZXNwb25zZRIoCgZuZWVkbGUYASABKAsyGC5oYXlzdGFjay52MS5OZWVkbGVGYWN0cyKPAQoZTGlzdFBsYWNlbWVudEdyb3VwUmVxdWVzdBITCgtncm91cF9jb3VudBgBIAEoDRINCgVncm91cBgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJEhEKCXBhZ2Vfc2l6ZRgEIAEoDRIXCg9pbmNsdWRlX2RlbGV0ZWQYBSABKAgSDgoGcHJlZml4GAYgASgJImAKGkxpc3RQbGFjZW1lbnRHcm91cFJlc3BvbnNlEikKB25lZWRsZXMYASADKAsyGC5oYXlzdGFjay52MS5OZWVkbGVGYWN0cxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMQoaR2V0UGxhY2VtZW50RGlnZXN0c1JlcXVlc3QSEwoLZ3JvdXBfY291bnQYASABKA0iQQoPUGxhY2VtZW50RGlnZXN0Eg0KBWdyb3VwGAEgASgNEg8KB25lZWRsZXMYAiABKAQSDgoGZGlnZXN0GAMgASgGIkwKG0dldFBsYWNlbWVudERpZ2VzdHNSZXNwb25zZRItCgdkaWdlc3RzGAEgAygLMhwuaGF5c3RhY2sudjEuUGxhY2VtZW50RGlnZXN0IuwBCgtXcml0ZUhlYWRlchIPCgdibG9iX2lkGAEgASgJEg4KBmNvb2tpZRgCIAEoBhIMCgRzaXplGAMgASgEEg4KBnNoYTI1NhgEIAEoDBIsCgpmb3J3YXJkX3RvGAUgAygLMhguaGF5c3RhY2sudjEuU3RvcmVUYXJnZXQSDAoEdGVybRgGIAEoBBIUCgxjb250ZW50X3R5cGUYByABKAkSEQoJZmlsZV9uYW1lGAggASgJEhUKDXdyaXR0ZW5fYXRfbXMYCSABKAMSIgoEY29sZBgKIAEoCzIULmhheXN0YWNrLnYxLkNvbGRSZWYiUgoMV3JpdGVSZXF1ZXN0EioKBmhlYWRlchgBIAEoCzIYLmhheXN0YWNrLnYxLldyaXRlSGVhZGVySAASDwoFY2h1bmsYAiABKAxIAEIFCgNtc2ciRQoOV3JpdHRlblJlcGxpY2ESEAoIc3RvcmVfaWQYASABKAkSEQoJdm9sdW1lX2lkGAIgASgNEg4KBm9mZnNldBgDIAEoBCKkAQoNV3JpdGVSZXNwb25zZRIPCgdibG9iX2lkGAEgASgJEgwKBHNpemUYAiABKAQSDgoGc2hhMjU2GAMgASgMEg4KBmNyYzMyYxgEIAEoBxItCghyZXBsaWNhcxgFIAMoCzIbLmhheXN0YWNrLnYxLldyaXR0ZW5SZXBsaWNhEg4KBmNvb2tpZRgGIAEoBhIVCg13cml0dGVuX2F0X21zGAcgASgDImAKC1JlYWRSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkSDgoGY29va2llGAIgASgGEg4KBm9mZnNldBgDIAEoBBIOCgZsZW5ndGgYBCABKAQSEAoIcmF3X3N0dWIYBSABKAgidAoIQ29sZFN0dWISIQoDcmVmGAEgASgLMhQuaGF5c3RhY2sudjEuQ29sZFJlZhIMCgRzaXplGAIgASgEEg4KBnNoYTI1NhgDIAEoDBIUCgxjb250ZW50X3R5cGUYBCABKAkSEQoJZmlsZV9uYW1lGAUgASgJIocBCgpSZWFkSGVhZGVyEgwKBHNpemUYASABKAQSDgoGb2Zmc2V0GAIgASgEEg4KBmxlbmd0aBgDIAEoBBIOCgZjcmMzMmMYBCABKAcSEQoJdm9sdW1lX2lkGAUgASgNEigKBm5lZWRsZRgGIAEoCzIYLmhheXN0YWNrLnYxLk5lZWRsZUZhY3RzIlEKDFJlYWRSZXNwb25zZRIpCgZoZWFkZXIYASABKAsyFy5oYXlzdGFjay52MS5SZWFkSGVhZGVySAASDwoFY2h1bmsYAiABKAxIAEIFCgNtc2ciUQoZU3RvcmVTZXJ2aWNlRGVsZXRlUmVxdWVzdBIPCgdibG9iX2lkGAEgASgJEgwKBHRlcm0YAiABKAQSFQoNd3JpdHRlbl9hdF9tcxgDIAEoAyIrChpTdG9yZVNlcnZpY2VEZWxldGVSZXNwb25zZRINCgVmb3VuZBgBIAEoCCKPAQoQUmVwbGljYXRlUmVxdWVzdBIPCgdibG9iX2lkGAEgASgJEg4KBmNvb2tpZRgCIAEoBhIoCgZzb3VyY2UYAyABKAsyGC5oYXlzdGFjay52MS5TdG9yZVRhcmdldBIOCgZzaGEyNTYYBCABKAwSDAoEdGVybRgFIAEoBBISCgprZWVwX3N0YW1wGAYgASgIIk8KEVJlcGxpY2F0ZVJlc3BvbnNlEiwKB3JlcGxpY2EYASABKAsyGy5oYXlzdGFjay52MS5Xcml0dGVuUmVwbGljYRIMCgRzaXplGAIgASgEIjIKDkNvbXBhY3RSZXF1ZXN0EhEKCXZvbHVtZV9pZBgBIAEoDRINCgVmb3JjZRgCIAEoCCJ7ChBWb2x1bWVDb21wYWN0aW9uEhEKCXZvbHVtZV9pZBgBIAEoDRIUCgxieXRlc19iZWZvcmUYAiABKAQSEwoLYnl0ZXNfYWZ0ZXIYAyABKAQSFAoMbmVlZGxlc19rZXB0GAQgASgEEhMKC2R1cmF0aW9uX21zGAUgASgEIkUKD0NvbXBhY3RSZXNwb25zZRIyCgtjb21wYWN0aW9ucxgBIAMoCzIdLmhheXN0YWNrLnYxLlZvbHVtZUNvbXBhY3Rpb24iIQoMU2NydWJSZXF1ZXN0EhEKCXZvbHVtZV9pZBgBIAEoDSJnCg1Db3JydXB0TmVlZGxlEg8KB2Jsb2JfaWQYASABKAkSEQoJdm9sdW1lX2lkGAIgASgNEg4KBm9mZnNldBgDIAEoBBIOCgZyZWFzb24YBCABKAkSEgoKc3VwZXJzZWRlZBgFIAEoCCJsCg1TY3J1YlJlc3BvbnNlEhcKD25lZWRsZXNfY2hlY2tlZBgBIAEoBBIVCg1ieXRlc19jaGVja2VkGAIgASgEEisKB2NvcnJ1cHQYAyADKAsyGi5oYXlzdGFjay52MS5Db3JydXB0TmVlZGxlIh0KG1N0b3JlU2VydmljZUdldFN0YXRzUmVxdWVzdCKxAQocU3RvcmVTZXJ2aWNlR2V0U3RhdHNSZXNwb25zZRIQCghzdG9yZV9pZBgBIAEoCRIWCg5jYXBhY2l0eV9ieXRlcxgCIAEoBBISCgpmcmVlX2J5dGVzGAMgASgEEhIKCnVzZWRfYnl0ZXMYBCABKAQSKQoHdm9sdW1lcxgFIAMoCzIYLmhheXN0YWNrLnYxLlZvbHVtZVN0YXRzEhQKDG5lZWRsZV9jb3VudBgGIAEoBCI7ChJMaXN0TmVlZGxlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiVQoKTmVlZGxlSW5mbxIPCgdibG9iX2lkGAEgASgJEhEKCXZvbHVtZV9pZBgCIAEoDRIMCgRzaXplGAMgASgEEhUKDXdyaXR0ZW5fYXRfbXMYBCABKAMiWAoTTGlzdE5lZWRsZXNSZXNwb25zZRIoCgduZWVkbGVzGAEgAygLMhcuaGF5c3RhY2sudjEuTmVlZGxlSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkicQoQU2hhcmRXcml0ZUhlYWRlchIRCglzdHJpcGVfaWQYASABKAkSDQoFaW5kZXgYAiABKA0SDAoEc2l6ZRgDIAEoBBIOCgZjcmMzMmMYBCABKAcSDAoEdGVybRgFIAEoBBIPCgdyZXBsYWNlGAYgASgIIlwKEVdyaXRlU2hhcmRSZXF1ZXN0Ei8KBmhlYWRlchgBIAEoCzIdLmhheXN0YWNrLnYxLlNoYXJkV3JpdGVIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAQgUKA21zZyJTChJXcml0ZVNoYXJkUmVzcG9uc2USLAoHcmVwbGljYRgBIAEoCzIbLmhheXN0YWNrLnYxLldyaXR0ZW5SZXBsaWNhEg8KB3dyaXR0ZW4YAiABKAgiVAoQUmVhZFNoYXJkUmVxdWVzdBIRCglzdHJpcGVfaWQYASABKAkSDQoFaW5kZXgYAiABKA0SDgoGb2Zmc2V0GAMgASgEEg4KBmxlbmd0aBgEIAEoBCJPCg9SZWFkU2hhcmRIZWFkZXISDAoEc2l6ZRgBIAEoBBIOCgZvZmZzZXQYAiABKAQSDgoGbGVuZ3RoGAMgASgEEg4KBmNyYzMyYxgEIAEoByJbChFSZWFkU2hhcmRSZXNwb25zZRIuCgZoZWFkZXIYASABKAsyHC5oYXlzdGFjay52MS5SZWFkU2hhcmRIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAQgUKA21zZyJEChJEZWxldGVTaGFyZFJlcXVlc3QSEQoJc3RyaXBlX2lkGAEgASgJEg0KBWluZGV4GAIgASgNEgwKBHRlcm0YAyABKAQiJAoTRGVsZXRlU2hhcmRSZXNwb25zZRINCgVmb3VuZBgBIAEoCDKGCQoMU3RvcmVTZXJ2aWNlEkAKBVdyaXRlEhkuaGF5c3RhY2sudjEuV3JpdGVSZXF1ZXN0GhouaGF5c3RhY2sudjEuV3JpdGVSZXNwb25zZSgBEj0KBFJlYWQSGC5oYXlzdGFjay52MS5SZWFkUmVxdWVzdBoZLmhheXN0YWNrLnYxLlJlYWRSZXNwb25zZTABElkKBkRlbGV0ZRImLmhheXN0YWNrLnYxLlN0b3JlU2VydmljZURlbGV0ZVJlcXVlc3QaJy5oYXlzdGFjay52MS5TdG9yZVNlcnZpY2VEZWxldGVSZXNwb25zZRJKCglSZXBsaWNhdGUSHS5oYXlzdGFjay52MS5SZXBsaWNhdGVSZXF1ZXN0Gh4uaGF5c3RhY2sudjEuUmVwbGljYXRlUmVzcG9uc2USRAoHQ29tcGFjdBIbLmhheXN0YWNrLnYxLkNvbXBhY3RSZXF1ZXN0GhwuaGF5c3RhY2sudjEuQ29tcGFjdFJlc3BvbnNlEj4KBVNjcnViEhkuaGF5c3RhY2sudjEuU2NydWJSZXF1ZXN0GhouaGF5c3RhY2sudjEuU2NydWJSZXNwb25zZRJfCghHZXRTdGF0cxIoLmhheXN0YWNrLnYxLlN0b3JlU2VydmljZUdldFN0YXRzUmVxdWVzdBopLmhheXN0YWNrLnYxLlN0b3JlU2VydmljZUdldFN0YXRzUmVzcG9uc2USUAoLTGlzdE5lZWRsZXMSHy5oYXlzdGFjay52MS5MaXN0TmVlZGxlc1JlcXVlc3QaIC5oYXlzdGFjay52MS5MaXN0TmVlZGxlc1Jlc3BvbnNlElMKBFN0YXQSJC5oYXlzdGFjay52MS5TdG9yZVNlcnZpY2VTdGF0UmVxdWVzdBolLmhheXN0YWNrLnYxLlN0b3JlU2VydmljZVN0YXRSZXNwb25zZRJlChJMaXN0UGxhY2VtZW50R3JvdXASJi5oYXlzdGFjay52MS5MaXN0UGxhY2VtZW50R3JvdXBSZXF1ZXN0GicuaGF5c3RhY2sudjEuTGlzdFBsYWNlbWVudEdyb3VwUmVzcG9uc2USaAoTR2V0UGxhY2VtZW50RGlnZXN0cxInLmhheXN0YWNrLnYxLkdldFBsYWNlbWVudERpZ2VzdHNSZXF1ZXN0GiguaGF5c3RhY2sudjEuR2V0UGxhY2VtZW50RGlnZXN0c1Jlc3BvbnNlEk8KCldyaXRlU2hhcmQSHi5oYXlzdGFjay52MS5Xcml0ZVNoYXJkUmVxdWVzdBofLmhheXN0YWNrLnYxLldyaXRlU2hhcmRSZXNwb25zZSgBEkwKCVJlYWRTaGFyZBIdLmhheXN0YWNrLnYxLlJlYWRTaGFyZFJlcXVlc3QaHi5oYXlzdGFjay52MS5SZWFkU2hhcmRSZXNwb25zZTABElAKC0RlbGV0ZVNoYXJkEh8uaGF5c3RhY2sudjEuRGVsZXRlU2hhcmRSZXF1ZXN0GiAuaGF5c3RhY2sudjEuRGVsZXRlU2hhcmRSZXNwb25zZWIGcHJvdG8z", [file_haystack_v1_common]);
+
+/**
+ * What a store knows of one needle.
+ *
+ * @generated from message haystack.v1.NeedleFacts
+ */
+export type NeedleFacts = Message<"haystack.v1.NeedleFacts"> & {
+  /**
+   * Blob id.
+   *
+   * @generated from field: string blob_id = 1;
+   */
+  blobId: string;
+
+  /**
+   * Cookie stored in the needle.
+   *
+   * @generated from field: fixed64 cookie = 2;
+   */
+  cookie: bigint;
+
+  /**
+   * Content size in bytes (0 for a tombstone).
+   *
+   * @generated from field: uint64 size = 3;
+   */
+  size: bigint;
+
+  /**
+   * SHA-256 of the content (32 bytes; empty for a tombstone).
+   *
+   * @generated from field: bytes sha256 = 4;
+   */
+  sha256: Uint8Array;
+
+  /**
+   * MIME type given at upload.
+   *
+   * @generated from field: string content_type = 5;
+   */
+  contentType: string;
+
+  /**
+   * Original file name given at upload, or empty.
+   *
+   * @generated from field: string file_name = 6;
+   */
+  fileName: string;
+
+  /**
+   * The needle's stamp: ms since the Unix epoch, strictly increasing per id (the
+   * blob's creation time for a live needle).
+   *
+   * @generated from field: int64 written_at_ms = 7;
+   */
+  writtenAtMs: bigint;
+
+  /**
+   * True for a tombstone.
+   *
+   * @generated from field: bool deleted = 8;
+   */
+  deleted: boolean;
+
+  /**
+   * CRC32C of the content.
+   *
+   * @generated from field: fixed32 crc32c = 9;
+   */
+  crc32c: number;
+
+  /**
+   * Volume holding the needle.
+   *
+   * @generated from field: uint32 volume_id = 10;
+   */
+  volumeId: number;
+
+  /**
+   * Set for a cold blob's stub: the blob's bytes are in an erasure-coded stripe,
+   * not in this needle (size and sha256 above are the blob's). Unset for a full
+   * needle.
+   *
+   * @generated from field: haystack.v1.ColdRef cold = 11;
+   */
+  cold?: ColdRef | undefined;
+};
+
+/**
+ * Describes the message haystack.v1.NeedleFacts.
+ * Use `create(NeedleFactsSchema)` to create a new message.
+ */
+export const NeedleFactsSchema: GenMessage<NeedleFacts> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 0);
+
+/**
+ * Ask for one needle's facts.
+ *
+ * @generated from message haystack.v1.StoreServiceStatRequest
+ */
+export type StoreServiceStatRequest = Message<"haystack.v1.StoreServiceStatRequest"> & {
+  /**
+   * Blob id.
+   *
+   * @generated from field: string blob_id = 1;
+   */
+  blobId: string;
+
+  /**
+   * Expected cookie. 0 skips the check: only for callers that authorized the read
+   * otherwise (a gateway serving a token with blob:read, the replication manager,
+   * stores copying, operators). A gateway serving a public read (capability or signed
+   * URL) always sends the needle's cookie. A wrong cookie, a deleted and an unknown id
+   * answer the same NOT_FOUND "blob … is not on this store" (no existence oracle).
+   *
+   * @generated from field: fixed64 cookie = 2;
+   */
+  cookie: bigint;
+
+  /**
+   * Answer for a tombstone too (deleted = true) instead of NOT_FOUND.
+   *
+   * @generated from field: bool include_deleted = 3;
+   */
+  includeDeleted: boolean;
+};
+
+/**
+ * Describes the message haystack.v1.StoreServiceStatRequest.
+ * Use `create(StoreServiceStatRequestSchema)` to create a new message.
+ */
+export const StoreServiceStatRequestSchema: GenMessage<StoreServiceStatRequest> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 1);
+
+/**
+ * One needle's facts.
+ *
+ * @generated from message haystack.v1.StoreServiceStatResponse
+ */
+export type StoreServiceStatResponse = Message<"haystack.v1.StoreServiceStatResponse"> & {
+  /**
+   * The newest needle for the id.
+   *
+   * @generated from field: haystack.v1.NeedleFacts needle = 1;
+   */
+  needle?: NeedleFacts | undefined;
+};
+
+/**
+ * Describes the message haystack.v1.StoreServiceStatResponse.
+ * Use `create(StoreServiceStatResponseSchema)` to create a new message.
+ */
+export const StoreServiceStatResponseSchema: GenMessage<StoreServiceStatResponse> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 2);
+
+/**
+ * Page through one placement group.
+ *
+ * @generated from message haystack.v1.ListPlacementGroupRequest
+ */
+export type ListPlacementGroupRequest = Message<"haystack.v1.ListPlacementGroupRequest"> & {
+  /**
+   * The cluster's placement group count (1..65536).
+   *
+   * @generated from field: uint32 group_count = 1;
+   */
+  groupCount: number;
+
+  /**
+   * The group, < group_count.
+   *
+   * @generated from field: uint32 group = 2;
+   */
+  group: number;
+
+  /**
+   * next_page_token of the previous page; empty for the first.
+   *
+   * @generated from field: string page_token = 3;
+   */
+  pageToken: string;
+
+  /**
+   * Up to this many needles (default 100, at most 1000).
+   *
+   * @generated from field: uint32 page_size = 4;
+   */
+  pageSize: number;
+
+  /**
+   * Include tombstones.
+   *
+   * @generated from field: bool include_deleted = 5;
+   */
+  includeDeleted: boolean;
+
+  /**
+   * Only ids with this prefix.
+   *
+   * @generated from field: string prefix = 6;
+   */
+  prefix: string;
+};
+
+/**
+ * Describes the message haystack.v1.ListPlacementGroupRequest.
+ * Use `create(ListPlacementGroupRequestSchema)` to create a new message.
+ */
+export const ListPlacementGroupRequestSchema: GenMessage<ListPlacementGroupRequest> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 3);
+
+/**
+ * A page of one placement group.
+ *
+ * @generated from message haystack.v1.ListPlacementGroupResponse
+ */
+export type ListPlacementGroupResponse = Message<"haystack.v1.ListPlacementGroupResponse"> & {
+  /**
+   * Needles, newest per id.
+   *
+   * @generated from field: repeated haystack.v1.NeedleFacts needles = 1;
+   */
+  needles: NeedleFacts[];
+
+  /**
+   * Token for the next page; empty at the end.
+   *
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message haystack.v1.ListPlacementGroupResponse.
+ * Use `create(ListPlacementGroupResponseSchema)` to create a new message.
+ */
+export const ListPlacementGroupResponseSchema: GenMessage<ListPlacementGroupResponse> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 4);
+
+/**
+ * Ask for placement digests.
+ *
+ * @generated from message haystack.v1.GetPlacementDigestsRequest
+ */
+export type GetPlacementDigestsRequest = Message<"haystack.v1.GetPlacementDigestsRequest"> & {
+  /**
+   * The cluster's placement group count (1..65536).
+   *
+   * @generated from field: uint32 group_count = 1;
+   */
+  groupCount: number;
+};
+
+/**
+ * Describes the message haystack.v1.GetPlacementDigestsRequest.
+ * Use `create(GetPlacementDigestsRequestSchema)` to create a new message.
+ */
+export const GetPlacementDigestsRequestSchema: GenMessage<GetPlacementDigestsRequest> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 5);
+
+/**
+ * One placement group's digest on this store.
+ *
+ * @generated from message haystack.v1.PlacementDigest
+ */
+export type PlacementDigest = Message<"haystack.v1.PlacementDigest"> & {
+  /**
+   * Group number.
+   *
+   * @generated from field: uint32 group = 1;
+   */
+  group: number;
+
+  /**
+   * Ids with a newest needle here (live or tombstone).
+   *
+   * @generated from field: uint64 needles = 2;
+   */
+  needles: bigint;
+
+  /**
+   * XOR over those ids of a 64-bit mix of (id hash, stamp, deleted).
+   *
+   * @generated from field: fixed64 digest = 3;
+   */
+  digest: bigint;
+};
+
+/**
+ * Describes the message haystack.v1.PlacementDigest.
+ * Use `create(PlacementDigestSchema)` to create a new message.
+ */
+export const PlacementDigestSchema: GenMessage<PlacementDigest> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 6);
+
+/**
+ * Digests of every group this store holds a needle of.
+ *
+ * @generated from message haystack.v1.GetPlacementDigestsResponse
+ */
+export type GetPlacementDigestsResponse = Message<"haystack.v1.GetPlacementDigestsResponse"> & {
+  /**
+   * Groups with at least one needle, in group order.
+   *
+   * @generated from field: repeated haystack.v1.PlacementDigest digests = 1;
+   */
+  digests: PlacementDigest[];
+};
+
+/**
+ * Describes the message haystack.v1.GetPlacementDigestsResponse.
+ * Use `create(GetPlacementDigestsResponseSchema)` to create a new message.
+ */
+export const GetPlacementDigestsResponseSchema: GenMessage<GetPlacementDigestsResponse> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 7);
 
 /**
  * The first message of a Write stream.
@@ -63,6 +378,46 @@ export type WriteHeader = Message<"haystack.v1.WriteHeader"> & {
    * @generated from field: uint64 term = 6;
    */
   term: bigint;
+
+  /**
+   * MIME type, kept in the needle (format v2).
+   *
+   * @generated from field: string content_type = 7;
+   */
+  contentType: string;
+
+  /**
+   * Original file name, kept in the needle (format v2); at most 255 bytes of UTF-8.
+   *
+   * @generated from field: string file_name = 8;
+   */
+  fileName: string;
+
+  /**
+   * The stamp to give the needle (ms since the Unix epoch), set by a store
+   * forwarding a write to the other replicas so all replicas hold the same needle;
+   * 0 stamps it on arrival. At most one hour ahead of the receiving store's clock.
+   * With a stamp the needle is copied as Replicate keep_stamp copies: an older
+   * record of the id here (live, other content included, or a tombstone) is
+   * superseded with this stamp and cookie; a newer one, or an equal one whose data
+   * is intact, is kept and the write succeeds without storing (answering the
+   * needle kept); a damaged equal-stamp needle is replaced 1 ms above it.
+   *
+   * @generated from field: int64 written_at_ms = 9;
+   */
+  writtenAtMs: bigint;
+
+  /**
+   * Write a cold stub instead of content (docs/design/ec-tier.md): the blob's bytes
+   * are in this erasure-coded stripe range. size and sha256 (required, 32 bytes),
+   * content_type and file_name are the blob's; written_at_ms is required and must
+   * be above the needle it replaces (it supersedes it, as keep_stamp copies do);
+   * no chunks follow. The stub is a needle with content type
+   * "application/vnd.haystack.cold-stub+proto", which no other Write may use.
+   *
+   * @generated from field: haystack.v1.ColdRef cold = 10;
+   */
+  cold?: ColdRef | undefined;
 };
 
 /**
@@ -70,7 +425,7 @@ export type WriteHeader = Message<"haystack.v1.WriteHeader"> & {
  * Use `create(WriteHeaderSchema)` to create a new message.
  */
 export const WriteHeaderSchema: GenMessage<WriteHeader> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 0);
+  messageDesc(file_haystack_v1_store, 8);
 
 /**
  * One message of a Write stream: the header, then chunks.
@@ -107,7 +462,7 @@ export type WriteRequest = Message<"haystack.v1.WriteRequest"> & {
  * Use `create(WriteRequestSchema)` to create a new message.
  */
 export const WriteRequestSchema: GenMessage<WriteRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 1);
+  messageDesc(file_haystack_v1_store, 9);
 
 /**
  * Where a replica of a written blob landed.
@@ -142,7 +497,7 @@ export type WrittenReplica = Message<"haystack.v1.WrittenReplica"> & {
  * Use `create(WrittenReplicaSchema)` to create a new message.
  */
 export const WrittenReplicaSchema: GenMessage<WrittenReplica> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 2);
+  messageDesc(file_haystack_v1_store, 10);
 
 /**
  * The answer to a Write, sent once every replica has the blob durably.
@@ -184,6 +539,21 @@ export type WriteResponse = Message<"haystack.v1.WriteResponse"> & {
    * @generated from field: repeated haystack.v1.WrittenReplica replicas = 5;
    */
   replicas: WrittenReplica[];
+
+  /**
+   * The cookie stored: an idempotent retry of a blob already held answers the
+   * original needle's cookie, not the one it sent.
+   *
+   * @generated from field: fixed64 cookie = 6;
+   */
+  cookie: bigint;
+
+  /**
+   * The stored needle's stamp (creation time, ms since the Unix epoch).
+   *
+   * @generated from field: int64 written_at_ms = 7;
+   */
+  writtenAtMs: bigint;
 };
 
 /**
@@ -191,7 +561,7 @@ export type WriteResponse = Message<"haystack.v1.WriteResponse"> & {
  * Use `create(WriteResponseSchema)` to create a new message.
  */
 export const WriteResponseSchema: GenMessage<WriteResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 3);
+  messageDesc(file_haystack_v1_store, 11);
 
 /**
  * Which blob (or part of it) to read.
@@ -207,7 +577,11 @@ export type ReadRequest = Message<"haystack.v1.ReadRequest"> & {
   blobId: string;
 
   /**
-   * Expected cookie; 0 skips the check.
+   * Expected cookie. 0 skips the check: only for callers that authorized the read
+   * otherwise (a gateway serving a token with blob:read, the replication manager,
+   * stores copying, operators). A gateway serving a public read (capability or signed
+   * URL) always sends the needle's cookie. A wrong cookie, a deleted and an unknown id
+   * answer the same NOT_FOUND "blob … is not on this store" (no existence oracle).
    *
    * @generated from field: fixed64 cookie = 2;
    */
@@ -226,6 +600,14 @@ export type ReadRequest = Message<"haystack.v1.ReadRequest"> & {
    * @generated from field: uint64 length = 4;
    */
   length: bigint;
+
+  /**
+   * For a cold stub, stream the stub needle itself (Replicate copies it verbatim);
+   * without it a stub is FAILED_PRECONDITION naming its stripe (read the shards).
+   *
+   * @generated from field: bool raw_stub = 5;
+   */
+  rawStub: boolean;
 };
 
 /**
@@ -233,7 +615,57 @@ export type ReadRequest = Message<"haystack.v1.ReadRequest"> & {
  * Use `create(ReadRequestSchema)` to create a new message.
  */
 export const ReadRequestSchema: GenMessage<ReadRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 4);
+  messageDesc(file_haystack_v1_store, 12);
+
+/**
+ * The content of a cold stub needle: where the blob's bytes are, and the facts
+ * the full needle had.
+ *
+ * @generated from message haystack.v1.ColdStub
+ */
+export type ColdStub = Message<"haystack.v1.ColdStub"> & {
+  /**
+   * The stripe range holding the blob.
+   *
+   * @generated from field: haystack.v1.ColdRef ref = 1;
+   */
+  ref?: ColdRef | undefined;
+
+  /**
+   * The blob's size in bytes.
+   *
+   * @generated from field: uint64 size = 2;
+   */
+  size: bigint;
+
+  /**
+   * The blob's SHA-256 (32 bytes).
+   *
+   * @generated from field: bytes sha256 = 3;
+   */
+  sha256: Uint8Array;
+
+  /**
+   * The blob's MIME type.
+   *
+   * @generated from field: string content_type = 4;
+   */
+  contentType: string;
+
+  /**
+   * The blob's original file name, or empty.
+   *
+   * @generated from field: string file_name = 5;
+   */
+  fileName: string;
+};
+
+/**
+ * Describes the message haystack.v1.ColdStub.
+ * Use `create(ColdStubSchema)` to create a new message.
+ */
+export const ColdStubSchema: GenMessage<ColdStub> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 13);
 
 /**
  * Facts about the blob, sent first on a Read stream.
@@ -275,6 +707,14 @@ export type ReadHeader = Message<"haystack.v1.ReadHeader"> & {
    * @generated from field: uint32 volume_id = 5;
    */
   volumeId: number;
+
+  /**
+   * Everything the needle records about the blob (format v2 fields are empty for
+   * older needles).
+   *
+   * @generated from field: haystack.v1.NeedleFacts needle = 6;
+   */
+  needle?: NeedleFacts | undefined;
 };
 
 /**
@@ -282,7 +722,7 @@ export type ReadHeader = Message<"haystack.v1.ReadHeader"> & {
  * Use `create(ReadHeaderSchema)` to create a new message.
  */
 export const ReadHeaderSchema: GenMessage<ReadHeader> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 5);
+  messageDesc(file_haystack_v1_store, 14);
 
 /**
  * One message of a Read stream: the header, then chunks.
@@ -319,7 +759,7 @@ export type ReadResponse = Message<"haystack.v1.ReadResponse"> & {
  * Use `create(ReadResponseSchema)` to create a new message.
  */
 export const ReadResponseSchema: GenMessage<ReadResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 6);
+  messageDesc(file_haystack_v1_store, 15);
 
 /**
  * Delete a blob on this store.
@@ -341,6 +781,17 @@ export type StoreServiceDeleteRequest = Message<"haystack.v1.StoreServiceDeleteR
    * @generated from field: uint64 term = 2;
    */
   term: bigint;
+
+  /**
+   * Stamp for the tombstone when copying one held by another replica of the
+   * placement group (backfill, anti-entropy); 0 stamps it now. A needle here with
+   * a newer stamp is kept; otherwise a tombstone with this stamp is written, also
+   * for an id this store never held, so replicas converge. At most one hour ahead
+   * of the store's clock.
+   *
+   * @generated from field: int64 written_at_ms = 3;
+   */
+  writtenAtMs: bigint;
 };
 
 /**
@@ -348,7 +799,7 @@ export type StoreServiceDeleteRequest = Message<"haystack.v1.StoreServiceDeleteR
  * Use `create(StoreServiceDeleteRequestSchema)` to create a new message.
  */
 export const StoreServiceDeleteRequestSchema: GenMessage<StoreServiceDeleteRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 7);
+  messageDesc(file_haystack_v1_store, 16);
 
 /**
  * The answer to a store Delete.
@@ -357,7 +808,8 @@ export const StoreServiceDeleteRequestSchema: GenMessage<StoreServiceDeleteReque
  */
 export type StoreServiceDeleteResponse = Message<"haystack.v1.StoreServiceDeleteResponse"> & {
   /**
-   * False when the store held no live needle for the id (the call still succeeds).
+   * True when this call's tombstone superseded a live needle; false when the store
+   * held no live needle for the id, or kept a newer one (the call still succeeds).
    *
    * @generated from field: bool found = 1;
    */
@@ -369,7 +821,7 @@ export type StoreServiceDeleteResponse = Message<"haystack.v1.StoreServiceDelete
  * Use `create(StoreServiceDeleteResponseSchema)` to create a new message.
  */
 export const StoreServiceDeleteResponseSchema: GenMessage<StoreServiceDeleteResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 8);
+  messageDesc(file_haystack_v1_store, 17);
 
 /**
  * Copy a blob from another store.
@@ -411,6 +863,18 @@ export type ReplicateRequest = Message<"haystack.v1.ReplicateRequest"> & {
    * @generated from field: uint64 term = 5;
    */
   term: bigint;
+
+  /**
+   * Copy the source needle's stamp and facts verbatim (placement backfill and
+   * anti-entropy), so replicas converge on the newest needle per id; a needle here
+   * with a newer stamp, or an equal one whose data is intact, is kept and the call
+   * succeeds without copying. A live needle here with an EQUAL stamp is verified
+   * (CRC32C, SHA-256 for v2); if damaged, the copy supersedes it stamped 1 ms
+   * above it (repair of a corrupt replica; see docs/volume-format.md, Stamp order).
+   *
+   * @generated from field: bool keep_stamp = 6;
+   */
+  keepStamp: boolean;
 };
 
 /**
@@ -418,7 +882,7 @@ export type ReplicateRequest = Message<"haystack.v1.ReplicateRequest"> & {
  * Use `create(ReplicateRequestSchema)` to create a new message.
  */
 export const ReplicateRequestSchema: GenMessage<ReplicateRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 9);
+  messageDesc(file_haystack_v1_store, 18);
 
 /**
  * The answer to Replicate.
@@ -446,7 +910,7 @@ export type ReplicateResponse = Message<"haystack.v1.ReplicateResponse"> & {
  * Use `create(ReplicateResponseSchema)` to create a new message.
  */
 export const ReplicateResponseSchema: GenMessage<ReplicateResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 10);
+  messageDesc(file_haystack_v1_store, 19);
 
 /**
  * Which volumes to compact.
@@ -474,7 +938,7 @@ export type CompactRequest = Message<"haystack.v1.CompactRequest"> & {
  * Use `create(CompactRequestSchema)` to create a new message.
  */
 export const CompactRequestSchema: GenMessage<CompactRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 11);
+  messageDesc(file_haystack_v1_store, 20);
 
 /**
  * What one compaction did.
@@ -523,7 +987,7 @@ export type VolumeCompaction = Message<"haystack.v1.VolumeCompaction"> & {
  * Use `create(VolumeCompactionSchema)` to create a new message.
  */
 export const VolumeCompactionSchema: GenMessage<VolumeCompaction> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 12);
+  messageDesc(file_haystack_v1_store, 21);
 
 /**
  * The answer to Compact.
@@ -544,7 +1008,7 @@ export type CompactResponse = Message<"haystack.v1.CompactResponse"> & {
  * Use `create(CompactResponseSchema)` to create a new message.
  */
 export const CompactResponseSchema: GenMessage<CompactResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 13);
+  messageDesc(file_haystack_v1_store, 22);
 
 /**
  * Which volumes to scrub.
@@ -565,7 +1029,7 @@ export type ScrubRequest = Message<"haystack.v1.ScrubRequest"> & {
  * Use `create(ScrubRequestSchema)` to create a new message.
  */
 export const ScrubRequestSchema: GenMessage<ScrubRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 14);
+  messageDesc(file_haystack_v1_store, 23);
 
 /**
  * A needle whose bytes do not match its checksum or framing.
@@ -615,7 +1079,7 @@ export type CorruptNeedle = Message<"haystack.v1.CorruptNeedle"> & {
  * Use `create(CorruptNeedleSchema)` to create a new message.
  */
 export const CorruptNeedleSchema: GenMessage<CorruptNeedle> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 15);
+  messageDesc(file_haystack_v1_store, 24);
 
 /**
  * The answer to Scrub.
@@ -650,7 +1114,7 @@ export type ScrubResponse = Message<"haystack.v1.ScrubResponse"> & {
  * Use `create(ScrubResponseSchema)` to create a new message.
  */
 export const ScrubResponseSchema: GenMessage<ScrubResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 16);
+  messageDesc(file_haystack_v1_store, 25);
 
 /**
  * Ask for store statistics.
@@ -665,7 +1129,7 @@ export type StoreServiceGetStatsRequest = Message<"haystack.v1.StoreServiceGetSt
  * Use `create(StoreServiceGetStatsRequestSchema)` to create a new message.
  */
 export const StoreServiceGetStatsRequestSchema: GenMessage<StoreServiceGetStatsRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 17);
+  messageDesc(file_haystack_v1_store, 26);
 
 /**
  * Store statistics.
@@ -721,7 +1185,7 @@ export type StoreServiceGetStatsResponse = Message<"haystack.v1.StoreServiceGetS
  * Use `create(StoreServiceGetStatsResponseSchema)` to create a new message.
  */
 export const StoreServiceGetStatsResponseSchema: GenMessage<StoreServiceGetStatsResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 18);
+  messageDesc(file_haystack_v1_store, 27);
 
 /**
  * Page through live needles, in blob id order.
@@ -749,7 +1213,7 @@ export type ListNeedlesRequest = Message<"haystack.v1.ListNeedlesRequest"> & {
  * Use `create(ListNeedlesRequestSchema)` to create a new message.
  */
 export const ListNeedlesRequestSchema: GenMessage<ListNeedlesRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 19);
+  messageDesc(file_haystack_v1_store, 28);
 
 /**
  * A live needle on this store.
@@ -791,7 +1255,7 @@ export type NeedleInfo = Message<"haystack.v1.NeedleInfo"> & {
  * Use `create(NeedleInfoSchema)` to create a new message.
  */
 export const NeedleInfoSchema: GenMessage<NeedleInfo> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 20);
+  messageDesc(file_haystack_v1_store, 29);
 
 /**
  * A page of needles.
@@ -819,7 +1283,307 @@ export type ListNeedlesResponse = Message<"haystack.v1.ListNeedlesResponse"> & {
  * Use `create(ListNeedlesResponseSchema)` to create a new message.
  */
 export const ListNeedlesResponseSchema: GenMessage<ListNeedlesResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 21);
+  messageDesc(file_haystack_v1_store, 30);
+
+/**
+ * The first message of a WriteShard stream.
+ *
+ * @generated from message haystack.v1.ShardWriteHeader
+ */
+export type ShardWriteHeader = Message<"haystack.v1.ShardWriteHeader"> & {
+  /**
+   * Stripe id (see ColdRef): 1..200 bytes of [A-Za-z0-9._~-].
+   *
+   * @generated from field: string stripe_id = 1;
+   */
+  stripeId: string;
+
+  /**
+   * Shard index, 0..29 (data shards first).
+   *
+   * @generated from field: uint32 index = 2;
+   */
+  index: number;
+
+  /**
+   * Exact size of the shard in bytes (at most 4 GiB); a stream that ends short
+   * commits nothing.
+   *
+   * @generated from field: uint64 size = 3;
+   */
+  size: bigint;
+
+  /**
+   * CRC32C of the shard as the encoder computed it (EcLayout.shard_crc32c[index]).
+   *
+   * @generated from field: fixed32 crc32c = 4;
+   */
+  crc32c: number;
+
+  /**
+   * Fencing term of the replication manager asking (0 when unknown).
+   *
+   * @generated from field: uint64 term = 5;
+   */
+  term: bigint;
+
+  /**
+   * Replace a live shard with other bytes under the same key (repair); the new
+   * needle is stamped above the old one.
+   *
+   * @generated from field: bool replace = 6;
+   */
+  replace: boolean;
+};
+
+/**
+ * Describes the message haystack.v1.ShardWriteHeader.
+ * Use `create(ShardWriteHeaderSchema)` to create a new message.
+ */
+export const ShardWriteHeaderSchema: GenMessage<ShardWriteHeader> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 31);
+
+/**
+ * One message of a WriteShard stream: the header, then chunks.
+ *
+ * @generated from message haystack.v1.WriteShardRequest
+ */
+export type WriteShardRequest = Message<"haystack.v1.WriteShardRequest"> & {
+  /**
+   * Header or content.
+   *
+   * @generated from oneof haystack.v1.WriteShardRequest.msg
+   */
+  msg: {
+    /**
+     * Must be the first message, exactly once.
+     *
+     * @generated from field: haystack.v1.ShardWriteHeader header = 1;
+     */
+    value: ShardWriteHeader;
+    case: "header";
+  } | {
+    /**
+     * The next bytes of the shard (any size up to 4 MiB).
+     *
+     * @generated from field: bytes chunk = 2;
+     */
+    value: Uint8Array;
+    case: "chunk";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message haystack.v1.WriteShardRequest.
+ * Use `create(WriteShardRequestSchema)` to create a new message.
+ */
+export const WriteShardRequestSchema: GenMessage<WriteShardRequest> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 32);
+
+/**
+ * The answer to WriteShard, once the shard is durable.
+ *
+ * @generated from message haystack.v1.WriteShardResponse
+ */
+export type WriteShardResponse = Message<"haystack.v1.WriteShardResponse"> & {
+  /**
+   * Where the shard needle landed on this store.
+   *
+   * @generated from field: haystack.v1.WrittenReplica replica = 1;
+   */
+  replica?: WrittenReplica | undefined;
+
+  /**
+   * False when an identical shard was already here and nothing was written.
+   *
+   * @generated from field: bool written = 2;
+   */
+  written: boolean;
+};
+
+/**
+ * Describes the message haystack.v1.WriteShardResponse.
+ * Use `create(WriteShardResponseSchema)` to create a new message.
+ */
+export const WriteShardResponseSchema: GenMessage<WriteShardResponse> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 33);
+
+/**
+ * Which shard (or part of it) to read.
+ *
+ * @generated from message haystack.v1.ReadShardRequest
+ */
+export type ReadShardRequest = Message<"haystack.v1.ReadShardRequest"> & {
+  /**
+   * Stripe id.
+   *
+   * @generated from field: string stripe_id = 1;
+   */
+  stripeId: string;
+
+  /**
+   * Shard index.
+   *
+   * @generated from field: uint32 index = 2;
+   */
+  index: number;
+
+  /**
+   * First byte to send.
+   *
+   * @generated from field: uint64 offset = 3;
+   */
+  offset: bigint;
+
+  /**
+   * Bytes to send from offset; 0 means to the end.
+   *
+   * @generated from field: uint64 length = 4;
+   */
+  length: bigint;
+};
+
+/**
+ * Describes the message haystack.v1.ReadShardRequest.
+ * Use `create(ReadShardRequestSchema)` to create a new message.
+ */
+export const ReadShardRequestSchema: GenMessage<ReadShardRequest> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 34);
+
+/**
+ * Facts about the shard, sent first on a ReadShard stream.
+ *
+ * @generated from message haystack.v1.ReadShardHeader
+ */
+export type ReadShardHeader = Message<"haystack.v1.ReadShardHeader"> & {
+  /**
+   * Size of the whole shard.
+   *
+   * @generated from field: uint64 size = 1;
+   */
+  size: bigint;
+
+  /**
+   * First byte of the range that follows.
+   *
+   * @generated from field: uint64 offset = 2;
+   */
+  offset: bigint;
+
+  /**
+   * Length of the range that follows.
+   *
+   * @generated from field: uint64 length = 3;
+   */
+  length: bigint;
+
+  /**
+   * CRC32C of the whole shard, as stored.
+   *
+   * @generated from field: fixed32 crc32c = 4;
+   */
+  crc32c: number;
+};
+
+/**
+ * Describes the message haystack.v1.ReadShardHeader.
+ * Use `create(ReadShardHeaderSchema)` to create a new message.
+ */
+export const ReadShardHeaderSchema: GenMessage<ReadShardHeader> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 35);
+
+/**
+ * One message of a ReadShard stream: the header, then chunks.
+ *
+ * @generated from message haystack.v1.ReadShardResponse
+ */
+export type ReadShardResponse = Message<"haystack.v1.ReadShardResponse"> & {
+  /**
+   * Header or content.
+   *
+   * @generated from oneof haystack.v1.ReadShardResponse.msg
+   */
+  msg: {
+    /**
+     * First message.
+     *
+     * @generated from field: haystack.v1.ReadShardHeader header = 1;
+     */
+    value: ReadShardHeader;
+    case: "header";
+  } | {
+    /**
+     * The next bytes of the range.
+     *
+     * @generated from field: bytes chunk = 2;
+     */
+    value: Uint8Array;
+    case: "chunk";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message haystack.v1.ReadShardResponse.
+ * Use `create(ReadShardResponseSchema)` to create a new message.
+ */
+export const ReadShardResponseSchema: GenMessage<ReadShardResponse> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 36);
+
+/**
+ * Delete one shard on this store.
+ *
+ * @generated from message haystack.v1.DeleteShardRequest
+ */
+export type DeleteShardRequest = Message<"haystack.v1.DeleteShardRequest"> & {
+  /**
+   * Stripe id.
+   *
+   * @generated from field: string stripe_id = 1;
+   */
+  stripeId: string;
+
+  /**
+   * Shard index.
+   *
+   * @generated from field: uint32 index = 2;
+   */
+  index: number;
+
+  /**
+   * Fencing term of the replication manager asking (0 when unknown).
+   *
+   * @generated from field: uint64 term = 3;
+   */
+  term: bigint;
+};
+
+/**
+ * Describes the message haystack.v1.DeleteShardRequest.
+ * Use `create(DeleteShardRequestSchema)` to create a new message.
+ */
+export const DeleteShardRequestSchema: GenMessage<DeleteShardRequest> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 37);
+
+/**
+ * The answer to DeleteShard.
+ *
+ * @generated from message haystack.v1.DeleteShardResponse
+ */
+export type DeleteShardResponse = Message<"haystack.v1.DeleteShardResponse"> & {
+  /**
+   * True when this call's tombstone superseded a live shard.
+   *
+   * @generated from field: bool found = 1;
+   */
+  found: boolean;
+};
+
+/**
+ * Describes the message haystack.v1.DeleteShardResponse.
+ * Use `create(DeleteShardResponseSchema)` to create a new message.
+ */
+export const DeleteShardResponseSchema: GenMessage<DeleteShardResponse> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 38);
 
 /**
  * StoreService is one Haystack store machine: volumes of needles on local disk with
@@ -830,10 +1594,15 @@ export const ListNeedlesResponseSchema: GenMessage<ListNeedlesResponse> = /*@__P
 export const StoreService: GenService<{
   /**
    * Writes one blob: a WriteHeader first, then the content as chunks. When the
-   * header lists other replicas the store forwards the stream to them in parallel
-   * and answers only once every replica holds the blob durably (fsync'd); otherwise
-   * it fails naming the store that failed. A retry with the same id and content is
-   * idempotent; the same id with other content, or a deleted id, is ALREADY_EXISTS.
+   * header lists other replicas the store forwards the stream to them in parallel,
+   * with the cookie and stamp it answers, and answers only once every replica holds
+   * the blob durably (fsync'd); otherwise it fails naming the store that failed.
+   * The store computes the content's SHA-256 itself and keeps it in the needle.
+   * When the id's newest needle here is live: the same size and SHA-256 succeed
+   * without writing again and answer the ORIGINAL cookie and stamp (a retried
+   * upload keeps its cookie, and replicas missing it get that needle); other
+   * content is ALREADY_EXISTS. When it is a tombstone the write is taken (a
+   * re-upload after a delete): the new needle is stamped above the tombstone.
    *
    * @generated from rpc haystack.v1.StoreService.Write
    */
@@ -854,7 +1623,8 @@ export const StoreService: GenService<{
     output: typeof ReadResponseSchema;
   },
   /**
-   * Appends a tombstone needle for a blob; idempotent.
+   * Appends a tombstone needle for a blob; idempotent. With written_at_ms it copies
+   * a tombstone held by another replica (see StoreServiceDeleteRequest).
    *
    * @generated from rpc haystack.v1.StoreService.Delete
    */
@@ -866,7 +1636,8 @@ export const StoreService: GenService<{
   /**
    * Pulls a blob from another store over its Read stream, verifies it, writes it
    * durably here, then answers. A copy over this store's tombstone of the id is
-   * taken: the new needle supersedes the tombstone.
+   * taken: the new needle supersedes the tombstone. With keep_stamp, see
+   * ReplicateRequest.
    *
    * @generated from rpc haystack.v1.StoreService.Replicate
    */
@@ -915,6 +1686,87 @@ export const StoreService: GenService<{
     methodKind: "unary";
     input: typeof ListNeedlesRequestSchema;
     output: typeof ListNeedlesResponseSchema;
+  },
+  /**
+   * The facts of one needle without its content (placement-group Stat). NOT_FOUND
+   * when the store holds no live needle for the id (or a tombstone, unless
+   * include_deleted), or when a non-zero cookie does not match.
+   *
+   * @generated from rpc haystack.v1.StoreService.Stat
+   */
+  stat: {
+    methodKind: "unary";
+    input: typeof StoreServiceStatRequestSchema;
+    output: typeof StoreServiceStatResponseSchema;
+  },
+  /**
+   * Pages through the needles of one placement group held here, newest needle per
+   * id only (live ones, and tombstones when asked), in a stable order: by 64-bit id
+   * hash, then id, so page tokens stay valid across compaction and restarts. A page
+   * reads at most 2,000 needles: with a prefix (or many tombstones) it may hold
+   * fewer than page_size needles, even none, and still carry a next_page_token.
+   *
+   * @generated from rpc haystack.v1.StoreService.ListPlacementGroup
+   */
+  listPlacementGroup: {
+    methodKind: "unary";
+    input: typeof ListPlacementGroupRequestSchema;
+    output: typeof ListPlacementGroupResponseSchema;
+  },
+  /**
+   * Per placement group: how many ids this store holds a newest needle for, and an
+   * order-independent digest of (id hash, stamp, deleted) over them, so replicas
+   * of a group can be compared without listing (anti-entropy). Costs one pass over
+   * the store's in-memory needle map, no disk reads.
+   *
+   * @generated from rpc haystack.v1.StoreService.GetPlacementDigests
+   */
+  getPlacementDigests: {
+    methodKind: "unary";
+    input: typeof GetPlacementDigestsRequestSchema;
+    output: typeof GetPlacementDigestsResponseSchema;
+  },
+  /**
+   * Stores one erasure-coded shard as a needle keyed "ec:<index>:<stripe id>"
+   * (docs/design/ec-tier.md): a ShardWriteHeader, then the shard's bytes as chunks;
+   * answers once the needle is durable (fsync'd). The store checks the bytes against
+   * the header's size and CRC32C (mismatch: INVALID_ARGUMENT, nothing stored). A
+   * live shard with the same key, size and CRC32C here succeeds without writing (a
+   * retry); other bytes are ALREADY_EXISTS unless `replace` (repair of a shard found
+   * corrupt). Shard needles are kept out of ListPlacementGroup, placement digests
+   * and ListNeedles: they belong to the group's EC members, not to the group their
+   * key hashes to.
+   *
+   * @generated from rpc haystack.v1.StoreService.WriteShard
+   */
+  writeShard: {
+    methodKind: "client_streaming";
+    input: typeof WriteShardRequestSchema;
+    output: typeof WriteShardResponseSchema;
+  },
+  /**
+   * Streams a shard, or a byte range of it; the needle's CRC32C is verified (a
+   * mismatch is DATA_LOSS: rebuild the shard from k others). NOT_FOUND when the
+   * store holds no live shard for (stripe_id, index).
+   *
+   * @generated from rpc haystack.v1.StoreService.ReadShard
+   */
+  readShard: {
+    methodKind: "server_streaming";
+    input: typeof ReadShardRequestSchema;
+    output: typeof ReadShardResponseSchema;
+  },
+  /**
+   * Appends a tombstone for a shard (after a stripe's blobs were re-materialised,
+   * re-striped or deleted, or for an orphan of an encoding that did not commit);
+   * idempotent.
+   *
+   * @generated from rpc haystack.v1.StoreService.DeleteShard
+   */
+  deleteShard: {
+    methodKind: "unary";
+    input: typeof DeleteShardRequestSchema;
+    output: typeof DeleteShardResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_haystack_v1_store, 0);
