@@ -15,13 +15,21 @@
  * the volume. Appends to the volume stay blocked until the rename is durable,
  * so nothing acknowledged can depend on a rename that a crash might undo.
  *
- * Needles and records are copied as they are, stamps included. Only the
+ * With a keyring (KEK_FILE) the volume first gets a new key slot (a fresh DEK,
+ * saved in `<vid>.keys`), and every data needle is re-encrypted under it with
+ * a fresh nonce (crypto/reseal.ts; plaintext needles get encrypted); a needle
+ * that does not verify is copied raw. After the commit, `<vid>.keys` keeps only
+ * the slots the new file uses. Without one, needles are copied as they are.
+ *
+ * Records are copied with their stamps. Only the
  * records the map points at (each key's greatest stamp) are kept; every record
  * dropped is superseded by a greater stamp that stays on disk, so the load
  * order (store.ts) reaches the same map after a restart.
  */
 import fs, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
+import type { Keyring } from './crypto/kek.js';
+import { resealNeedle } from './crypto/reseal.js';
 import { fsyncDir, readFully, unlinkIfExists, writeFully } from './fs-util.js';
 import {
   encodeIndexHeader,
@@ -30,7 +38,7 @@ import {
   type IndexRecord,
   scanIndexFile,
 } from './index-file.js';
-import { needleLength } from './needle.js';
+import { FLAG_DELETED, FLAG_ENCRYPTED, lengthOf } from './needle.js';
 import type { NeedleMap } from './needle-map.js';
 import type { RecoveryLogger } from './recovery.js';
 import { encodeSuperblock, SUPERBLOCK_SIZE } from './superblock.js';
@@ -60,6 +68,8 @@ export interface CompactionContext {
   hooks: StoreHooks & { compactionStep?: (step: CompactionStep, volumeId: number) => void | Promise<void> };
   /** Recomputes a volume's live byte / needle counters from the map. */
   recompute: (v: Volume) => void;
+  /** KEKs: re-encrypt the copied needles under a new DEK. */
+  keyring?: Keyring | undefined;
 }
 
 export async function compactVolume(ctx: CompactionContext, v: Volume): Promise<CompactionResult> {
@@ -93,6 +103,13 @@ export async function compactVolume(ctx: CompactionContext, v: Volume): Promise<
     }
     keep.sort((a, b) => a.offset - b.offset);
 
+    // A new DEK for the new file, saved before any needle is sealed with it.
+    const keys = ctx.keyring ? v.keys : undefined;
+    const slot = keys?.addSlot();
+    if (keys) await keys.save(ctx.dir, ctx.keyring!);
+    /** Slots of needles copied raw (they must stay in `<vid>.keys`). */
+    const rawSlots = new Set<number>();
+
     nd = await fs.open(datTmp, 'w+');
     ni = await fs.open(idxTmp, 'w+');
     await writeFully(
@@ -122,22 +139,40 @@ export async function compactVolume(ctx: CompactionContext, v: Volume): Promise<
         idxPos += bytes.length;
         batch = [];
       };
+      const out = nd;
+      const write = async (bytes: Uint8Array, at: number) => {
+        ctx.hooks.beforeWrite?.('dat', v.id, at, bytes.length);
+        await writeFully(out, bytes, at);
+      };
       for (const rec of keep) {
-        const length = needleLength(rec.key.length, rec.dataSize);
-        for (let done = 0; done < length; ) {
-          const n = Math.min(buf.length, length - done);
-          const got = await readFully(oldDat.handle, buf, rec.offset + done, n);
-          if (got < n) buf.fill(0, got, n);
-          ctx.hooks.beforeWrite?.('dat', v.id, pos + done, n);
-          await writeFully(nd, buf.subarray(0, n), pos + done);
-          done += n;
+        const sealed =
+          keys && slot !== undefined && (rec.flags & FLAG_DELETED) === 0
+            ? await resealNeedle(oldDat.handle, rec, keys, slot, write, pos)
+            : undefined;
+        const length = sealed ? sealed.length : lengthOf(rec);
+        if (!sealed) {
+          // Raw copy (tombstones, no keyring, or a needle that does not verify).
+          if ((rec.flags & FLAG_ENCRYPTED) !== 0) {
+            const slotOf = v.readHeaderSync(rec.offset)?.keySlot;
+            if (slotOf !== undefined) rawSlots.add(slotOf);
+          }
+          for (let done = 0; done < length; ) {
+            const n = Math.min(buf.length, length - done);
+            const got = await readFully(oldDat.handle, buf, rec.offset + done, n);
+            if (got < n) buf.fill(0, got, n);
+            await write(buf.subarray(0, n), pos + done);
+            done += n;
+          }
         }
+        const record = sealed ? { ...sealed.record, offset: pos } : { ...rec, offset: pos };
         moved.push({ rec, newOffset: pos, length });
-        batch.push({ ...rec, offset: pos });
+        batch.push(record);
         if (batch.length >= 4096) await flushIdx();
         pos += length;
       }
       await flushIdx();
+      // A needle re-sealed and then copied raw (longer) may have left bytes past the end.
+      await nd.truncate(pos);
     } finally {
       oldDat.release();
     }
@@ -155,7 +190,13 @@ export async function compactVolume(ctx: CompactionContext, v: Volume): Promise<
       ctx.map.replace(
         m.rec.key,
         { volumeId: v.id, offset: m.rec.offset },
-        { volumeId: v.id, offset: m.newOffset, length: m.length, deleted: (m.rec.flags & 1) !== 0 },
+        {
+          volumeId: v.id,
+          offset: m.newOffset,
+          length: m.length,
+          deleted: (m.rec.flags & FLAG_DELETED) !== 0,
+          stamp: m.rec.writtenAtMs,
+        },
       );
     }
     const retiredDat = v.dat;
@@ -178,6 +219,13 @@ export async function compactVolume(ctx: CompactionContext, v: Volume): Promise<
     ctx.hooks.onFsync?.('dir', v.id);
     await fsyncDir(ctx.dir);
     await step('idx-renamed');
+    if (keys && slot !== undefined) {
+      // The old DEKs are no longer needed on disk (memory keeps them for reads in flight).
+      keys.retire(rawSlots);
+      await keys.save(ctx.dir, ctx.keyring!).catch((err: unknown) => {
+        ctx.log.warn({ volumeId: v.id, err: (err as Error).message }, 'could not prune old volume keys');
+      });
+    }
 
     v.updateReadOnly();
     v.compacting = false;

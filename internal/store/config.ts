@@ -1,5 +1,6 @@
 import { COMMON_ENV_HELP, envReader, readServerConfig, type ServerConfig } from '../config/common.js';
-import type { Env } from '../config/env.js';
+import type { Env, EnvReader } from '../config/env.js';
+import { type Keyring, loadKekFile, parseKeks } from './crypto/kek.js';
 
 /** Configuration of a store process (`haystack store`). */
 export interface StoreConfig extends ServerConfig {
@@ -21,6 +22,10 @@ export interface StoreConfig extends ServerConfig {
   /** Replication manager instances to stream access counts to (empty: none). */
   managers: string[];
   statsReportIntervalMs: number;
+  /** Key-encryption keys (KEK_FILE or KEKS): volumes are encrypted at rest; undefined: plaintext. */
+  keyring: Keyring | undefined;
+  /** Test-only slow disk: ms each group commit's fdatasyncs wait first (FAULT_FSYNC_DELAY, default 0). */
+  faultFsyncDelayMs: number;
 }
 
 export const STORE_ENV_HELP = `${COMMON_ENV_HELP}
@@ -36,7 +41,10 @@ export const STORE_ENV_HELP = `${COMMON_ENV_HELP}
   HEARTBEAT_INTERVAL     heartbeat period (default 30s)
   READ_CHUNK_SIZE        bytes per chunk on Read streams (default 256KiB)
   REPLICATION_ADDRS      comma-separated replication manager host:port list (access counts, corruption reports)
-  STATS_REPORT_INTERVAL  how often access counts are sent (default 60s)`;
+  STATS_REPORT_INTERVAL  how often access counts are sent (default 60s)
+  KEK_FILE               file of key-encryption keys, one "<id> <base64 32 bytes>" per line, the last the
+                         newest (a mounted Secret): needles are encrypted at rest (AES-256-GCM); default none
+  KEKS                   the same keys inline (lines or ';'-separated), instead of KEK_FILE`;
 
 export function readStoreConfig(
   flags: { listen?: string; data?: string },
@@ -62,13 +70,37 @@ export function readStoreConfig(
     compactionThreshold: r.float('COMPACTION_EFFICIENCY_THRESHOLD', 0.6, { min: 0, max: 1 }),
     compactionCheckIntervalMs: r.duration('COMPACTION_CHECK_INTERVAL', 3_600_000, { minMs: 1000 }),
     directories: list(r.string('DIRECTORY_ADDRS', '')),
-    heartbeatIntervalMs: r.duration('HEARTBEAT_INTERVAL', 30_000, { minMs: 50, maxMs: 600_000 }),
+    heartbeatIntervalMs: r.duration('HEARTBEAT_INTERVAL', 5_000, { minMs: 50, maxMs: 600_000 }),
     readChunkSize: r.size('READ_CHUNK_SIZE', 256 * 1024, { min: 4096, max: 4 * 1024 * 1024 }),
     managers: list(r.string('REPLICATION_ADDRS', '')),
     statsReportIntervalMs: r.duration('STATS_REPORT_INTERVAL', 60_000, { minMs: 100, maxMs: 3_600_000 }),
+    keyring: readKeyring(r),
+    // Fault injection (test/netns slow disk): each group commit's fdatasyncs wait this long first.
+    faultFsyncDelayMs: r.duration('FAULT_FSYNC_DELAY', 0, { minMs: 0, maxMs: 10_000 }),
   };
   r.done();
   return cfg;
+}
+
+/** KEK_FILE (read and parsed now, so a bad file stops the store at start) or KEKS. */
+function readKeyring(r: EnvReader): Keyring | undefined {
+  const file = r.string('KEK_FILE', '');
+  const inline = r.string('KEKS', '');
+  if (file && inline) {
+    r.problem('KEK_FILE and KEKS are both set: set one of them');
+    return undefined;
+  }
+  try {
+    if (file) return loadKekFile(file);
+    if (inline) return parseKeks(inline);
+  } catch (err) {
+    r.problem(
+      file
+        ? `KEK_FILE=${JSON.stringify(file)}: ${(err as Error).message}`
+        : `KEKS: ${(err as Error).message}`,
+    );
+  }
+  return undefined;
 }
 
 export function list(text: string): string[] {

@@ -24,14 +24,15 @@ export class NotFoundError extends StoreError {
 }
 
 /**
- * The blob id is taken: it exists with different content/cookie, or it was
- * deleted (deleted ids are never reused; pick a new id).
+ * The blob id is taken: its newest needle here is live with different content
+ * (size or SHA-256). A deleted id may be written again (its new needle
+ * supersedes the tombstone).
  */
 export class AlreadyExistsError extends StoreError {
   readonly code = 'ALREADY_EXISTS' as const;
   constructor(
     message: string,
-    readonly reason: 'different-content' | 'deleted',
+    readonly reason: 'different-content',
   ) {
     super(message);
   }
@@ -45,7 +46,10 @@ export type CorruptionKind =
   | 'header-field'
   | 'key-mismatch'
   | 'footer-magic'
+  | 'footer-checksum'
   | 'data-checksum'
+  /** AES-256-GCM tag mismatch: the ciphertext, its header or footer changed (or the wrong key). */
+  | 'data-auth'
   | 'superblock'
   | 'index';
 

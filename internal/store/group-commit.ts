@@ -12,7 +12,14 @@ export class GroupCommitter<T> {
   flushes = 0;
   items = 0;
 
-  constructor(private readonly flush: (items: T[]) => Promise<void>) {}
+  /**
+   * `onFlush` (optional, for metrics) is told each flush's duration in seconds,
+   * how many items it covered and whether it succeeded.
+   */
+  constructor(
+    private readonly flush: (items: T[]) => Promise<void>,
+    private readonly onFlush?: (seconds: number, items: number, ok: boolean) => void,
+  ) {}
 
   /** Resolves once a flush that started after this call completed successfully. */
   submit(item: T): Promise<void> {
@@ -30,10 +37,13 @@ export class GroupCommitter<T> {
         this.pending = [];
         this.flushes++;
         this.items += batch.length;
+        const started = performance.now();
         try {
           await this.flush(batch.map((b) => b.item));
+          this.onFlush?.((performance.now() - started) / 1000, batch.length, true);
           for (const b of batch) b.resolve();
         } catch (err) {
+          this.onFlush?.((performance.now() - started) / 1000, batch.length, false);
           for (const b of batch) b.reject(err);
         }
       }

@@ -5,8 +5,12 @@
  * header:  0 magic u32 "HYKI" | 4 version u16 | 6 reserved u16 | 8 volumeId u32 |
  *          12 generation u32 (must equal the .dat superblock's) | 16 createdAtMs u64 |
  *          24 reserved u32 | 28 crc32c u32 of [0, 28)
- * record:  0 crc32c u32 of [4, 40 + keyLen) | 4 keyLen u8 | 5 flags u8 | 6 reserved u16 |
+ * record:  0 crc32c u32 of [4, 40 + keyLen) | 4 keyLen u8 | 5 flags u8 | 6 metaLen u16 |
  *          8 offset u64 | 16 dataSize u64 | 24 cookie u64 | 32 writtenAtMs u64 | 40 key
+ *
+ * metaLen is the needle's content type + file name bytes (format v2, flag
+ * FLAG_V2; 0 for v1 needles, whose records had a zero reserved field there), so
+ * the needle's length follows from the record alone.
  *
  * A record that fails its CRC (torn write) ends the usable index: it and
  * everything after it are cut. The codec is pure; `scanIndexFile` does the
@@ -15,6 +19,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { crc32c } from './crc32c.js';
 import { ChecksumError } from './errors.js';
+import { FLAG_V2, MAX_META_FIELD } from './needle.js';
 
 export const INDEX_HEADER_SIZE = 32;
 export const INDEX_MAGIC = 0x494b5948; // "HYKI"
@@ -34,6 +39,8 @@ export interface IndexRecord {
   dataSize: number;
   cookie: bigint;
   writtenAtMs: number;
+  /** Content type + file name bytes in the needle (format v2); 0 or absent for v1. */
+  metaLen?: number;
 }
 
 export function encodeIndexHeader(h: IndexHeader): Uint8Array {
@@ -79,6 +86,7 @@ export function encodeIndexRecords(records: readonly IndexRecord[]): Uint8Array 
     const len = indexRecordLength(r.key.length);
     buf[at + 4] = r.key.length;
     buf[at + 5] = r.flags;
+    view.setUint16(at + 6, r.metaLen ?? 0, true);
     view.setBigUint64(at + 8, BigInt(r.offset), true);
     view.setBigUint64(at + 16, BigInt(r.dataSize), true);
     view.setBigUint64(at + 24, BigInt.asUintN(64, r.cookie), true);
@@ -114,18 +122,21 @@ export function decodeIndexRecord(
   const offset = u64(view, 8);
   const dataSize = u64(view, 16);
   const writtenAtMs = u64(view, 32);
+  const flags = buf[at + 5]!;
+  const metaLen = view.getUint16(6, true);
   if (
     Number.isNaN(offset) ||
     Number.isNaN(dataSize) ||
     Number.isNaN(writtenAtMs) ||
-    view.getUint16(6, true) !== 0
+    metaLen > 2 * MAX_META_FIELD ||
+    ((flags & FLAG_V2) === 0 && metaLen !== 0)
   ) {
     return null;
   }
   let key = '';
   for (let i = 0; i < keyLen; i++) key += String.fromCharCode(buf[at + INDEX_RECORD_FIXED + i]!);
   return {
-    record: { key, flags: buf[at + 5]!, offset, dataSize, cookie: view.getBigUint64(24, true), writtenAtMs },
+    record: { key, flags, offset, dataSize, cookie: view.getBigUint64(24, true), writtenAtMs, metaLen },
     next: at + len,
   };
 }

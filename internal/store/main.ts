@@ -1,28 +1,60 @@
 import { createServiceImplSpec } from '@connectrpc/connect';
+import { Counter } from 'prom-client';
 import { StoreService } from '../../gen/haystack/v1/store_pb.js';
 import { startStoreHeartbeat } from '../directory/heartbeat-client.js';
-import { AccessReporter, ReporterKind } from '../replication/access-reporter.js';
+import { AccessReporter, ReporterKind } from '../heat-client/access-reporter.js';
 import { ClientPool } from '../rpc/clients.js';
+import { Metrics } from '../server/metrics.js';
 import { runServerProcess } from '../server/run.js';
 import type { StoreConfig } from './config.js';
+import { StoreMetrics } from './metrics.js';
 import { StoreServiceImpl, volumeStatsMessage } from './service.js';
+import { ShardStore } from './shard-store.js';
 import { Store } from './store.js';
 
 /** `haystack store`: serves StoreService over this store's volumes. */
 export async function runStore(cfg: StoreConfig): Promise<void> {
   await runServerProcess('store', cfg.storeId, cfg, async (log) => {
     const t0 = performance.now();
+    const metrics = new Metrics({ service: 'store', instance: cfg.storeId });
+    const storeMetrics = new StoreMetrics(metrics.registry);
+    const cookieChecks = new Counter({
+      name: 'haystack_store_read_cookie_checks_total',
+      help: 'Read cookie checks: skipped (cookie 0: authorized by the caller), passed, refused (NOT_FOUND)',
+      labelNames: ['result'],
+      registers: [metrics.registry],
+    });
     const store = await Store.open({
       dataDir: cfg.dataDir,
       maxVolumeSize: cfg.maxVolumeSize,
       maxVolumes: cfg.maxVolumes,
       compactionThreshold: cfg.compactionThreshold,
       logger: log,
+      hooks: {
+        ...storeMetrics.hooks,
+        ...(cfg.faultFsyncDelayMs > 0
+          ? { beforeFsync: () => new Promise<void>((r) => setTimeout(r, cfg.faultFsyncDelayMs)) }
+          : {}),
+      },
+      ...(cfg.keyring ? { keyring: cfg.keyring } : {}),
+    });
+    if (cfg.faultFsyncDelayMs > 0)
+      log.warn({ ms: cfg.faultFsyncDelayMs }, 'FAULT_FSYNC_DELAY: every fsync is slowed');
+    storeMetrics.attach(store);
+    // Erasure-coded shards of the cold tier: a second engine under <dataDir>/ec.
+    const shards = await ShardStore.open({
+      dataDir: cfg.dataDir,
+      maxVolumeSize: cfg.maxVolumeSize,
+      maxVolumes: cfg.maxVolumes,
+      compactionThreshold: cfg.compactionThreshold,
+      logger: log,
+      ...(cfg.keyring ? { keyring: cfg.keyring } : {}),
     });
     const opened = await store.stats();
     log.info(
       {
         dataDir: cfg.dataDir,
+        encryptedAtRest: cfg.keyring ? { kek: cfg.keyring.newest.id, keks: cfg.keyring.keys.length } : false,
         volumes: opened.volumes.length,
         needles: opened.needleCount,
         ms: Math.round(performance.now() - t0),
@@ -46,7 +78,9 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
       peers,
       log,
       readChunkSize: cfg.readChunkSize,
+      shards,
       onRead: (blobId) => reporter.count(blobId),
+      onCookieCheck: (result) => cookieChecks.inc({ result }),
       onCorrupt: (blobId) => {
         if (cfg.managers.length === 0) return;
         reporter.reportCorruption(cfg.storeId, [blobId]).catch((err: unknown) => {
@@ -57,12 +91,17 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
 
     // Compaction runs in the background; reads and writes continue meanwhile.
     const compactTimer = setInterval(() => {
-      store.compact().then(
-        (done) => {
-          for (const c of done) log.info({ ...c }, 'volume compacted');
-        },
-        (err: unknown) => log.error({ err }, 'background compaction failed'),
-      );
+      for (const [engine, what] of [
+        [store, 'volume'],
+        [shards.engine, 'shard volume'],
+      ] as const) {
+        engine.compact().then(
+          (done) => {
+            for (const c of done) log.info({ ...c }, `${what} compacted`);
+          },
+          (err: unknown) => log.error({ err }, `background ${what} compaction failed`),
+        );
+      }
     }, cfg.compactionCheckIntervalMs);
     compactTimer.unref();
 
@@ -96,6 +135,7 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
         : undefined;
 
     return {
+      metrics,
       services: [
         {
           desc: StoreService,
@@ -108,7 +148,9 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
         clearInterval(compactTimer);
         await Promise.all([heartbeat?.stop(), reporter.stop()]);
       },
-      onClose: () => store.close(),
+      onClose: async () => {
+        await Promise.all([store.close(), shards.close()]);
+      },
     };
   });
 }

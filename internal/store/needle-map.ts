@@ -2,14 +2,17 @@
  * The in-memory needle map: blob id → needle location, without storing keys.
  *
  * Open addressing with linear probing over parallel typed arrays; a slot is
- * 18 bytes:
+ * 24 bytes:
  *
  *   hashLo u32 | hashHi u32 | offset/8 u32 | meta u32 (length/8 in bits 0..30,
- *   bit 31 = deleted) | volumeId u16
+ *   bit 31 = deleted) | volumeId u16 | stampLo u32 | stampHi u16
+ *
+ * The stamp (48 bits of ms since the epoch, up to year 10889) lets placement
+ * digests be computed from memory in one pass (no header reads).
  *
  * `meta === 0` marks an empty slot (every needle is at least 48 bytes long).
  * The table grows ×1.4 when the load factor would exceed 0.8, so after the
- * first growth it is never below 0.57 full: at most 18 / 0.571 ≈ 31.5 bytes per
+ * first growth it is never below 0.57 full: at most 24 / 0.571 ≈ 42 bytes per
  * entry. Deletion is backward-shift (no tombstone slots).
  *
  * Only a 64-bit hash of the key is held, so the map is told how to read the key
@@ -27,7 +30,7 @@
  * Invariant: a key is in exactly one of {overflow, table}, so correctness never
  * depends on the hash being collision-free.
  */
-import { hashKey64, type KeyHash } from './key-hash.js';
+import { hashKey64, type KeyHash } from '../common/key-hash.js';
 
 export interface NeedleLocation {
   volumeId: number;
@@ -37,6 +40,8 @@ export interface NeedleLocation {
   length: number;
   /** The entry is a tombstone: the blob was deleted. */
   deleted: boolean;
+  /** The needle's stamp (ms since the epoch, < 2^48); 0 when not given. Always set on reads. */
+  stamp?: number;
 }
 
 /** Reads the key stored at a location; undefined if unreadable. */
@@ -51,6 +56,8 @@ export interface NeedleMapOptions {
 export const MAX_VOLUME_ID = 0xffff;
 export const MAX_OFFSET = 2 ** 35 - 8;
 export const MAX_LENGTH = 2 ** 34 - 8;
+/** Largest stamp the map holds (48 bits). */
+export const MAX_STAMP = 2 ** 48 - 1;
 const MAX_LOAD = 0.8;
 const GROWTH = 1.4;
 const DELETED_BIT = 0x80000000;
@@ -66,7 +73,11 @@ function checkLocation(loc: NeedleLocation): void {
     loc.offset > MAX_OFFSET ||
     loc.length % 8 !== 0 ||
     loc.length <= 0 ||
-    loc.length > MAX_LENGTH
+    loc.length > MAX_LENGTH ||
+    !(
+      loc.stamp === undefined ||
+      (Number.isSafeInteger(loc.stamp) && loc.stamp >= 0 && loc.stamp <= MAX_STAMP)
+    )
   ) {
     throw new RangeError(`needle location out of range: ${JSON.stringify(loc)}`);
   }
@@ -80,6 +91,8 @@ export class NeedleMap {
   private off8: Uint32Array;
   private meta: Uint32Array;
   private vol: Uint16Array;
+  private stLo: Uint32Array;
+  private stHi: Uint16Array;
   private readonly overflow = new Map<string, NeedleLocation>();
   private readonly keyAt: KeyAt;
   private readonly hash: KeyHash;
@@ -94,6 +107,8 @@ export class NeedleMap {
     this.off8 = new Uint32Array(this.cap);
     this.meta = new Uint32Array(this.cap);
     this.vol = new Uint16Array(this.cap);
+    this.stLo = new Uint32Array(this.cap);
+    this.stHi = new Uint16Array(this.cap);
   }
 
   /** Entries (table + overflow). */
@@ -108,7 +123,7 @@ export class NeedleMap {
   }
   /** Bytes held by the typed arrays (overflow entries excluded). */
   get tableBytes(): number {
-    return this.cap * 18;
+    return this.cap * 24;
   }
 
   private home(lo: number, cap: number): number {
@@ -138,6 +153,7 @@ export class NeedleMap {
       offset: this.off8[i]! * 8,
       length: (m & ~DELETED_BIT) * 8,
       deleted: (m & DELETED_BIT) !== 0,
+      stamp: this.stHi[i]! * TWO32 + this.stLo[i]!,
     };
   }
 
@@ -147,6 +163,9 @@ export class NeedleMap {
     this.vol[i] = loc.volumeId;
     this.off8[i] = loc.offset / 8;
     this.meta[i] = ((loc.length / 8) | (loc.deleted ? DELETED_BIT : 0)) >>> 0;
+    const stamp = loc.stamp ?? 0;
+    this.stLo[i] = stamp % TWO32;
+    this.stHi[i] = Math.floor(stamp / TWO32);
   }
 
   /**
@@ -258,6 +277,8 @@ export class NeedleMap {
       this.vol[i] = this.vol[j]!;
       this.off8[i] = this.off8[j]!;
       this.meta[i] = this.meta[j]!;
+      this.stLo[i] = this.stLo[j]!;
+      this.stHi[i] = this.stHi[j]!;
       i = j;
     }
     this.meta[i] = 0;
@@ -265,7 +286,7 @@ export class NeedleMap {
   }
 
   private resize(newCap: number): void {
-    const { hLo, hHi, vol, off8, meta } = this;
+    const { hLo, hHi, vol, off8, meta, stLo, stHi } = this;
     const oldCap = this.cap;
     this.cap = newCap;
     this.hLo = new Uint32Array(newCap);
@@ -273,6 +294,8 @@ export class NeedleMap {
     this.vol = new Uint16Array(newCap);
     this.off8 = new Uint32Array(newCap);
     this.meta = new Uint32Array(newCap);
+    this.stLo = new Uint32Array(newCap);
+    this.stHi = new Uint16Array(newCap);
     for (let s = 0; s < oldCap; s++) {
       if (meta[s] === 0) continue;
       let i = this.home(hLo[s]!, newCap);
@@ -285,12 +308,59 @@ export class NeedleMap {
       this.vol[i] = vol[s]!;
       this.off8[i] = off8[s]!;
       this.meta[i] = meta[s]!;
+      this.stLo[i] = stLo[s]!;
+      this.stHi[i] = stHi[s]!;
     }
+  }
+
+  /** Writes the map's 64-bit hash of `key` into out[0] (low) and out[1] (high). */
+  hashOf(key: string, out: Uint32Array): void {
+    this.hash(key, out);
   }
 
   /** Calls `fn` for every entry (no keys: only locations). */
   forEach(fn: (loc: NeedleLocation) => void): void {
     for (let i = 0; i < this.cap; i++) if (this.meta[i] !== 0) fn(this.locAt(i));
-    for (const loc of this.overflow.values()) fn({ ...loc });
+    for (const loc of this.overflow.values()) fn({ stamp: 0, ...loc });
+  }
+
+  /**
+   * Calls `fn` for every entry with its key hash, without allocating: `stamp`
+   * as stored, `deleted` from the entry. `key` is given only for overflow
+   * entries (the table keeps no keys). Must not modify the map.
+   */
+  forEachHashed(
+    fn: (hashLo: number, hashHi: number, stamp: number, deleted: boolean, key: string | undefined) => void,
+  ): void {
+    const { meta, hLo, hHi, stLo, stHi } = this;
+    for (let i = 0; i < this.cap; i++) {
+      const m = meta[i]!;
+      if (m === 0) continue;
+      fn(hLo[i]!, hHi[i]!, stHi[i]! * TWO32 + stLo[i]!, (m & DELETED_BIT) !== 0, undefined);
+    }
+    const h = new Uint32Array(2);
+    for (const [key, loc] of this.overflow) {
+      this.hash(key, h);
+      fn(h[0]!, h[1]!, loc.stamp ?? 0, loc.deleted, key);
+    }
+  }
+
+  /**
+   * Every entry with exactly this key hash (the table entry, and overflow
+   * entries whose key hashes the same): the keyless way to reach an entry
+   * found by `forEachHashed`.
+   */
+  withHash(hashLo: number, hashHi: number): { loc: NeedleLocation; key?: string }[] {
+    const out: { loc: NeedleLocation; key?: string }[] = [];
+    const i = this.findSlot(hashLo >>> 0, hashHi >>> 0);
+    if (i >= 0) out.push({ loc: this.locAt(i) });
+    if (this.overflow.size !== 0) {
+      const h = new Uint32Array(2);
+      for (const [key, loc] of this.overflow) {
+        this.hash(key, h);
+        if (h[0] === hashLo >>> 0 && h[1] === hashHi >>> 0) out.push({ loc: { stamp: 0, ...loc }, key });
+      }
+    }
+    return out;
   }
 }

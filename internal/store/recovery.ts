@@ -18,7 +18,7 @@ import {
   type IndexRecord,
   scanIndexFile,
 } from './index-file.js';
-import { decodeHeader, FLAG_DELETED, NEEDLE_HEADER_SIZE, needleLength } from './needle.js';
+import { decodeHeader, FLAG_DELETED, lengthOf, MAX_HEADER_LENGTH, type NeedleHeader } from './needle.js';
 import { decodeSuperblock, SUPERBLOCK_SIZE } from './superblock.js';
 import { datName, idxName, type StoreHooks, scanNeedles, Volume, VolumeFile } from './volume.js';
 
@@ -124,16 +124,7 @@ export interface OpenVolumeReport {
   idxCut: number;
 }
 
-function recordFromScan(
-  h: {
-    key: string;
-    flags: number;
-    dataSize: number;
-    cookie: bigint;
-    writtenAtMs: number;
-  },
-  offset: number,
-): IndexRecord {
+function recordFromScan(h: NeedleHeader, offset: number): IndexRecord {
   return {
     key: h.key,
     flags: h.flags,
@@ -141,6 +132,7 @@ function recordFromScan(
     dataSize: h.dataSize,
     cookie: h.cookie,
     writtenAtMs: h.writtenAtMs,
+    metaLen: h.metaLen ?? 0,
   };
 }
 
@@ -191,7 +183,7 @@ export async function openVolume(
     }
     if (rebuildReason === undefined) {
       idxEnd = await scanIndexFile(idxHandle, INDEX_HEADER_SIZE, idxSize, (r) => {
-        const end = r.offset + needleLength(r.key.length, r.dataSize);
+        const end = r.offset + lengthOf(r);
         if (
           r.offset < SUPERBLOCK_SIZE ||
           r.offset % 8 !== 0 ||
@@ -209,10 +201,15 @@ export async function openVolume(
     }
     if (rebuildReason === undefined && lastRecord) {
       // The index must describe this volume: check the furthest needle's header.
-      const buf = new Uint8Array(NEEDLE_HEADER_SIZE + lastRecord.key.length);
+      const buf = new Uint8Array(MAX_HEADER_LENGTH);
       try {
         const h = decodeHeader(buf.subarray(0, await readFully(datHandle, buf, lastRecord.offset)));
-        if (h.key !== lastRecord.key || h.dataSize !== lastRecord.dataSize || h.flags !== lastRecord.flags) {
+        if (
+          h.key !== lastRecord.key ||
+          h.dataSize !== lastRecord.dataSize ||
+          h.flags !== lastRecord.flags ||
+          h.metaLen !== (lastRecord.metaLen ?? 0)
+        ) {
           rebuildReason = 'index does not match the volume contents';
         }
       } catch (err) {

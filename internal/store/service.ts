@@ -8,6 +8,8 @@ import {
 } from '@connectrpc/connect';
 import { type StoreTarget, type VolumeStats, VolumeStatsSchema } from '../../gen/haystack/v1/common_pb.js';
 import {
+  type NeedleFacts,
+  NeedleFactsSchema,
   type ReadResponse,
   ReadResponseSchema,
   StoreService,
@@ -20,14 +22,29 @@ import {
   WrittenReplicaSchema,
 } from '../../gen/haystack/v1/store_pb.js';
 import { validateBlobId } from '../common/blob-id.js';
+import { checkGroupCount } from '../common/placement.js';
 import type { ClientPool } from '../rpc/clients.js';
 import { invalidArgument, mapErrors, toConnectError } from '../rpc/errors.js';
 import { AsyncPipe } from '../rpc/pipe.js';
+import { callerIdentity, isAuthenticatedTransport } from '../security/authz.js';
+import { boundedFromPeer } from '../security/peer-checks.js';
 import type { Logger } from '../server/logger.js';
-import type { Store, VolumeStatsInfo } from './store.js';
+import { boundedChunks } from './chunk-stream.js';
+import { coldFacts, isStub, STUB_CONTENT_TYPE, writeStub } from './cold-stub.js';
+import { NotFoundError } from './errors.js';
+import { decodeGroupCursor, encodeGroupCursor } from './group-cursor.js';
+import { shardHandlers } from './shard-service.js';
+import type { ShardStore } from './shard-store.js';
+import type { NeedleFactsInfo, NeedleWriter, Store, VolumeStatsInfo } from './store.js';
+import { type GroupCursor, MAX_GROUP_PAGE } from './store-list.js';
+import { checkMetaField } from './store-write.js';
 
 /** Largest chunk a client may send in one Write message. */
 const MAX_CHUNK = 4 * 1024 * 1024;
+/** A stamp from the wire may be at most this far ahead of this store's clock (clock skew allowance). */
+const MAX_STAMP_AHEAD_MS = 60 * 60 * 1000;
+/** Default ListPlacementGroup page. */
+const DEFAULT_GROUP_PAGE = 100;
 
 export interface StoreServiceOptions {
   storeId: string;
@@ -37,8 +54,15 @@ export interface StoreServiceOptions {
   readChunkSize: number;
   /** Counts a served read for the replication manager's heat map. */
   onRead?: (blobId: string) => void;
-  /** A read found this store's copy corrupt (checksum mismatch). */
+  /** A read or a scrub found this store's copy corrupt (checksum mismatch). */
   onCorrupt?: (blobId: string) => void;
+  /**
+   * A Read's cookie check: `skipped` (cookie 0, a caller that authorized the read otherwise),
+   * `passed`, or `refused` (a cookie sent and NOT_FOUND answered: wrong cookie, deleted, unknown).
+   */
+  onCookieCheck?: (result: 'skipped' | 'passed' | 'refused') => void;
+  /** Erasure-coded shards (WriteShard/ReadShard/DeleteShard); without it they are FAILED_PRECONDITION. */
+  shards?: ShardStore;
 }
 
 /** A volume's statistics as the contract's VolumeStats message. */
@@ -55,9 +79,44 @@ export function volumeStatsMessage(v: VolumeStatsInfo): VolumeStats {
   });
 }
 
+type Issuer = 'directory' | 'manager';
+
+/** Whose term a Delete carries: the replication manager's own lease term, else a directory leader's. */
+function issuerOf(ctx: HandlerContext): Issuer {
+  return callerIdentity(ctx)?.role === 'replication' ? 'manager' : 'directory';
+}
+
 function checkId(id: string): void {
   const problem = validateBlobId(id);
   if (problem) throw invalidArgument(problem);
+}
+
+/** A stamp from the wire: 0 → undefined (stamp it here); negative or > 1 h ahead → INVALID_ARGUMENT. */
+function wireStamp(field: string, v: bigint): number | undefined {
+  if (v === 0n) return undefined;
+  const now = Date.now();
+  if (v < 0n || v > BigInt(now + MAX_STAMP_AHEAD_MS)) {
+    throw invalidArgument(
+      `${field} ${v} must be 0 (stamp it now) or ms since the epoch at most ${MAX_STAMP_AHEAD_MS / 60_000} minutes ahead of this store's clock (${now})`,
+    );
+  }
+  return Number(v);
+}
+
+/** A needle's facts as the contract's NeedleFacts. */
+export function factsMessage(f: NeedleFactsInfo): NeedleFacts {
+  return create(NeedleFactsSchema, {
+    blobId: f.blobId,
+    cookie: f.cookie,
+    size: BigInt(f.size),
+    sha256: f.sha256 ?? new Uint8Array(),
+    contentType: f.contentType,
+    fileName: f.fileName,
+    writtenAtMs: BigInt(f.writtenAtMs),
+    deleted: f.deleted,
+    crc32c: f.crc32c,
+    volumeId: f.volumeId,
+  });
 }
 
 /** The StoreService handlers over a Store engine. */
@@ -77,22 +136,88 @@ export class StoreServiceImpl {
   /** The handlers, for connect-node and the direct gRPC path alike. */
   impl(): ServiceImpl<typeof StoreService> {
     return {
+      ...shardHandlers({
+        shards: this.o.shards,
+        checkManagerTerm: (term, ctx, what) => this.checkTerm('manager', term, ctx, what),
+        storeId: this.o.storeId,
+        readChunkSize: this.o.readChunkSize,
+      }),
       write: (reqs, ctx) => this.write(reqs, ctx),
-      read: (req, ctx) => this.read(req.blobId, req.cookie, req.offset, req.length, ctx),
-      delete: (req) =>
+      stat: (req) =>
         mapErrors(async () => {
           checkId(req.blobId);
-          this.checkTerm('directory', req.term);
-          return { found: await this.o.store.delete(req.blobId) };
+          const f = await this.o.store.stat(req.blobId, {
+            cookie: req.cookie,
+            includeDeleted: req.includeDeleted,
+          });
+          if (isStub(f)) {
+            // A cold blob: answer the blob's facts with where its bytes are.
+            return { needle: { ...factsMessage(f), ...(await coldFacts(this.o.store, req.blobId, f)) } };
+          }
+          return { needle: factsMessage(f) };
+        }),
+      listPlacementGroup: (req) =>
+        mapErrors(async () => {
+          const groupCount = req.groupCount;
+          const problem = checkGroupCount(groupCount);
+          if (problem) throw invalidArgument(`group_count: ${problem}`);
+          if (req.group >= groupCount)
+            throw invalidArgument(`group ${req.group} must be below group_count ${groupCount}`);
+          if (req.pageSize > MAX_GROUP_PAGE)
+            throw invalidArgument(`page_size ${req.pageSize} exceeds the maximum ${MAX_GROUP_PAGE}`);
+          if (req.prefix !== '') {
+            const bad = validateBlobId(req.prefix);
+            if (bad) throw invalidArgument(`prefix: ${bad}`);
+          }
+          let after: GroupCursor | undefined;
+          if (req.pageToken !== '') {
+            const c = decodeGroupCursor(req.pageToken);
+            if (typeof c === 'string') throw invalidArgument(c);
+            after = c;
+          }
+          const page = await this.o.store.listPlacementGroup({
+            groupCount,
+            group: req.group,
+            limit: req.pageSize || DEFAULT_GROUP_PAGE,
+            includeDeleted: req.includeDeleted,
+            prefix: req.prefix,
+            ...(after ? { after } : {}),
+          });
+          return {
+            needles: page.needles.map(factsMessage),
+            nextPageToken: page.next ? encodeGroupCursor(page.next) : '',
+          };
+        }),
+      getPlacementDigests: (req) =>
+        mapErrors(async () => {
+          const problem = checkGroupCount(req.groupCount);
+          if (problem) throw invalidArgument(`group_count: ${problem}`);
+          return {
+            digests: this.o.store.placementDigests(req.groupCount).map((d) => ({
+              group: d.group,
+              needles: BigInt(d.needles),
+              digest: d.digest,
+            })),
+          };
+        }),
+      read: (req, ctx) => this.read(req.blobId, req.cookie, req.offset, req.length, ctx, req.rawStub),
+      delete: (req, ctx) =>
+        mapErrors(async () => {
+          checkId(req.blobId);
+          const stamp = wireStamp('written_at_ms', req.writtenAtMs);
+          // Term 0 refused from every caller over mTLS: a gateway sends its directory leader's
+          // term (per-blob: the allocation's; placement groups: its view's), the manager its lease's.
+          this.checkTerm(issuerOf(ctx), req.term, ctx, 'Delete');
+          return { found: await this.o.store.delete(req.blobId, stamp === undefined ? {} : { stamp }) };
         }),
       replicate: (req, ctx) =>
         mapErrors(async () => {
           checkId(req.blobId);
-          this.checkTerm('manager', req.term);
+          this.checkTerm('manager', req.term, ctx, 'Replicate');
           if (!req.source?.address) throw invalidArgument('source.address is required');
           if (req.sha256.length !== 0 && req.sha256.length !== 32)
-            throw invalidArgument('sha256 must be 32 bytes');
-          return this.replicate(req.blobId, req.cookie, req.source, req.sha256, ctx);
+            throw invalidArgument('sha256 must be empty or 32 bytes');
+          return this.replicate(req.blobId, req.cookie, req.source, req.sha256, req.keepStamp, ctx);
         }),
       compact: (req) =>
         mapErrors(async () => {
@@ -110,6 +235,9 @@ export class StoreServiceImpl {
       scrub: (req) =>
         mapErrors(async () => {
           const r = await this.o.store.scrub(req.volumeId === 0 ? undefined : req.volumeId);
+          // Whoever asked (the manager, an operator's `haystack scrub`), the manager hears of
+          // current corrupt needles so it repairs them from a healthy replica.
+          for (const c of r.corrupt) if (c.blobId && !c.superseded) this.o.onCorrupt?.(c.blobId);
           return {
             needlesChecked: BigInt(r.needlesChecked),
             bytesChecked: BigInt(r.bytesChecked),
@@ -153,21 +281,46 @@ export class StoreServiceImpl {
     };
   }
 
-  private checkTerm(issuer: 'directory' | 'manager', term: bigint): void {
-    if (term === 0n) return;
+  /**
+   * Fencing: a term older than one already seen from the same issuer means the
+   * sender was deposed. Terms are bounded (what Redis holds, and not absurdly
+   * ahead: one forged huge term would fence out every real sender). A mutating
+   * call (`required` names it) must carry a term over mTLS: term 0 skips nothing.
+   */
+  private checkTerm(issuer: Issuer, term: bigint, ctx: HandlerContext, required?: string): void {
     const seen = this.terms[issuer];
+    boundedFromPeer(`${issuer} term`, term, seen);
+    if (term === 0n) {
+      if (required && isAuthenticatedTransport(ctx)) {
+        // UNAVAILABLE: a gateway that has not yet learnt the leader's term retries shortly.
+        throw new ConnectError(
+          `${required} must carry the sender's current fencing term (term 0 is refused); retry once it knows the term`,
+          Code.Unavailable,
+        );
+      }
+      return;
+    }
     if (term < seen) {
+      // The fencing log (info and up): what a deposed sender tried, for audits and test/netns.
+      this.o.log.warn({ issuer, term, seen, caller: callerIdentity(ctx)?.id }, 'fenced out a deposed sender');
       throw new ConnectError(
         `${issuer} term ${term} is older than term ${seen} already seen: the sender was deposed`,
         Code.FailedPrecondition,
       );
     }
+    if (term > seen)
+      this.o.log.info(
+        { issuer, term, previous: seen, caller: callerIdentity(ctx)?.id },
+        'fencing term advanced',
+      );
     this.terms[issuer] = term;
   }
 
   /**
    * Streams the blob to disk as chunks arrive and, in parallel, to every store in
-   * forward_to; answers only when all of them hold it durably.
+   * forward_to; answers only when all of them hold it durably. The replicas get
+   * the cookie and stamp this store answers (the original needle's on an
+   * idempotent retry), so every replica ends with the same needle.
    */
   private async write(reqs: AsyncIterable<WriteRequest>, ctx: HandlerContext): Promise<WriteResponse> {
     const it = reqs[Symbol.asyncIterator]();
@@ -177,40 +330,69 @@ export class StoreServiceImpl {
     }
     const h = first.value.msg.value;
     checkId(h.blobId);
+    if (h.cold) return this.writeStub(h, it, ctx);
+    if (h.contentType === STUB_CONTENT_TYPE) {
+      throw invalidArgument(`content type ${STUB_CONTENT_TYPE} is reserved for cold stubs`);
+    }
     if (h.sha256.length !== 0 && h.sha256.length !== 32)
       throw invalidArgument('sha256 must be empty or 32 bytes');
-    this.checkTerm('directory', h.term);
+    const metaProblem =
+      checkMetaField('content_type', h.contentType) ?? checkMetaField('file_name', h.fileName);
+    if (metaProblem) throw invalidArgument(metaProblem);
+    const stamp = wireStamp('written_at_ms', h.writtenAtMs);
     const size = Number(h.size);
     if (!Number.isSafeInteger(size)) throw invalidArgument(`size ${h.size} is too large`);
     const targets = h.forwardTo.filter((t) => t.storeId !== this.o.storeId);
+    // Bounded, fenced when non-zero; required when this store is to fan the blob out (a
+    // gateway's Write with forward_to carries its directory leader's term, in both modes).
+    // The manager writes content back when it warms a cold blob: always under its lease term.
+    const issuer = issuerOf(ctx);
+    this.checkTerm(
+      issuer,
+      h.term,
+      ctx,
+      issuer === 'manager'
+        ? "the replication manager's Write"
+        : targets.length > 0
+          ? 'Write with forward_to'
+          : undefined,
+    );
     for (const t of targets) {
       if (!t.address) throw invalidArgument(`forward_to entry for store "${t.storeId}" has no address`);
     }
 
-    const forwards = targets.map((t) => this.forward(t, h, ctx));
-    let writer: Awaited<ReturnType<Store['beginWrite']>> | undefined;
+    let writer: NeedleWriter | undefined;
+    let forwards: ReturnType<StoreServiceImpl['forward']>[] = [];
     try {
-      writer = await mapErrors(() => this.o.store.beginWrite(h.blobId, h.cookie, size));
-      let received = 0;
-      for (;;) {
-        const next = await it.next();
-        if (next.done) break;
-        if (next.value.msg.case !== 'chunk') throw invalidArgument('only chunks may follow the header');
-        const chunk = next.value.msg.value;
-        if (chunk.length > MAX_CHUNK)
-          throw invalidArgument(`chunk of ${chunk.length} bytes exceeds ${MAX_CHUNK}`);
-        received += chunk.length;
-        if (received > size) throw invalidArgument(`more than the declared ${size} bytes were sent`);
-        await Promise.all([writer.write(chunk), ...forwards.map((f) => f.push(chunk))]);
+      const w = await mapErrors(() =>
+        this.o.store.beginWrite(h.blobId, h.cookie, size, {
+          contentType: h.contentType,
+          fileName: h.fileName,
+          // A forwarded write carries the first store's stamp: stamp order decides
+          // (an older needle here, e.g. an unacknowledged earlier attempt, is
+          // superseded), so every replica ends with the first store's cookie.
+          ...(stamp === undefined ? {} : { stamp, keepStamp: true }),
+        }),
+      );
+      writer = w;
+      const fwd: WriteHeader = { ...h, cookie: w.cookie, writtenAtMs: BigInt(w.writtenAtMs), forwardTo: [] };
+      forwards = targets.map((t) => this.forward(t, fwd, ctx));
+      for await (const chunk of boundedChunks(it, size, MAX_CHUNK)) {
+        await Promise.all([w.write(chunk), ...forwards.map((f) => f.push(chunk))]);
       }
-      if (received !== size) {
-        throw invalidArgument(
-          `stream ended after ${received} of the declared ${size} bytes; nothing was stored`,
-        );
+      const sha = h.sha256.length === 32 ? h.sha256 : undefined;
+      let local: Awaited<ReturnType<NeedleWriter['commit']>>;
+      if (w.existing) {
+        // An idempotent candidate: only identical content may reach the replicas
+        // under the original cookie and stamp, so compare before ending their streams.
+        local = await mapErrors(() => w.commit(sha));
+        writer = undefined;
+        for (const f of forwards) f.end();
+      } else {
+        for (const f of forwards) f.end();
+        local = await mapErrors(() => w.commit(sha));
+        writer = undefined;
       }
-      for (const f of forwards) f.end();
-      const local = await mapErrors(() => writer!.commit(h.sha256.length === 32 ? h.sha256 : undefined));
-      writer = undefined;
       const remote = await Promise.all(forwards.map((f) => f.result));
       const replicas: WrittenReplica[] = [
         create(WrittenReplicaSchema, {
@@ -226,6 +408,8 @@ export class StoreServiceImpl {
         sha256: local.sha256,
         crc32c: local.crc32c,
         replicas,
+        cookie: local.cookie,
+        writtenAtMs: BigInt(local.writtenAtMs),
       });
     } catch (err) {
       for (const f of forwards) f.abort(err);
@@ -236,17 +420,29 @@ export class StoreServiceImpl {
     }
   }
 
+  /** A Write with `cold`: the replication manager replaces this store's full needle with a stub (cold-stub.ts). */
+  private async writeStub(
+    h: WriteHeader,
+    rest: AsyncIterator<WriteRequest>,
+    ctx: HandlerContext,
+  ): Promise<WriteResponse> {
+    const stamp = wireStamp('written_at_ms', h.writtenAtMs);
+    if (stamp === undefined)
+      throw invalidArgument('a cold stub needs written_at_ms above the needle it replaces');
+    if (isAuthenticatedTransport(ctx) && callerIdentity(ctx)?.role !== 'replication') {
+      throw new ConnectError('only the replication manager writes cold stubs', Code.PermissionDenied);
+    }
+    this.checkTerm('manager', h.term, ctx, 'a cold stub Write');
+    return mapErrors(() => writeStub(this.o.store, this.o.storeId, h, stamp, rest));
+  }
+
   /** Opens a Write stream to one replica; chunks are pushed with backpressure. */
   private forward(target: StoreTarget, header: WriteHeader, ctx: HandlerContext) {
     const pipe = new AsyncPipe<WriteRequest>(4);
     const abort = new AbortController();
     const onParentAbort = () => abort.abort();
     ctx.signal.addEventListener('abort', onParentAbort, { once: true });
-    void pipe.push(
-      create(WriteRequestSchema, {
-        msg: { case: 'header', value: { ...header, forwardTo: [] } },
-      }),
-    );
+    void pipe.push(create(WriteRequestSchema, { msg: { case: 'header', value: header } }));
     const client = this.o.peers.client(StoreService, target.address);
     const result = client.write(pipe, { signal: abort.signal }).then(
       (res) => res,
@@ -278,10 +474,24 @@ export class StoreServiceImpl {
     offset: bigint,
     length: bigint,
     ctx: HandlerContext,
+    rawStub = false,
   ): AsyncGenerator<ReadResponse> {
     try {
       checkId(blobId);
-      const r = await this.o.store.openRead(blobId, cookie === 0n ? undefined : cookie);
+      const r = await this.o.store
+        .openRead(blobId, cookie === 0n ? undefined : cookie)
+        .catch((err: unknown) => {
+          if (cookie !== 0n && err instanceof NotFoundError) this.o.onCookieCheck?.('refused');
+          throw err;
+        });
+      this.o.onCookieCheck?.(cookie === 0n ? 'skipped' : 'passed');
+      if (isStub(r) && !rawStub) {
+        const ref = (await coldFacts(this.o.store, blobId, r)).cold;
+        throw new ConnectError(
+          `blob ${blobId} is erasure-coded (stripe ${ref?.stripeId ?? '?'}): read its shards`,
+          Code.FailedPrecondition,
+        );
+      }
       const size = r.size;
       const start = Number(offset);
       if (start > size) {
@@ -298,6 +508,7 @@ export class StoreServiceImpl {
             length: BigInt(len),
             crc32c: r.crc32c,
             volumeId: r.volumeId,
+            needle: factsMessage(r),
           },
         },
       });
@@ -312,25 +523,68 @@ export class StoreServiceImpl {
     }
   }
 
-  /** Pulls a blob from another store's Read stream and writes it here durably. */
+  /**
+   * Pulls a blob from another store's Read stream and writes it here durably.
+   * With keep_stamp the copy takes the source needle's stamp, cookie and facts
+   * verbatim, and a needle here with a newer stamp, or an equal one that is
+   * intact, is kept (the call succeeds without copying the content); a damaged
+   * equal-stamp needle is replaced 1 ms above it (store-write.ts). Without
+   * it the copy is a new needle stamped here (it may supersede this store's
+   * tombstone of the id).
+   */
   private async replicate(
     blobId: string,
     cookie: bigint,
     source: StoreTarget,
     sha256: Uint8Array,
+    keepStamp: boolean,
     ctx: HandlerContext,
   ) {
     const client = this.o.peers.client(StoreService, source.address);
-    const stream = client.read({ blobId, cookie }, { signal: ctx.signal });
-    let writer: Awaited<ReturnType<Store['beginWrite']>> | undefined;
-    let size = 0n;
+    const abort = new AbortController();
+    const onParentAbort = () => abort.abort();
+    ctx.signal.addEventListener('abort', onParentAbort, { once: true });
+    // A cold stub is copied as the stub needle it is (backfill, anti-entropy).
+    const stream = client.read({ blobId, cookie, rawStub: true }, { signal: abort.signal });
+    let writer: NeedleWriter | undefined;
+    let expected = sha256.length === 32 ? sha256 : undefined;
     try {
       for await (const msg of stream) {
         if (msg.msg.case === 'header') {
-          size = msg.msg.value.size;
-          // A manager-placed copy may take back an id this store tombstoned (a
-          // removal or a repair); the manager re-deletes copies of deleted blobs.
-          writer = await this.o.store.beginWrite(blobId, cookie, Number(size), { replaceTombstone: true });
+          const size = Number(msg.msg.value.size);
+          const facts = msg.msg.value.needle;
+          if (keepStamp && (!facts || facts.writtenAtMs <= 0n)) {
+            throw new ConnectError(
+              `source ${source.storeId} does not report the needle's stamp; keep_stamp needs a store with placement groups`,
+              Code.FailedPrecondition,
+            );
+          }
+          if (keepStamp && facts && facts.writtenAtMs > BigInt(Date.now() + MAX_STAMP_AHEAD_MS)) {
+            throw new ConnectError(
+              `source ${source.storeId} stamped ${blobId} at ${facts.writtenAtMs}, more than ${MAX_STAMP_AHEAD_MS / 60_000} minutes ahead of this store's clock; check the clocks`,
+              Code.FailedPrecondition,
+            );
+          }
+          if (facts?.sha256.length === 32) {
+            if (expected && !Buffer.from(expected).equals(Buffer.from(facts.sha256))) {
+              throw new ConnectError(
+                `source ${source.storeId} holds other content for ${blobId} than the expected SHA-256`,
+                Code.DataLoss,
+              );
+            }
+            expected = facts.sha256;
+          }
+          writer = await this.o.store.beginWrite(
+            blobId,
+            facts && cookie === 0n ? facts.cookie : cookie,
+            size,
+            {
+              contentType: facts?.contentType ?? '',
+              fileName: facts?.fileName ?? '',
+              ...(keepStamp && facts ? { stamp: Number(facts.writtenAtMs), keepStamp: true } : {}),
+            },
+          );
+          if (writer.kept) break; // a needle here is not older: nothing to copy
         } else if (msg.msg.case === 'chunk') {
           if (!writer)
             throw new ConnectError(`source ${source.storeId} sent data before its header`, Code.Internal);
@@ -340,10 +594,10 @@ export class StoreServiceImpl {
       if (!writer) throw new ConnectError(`source ${source.storeId} sent no header`, Code.Internal);
       const w = writer;
       writer = undefined;
-      const local = await w.commit(sha256.length === 32 ? sha256 : undefined);
+      const local = await w.commit(expected);
       return {
         replica: { storeId: this.o.storeId, volumeId: local.volumeId, offset: BigInt(local.offset) },
-        size,
+        size: BigInt(local.size),
       };
     } catch (err) {
       await writer?.abort().catch(() => {});
@@ -356,6 +610,9 @@ export class StoreServiceImpl {
         );
       }
       throw ce;
+    } finally {
+      abort.abort(); // ends the source stream if the copy stopped early
+      ctx.signal.removeEventListener('abort', onParentAbort);
     }
   }
 }

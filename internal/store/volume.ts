@@ -9,18 +9,19 @@ import { readSync } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { crc32c } from './crc32c.js';
+import type { VolumeKeys } from './crypto/volume-keys.js';
 import { ChecksumError } from './errors.js';
 import { readFully, writeFully } from './fs-util.js';
 import { GroupCommitter } from './group-commit.js';
 import { encodeIndexHeader, encodeIndexRecords, INDEX_HEADER_SIZE, type IndexRecord } from './index-file.js';
 import {
-  dataOffset,
+  dataOffsetOf,
   decodeFooter,
   decodeHeader,
-  NEEDLE_FOOTER_SIZE,
-  NEEDLE_HEADER_SIZE,
+  footerSize,
+  lengthOf,
+  MAX_HEADER_LENGTH,
   type NeedleHeader,
-  needleLength,
 } from './needle.js';
 import { encodeSuperblock, SUPERBLOCK_SIZE } from './superblock.js';
 
@@ -29,8 +30,12 @@ export type FileKind = 'dat' | 'idx' | 'dir';
 export interface StoreHooks {
   /** Called before every fdatasync/fsync (counting group commits in tests). */
   onFsync?: (file: FileKind, volumeId: number) => void;
+  /** Awaited before a group commit's fdatasyncs: the slow-disk seam (FAULT_FSYNC_DELAY). */
+  beforeFsync?: (file: 'dat' | 'idx', volumeId: number) => Promise<void>;
   /** Called before every write to a volume or index file; throw to inject faults (e.g. ENOSPC). */
   beforeWrite?: (file: 'dat' | 'idx', volumeId: number, position: number, length: number) => void;
+  /** After every group commit (volume fdatasync + index append + fdatasync): duration in seconds (metrics). */
+  onGroupCommit?: (volumeId: number, seconds: number, items: number, ok: boolean) => void;
 }
 
 export const datName = (id: number) => `${id}.dat`;
@@ -71,6 +76,9 @@ export interface PendingCommit {
   onDurable: () => void;
 }
 
+/** Released ranges a volume remembers while waiting for the tail to reach them. */
+const MAX_RELEASED = 10_000;
+
 export class Volume {
   /** Next reservation offset (logical end of the volume). */
   tail: number;
@@ -79,13 +87,17 @@ export class Volume {
   /** Set when an I/O failure makes appends unsafe; reads continue. */
   broken: string | undefined;
   compacting = false;
+  /** The volume's DEKs when the store has a KEK (new needles are encrypted); undefined: plaintext. */
+  keys: VolumeKeys | undefined;
   inflight = 0;
   liveBytes = 0;
   needleCount = 0;
   recordCount = 0;
   private drainWaiters: (() => void)[] = [];
+  /** Aborted reservations not yet given back to the tail: end offset → start offset. */
+  private released = new Map<number, number>();
   readonly committer: GroupCommitter<PendingCommit>;
-  private readonly keyBuf = new Uint8Array(NEEDLE_HEADER_SIZE + 255);
+  private readonly keyBuf = new Uint8Array(MAX_HEADER_LENGTH);
 
   constructor(
     readonly id: number,
@@ -101,7 +113,10 @@ export class Volume {
   ) {
     this.tail = size;
     this.idxTail = idxSize;
-    this.committer = new GroupCommitter((items) => this.flush(items));
+    this.committer = new GroupCommitter(
+      (items) => this.flush(items),
+      (seconds, n, ok) => this.hooks.onGroupCommit?.(this.id, seconds, n, ok),
+    );
     this.updateReadOnly();
   }
 
@@ -151,6 +166,28 @@ export class Volume {
     return at;
   }
 
+  /**
+   * Gives back the reservation [offset, offset + length) of a write that stored
+   * nothing (cancelled, short, bad checksum). At the tail, the tail moves back
+   * (past any released ranges that uncovers), so cancelled uploads neither fill
+   * nor seal a volume; elsewhere it stays a hole, counted as garbage until
+   * compaction. Bytes already written there are past the tail (overwritten by the
+   * next append, cut by recovery's tail scan) or in the hole (never indexed).
+   * Call before `finish`.
+   */
+  release(offset: number, length: number): void {
+    if (this.released.size >= MAX_RELEASED) this.released.clear(); // holes stay holes
+    this.released.set(offset + length, offset);
+    let start = this.released.get(this.tail);
+    if (start === undefined) return;
+    while (start !== undefined) {
+      this.released.delete(this.tail);
+      this.tail = start;
+      start = this.released.get(this.tail);
+    }
+    this.updateReadOnly();
+  }
+
   /** Ends an in-flight reservation (committed or aborted). */
   finish(): void {
     this.inflight--;
@@ -179,6 +216,7 @@ export class Volume {
   private async flush(items: PendingCommit[]): Promise<void> {
     this.hooks.onFsync?.('dat', this.id);
     try {
+      await this.hooks.beforeFsync?.('dat', this.id);
       await this.dat.handle.datasync();
     } catch (err) {
       this.markBroken(`fdatasync of ${datName(this.id)} failed: ${(err as Error).message}`);
@@ -190,6 +228,7 @@ export class Volume {
       this.hooks.beforeWrite?.('idx', this.id, at, bytes.length);
       await writeFully(this.idx.handle, bytes, at);
       this.hooks.onFsync?.('idx', this.id);
+      await this.hooks.beforeFsync?.('idx', this.id);
       await this.idx.handle.datasync();
     } catch (err) {
       // Cut whatever part of the batch reached the index so it cannot resurface.
@@ -276,7 +315,7 @@ export interface ScannedNeedle {
 
 /**
  * Walks needles by their framing from `start` to `end`, fully verifying each
- * (header CRC, footer magic, data CRC). Valid needles go to `onValid`; needles
+ * (header CRC, footer magic and CRC, data CRC). Valid needles go to `onValid`; needles
  * with a valid header but bad data/footer (aborted writes, corruption) to
  * `onInvalid` and are skipped by their length. Stops where the framing breaks
  * (unreadable header, needle running past `end`). Returns that position and
@@ -291,7 +330,7 @@ export async function scanNeedles(
 ): Promise<{ stop: number; lastValidEnd: number; stopReason?: string; tornTail?: boolean }> {
   let pos = start;
   let lastValidEnd = start;
-  const head = new Uint8Array(NEEDLE_HEADER_SIZE + 255);
+  const head = new Uint8Array(MAX_HEADER_LENGTH);
   const chunk = new Uint8Array(1 << 20);
   while (pos < end) {
     const n = await readFully(h, head, pos, Math.min(head.length, end - pos));
@@ -302,12 +341,12 @@ export async function scanNeedles(
       const tornTail = err instanceof ChecksumError && err.kind === 'truncated';
       return { stop: pos, lastValidEnd, stopReason: (err as Error).message, tornTail };
     }
-    const length = needleLength(header.key.length, header.dataSize);
+    const length = lengthOf(header);
     if (pos + length > end) {
       return { stop: pos, lastValidEnd, stopReason: 'needle runs past the end of the file', tornTail: true };
     }
     let crc = 0;
-    let at = pos + dataOffset(header.key.length);
+    let at = pos + dataOffsetOf(header);
     let left = header.dataSize;
     let short = false;
     while (left > 0) {
@@ -324,10 +363,10 @@ export async function scanNeedles(
     let reason: string | undefined;
     if (short) reason = 'data is truncated';
     else {
-      const foot = new Uint8Array(NEEDLE_FOOTER_SIZE);
+      const foot = new Uint8Array(footerSize(header.flags));
       const got = await readFully(h, foot, at);
       try {
-        const stored = decodeFooter(foot.subarray(0, got));
+        const stored = decodeFooter(foot.subarray(0, got), 0, undefined, header.flags);
         if (stored !== crc) reason = 'data checksum mismatch';
       } catch (err) {
         reason = err instanceof ChecksumError ? err.message : String(err);

@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ChecksumError, NotFoundError, ResourceExhaustedError } from '../../../internal/store/errors.js';
-import { NEEDLE_HEADER_SIZE } from '../../../internal/store/needle.js';
+import { NEEDLE_FOOTER_SIZE_V2, NEEDLE_HEADER_SIZE } from '../../../internal/store/needle.js';
 import { blob, get, hex, openStore, put, tempDir } from './helpers.js';
 
 async function flipByte(file: string, at: number): Promise<void> {
@@ -78,11 +78,11 @@ describe('capacity', () => {
   it('answers ResourceExhausted when volumes are full and the volume limit is reached; reads continue', async () => {
     const dir = await tempDir();
     const s = await openStore(dir, { maxVolumeSize: 8192, maxVolumes: 2 });
-    await put(s, 'a', blob(3500, 1));
-    await put(s, 'b', blob(3500, 2));
-    await put(s, 'c', blob(3500, 3));
-    await put(s, 'd', blob(3500, 4));
-    await expect(put(s, 'e', blob(3500, 5))).rejects.toBeInstanceOf(ResourceExhaustedError);
+    await put(s, 'a', blob(3450, 1));
+    await put(s, 'b', blob(3450, 2));
+    await put(s, 'c', blob(3450, 3));
+    await put(s, 'd', blob(3450, 4));
+    await expect(put(s, 'e', blob(3450, 5))).rejects.toBeInstanceOf(ResourceExhaustedError);
     expect((await s.stats()).volumes.map((v) => v.volumeId)).toEqual([1, 2]);
     for (const [id, i] of [
       ['a', 1],
@@ -90,13 +90,13 @@ describe('capacity', () => {
       ['c', 3],
       ['d', 4],
     ] as const) {
-      expect(hex(await get(s, id))).toBe(hex(blob(3500, i)));
+      expect(hex(await get(s, id))).toBe(hex(blob(3450, i)));
     }
     // small blobs still fit in the remaining space; the big one still does not
     await put(s, 'small', blob(500, 6));
     expect(hex(await get(s, 'small'))).toBe(hex(blob(500, 6)));
-    await expect(put(s, 'e', blob(3500, 5))).rejects.toBeInstanceOf(ResourceExhaustedError);
-    expect(hex(await get(s, 'a'))).toBe(hex(blob(3500, 1)));
+    await expect(put(s, 'e', blob(3450, 5))).rejects.toBeInstanceOf(ResourceExhaustedError);
+    expect(hex(await get(s, 'a'))).toBe(hex(blob(3450, 1)));
   });
 
   it('still deletes on a full store, so compaction can give the space back', async () => {
@@ -149,7 +149,7 @@ describe('capacity', () => {
     fail = (f, _p, len) => f === 'dat' && len === 1000;
     await expect(put(s, 'x1', blob(5000, 2), { chunk: 1000 })).rejects.toBeInstanceOf(ResourceExhaustedError);
     // 2) the footer write fails
-    fail = (f, _p, len) => f === 'dat' && len >= 8 && len < 16;
+    fail = (f, _p, len) => f === 'dat' && len >= NEEDLE_FOOTER_SIZE_V2 && len < NEEDLE_FOOTER_SIZE_V2 + 8;
     await expect(put(s, 'x2', blob(4096, 3), { chunk: 4096 })).rejects.toBeInstanceOf(ResourceExhaustedError);
     // 3) the index append fails (after the volume fsync)
     fail = (f) => f === 'idx';

@@ -43,15 +43,30 @@ export function rand(n: number): Uint8Array {
   return new Uint8Array(randomBytes(n));
 }
 
-/** Writes a blob in chunks of `chunk` bytes; `replica` writes as a replica copy (Replicate) does. */
+/**
+ * Writes a blob in chunks of `chunk` bytes. `replica` is kept for readability
+ * of older tests: every write may now supersede a tombstone.
+ */
 export async function put(
   s: Store,
   id: string,
   data: Uint8Array,
-  opts: { cookie?: bigint; chunk?: number; sha?: Uint8Array; replica?: boolean } = {},
+  opts: {
+    cookie?: bigint;
+    chunk?: number;
+    sha?: Uint8Array;
+    replica?: boolean;
+    contentType?: string;
+    fileName?: string;
+    stamp?: number;
+    keepStamp?: boolean;
+  } = {},
 ) {
   const w = await s.beginWrite(id, opts.cookie ?? 42n, data.length, {
-    replaceTombstone: opts.replica === true,
+    ...(opts.stamp !== undefined ? { stamp: opts.stamp } : {}),
+    ...(opts.keepStamp ? { keepStamp: true } : {}),
+    ...(opts.contentType !== undefined ? { contentType: opts.contentType } : {}),
+    ...(opts.fileName !== undefined ? { fileName: opts.fileName } : {}),
   });
   const step = opts.chunk ?? 7919;
   for (let i = 0; i < data.length; i += step)

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { NotFoundError } from '../../../internal/store/errors.js';
 import { INDEX_HEADER_SIZE } from '../../../internal/store/index-file.js';
-import { needleLength } from '../../../internal/store/needle.js';
+import { FLAG_V2, needleLength } from '../../../internal/store/needle.js';
 import { blob, get, hex, openStore, put, tempDir } from './helpers.js';
 
 async function copyDir(from: string, to: string): Promise<void> {
@@ -23,7 +23,7 @@ describe('recovery', () => {
     const idxPath = path.join(base, '1.idx');
     const idxFull = (await fs.stat(idxPath)).size;
     const lastRecordLen = 40 + 'torn'.length;
-    const len = needleLength(4, 200);
+    const len = needleLength(4, 200, FLAG_V2);
     // cut points: inside header, key, data, footer, padding (every byte) and "complete"
     for (let cut = 0; cut <= len; cut++) {
       const dir = `${base}-cut${cut}`;
@@ -141,5 +141,34 @@ describe('recovery', () => {
     s = await openStore(dir);
     expect(hex(await get(s, 'a'))).toBe(hex(blob(10, 1)));
     expect((await fs.readdir(dir)).sort()).toEqual(['1.dat', '1.idx']);
+  });
+
+  it('rebuilds and tail-recovers v2 needles with content type and file name (their length comes from the header)', async () => {
+    const dir = await tempDir();
+    let s = await openStore(dir);
+    await put(s, 'm1', blob(3000, 1), { contentType: 'image/jpeg', fileName: 'ü.jpg' });
+    await put(s, 'm2', blob(10, 2), { contentType: 'a'.repeat(255), fileName: 'b'.repeat(255) });
+    const idxBeforeLast = await fs.stat(path.join(dir, '1.idx')).then((st) => st.size);
+    await put(s, 'm3', blob(500, 3), { fileName: 'last' });
+    await s.close();
+    const check = async (r: typeof s) => {
+      expect((await r.stat('m1')).fileName).toBe('ü.jpg');
+      expect((await r.stat('m2')).contentType).toBe('a'.repeat(255));
+      expect(hex(await get(r, 'm2'))).toBe(hex(blob(10, 2)));
+      expect(hex(await get(r, 'm3'))).toBe(hex(blob(500, 3)));
+      expect((await r.scrub()).corrupt).toEqual([]);
+    };
+    // The last record lost: the tail scan recovers it.
+    await fs.truncate(path.join(dir, '1.idx'), idxBeforeLast);
+    s = await openStore(dir);
+    await check(s);
+    await s.close();
+    // No index at all: rebuilt from the volume.
+    await fs.rm(path.join(dir, '1.idx'));
+    s = await openStore(dir);
+    await check(s);
+    await s.close();
+    s = await openStore(dir);
+    await check(s);
   });
 });

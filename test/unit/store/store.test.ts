@@ -52,7 +52,7 @@ describe('Store basics', () => {
     expect(st.usedBytes).toBeGreaterThan(100_000);
   });
 
-  it('is idempotent for identical rewrites and rejects different content or reuse of deleted ids', async () => {
+  it('is idempotent for identical rewrites (original cookie and stamp), rejects different content, takes a re-upload after delete', async () => {
     const s = await openStore(await tempDir());
     const a = blob(3000, 9);
     const first = await put(s, 'x', a);
@@ -63,14 +63,25 @@ describe('Store basics', () => {
     expect(hex(again.sha256)).toBe(hex(first.sha256));
     const b = a.slice();
     b[10]! ^= 1;
-    await expect(put(s, 'x', b)).rejects.toBeInstanceOf(AlreadyExistsError);
-    await expect(put(s, 'x', a, { cookie: 43n })).rejects.toBeInstanceOf(AlreadyExistsError);
-    await expect(put(s, 'x', a.subarray(0, 2999))).rejects.toBeInstanceOf(AlreadyExistsError);
-    expect((await s.stats()).volumes[0]!.sizeBytes).toBe(first.offset + 3056);
-    await s.delete('x');
-    const err = await put(s, 'x', a).catch((e: unknown) => e);
+    const err = await put(s, 'x', b).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(AlreadyExistsError);
-    expect((err as AlreadyExistsError).reason).toBe('deleted');
+    expect((err as AlreadyExistsError).message).toMatch(/already exists here with different content/);
+    await expect(put(s, 'x', a.subarray(0, 2999))).rejects.toBeInstanceOf(AlreadyExistsError);
+    // A retry with another cookie is the same upload: it keeps the original cookie and stamp.
+    const retry = await put(s, 'x', a, { cookie: 43n });
+    expect(retry.existed).toBe(true);
+    expect(retry.cookie).toBe(42n);
+    expect(retry.writtenAtMs).toBe(first.writtenAtMs);
+    expect((await s.stats()).volumes[0]!.sizeBytes).toBe(first.offset + 3088); // nothing appended
+    // Re-upload after delete: stored again, stamped above the tombstone.
+    expect(await s.delete('x')).toBe(true);
+    const tomb = await s.stat('x', { includeDeleted: true });
+    expect(tomb.deleted).toBe(true);
+    const again2 = await put(s, 'x', b, { cookie: 44n });
+    expect(again2.existed).toBe(false);
+    expect(again2.cookie).toBe(44n);
+    expect(again2.writtenAtMs).toBeGreaterThan(tomb.writtenAtMs);
+    expect(hex(await get(s, 'x'))).toBe(hex(b));
   });
 
   it('commits nothing for a short stream, an overlong stream, a SHA-256 mismatch or an abort', async () => {
@@ -104,6 +115,53 @@ describe('Store basics', () => {
     expect(hex(await get(s, 'sha'))).toBe(hex(a));
     expect(hex(await get(s, 'short'))).toBe(hex(a));
     expect((await s.stats()).needleCount).toBe(2);
+  });
+
+  it('gives back the space of writes that stored nothing: cancelled, short or refused uploads neither fill nor seal a volume', async () => {
+    const dir = await tempDir();
+    let s = await openStore(dir, { maxVolumeSize: 8 << 20 });
+    const a = blob(10_000, 5);
+    await put(s, 'kept', a);
+    const size = async () => (await s.stats()).volumes.map((v) => [v.volumeId, v.sizeBytes, v.readOnly]);
+    const before = await size();
+    // Fifty uploads declaring 4 MiB each (half a volume), cancelled after a chunk or before any byte.
+    for (let i = 0; i < 50; i++) {
+      const w = await s.beginWrite(`cancelled-${i}`, 1n, 4 << 20);
+      if (i % 2 === 0) await w.write(a);
+      await w.abort();
+    }
+    const short = await s.beginWrite('short', 1n, 4 << 20);
+    await short.write(a);
+    await expect(short.commit()).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(put(s, 'bad-sha', a, { sha: sha256(a.subarray(1)) })).rejects.toBeInstanceOf(
+      InvalidArgumentError,
+    );
+    expect(await size()).toEqual(before);
+    // Out of order: an abort behind a live reservation is a hole until the later one goes too.
+    const w1 = await s.beginWrite('first', 1n, 1 << 20);
+    const w2 = await s.beginWrite('second', 1n, 1 << 20);
+    await w1.abort();
+    expect(await size()).not.toEqual(before);
+    await w2.abort();
+    expect(await size()).toEqual(before);
+    // A hole behind a committed needle stays (compaction's garbage); the tail keeps the needle.
+    const w3 = await s.beginWrite('hole', 1n, 1 << 20);
+    const w4 = await s.beginWrite('after', 1n, a.length);
+    await w3.abort();
+    await w4.write(a);
+    await w4.commit();
+    expect((await s.stats()).volumes[0]?.efficiency).toBeLessThan(0.5);
+    for (let i = 0; i < 50; i += 7)
+      await expect(s.openRead(`cancelled-${i}`)).rejects.toBeInstanceOf(NotFoundError);
+    await s.close();
+    s = await openStore(dir, { maxVolumeSize: 8 << 20 });
+    expect(hex(await get(s, 'kept'))).toBe(hex(a));
+    expect(hex(await get(s, 'after'))).toBe(hex(a));
+    for (const id of ['cancelled-0', 'short', 'hole', 'first']) {
+      await expect(s.openRead(id)).rejects.toBeInstanceOf(NotFoundError);
+    }
+    expect((await s.stats()).needleCount).toBe(2);
+    await s.close();
   });
 
   it('runs 200 concurrent writes, batching their fsyncs, all readable after reopen', async () => {
@@ -196,8 +254,36 @@ describe('Store with forced hash collisions', () => {
       if (i < 10) await expect(s.openRead(id)).rejects.toBeInstanceOf(NotFoundError);
       else expect(hex(await get(s, id))).toBe(hex(blob(200 + i, i)));
     }
-    await expect(put(s, 'col-3', blob(5, 5))).rejects.toBeInstanceOf(AlreadyExistsError);
+    expect((await s.stat('col-3', { includeDeleted: true })).deleted).toBe(true);
     expect((await s.stats()).needleCount).toBe(20);
     expect((await s.listNeedles(undefined, 100)).map((n) => n.blobId)).toEqual(ids.slice(10).sort());
+  });
+});
+
+describe('cookies: no existence oracle (issue 13)', () => {
+  it('a wrong cookie, a deleted blob asked with a cookie and an unknown id get one NotFound message; 0 skips the check', async () => {
+    const s = await openStore(await tempDir());
+    await put(s, 'c-live', blob(300, 51), { cookie: 0x1234n });
+    await put(s, 'c-gone', blob(300, 52), { cookie: 0x5678n });
+    await s.delete('c-gone');
+    const said = async (p: Promise<unknown>, id: string) => {
+      const e = await p.then(() => undefined).catch((x: unknown) => x);
+      expect(e, id).toBeInstanceOf(NotFoundError);
+      return (e as Error).message.replace(id, '<id>');
+    };
+    const answers = [
+      await said(s.openRead('c-live', 0x9999n), 'c-live'),
+      await said(s.openRead('c-gone', 0x5678n), 'c-gone'),
+      await said(s.openRead('c-never', 0x1234n), 'c-never'),
+      await said(s.stat('c-live', { cookie: 0x9999n }), 'c-live'),
+      await said(s.stat('c-gone', { cookie: 0x5678n }), 'c-gone'),
+      await said(s.stat('c-never', { cookie: 0x1234n }), 'c-never'),
+    ];
+    expect(new Set(answers)).toEqual(new Set(['blob <id> is not on this store']));
+    // Internal callers (no cookie) still learn that a blob was deleted; the right cookie reads.
+    expect(await said(s.openRead('c-gone'), 'c-gone')).toBe('blob <id> was deleted');
+    expect((await s.openRead('c-live', 0x1234n)).size).toBe(300);
+    expect((await s.openRead('c-live')).size).toBe(300);
+    await s.close();
   });
 });

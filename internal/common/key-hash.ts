@@ -5,7 +5,8 @@
  */
 export type KeyHash = (key: string, out: Uint32Array) => void;
 
-function fmix(h: number): number {
+/** MurmurHash3's 32-bit finalizer (avalanche mix). */
+export function fmix(h: number): number {
   h ^= h >>> 16;
   h = Math.imul(h, 0x85ebca6b);
   h ^= h >>> 13;

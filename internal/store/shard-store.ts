@@ -1,0 +1,102 @@
+/**
+ * The store's shard engine: erasure-coded shards of cold stripes
+ * (docs/design/ec-tier.md) kept as needles in a second Store engine under
+ * `<dataDir>/ec` — its own volumes, index and needle map — so placement-group
+ * listings, digests and garbage collection of blob needles never see a shard
+ * (shards belong to a group's EC members, not to the group their key hashes to).
+ * Keys are internal/common/shard-key.ts's. The engine's rules hold: a shard is
+ * acknowledged only once fsync'd, and reads verify the needle's CRC32C.
+ */
+import path from 'node:path';
+import { shardKey } from '../common/shard-key.js';
+import { Crc32c } from './crc32c.js';
+import { InvalidArgumentError } from './errors.js';
+import { Store, type StoreOpenOptions } from './store.js';
+import type { BlobReader } from './store-read.js';
+
+/** Where a written shard landed. */
+export interface ShardWriteResult {
+  volumeId: number;
+  offset: number;
+  /** False when an identical shard (same size and content) was already here. */
+  written: boolean;
+}
+
+/** What WriteShard asks for. */
+export interface ShardWrite {
+  stripeId: string;
+  index: number;
+  /** Exact byte count of the shard. */
+  size: number;
+  /** CRC32C the encoder computed; other bytes commit nothing (InvalidArgumentError). */
+  crc32c: number;
+  /** Supersede a live shard holding other bytes (repair) instead of AlreadyExistsError. */
+  replace: boolean;
+}
+
+export class ShardStore {
+  private constructor(readonly engine: Store) {}
+
+  /** Opens (creating if needed) the shard engine in `<dataDir>/ec`, recovering from any crash. */
+  static async open(o: StoreOpenOptions): Promise<ShardStore> {
+    return new ShardStore(await Store.open({ ...o, dataDir: path.join(o.dataDir, 'ec') }));
+  }
+
+  /**
+   * Writes one shard from `chunks` and makes it durable. A live shard with the same
+   * key and identical bytes: nothing written (`written` false). Other bytes:
+   * AlreadyExistsError. With `replace` (repair) a live shard that is not intact
+   * (other size or CRC32C, or bytes failing it) gets a tombstone, then the new
+   * shard (a crash between leaves no shard here, which repair treats as lost).
+   */
+  async write(w: ShardWrite, chunks: AsyncIterable<Uint8Array>): Promise<ShardWriteResult> {
+    const key = shardKey(w.stripeId, w.index);
+    if (w.replace && !(await this.intact(key, w))) await this.engine.delete(key);
+    const writer = await this.engine.beginWrite(key, 0n, w.size);
+    try {
+      const crc = new Crc32c();
+      for await (const chunk of chunks) {
+        crc.update(chunk);
+        await writer.write(chunk);
+      }
+      if (crc.digest() !== w.crc32c) {
+        throw new InvalidArgumentError(
+          `shard ${w.index} of stripe ${w.stripeId}: the bytes sent have CRC32C ${crc.digest()}, the header says ${w.crc32c}; nothing was stored`,
+        );
+      }
+      const r = await writer.commit();
+      return { volumeId: r.volumeId, offset: r.offset, written: !r.existed };
+    } catch (err) {
+      await writer.abort().catch(() => {});
+      throw err;
+    }
+  }
+
+  /** True when a live shard under `key` has the expected size and CRC32C and its bytes verify. */
+  private async intact(key: string, w: ShardWrite): Promise<boolean> {
+    try {
+      const r = await this.engine.openRead(key);
+      if (r.size !== w.size || r.crc32c !== w.crc32c) return false;
+      for await (const _ of r.stream()) {
+        // the stream verifies the needle's CRC32C as it reads
+      }
+      return true;
+    } catch {
+      return false; // absent, or damaged (ChecksumError)
+    }
+  }
+
+  /** Opens shard `index` of `stripeId` for reading; NotFoundError when there is no live one. */
+  openRead(stripeId: string, index: number): Promise<BlobReader> {
+    return this.engine.openRead(shardKey(stripeId, index));
+  }
+
+  /** Appends a durable tombstone for the shard; true when it superseded a live one. */
+  delete(stripeId: string, index: number): Promise<boolean> {
+    return this.engine.delete(shardKey(stripeId, index));
+  }
+
+  close(): Promise<void> {
+    return this.engine.close();
+  }
+}
