@@ -8,6 +8,8 @@ export interface AllocationCandidate {
   health: StoreHealth;
   writable: boolean;
   freeBytes: bigint;
+  /** Being drained (StoreRecord.draining): gets no new blob. */
+  draining?: boolean;
 }
 
 export type AllocationResult =

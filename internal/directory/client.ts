@@ -10,12 +10,15 @@ import type {
   DirectoryServiceListResponse,
   GetClusterStatusResponse,
   LocateResponse,
+  UpdatePlacementRequestSchema,
+  UpdatePlacementResponse,
   UpdateReplicasRequestSchema,
   UpdateReplicasResponse,
   VerifyBlobsResponse,
   WatchMetadataResponse,
 } from '../../gen/haystack/v1/directory_pb.js';
 import { sleep } from '../common/sleep.js';
+import type { TransportSecurity } from '../security/tls-config.js';
 import { type DirectoryClientStub, LEADER_ADDRESS_HEADER, leaderHintOf, PeerClients } from './peers.js';
 
 export interface DirectoryClientOptions {
@@ -29,6 +32,8 @@ export interface DirectoryClientOptions {
   backoffMs?: number;
   /** Longest retry delay; default 200 ms (a failover takes about LEADER_TIMEOUT). */
   maxBackoffMs?: number;
+  /** Whose certificate to show (default: this process's own, see rpc/transport.ts). */
+  security?: TransportSecurity;
 }
 
 export interface CallOptions {
@@ -62,7 +67,7 @@ function retriable(ce: ConnectError): boolean {
  * second time, UpdateReplicas can pin expected_version.
  */
 export class DirectoryClient {
-  private readonly clients = new PeerClients();
+  private readonly clients: PeerClients;
   private leader: string | null = null;
   private readInstance = 0;
   private readonly deadlineMs: number;
@@ -72,6 +77,7 @@ export class DirectoryClient {
 
   constructor(private readonly opts: DirectoryClientOptions) {
     if (opts.addresses.length === 0) throw new Error('DirectoryClient needs at least one directory address');
+    this.clients = new PeerClients(opts.security);
     this.deadlineMs = opts.deadlineMs ?? 15_000;
     this.attemptMs = opts.attemptTimeoutMs ?? 5_000;
     this.backoffMs = opts.backoffMs ?? 50;
@@ -106,6 +112,14 @@ export class DirectoryClient {
     o?: CallOptions,
   ): Promise<UpdateReplicasResponse> {
     return this.write((c, opt) => c.updateReplicas(req, opt), o);
+  }
+
+  /** Replaces one placement group's members (compare-and-set on its epoch), on the leader. */
+  updatePlacement(
+    req: MessageInitShape<typeof UpdatePlacementRequestSchema>,
+    o?: CallOptions,
+  ): Promise<UpdatePlacementResponse> {
+    return this.write((c, opt) => c.updatePlacement(req, opt), o);
   }
 
   /** Which of these ids are referenced on the store (answered by the leader: it knows in-flight allocations). */

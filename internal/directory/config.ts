@@ -1,3 +1,4 @@
+import { MAX_PLACEMENT_GROUPS } from '../common/placement.js';
 import { COMMON_ENV_HELP, envReader, readServerConfig, type ServerConfig } from '../config/common.js';
 import type { Env } from '../config/env.js';
 import { list } from '../store/config.js';
@@ -24,6 +25,9 @@ export interface DirectoryConfig extends ServerConfig {
   allocationTtlMs: number;
   defaultReplicaCount: number;
   minFreeBytes: number;
+  /** 0: per-blob records (v1 clusters); else the placement group count of a new cluster. */
+  placementGroups: number;
+  placementReplaceAfterMs: number;
 }
 
 export const DIRECTORY_ENV_HELP = `${COMMON_ENV_HELP}
@@ -54,7 +58,13 @@ export const DIRECTORY_ENV_HELP = `${COMMON_ENV_HELP}
   ALLOCATION_TTL         how long an allocation without a commit counts as in flight for
                          VerifyBlobs (default 1h)
   DEFAULT_REPLICA_COUNT  replicas per new blob (default 3)
-  MIN_FREE_BYTES         stores with less free space get no new blobs (default 100MiB)`;
+  MIN_FREE_BYTES         stores with less free space get no new blobs (default 100MiB)
+  PLACEMENT_GROUPS       placement groups of a new cluster, 1..65536, fixed at creation (about
+                         100 memberships per store: stores x 100 / replicas; see
+                         docs/design/metadata-at-scale.md); 0 = per-blob directory records,
+                         the v1 layout (default 64)
+  PLACEMENT_REPLACE_AFTER  how long a store stays DOWN before its placement-group memberships
+                         move to other stores (JOINING, backfilled) (default 60s)`;
 
 export function readDirectoryConfig(
   flags: { listen?: string; data?: string },
@@ -69,7 +79,7 @@ export function readDirectoryConfig(
     /^[A-Za-z0-9._-]{1,64}$/,
     'an id of 1-64 characters [A-Za-z0-9._-]',
   );
-  const heartbeatIntervalMs = r.duration('HEARTBEAT_INTERVAL', 30_000, { minMs: 50, maxMs: 600_000 });
+  const heartbeatIntervalMs = r.duration('HEARTBEAT_INTERVAL', 5_000, { minMs: 50, maxMs: 600_000 });
   const cfg: DirectoryConfig = {
     ...server,
     directoryId,
@@ -99,6 +109,8 @@ export function readDirectoryConfig(
     allocationTtlMs: r.duration('ALLOCATION_TTL', 3_600_000, { minMs: 1000 }),
     defaultReplicaCount: r.int('DEFAULT_REPLICA_COUNT', 3, { min: 1, max: 16 }),
     minFreeBytes: r.size('MIN_FREE_BYTES', 100 * 1024 * 1024),
+    placementGroups: r.int('PLACEMENT_GROUPS', 64, { min: 0, max: MAX_PLACEMENT_GROUPS }),
+    placementReplaceAfterMs: r.duration('PLACEMENT_REPLACE_AFTER', 60_000, { minMs: 100 }),
   };
   if (cfg.leaderHeartbeatIntervalMs * 2 > cfg.leaderTimeoutMs) {
     r.problem(

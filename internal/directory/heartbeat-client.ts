@@ -6,6 +6,7 @@ import {
   HeartbeatRequestSchema,
   type StoreCommand,
 } from '../../gen/haystack/v1/directory_pb.js';
+import type { TransportSecurity } from '../security/tls-config.js';
 import type { Logger } from '../server/logger.js';
 import { leaderHintOf, PeerClients } from './peers.js';
 
@@ -29,6 +30,8 @@ export interface StoreHeartbeatOptions {
   /** Carries out a command from the directory (delete blobs, compact a volume). */
   onCommand(cmd: StoreCommand): Promise<void>;
   log: Logger;
+  /** The store's certificate (default: this process's own, see rpc/transport.ts). */
+  security?: TransportSecurity;
 }
 
 export interface StoreHeartbeat {
@@ -49,7 +52,7 @@ const DONE_MEMORY = 10_000;
  */
 export function startStoreHeartbeat(opts: StoreHeartbeatOptions): StoreHeartbeat {
   const stop = new AbortController();
-  const clients = new PeerClients();
+  const clients = new PeerClients(opts.security);
   const log = opts.log;
   let highestTerm = 0n;
   let interval = opts.intervalMs;

@@ -27,6 +27,8 @@ export class TruncatedError extends Error {
  */
 export class LogStore {
   private entries: LogEntry[] = [];
+  /** The chain of term.json writes (serialized). */
+  private termWrites: Promise<void> = Promise.resolve();
   /** File position of each entry's record (parallel to entries). */
   private offsets: number[] = [];
   /** Index before entries[0]. */
@@ -311,11 +313,18 @@ export class LogStore {
     if (term === this.currentTerm && (this.votedFor !== '' || votedFor === '')) return;
     this.currentTerm = term;
     this.votedFor = votedFor;
-    await writeAtomic(
-      this.dir,
-      TERM_FILE,
-      Buffer.from(JSON.stringify({ currentTerm: term.toString(), votedFor })),
+    // One write at a time, each of the latest (term, vote): concurrent callers (a candidacy
+    // and a newer term seen on the wire) shared one temp file, so a rename failed with
+    // ENOENT and an older term could land on disk last (found by test/netns).
+    const write = this.termWrites.then(() =>
+      writeAtomic(
+        this.dir,
+        TERM_FILE,
+        Buffer.from(JSON.stringify({ currentTerm: this.currentTerm.toString(), votedFor: this.votedFor })),
+      ),
     );
+    this.termWrites = write.catch(() => {});
+    await write;
   }
 
   /**

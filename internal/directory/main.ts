@@ -6,6 +6,7 @@ import { runServerProcess } from '../server/run.js';
 import type { DirectoryConfig } from './config.js';
 import { DirectoryMetrics } from './metrics.js';
 import { DirectoryNode } from './node.js';
+import { PlacementKeeper } from './placement-keeper.js';
 import { DirectoryHandlers } from './service.js';
 import { StoreRegistry } from './stores.js';
 
@@ -13,6 +14,7 @@ import { StoreRegistry } from './stores.js';
 export async function runDirectory(cfg: DirectoryConfig): Promise<void> {
   let node: DirectoryNode | undefined;
   let stores: StoreRegistry | undefined;
+  let placement: PlacementKeeper | undefined;
   const server = await runServerProcess('directory', cfg.directoryId, cfg, async (log) => {
     const metrics = new Metrics({ service: 'directory', instance: cfg.directoryId });
     const dm = new DirectoryMetrics(
@@ -50,9 +52,11 @@ export async function runDirectory(cfg: DirectoryConfig): Promise<void> {
         onLeaderReady: () => {
           dm.leaderChanges.inc();
           stores?.onLeaderReady();
+          placement?.onLeaderReady();
         },
         onLeaderStop: (reason) => {
           stores?.onLeaderStop(reason);
+          placement?.onLeaderStop();
           handlers?.onLeaderStop();
         },
         onApplied: (entry) => stores?.onApplied(entry),
@@ -63,7 +67,8 @@ export async function runDirectory(cfg: DirectoryConfig): Promise<void> {
       },
     });
     stores = new StoreRegistry(node);
-    handlers = new DirectoryHandlers(node, stores);
+    placement = new PlacementKeeper(node, stores);
+    handlers = new DirectoryHandlers(node, stores, placement);
     const impl = handlers.impl();
     return {
       metrics,

@@ -1,6 +1,8 @@
-import { type Client, Code, ConnectError, createClient } from '@connectrpc/connect';
-import { createGrpcTransport } from '@connectrpc/connect-node';
+import { type Client, ConnectError, createClient } from '@connectrpc/connect';
 import { DirectoryService } from '../../gen/haystack/v1/directory_pb.js';
+import { peerTransport } from '../rpc/transport.js';
+import type { TransportSecurity } from '../security/tls-config.js';
+import { tracedTransport } from '../server/tracing.js';
 
 /** Header on a request a directory forwarded to the leader (never forwarded again). */
 export const FORWARDED_HEADER = 'haystack-forwarded';
@@ -16,41 +18,34 @@ export type DirectoryClientStub = Client<typeof DirectoryService>;
 export class PeerClients {
   private readonly clients = new Map<string, DirectoryClientStub>();
 
+  /** `security`: whose certificate to show (default: this process's own, see rpc/transport.ts). */
+  constructor(private readonly security?: TransportSecurity) {}
+
   get(address: string): DirectoryClientStub {
     let c = this.clients.get(address);
     if (!c) {
       c = createClient(
         DirectoryService,
-        createGrpcTransport({
-          baseUrl: `http://${address}`,
-          // Notice a dead peer on an idle stream too.
-          pingIntervalMs: 1000,
-          pingTimeoutMs: 1000,
-          pingIdleConnection: true,
-          idleConnectionTimeoutMs: 60_000,
-        }),
+        // mTLS: the server must prove it is a directory.
+        tracedTransport(
+          peerTransport(
+            address,
+            ['directory'],
+            {
+              // Notice a dead peer on an idle stream too.
+              pingIntervalMs: 1000,
+              pingTimeoutMs: 1000,
+              pingIdleConnection: true,
+              idleConnectionTimeoutMs: 60_000,
+            },
+            this.security,
+          ),
+        ),
       );
       this.clients.set(address, c);
     }
     return c;
   }
-}
-
-/** An error that tells the caller where the leader is (when known). */
-export function notLeaderError(
-  code: Code,
-  message: string,
-  leader: { id: string; address: string } | null,
-): ConnectError {
-  const err = new ConnectError(
-    leader ? `${message}; the leader is ${leader.id} at ${leader.address}` : message,
-    code,
-  );
-  if (leader) {
-    err.metadata.set(LEADER_ADDRESS_HEADER, leader.address);
-    err.metadata.set(LEADER_ID_HEADER, leader.id);
-  }
-  return err;
 }
 
 /** The leader address carried by an error, if any. */
@@ -60,8 +55,4 @@ export function leaderHintOf(err: unknown): string | null {
   if (h) return h;
   const m = /the leader is \S+ at (\S+?)(?:;|$|\s)/.exec(err.rawMessage);
   return m?.[1] ?? null;
-}
-
-export function unavailable(message: string): ConnectError {
-  return new ConnectError(message, Code.Unavailable);
 }

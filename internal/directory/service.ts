@@ -37,10 +37,30 @@ import {
 } from '../../gen/haystack/v1/directory_pb.js';
 import { StoreRecordSchema } from '../../gen/haystack/v1/metadata_pb.js';
 import { validateBlobId } from '../common/blob-id.js';
+import {
+  boundedFromPeer,
+  onlyAsSelf,
+  requireDirectoryPeer,
+  requireSelf,
+  termHeader,
+} from '../security/peer-checks.js';
 import { allocateStores } from './allocation.js';
+import {
+  AlreadyExistsError,
+  NoPlacementError,
+  NotFoundError,
+  NotLeaderError,
+  TombstonesPendingError,
+  UnavailableError,
+  VersionMismatchError,
+} from './errors.js';
+import { withMappedErrors } from './grpc-errors.js';
 import { readOrder } from './health.js';
 import type { DirectoryNode } from './node.js';
-import { FORWARDED_HEADER, LEADER_ADDRESS_HEADER, notLeaderError, unavailable } from './peers.js';
+import { CATCHUP_TERM_HEADER, FORWARDED_HEADER, LEADER_ADDRESS_HEADER } from './peers.js';
+import { PlacementAdmin } from './placement-admin.js';
+import type { PlacementKeeper } from './placement-keeper.js';
+import { estimateBlobCount, PlacementHandlers, placementHistogram } from './placement-service.js';
 import { sameContent } from './state-machine.js';
 import type { StoreRegistry } from './stores.js';
 
@@ -61,30 +81,62 @@ export class DirectoryHandlers {
   /** Per-blob serialization of changes on the leader (checks see the effect of the previous change). */
   private readonly locks = new Map<string, Promise<unknown>>();
 
+  private readonly placement: PlacementHandlers;
+  private readonly admin: PlacementAdmin;
+
   constructor(
     private readonly node: DirectoryNode,
     private readonly stores: StoreRegistry,
-  ) {}
+    keeper: PlacementKeeper,
+  ) {
+    this.placement = new PlacementHandlers(node, stores);
+    this.admin = new PlacementAdmin(node, keeper);
+  }
 
   onLeaderStop(): void {
     this.pending.clear();
   }
 
   impl(): ServiceImpl<typeof DirectoryService> {
-    return {
+    return withMappedErrors({
       allocateWrite: (req, ctx) => this.write('allocateWrite', req, ctx, () => this.allocate(req)),
       commitWrite: (req, ctx) => this.write('commitWrite', req, ctx, () => this.commit(req)),
       delete: (req, ctx) => this.write('delete', req, ctx, () => this.remove(req)),
       updateReplicas: (req, ctx) => this.write('updateReplicas', req, ctx, () => this.updateReplicas(req)),
       verifyBlobs: (req, ctx) => this.write('verifyBlobs', req, ctx, async () => this.verify(req)),
       locate: (req, ctx) => this.locate(req, ctx),
+      updatePlacement: (req, ctx) =>
+        this.write('updatePlacement', req, ctx, () => this.placement.updatePlacement(req)),
+      drainStore: (req, ctx) => this.write('drainStore', req, ctx, () => this.admin.drainStore(req)),
+      balancePlacement: (req, ctx) => this.write('balancePlacement', req, ctx, () => this.admin.balance(req)),
       list: (req) => this.list(req),
-      heartbeat: (requests, ctx) => this.stores.heartbeat(requests, ctx),
-      watchMetadata: (req, ctx) => this.node.watch(req, ctx),
-      ackMetadata: (req) => this.node.ackMetadata(req),
-      getLogState: (req) => this.node.getLogState(req),
+      // Edge checks (internal/security/peer-checks.ts): a store heartbeats only as
+      // itself; log RPCs only from configured peers, with terms a peer can hold.
+      heartbeat: (requests, ctx) => this.stores.heartbeat(onlyAsSelf(requests, ctx), ctx),
+      watchMetadata: (req, ctx) => {
+        const catchup = termHeader(ctx, CATCHUP_TERM_HEADER, this.node.currentTerm());
+        if (req.includeUncommitted || catchup > 0n)
+          requireDirectoryPeer(ctx, 'WatchMetadata of uncommitted entries');
+        boundedFromPeer('from_index', req.fromIndex);
+        return this.node.watch(req, ctx);
+      },
+      ackMetadata: (req, ctx) => {
+        requireDirectoryPeer(ctx, 'AckMetadata');
+        requireSelf(ctx, 'directory', req.directoryId, 'acknowledge entries');
+        boundedFromPeer('term', req.term, this.node.currentTerm());
+        boundedFromPeer('durable_index', req.durableIndex);
+        return this.node.ackMetadata(req);
+      },
+      getLogState: (req, ctx) => {
+        requireDirectoryPeer(ctx, 'GetLogState');
+        if (req.term > 0n || req.candidateId !== '') {
+          requireSelf(ctx, 'directory', req.candidateId, 'ask for votes');
+        }
+        boundedFromPeer('term', req.term, this.node.currentTerm());
+        return this.node.getLogState(req);
+      },
       getClusterStatus: (req) => this.clusterStatus(req),
-    };
+    });
   }
 
   // ------------------------------------------------------------ forwarding
@@ -94,7 +146,15 @@ export class DirectoryHandlers {
    * to the leader it knows (the answer's header names the leader for the client).
    */
   private async write<
-    M extends 'allocateWrite' | 'commitWrite' | 'delete' | 'updateReplicas' | 'verifyBlobs',
+    M extends
+      | 'allocateWrite'
+      | 'commitWrite'
+      | 'delete'
+      | 'updateReplicas'
+      | 'verifyBlobs'
+      | 'updatePlacement'
+      | 'drainStore'
+      | 'balancePlacement',
     R,
   >(method: M, req: unknown, ctx: HandlerContext, here: () => Promise<R>): Promise<R> {
     if (this.node.role === 'leader') {
@@ -103,13 +163,13 @@ export class DirectoryHandlers {
     }
     const leader = this.node.leader();
     if (!leader)
-      throw unavailable(`no directory leader right now (${this.node.describeNoLeader()}): retry shortly`);
-    if (ctx.requestHeader.get(FORWARDED_HEADER)) {
-      throw notLeaderError(
-        Code.Unavailable,
-        `directory ${this.node.id} is not the leader (forwarded request)`,
-        leader,
+      throw new UnavailableError(
+        `no directory leader right now (${this.node.describeNoLeader()}): retry shortly`,
       );
+    if (ctx.requestHeader.get(FORWARDED_HEADER)) {
+      throw new NotLeaderError(`directory ${this.node.id} is not the leader (forwarded request)`, leader, {
+        forwarded: true,
+      });
     }
     const client = this.node.client(leader.address);
     const call = client[method] as (r: unknown, o: object) => Promise<R>;
@@ -152,31 +212,43 @@ export class DirectoryHandlers {
 
   private async allocate(req: AllocateWriteRequest): Promise<AllocateWriteResponse> {
     checkBlobId(req.blobId);
+    if (this.placement.enabled) throw PlacementHandlers.perBlobRefused('AllocateWrite');
+    if (this.node.cfg.placementGroups > 0 && this.node.state.blobs.size === 0) {
+      // A new cluster that will have placement groups, before the leader has created
+      // them (it waits for the stores to settle): a per-blob write now would be refused
+      // at CommitWrite once they exist. Retryable.
+      throw new ConnectError(
+        'the placement groups of this new cluster are being created (the leader waits until the stores have settled, about 3 s): retry',
+        Code.Unavailable,
+      );
+    }
     const existing = this.node.state.blobs.get(req.blobId);
     if (existing?.state === BlobState.ACTIVE) {
-      throw new ConnectError(`blob ${req.blobId} already exists`, Code.AlreadyExists);
+      throw new AlreadyExistsError(`blob ${req.blobId} already exists`);
     }
     if (existing?.state === BlobState.DELETED) {
-      throw new ConnectError(
+      throw new TombstonesPendingError(
         `blob ${req.blobId} was deleted and its tombstones are still pending on ${existing.replicas.map((r) => r.storeId).join(', ')}; reuse the id once they are done`,
-        Code.FailedPrecondition,
       );
     }
     const count = req.replicaCount === 0 ? this.node.cfg.defaultReplicaCount : req.replicaCount;
     if (count > 16)
       throw new ConnectError(`replica_count ${count} is above the maximum 16`, Code.InvalidArgument);
+    const known = this.stores.candidates().length;
+    if (count > known) {
+      // No retry helps until stores are added: not UNAVAILABLE.
+      throw new ConnectError(
+        `replica_count ${count} is above the ${known} stores in the cluster: ask for at most ${known} or add stores`,
+        Code.FailedPrecondition,
+      );
+    }
     const res = allocateStores({
-      candidates: this.stores.candidates(),
+      candidates: this.stores.candidates().filter((c) => !c.draining),
       count,
       size: req.size,
       minFreeBytes: BigInt(this.node.cfg.minFreeBytes),
     });
-    if (!res.ok) {
-      throw new ConnectError(
-        res.message,
-        res.code === 'unavailable' ? Code.Unavailable : Code.ResourceExhausted,
-      );
-    }
+    if (!res.ok) throw new NoPlacementError(res.message, res.code);
     this.expirePending();
     // A retried upload (the first attempt may have left its needle on some stores)
     // gets the same cookie, so those stores accept the same content again.
@@ -205,10 +277,14 @@ export class DirectoryHandlers {
 
   private async commit(req: CommitWriteRequest): Promise<CommitWriteResponse> {
     checkBlobId(req.blobId);
+    if (this.placement.enabled) throw PlacementHandlers.perBlobRefused('CommitWrite');
     if (req.sha256.length !== 32) {
       throw new ConnectError(`sha256 must be 32 bytes, got ${req.sha256.length}`, Code.InvalidArgument);
     }
     if (req.replicas.length === 0) throw new ConnectError('replicas must not be empty', Code.InvalidArgument);
+    if (Buffer.byteLength(req.fileName) > 255) {
+      throw new ConnectError('file_name must be at most 255 bytes of UTF-8', Code.InvalidArgument);
+    }
     const seen = new Set<string>();
     for (const r of req.replicas) {
       if (seen.has(r.storeId))
@@ -225,16 +301,12 @@ export class DirectoryHandlers {
           // Idempotent retry: already committed.
           return create(CommitWriteResponseSchema, { commitIndex: existing.version, blob: existing });
         }
-        throw new ConnectError(
+        throw new AlreadyExistsError(
           `blob ${req.blobId} is already committed with different content (cookie, size or sha256 differ)`,
-          Code.AlreadyExists,
         );
       }
       if (existing?.state === BlobState.DELETED) {
-        throw new ConnectError(
-          `blob ${req.blobId} was deleted and its tombstones are pending`,
-          Code.FailedPrecondition,
-        );
+        throw new TombstonesPendingError(`blob ${req.blobId} was deleted and its tombstones are pending`);
       }
       const alloc = this.pending.get(req.blobId);
       const blob = create(BlobMetaSchema, {
@@ -243,6 +315,7 @@ export class DirectoryHandlers {
         size: req.size,
         sha256: req.sha256,
         contentType: req.contentType || 'application/octet-stream',
+        fileName: req.fileName,
         replicas: req.replicas,
         targetReplicaCount: alloc?.replicaCount ?? this.node.cfg.defaultReplicaCount,
         createdAtMs: BigInt(Date.now()),
@@ -260,6 +333,7 @@ export class DirectoryHandlers {
   private async remove(req: DirectoryServiceDeleteRequest): Promise<DirectoryServiceDeleteResponse> {
     checkBlobId(req.blobId);
     return this.withBlobLock(req.blobId, async () => {
+      if (this.placement.enabled) return this.placement.deleteExtras(req.blobId);
       this.pending.delete(req.blobId);
       if (!this.node.state.active(req.blobId)) {
         return create(DirectoryServiceDeleteResponseSchema, {
@@ -286,18 +360,17 @@ export class DirectoryHandlers {
       );
     }
     return this.withBlobLock(req.blobId, async () => {
+      if (this.placement.enabled) return this.placement.updateExtras(req);
       const blob = this.node.state.blobs.get(req.blobId);
-      if (!blob) throw new ConnectError(`blob ${req.blobId} not found`, Code.NotFound);
+      if (!blob) throw new NotFoundError(`blob ${req.blobId} not found`);
       if (blob.state === BlobState.DELETED && (req.add.length > 0 || req.targetReplicaCount > 0)) {
-        throw new ConnectError(
+        throw new TombstonesPendingError(
           `blob ${req.blobId} is deleted: only removing replicas (pending tombstones) is allowed`,
-          Code.FailedPrecondition,
         );
       }
       if (req.expectedVersion !== 0n && blob.version !== req.expectedVersion) {
-        throw new ConnectError(
+        throw new VersionMismatchError(
           `blob ${req.blobId} is at version ${blob.version}, not the expected ${req.expectedVersion}`,
-          Code.FailedPrecondition,
         );
       }
       const index = await this.node.propose({
@@ -317,6 +390,7 @@ export class DirectoryHandlers {
   }
 
   private verify(req: VerifyBlobsRequest) {
+    if (this.placement.enabled) throw PlacementHandlers.perBlobRefused('VerifyBlobs');
     if (req.blobIds.length > MAX_VERIFY) {
       throw new ConnectError(
         `at most ${MAX_VERIFY} ids per call, got ${req.blobIds.length}`,
@@ -351,17 +425,18 @@ export class DirectoryHandlers {
       );
     }
     for (const id of req.blobIds) checkBlobId(id);
+    if (this.placement.enabled) throw PlacementHandlers.perBlobRefused('Locate');
     if (req.minIndex > this.node.state.appliedIndex) {
       const ok = await this.node.waitApplied(req.minIndex, this.node.cfg.readIndexWaitMs);
       if (!ok) {
         if (this.node.role === 'leader' || ctx.requestHeader.get(FORWARDED_HEADER)) {
-          throw new ConnectError(
+          throw new UnavailableError(
             `index ${req.minIndex} is not applied on ${this.node.id} (applied ${this.node.state.appliedIndex}); retry`,
-            Code.Unavailable,
           );
         }
         const leader = this.node.leader();
-        if (!leader) throw unavailable(`index ${req.minIndex} not applied here and no leader is known`);
+        if (!leader)
+          throw new UnavailableError(`index ${req.minIndex} not applied here and no leader is known`);
         const res = await this.node.client(leader.address).locate(req, {
           headers: { [FORWARDED_HEADER]: this.node.id },
           timeoutMs: ctx.timeoutMs() ?? 10_000,
@@ -401,6 +476,7 @@ export class DirectoryHandlers {
     if (req.prefix && !/^[A-Za-z0-9._~-]*$/.test(req.prefix)) {
       throw new ConnectError('prefix may only contain letters, digits and . _ ~ -', Code.InvalidArgument);
     }
+    if (this.placement.enabled) throw PlacementHandlers.perBlobRefused('List');
     const page = this.node.state.list(req.prefix, req.pageToken, size);
     const last = page.blobs[page.blobs.length - 1];
     return create(DirectoryServiceListResponseSchema, {
@@ -448,18 +524,34 @@ export class DirectoryHandlers {
       .sort((a, b) => (a.storeId < b.storeId ? -1 : 1))
       .map((s) => {
         const rec = clone(StoreRecordSchema, s);
-        if (leading) rec.health = this.stores.currentHealth(s.storeId);
+        if (leading) {
+          rec.health = this.stores.currentHealth(s.storeId);
+          this.stores.overlayLive(rec);
+        }
         return rec;
       });
-    const hist = [...n.state.replicaHistogram()].sort((a, b) => a[0] - b[0]);
+    const placement = n.state.placement;
+    // With placement groups the directory counts no blob: estimate from the stores' live needles.
+    const blobCount = placement.enabled
+      ? estimateBlobCount(stores, n.cfg.defaultReplicaCount)
+      : n.state.liveBlobs;
+    const hist = [
+      ...(placement.enabled
+        ? placementHistogram(placement.extraHistogram(), blobCount, n.cfg.defaultReplicaCount)
+        : n.state.replicaHistogram()),
+    ].sort((a, b) => a[0] - b[0]);
     return create(GetClusterStatusResponseSchema, {
       directoryId: n.id,
       leaderId: leader?.id ?? '',
       term: leader?.term ?? n.currentTerm(),
       directories,
       stores,
-      blobCount: BigInt(n.state.liveBlobs),
+      blobCount: BigInt(blobCount),
       replicaHistogram: hist.map(([replicas, blobs]) => ({ replicas, blobs: BigInt(blobs) })),
+      placementGroupCount: placement.groupCount,
+      placementGroups: placement.groups.filter(Boolean),
+      extraReplicaBlobs: BigInt(placement.extras.size),
+      storeLoads: this.admin.loads(),
     });
   }
 }

@@ -14,6 +14,7 @@ import {
   type StoreRecord,
   StoreRecordSchema,
 } from '../../gen/haystack/v1/metadata_pb.js';
+import { PlacementState } from './placement-state.js';
 
 /**
  * The directory's metadata as a deterministic state machine: every instance
@@ -40,6 +41,14 @@ export class MetadataState {
   leaderTerm = 0n;
   /** ACTIVE blobs. */
   liveBlobs = 0;
+  /** Placement groups and extra replicas (empty on a cluster of per-blob records). */
+  placement = new PlacementState();
+
+  /**
+   * perBlob false: per-blob entries (BlobCommitted, BlobDeleted, ReplicasChanged)
+   * are skipped, as a gateway's placement view needs none of them.
+   */
+  constructor(private readonly opts: { perBlob?: boolean } = {}) {}
 
   /** Applies the next entry. Throws on an index that is not appliedIndex + 1. */
   apply(entry: LogEntry): void {
@@ -48,6 +57,14 @@ export class MetadataState {
     }
     const version = entry.index;
     const c = entry.change;
+    const skip =
+      this.opts.perBlob === false &&
+      (c.case === 'blobCommitted' || c.case === 'blobDeleted' || c.case === 'replicasChanged');
+    if (skip) {
+      this.appliedIndex = entry.index;
+      this.appliedTerm = entry.term;
+      return;
+    }
     switch (c.case) {
       case 'blobCommitted': {
         const incoming = c.value.blob;
@@ -97,7 +114,15 @@ export class MetadataState {
       case 'storeRegistered': {
         const rec = c.value.store;
         if (!rec) break;
-        this.stores.set(rec.storeId, clone(StoreRecordSchema, rec));
+        const copy = clone(StoreRecordSchema, rec);
+        // Heartbeats re-register a store; only StoreDrainChanged sets its drain.
+        copy.draining = this.stores.get(rec.storeId)?.draining ?? false;
+        this.stores.set(rec.storeId, copy);
+        break;
+      }
+      case 'storeDrainChanged': {
+        const rec = this.stores.get(c.value.storeId);
+        if (rec) rec.draining = c.value.draining;
         break;
       }
       case 'storeHealthChanged': {
@@ -105,6 +130,12 @@ export class MetadataState {
         if (rec) rec.health = c.value.health;
         break;
       }
+      case 'placementChanged':
+        this.placement.applyPlacement(c.value, entry.index);
+        break;
+      case 'extraReplicasChanged':
+        this.placement.applyExtras(c.value);
+        break;
       case 'leaderChanged':
         this.leaderId = c.value.leaderId;
         this.leaderTerm = entry.term;
@@ -187,6 +218,7 @@ export class MetadataState {
   }
 
   toSnapshot(): MetadataSnapshot {
+    const placement = this.placement.snapshotParts();
     return create(MetadataSnapshotSchema, {
       index: this.appliedIndex,
       term: this.appliedTerm,
@@ -194,18 +226,26 @@ export class MetadataState {
       stores: [...this.stores.values()]
         .sort((a, b) => (a.storeId < b.storeId ? -1 : a.storeId > b.storeId ? 1 : 0))
         .map((s) => clone(StoreRecordSchema, s)),
+      placementGroupCount: placement.groupCount,
+      placementGroups: placement.groups,
+      extraReplicas: placement.extras,
     });
   }
 
-  static fromSnapshot(snap: MetadataSnapshot): MetadataState {
-    const s = new MetadataState();
-    for (const b of snap.blobs) {
+  static fromSnapshot(snap: MetadataSnapshot, opts: { perBlob?: boolean } = {}): MetadataState {
+    const s = new MetadataState(opts);
+    for (const b of opts.perBlob === false ? [] : snap.blobs) {
       const blob = clone(BlobMetaSchema, b);
       s.putBlob(blob);
       if (blob.state === BlobState.DELETED)
         for (const r of blob.replicas) s.addTombstone(r.storeId, blob.blobId);
     }
     for (const st of snap.stores) s.stores.set(st.storeId, clone(StoreRecordSchema, st));
+    s.placement = PlacementState.fromSnapshot(
+      snap.placementGroupCount,
+      snap.placementGroups,
+      snap.extraReplicas,
+    );
     s.appliedIndex = snap.index;
     s.appliedTerm = snap.term;
     return s;

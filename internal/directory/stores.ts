@@ -8,7 +8,7 @@ import {
   type StoreCommand,
   StoreCommandSchema,
 } from '../../gen/haystack/v1/directory_pb.js';
-import { type LogEntry, StoreRecordSchema } from '../../gen/haystack/v1/metadata_pb.js';
+import { type LogEntry, type StoreRecord, StoreRecordSchema } from '../../gen/haystack/v1/metadata_pb.js';
 import type { AllocationCandidate } from './allocation.js';
 import { evaluateHealth } from './health.js';
 import type { DirectoryNode } from './node.js';
@@ -34,6 +34,12 @@ interface LiveStore {
   inflight: Map<bigint, { blobIds: string[]; sentAt: number }>;
   /** Free bytes as last recorded in the log. */
   loggedFree: bigint;
+  /** Volume count as last recorded in the log (-1: not yet). */
+  loggedVolumes?: number;
+  /** Wall-clock ms of the last heartbeat received (0: none since taking office). */
+  beatAtMs?: number;
+  /** Wall-clock ms of the last StoreRegistered logged for it. */
+  loggedAtMs?: number;
 }
 
 interface StreamHandle {
@@ -150,9 +156,23 @@ export class StoreRegistry {
         health: this.currentHealth(rec.storeId),
         writable: l?.writable ?? false,
         freeBytes: l?.freeBytes ?? rec.freeBytes,
+        draining: rec.draining,
       });
     }
     return out;
+  }
+
+  /**
+   * The leader's live view over a logged record (for status): the volumes, space and time of
+   * the last heartbeat, which the log records only when they change noticeably.
+   */
+  overlayLive(rec: StoreRecord): void {
+    const l = this.live.get(rec.storeId);
+    if (!l?.beatAtMs) return;
+    rec.volumes = l.volumes;
+    rec.capacityBytes = l.capacityBytes;
+    rec.freeBytes = l.freeBytes;
+    rec.lastHeartbeatMs = BigInt(l.beatAtMs);
   }
 
   /** Stores with an open heartbeat stream (for status). */
@@ -273,6 +293,7 @@ export class StoreRegistry {
 
   private onBeat(l: LiveStore, req: HeartbeatRequest): void {
     l.lastBeat = performance.now();
+    l.beatAtMs = Date.now();
     l.capacityBytes = req.capacityBytes;
     l.freeBytes = req.freeBytes;
     l.volumes = req.volumes;
@@ -297,9 +318,19 @@ export class StoreRegistry {
     const rec = this.node.state.stores.get(l.storeId);
     const freeMoved =
       l.loggedFree < 0n || (l.capacityBytes > 0n && abs(l.freeBytes - l.loggedFree) * 20n > l.capacityBytes); // > 5 %
-    const changed = !rec || rec.address !== l.address || rec.zone !== l.zone || freeMoved;
+    const changed =
+      !rec ||
+      rec.address !== l.address ||
+      rec.zone !== l.zone ||
+      freeMoved ||
+      l.volumes.length !== (l.loggedVolumes ?? rec.volumes.length) ||
+      // Logged again now and then, so a follower's status shows a recent heartbeat too.
+      Date.now() - (l.loggedAtMs ?? Number(rec.lastHeartbeatMs)) >
+        Math.max(10_000, 2 * this.cfg.heartbeatIntervalMs);
     if (!changed || this.proposing.has(l.storeId)) return;
     const logged = l.freeBytes;
+    const loggedVolumes = l.volumes.length;
+    const at = Date.now();
     this.propose(
       l.storeId,
       {
@@ -312,13 +343,15 @@ export class StoreRegistry {
             capacityBytes: l.capacityBytes,
             freeBytes: l.freeBytes,
             health: this.liveHealth(l),
-            lastHeartbeatMs: BigInt(Date.now()),
+            lastHeartbeatMs: BigInt(at),
             volumes: l.volumes,
           }),
         },
       },
       () => {
         l.loggedFree = logged;
+        l.loggedVolumes = loggedVolumes;
+        l.loggedAtMs = at;
       },
     );
   }

@@ -218,6 +218,19 @@ describe('LogStore on disk', () => {
     await r.close();
   });
 
+  it('persists the highest term when terms are raised concurrently (no shared temp file race)', async () => {
+    const dir = tmpName('log-term');
+    mkdirSync(dir, { recursive: true });
+    const s = await openStore(dir);
+    await Promise.all([s.setCurrentTerm(3n, 'a'), s.setCurrentTerm(5n, 'b'), s.setCurrentTerm(4n, 'c')]);
+    await Promise.all([s.setCurrentTerm(6n), s.setCurrentTerm(7n, 'd')]);
+    expect(s.currentTerm).toBe(7n);
+    await s.close();
+    const r = await openStore(dir);
+    expect(r.currentTerm).toBe(7n);
+    await r.close();
+  });
+
   it('snapshots, compacts the log, and installs a snapshot from a leader', async () => {
     const dir = tmpName('log');
     const s = await openStore(dir);

@@ -1,0 +1,61 @@
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from '@connectrpc/connect';
+import type { DirectoryService } from '../../gen/haystack/v1/directory_pb.js';
+import { DirectoryError, NotLeaderError } from './errors.js';
+import { LEADER_ADDRESS_HEADER, LEADER_ID_HEADER } from './peers.js';
+
+const CODES: Record<DirectoryError['code'], Code> = {
+  FAILED_PRECONDITION: Code.FailedPrecondition,
+  UNAVAILABLE: Code.Unavailable,
+  NOT_FOUND: Code.NotFound,
+  ALREADY_EXISTS: Code.AlreadyExists,
+  RESOURCE_EXHAUSTED: Code.ResourceExhausted,
+};
+
+/**
+ * The one mapping of the directory's domain errors (errors.ts) to gRPC statuses.
+ * NotLeaderError also carries the leader in `haystack-leader-address` /
+ * `haystack-leader-id`. ConnectErrors (edge validation, a forwarded call's
+ * answer) pass unchanged; anything else is what connect makes of it (UNKNOWN).
+ */
+export function toConnectError(err: unknown): ConnectError {
+  if (!(err instanceof DirectoryError)) return ConnectError.from(err);
+  const ce = new ConnectError(err.message, CODES[err.code], undefined, undefined, err);
+  if (err instanceof NotLeaderError && err.leader) {
+    ce.metadata.set(LEADER_ADDRESS_HEADER, err.leader.address);
+    ce.metadata.set(LEADER_ID_HEADER, err.leader.id);
+  }
+  return ce;
+}
+
+type Impl = ServiceImpl<typeof DirectoryService>;
+
+/** Wraps every handler of the DirectoryService implementation so errors leave mapped (unary and streams). */
+export function withMappedErrors(impl: Impl): Impl {
+  const out: Record<string, unknown> = {};
+  for (const [name, fn] of Object.entries(impl) as [string, (...a: unknown[]) => unknown][]) {
+    out[name] = (req: unknown, ctx: HandlerContext) => {
+      let res: unknown;
+      try {
+        res = fn(req, ctx);
+      } catch (err) {
+        throw toConnectError(err);
+      }
+      if (isAsyncIterable(res)) return mapStream(res);
+      if (res instanceof Promise) return res.catch((err: unknown) => Promise.reject(toConnectError(err)));
+      return res;
+    };
+  }
+  return out as Impl;
+}
+
+async function* mapStream<T>(it: AsyncIterable<T>): AsyncGenerator<T> {
+  try {
+    yield* it;
+  } catch (err) {
+    throw toConnectError(err);
+  }
+}
+
+function isAsyncIterable(x: unknown): x is AsyncIterable<unknown> {
+  return typeof x === 'object' && x !== null && Symbol.asyncIterator in x;
+}

@@ -1,0 +1,195 @@
+import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
+import type { DirectoryNode } from './node.js';
+import { finishMoves, startDrains } from './placement-moves.js';
+import {
+  demoteDownMembers,
+  initialPlacement,
+  type PlacementCandidate,
+  replaceLostMembers,
+} from './placement-plan.js';
+import type { StoreRegistry } from './stores.js';
+
+/**
+ * The leader's placement duties, checked on a timer (placement-plan.ts decides):
+ * - creates the placement groups once PLACEMENT_GROUPS > 0, the cluster holds no
+ *   per-blob records, and enough stores are up;
+ * - demotes the ACTIVE members of a store that went DOWN to JOINING at once, so
+ *   its groups keep taking writes on the other members and it serves no stale
+ *   reads when it returns (the replication manager catches it up);
+ * - replaces members of stores DOWN for PLACEMENT_REPLACE_AFTER with JOINING ones;
+ * - drains (placement-moves.ts): starts moves off draining stores, at most
+ *   DRAIN_GROUPS_AT_ONCE groups at once, and finishes every move whose
+ *   replacement is ACTIVE (balance moves too).
+ *
+ * Every placement change the leader makes on its own or for an operator runs
+ * through `exclusive`, so each is planned on the state the previous one left.
+ *
+ * How long a store has been DOWN is leader-local memory: a new leader starts the
+ * clock again, which only delays a replacement (never hastens one).
+ */
+/** Groups with a drain move under way at once (each is a backfill to run). */
+export const DRAIN_GROUPS_AT_ONCE = 16;
+
+export class PlacementKeeper {
+  private timer: NodeJS.Timeout | null = null;
+  private busy = false;
+  private chain: Promise<unknown> = Promise.resolve();
+  /** storeId → when this leader first saw it DOWN (performance.now()). */
+  private readonly downSince = new Map<string, number>();
+  /** Before the first placement: the eligible stores seen last, and since when (performance.now()). */
+  private eligibleSeen: { ids: string; since: number } | undefined;
+
+  constructor(
+    private readonly node: DirectoryNode,
+    private readonly stores: StoreRegistry,
+  ) {}
+
+  onLeaderReady(): void {
+    this.downSince.clear();
+    const every = Math.max(50, Math.min(250, this.node.cfg.placementReplaceAfterMs / 4));
+    this.timer = setInterval(() => void this.tick(), every);
+    this.timer.unref();
+  }
+
+  onLeaderStop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  candidates(): PlacementCandidate[] {
+    return this.stores.candidates().map((c) => ({
+      storeId: c.storeId,
+      zone: c.zone,
+      health: c.health,
+      writable: c.writable,
+      draining: c.draining ?? false,
+    }));
+  }
+
+  /** Runs fn after every placement change planned before it (one at a time). */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(fn, fn);
+    this.chain = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * The first placement is final until an operator moves groups, so it waits
+   * until the set of eligible stores has not changed for a moment: stores started
+   * together all get memberships, instead of the first `replicas` to register
+   * getting every group (then one store down and one slow heartbeat stream leave
+   * every group without an ACTIVE member).
+   */
+  private eligibleSettled(candidates: readonly PlacementCandidate[]): boolean {
+    const ids = candidates
+      .filter((c) => c.health === StoreHealth.HEALTHY && c.writable)
+      .map((c) => c.storeId)
+      .sort()
+      .join(',');
+    const now = performance.now();
+    if (this.eligibleSeen?.ids !== ids) this.eligibleSeen = { ids, since: now };
+    const settleMs = Math.max(1000, Math.min(3000, 2 * this.node.cfg.heartbeatIntervalMs));
+    return now - this.eligibleSeen.since >= settleMs;
+  }
+
+  /** One check; at most one proposal in flight. */
+  async tick(): Promise<void> {
+    if (this.busy || !this.node.isServingLeader()) return;
+    this.busy = true;
+    try {
+      await this.exclusive(() => this.check());
+    } catch (err) {
+      this.node.log.warn({ err: (err as Error).message }, 'placement check failed; retrying');
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private async check(): Promise<void> {
+    const { cfg, state, log } = this.node;
+    const placement = state.placement;
+    if (!placement.enabled) {
+      if (cfg.placementGroups === 0) return;
+      if (state.blobs.size > 0) {
+        log.error(
+          { blobs: state.blobs.size },
+          'PLACEMENT_GROUPS is set but this cluster holds per-blob records: placement groups are chosen when a cluster is created',
+        );
+        return;
+      }
+      const candidates = this.candidates();
+      if (!this.eligibleSettled(candidates)) return;
+      const plan = initialPlacement(candidates, cfg.placementGroups, cfg.defaultReplicaCount);
+      if (!plan.ok) return;
+      await this.node.propose({
+        case: 'placementChanged',
+        value: { groupCount: cfg.placementGroups, groups: plan.groups },
+      });
+      log.info(
+        { groups: cfg.placementGroups, replicas: cfg.defaultReplicaCount },
+        'placement groups created',
+      );
+      return;
+    }
+    const now = performance.now();
+    const down = new Set<string>();
+    const lost = new Set<string>();
+    for (const c of this.candidates()) {
+      if (c.health !== StoreHealth.DOWN) {
+        this.downSince.delete(c.storeId);
+        continue;
+      }
+      down.add(c.storeId);
+      const since = this.downSince.get(c.storeId) ?? now;
+      this.downSince.set(c.storeId, since);
+      if (now - since >= cfg.placementReplaceAfterMs) lost.add(c.storeId);
+    }
+    if (down.size > 0 && (await this.replaceDown(down, lost))) return;
+    await this.moves(down);
+  }
+
+  /** Demotes or replaces members of DOWN stores; true when it proposed a change. */
+  private async replaceDown(down: Set<string>, lost: Set<string>): Promise<boolean> {
+    const { state, log } = this.node;
+    const placement = state.placement;
+    const demoted = demoteDownMembers(placement.groups, down);
+    if (demoted.length > 0) {
+      await this.node.propose({ case: 'placementChanged', value: { groupCount: 0, groups: demoted } });
+      log.warn(
+        { down: [...down], groups: demoted.length },
+        'placement: members of DOWN stores demoted to JOINING',
+      );
+      return true;
+    }
+    if (lost.size === 0) return false;
+    const changed = replaceLostMembers(placement.groups, this.candidates(), lost);
+    if (changed.length === 0) return false;
+    await this.node.propose({ case: 'placementChanged', value: { groupCount: 0, groups: changed } });
+    log.warn(
+      { lost: [...lost], groups: changed.length },
+      'placement: members of lost stores replaced (JOINING)',
+    );
+    return true;
+  }
+
+  /** Finishes the moves whose replacements are ACTIVE, then starts drain moves. */
+  private async moves(down: ReadonlySet<string>): Promise<void> {
+    const { state, log } = this.node;
+    const finished = finishMoves(state.placement.groups, down);
+    if (finished.length > 0) {
+      await this.node.propose({ case: 'placementChanged', value: { groupCount: 0, groups: finished } });
+      log.info(
+        { groups: finished.map((g) => g.group) },
+        'placement: moves finished (replacements ACTIVE, leaving members removed)',
+      );
+      return;
+    }
+    const started = startDrains(state.placement.groups, this.candidates(), DRAIN_GROUPS_AT_ONCE);
+    if (started.length === 0) return;
+    await this.node.propose({ case: 'placementChanged', value: { groupCount: 0, groups: started } });
+    log.info(
+      { groups: started.map((g) => g.group) },
+      'placement: drain moves started (members leaving, replacements JOINING)',
+    );
+  }
+}
