@@ -1,5 +1,6 @@
 import { COMMON_ENV_HELP, envReader, readServerConfig, type ServerConfig } from '../config/common.js';
 import type { Env } from '../config/env.js';
+import { EC_ENV_HELP, type EcConfig, readEcConfig } from '../ec/config.js';
 import { list } from '../store/config.js';
 
 /** Configuration of a replication manager instance (`haystack replication`). */
@@ -45,6 +46,16 @@ export interface ReplicationConfig extends ServerConfig {
   breakerOpenMs: number;
   /** Deadline of one copy (StoreService.Replicate). */
   copyTimeoutMs: number;
+  /** Placement mode: how long an unlisted extra replica keeps serving reads already sent to it. */
+  extraRemovalGraceMs: number;
+  /** Placement mode: period of the low-rate anti-entropy round (digests of every group). */
+  antiEntropyIntervalMs: number;
+  /** Placement mode: groups whose digests differ that one periodic round repairs at most. */
+  antiEntropyGroupsPerRound: number;
+  /** Placement mode: needles younger than this are left to the next round (writes in flight). */
+  antiEntropySettleMs: number;
+  /** The cold tier (EC_*, docs/design/ec-tier.md). */
+  ec: EcConfig;
 }
 
 export const REPLICATION_ENV_HELP = `${COMMON_ENV_HELP}
@@ -78,7 +89,12 @@ export const REPLICATION_ENV_HELP = `${COMMON_ENV_HELP}
   BREAKER_THRESHOLD      failures that open a store's circuit breaker (default 5)
   BREAKER_DECAY          one failure is forgotten per this much time (default 600s)
   BREAKER_OPEN_TIME      an open breaker lets a trial task through after this (default 30s)
-  COPY_TIMEOUT           deadline of one copy (default 120s)`;
+  COPY_TIMEOUT           deadline of one copy (default 120s)
+  EXTRA_REMOVAL_GRACE    placement groups: an unlisted extra replica is tombstoned this long after (default 30s)
+  ANTI_ENTROPY_INTERVAL  placement groups: period of the digest comparison of every group (default 10m)
+  ANTI_ENTROPY_GROUPS    placement groups: differing groups one periodic round repairs at most (default 4)
+  ANTI_ENTROPY_SETTLE    placement groups: needles younger than this wait for the next round (default 30s)
+${EC_ENV_HELP}`;
 
 export function readReplicationConfig(flags: { listen?: string }, env: Env = process.env): ReplicationConfig {
   const r = envReader(env);
@@ -126,6 +142,11 @@ export function readReplicationConfig(flags: { listen?: string }, env: Env = pro
     breakerDecayMs: r.duration('BREAKER_DECAY', 600_000, { minMs: 1 }),
     breakerOpenMs: r.duration('BREAKER_OPEN_TIME', 30_000, { minMs: 1 }),
     copyTimeoutMs: r.duration('COPY_TIMEOUT', 120_000, { minMs: 100 }),
+    extraRemovalGraceMs: r.duration('EXTRA_REMOVAL_GRACE', 30_000, { minMs: 0, maxMs: 3_600_000 }),
+    antiEntropyIntervalMs: r.duration('ANTI_ENTROPY_INTERVAL', 600_000, { minMs: 100 }),
+    antiEntropyGroupsPerRound: r.int('ANTI_ENTROPY_GROUPS', 4, { min: 1, max: 65_536 }),
+    antiEntropySettleMs: r.duration('ANTI_ENTROPY_SETTLE', 30_000, { minMs: 0, maxMs: 3_600_000 }),
+    ec: readEcConfig(r),
   };
   if (!(cfg.minReplicaCount <= cfg.defaultReplicaCount && cfg.defaultReplicaCount <= cfg.maxReplicaCount)) {
     r.problem('MIN_REPLICA_COUNT <= DEFAULT_REPLICA_COUNT <= MAX_REPLICA_COUNT must hold');

@@ -1,6 +1,8 @@
 import type { MessageInitShape } from '@bufbuild/protobuf';
 import type {
   GetClusterStatusResponse,
+  UpdatePlacementRequestSchema,
+  UpdatePlacementResponse,
   UpdateReplicasRequestSchema,
   UpdateReplicasResponse,
   VerifyBlobsResponse,
@@ -11,6 +13,10 @@ import { DirectoryClient } from '../directory/client.js';
 /** What the manager needs from the directory cluster (a fake implements it in unit tests). */
 export interface DirectoryCalls {
   updateReplicas(req: MessageInitShape<typeof UpdateReplicasRequestSchema>): Promise<UpdateReplicasResponse>;
+  /** Placement mode: replaces a group's members; FAILED_PRECONDITION when its epoch moved on. */
+  updatePlacement(
+    req: MessageInitShape<typeof UpdatePlacementRequestSchema>,
+  ): Promise<UpdatePlacementResponse>;
   verifyBlobs(storeId: string, blobIds: string[]): Promise<VerifyBlobsResponse>;
   clusterStatus(): Promise<GetClusterStatusResponse>;
   /**
@@ -41,6 +47,12 @@ export class DirectoryApi implements DirectoryCalls {
 
   updateReplicas(req: MessageInitShape<typeof UpdateReplicasRequestSchema>): Promise<UpdateReplicasResponse> {
     return this.client.updateReplicas(req);
+  }
+
+  updatePlacement(
+    req: MessageInitShape<typeof UpdatePlacementRequestSchema>,
+  ): Promise<UpdatePlacementResponse> {
+    return this.client.updatePlacement(req);
   }
 
   verifyBlobs(storeId: string, blobIds: string[]): Promise<VerifyBlobsResponse> {

@@ -115,12 +115,12 @@ export class HeatTracker {
     return this.blobs.keys();
   }
 
-  /** The `n` hottest blobs. */
-  hottest(n: number, now: number): { blobId: string; ratePerMinute: number }[] {
+  /** The `n` hottest blobs with at least `minRate` reads/min (default: every tracked one). */
+  hottest(n: number, now: number, minRate = this.floor): { blobId: string; ratePerMinute: number }[] {
     const all: { blobId: string; ratePerMinute: number }[] = [];
     for (const id of this.blobs.keys()) {
       const r = this.rate(id, now);
-      if (r >= this.floor) all.push({ blobId: id, ratePerMinute: r });
+      if (r >= minRate) all.push({ blobId: id, ratePerMinute: r });
     }
     return all
       .sort((a, b) => b.ratePerMinute - a.ratePerMinute || (a.blobId < b.blobId ? -1 : 1))

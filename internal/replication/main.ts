@@ -46,6 +46,7 @@ export async function runReplication(cfg: ReplicationConfig): Promise<void> {
       log,
       directory: new DirectoryApi(cfg.directories),
       stores: (address) => pool.client(StoreService, address),
+      shardStores: (address) => pool.client(StoreService, address),
       lease,
       events,
     });

@@ -1,5 +1,6 @@
 import type { BlobMeta } from '../../gen/haystack/v1/common_pb.js';
 import type { LogEntry, MetadataSnapshot, StoreRecord } from '../../gen/haystack/v1/metadata_pb.js';
+import type { PlacementState } from '../directory/placement-state.js';
 import { MetadataState } from '../directory/state-machine.js';
 
 /**
@@ -13,6 +14,8 @@ export type MirrorChange =
   | { type: 'blob'; blobId: string }
   | { type: 'blob-deleted'; blobId: string; storeIds: string[] }
   | { type: 'store'; storeId: string; previous: number | undefined; health: number }
+  | { type: 'placement'; groups: number[] }
+  | { type: 'extras'; blobId: string }
   | { type: 'none' };
 
 export class LogGapError extends Error {
@@ -39,6 +42,11 @@ export class MetadataMirror {
   /** Registered stores (StoreRecord is a placement StoreView). */
   get stores(): ReadonlyMap<string, StoreRecord> {
     return this.state.stores;
+  }
+
+  /** Placement groups and extra replicas; `enabled` once the directory runs in placement mode. */
+  get placement(): PlacementState {
+    return this.state.placement;
   }
 
   /** The live (ACTIVE) blob, if any. */
@@ -91,6 +99,9 @@ export class MetadataMirror {
       if (c.case === 'blobDeleted') return { type: 'blob-deleted', blobId, storeIds: before };
       return this.blob(blobId) ? { type: 'blob', blobId } : { type: 'none' };
     }
+    if (c.case === 'placementChanged')
+      return { type: 'placement', groups: c.value.groups.map((g) => g.group) };
+    if (c.case === 'extraReplicasChanged') return { type: 'extras', blobId: c.value.blobId };
     if (storeId !== undefined) {
       const s = this.state.stores.get(storeId);
       if (!s) return { type: 'none' };

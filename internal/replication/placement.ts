@@ -10,6 +10,8 @@ export interface StoreView {
   zone: string;
   health: StoreHealth;
   freeBytes: bigint;
+  /** Being drained by an operator (DirectoryService.DrainStore): gets no new copy. */
+  draining?: boolean;
 }
 
 export interface PlacementContext {
@@ -27,6 +29,14 @@ export function isLive(store: StoreView | undefined): boolean {
   return store !== undefined && store.health !== StoreHealth.DOWN && store.health !== StoreHealth.UNSPECIFIED;
 }
 
+/**
+ * A replica that counts toward a blob's target: live and not on a draining store
+ * (a draining store's copies stay readable, and are sources, until replaced).
+ */
+export function isKept(store: StoreView | undefined): boolean {
+  return isLive(store) && !store?.draining;
+}
+
 function zoneCounts(storeIds: Iterable<string>, ctx: PlacementContext): Map<string, number> {
   const m = new Map<string, number>();
   for (const id of storeIds) {
@@ -37,8 +47,8 @@ function zoneCounts(storeIds: Iterable<string>, ctx: PlacementContext): Map<stri
 }
 
 /**
- * Up to `n` new stores for a blob: HEALTHY, not holding it, not excluded or
- * blocked, with room for it; spread across zones first (the zone with the fewest
+ * Up to `n` new stores for a blob: HEALTHY, not draining, not holding it, not
+ * excluded or blocked, with room for it; spread across zones first (the zone with the fewest
  * replicas of the blob wins), then the most free space, then the least load.
  */
 export function chooseTargets(
@@ -53,6 +63,7 @@ export function chooseTargets(
   const candidates = [...ctx.stores.values()].filter(
     (s) =>
       s.health === StoreHealth.HEALTHY &&
+      !s.draining &&
       !held.has(s.storeId) &&
       !exclude.has(s.storeId) &&
       !ctx.blocked?.(s.storeId) &&

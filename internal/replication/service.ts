@@ -1,5 +1,6 @@
 import { create } from '@bufbuild/protobuf';
 import { Code, ConnectError, type ServiceImpl } from '@connectrpc/connect';
+import { StorageTier } from '../../gen/haystack/v1/blob_pb.js';
 import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
 import {
   GetBlobStatusResponseSchema,
@@ -12,17 +13,17 @@ import {
   TaskState,
 } from '../../gen/haystack/v1/replication_pb.js';
 import { validateBlobId } from '../common/blob-id.js';
+import { mapErrors, toConnectError } from '../rpc/errors.js';
 import type { ReplicationConfig } from './config.js';
+import { StandbyError } from './errors.js';
 import type { ReplicationManager } from './manager.js';
+import { blobsBelowTarget } from './metrics.js';
 import { PRIORITIES, type Task } from './queue.js';
 
 const MAX_COUNTS_PER_BATCH = 200_000;
 
 function standby(): ConnectError {
-  return new ConnectError(
-    'this replication manager is on standby (it does not hold the lease)',
-    Code.FailedPrecondition,
-  );
+  return toConnectError(new StandbyError());
 }
 
 export function toProtoTask(t: Task): ReplicationTask {
@@ -47,7 +48,7 @@ export function replicationService(
   return {
     async reportAccess(requests, ctx) {
       if (!m.active) throw standby();
-      const ctl = m.openStream();
+      const ctl = m.lead.openStream();
       const it = requests[Symbol.asyncIterator]();
       const aborted = new Promise<'aborted'>((resolve) => {
         const done = () => resolve('aborted');
@@ -85,7 +86,7 @@ export function replicationService(
           batches++;
         }
       } finally {
-        m.closeStream(ctl);
+        m.lead.closeStream(ctl);
         void it.return?.();
       }
       return { batches };
@@ -94,15 +95,54 @@ export function replicationService(
     reportCorruption(req) {
       if (!req.storeId) throw new ConnectError('store_id is required', Code.InvalidArgument);
       if (!m.active) throw standby();
-      return { tasksEnqueued: m.reportCorruption(req.storeId, req.blobIds) };
+      return mapErrors(async () => ({ tasksEnqueued: m.reportCorruption(req.storeId, req.blobIds) }));
     },
 
-    getBlobStatus(req) {
+    async getBlobStatus(req) {
       const why = validateBlobId(req.blobId);
       if (why) throw new ConnectError(why, Code.InvalidArgument);
+      const now = Date.now();
+      const heat = {
+        ratePerMinute: m.heat.rate(req.blobId, now),
+        heat: m.heat
+          .heat(req.blobId, now)
+          .map((h) => ({ reporterId: h.reporterId, ratePerMinute: h.ratePerMinute })),
+        tasks: m.queue.forBlob(req.blobId).map(toProtoTask),
+      };
+      if (m.placementMode) {
+        // No per-blob record: the group's members and the extras, with facts from Stat on each.
+        const st = await m.hot.replicas(req.blobId);
+        if (!st.found) throw new ConnectError(`blob ${req.blobId} not found on its stores`, Code.NotFound);
+        if (st.cold) {
+          // Cold: the members hold stubs; the bytes are shard i on the group's ec_members[i].
+          const ec = m.mirror.placement.groupFor(req.blobId)?.ecMembers ?? [];
+          return create(GetBlobStatusResponseSchema, {
+            blobId: req.blobId,
+            tier: StorageTier.ERASURE_CODED,
+            cold: st.cold,
+            shards: ec.map((e) => {
+              const s = m.mirror.stores.get(e.storeId);
+              return {
+                storeId: e.storeId,
+                address: s?.address ?? '',
+                zone: s?.zone ?? '',
+                health: s?.health ?? StoreHealth.UNSPECIFIED,
+              };
+            }),
+            targetReplicaCount: 0,
+            ...heat,
+          });
+        }
+        return create(GetBlobStatusResponseSchema, {
+          blobId: req.blobId,
+          tier: StorageTier.REPLICATED,
+          replicas: st.replicas.map(({ role: _role, ...r }) => r),
+          targetReplicaCount: m.hot.targetOf(req.blobId, now),
+          ...heat,
+        });
+      }
       const b = m.mirror.blob(req.blobId);
       if (!b) throw new ConnectError(`blob ${req.blobId} not found`, Code.NotFound);
-      const now = Date.now();
       return create(GetBlobStatusResponseSchema, {
         blobId: b.blobId,
         replicas: b.replicas.map((r) => {
@@ -115,12 +155,8 @@ export function replicationService(
             health: s?.health ?? StoreHealth.UNSPECIFIED,
           };
         }),
-        targetReplicaCount: m.targetOf(b, now),
-        ratePerMinute: m.heat.rate(b.blobId, now),
-        heat: m.heat
-          .heat(b.blobId, now)
-          .map((h) => ({ reporterId: h.reporterId, ratePerMinute: h.ratePerMinute })),
-        tasks: m.queue.forBlob(b.blobId).map(toProtoTask),
+        targetReplicaCount: m.blobs.planner.targetOf(b, now),
+        ...heat,
       });
     },
 
@@ -130,23 +166,36 @@ export function replicationService(
       return create(ReplicationServiceGetStatsResponseSchema, {
         managerId: cfg.managerId,
         active: m.active,
-        term: m.term,
+        term: m.lead.term,
         queue: PRIORITIES.map((p) => ({ priority: p, depth: BigInt(depth.get(p) ?? 0) })),
         inFlight: BigInt(m.queue.inFlight),
         completed: BigInt(m.queue.completed),
         failed: BigInt(m.queue.failed),
-        hotBlobs: m.heat.hottest(20, now).map((h) => {
-          const b = m.mirror.blob(h.blobId);
-          return {
-            blobId: h.blobId,
-            ratePerMinute: h.ratePerMinute,
-            targetReplicaCount: b ? m.targetOf(b, now) : 0,
-            replicaCount: b ? m.liveHolders(b).length : 0,
-          };
-        }),
+        hotBlobs: m
+          .hotBlobs(now)
+          .slice(0, 20)
+          .map((h) => {
+            if (m.placementMode) {
+              const g = m.mirror.placement.groupFor(h.blobId);
+              return {
+                blobId: h.blobId,
+                ratePerMinute: h.ratePerMinute,
+                targetReplicaCount: m.hot.targetOf(h.blobId, now),
+                replicaCount: (g?.members.length ?? 0) + m.hot.extrasOf(h.blobId).length,
+              };
+            }
+            const b = m.mirror.blob(h.blobId);
+            return {
+              blobId: h.blobId,
+              ratePerMinute: h.ratePerMinute,
+              targetReplicaCount: b ? m.blobs.planner.targetOf(b, now) : 0,
+              replicaCount: b ? m.blobs.planner.liveHolders(b).length : 0,
+            };
+          }),
         breakers: m.queue.breakerStates(now),
         trackedBlobs: BigInt(m.heat.size),
         appliedIndex: m.mirror.appliedIndex,
+        blobsBelowTarget: BigInt(blobsBelowTarget(m)),
       });
     },
 
@@ -156,8 +205,8 @@ export function replicationService(
       return create(ListTasksResponseSchema, { tasks: m.queue.list(state, size).map(toProtoTask) });
     },
 
-    async runAudit() {
-      return m.audit();
+    runAudit() {
+      return mapErrors(() => m.audit());
     },
   };
 }

@@ -3,6 +3,8 @@ import { Code, ConnectError } from '@connectrpc/connect';
 import { BlobState, StoreHealth } from '../../../gen/haystack/v1/common_pb.js';
 import {
   GetClusterStatusResponseSchema,
+  UpdatePlacementRequestSchema,
+  UpdatePlacementResponseSchema,
   type UpdateReplicasRequest,
   UpdateReplicasRequestSchema,
   UpdateReplicasResponseSchema,
@@ -10,12 +12,42 @@ import {
   type WatchMetadataResponse,
   WatchMetadataResponseSchema,
 } from '../../../gen/haystack/v1/directory_pb.js';
-import { type LogEntry, LogEntrySchema } from '../../../gen/haystack/v1/metadata_pb.js';
+import {
+  type LogEntry,
+  LogEntrySchema,
+  type PlacementMember,
+  type PlacementMemberSchema,
+  PlacementMemberState,
+} from '../../../gen/haystack/v1/metadata_pb.js';
 import { MetadataState } from '../../../internal/directory/state-machine.js';
+import { type ReplicationConfig, readReplicationConfig } from '../../../internal/replication/config.js';
 import type { DirectoryCalls } from '../../../internal/replication/directory-api.js';
 import type { StoreCalls } from '../../../internal/replication/manager.js';
 
 const GiB = 1024n ** 3n;
+
+/** Manager config for unit tests: short periods, fast retries; `env` overrides. */
+export function testConfig(env: Record<string, string> = {}): ReplicationConfig {
+  return readReplicationConfig(
+    {},
+    {
+      // Fakes in-process: no transport is ever opened.
+      INSECURE_PLAINTEXT: '1',
+      DIRECTORY_ADDRS: 'fake:1',
+      STATS_REPORT_INTERVAL: '400ms',
+      EWMA_PERIOD: '1s',
+      EWMA_ALPHA: '0.5',
+      DE_REPLICATION_GRACE_PERIOD: '600ms',
+      MONITORING_INTERVAL: '300ms',
+      GC_INTERVAL: '200ms',
+      GC_GRACE_PERIOD: '500ms',
+      SCRUB_INTERVAL: '0',
+      RETRY_BACKOFF: '30ms',
+      RETRY_BACKOFF_MAX: '100ms',
+      ...env,
+    },
+  );
+}
 
 /** An in-memory directory: a MetadataState, its log, and WatchMetadata over it. */
 export class FakeDirectory implements DirectoryCalls {
@@ -84,8 +116,72 @@ export class FakeDirectory implements DirectoryCalls {
     return (this.state.active(blobId)?.replicas ?? []).map((r) => r.storeId).sort();
   }
 
+  /** Placement mode: `groups[i]` lists group i's members as [storeId, 'A' | 'J'] (ACTIVE, JOINING). */
+  initPlacement(groups: [string, 'A' | 'J'][][]): void {
+    this.append({
+      case: 'placementChanged',
+      value: {
+        groupCount: groups.length,
+        groups: groups.map((members, group) => ({ group, members: members.map(member) })),
+      },
+    });
+  }
+
+  /** Replaces a group's members outside the manager (an operator adding a store). */
+  setGroup(group: number, members: [string, 'A' | 'J'][]): void {
+    this.append({
+      case: 'placementChanged',
+      value: { groupCount: 0, groups: [{ group, members: members.map(member) }] },
+    });
+  }
+
+  /** Placement mode: store ids of a blob's extra replicas, sorted. */
+  extras(blobId: string): string[] {
+    return (this.state.placement.extras.get(blobId)?.replicas ?? []).map((r) => r.storeId).sort();
+  }
+
+  placementUpdates = 0;
+  /** Runs before an UpdatePlacement is checked (to move the group on meanwhile). */
+  beforePlacementUpdate?: (group: number) => void;
+
+  async updatePlacement(init: MessageInitShape<typeof UpdatePlacementRequestSchema>) {
+    const req = create(UpdatePlacementRequestSchema, init);
+    this.beforePlacementUpdate?.(req.group);
+    const g = this.state.placement.groups[req.group];
+    if (!g) throw new ConnectError('no such group', Code.NotFound);
+    if (g.epoch !== req.expectedEpoch) throw new ConnectError('epoch moved', Code.FailedPrecondition);
+    if (!req.members.some((m) => m.state === PlacementMemberState.ACTIVE)) {
+      throw new ConnectError('no ACTIVE member', Code.InvalidArgument);
+    }
+    this.placementUpdates++;
+    const e = this.append({
+      case: 'placementChanged',
+      value: { groupCount: 0, groups: [{ group: req.group, members: req.members }] },
+    });
+    return create(UpdatePlacementResponseSchema, {
+      commitIndex: e.index,
+      group: this.state.placement.groups[req.group],
+    });
+  }
+
   async updateReplicas(init: MessageInitShape<typeof UpdateReplicasRequestSchema>) {
     const req = create(UpdateReplicasRequestSchema, init);
+    if (this.state.placement.enabled) {
+      // As the directory does with placement on: the change applies to the blob's extras.
+      this.updates++;
+      const e = this.append({
+        case: 'extraReplicasChanged',
+        value: {
+          blobId: req.blobId,
+          added: req.add,
+          removedStoreIds: req.removeStoreIds,
+          targetReplicaCount: req.targetReplicaCount,
+        },
+      });
+      const res = create(UpdateReplicasResponseSchema, { commitIndex: e.index });
+      await this.afterUpdate?.(req);
+      return res;
+    }
     const b = this.state.active(req.blobId);
     if (!b) throw new ConnectError('no such blob', Code.NotFound);
     if (req.expectedVersion !== 0n && req.expectedVersion !== b.version) {
@@ -154,6 +250,13 @@ export class FakeDirectory implements DirectoryCalls {
   }
 
   rotate(): void {}
+}
+
+function member([storeId, s]: [string, 'A' | 'J']): MessageInitShape<typeof PlacementMemberSchema> {
+  return {
+    storeId,
+    state: s === 'A' ? PlacementMemberState.ACTIVE : PlacementMemberState.JOINING,
+  } satisfies Partial<PlacementMember>;
 }
 
 interface Needle {

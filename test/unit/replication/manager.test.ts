@@ -1,31 +1,14 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { StoreHealth } from '../../../gen/haystack/v1/common_pb.js';
 import { TaskKind, TaskState } from '../../../gen/haystack/v1/replication_pb.js';
-import { readReplicationConfig } from '../../../internal/replication/config.js';
 import { ReplicationManager } from '../../../internal/replication/manager.js';
 import { createLogger } from '../../../internal/server/logger.js';
-import { FakeDirectory, FakeStores, Gate, until } from './fakes.js';
+import { FakeDirectory, FakeStores, Gate, testConfig, until } from './fakes.js';
 
 const managers: ReplicationManager[] = [];
 
 function setup(env: Record<string, string> = {}, stores = ['s1', 's2', 's3', 's4', 's5']) {
-  const cfg = readReplicationConfig(
-    {},
-    {
-      DIRECTORY_ADDRS: 'fake:1',
-      STATS_REPORT_INTERVAL: '400ms',
-      EWMA_PERIOD: '1s',
-      EWMA_ALPHA: '0.5',
-      DE_REPLICATION_GRACE_PERIOD: '600ms',
-      MONITORING_INTERVAL: '300ms',
-      GC_INTERVAL: '200ms',
-      GC_GRACE_PERIOD: '500ms',
-      SCRUB_INTERVAL: '0',
-      RETRY_BACKOFF: '30ms',
-      RETRY_BACKOFF_MAX: '100ms',
-      ...env,
-    },
-  );
+  const cfg = testConfig(env);
   const dir = new FakeDirectory();
   const fs = new FakeStores();
   for (const [i, s] of stores.entries()) dir.addStore(s, `z${i % 3}`);
@@ -177,7 +160,7 @@ describe('ReplicationManager (fake directory and stores)', () => {
     fs.on('s3').get('x')!.corrupt = true;
     m.start();
     await until(() => m.mirror.loaded && m.active);
-    await m.scrubAll();
+    await m.monitor.scrubAll();
     const repairs = [
       ...m.queue.forBlob('x'),
       ...m.queue.list(TaskState.DONE, 100),
@@ -260,7 +243,7 @@ describe('ReplicationManager: copies and tombstones on one (blob, store) pair', 
     };
     m.start();
     await until(() => m.mirror.loaded && m.active);
-    await m.gc();
+    await m.blobs.orphans.pass();
     await until(() => verified.entered, 5_000, 'the collection re-checking x on s4');
     // s2's copy is corrupt: the repair drops it and copies onto s4, the only store left.
     fs.on('s2').get('x')!.corrupt = true;

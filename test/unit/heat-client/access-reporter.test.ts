@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { AccessReporter, ReporterKind } from '../../../internal/replication/access-reporter.js';
+import { AccessReporter, ReporterKind } from '../../../internal/heat-client/access-reporter.js';
 import { freePort } from '../../helpers/redis.js';
 
 describe('AccessReporter', () => {

@@ -1,0 +1,217 @@
+import { Code, ConnectError } from '@connectrpc/connect';
+import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
+import { PlacementMemberState } from '../../gen/haystack/v1/metadata_pb.js';
+import type { NeedleFacts } from '../../gen/haystack/v1/store_pb.js';
+import { sleep } from '../common/sleep.js';
+import { fetchDigests, forEachLimit, listGroup, syncGroup } from './group-sync.js';
+import { copyNeedle } from './needle-copy.js';
+import type { PlacementEnv } from './placement-env.js';
+import {
+  activeSources,
+  membersIn,
+  mismatchedGroups,
+  newer,
+  promoted,
+  type Stamp,
+} from './placement-planner.js';
+import { storeCallError } from './store-calls.js';
+
+/** Progress of one member's backfill (GetStats / metrics). */
+export interface BackfillProgress {
+  group: number;
+  storeId: string;
+  /** Needles of the source listed so far. */
+  listed: number;
+  /** Needles copied onto the joining member so far. */
+  copied: number;
+  startedAt: number;
+}
+
+/** How many UpdatePlacement compare-and-set conflicts one promotion re-reads through. */
+const CAS_ATTEMPTS = 5;
+
+/**
+ * Groups backfilled at once. A store that returns after an outage is JOINING in
+ * every group it was ACTIVE in (~P × replicas / stores of them); one at a time,
+ * each costing list + digests + a directory commit, that took minutes under load
+ * and left those groups one failure away from having no ACTIVE member.
+ */
+export const BACKFILL_GROUPS_AT_ONCE = 4;
+
+/**
+ * Backfill: a JOINING member of a placement group (a replacement for a lost store,
+ * or a store added by an operator) gets every needle of the group, then becomes
+ * ACTIVE (UpdatePlacement, compare-and-set on the group's epoch).
+ *
+ * Why one pass plus a final comparison suffices: gateways send every write and
+ * delete of the group to every member, JOINING ones included, from the moment the
+ * member is in the map. So a needle is on the joining store unless it was written
+ * before that (or its write failed there). The pass copies everything an ACTIVE
+ * member held when its listing was read: live needles with Replicate keep_stamp,
+ * tombstones with Delete written_at_ms, only where the joining store lacks the id
+ * or holds an older stamp (it may already have a newer write). What the pass can
+ * miss is what landed on the ACTIVE members but not on the joining one during the
+ * pass — writes whose delivery to it failed. The final comparison catches those:
+ * equal digests over all members promote at once; otherwise the group is synced
+ * (every member listed, the newest needle per id copied where missing) and the
+ * member is promoted when every needle the listings held reached it. That sync
+ * does not wait for needles to settle (anti-entropy does): a write in flight may be
+ * copied as well as delivered by its gateway, which stamp order makes harmless.
+ * Anything a failure leaves out keeps the member JOINING for the next round.
+ */
+export class Backfill {
+  readonly progress = new Map<number, BackfillProgress>();
+  promotedTotal = 0;
+  private running: Promise<number> | undefined;
+
+  constructor(private readonly env: PlacementEnv) {}
+
+  /** (group, store) of every JOINING member. */
+  joining(): { group: number; storeId: string }[] {
+    const out: { group: number; storeId: string }[] = [];
+    for (const g of this.env.mirror.placement.groups) {
+      if (!g) continue;
+      for (const id of membersIn(g, PlacementMemberState.JOINING)) out.push({ group: g.group, storeId: id });
+    }
+    return out;
+  }
+
+  /**
+   * Backfills every JOINING member: up to BACKFILL_GROUPS_AT_ONCE groups in
+   * parallel, the members of one group one after another; one run at once.
+   * Resolves to the members promoted.
+   */
+  runAll(): Promise<number> {
+    if (!this.running) {
+      this.running = this.runEach().finally(() => {
+        this.running = undefined;
+      });
+    }
+    return this.running;
+  }
+
+  private async runEach(): Promise<number> {
+    const byGroup = new Map<number, string[]>();
+    for (const { group, storeId } of this.joining()) {
+      byGroup.set(group, [...(byGroup.get(group) ?? []), storeId]);
+    }
+    let n = 0;
+    await forEachLimit([...byGroup], BACKFILL_GROUPS_AT_ONCE, async ([group, storeIds]) => {
+      for (const storeId of storeIds) {
+        if (!this.env.acting()) return;
+        try {
+          if (await this.backfill(group, storeId)) n++;
+        } catch (err) {
+          this.env.log.warn(
+            { group, store: storeId, err: err instanceof Error ? err.message : String(err) },
+            'backfill failed: the member stays JOINING',
+          );
+        } finally {
+          this.progress.delete(group);
+        }
+      }
+    });
+    return n;
+  }
+
+  /** Backfills one JOINING member and promotes it. False when it stays JOINING for now. */
+  async backfill(group: number, storeId: string): Promise<boolean> {
+    const env = this.env;
+    const g = env.mirror.placement.groups[group];
+    const target = env.mirror.stores.get(storeId);
+    if (!g || !target || target.health !== StoreHealth.HEALTHY) return false;
+    if (!membersIn(g, PlacementMemberState.JOINING).includes(storeId)) return false;
+    const [source] = activeSources(g, env.ctx(env.now()), new Set([storeId]));
+    if (!source) return false;
+    // A member demoted while its store was briefly DOWN (a restart, a heartbeat
+    // stream that broke under load) usually missed nothing: equal digests over the
+    // members promote it without listing the group.
+    if (await this.digestsEqual(group, this.upMembers(group))) {
+      env.log.info({ group, store: storeId }, 'joining member already holds the group');
+      return this.promote(group, storeId);
+    }
+    const p: BackfillProgress = { group, storeId, listed: 0, copied: 0, startedAt: env.now() };
+    this.progress.set(group, p);
+    env.log.info({ group, store: storeId, from: source.storeId }, 'backfill started');
+
+    // What the joining store holds already (writes since it joined, an earlier pass).
+    const held = new Map<string, Stamp>();
+    for (const n of (await listGroup(env, target, group)).values()) held.set(n.blobId, n);
+    let failures = 0;
+    await listGroup(env, source, group, async (page: NeedleFacts[]) => {
+      p.listed += page.length;
+      const todo = page.filter((n) => newer(n, held.get(n.blobId)));
+      await forEachLimit(todo, env.cfg.replicationWorkers, async (n) => {
+        try {
+          if ((await copyNeedle(env, n, source, target)) === 'copied') p.copied++;
+          // 'gone' or a corrupt source: the final comparison decides.
+        } catch (err) {
+          failures++;
+          if (failures === 1)
+            env.log.debug({ group, blob: n.blobId, err: String(err) }, 'backfill copy failed');
+        }
+      });
+    });
+    env.log.info(
+      { group, store: storeId, listed: p.listed, copied: p.copied, failures },
+      'backfill pass done',
+    );
+    if (!(await this.complete(group, storeId))) return false;
+    return this.promote(group, storeId);
+  }
+
+  /** The final comparison (see above): true when the joining member holds every listed needle. */
+  private async complete(group: number, storeId: string): Promise<boolean> {
+    const env = this.env;
+    const g = env.mirror.placement.groups[group];
+    if (!g) return false;
+    const members = this.upMembers(group);
+    if (await this.digestsEqual(group, members)) return true;
+    const sync = await syncGroup(env, g, {
+      members,
+      sources: new Set(members),
+      settledBefore: BigInt(Number.MAX_SAFE_INTEGER),
+    });
+    return !sync.failedTo.has(storeId);
+  }
+
+  /** The group's members whose stores are not DOWN. */
+  private upMembers(group: number): string[] {
+    const g = this.env.mirror.placement.groups[group];
+    return membersIn(g).filter((s) => this.env.mirror.stores.get(s)?.health !== StoreHealth.DOWN);
+  }
+
+  private async digestsEqual(group: number, members: string[]): Promise<boolean> {
+    const g = this.env.mirror.placement.groups[group];
+    const digests = await fetchDigests(this.env, new Set(members));
+    if (!g || digests.size < members.length) return false;
+    return mismatchedGroups([g], digests, () => members).length === 0;
+  }
+
+  /** UpdatePlacement making the member ACTIVE; a moved epoch is re-read and retried. */
+  private async promote(group: number, storeId: string): Promise<boolean> {
+    const env = this.env;
+    for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
+      const g = env.mirror.placement.groups[group];
+      const members = g && promoted(g, storeId);
+      if (!g || !members) return false; // changed by someone else: nothing to promote
+      env.ensureActing();
+      try {
+        await env.directory.updatePlacement({ group, expectedEpoch: g.epoch, members });
+        this.promotedTotal++;
+        env.log.info({ group, store: storeId }, 'backfilled member is ACTIVE');
+        return true;
+      } catch (err) {
+        const ce = ConnectError.from(err);
+        if (ce.code !== Code.FailedPrecondition)
+          throw storeCallError(`UpdatePlacement of group ${group}`, ce);
+        // The group moved on: wait until the mirror shows the newer epoch, then re-read.
+        const deadline = env.now() + 5_000;
+        while (env.mirror.placement.groups[group]?.epoch === g.epoch && env.now() < deadline) {
+          await sleep(50, env.signal());
+        }
+      }
+    }
+    return false;
+  }
+}

@@ -1,0 +1,463 @@
+import { Code, ConnectError } from '@connectrpc/connect';
+import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
+import { type PlacementGroup, PlacementMemberState } from '../../gen/haystack/v1/metadata_pb.js';
+import { STUB_CONTENT_TYPE } from '../common/shard-key.js';
+import { type EcParams, encodeBlob, verifyShard } from '../ec/codec.js';
+import { coolBlob, warmBlob } from '../ec/cooling.js';
+import { layoutFromWire } from '../ec/layout-wire.js';
+import { chooseCode } from '../ec/params.js';
+import { getShard, putShard, readStripe, type StoreClient } from '../ec/shard-client.js';
+import { decideTier } from '../ec/tier-policy.js';
+import { chooseTargets } from './placement.js';
+import type { PlacementEnv } from './placement-env.js';
+
+/** Hooks for metrics: one finished tier move. */
+export interface ColdTierEvents {
+  onTierMove?(kind: 'encode' | 'rematerialise', outcome: 'done' | 'failed', bytes: number, ms: number): void;
+  /** A shard rebuilt onto `storeId`: for a store swapped in ('rebuilt') or found missing or corrupt ('corrupt'). */
+  onShardRepair?(storeId: string, stripeId: string, reason: 'rebuilt' | 'corrupt'): void;
+}
+
+/** How many blobs recently checked for warming are remembered (so a hot blob is not Stat'ed on every report). */
+const MAX_CHECKED = 100_000;
+/** A replicated blob above the warm line is looked at again after this long. */
+const RECHECK_MS = 60_000;
+const LIST_PAGE = 1000;
+
+/**
+ * The replication manager's cold tier (docs/design/ec-tier.md, "Moving between
+ * tiers"), placement mode only, EC_ENABLED only:
+ *
+ * - sweep (EC_SWEEP_INTERVAL): looks through the placement groups, each from one
+ *   ACTIVE member's listing, and encodes the blobs tier-policy.ts calls cold
+ *   (below EC_COLD_RATE for EC_COLD_AFTER, never a raised one) with coolBlob —
+ *   every shard durable on the group's ec_members, then the stubs (the commit
+ *   point), so the blob always has its full replicas or k + m shards and stubs.
+ *   A group's EC members are chosen once, before its first stripe (k + m distinct
+ *   HEALTHY stores, zones spread), and committed with UpdatePlacement (compare-
+ *   and-set on the group's epoch). A group is skipped while any member or EC
+ *   member is not HEALTHY and ACTIVE: no stripe starts short of a shard.
+ * - warm (onHeat): a reported blob whose rate reaches EC_WARM_RATE is Stat'ed on
+ *   a member; a stub there is warmed with warmBlob — full needles on every member
+ *   stamped above the stub, only then the shards deleted.
+ *
+ * The cooling clock is this instance's: a blob must have been below the line for
+ * EC_COLD_AFTER since this instance took the lease and since it last saw the
+ * blob above it, so a takeover only delays encoding. One move at a time.
+ */
+export class ColdTier {
+  /** When this instance became active (the cooling clock starts no earlier). */
+  private activeSince = 0;
+  /** blob → last time this instance saw its rate at or above EC_COLD_RATE. */
+  private readonly warmSeen = new Map<string, number>();
+  /** blob → when it was last checked for warming (bounded). */
+  private readonly checked = new Map<string, number>();
+  private readonly warmQueue = new Set<string>();
+  private nextGroup = 0;
+  private busy = false;
+  private codeProblem = '';
+
+  constructor(
+    private readonly env: PlacementEnv,
+    private readonly stores: (address: string) => StoreClient,
+    private readonly events: ColdTierEvents = {},
+  ) {}
+
+  private get cfg() {
+    return this.env.cfg.ec;
+  }
+
+  get enabled(): boolean {
+    return this.cfg.enabled && this.env.mirror.placement.enabled;
+  }
+
+  /** Called when this instance takes the lease. */
+  activate(now: number): void {
+    this.activeSince = now;
+    this.warmSeen.clear();
+    this.checked.clear();
+    this.warmQueue.clear();
+  }
+
+  /** The code for this cluster's store count, or undefined (logged once) when it has none. */
+  code(): EcParams | undefined {
+    const r = chooseCode(this.env.mirror.stores.size, this.cfg);
+    if ('code' in r) {
+      this.codeProblem = '';
+      return r.code;
+    }
+    if (r.reason !== this.codeProblem)
+      this.env.log.warn({ reason: r.reason }, 'cold tier: no code, nothing cools');
+    this.codeProblem = r.reason;
+    return undefined;
+  }
+
+  /** Heat reported for these blobs: remember the warm ones, queue cold-tier checks for the hot ones. */
+  onHeat(ids: Iterable<string>, now: number): void {
+    if (!this.enabled) return;
+    for (const id of ids) {
+      const rate = this.env.heat.rate(id, now);
+      if (rate >= this.cfg.coldRatePerMin) this.warmSeen.set(id, now);
+      if (rate < this.cfg.warmRatePerMin) continue;
+      const at = this.checked.get(id);
+      if (at !== undefined && now - at < RECHECK_MS) continue;
+      this.checked.delete(id);
+      this.checked.set(id, now);
+      if (this.checked.size > MAX_CHECKED) this.checked.delete(this.checked.keys().next().value as string);
+      this.warmQueue.add(id);
+    }
+    if (this.warmSeen.size > MAX_CHECKED) {
+      for (const [id, at] of this.warmSeen) if (now - at > this.cfg.coldAfterMs) this.warmSeen.delete(id);
+    }
+    if (this.warmQueue.size > 0) void this.run(() => this.drainWarm());
+  }
+
+  /** One sweep: groups in turn until EC_MOVES_PER_SWEEP blobs cooled or every group looked at. */
+  async sweep(): Promise<number> {
+    if (!this.enabled || !this.env.acting()) return 0;
+    return (await this.run(() => this.sweepGroups())) ?? 0;
+  }
+
+  /** Runs one pass at a time (sweeps and warm drains share the lane). */
+  private async run<T>(fn: () => Promise<T>): Promise<T | undefined> {
+    if (this.busy) return undefined;
+    this.busy = true;
+    try {
+      return await fn();
+    } finally {
+      this.busy = false;
+      if (this.warmQueue.size > 0 && this.env.acting())
+        setImmediate(() => void this.run(() => this.drainWarm()));
+    }
+  }
+
+  private async sweepGroups(): Promise<number> {
+    const code = this.code();
+    if (!code) return 0;
+    const p = this.env.mirror.placement;
+    let moved = 0;
+    for (let n = 0; n < p.groupCount && moved < this.cfg.movesPerSweep; n++) {
+      if (!this.env.acting()) break;
+      const g = p.groups[this.nextGroup];
+      this.nextGroup = (this.nextGroup + 1) % p.groupCount;
+      if (!g) continue;
+      try {
+        moved += await this.sweepGroup(g, code, this.cfg.movesPerSweep - moved);
+      } catch (err) {
+        this.env.log.warn(
+          { group: g.group, err: ConnectError.from(err).message },
+          'cold tier: group sweep failed',
+        );
+      }
+      if (this.warmQueue.size > 0) await this.drainWarm();
+    }
+    return moved;
+  }
+
+  private healthy(storeId: string): boolean {
+    return this.env.mirror.stores.get(storeId)?.health === StoreHealth.HEALTHY;
+  }
+
+  private client(storeId: string): StoreClient {
+    const address = this.env.mirror.stores.get(storeId)?.address;
+    if (!address) throw new Error(`store ${storeId} has no known address`);
+    return this.stores(address);
+  }
+
+  /**
+   * The group's EC members for `code`, choosing and committing them first when it
+   * has none; undefined when they cannot serve a new stripe now.
+   */
+  private async ecMembersOf(g: PlacementGroup, code: EcParams): Promise<string[] | undefined> {
+    const n = code.k + code.m;
+    let ec = g.ecMembers;
+    if (ec.length === 0) {
+      const now = this.env.now();
+      const picked = chooseTargets([], 0n, n, this.env.ctx(now));
+      if (picked.length < n) return undefined;
+      this.env.ensureActing();
+      const res = await this.env.directory.updatePlacement({
+        group: g.group,
+        expectedEpoch: g.epoch,
+        members: g.members,
+        ecMembers: picked.map((s) => ({ storeId: s.storeId, state: PlacementMemberState.ACTIVE })),
+      });
+      ec = res.group?.ecMembers ?? [];
+      this.env.log.info(
+        { group: g.group, ecMembers: ec.map((m) => m.storeId) },
+        'cold tier: EC members chosen',
+      );
+    }
+    if (ec.length !== n) {
+      this.env.log.warn(
+        { group: g.group, ecMembers: ec.length, code: `RS(${code.k},${code.m})` },
+        'cold tier: the group’s EC members do not match the code; its blobs stay replicated',
+      );
+      return undefined;
+    }
+    if (!ec.every((m) => m.state === PlacementMemberState.ACTIVE && this.healthy(m.storeId)))
+      return undefined;
+    return ec.map((m) => m.storeId);
+  }
+
+  private async sweepGroup(g: PlacementGroup, code: EcParams, budget: number): Promise<number> {
+    const env = this.env;
+    if (!g.members.every((m) => this.healthy(m.storeId))) return 0;
+    const reader = g.members.find((m) => m.state === PlacementMemberState.ACTIVE);
+    if (!reader) return 0;
+    const candidates: string[] = [];
+    const now = env.now();
+    let token = '';
+    do {
+      const page = await this.client(reader.storeId).listPlacementGroup(
+        {
+          groupCount: env.mirror.placement.groupCount,
+          group: g.group,
+          pageSize: LIST_PAGE,
+          pageToken: token,
+        },
+        { signal: this.deadline() },
+      );
+      for (const n of page.needles) {
+        if (n.deleted || n.contentType === STUB_CONTENT_TYPE) continue;
+        const rec = env.mirror.placement.extras.get(n.blobId);
+        const d = decideTier(
+          {
+            tier: 'replicated',
+            ratePerMin: env.heat.rate(n.blobId, now),
+            raised:
+              rec !== undefined && (rec.replicas.length > 0 || rec.targetReplicaCount > g.members.length),
+            writtenAtMs: Number(n.writtenAtMs),
+            coolSinceMs: Math.max(this.activeSince, this.warmSeen.get(n.blobId) ?? 0),
+            nowMs: now,
+          },
+          this.cfg,
+        );
+        if (d.action === 'encode') candidates.push(n.blobId);
+      }
+      token = page.nextPageToken;
+    } while (token && candidates.length < budget);
+    if (candidates.length === 0) return 0;
+    const ec = await this.ecMembersOf(g, code);
+    if (!ec) return 0;
+    let moved = 0;
+    for (const blobId of candidates.slice(0, budget)) {
+      if (!env.acting()) break;
+      if (await this.cool(blobId, g, ec, code)) moved++;
+    }
+    return moved;
+  }
+
+  private async cool(blobId: string, g: PlacementGroup, ec: string[], code: EcParams): Promise<boolean> {
+    const env = this.env;
+    const started = performance.now();
+    try {
+      env.ensureActing();
+      const cooled = await coolBlob(blobId, code, {
+        members: g.members.map((m) => this.client(m.storeId)),
+        ecStores: ec.map((id) => this.client(id)),
+        term: env.term(),
+        signal: this.deadline(),
+      });
+      this.events.onTierMove?.('encode', 'done', cooled.layout.size, performance.now() - started);
+      env.log.info({ blobId, group: g.group, code: `RS(${code.k},${code.m})` }, 'cold tier: blob encoded');
+      return true;
+    } catch (err) {
+      this.events.onTierMove?.('encode', 'failed', 0, performance.now() - started);
+      env.log.warn(
+        { blobId, err: (err as Error).message },
+        'cold tier: encoding failed; the blob stays replicated',
+      );
+      return false;
+    }
+  }
+
+  /** One move's calls end at COPY_TIMEOUT or when the lease is lost: a stalled store never holds the lane. */
+  private deadline(): AbortSignal {
+    return AbortSignal.any([this.env.signal(), AbortSignal.timeout(this.env.cfg.copyTimeoutMs)]);
+  }
+
+  /**
+   * Shard repair (docs/design/ec-tier.md, "Repair"), one group at a time:
+   * - every group with a JOINING EC member (the directory swapped in a store for a
+   *   lost one): each stripe's shard for that index is rebuilt from k others and
+   *   written there; once all are, the member is marked ACTIVE (compare-and-set);
+   * - with `scrub`, every shard of every stripe is read back (the store checks its
+   *   needle CRC32C, this checks the layout's) and a missing or corrupt one is
+   *   rebuilt in place (WriteShard replace).
+   * Returns the shards rebuilt.
+   */
+  async repair(scrub: boolean): Promise<number> {
+    if (!this.enabled || !this.env.acting()) return 0;
+    return (
+      (await this.run(async () => {
+        let rebuilt = 0;
+        for (const g of this.env.mirror.placement.groups) {
+          if (!g || g.ecMembers.length === 0 || !this.env.acting()) continue;
+          const joining = g.ecMembers.some((m) => m.state === PlacementMemberState.JOINING);
+          if (!joining && !scrub) continue;
+          try {
+            rebuilt += await this.repairGroup(g, scrub);
+          } catch (err) {
+            this.env.log.warn(
+              { group: g.group, err: ConnectError.from(err).message },
+              'cold tier: shard repair failed',
+            );
+          }
+        }
+        return rebuilt;
+      })) ?? 0
+    );
+  }
+
+  /** The stubs of a group (cold blob ids), from one ACTIVE HEALTHY member's listing. */
+  private async stubsOf(g: PlacementGroup): Promise<{ reader: string; ids: string[] } | undefined> {
+    const reader = g.members.find((m) => m.state === PlacementMemberState.ACTIVE && this.healthy(m.storeId));
+    if (!reader) return undefined;
+    const ids: string[] = [];
+    let token = '';
+    do {
+      const page = await this.client(reader.storeId).listPlacementGroup(
+        {
+          groupCount: this.env.mirror.placement.groupCount,
+          group: g.group,
+          pageSize: LIST_PAGE,
+          pageToken: token,
+        },
+        { signal: this.deadline() },
+      );
+      for (const n of page.needles) if (!n.deleted && n.contentType === STUB_CONTENT_TYPE) ids.push(n.blobId);
+      token = page.nextPageToken;
+    } while (token);
+    return { reader: reader.storeId, ids };
+  }
+
+  private async repairGroup(g: PlacementGroup, scrub: boolean): Promise<number> {
+    const env = this.env;
+    const ec = g.ecMembers;
+    const joining = new Set(ec.flatMap((m, i) => (m.state === PlacementMemberState.JOINING ? [i] : [])));
+    // A joining store must be up to take its shards.
+    for (const i of joining) if (!this.healthy(ec[i]!.storeId)) return 0;
+    const stubs = await this.stubsOf(g);
+    if (!stubs) return 0;
+    let rebuilt = 0;
+    let failed = 0;
+    for (const blobId of stubs.ids) {
+      if (!env.acting()) return rebuilt;
+      try {
+        rebuilt += await this.repairStripe(stubs.reader, blobId, g, joining, scrub);
+      } catch (err) {
+        failed++;
+        env.log.warn(
+          { blobId, group: g.group, err: (err as Error).message },
+          'cold tier: stripe repair failed',
+        );
+      }
+    }
+    if (joining.size > 0 && failed === 0) {
+      env.ensureActing();
+      await env.directory.updatePlacement({
+        group: g.group,
+        expectedEpoch: g.epoch,
+        members: g.members,
+        ecMembers: ec.map((m) => ({ storeId: m.storeId, state: PlacementMemberState.ACTIVE })),
+      });
+      env.log.info(
+        { group: g.group, stores: [...joining].map((i) => ec[i]!.storeId), stripes: stubs.ids.length },
+        'cold tier: rebuilt EC member(s) ACTIVE',
+      );
+    }
+    return rebuilt;
+  }
+
+  /** Rebuilds the shards of one blob's stripe that are on a joining store, or (scrub) missing or corrupt. */
+  private async repairStripe(
+    reader: string,
+    blobId: string,
+    g: PlacementGroup,
+    joining: ReadonlySet<number>,
+    scrub: boolean,
+  ): Promise<number> {
+    const ref = (await this.client(reader).stat({ blobId }, { signal: this.deadline() })).needle?.cold;
+    if (!ref || ref.stripeId !== blobId) return 0; // warmed meanwhile, or not a one-blob stripe
+    const layout = layoutFromWire(ref.layout);
+    if (typeof layout === 'string') throw new Error(layout);
+    const ec = g.ecMembers;
+    if (layout.k + layout.m !== ec.length)
+      throw new Error(`RS(${layout.k},${layout.m}) does not fit ${ec.length} EC members`);
+    const bad = new Set(joining);
+    if (scrub) {
+      for (const [i, m] of ec.entries()) {
+        if (bad.has(i) || !this.healthy(m.storeId)) continue;
+        try {
+          const bytes = await getShard(this.client(m.storeId), ref.stripeId, i, { signal: this.deadline() });
+          if (!verifyShard(layout, i, bytes)) bad.add(i);
+        } catch (err) {
+          const code = ConnectError.from(err).code;
+          if (code === Code.NotFound || code === Code.DataLoss) bad.add(i);
+        }
+      }
+    }
+    if (bad.size === 0) return 0;
+    const sources = ec.map((m, i) =>
+      bad.has(i) || !this.healthy(m.storeId) ? undefined : this.client(m.storeId),
+    );
+    const read = await readStripe(ref.stripeId, layout, sources, { signal: this.deadline() });
+    // The encoding is deterministic: re-encoding the stripe gives every shard exactly as first written.
+    const enc = await encodeBlob(read.data, layout);
+    let n = 0;
+    for (const i of bad) {
+      if (enc.layout.crc32c[i] !== layout.crc32c[i])
+        throw new Error(`rebuilt shard ${i} does not match its CRC32C`);
+      this.env.ensureActing();
+      await putShard(this.client(ec[i]!.storeId), ref.stripeId, i, enc.shards[i]!, layout.crc32c[i]!, {
+        term: this.env.term(),
+        replace: true,
+        signal: this.deadline(),
+      });
+      this.events.onShardRepair?.(ec[i]!.storeId, ref.stripeId, joining.has(i) ? 'rebuilt' : 'corrupt');
+      n++;
+    }
+    this.env.log.info({ blobId, shards: [...bad] }, 'cold tier: shards rebuilt');
+    return n;
+  }
+
+  private async drainWarm(): Promise<void> {
+    for (const blobId of [...this.warmQueue]) {
+      this.warmQueue.delete(blobId);
+      if (!this.env.acting()) return;
+      await this.warm(blobId);
+    }
+  }
+
+  /** Warms `blobId` when a member holds its stub; nothing for a replicated blob. */
+  private async warm(blobId: string): Promise<void> {
+    const env = this.env;
+    const g = env.mirror.placement.groupFor(blobId);
+    if (!g || g.ecMembers.length === 0) return;
+    const reader = g.members.find((m) => m.state === PlacementMemberState.ACTIVE && this.healthy(m.storeId));
+    if (!reader) return;
+    const started = performance.now();
+    try {
+      const facts = (await this.client(reader.storeId).stat({ blobId }, { signal: this.deadline() })).needle;
+      if (!facts?.cold) return;
+      env.ensureActing();
+      await warmBlob(blobId, {
+        members: g.members.map((m) => this.client(m.storeId)),
+        ecStores: g.ecMembers.map((m) => this.client(m.storeId)),
+        term: env.term(),
+        signal: this.deadline(),
+      });
+      this.warmSeen.set(blobId, env.now());
+      this.events.onTierMove?.('rematerialise', 'done', Number(facts.size), performance.now() - started);
+      env.log.info({ blobId, group: g.group }, 'cold tier: blob re-materialised (full replicas)');
+    } catch (err) {
+      this.events.onTierMove?.('rematerialise', 'failed', 0, performance.now() - started);
+      // Checked again after RECHECK_MS if it stays hot.
+      env.log.warn(
+        { blobId, err: (err as Error).message },
+        'cold tier: re-materialisation failed; the blob stays cold',
+      );
+    }
+  }
+}
