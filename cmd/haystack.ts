@@ -1,21 +1,24 @@
 #!/usr/bin/env node
 // The one `haystack` binary: server subcommands, the local dev cluster and client commands.
+import path from 'node:path';
 import { Command } from 'commander';
+import { registerAdminCommands } from '../internal/cli/admin.js';
 import { registerClientCommands } from '../internal/cli/client.js';
 import { runDev } from '../internal/cli/dev.js';
+import { stopDev } from '../internal/cli/dev-pidfile.js';
+import { registerPlacementCommands } from '../internal/cli/placement.js';
+import { registerTokenCommands } from '../internal/cli/token.js';
+import { packageVersion } from '../internal/cli/version.js';
 import { ConfigError } from '../internal/config/env.js';
 import { DIRECTORY_ENV_HELP, readDirectoryConfig } from '../internal/directory/config.js';
 import { runDirectory } from '../internal/directory/main.js';
+import { RATE_LIMIT_ENV_HELP } from '../internal/edge/rate-limit-spec.js';
 import { GATEWAY_ENV_HELP, readGatewayConfig } from '../internal/gateway/config.js';
 import { runGateway } from '../internal/gateway/main.js';
 import { REPLICATION_ENV_HELP, readReplicationConfig } from '../internal/replication/config.js';
 import { runReplication } from '../internal/replication/main.js';
-import { widenHttp2ClientWindows } from '../internal/rpc/http2-windows.js';
 import { readStoreConfig, STORE_ENV_HELP } from '../internal/store/config.js';
 import { runStore } from '../internal/store/main.js';
-
-// Every gRPC client this process opens (stores, directories, managers, gateways).
-widenHttp2ClientWindows();
 
 type Flags = { listen?: string; data?: string };
 
@@ -41,6 +44,7 @@ function server<C>(name: string, read: (flags: Flags) => C, run: (cfg: C) => Pro
 
 const program = new Command('haystack')
   .description('Haystack distributed blob store: servers, local cluster and client')
+  .version(packageVersion(), '-V, --version', 'print the version')
   .showHelpAfterError();
 
 program
@@ -73,14 +77,31 @@ program
   .addHelpText('after', `\nEnvironment:${GATEWAY_ENV_HELP}`)
   .action(server('gateway', readGatewayConfig, runGateway));
 
-program
+const dev = program
   .command('dev')
   .description('run a whole local cluster (directories, stores, gateways, replication, Redis, Envoy)')
   .option('--data <dir>', 'data directory (default ./data)', './data')
+  .addHelpText('after', `\nEnvironment (the edge):\n${RATE_LIMIT_ENV_HELP}`)
   .action(async (flags: { data: string }) => {
-    await runDev({ dataDir: flags.data });
+    await runDev({ dataDir: flags.data }).catch((err: unknown) => {
+      // A bad setting (CORS_ORIGINS, EDGE_*_RATE_LIMIT, DEV_*): named, exit 2 as the servers do.
+      if (!(err instanceof ConfigError)) throw err;
+      process.stderr.write(`haystack dev: ${err.message}\n`);
+      process.exit(2);
+    });
+  });
+dev
+  .command('stop')
+  .description('stop the local cluster started on this data directory (its pidfile)')
+  // --data is dev's own option (commander gives it to the parent wherever it appears).
+  .action(async (_flags: unknown, cmd: Command) => {
+    const pid = await stopDev(path.resolve(cmd.optsWithGlobals<{ data: string }>().data));
+    process.stdout.write(pid === undefined ? 'not running\n' : `stopped (pid ${pid})\n`);
   });
 
 registerClientCommands(program);
+registerTokenCommands(program);
+registerAdminCommands(program);
+registerPlacementCommands(program);
 
 await program.parseAsync(process.argv);

@@ -15,6 +15,19 @@ export interface CachedBlobMeta {
   cookie: bigint;
   replicaCount: number;
   targetReplicaCount: number;
+  /** The original file name, when one was given. */
+  fileName?: string;
+}
+
+/** How a blob reaches the cache: a fresh write, or a read-through fill and its age. */
+export type CacheFill = { fresh: true } | { readAgeMs: number };
+
+/**
+ * Whether a read-through fill is too old to be ordered after every deletion's
+ * tombstone (`tombstoneMs` long): older than half of it, with room for clock rates.
+ */
+export function fillTooOld(how: CacheFill, tombstoneMs: number): boolean {
+  return 'readAgeMs' in how && !(how.readAgeMs >= 0 && how.readAgeMs < tombstoneMs / 2);
 }
 
 export interface CachedBlob {
@@ -46,11 +59,15 @@ export interface BlobCache {
   /** A cached blob, or undefined (counted as a hit or a miss). */
   get(blobId: string): Promise<CachedBlob | undefined>;
   /**
-   * Caches a blob (dropped when larger than maxBlobSize). `fresh` marks a blob just
-   * written: it replaces a recent deletion of the same id; a read-through fill
-   * (fresh false) never resurrects a blob deleted moments ago.
+   * Caches a blob (dropped when larger than maxBlobSize).
+   * - `{ fresh: true }`: a blob just written; it replaces a recent deletion of the id.
+   * - `{ readAgeMs }`: a read-through fill, with the time (ms) since its read began.
+   *   A deletion leaves a tombstone for TOMBSTONE_MS that refuses fills; a fill whose
+   *   read began more than half that long ago is dropped too, so a read that began
+   *   before a delete can never land after the tombstone expired, however slowly its
+   *   caller read (issue 14: no resurrection by a cache fill).
    */
-  set(blob: CachedBlob, opts?: { fresh?: boolean }): Promise<void>;
+  set(blob: CachedBlob, how: CacheFill): Promise<void>;
   /** Forgets a blob (on delete). */
   invalidate(blobId: string): Promise<void>;
   available(): boolean;
@@ -67,7 +84,8 @@ export interface BlobCache {
 }
 
 /** Called on every lookup; the gateway feeds its Prometheus counters from it. */
-export type CacheObserver = (event: 'hit' | 'miss') => void;
+/** 'integrity_failure': an entry whose HMAC did not match (also counted as a miss). */
+export type CacheObserver = (event: 'hit' | 'miss' | 'integrity_failure') => void;
 
 export function hitRate(c: CacheCounts): number {
   const total = c.hits + c.misses;

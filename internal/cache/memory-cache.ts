@@ -1,4 +1,12 @@
-import type { BlobCache, CacheCounts, CachedBlob, CacheObserver, CacheStatsSnapshot } from './blob-cache.js';
+import {
+  type BlobCache,
+  type CacheCounts,
+  type CachedBlob,
+  type CacheFill,
+  type CacheObserver,
+  type CacheStatsSnapshot,
+  fillTooOld,
+} from './blob-cache.js';
 
 export interface MemoryCacheOptions {
   /** Entry lifetime. */
@@ -49,12 +57,14 @@ export class MemoryBlobCache implements BlobCache {
     return undefined;
   }
 
-  async set(blob: CachedBlob, opts: { fresh?: boolean } = {}): Promise<void> {
+  async set(blob: CachedBlob, how: CacheFill): Promise<void> {
     const id = blob.meta.blobId;
     if (blob.data.length > this.maxBlobSize || blob.data.length !== blob.meta.size) return;
+    if (fillTooOld(how, this.opts.tombstoneMs ?? 60_000)) return;
+    const fresh = 'fresh' in how;
     const tomb = this.tombstones.get(id);
     if (tomb !== undefined) {
-      if (opts.fresh || tomb <= this.now()) this.tombstones.delete(id);
+      if (fresh || tomb <= this.now()) this.tombstones.delete(id);
       else return;
     }
     this.remove(id);

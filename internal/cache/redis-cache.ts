@@ -1,13 +1,16 @@
 import { Redis } from 'ioredis';
 import type { Logger } from '../server/logger.js';
-import type {
-  BlobCache,
-  CacheCounts,
-  CachedBlob,
-  CachedBlobMeta,
-  CacheObserver,
-  CacheStatsSnapshot,
+import {
+  type BlobCache,
+  type CacheCounts,
+  type CachedBlob,
+  type CachedBlobMeta,
+  type CacheFill,
+  type CacheObserver,
+  type CacheStatsSnapshot,
+  fillTooOld,
 } from './blob-cache.js';
+import { seal, unseal } from './integrity.js';
 
 export interface RedisCacheOptions {
   url: string;
@@ -16,6 +19,8 @@ export interface RedisCacheOptions {
   log: Logger;
   /** Key prefix (default "haystack:"). */
   prefix?: string;
+  /** HMAC key of every entry (integrity.ts); gateways sharing the cache share it, Redis never sees it. */
+  integrityKey: Buffer;
   /** Longest a cache command may take before the read or write goes on without it. */
   commandTimeoutMs?: number;
   /** At most one "cache unavailable" warning per this interval. */
@@ -203,14 +208,20 @@ export class RedisBlobCache implements BlobCache {
       return undefined;
     }
     try {
-      // One round trip: the entry and the shared commit index.
-      const res = await this.redis.multi().getBuffer(this.key(blobId)).get(this.indexKey).exec();
-      const value = res?.[0]?.[1] as Buffer | null | undefined;
-      const index = res?.[1]?.[1] as string | null | undefined;
+      // One round trip, one atomic command: the entry and the shared commit index (MGET, not
+      // MULTI/GET/GET/EXEC: a third of the commands and of ioredis's per-read work).
+      const [value, indexBuf] = await this.redis.mgetBuffer(this.key(blobId), this.indexKey);
+      const index = indexBuf?.toString('latin1');
       if (index && /^\d+$/.test(index) && BigInt(index) > this.commitIndex) this.commitIndex = BigInt(index);
-      const blob = value ? decode(value) : undefined;
-      this.record(blob !== undefined);
-      return blob;
+      const body = value ? unseal(this.opts.integrityKey, this.key(blobId), value) : undefined;
+      if (body === 'forged') {
+        // Planted or corrupted in Redis: a miss (the read goes to the stores), never served.
+        this.opts.observe?.('integrity_failure');
+        this.log.warn({ blobId }, 'cache entry failed its integrity check: ignored');
+      }
+      const blob = body && body !== 'forged' ? decode(body) : undefined;
+      this.record(blob !== undefined && blob.meta.blobId === blobId);
+      return blob?.meta.blobId === blobId ? blob : undefined;
     } catch (err) {
       this.unavailable(err);
       this.record(false);
@@ -218,16 +229,17 @@ export class RedisBlobCache implements BlobCache {
     }
   }
 
-  async set(blob: CachedBlob, opts: { fresh?: boolean } = {}): Promise<void> {
+  async set(blob: CachedBlob, how: CacheFill): Promise<void> {
     if (blob.data.length > this.maxBlobSize || blob.data.length !== blob.meta.size) return;
     if (!this.available()) return;
+    if (fillTooOld(how, this.opts.tombstoneMs ?? 60_000)) return;
     try {
       await this.redis.hsSetBlob(
         this.key(blob.meta.blobId),
         this.tombKey(blob.meta.blobId),
-        encode(blob),
+        seal(this.opts.integrityKey, this.key(blob.meta.blobId), encode(blob)),
         this.opts.ttlMs,
-        opts.fresh ? '1' : '0',
+        'fresh' in how ? '1' : '0',
       );
     } catch (err) {
       this.unavailable(err);
@@ -306,6 +318,8 @@ interface Header {
   cookie: string;
   rc: number;
   trc: number;
+  /** File name; absent when none (entries written before it existed too). */
+  fn?: string;
 }
 
 export function encode(blob: CachedBlob): Buffer {
@@ -320,6 +334,7 @@ export function encode(blob: CachedBlob): Buffer {
     cookie: m.cookie.toString(),
     rc: m.replicaCount,
     trc: m.targetReplicaCount,
+    ...(m.fileName ? { fn: m.fileName } : {}),
   };
   const h = Buffer.from(JSON.stringify(header));
   const len = Buffer.alloc(4);
@@ -349,6 +364,7 @@ export function decode(value: Buffer): CachedBlob | undefined {
     cookie: BigInt(h.cookie),
     replicaCount: h.rc,
     targetReplicaCount: h.trc,
+    ...(typeof h.fn === 'string' ? { fileName: h.fn } : {}),
   };
   return { meta, data };
 }

@@ -1,12 +1,17 @@
-import { readdir, stat } from 'node:fs/promises';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { createClient } from '@connectrpc/connect';
 import { Presets, SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { Health, HealthCheckResponse_ServingStatus } from '../../gen/grpc/health/v1/health_pb.js';
+import { StorageTier } from '../../gen/haystack/v1/blob_pb.js';
 import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
 import { DirectoryRole } from '../../gen/haystack/v1/directory_pb.js';
 import { ReplicationService, TaskPriority } from '../../gen/haystack/v1/replication_pb.js';
+import { formatBytes } from '../common/format-bytes.js';
 import {
   DEFAULT_URL,
   grpcTransport,
@@ -15,30 +20,22 @@ import {
   toHaystackError,
 } from '../sdk/index.js';
 
-interface GlobalOpts {
+export interface GlobalOpts {
   json?: boolean;
   url?: string;
   progress?: boolean;
 }
 
-const endpoint = (o: GlobalOpts) => o.url ?? process.env.HAYSTACK_URL ?? DEFAULT_URL;
-const clientFor = (o: GlobalOpts) => new HaystackClient({ url: endpoint(o) });
-const out = (line: string) => process.stdout.write(`${line}\n`);
+export const endpoint = (o: GlobalOpts) => o.url ?? process.env.HAYSTACK_URL ?? DEFAULT_URL;
+export const clientFor = (o: GlobalOpts) => new HaystackClient({ url: endpoint(o) });
+export const out = (line: string) => process.stdout.write(`${line}\n`);
 
 function blobJson(b: StoredBlob) {
   return { ...b, createdAt: b.createdAt.toISOString() };
 }
 
-function human(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  let v = n;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
-}
+/** Bytes in binary units (shared with the dashboard). */
+export const human = formatBytes;
 
 /** A byte progress bar on stderr: on a terminal, or everywhere with --progress; never with --json. */
 function progressBar(opts: GlobalOpts, label: string): SingleBar | undefined {
@@ -58,7 +55,7 @@ function progressBar(opts: GlobalOpts, label: string): SingleBar | undefined {
 }
 
 /** Runs a client command: a one-line error on stderr (and JSON on stdout with --json), exit 1. */
-function action<A extends unknown[]>(fn: (opts: GlobalOpts, ...args: A) => Promise<void>) {
+export function action<A extends unknown[]>(fn: (opts: GlobalOpts, ...args: A) => Promise<void>) {
   return async (...args: unknown[]) => {
     const cmd = args[args.length - 1] as Command;
     const opts = cmd.optsWithGlobals<GlobalOpts>();
@@ -78,9 +75,21 @@ function action<A extends unknown[]>(fn: (opts: GlobalOpts, ...args: A) => Promi
   };
 }
 
+/** `-` (stdin) spooled to a temporary file, so it uploads like a file (size and SHA-256 known). */
+async function spoolStdin(): Promise<string> {
+  const dir = await mkdtemp(path.join(tmpdir(), 'haystack-stdin-'));
+  const file = path.join(dir, 'stdin');
+  await pipeline(process.stdin, createWriteStream(file));
+  return file;
+}
+
 async function filesOf(inputs: string[]): Promise<string[]> {
   const files: string[] = [];
   for (const p of inputs) {
+    if (p === '-') {
+      files.push(p);
+      continue;
+    }
     const s = await stat(p);
     if (s.isDirectory()) {
       const entries = (await readdir(p, { withFileTypes: true })).filter((e) => !e.name.startsWith('.'));
@@ -101,13 +110,17 @@ export function registerClientCommands(program: Command): void {
 
   program
     .command('upload')
-    .argument('<paths...>', 'files or directories (recursively)')
+    .argument('<paths...>', 'files or directories (recursively); - reads stdin')
     .option('--replicas <n>', 'replicas wanted (default: the cluster default)', '0')
     .option('--id <id>', 'blob id (one file only; default: the SHA-256 of the content)')
-    .description('upload files; prints one blob id per line')
+    .option(
+      '--content-type <type>',
+      'MIME type (default: from the file extension; stdin: application/octet-stream)',
+    )
+    .description('upload files; prints "id  path" per file (--json: one object per file)')
     .action(
       action(async (opts, paths: string[]) => {
-        const flags = opts as GlobalOpts & { replicas: string; id?: string };
+        const flags = opts as GlobalOpts & { replicas: string; id?: string; contentType?: string };
         const client = clientFor(opts);
         const files = await filesOf(paths);
         if (files.length === 0) throw Object.assign(new Error('no files to upload'), { code: 'ENOENT' });
@@ -115,21 +128,27 @@ export function registerClientCommands(program: Command): void {
           throw Object.assign(new Error('--id needs exactly one file'), { code: 'EINVAL' });
         }
         for (const file of files) {
-          const bar = progressBar(opts, path.basename(file));
-          const size = (await stat(file)).size;
+          const stdin = file === '-';
+          const source = stdin ? await spoolStdin() : file;
+          const bar = progressBar(opts, stdin ? 'stdin' : path.basename(file));
+          const size = (await stat(source)).size;
           bar?.start(size, 0, { done: human(0), all: human(size) });
           try {
-            const blob = await client.uploadFile(file, {
+            const blob = await client.uploadFile(source, {
               replicaCount: Number(flags.replicas) || 0,
               ...(flags.id ? { id: flags.id } : {}),
+              ...(stdin ? { fileName: '', contentType: 'application/octet-stream' } : {}),
+              ...(flags.contentType ? { contentType: flags.contentType } : {}),
               onProgress: (sent, total) => bar?.update(sent, { done: human(sent), all: human(total) }),
             });
             bar?.update(size, { done: human(size), all: human(size) });
             bar?.stop();
-            out(opts.json ? JSON.stringify({ file, ...blobJson(blob) }) : blob.id);
+            out(opts.json ? JSON.stringify({ file, ...blobJson(blob) }) : `${blob.id}  ${file}`);
           } catch (err) {
             bar?.stop();
             throw err;
+          } finally {
+            if (stdin) await rm(path.dirname(source), { recursive: true, force: true });
           }
         }
       }),
@@ -138,12 +157,12 @@ export function registerClientCommands(program: Command): void {
   program
     .command('download')
     .argument('<id>', 'blob id')
-    .argument('[out]', 'output file (default: stdout)')
+    .argument('[out]', 'output file; - or none: stdout')
     .description('download a blob (its SHA-256 is verified)')
     .action(
       action(async (opts, id: string, file?: string) => {
         const client = clientFor(opts);
-        if (file) {
+        if (file && file !== '-') {
           const bar = progressBar(opts, id.slice(0, 16));
           let started = false;
           const info = await client.downloadToFile(id, file, {
@@ -157,10 +176,16 @@ export function registerClientCommands(program: Command): void {
           if (opts.json) out(JSON.stringify({ file, ...blobJson(info) }));
           return;
         }
-        const d = await client.downloadStream(id);
-        for await (const c of d.chunks) {
-          if (!process.stdout.write(c))
-            await new Promise<void>((r) => process.stdout.once('drain', () => r()));
+        // Verified before a byte reaches stdout: spooled to a private temporary file
+        // (SHA-256 checked by downloadToFile), then copied; a bad download prints nothing
+        // and exits non-zero.
+        const dir = await mkdtemp(path.join(tmpdir(), 'haystack-dl-'));
+        try {
+          const spool = path.join(dir, 'blob');
+          await client.downloadToFile(id, spool);
+          await pipeline(createReadStream(spool), process.stdout, { end: false });
+        } finally {
+          await rm(dir, { recursive: true, force: true });
         }
       }),
     );
@@ -189,7 +214,16 @@ export function registerClientCommands(program: Command): void {
         const blob = await client.stat(id);
         // Heat and replica placement come from the replication manager, when reachable.
         const rep = await createClient(ReplicationService, grpcTransport(endpoint(opts)))
-          .getBlobStatus({ blobId: id }, { timeoutMs: 3000 })
+          .getBlobStatus(
+            { blobId: id },
+            {
+              timeoutMs: 3000,
+              // Through Envoy this is an admin read (docs/security.md, "Public access").
+              ...(process.env.HAYSTACK_TOKEN
+                ? { headers: { authorization: `Bearer ${process.env.HAYSTACK_TOKEN}` } }
+                : {}),
+            },
+          )
           .catch(() => undefined);
         const placement = rep && {
           ratePerMinute: rep.ratePerMinute,
@@ -200,6 +234,19 @@ export function registerClientCommands(program: Command): void {
             health: StoreHealth[r.health],
           })),
           tasks: rep.tasks.length,
+          tier: rep.tier === StorageTier.ERASURE_CODED ? 'erasure-coded' : 'replicated',
+          ...(rep.cold?.layout
+            ? {
+                code: `RS(${rep.cold.layout.dataShards},${rep.cold.layout.parityShards})`,
+                stripe: rep.cold.stripeId,
+              }
+            : {}),
+          shards: rep.shards.map((r, index) => ({
+            index,
+            store: r.storeId,
+            address: r.address,
+            health: StoreHealth[r.health],
+          })),
         };
         if (opts.json) {
           out(JSON.stringify({ ...blobJson(blob), ...(placement ? { replication: placement } : {}) }));
@@ -212,9 +259,16 @@ export function registerClientCommands(program: Command): void {
         out(`created        ${blob.createdAt.toISOString()}`);
         out(`replicas       ${blob.replicas} (target ${blob.targetReplicas})`);
         if (placement) {
+          out(
+            `tier           ${placement.tier}${placement.code ? ` ${placement.code}, stripe ${placement.stripe}` : ''}`,
+          );
           out(`reads/min      ${placement.ratePerMinute.toFixed(1)}`);
           for (const r of placement.replicas)
             out(`  ${r.store.padEnd(14)} ${r.address.padEnd(22)} volume ${r.volume} ${r.health}`);
+          for (const r of placement.shards)
+            out(
+              `  shard ${String(r.index).padEnd(3)} ${r.store.padEnd(14)} ${r.address.padEnd(22)} ${r.health}`,
+            );
         }
       }),
     );
@@ -317,14 +371,23 @@ export function registerClientCommands(program: Command): void {
             replicas: b.replicas,
             blobs: Number(b.blobs),
           })),
-          stores: c?.stores.map((s) => ({
-            id: s.storeId,
-            address: s.address,
-            health: StoreHealth[s.health],
-            capacity: Number(s.capacityBytes),
-            free: Number(s.freeBytes),
-            volumes: s.volumes.length,
-          })),
+          stores: c?.stores.map((s) => {
+            const l = c.storeLoads.find((x) => x.storeId === s.storeId);
+            return {
+              id: s.storeId,
+              address: s.address,
+              health: StoreHealth[s.health],
+              capacity: Number(s.capacityBytes),
+              free: Number(s.freeBytes),
+              volumes: s.volumes.length,
+              lastHeartbeatMs: Number(s.lastHeartbeatMs),
+              // Placement share and drain progress (`haystack drain`, `haystack balance`).
+              memberships: l?.memberships,
+              leaving: l?.leaving,
+              draining: s.draining,
+              drained: l?.drained ?? false,
+            };
+          }),
           replication: r && {
             manager: r.managerId,
             active: r.active,
@@ -365,8 +428,14 @@ export function registerClientCommands(program: Command): void {
         if (doc.stores) {
           out('stores');
           for (const s of doc.stores) {
+            const groups = s.memberships === undefined ? '' : `, ${s.memberships} groups`;
+            const drain = s.drained
+              ? ', DRAINED (may be stopped)'
+              : s.draining
+                ? `, DRAINING (${s.memberships ?? 0} groups left, ${s.leaving ?? 0} moving)`
+                : '';
             out(
-              `  ${s.id.padEnd(14)} ${s.address.padEnd(22)} ${String(s.health).padEnd(10)} ${human(s.free)} free of ${human(s.capacity)}`,
+              `  ${s.id.padEnd(14)} ${s.address.padEnd(22)} ${String(s.health).padEnd(10)} ${human(s.free)} free of ${human(s.capacity)}${drain || groups}`,
             );
           }
         }

@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { createWriteStream, existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -31,7 +31,14 @@ export interface SpawnOptions {
   env?: Record<string, string | undefined>;
   /** Echo the child's stderr lines to ours, prefixed with the name. */
   echo?: boolean;
+  /** Append the child's stderr (its pino logs) to this file as well. */
+  logFile?: string;
+  /** How long to wait for the ready line (ms; default 60 s: a loaded 2-core box starts Node slowly). */
   readyTimeoutMs?: number;
+  /** Node flags before the script (benchmarks: --cpu-prof, which NODE_OPTIONS refuses). */
+  nodeArgs?: string[];
+  /** A command that runs the server, e.g. ['ip', 'netns', 'exec', 'ns'] (it must exec, keeping the pid). */
+  wrapper?: string[];
 }
 
 /**
@@ -39,13 +46,17 @@ export interface SpawnOptions {
  * ready line it prints on stdout once it serves.
  */
 export function spawnServer(opts: SpawnOptions): Promise<ServerProcess> {
-  const child = spawn(process.execPath, [HAYSTACK_BIN, ...opts.args], {
+  const [command, ...pre] = [...(opts.wrapper ?? []), process.execPath];
+  const child = spawn(command as string, [...pre, ...(opts.nodeArgs ?? []), HAYSTACK_BIN, ...opts.args], {
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
+  const file = opts.logFile ? createWriteStream(opts.logFile, { flags: 'a' }) : undefined;
+  child.once('exit', () => file?.end());
   child.stderr?.setEncoding('utf8');
   child.stderr?.on('data', (d: string) => {
+    file?.write(d);
     stderr += d;
     if (stderr.length > 1_000_000) stderr = stderr.slice(-500_000);
     if (opts.echo)
@@ -59,7 +70,7 @@ export function spawnServer(opts: SpawnOptions): Promise<ServerProcess> {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
       reject(new Error(`${opts.name} did not become ready in time:\n${stderr.slice(-4000)}`));
-    }, opts.readyTimeoutMs ?? 20_000);
+    }, opts.readyTimeoutMs ?? 60_000);
     child.stdout?.setEncoding('utf8');
     const onData = (d: string) => {
       out += d;

@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { type EnvoyOptions, renderEnvoyConfig, toYaml } from './envoy-config.js';
@@ -30,7 +31,10 @@ export async function startEnvoy(opts: {
   config: EnvoyOptions;
   concurrency?: number;
   logLevel?: string;
+  /** How long to wait for Envoy's admin /ready (ms; default 60 s, for a loaded box). */
   readyTimeoutMs?: number;
+  /** Append Envoy's own log (stderr) to this file as well. */
+  logFile?: string;
 }): Promise<EnvoyProcess> {
   await mkdir(opts.dir, { recursive: true });
   const configPath = path.join(opts.dir, 'envoy.yaml');
@@ -49,6 +53,9 @@ export async function startEnvoy(opts: {
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let logs = '';
+  const file = opts.logFile ? createWriteStream(opts.logFile, { flags: 'a' }) : undefined;
+  child.once('exit', () => file?.end());
+  child.stderr?.on('data', (d: Buffer) => file?.write(d));
   const keep = (d: Buffer) => {
     logs += d.toString();
     if (logs.length > 2_000_000) logs = logs.slice(-1_000_000);
@@ -59,7 +66,7 @@ export async function startEnvoy(opts: {
     child.once('exit', (c, s) => resolve(c ?? s)),
   );
   const adminUrl = `http://${opts.config.admin.host}:${opts.config.admin.port}`;
-  const deadline = Date.now() + (opts.readyTimeoutMs ?? 20_000);
+  const deadline = Date.now() + (opts.readyTimeoutMs ?? 60_000);
   let exitCode: number | string | null | undefined;
   void exited.then((c) => {
     exitCode = c;

@@ -3,8 +3,9 @@ import path from 'node:path';
 import { PROJECT_ROOT } from '../cli/processes.js';
 
 /**
- * Builds the dashboard (web/) into `outDir`: web/main.ts and the browser SDK
- * bundled by esbuild into one ES module, plus index.html and style.css. The
+ * Builds the dashboard (web/) into `outDir`: web/main.ts with the browser SDK and
+ * Chart.js bundled by esbuild into one ES module, web/hash-worker.ts into another
+ * (a Worker), plus index.html and style.css. The
  * gateways serve the result under /ui/ (UI_DIR), Envoy routes /ui/ to them.
  * esbuild is a development dependency: without it (a production install)
  * the dashboard is skipped.
@@ -19,8 +20,9 @@ export async function buildWeb(outDir = path.join(PROJECT_ROOT, 'dist/web')): Pr
   }
   await mkdir(outDir, { recursive: true });
   await esbuild.build({
-    entryPoints: [path.join(src, 'main.ts')],
-    outfile: path.join(outDir, 'main.js'),
+    // The page, and the Worker that hashes and encodes uploads off the main thread.
+    entryPoints: [path.join(src, 'main.ts'), path.join(src, 'hash-worker.ts')],
+    outdir: outDir,
     bundle: true,
     format: 'esm',
     platform: 'browser',

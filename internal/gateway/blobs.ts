@@ -1,19 +1,35 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { create } from '@bufbuild/protobuf';
 import { type Client, Code, ConnectError } from '@connectrpc/connect';
-import { type BlobInfo, BlobInfoSchema } from '../../gen/haystack/v1/blob_pb.js';
+import type { BlobInfo } from '../../gen/haystack/v1/blob_pb.js';
+import type { BlobMeta, ReplicaLocation } from '../../gen/haystack/v1/common_pb.js';
 import {
-  type BlobMeta,
-  type ReplicaLocation,
-  ReplicaLocationSchema,
-  StoreHealth,
-} from '../../gen/haystack/v1/common_pb.js';
-import { type StoreService, type WriteRequest, WriteRequestSchema } from '../../gen/haystack/v1/store_pb.js';
-import type { BlobCache, CachedBlobMeta } from '../cache/blob-cache.js';
-import { validateBlobId } from '../common/blob-id.js';
+  type ReadHeader,
+  type StoreService,
+  type WriteRequest,
+  WriteRequestSchema,
+} from '../../gen/haystack/v1/store_pb.js';
+import { contentIdProblem, isContentId } from '../auth/content-id.js';
+import type { BlobCache } from '../cache/blob-cache.js';
 import { AsyncPipe } from '../rpc/pipe.js';
 import type { Logger } from '../server/logger.js';
+import {
+  cachedInfo,
+  cacheMeta,
+  checkId,
+  DEFAULT_CONTENT_TYPE,
+  fileNameProblem,
+  invalid,
+  toInfo,
+} from './blob-info.js';
+import { ColdReader } from './cold-read.js';
 import type { DirectoryApi } from './directory.js';
+import { DirectoryPath } from './directory-path.js';
+import { GroupPath, type PlacementStoreApi } from './group-path.js';
+import type { MetadataPath } from './metadata-path.js';
+import type { PlacementView } from './placement-view.js';
+
+export { fileNameProblem, invalid } from './blob-info.js';
 
 export type StoreApi = Pick<Client<typeof StoreService>, 'write' | 'read'>;
 
@@ -25,11 +41,27 @@ export interface GatewayOptions {
   maxUploadSize: number;
   /** Longest wait for a store's next message before failing over. */
   storeTimeoutMs: number;
+  /**
+   * The followed placement map and the store calls of the placement path. Without
+   * it (or while the cluster has no placement groups) the directory path is used.
+   */
+  placement?: {
+    view: PlacementView;
+    stores(address: string): PlacementStoreApi;
+    readyTimeoutMs: number;
+    /** MIN_REPLICA_COUNT: members that must hold a write before it is acknowledged. */
+    minReplicas: number;
+  };
   /** Hooks for metrics. */
   onFailover?: (storeId: string, err: ConnectError) => void;
   onBytes?: (direction: 'in' | 'out', n: number) => void;
   /** A read served from the cache (the stores never see it: reported as access heat). */
   onCacheRead?: (blobId: string) => void;
+  /**
+   * A read of a cold blob served from its shards (the stores see shard reads, not
+   * the blob's: reported as access heat, which may warm it back). `degraded`: decoded.
+   */
+  onColdRead?: (blobId: string, r: { degraded: boolean; bytes: number; failedShards: number }) => void;
 }
 
 export interface UploadHeaderIn {
@@ -39,6 +71,8 @@ export interface UploadHeaderIn {
   /** Lower-case hex or empty. */
   sha256: string;
   replicaCount: number;
+  /** The original file name (kept as metadata), or empty. */
+  fileName?: string;
 }
 
 /** An open read: facts first, then the bytes of the range. */
@@ -50,61 +84,35 @@ export interface OpenBlob {
   chunks: AsyncIterable<Uint8Array>;
 }
 
+/**
+ * How a read proves it may see a blob's bytes (issue 13; the paper's cookie, §3.4):
+ * - `none`: authorized otherwise (a token with blob:read): no cookie needed;
+ * - `cookie`: a capability URL's cookie, sent to every store read (the store refuses a
+ *   mismatch as NOT_FOUND) and compared against a cached entry's;
+ * - `check`: a signed URL, whose MAC covers the cookie: the cookie is looked up first
+ *   (never the bytes), checked, then sent with every store read.
+ * A proof that fails answers exactly as an unknown id (`blob … not found`, NOT_FOUND).
+ */
+export type CookieProof =
+  | { kind: 'none' }
+  | { kind: 'cookie'; cookie: bigint }
+  | { kind: 'check'; ok: (cookie: bigint) => boolean };
+
+const NO_PROOF: CookieProof = { kind: 'none' };
+
+/** The one answer for an unknown id and a failed cookie proof: no existence oracle. */
+export const notFound = (blobId: string) => new ConnectError(`blob ${blobId} not found`, Code.NotFound);
+
+function proves(p: CookieProof, cookie: bigint): boolean {
+  if (p.kind === 'cookie') return cookie === p.cookie;
+  if (p.kind === 'check') return p.ok(cookie);
+  return true;
+}
+
 /** Bytes per message towards the stores and towards clients. */
 export const CHUNK_SIZE = 256 * 1024;
-const DEFAULT_CONTENT_TYPE = 'application/octet-stream';
 const CONTENT_TYPE = /^[\x21-\x7e]+\/[\x21-\x7e]+(;[\x20-\x7e]*)?$/;
 const SHA256_HEX = /^[0-9a-f]{64}$/;
-
-const hex = (b: Uint8Array) => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('hex');
-
-export function invalid(msg: string): ConnectError {
-  return new ConnectError(msg, Code.InvalidArgument);
-}
-
-function checkId(id: string): void {
-  const problem = validateBlobId(id);
-  if (problem) throw invalid(problem);
-}
-
-function toInfo(meta: BlobMeta, replicaCount?: number): BlobInfo {
-  return create(BlobInfoSchema, {
-    blobId: meta.blobId,
-    size: meta.size,
-    sha256: hex(meta.sha256),
-    contentType: meta.contentType || DEFAULT_CONTENT_TYPE,
-    createdAtMs: meta.createdAtMs,
-    replicaCount: replicaCount ?? meta.replicas.length,
-    targetReplicaCount: meta.targetReplicaCount,
-    cookie: meta.cookie,
-  });
-}
-
-function cachedInfo(m: CachedBlobMeta): BlobInfo {
-  return create(BlobInfoSchema, {
-    blobId: m.blobId,
-    size: BigInt(m.size),
-    sha256: m.sha256,
-    contentType: m.contentType,
-    createdAtMs: BigInt(m.createdAtMs),
-    replicaCount: m.replicaCount,
-    targetReplicaCount: m.targetReplicaCount,
-    cookie: m.cookie,
-  });
-}
-
-function cacheMeta(info: BlobInfo): CachedBlobMeta {
-  return {
-    blobId: info.blobId,
-    size: Number(info.size),
-    sha256: info.sha256,
-    contentType: info.contentType,
-    createdAtMs: Number(info.createdAtMs),
-    cookie: info.cookie,
-    replicaCount: info.replicaCount,
-    targetReplicaCount: info.targetReplicaCount,
-  };
-}
 
 /** Splits b into pieces of at most CHUNK_SIZE bytes. */
 function* pieces(b: Uint8Array): Generator<Uint8Array> {
@@ -113,18 +121,46 @@ function* pieces(b: Uint8Array): Generator<Uint8Array> {
 
 /**
  * The Haystack steps of a gateway, shared by BlobService and GET /blobs/{id}:
- * writes go allocate → stream to the first store (which forwards to the others and
- * answers once every replica is durable) → commit; reads go cache → locate → store,
- * failing over to the next replica on error or timeout, resuming where it stopped.
+ * writes go plan (metadata path) → stream to the first store (which forwards to the
+ * others and answers once every replica is durable) → finish; reads go cache →
+ * locate → store, failing over to the next replica on error or timeout, resuming
+ * where it stopped. The metadata path is the directory's per-blob records (v1) or
+ * placement groups (no directory call per blob).
  */
 export class BlobGateway {
-  /** Highest directory commit index this gateway has seen (read-your-writes on followers). */
-  private commitIndex = 0n;
-  /** Store id → address, from every answer that named one. */
-  private readonly storeAddresses = new Map<string, string>();
-  private lastStatusRefresh = 0;
+  private readonly directoryPath: DirectoryPath;
+  private readonly groupPath: GroupPath | undefined;
 
-  constructor(private readonly o: GatewayOptions) {}
+  private readonly cold: ColdReader | undefined;
+
+  constructor(private readonly o: GatewayOptions) {
+    this.directoryPath = new DirectoryPath(o.directory, o.cache, o.log);
+    if (o.placement) {
+      this.cold = new ColdReader({
+        view: o.placement.view,
+        store: o.placement.stores,
+        // A shard read streams a whole shard range: twice a replica read's wait for its first answer.
+        shardTimeoutMs: 2 * o.storeTimeoutMs,
+        log: o.log,
+      });
+      this.groupPath = new GroupPath(
+        o.placement.view,
+        o.placement.stores,
+        o.directory,
+        o.log,
+        o.storeTimeoutMs,
+        o.placement.minReplicas,
+      );
+    }
+  }
+
+  /** The metadata path for this cluster: placement groups once the followed map has them. */
+  private async path(): Promise<MetadataPath> {
+    const p = this.o.placement;
+    if (!p || !this.groupPath) return this.directoryPath;
+    await p.view.whenReady(p.readyTimeoutMs);
+    return p.view.state.placement.enabled ? this.groupPath : this.directoryPath;
+  }
 
   get maxUploadSize(): number {
     return this.o.maxUploadSize;
@@ -142,10 +178,19 @@ export class BlobGateway {
     if (h.sha256 && !SHA256_HEX.test(h.sha256)) {
       throw invalid('sha256 must be 64 lower-case hex digits (or empty)');
     }
+    // Content ids are earned: a declared sha256 must already agree with a content-address id.
+    if (h.blobId && isContentId(h.blobId)) {
+      const problem = contentIdProblem(h.blobId, h.sha256 || h.blobId.toLowerCase());
+      if (problem) throw invalid(problem);
+    }
     if (h.contentType && (h.contentType.length > 255 || !CONTENT_TYPE.test(h.contentType))) {
       throw invalid(`content_type ${JSON.stringify(h.contentType.slice(0, 80))} is not a MIME type`);
     }
     if (h.replicaCount > 16) throw invalid(`replica_count ${h.replicaCount} is above 16`);
+    if (h.fileName) {
+      const problem = fileNameProblem(h.fileName);
+      if (problem) throw invalid(`file_name ${JSON.stringify(h.fileName.slice(0, 80))} ${problem}`);
+    }
   }
 
   /**
@@ -156,15 +201,14 @@ export class BlobGateway {
     this.checkHeader(h);
     const size = Number(h.size);
     const blobId = h.blobId || h.sha256 || randomBytes(16).toString('base64url');
+    // A content-address id is the SHA-256 the content must have: the store checks it too.
+    const sha256 = h.sha256 || (isContentId(blobId) ? blobId : '');
     const contentType = h.contentType || DEFAULT_CONTENT_TYPE;
 
-    const alloc = await this.o.directory.allocateWrite({
-      blobId,
-      size: h.size,
-      replicaCount: h.replicaCount,
-    });
-    const [first, ...rest] = alloc.stores;
-    if (!first) throw new ConnectError('the directory allocated no store', Code.Internal);
+    const path = await this.path();
+    const plan = await path.planWrite(blobId, h.size, h.replicaCount);
+    const [first, ...rest] = plan.targets;
+    if (!first) throw new ConnectError('no store to write to', Code.Internal);
 
     const abort = new AbortController();
     const onAbort = () => abort.abort();
@@ -196,11 +240,13 @@ export class BlobGateway {
             case: 'header',
             value: {
               blobId,
-              cookie: alloc.cookie,
+              cookie: plan.cookie,
               size: h.size,
-              sha256: h.sha256 ? Buffer.from(h.sha256, 'hex') : new Uint8Array(),
+              sha256: sha256 ? Buffer.from(sha256, 'hex') : new Uint8Array(),
               forwardTo: rest,
-              term: alloc.term,
+              term: plan.term,
+              contentType,
+              fileName: h.fileName ?? '',
             },
           },
         }),
@@ -222,38 +268,32 @@ export class BlobGateway {
         fail(invalid(`the upload ended after ${received} of the ${size} bytes its header announced`));
       }
       const digest = hash.digest('hex');
-      if (h.sha256 && digest !== h.sha256) {
-        fail(invalid(`content SHA-256 ${digest} does not match the sha256 ${h.sha256} in the header`));
+      if (sha256 && digest !== sha256) {
+        fail(
+          invalid(
+            h.sha256
+              ? `content SHA-256 ${digest} does not match the sha256 ${h.sha256} in the header`
+              : (contentIdProblem(blobId, digest) ?? 'content SHA-256 mismatch'),
+          ),
+        );
       }
       pipe.end();
       const written = await writing;
-      if (written.replicas.length < alloc.stores.length) {
+      if (written.replicas.length < plan.targets.length) {
         throw new ConnectError(
-          `store ${first.storeId} acknowledged ${written.replicas.length} of ${alloc.stores.length} replicas`,
+          `store ${first.storeId} acknowledged ${written.replicas.length} of ${plan.targets.length} replicas`,
           Code.Unavailable,
         );
       }
-      const commit = await this.o.directory.commitWrite({
+      const info = await path.finishWrite({
         blobId,
-        cookie: alloc.cookie,
         size: h.size,
         sha256: Buffer.from(digest, 'hex'),
         contentType,
-        replicas: written.replicas.map((r) => ({ storeId: r.storeId, volumeId: r.volumeId })),
+        fileName: h.fileName ?? '',
+        written,
+        plan,
       });
-      this.sawIndex(commit.commitIndex);
-      const info = commit.blob
-        ? toInfo(commit.blob)
-        : create(BlobInfoSchema, {
-            blobId,
-            size: h.size,
-            sha256: digest,
-            contentType,
-            createdAtMs: BigInt(Date.now()),
-            replicaCount: written.replicas.length,
-            targetReplicaCount: written.replicas.length,
-            cookie: alloc.cookie,
-          });
       if (keep) await this.o.cache.set({ meta: cacheMeta(info), data: Buffer.concat(keep) }, { fresh: true });
       return info;
     } catch (e) {
@@ -265,63 +305,10 @@ export class BlobGateway {
     }
   }
 
-  /** Records a directory commit index and shares it with the other gateways. */
-  private sawIndex(index: bigint): void {
-    if (index > this.commitIndex) this.commitIndex = index;
-    void this.o.cache.publishCommitIndex(index);
-  }
-
-  /**
-   * Blob metadata from the directory; NOT_FOUND for unknown or deleted ids. Asks
-   * for at least the highest commit index any gateway has seen, so a follower
-   * answers only once it knows every write and delete acknowledged so far.
-   */
+  /** Blob metadata and its replicas, best first; NOT_FOUND for unknown or deleted ids. */
   async locate(blobId: string): Promise<{ meta: BlobMeta; replicas: ReplicaLocation[] }> {
     checkId(blobId);
-    const shared = this.o.cache.sharedCommitIndex();
-    let minIndex = this.commitIndex;
-    if (shared > minIndex) minIndex = shared; // bigints: no Math.max
-    const res = await this.o.directory.locate({ blobIds: [blobId], minIndex });
-    const loc = res.locations[0];
-    if (!loc?.found || !loc.blob) throw new ConnectError(`blob ${blobId} not found`, Code.NotFound);
-    return { meta: loc.blob, replicas: await this.withRecordedReplicas(loc.blob, loc.replicas) };
-  }
-
-  /**
-   * The replicas the directory offers (best first), then the blob's other recorded
-   * replicas the directory left out. Its health view is advisory: just after an
-   * election the new leader has heard no heartbeat yet and offers no store at all,
-   * while the stores are up. Those are tried last, at addresses learnt earlier (or
-   * from GetClusterStatus).
-   */
-  private async withRecordedReplicas(meta: BlobMeta, offered: ReplicaLocation[]): Promise<ReplicaLocation[]> {
-    for (const r of offered) if (r.address) this.storeAddresses.set(r.storeId, r.address);
-    const listed = new Set(offered.map((r) => r.storeId));
-    const missing = meta.replicas.filter((r) => !listed.has(r.storeId));
-    if (missing.length === 0) return offered;
-    if (
-      missing.some((r) => !this.storeAddresses.has(r.storeId)) &&
-      Date.now() - this.lastStatusRefresh > 2_000
-    ) {
-      this.lastStatusRefresh = Date.now();
-      try {
-        const status = await this.o.directory.getClusterStatus({ localOnly: true });
-        for (const st of status.stores) if (st.address) this.storeAddresses.set(st.storeId, st.address);
-      } catch (err) {
-        this.o.log.debug({ err: ConnectError.from(err).message }, 'could not learn store addresses');
-      }
-    }
-    const extra = missing
-      .filter((r) => this.storeAddresses.has(r.storeId))
-      .map((r) =>
-        create(ReplicaLocationSchema, {
-          storeId: r.storeId,
-          address: this.storeAddresses.get(r.storeId) ?? '',
-          volumeId: r.volumeId,
-          health: StoreHealth.UNSPECIFIED,
-        }),
-      );
-    return [...offered, ...extra];
+    return (await this.path()).locate(blobId);
   }
 
   async stat(blobId: string): Promise<BlobInfo> {
@@ -334,24 +321,35 @@ export class BlobGateway {
    * any byte when the blob is unknown, the range is out of bounds or no replica
    * answers, so HTTP can still answer with a proper status.
    */
-  open(blobId: string, offset = 0, length = 0, signal?: AbortSignal): Promise<OpenBlob> {
+  open(
+    blobId: string,
+    offset: number | bigint = 0,
+    length: number | bigint = 0,
+    signal?: AbortSignal,
+  ): Promise<OpenBlob> {
     return this.openWith(blobId, (info) => range(Number(info.size), offset, length), signal);
   }
 
   /**
    * Like open, with the range chosen once the blob's facts are known; `select`
-   * answering null reads nothing (HEAD, 304, 416).
+   * answering null reads nothing (HEAD, 304, 416). `proof`: how a public read proves it may
+   * see the blob (CookieProof); the stores check the cookie on every read that carries one.
    */
   async openWith(
     blobId: string,
     select: (info: BlobInfo) => { offset: number; length: number } | null,
     signal?: AbortSignal,
+    proof: CookieProof = NO_PROOF,
   ): Promise<OpenBlob> {
     checkId(blobId);
+    // A fill's age orders it after any delete's cache tombstone (BlobCache.set).
+    const began = performance.now();
     const nothing = (async function* () {})();
     const cached = await this.o.cache.get(blobId);
     if (cached) {
       const info = cachedInfo(cached.meta);
+      // Cache entries are MACed (cache/integrity.ts): their cookie is the needle's.
+      if (!proves(proof, info.cookie)) throw notFound(blobId);
       const r = select(info);
       if (!r) return { info, offset: 0, length: 0, fromCache: true, chunks: nothing };
       const data = cached.data.subarray(r.offset, r.offset + r.length);
@@ -366,14 +364,36 @@ export class BlobGateway {
         })(),
       };
     }
-    const { meta, replicas } = await this.locate(blobId);
+    const path = await this.path();
+    // Placement groups: the store's Read header carries the facts, so a whole-blob
+    // read is one store call (with a capability's cookie, checked by the store); the
+    // directory path, and a signed URL (its cookie is checked before any read), locate first.
+    const found: { meta: BlobMeta; replicas: ReplicaLocation[]; opened?: StoreStream } =
+      path instanceof GroupPath && proof.kind !== 'check'
+        ? await this.openFirst(path, blobId, signal, proof.kind === 'cookie' ? proof.cookie : 0n)
+        : await path.locate(blobId).catch((e: unknown) => {
+            throw ConnectError.from(e).code === Code.NotFound ? notFound(blobId) : e;
+          });
+    if (!proves(proof, found.meta.cookie)) {
+      found.opened?.cancel();
+      throw notFound(blobId);
+    }
+    const { meta, replicas } = found;
+    let opened = found.opened;
     const info = toInfo(meta, meta.replicas.length || replicas.length);
     const size = Number(meta.size);
     const r = select(info);
+    const whole = r !== null && r.offset === 0 && r.length === size;
+    if (opened && (!whole || size === 0)) {
+      opened.cancel();
+      opened = undefined;
+    }
     if (!r || r.length === 0)
       return { info, offset: r?.offset ?? 0, length: 0, fromCache: false, chunks: nothing };
-    const fill = r.offset === 0 && r.length === size && size <= this.o.cache.maxBlobSize;
-    const first = await this.readReplicas(meta, replicas, r.offset, r.length, signal);
+    const fill = whole && size <= this.o.cache.maxBlobSize;
+    const first = meta.cold
+      ? await this.readCold(meta, r.offset, r.length, signal)
+      : await this.readReplicas(meta, replicas, r.offset, r.length, signal, opened);
     const self = this;
     async function* chunks(): AsyncGenerator<Uint8Array> {
       const keep: Uint8Array[] = [];
@@ -386,7 +406,7 @@ export class BlobGateway {
         const data = Buffer.concat(keep);
         // Cache only what is verified: the store checks its CRC, this checks end to end.
         if (createHash('sha256').update(data).digest('hex') === info.sha256) {
-          await self.o.cache.set({ meta: cacheMeta(info), data });
+          await self.o.cache.set({ meta: cacheMeta(info), data }, { readAgeMs: performance.now() - began });
         } else {
           self.o.log.error({ blobId }, 'blob content does not match its SHA-256; not cached');
         }
@@ -396,20 +416,98 @@ export class BlobGateway {
   }
 
   /**
+   * A cold blob's range from its stripe's shards (cold-read.ts), read and checked
+   * before the first byte is answered, then streamed in CHUNK_SIZE pieces.
+   */
+  private async readCold(
+    meta: BlobMeta,
+    offset: number,
+    length: number,
+    signal?: AbortSignal,
+  ): Promise<AsyncIterable<Uint8Array>> {
+    if (!this.cold) throw new ConnectError('cold blobs need placement groups', Code.FailedPrecondition);
+    const r = await this.cold.read(meta, offset, length, signal);
+    this.o.onColdRead?.(meta.blobId, {
+      degraded: r.degraded,
+      bytes: r.data.length,
+      failedShards: r.failed.size,
+    });
+    return (async function* () {
+      yield* pieces(r.data);
+    })();
+  }
+
+  /**
    * The bytes of a range from the replicas, best first: the first store to answer
    * its header serves; when a store fails or stalls mid-stream the next replica
    * continues from the first byte not yet delivered. Resolves once a store has
    * answered (rejects when none does).
    */
+  /**
+   * Placement groups: opens a whole-blob Read on the group's readable stores, best
+   * first, and takes the blob's facts from the first header. NOT_FOUND only when
+   * every store asked answered NOT_FOUND (a member that missed a write never hides
+   * it while another has it).
+   */
+  private async openFirst(
+    path: GroupPath,
+    blobId: string,
+    signal: AbortSignal | undefined,
+    cookie: bigint,
+  ): Promise<{ meta: BlobMeta; replicas: ReplicaLocation[]; opened?: StoreStream }> {
+    const replicas = path.readers(blobId);
+    const errors: string[] = [];
+    let misses = 0;
+    let damaged = 0;
+    for (const [i, rep] of replicas.entries()) {
+      const s = new StoreStream(this.o.store(rep.address), this.o.storeTimeoutMs, signal);
+      try {
+        const header = await s.open(blobId, cookie, 0, 0);
+        if (!header.needle)
+          throw new ConnectError('store Read header carries no needle facts', Code.Internal);
+        const ordered = [rep, ...replicas.filter((_, j) => j !== i)];
+        return { meta: path.metaOf(header.needle, ordered), replicas: ordered, opened: s };
+      } catch (e) {
+        const err = ConnectError.from(e);
+        if (signal?.aborted) throw err;
+        if (err.code === Code.FailedPrecondition) {
+          // A cold stub (the store names the stripe): its Stat answers the blob's facts and ColdRef.
+          const needle = await this.o.placement
+            ?.stores(rep.address)
+            .stat({ blobId }, { timeoutMs: this.o.storeTimeoutMs })
+            .then((r) => r.needle)
+            .catch(() => undefined);
+          if (needle?.cold) {
+            const ordered = [rep, ...replicas.filter((_, j) => j !== i)];
+            return { meta: path.metaOf(needle, ordered), replicas: ordered };
+          }
+        }
+        if (err.code === Code.NotFound) misses++;
+        else {
+          if (err.code === Code.DataLoss) damaged++;
+          errors.push(`${rep.storeId}: ${Code[err.code]}: ${err.rawMessage}`);
+          this.o.onFailover?.(rep.storeId, err);
+        }
+      }
+    }
+    if (misses > 0 && errors.length === 0) throw notFound(blobId);
+    throw new ConnectError(
+      `no replica of blob ${blobId} could be read (${replicas.length} tried${errors.length ? `: ${errors.join('; ')}` : ''})`,
+      noneReadable(damaged, errors.length),
+    );
+  }
+
   private async readReplicas(
     meta: BlobMeta,
     replicas: ReplicaLocation[],
     offset: number,
     length: number,
     signal?: AbortSignal,
+    opened?: StoreStream,
   ): Promise<AsyncIterable<Uint8Array>> {
     const errors: ConnectError[] = [];
-    let idx = 0;
+    // An already opened stream is on replicas[0].
+    let idx = opened ? 1 : 0;
     let sent = 0;
     const openNext = async (): Promise<StoreStream | undefined> => {
       while (idx < replicas.length) {
@@ -432,16 +530,15 @@ export class BlobGateway {
       return undefined;
     };
     const noneLeft = (): ConnectError => {
-      if (errors.length > 0 && errors.every((e) => e.code === Code.NotFound)) {
-        return new ConnectError(`blob ${meta.blobId} not found on any replica`, Code.NotFound);
-      }
+      if (errors.length > 0 && errors.every((e) => e.code === Code.NotFound)) return notFound(meta.blobId);
       const why = errors.map((e) => `${Code[e.code]}: ${e.rawMessage}`).join('; ');
+      const failed = errors.filter((e) => e.code !== Code.NotFound);
       return new ConnectError(
         `no replica of blob ${meta.blobId} could be read (${replicas.length} tried${why ? `: ${why}` : ''})`,
-        Code.Unavailable,
+        noneReadable(failed.filter((e) => e.code === Code.DataLoss).length, failed.length),
       );
     };
-    let current = await openNext();
+    let current = opened ?? (await openNext());
     if (!current) throw noneLeft();
     const self = this;
     return (async function* () {
@@ -469,10 +566,9 @@ export class BlobGateway {
 
   async delete(blobId: string): Promise<boolean> {
     checkId(blobId);
-    const res = await this.o.directory.delete({ blobId });
-    this.sawIndex(res.commitIndex);
+    const found = await (await this.path()).delete(blobId);
     await this.o.cache.invalidate(blobId);
-    return res.found;
+    return found;
   }
 
   async list(
@@ -480,18 +576,23 @@ export class BlobGateway {
     pageToken: string,
     prefix: string,
   ): Promise<{ blobs: BlobInfo[]; next: string }> {
-    const res = await this.o.directory.list({ pageSize: Math.min(pageSize || 100, 1000), pageToken, prefix });
-    return { blobs: res.blobs.map((b) => toInfo(b)), next: res.nextPageToken };
+    return (await this.path()).list(pageSize, pageToken, prefix);
   }
 }
 
 /** The effective range; OUT_OF_RANGE when it starts past the end. */
-export function range(size: number, offset: number, length: number): { offset: number; length: number } {
-  if (offset > size) {
+export function range(
+  size: number,
+  offset: number | bigint,
+  length: number | bigint,
+): { offset: number; length: number } {
+  // Compared as bigints: a uint64 offset (up to 2^64-1) is named exactly, never as a float.
+  if (BigInt(offset) > BigInt(size)) {
     throw new ConnectError(`offset ${offset} is past the end of the blob (${size} bytes)`, Code.OutOfRange);
   }
-  const left = size - offset;
-  return { offset, length: length === 0 ? left : Math.min(length, left) };
+  const left = size - Number(offset);
+  const len = Number(length);
+  return { offset: Number(offset), length: len === 0 ? left : Math.min(len, left) };
 }
 
 /** One store Read stream with a per-message timeout. */
@@ -523,7 +624,7 @@ class StoreStream {
   }
 
   /** Starts the read and waits for its header. */
-  async open(blobId: string, cookie: bigint, offset: number, length: number): Promise<void> {
+  async open(blobId: string, cookie: bigint, offset: number, length: number): Promise<ReadHeader> {
     const stream = this.store.read(
       { blobId, cookie, offset: BigInt(offset), length: BigInt(length) },
       { signal: this.abort.signal },
@@ -534,6 +635,7 @@ class StoreStream {
       this.cancel();
       throw new ConnectError('store Read stream did not start with a header', Code.Internal);
     }
+    return first.value.msg.value as ReadHeader;
   }
 
   async *chunks(): AsyncGenerator<Uint8Array> {
@@ -547,4 +649,14 @@ class StoreStream {
   cancel(): void {
     this.abort.abort();
   }
+}
+
+/**
+ * The status when no replica could be read: DATA_LOSS when every replica that
+ * failed (not counting those without the blob) answered DATA_LOSS — no intact copy
+ * was seen, so retrying cannot help (the manager repairs from an intact copy if one
+ * exists) — else UNAVAILABLE (a replica down or slow: a retry may reach it).
+ */
+function noneReadable(damaged: number, failed: number): Code {
+  return damaged > 0 && damaged === failed ? Code.DataLoss : Code.Unavailable;
 }

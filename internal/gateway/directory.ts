@@ -10,6 +10,8 @@ import type {
   GetClusterStatusResponse,
   LocateRequestSchema,
   LocateResponse,
+  UpdateReplicasRequestSchema,
+  UpdateReplicasResponse,
 } from '../../gen/haystack/v1/directory_pb.js';
 import type { DirectoryClient } from '../directory/client.js';
 
@@ -23,6 +25,8 @@ export interface DirectoryApi {
     req: MessageInitShape<typeof DirectoryServiceListRequestSchema>,
   ): Promise<DirectoryServiceListResponse>;
   getClusterStatus(req: { localOnly?: boolean }): Promise<GetClusterStatusResponse>;
+  /** Placement groups: raises a blob's replica target (the manager adds extra replicas). */
+  updateReplicas(req: MessageInitShape<typeof UpdateReplicasRequestSchema>): Promise<UpdateReplicasResponse>;
 }
 
 /**
@@ -38,5 +42,6 @@ export function directoryApi(client: DirectoryClient): DirectoryApi {
     delete: (req) => client.delete(req.blobId),
     list: (req) => client.list(req),
     getClusterStatus: () => client.getClusterStatus(),
+    updateReplicas: (req) => client.updateReplicas(req),
   };
 }

@@ -1,22 +1,20 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import { Code, ConnectError } from '@connectrpc/connect';
 import type { Logger } from '../server/logger.js';
 import type { HttpRequest, HttpResponse, HttpRoute } from '../server/server.js';
 import type { BlobGateway } from './blobs.js';
+import { type ConditionalHeaders, evaluatePreconditions, selectRange } from './http-conditional.js';
+import { decodeSegment, HttpError, httpErrorOf } from './http-errors.js';
+import { capabilityPermit, type ReadAccess, readPermit } from './http-read-access.js';
 
-const STATUS: Partial<Record<Code, number>> = {
-  [Code.InvalidArgument]: 400,
-  [Code.NotFound]: 404,
-  [Code.OutOfRange]: 416,
-  [Code.ResourceExhausted]: 429,
-  [Code.Unavailable]: 503,
-  [Code.DeadlineExceeded]: 504,
-  [Code.Canceled]: 499,
-};
-
-function plain(res: HttpResponse, status: number, text: string, headers: Record<string, string> = {}): void {
+/** A short text answer; errors always carry a body saying what to do. */
+export function plain(
+  res: HttpResponse,
+  status: number,
+  text: string,
+  headers: Record<string, string> = {},
+): void {
   res.writeHead(status, {
     'content-type': 'text/plain; charset=utf-8',
     'cache-control': 'no-store',
@@ -25,25 +23,29 @@ function plain(res: HttpResponse, status: number, text: string, headers: Record<
   res.end(`${text}\n`);
 }
 
-/** A single "bytes=" range, resolved against size; null when absent or unusable (serve all). */
-export function parseRange(
-  header: string | undefined,
-  size: number,
-): { start: number; end: number } | 'unsatisfiable' | null {
-  if (!header) return null;
-  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
-  if (!m) return null; // several ranges or another unit: the whole blob is a valid answer
-  const [, a = '', b = ''] = m;
-  if (a === '' && b === '') return null;
-  if (a === '') {
-    const n = Number(b);
-    if (n === 0) return 'unsatisfiable';
-    return { start: Math.max(0, size - n), end: size - 1 };
+/**
+ * Runs an HTTP route body; any error becomes its RFC 9110 answer (httpErrorOf), once. After
+ * the headers went out a failure can only cut the response (the client sees a short body).
+ */
+export async function answerErrors(
+  res: HttpResponse,
+  log: Logger,
+  what: string,
+  fn: () => Promise<void>,
+): Promise<true> {
+  try {
+    await fn();
+  } catch (err) {
+    const e = httpErrorOf(err);
+    if (res.headersSent) {
+      log.warn({ err: e.message }, `${what}: response cut short`);
+      res.destroy?.();
+      return true;
+    }
+    if (e.status >= 500) log.warn({ status: e.status, err: e.message }, `${what} failed`);
+    plain(res, e.status, e.message, e.headers);
   }
-  const start = Number(a);
-  const end = b === '' ? size - 1 : Math.min(Number(b), size - 1);
-  if (start >= size || end < start) return 'unsatisfiable';
-  return { start, end };
+  return true;
 }
 
 async function write(res: HttpResponse, chunk: Uint8Array): Promise<void> {
@@ -60,89 +62,122 @@ async function write(res: HttpResponse, chunk: Uint8Array): Promise<void> {
 }
 
 /**
- * GET and HEAD /blobs/{id}: what an <img src> loads. Content-Type, Content-Length,
- * ETag (the SHA-256), Cache-Control, Last-Modified, single byte ranges, 304 on a
- * matching If-None-Match, 404 for unknown or deleted ids.
+ * GET and HEAD /blobs/{id}: what an <img src> loads. Content-Type, Content-Length, ETag (the
+ * SHA-256), Cache-Control, Last-Modified, Content-Disposition (the original file name);
+ * RFC 9110 §13 conditionals and §14 single byte ranges (http-conditional.ts); 404 for unknown
+ * or deleted ids. Who may read: http-read-access.ts (a token, a signed URL, PUBLIC_READS) or
+ * the capability URL GET /blobs/{id}/{cookie}. PUT and POST are the upload route's (http-upload.ts).
  */
-export function blobRoute(gateway: BlobGateway, log: Logger, cacheControl: string): HttpRoute {
+export function blobRoute(
+  gateway: BlobGateway,
+  log: Logger,
+  cacheControl: string,
+  readAccess: ReadAccess,
+): HttpRoute {
   return async (req: HttpRequest, res: HttpResponse) => {
     const url = req.url ?? '';
     if (!url.startsWith('/blobs/')) return false;
     if (req.method !== 'GET' && req.method !== 'HEAD') {
-      plain(res, 405, 'only GET and HEAD', { allow: 'GET, HEAD' });
+      plain(res, 405, 'GET and HEAD read a blob; PUT /blobs/{id} or POST /blobs stores one', {
+        allow: 'GET, HEAD, PUT',
+      });
       return true;
     }
-    const id = decodeURIComponent(url.slice('/blobs/'.length).split('?')[0] ?? '');
     const abort = new AbortController();
     res.once('close', () => abort.abort());
-    try {
+    return answerErrors(res, log, 'GET /blobs', async () => {
+      const [rawPath = '', query = ''] = url.slice('/blobs/'.length).split('?', 2);
+      // /blobs/{id}, or the capability URL /blobs/{id}/{cookie}.
+      const [rawId = '', capability, ...more] = rawPath.split('/');
+      if (more.length > 0) throw new HttpError(404, 'not found: /blobs/{id} or /blobs/{id}/{cookie}');
+      const id = decodeSegment(rawId);
+      const permit =
+        capability === undefined
+          ? await readPermit(req, id, query, readAccess)
+          : capabilityPermit(capability);
+      const h = req.headers as ConditionalHeaders;
       let status = 200;
       let headers: Record<string, string> = {};
       let text = '';
-      const body = await gateway.openWith(
-        id,
-        (info) => {
-          const size = Number(info.size);
-          const etag = `"${info.sha256}"`;
-          headers = {
-            'content-type': info.contentType,
-            etag,
-            'cache-control': cacheControl,
-            'accept-ranges': 'bytes',
-            'last-modified': new Date(Number(info.createdAtMs)).toUTCString(),
-            // User content on the dashboard's origin: never sniffed, never run.
-            'x-content-type-options': 'nosniff',
-            'content-security-policy': "default-src 'none'; sandbox",
-          };
-          const inm = req.headers['if-none-match'];
-          if (inm && (inm === '*' || inm.split(',').some((t) => t.trim().replace(/^W\//, '') === etag))) {
-            status = 304;
-            return null;
-          }
-          let rangeHeader = req.headers.range;
-          const ifRange = req.headers['if-range'];
-          if (rangeHeader && typeof ifRange === 'string' && ifRange !== etag) rangeHeader = undefined;
-          const r = parseRange(rangeHeader, size);
-          if (r === 'unsatisfiable') {
-            status = 416;
-            text = `range not satisfiable: the blob has ${size} bytes\n`;
-            headers = { 'content-type': 'text/plain', 'content-range': `bytes */${size}` };
-            return null;
-          }
-          const start = r?.start ?? 0;
-          const length = r ? r.end - r.start + 1 : size;
-          if (r) {
-            status = 206;
-            headers['content-range'] = `bytes ${r.start}-${r.end}/${size}`;
-          }
-          headers['content-length'] = String(length);
-          return req.method === 'HEAD' ? null : { offset: start, length };
-        },
-        abort.signal,
-      );
+      const body = await gateway
+        .openWith(
+          id,
+          (info) => {
+            const size = Number(info.size);
+            const v = { etag: `"${info.sha256}"`, lastModifiedMs: Number(info.createdAtMs) };
+            headers = {
+              'content-type': info.contentType,
+              etag: v.etag,
+              'cache-control': cacheControl,
+              'accept-ranges': 'bytes',
+              'last-modified': new Date(v.lastModifiedMs).toUTCString(),
+              // User content on the dashboard's origin: never sniffed, never run.
+              'x-content-type-options': 'nosniff',
+              'content-security-policy': "default-src 'none'; sandbox",
+              ...contentDisposition(info.fileName),
+            };
+            const pre = evaluatePreconditions(h, v);
+            if (pre !== 'proceed') {
+              status = pre;
+              if (pre === 412) {
+                text = 'precondition failed: the blob does not match If-Match / If-Unmodified-Since';
+                headers = { etag: v.etag };
+              }
+              return null;
+            }
+            // §14.2: GET is the only method with range semantics; HEAD describes the whole blob.
+            const r = req.method === 'GET' ? selectRange(h, size, v) : null;
+            if (r === 'unsatisfiable') {
+              status = 416;
+              text = `range not satisfiable: the blob has ${size} bytes`;
+              headers = { 'content-range': `bytes */${size}` };
+              return null;
+            }
+            const start = r?.start ?? 0;
+            const length = r ? r.end - r.start + 1 : size;
+            if (r) {
+              status = 206;
+              headers['content-range'] = `bytes ${r.start}-${r.end}/${size}`;
+            }
+            headers['content-length'] = String(length);
+            return req.method === 'HEAD' ? null : { offset: start, length };
+          },
+          abort.signal,
+          permit.proof,
+        )
+        .catch((err: unknown) => {
+          // A signed or capability URL must not tell an unknown id from a wrong signature or cookie.
+          if (permit.refused && httpErrorOf(err).status === 404) throw permit.refused;
+          throw err;
+        });
+      if (text) {
+        plain(res, status, text, headers);
+        return;
+      }
       res.writeHead(status, headers);
-      if (text) res.end(text);
-      else {
+      if (status !== 304 && req.method !== 'HEAD') {
         for await (const chunk of body.chunks) {
           if (abort.signal.aborted) break;
           await write(res, chunk);
         }
-        res.end();
       }
-    } catch (err) {
-      const ce = ConnectError.from(err);
-      if (res.headersSent) {
-        log.warn({ blobId: id, err: ce.message }, 'blob response cut short');
-        res.destroy?.();
-        return true;
-      }
-      const status = STATUS[ce.code] ?? 500;
-      if (status >= 500)
-        log.warn({ blobId: id, code: Code[ce.code], err: ce.rawMessage }, 'GET /blobs failed');
-      plain(res, status, ce.rawMessage, status === 503 ? { 'retry-after': '1' } : {});
-    }
-    return true;
+      res.end();
+    });
   };
+}
+
+/**
+ * RFC 6266 Content-Disposition carrying the original file name (inline: an <img> still shows
+ * the blob); RFC 8187 filename* for any name, with an ASCII-only fallback.
+ */
+export function contentDisposition(fileName: string | undefined): Record<string, string> {
+  if (!fileName) return {};
+  const ascii = fileName.replace(/[^\x20-\x7e]|["\\]/g, '_');
+  const star = encodeURIComponent(fileName).replace(
+    /['()*]/g,
+    (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
+  );
+  return { 'content-disposition': `inline; filename="${ascii}"; filename*=UTF-8''${star}` };
 }
 
 const TYPES: Record<string, string> = {
@@ -167,7 +202,14 @@ export function staticRoute(prefix: string, dir: string): HttpRoute {
       return true;
     }
     if (!url.startsWith(prefix) || (req.method !== 'GET' && req.method !== 'HEAD')) return false;
-    const rel = decodeURIComponent(url.slice(prefix.length)) || 'index.html';
+    let rel: string;
+    try {
+      rel = decodeSegment(url.slice(prefix.length)) || 'index.html';
+    } catch (err) {
+      const e = httpErrorOf(err);
+      plain(res, e.status, e.message);
+      return true;
+    }
     const file = path.resolve(root, rel);
     if (!file.startsWith(root + path.sep)) {
       plain(res, 404, 'not found');

@@ -4,22 +4,32 @@ import { createServiceImplSpec } from '@connectrpc/connect';
 import { Counter, Gauge } from 'prom-client';
 import { BlobService } from '../../gen/haystack/v1/blob_pb.js';
 import { StoreService } from '../../gen/haystack/v1/store_pb.js';
+import { JwksFile } from '../auth/jwks-reload.js';
+import { TokenVerifier } from '../auth/token-verify.js';
 import { type BlobCache, type CacheObserver, hitRate, NoCache } from '../cache/blob-cache.js';
 import { MemoryBlobCache } from '../cache/memory-cache.js';
 import { RedisBlobCache } from '../cache/redis-cache.js';
 import { PROJECT_ROOT } from '../cli/processes.js';
 import { DirectoryClient } from '../directory/client.js';
-import { AccessReporter, ReporterKind } from '../replication/access-reporter.js';
+import { AccessReporter, ReporterKind } from '../heat-client/access-reporter.js';
 import { ClientPool } from '../rpc/clients.js';
+import { callerOfRequest } from '../server/caller.js';
 import type { Logger } from '../server/logger.js';
 import { Metrics } from '../server/metrics.js';
 import { runServerProcess } from '../server/run.js';
 import type { HttpRoute } from '../server/server.js';
+import { GatewayAccess } from './access.js';
 import { BlobGateway } from './blobs.js';
 import type { GatewayConfig } from './config.js';
 import { directoryApi } from './directory.js';
 import { blobRoute, staticRoute } from './http.js';
+import { jwksRoute } from './http-jwks.js';
+import type { ReadAccess } from './http-read-access.js';
+import { uploadRoute } from './http-upload.js';
+import { PlacementView } from './placement-view.js';
+import { putHandlerOptions, putMessageLimit } from './put-limit.js';
 import { blobService } from './service.js';
+import { UrlSigner } from './url-signer.js';
 
 export function createCache(cfg: GatewayConfig, log: Logger, observe?: CacheObserver): BlobCache {
   const backend = cfg.cacheBackend === 'auto' ? (cfg.redisUrl ? 'redis' : 'memory') : cfg.cacheBackend;
@@ -28,8 +38,10 @@ export function createCache(cfg: GatewayConfig, log: Logger, observe?: CacheObse
       return new RedisBlobCache({
         url: cfg.redisUrl,
         ttlMs: cfg.cacheTtlMs,
+        tombstoneMs: cfg.cacheTombstoneMs,
         maxBlobSize: cfg.cacheMaxBlobSize,
         warnIntervalMs: cfg.cacheWarnIntervalMs,
+        integrityKey: cfg.cacheIntegrityKey,
         log,
         ...(observe ? { observe } : {}),
       });
@@ -38,6 +50,7 @@ export function createCache(cfg: GatewayConfig, log: Logger, observe?: CacheObse
         log.warn('REDIS_URL not set: the blob cache is in-process (not shared)');
       return new MemoryBlobCache({
         ttlMs: cfg.cacheTtlMs,
+        tombstoneMs: cfg.cacheTombstoneMs,
         maxBlobSize: cfg.cacheMaxBlobSize,
         maxBytes: cfg.cacheMemorySize,
         ...(observe ? { observe } : {}),
@@ -67,6 +80,18 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
     const failovers = new Counter({
       name: 'haystack_gateway_replica_failovers_total',
       help: 'Reads that moved to another replica after a store failed or stalled',
+      registers: reg,
+    });
+    const coldReads = new Counter({
+      name: 'haystack_gateway_cold_reads_total',
+      help: 'Reads of erasure-coded (cold) blobs by path: systematic (data shards only) or degraded (decoded from k shards)',
+      labelNames: ['path'],
+      registers: reg,
+    });
+    const coldBytes = new Counter({
+      name: 'haystack_gateway_cold_read_bytes_total',
+      help: 'Bytes of cold blobs read from shards, by path (systematic or degraded)',
+      labelNames: ['path'],
       registers: reg,
     });
     const cache = createCache(cfg, log, (e) => lookups.inc({ result: e }));
@@ -101,15 +126,27 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
           })
         : undefined;
     reporter?.start();
-    const directory = directoryApi(
-      new DirectoryClient({
-        addresses: cfg.directories,
-        attemptTimeoutMs: cfg.directoryTimeoutMs,
-        deadlineMs: cfg.directoryRetryMs,
-      }),
+    const directoryClient = new DirectoryClient({
+      addresses: cfg.directories,
+      attemptTimeoutMs: cfg.directoryTimeoutMs,
+      deadlineMs: cfg.directoryRetryMs,
+    });
+    const directory = directoryApi(directoryClient);
+    // The placement map, followed so reads and writes need no directory call.
+    const view = new PlacementView(
+      (req, signal) => directoryClient.watchMetadata(req, signal),
+      cfg.gatewayId,
+      log,
     );
+    view.start();
     const gateway = new BlobGateway({
       directory,
+      placement: {
+        view,
+        stores: (address) => pool.client(StoreService, address),
+        readyTimeoutMs: cfg.directoryRetryMs,
+        minReplicas: cfg.minReplicaCount,
+      },
       store: (address) => pool.client(StoreService, address),
       cache,
       log,
@@ -118,26 +155,81 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
       onFailover: () => failovers.inc(),
       onBytes: (direction, n) => bytes.inc({ direction }, n),
       ...(reporter ? { onCacheRead: (id: string) => reporter.count(id) } : {}),
+      onColdRead: (id, r) => {
+        const path = r.degraded ? 'degraded' : 'systematic';
+        coldReads.inc({ path });
+        coldBytes.inc({ path }, r.bytes);
+        // Shard reads are not the blob's reads at any store: the gateway reports the heat.
+        reporter?.count(id);
+      },
     });
 
-    const httpRoutes: HttpRoute[] = [blobRoute(gateway, log, cfg.httpCacheControl)];
+    if (!cfg.authJwks) log.warn('AUTH_JWKS_FILE not set: no token is accepted, only operator certificates');
+    const verifier = cfg.authJwks ? new TokenVerifier(cfg.authJwks) : undefined;
+    const jwksFile = cfg.authJwks ? new JwksFile(cfg.authJwksFile, cfg.authJwks) : undefined;
+    const reloads = new Counter({
+      name: 'haystack_gateway_jwks_reloads_total',
+      help: 'AUTH_JWKS_FILE re-reads that changed the keys (changed) or were refused (invalid: the last good keys stay)',
+      labelNames: ['result'],
+      registers: reg,
+    });
+    if (jwksFile && verifier && cfg.authJwksReloadMs > 0) {
+      jwksFile.start(cfg.authJwksReloadMs, (r) => {
+        reloads.inc({ result: r.kind });
+        if (r.kind === 'changed') {
+          verifier.use(r.jwks);
+          log.info({ kids: r.kids }, 'token keys reloaded from AUTH_JWKS_FILE');
+        } else log.error({ err: r.why }, 'AUTH_JWKS_FILE is not a valid JWKS: keeping the last good keys');
+      });
+    }
+    const access = new GatewayAccess(verifier);
+    const urls = new UrlSigner(cfg.urlSigningKeys);
+    const readAccess: ReadAccess = {
+      access,
+      urls,
+      publicReads: cfg.publicReads,
+      operator: (req) => {
+        const c = callerOfRequest(req, cfg.security);
+        return c.transport === 'mtls' && c.identity?.role === 'admin';
+      },
+    };
+    const httpRoutes: HttpRoute[] = [
+      jwksRoute(() => jwksFile?.current),
+      uploadRoute(gateway, log, readAccess),
+      blobRoute(gateway, log, cfg.httpCacheControl, readAccess),
+    ];
     const uiDir = cfg.uiDir || path.join(PROJECT_ROOT, 'dist/web');
     if (existsSync(path.join(uiDir, 'index.html'))) httpRoutes.push(staticRoute('/ui/', uiDir));
     else if (cfg.uiDir) log.warn({ uiDir }, 'UI_DIR has no index.html: the dashboard is not served');
 
-    const impl = blobService({ gateway, cache, gatewayId: cfg.gatewayId, cacheTtlMs: cfg.cacheTtlMs });
+    const impl = blobService({
+      gateway,
+      cache,
+      gatewayId: cfg.gatewayId,
+      cacheTtlMs: cfg.cacheTtlMs,
+      access,
+      urls,
+      maxPutSize: cfg.maxPutSize,
+    });
     return {
       metrics,
       services: [
         {
           desc: BlobService,
-          register: (router) => router.service(BlobService, impl),
+          register: (router) =>
+            router
+              .service(BlobService, impl)
+              // Put again with its own limit: the router keeps the last handler of a path.
+              .rpc(BlobService.method.put, impl.put, putHandlerOptions(cfg.maxPutSize)),
           // Blob bytes again: plain gRPC from Envoy skips connect-node's per-call layer.
           direct: createServiceImplSpec<typeof BlobService>(BlobService, impl),
+          messageLimits: { Put: putMessageLimit(cfg.maxPutSize) },
         },
       ],
       httpRoutes,
       onDrain: async () => {
+        view.stop();
+        jwksFile?.stop();
         await reporter?.stop();
       },
       onClose: () => cache.close(),

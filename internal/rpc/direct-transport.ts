@@ -1,5 +1,5 @@
 import http2 from 'node:http2';
-import net from 'node:net';
+import { addAbortSignal, PassThrough } from 'node:stream';
 import {
   create,
   type DescMessage,
@@ -17,7 +17,9 @@ import {
   type Transport,
   type UnaryResponse,
 } from '@connectrpc/connect';
-import { CONNECTION_WINDOW, MAX_FRAME_SIZE, STREAM_WINDOW } from '../server/listener.js';
+import type { Role } from '../security/identity.js';
+import type { TransportSecurity } from '../security/tls-config.js';
+import { CONNECTION_WINDOW } from '../server/listener.js';
 import {
   codeFromHttpStatus,
   codeFromRstCode,
@@ -28,6 +30,36 @@ import {
   formatTimeout,
   toHeaders,
 } from './grpc-wire.js';
+import { clientSessionOptions, schemeOf } from './session.js';
+import { clientSecurity } from './transport.js';
+
+/**
+ * Node's own AbortError class (not exported): `Http2Stream.destroy()` resets a
+ * stream with RST_STREAM CANCEL only for an error of that class. Taken once from
+ * a throwaway stream that an already-aborted signal destroys synchronously.
+ */
+const NodeAbortError = (() => {
+  const probe = new PassThrough();
+  probe.on('error', () => {}); // the probe's own error event, emitted later
+  addAbortSignal(AbortSignal.abort(), probe);
+  const err = probe.errored;
+  if (!(err instanceof Error)) throw new Error('node:stream did not destroy the probe with an AbortError');
+  return err.constructor as new (
+    message?: string,
+  ) => Error;
+})();
+
+/**
+ * Cancels a call's stream with RST_STREAM CANCEL and nothing before it.
+ * `stream.close(code)` would first half-close an open request side, so the
+ * server receives END_STREAM, a complete request (a store could commit a
+ * forwarded upload its sender refused), and only then the reset.
+ */
+export function cancelStream(stream: http2.ClientHttp2Stream): void {
+  if (stream.destroyed) return;
+  if (stream.writableEnded) stream.close(http2.constants.NGHTTP2_CANCEL);
+  else stream.destroy(new NodeAbortError('the call was cancelled'));
+}
 
 /**
  * A connect Transport that speaks plain gRPC over one Node HTTP/2 session,
@@ -45,6 +77,10 @@ export interface DirectTransportOptions {
   idleTimeoutMs?: number;
   /** Largest response message accepted. */
   maxMessageBytes?: number;
+  /** mTLS (this process's certificate; default: the process's, see transport.ts) or plaintext. */
+  security?: TransportSecurity;
+  /** Roles the server must prove (default: store, the only service served on the direct path). */
+  serverRoles?: readonly Role[];
 }
 
 const DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024;
@@ -112,8 +148,14 @@ class SessionHolder {
   private session: http2.ClientHttp2Session | undefined;
   private active = 0;
   private pinger: NodeJS.Timeout | undefined;
+  private readonly url: string;
+  private readonly options: http2.SecureClientSessionOptions;
 
-  constructor(private readonly o: DirectTransportOptions) {}
+  constructor(private readonly o: DirectTransportOptions) {
+    const security = o.security ?? clientSecurity();
+    this.url = `${schemeOf(security)}://${o.address}`;
+    this.options = clientSessionOptions(security, o.serverRoles ?? ['store']);
+  }
 
   /** Opens a request stream, counting it so an idle session does not keep the process alive. */
   request(headers: http2.OutgoingHttpHeaders): http2.ClientHttp2Stream {
@@ -131,12 +173,7 @@ class SessionHolder {
   private get(): http2.ClientHttp2Session {
     const cur = this.session;
     if (cur && !cur.closed && !cur.destroyed) return cur;
-    const [host, port] = splitAddress(this.o.address);
-    const s = http2.connect(`http://${this.o.address}`, {
-      settings: { initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME_SIZE },
-      // Headers, trailers and WINDOW_UPDATEs are small frames: no Nagle delay.
-      createConnection: () => net.connect({ host, port, noDelay: true }),
-    });
+    const s = http2.connect(this.url, this.options);
     s.once('localSettings', () => {
       if (!s.destroyed) s.setLocalWindowSize(CONNECTION_WINDOW);
     });
@@ -169,11 +206,6 @@ class SessionHolder {
     this.session = s;
     return s;
   }
-}
-
-function splitAddress(address: string): [string, number] {
-  const i = address.lastIndexOf(':');
-  return [address.slice(0, i).replace(/^\[|\]$/g, ''), Number(address.slice(i + 1))];
 }
 
 /** Network errors that mean "the server is not reachable now": retryable. */
@@ -301,7 +333,8 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
     if (this.failure) return;
     this.failure = err;
     clearTimeout(this.timer);
-    if (rst !== undefined && this.stream && !this.stream.destroyed) this.stream.close(rst);
+    if (rst === http2.constants.NGHTTP2_CANCEL && this.stream) cancelStream(this.stream);
+    else if (rst !== undefined && this.stream && !this.stream.destroyed) this.stream.close(rst);
     this.notify();
   }
 
@@ -410,8 +443,7 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
       if (err) throw err;
     } finally {
       // The consumer stopped early (break, error): cancel what is still open.
-      if (!this.ended && this.stream && !this.stream.destroyed)
-        this.stream.close(http2.constants.NGHTTP2_CANCEL);
+      if (!this.ended && this.stream) cancelStream(this.stream);
       clearTimeout(this.timer);
       this.signal?.removeEventListener('abort', this.onAbort);
     }

@@ -1,6 +1,13 @@
 import type { IncomingHttpHeaders } from 'node:http2';
-import { type DescMessage, type Message, ScalarType, toBinary } from '@bufbuild/protobuf';
-import { Code } from '@connectrpc/connect';
+import {
+  type DescMessage,
+  fromBinary,
+  type Message,
+  type MessageShape,
+  ScalarType,
+  toBinary,
+} from '@bufbuild/protobuf';
+import { Code, ConnectError } from '@connectrpc/connect';
 
 /**
  * gRPC over HTTP/2 wire details shared by the direct server and transport
@@ -88,6 +95,25 @@ export function encodeFrame(schema: DescMessage, msg: Message): Buffer {
     }
   }
   return frameMessage(toBinary(schema, msg));
+}
+
+/**
+ * Decodes one request message (protobuf binary). Bytes that are not the method's
+ * message are the caller's fault: INVALID_ARGUMENT naming the message type and the
+ * decoder's reason. The one request decoder of both server paths: the direct gRPC
+ * path decodes with it, and internal/server/decode-guard.ts checks with it what
+ * connect-node is about to decode (Connect, gRPC-Web), whose own parse failures
+ * say INTERNAL.
+ */
+export function decodeRequest<D extends DescMessage>(schema: D, bytes: Uint8Array): MessageShape<D> {
+  try {
+    return fromBinary(schema, bytes);
+  } catch (err) {
+    throw new ConnectError(
+      `cannot decode the request message (${schema.typeName}): ${err instanceof Error ? err.message : String(err)}`,
+      Code.InvalidArgument,
+    );
+  }
 }
 
 export class FrameError extends Error {

@@ -2,10 +2,10 @@
  * The Haystack SDK for browsers: Connect over fetch (through Envoy), uploads as
  * one Put message sent with XMLHttpRequest so that progress can be reported.
  */
-import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import { fromBinary } from '@bufbuild/protobuf';
 import { Code, ConnectError } from '@connectrpc/connect';
 import { createConnectTransport } from '@connectrpc/connect-web';
-import { PutRequestSchema, PutResponseSchema } from '../../gen/haystack/v1/blob_pb.js';
+import { PutResponseSchema } from '../../gen/haystack/v1/blob_pb.js';
 import {
   HaystackClient as CoreClient,
   type HaystackClientOptions,
@@ -13,8 +13,8 @@ import {
   toStoredBlob,
   type UploadOptions,
 } from './client.js';
-import { HaystackError, IntegrityError, toHaystackError } from './errors.js';
-import { Sha256 } from './sha256.js';
+import { abortReason, HaystackError, IntegrityError, toHaystackError } from './errors.js';
+import { encodePutRequest, sha256Hex } from './put-body.js';
 
 /** The part of XMLHttpRequest used here (the SDK compiles without the DOM library). */
 interface Xhr {
@@ -35,6 +35,7 @@ declare const XMLHttpRequest: { new (): Xhr };
 
 export * from './client.js';
 export * from './errors.js';
+export { encodePutRequest, type PutFields, sha256Hex } from './put-body.js';
 export { type Hasher, Sha256 } from './sha256.js';
 
 const CODES: Record<string, Code> = Object.fromEntries(
@@ -62,33 +63,54 @@ export class HaystackClient extends CoreClient {
     this.url = url;
   }
 
-  /** The URL an <img src> loads the blob from. */
+  /** The URL an <img src> loads the blob from (needs PUBLIC_READS; else use signedUrl). */
   blobUrl(id: string): string {
     return `${this.url}/blobs/${encodeURIComponent(id)}`;
   }
 
+  /** A signed read URL for an <img src>, valid `ttlSeconds` (default 3600); needs blob:read. */
+  async signedUrl(id: string, opts: { ttlSeconds?: number } = {}): Promise<string> {
+    return `${this.url}${(await this.signedUrlPath(id, opts)).path}`;
+  }
+
   /**
    * Uploads a File/Blob/bytes with upload progress (XMLHttpRequest: fetch reports
-   * none). Retries on UNAVAILABLE; verifies the stored SHA-256.
+   * none). Retries on UNAVAILABLE; verifies the stored SHA-256. The hash uses Web
+   * Crypto; to keep even that and the encoding off the main thread, do them in a
+   * Worker (`sha256Hex`, `encodePutRequest` from `put-body`) and call `putEncoded`.
    */
   async uploadWithProgress(source: Blob | Uint8Array, opts: UploadOptions = {}): Promise<StoredBlob> {
     const data = source instanceof Uint8Array ? source : new Uint8Array(await source.arrayBuffer());
-    const h = new Sha256();
-    h.update(data);
-    const sha256 = h.hex();
+    const sha256 = opts.sha256 ?? (await sha256Hex(data));
     const contentType = opts.contentType ?? (source instanceof Uint8Array ? '' : source.type);
-    const body = toBinary(
-      PutRequestSchema,
-      create(PutRequestSchema, {
-        blobId: opts.id ?? sha256,
-        data,
-        contentType,
-        replicaCount: opts.replicaCount ?? 0,
-      }),
-    );
+    const body = encodePutRequest(data, sha256, {
+      contentType,
+      replicaCount: opts.replicaCount ?? 0,
+      ...(opts.id ? { id: opts.id } : {}),
+    });
+    return this.putEncoded(body, sha256, data.length, opts);
+  }
+
+  /**
+   * Sends an encoded PutRequest (`encodePutRequest`) of `size` content bytes whose
+   * SHA-256 is `sha256`, with upload progress; retries on UNAVAILABLE and checks
+   * the stored SHA-256. Re-uploading content-addressed bytes that exist is success.
+   */
+  async putEncoded(
+    body: Uint8Array,
+    sha256: string,
+    size: number,
+    opts: UploadOptions = {},
+  ): Promise<StoredBlob> {
     try {
       return await this.retry(true, opts.signal, async () => {
-        const bytes = await xhrPost(`${this.url}/haystack.v1.BlobService/Put`, body, opts, data.length);
+        const bytes = await xhrPost(
+          `${this.url}/haystack.v1.BlobService/Put`,
+          body,
+          opts,
+          size,
+          this.o.token,
+        );
         const stored = toStoredBlob(fromBinary(PutResponseSchema, bytes).blob);
         if (stored.sha256 !== sha256) {
           throw new IntegrityError(
@@ -98,6 +120,7 @@ export class HaystackClient extends CoreClient {
         return stored;
       });
     } catch (err) {
+      if (opts.signal?.aborted) throw abortReason(opts.signal);
       const e = toHaystackError(err);
       if (e.code === Code.AlreadyExists && !opts.id) {
         const existing = await this.stat(sha256).catch(() => undefined);
@@ -108,7 +131,13 @@ export class HaystackClient extends CoreClient {
   }
 }
 
-function xhrPost(url: string, body: Uint8Array, opts: UploadOptions, total: number): Promise<Uint8Array> {
+function xhrPost(
+  url: string,
+  body: Uint8Array,
+  opts: UploadOptions,
+  total: number,
+  token: string,
+): Promise<Uint8Array> {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open('POST', url);
@@ -116,12 +145,15 @@ function xhrPost(url: string, body: Uint8Array, opts: UploadOptions, total: numb
     xhr.setRequestHeader('content-type', 'application/proto');
     xhr.setRequestHeader('connect-protocol-version', '1');
     if (opts.timeoutMs) xhr.setRequestHeader('connect-timeout-ms', String(opts.timeoutMs));
+    if (token) xhr.setRequestHeader('authorization', `Bearer ${token}`);
     xhr.upload.onprogress = (e) =>
       opts.onProgress?.(Math.min(total, Math.round((e.loaded / e.total) * total)), total);
     xhr.onerror = () => reject(new ConnectError('network error', Code.Unavailable));
     xhr.ontimeout = () => reject(new ConnectError('timed out', Code.DeadlineExceeded));
-    opts.signal?.addEventListener('abort', () => xhr.abort());
-    xhr.onabort = () => reject(new ConnectError('aborted', Code.Canceled));
+    const signal = opts.signal;
+    signal?.addEventListener('abort', () => xhr.abort(), { once: true });
+    xhr.onabort = () =>
+      reject(signal?.aborted ? abortReason(signal) : new ConnectError('aborted', Code.Canceled));
     xhr.onload = () => {
       const buf = new Uint8Array(xhr.response as ArrayBuffer);
       if (xhr.status === 200) {

@@ -9,11 +9,13 @@ import {
 } from '../../gen/haystack/v1/blob_pb.js';
 import { DirectoryService, type GetClusterStatusResponse } from '../../gen/haystack/v1/directory_pb.js';
 import {
+  type GetBlobStatusResponse,
   ReplicationService,
   type ReplicationServiceGetStatsResponse,
 } from '../../gen/haystack/v1/replication_pb.js';
 import {
   AlreadyExistsError,
+  abortReason,
   HaystackError,
   IntegrityError,
   InvalidArgumentError,
@@ -34,6 +36,8 @@ export interface StoredBlob {
   replicas: number;
   /** Replicas aimed for. */
   targetReplicas: number;
+  /** The original file name given at upload, or ''. */
+  fileName: string;
 }
 
 /** What upload accepts. Bytes, Blobs (browser Files) and factories can be replayed on retry. */
@@ -48,6 +52,10 @@ export type UploadSource =
 export interface CallOpts {
   /** Deadline of the call (per attempt) in milliseconds. */
   timeoutMs?: number;
+  /**
+   * Cancels the call (retries and backoff included); it then rejects with
+   * `signal.reason` (an `AbortError` DOMException by default), not a HaystackError.
+   */
   signal?: AbortSignal;
 }
 
@@ -61,6 +69,8 @@ export interface UploadOptions extends CallOpts {
   sha256?: string;
   /** Replicas wanted; 0 or absent: the cluster default. */
   replicaCount?: number;
+  /** The original file name, kept as metadata (Stat, Content-Disposition); a base name. */
+  fileName?: string;
   /** Called as bytes leave: (sent, total). */
   onProgress?: (sent: number, total: number) => void;
 }
@@ -115,6 +125,11 @@ export interface HaystackClientOptions {
   chunkSize?: number;
   /** Send uploads as one Put message instead of an Upload stream (browsers: no client streaming). */
   unaryUploads?: boolean;
+  /**
+   * Bearer token (a JWT from `haystack token create`) sent as `authorization: Bearer …` on
+   * every call; '' sends none. The Node client defaults to $HAYSTACK_TOKEN.
+   */
+  token?: string;
 }
 
 export function toStoredBlob(b: BlobInfo | undefined): StoredBlob {
@@ -127,6 +142,7 @@ export function toStoredBlob(b: BlobInfo | undefined): StoredBlob {
     createdAt: new Date(Number(b.createdAtMs)),
     replicas: b.replicaCount,
     targetReplicas: b.targetReplicaCount,
+    fileName: b.fileName,
   };
 }
 
@@ -182,14 +198,44 @@ export class HaystackClient {
       hasher: () => new Sha256(),
       chunkSize: 256 * 1024,
       unaryUploads: false,
+      token: '',
       ...opts,
     };
     this.blobs = createClient(BlobService, opts.transport);
   }
 
+  private closed = false;
+
+  /**
+   * Closes the client: its connections are released (so a Node process can exit)
+   * and later calls reject with FAILED_PRECONDITION. Calls in flight fail.
+   * Idempotent. A transport passed in `opts.transport` is the caller's to close.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.release();
+  }
+
+  /** Releases what the client owns (the Node client: its HTTP/2 connection). */
+  protected async release(): Promise<void> {}
+
+  private checkOpen(): void {
+    if (this.closed) throw new HaystackError('the client is closed', Code.FailedPrecondition);
+  }
+
+  /** Headers that authorize a plain HTTP request (GET /blobs/{id}) with this client's token; {} without one. */
+  authHeaders(): Record<string, string> {
+    return this.o.token ? { authorization: `Bearer ${this.o.token}` } : {};
+  }
+
   protected callOptions(o: CallOpts | undefined, unary: boolean): CallOptions {
     const timeoutMs = o?.timeoutMs ?? (unary ? this.o.timeoutMs : undefined);
-    return { ...(timeoutMs ? { timeoutMs } : {}), ...(o?.signal ? { signal: o.signal } : {}) };
+    return {
+      ...(timeoutMs ? { timeoutMs } : {}),
+      ...(o?.signal ? { signal: o.signal } : {}),
+      ...(this.o.token ? { headers: { authorization: `Bearer ${this.o.token}` } } : {}),
+    };
   }
 
   /** Runs `fn` again after retryable failures, with backoff; maps errors to HaystackErrors. */
@@ -200,10 +246,13 @@ export class HaystackClient {
     retries = this.o.retries,
   ): Promise<T> {
     for (let attempt = 0; ; attempt++) {
+      this.checkOpen();
+      if (signal?.aborted) throw abortReason(signal);
       try {
         return await fn(attempt);
       } catch (err) {
-        if (attempt >= retries || signal?.aborted || !isRetryable(err, idempotent)) {
+        if (signal?.aborted) throw abortReason(signal);
+        if (attempt >= retries || !isRetryable(err, idempotent)) {
           throw toHaystackError(err);
         }
         const cap = Math.min(this.o.retryMaxMs, this.o.retryBaseMs * 2 ** attempt);
@@ -278,7 +327,13 @@ export class HaystackClient {
             hasher.update(data);
             res = (
               await this.blobs.put(
-                { blobId: blobId || sha256, data, contentType, replicaCount: opts.replicaCount ?? 0 },
+                {
+                  blobId: blobId || sha256,
+                  data,
+                  contentType,
+                  replicaCount: opts.replicaCount ?? 0,
+                  fileName: opts.fileName ?? '',
+                },
                 this.callOptions(opts, false),
               )
             ).blob;
@@ -296,6 +351,7 @@ export class HaystackClient {
                     contentType,
                     sha256,
                     replicaCount: opts.replicaCount ?? 0,
+                    fileName: opts.fileName ?? '',
                   },
                 },
               });
@@ -390,8 +446,9 @@ export class HaystackClient {
           opts.onProgress?.(received, total);
           yield c;
         } catch (err) {
+          if (opts.signal?.aborted) throw abortReason(opts.signal);
           if (err instanceof IntegrityError) throw err;
-          if (failures++ >= self.o.retries || opts.signal?.aborted || !isRetryable(err, true)) {
+          if (failures++ >= self.o.retries || !isRetryable(err, true)) {
             throw toHaystackError(err);
           }
           await sleep(
@@ -417,7 +474,10 @@ export class HaystackClient {
     return { info: d.info, data: await collect(d.chunks, d.length) };
   }
 
-  /** Deletes a blob; false when there was none. Later reads are NotFoundError. */
+  /**
+   * Deletes a blob; false when there was none. Later reads are NotFoundError. The id
+   * can be uploaded again afterwards (stored anew; see BlobService.Delete in blob.proto).
+   */
   async delete(id: string, opts: CallOpts = {}): Promise<boolean> {
     return this.retry(
       true,
@@ -478,10 +538,56 @@ export class HaystackClient {
     });
   }
 
+  /**
+   * A signed read URL path for one blob (`/blobs/{id}?exp=…&sig=…`): anyone holding it may GET
+   * the blob until it expires, without a token (an <img src>). Needs blob:read on the id.
+   * @param ttlSeconds lifetime, 1..604800 (default 3600).
+   */
+  async signedUrlPath(
+    id: string,
+    opts: CallOpts & { ttlSeconds?: number } = {},
+  ): Promise<{ path: string; expiresAt: Date }> {
+    return this.retry(true, opts.signal, async () => {
+      const r = await this.blobs.createSignedUrl(
+        { blobId: id, ttlSeconds: opts.ttlSeconds ?? 0 },
+        this.callOptions(opts, true),
+      );
+      return { path: r.path, expiresAt: new Date(Number(r.expiresAt) * 1000) };
+    });
+  }
+
+  /**
+   * The paper's capability URL path of a blob, `/blobs/{id}/{cookie}` (the cookie as 16
+   * lower-case hex digits): whoever holds it may GET the blob without a token for as long as the
+   * blob exists (no expiry: prefer signedUrlPath). Only admin tokens see cookies, so only they
+   * can make one; any other token gets PERMISSION_DENIED.
+   */
+  async capabilityUrlPath(id: string, opts: CallOpts = {}): Promise<string> {
+    return this.retry(true, opts.signal, async () => {
+      const blob = (await this.blobs.stat({ blobId: id }, this.callOptions(opts, true))).blob;
+      const cookie = blob?.cookie ?? 0n;
+      if (cookie === 0n) {
+        throw new HaystackError(
+          "a capability URL needs the blob's cookie, which only admin tokens see: use signedUrlPath",
+          Code.PermissionDenied,
+        );
+      }
+      return `/blobs/${encodeURIComponent(id)}/${cookie.toString(16).padStart(16, '0')}`;
+    });
+  }
+
   /** Directories (roles, terms), stores (health, capacity), blob counts. */
   async clusterStatus(opts: CallOpts = {}): Promise<GetClusterStatusResponse> {
     const dir = createClient(DirectoryService, this.o.transport);
     return this.retry(true, opts.signal, () => dir.getClusterStatus({}, this.callOptions(opts, true)));
+  }
+
+  /** One blob's replicas, target, access heat (reads per minute, per reporter) and pending tasks. */
+  async blobStatus(id: string, opts: CallOpts = {}): Promise<GetBlobStatusResponse> {
+    const rep = createClient(ReplicationService, this.o.transport);
+    return this.retry(true, opts.signal, () =>
+      rep.getBlobStatus({ blobId: id }, this.callOptions(opts, true)),
+    );
   }
 
   /** Replication queue, in-flight work and hot blobs. */

@@ -52,6 +52,16 @@ export class IntegrityError extends HaystackError {
   }
 }
 
+/**
+ * What a call rejects with once its AbortSignal fired: the signal's reason — an
+ * `AbortError` DOMException for `controller.abort()`, `TimeoutError` for
+ * `AbortSignal.timeout()`, or whatever the caller passed to `abort(reason)` —
+ * as `fetch` does (WHATWG DOM §3.1 "abort reason"). Never a HaystackError.
+ */
+export function abortReason(signal: AbortSignal): unknown {
+  return signal.reason ?? new DOMException('This operation was aborted', 'AbortError');
+}
+
 export function codeName(code: Code): string {
   return (Code[code] ?? 'UNKNOWN').replace(/([a-z])([A-Z])/g, '$1_$2').toUpperCase();
 }

@@ -3,12 +3,12 @@
  * Calls go over gRPC (HTTP/2) to Envoy or a gateway; files stream from and to disk.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { finished } from 'node:stream/promises';
 import type { Transport } from '@connectrpc/connect';
-import { createGrpcTransport } from '@connectrpc/connect-node';
+import { createGrpcTransport, type Http2SessionManager } from '@connectrpc/connect-node';
 import {
   type CallOpts,
   HaystackClient as CoreClient,
@@ -17,6 +17,7 @@ import {
   type StoredBlob,
   type UploadOptions,
 } from './client.js';
+import { PingGuardedSessionManager } from './ping-guard.js';
 import type { Hasher } from './sha256.js';
 
 export * from './client.js';
@@ -31,13 +32,35 @@ export function nodeHasher(): Hasher {
   return { update: (d) => void h.update(d), hex: () => h.digest('hex') };
 }
 
-/** A gRPC transport to `url` (host:port or http://host:port). */
-export function grpcTransport(url: string): Transport {
-  return createGrpcTransport({
-    baseUrl: url.includes('://') ? url : `http://${url}`,
-    pingIntervalMs: 10_000,
-    idleConnectionTimeoutMs: 60_000,
-  });
+/**
+ * The client certificate for talking to cluster members directly (mTLS, see
+ * docs/security.md): HAYSTACK_TLS_CERT, HAYSTACK_TLS_KEY and HAYSTACK_TLS_CA
+ * (PEM files), typically an admin identity. Unset: none.
+ */
+export function clientTlsFromEnv(
+  env: NodeJS.ProcessEnv = process.env,
+): { cert: string; key: string; ca: string } | undefined {
+  const { HAYSTACK_TLS_CERT: cert, HAYSTACK_TLS_KEY: key, HAYSTACK_TLS_CA: ca } = env;
+  if (!cert || !key || !ca) return undefined;
+  return { cert: readFileSync(cert, 'utf8'), key: readFileSync(key, 'utf8'), ca: readFileSync(ca, 'utf8') };
+}
+
+/**
+ * A gRPC transport to `url` (host:port, http://host:port or https://host:port),
+ * over one HTTP/2 connection: `session.abort()` closes it. A bare host:port is a
+ * cluster member: over mTLS when HAYSTACK_TLS_* name a client certificate
+ * (clientTlsFromEnv), plaintext otherwise.
+ */
+export function grpcTransport(url: string): Transport & { session: Http2SessionManager } {
+  const tls = clientTlsFromEnv();
+  const baseUrl = url.includes('://') ? url : `${tls ? 'https' : 'http'}://${url}`;
+  const session = new PingGuardedSessionManager(
+    baseUrl,
+    { pingIntervalMs: 10_000, idleConnectionTimeoutMs: 60_000 },
+    // Cluster members prove their SPIFFE identity via the CA, not a hostname (dev certs name 127.0.0.1).
+    tls && baseUrl.startsWith('https:') ? { ...tls, checkServerIdentity: () => undefined } : undefined,
+  );
+  return Object.assign(createGrpcTransport({ baseUrl, sessionManager: session }), { session });
 }
 
 const MIME: Record<string, string> = {
@@ -71,10 +94,39 @@ export interface NodeClientOptions extends Partial<HaystackClientOptions> {
 export class HaystackClient extends CoreClient {
   readonly url: string;
 
+  /** The HTTP/2 connection this client opened (none when given a transport). */
+  private readonly session: Http2SessionManager | undefined;
+
   constructor(opts: NodeClientOptions = {}) {
     const url = opts.url ?? process.env.HAYSTACK_URL ?? DEFAULT_URL;
-    super({ hasher: nodeHasher, ...opts, transport: opts.transport ?? grpcTransport(url) });
+    const own = opts.transport ? undefined : grpcTransport(url);
+    super({
+      hasher: nodeHasher,
+      token: process.env.HAYSTACK_TOKEN ?? '',
+      ...opts,
+      transport: opts.transport ?? own!,
+    });
     this.url = url;
+    this.session = own?.session;
+  }
+
+  protected override async release(): Promise<void> {
+    this.session?.abort();
+  }
+
+  /** A signed read URL (absolute, on this client's endpoint); see signedUrlPath. */
+  async signedUrl(id: string, opts: { ttlSeconds?: number; timeoutMs?: number } = {}): Promise<string> {
+    return this.absolute((await this.signedUrlPath(id, opts)).path);
+  }
+
+  /** A capability URL (absolute, on this client's endpoint; admin tokens only); see capabilityUrlPath. */
+  async capabilityUrl(id: string, opts: { timeoutMs?: number } = {}): Promise<string> {
+    return this.absolute(await this.capabilityUrlPath(id, opts));
+  }
+
+  private absolute(p: string): string {
+    const base = this.url.includes('://') ? this.url : `http://${this.url}`;
+    return new URL(p, base).toString();
   }
 
   /**
@@ -92,6 +144,7 @@ export class HaystackClient extends CoreClient {
     }
     return this.upload(() => createReadStream(file, { highWaterMark: 256 * 1024 }), {
       contentType: contentTypeOf(file),
+      fileName: path.basename(file),
       ...opts,
       sha256,
       size: st.size,
@@ -107,18 +160,39 @@ export class HaystackClient extends CoreClient {
       path.dirname(file),
       `.${path.basename(file)}.${randomBytes(4).toString('hex')}.part`,
     );
-    const out = createWriteStream(tmp);
+    const out = createWriteStream(tmp, { mode: 0o600 });
+    // A write error (disk full) or a destroy surfaces through `finished`, never as an
+    // unhandled 'error' event (ERR_STREAM_DESTROYED).
+    let failure: unknown;
+    out.on('error', (err) => {
+      failure ??= err;
+    });
     try {
       const d = await this.downloadStream(id, opts);
       for await (const c of d.chunks) {
-        if (!out.write(c)) await new Promise<void>((r) => out.once('drain', () => r()));
+        if (failure) throw failure;
+        if (!out.write(c)) {
+          await new Promise<void>((r) => {
+            const done = () => {
+              out.off('drain', done);
+              out.off('close', done);
+              r();
+            };
+            out.on('drain', done);
+            out.on('close', done);
+          });
+        }
       }
       out.end();
       await finished(out);
+      if (failure) throw failure;
       await rename(tmp, file);
       return d.info;
     } catch (err) {
       out.destroy();
+      // Wait until the stream has let go of the file (it may still be opening), then remove it:
+      // nothing partial is left under any name.
+      await finished(out).catch(() => {});
       await rm(tmp, { force: true });
       throw err;
     }

@@ -1,5 +1,5 @@
 import http2 from 'node:http2';
-import { create, type DescMessage, fromBinary, isMessage, type MessageShape } from '@bufbuild/protobuf';
+import { create, type DescMessage, isMessage, type MessageShape } from '@bufbuild/protobuf';
 import {
   Code,
   ConnectError,
@@ -9,6 +9,7 @@ import {
   type ServiceImplSpec,
 } from '@connectrpc/connect';
 import {
+  decodeRequest,
   encodeFrame,
   encodeGrpcMessage,
   type FrameError,
@@ -16,6 +17,8 @@ import {
   parseTimeout,
   toHeaders,
 } from '../rpc/grpc-wire.js';
+import type { Caller } from '../security/identity.js';
+import { callerKey } from '../security/identity.js';
 
 /**
  * A direct gRPC path for the data plane. connect-node routes every call through
@@ -35,10 +38,22 @@ export interface DirectGrpcOptions {
   services: ServiceImplSpec[];
   /** Largest request message accepted (RESOURCE_EXHAUSTED above). */
   maxMessageBytes: number;
+  /** Tighter limits by request path (/package.Service/Method), with the message to answer above them. */
+  limits?: ReadonlyMap<string, { maxBytes: number; advice: string }>;
   /** Aborted when the server stops: running calls end with UNAVAILABLE. */
   shutdownSignal: AbortSignal;
   /** Called when a call starts; the returned function when it ends. */
   observe?: (spec: MethodImplSpec, signal: AbortSignal) => CallFinish;
+  /** Who is calling, from the stream's connection (mTLS identity); put in the context values. */
+  caller: (stream: http2.ServerHttp2Stream) => Caller;
+  /** Refuses a call (throws a ConnectError) before its handler runs: the same check as connect-node's. */
+  authorize: (method: MethodImplSpec['method'], ctx: HandlerContext) => void;
+  /** Runs each call (`call`: the whole exchange) inside, e.g. a tracing span from its headers. */
+  around?: (
+    spec: MethodImplSpec,
+    headers: http2.IncomingHttpHeaders,
+    call: () => Promise<void>,
+  ) => Promise<void>;
 }
 
 /** Inbound messages buffered before the stream is paused (HTTP/2 flow control then holds the client). */
@@ -71,6 +86,7 @@ export class DirectGrpcServer {
 class DirectCall {
   private readonly controller = new AbortController();
   private readonly parser: FrameParser;
+  private readonly limit: { maxBytes: number; advice: string } | undefined;
   private readonly queue: Uint8Array[] = [];
   private inputEnded = false;
   private inputError: ConnectError | undefined;
@@ -84,11 +100,12 @@ class DirectCall {
 
   constructor(
     private readonly stream: http2.ServerHttp2Stream,
-    headers: http2.IncomingHttpHeaders,
+    private readonly headers: http2.IncomingHttpHeaders,
     private readonly spec: MethodImplSpec,
     private readonly o: DirectGrpcOptions,
   ) {
-    this.parser = new FrameParser(o.maxMessageBytes);
+    this.limit = o.limits?.get(headers[':path'] ?? '');
+    this.parser = new FrameParser(this.limit?.maxBytes ?? o.maxMessageBytes);
     const self = this;
     let requestHeader: Headers | undefined;
     let deadline: number | undefined;
@@ -111,7 +128,7 @@ class DirectCall {
         return self.responseTrailer;
       },
       protocolName: 'grpc',
-      values: createContextValues(),
+      values: createContextValues().set(callerKey, o.caller(stream)),
       url: `http://${headers[':authority'] ?? 'localhost'}${headers[':path']}`,
     };
     const timeout = parseTimeout(headers['grpc-timeout'] as string | undefined);
@@ -142,6 +159,14 @@ class DirectCall {
       this.inputEnded = true;
       this.notify();
     });
+    // A reset before the request's END_STREAM: Node emits 'aborted' and then
+    // 'end', and a handler must not take that 'end' for a complete request.
+    stream.on('aborted', () => {
+      if (this.finished) return;
+      this.inputError ??= new ConnectError('the client cancelled the call', Code.Canceled);
+      this.controller.abort(this.inputError);
+      this.notify();
+    });
     stream.on('error', () => {}); // 'close' follows and says what it means for the call
     stream.on('close', () => {
       clearTimeout(this.timer);
@@ -153,7 +178,8 @@ class DirectCall {
       this.notify();
     });
     const finish = this.o.observe?.(this.spec, this.controller.signal);
-    this.dispatch().then(
+    const call = () => this.dispatch();
+    (this.o.around ? this.o.around(this.spec, this.headers, call) : call()).then(
       () => {
         this.end(undefined);
         finish?.(undefined);
@@ -168,6 +194,7 @@ class DirectCall {
 
   private async dispatch(): Promise<void> {
     const { spec, ctx } = this;
+    this.o.authorize(spec.method, ctx);
     const output = spec.method.output;
     switch (spec.kind) {
       case 'unary': {
@@ -203,7 +230,8 @@ class DirectCall {
       for (const m of this.parser.push(chunk)) this.queue.push(m);
     } catch (err) {
       const fe = err as FrameError;
-      this.inputError = new ConnectError(fe.message, fe.code);
+      const advice = fe.code === Code.ResourceExhausted ? this.limit?.advice : undefined;
+      this.inputError = new ConnectError(advice ? `${fe.message}: ${advice}` : fe.message, fe.code);
     }
     if (this.queue.length >= HIGH_WATER) this.stream.pause();
     this.notify();
@@ -238,12 +266,7 @@ class DirectCall {
   }
 
   private decode(bytes: Uint8Array): MessageShape<DescMessage> {
-    try {
-      return fromBinary(this.spec.method.input, bytes);
-    } catch (err) {
-      // INTERNAL, as connect-node and grpc-go answer a request that does not unmarshal.
-      throw new ConnectError(`cannot decode the request message: ${(err as Error).message}`, Code.Internal);
-    }
+    return decodeRequest(this.spec.method.input, bytes);
   }
 
   private async single(): Promise<MessageShape<DescMessage>> {
@@ -330,6 +353,13 @@ class DirectCall {
       this.stream.once('wantTrailers', () => {
         try {
           if (!this.stream.destroyed) this.stream.sendTrailers(trailers);
+          // RFC 9113 §8.1: a complete response before the whole request; RST_STREAM(NO_ERROR)
+          // tells the client to stop sending, so its stream (and process) can end. Once the
+          // trailers are out: a reset submitted with them would cancel them.
+          setImmediate(() => {
+            if (!this.stream.readableEnded && !this.stream.destroyed)
+              this.stream.close(http2.constants.NGHTTP2_NO_ERROR);
+          });
         } catch {
           this.stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
         }

@@ -1,16 +1,29 @@
 import { Code, ConnectError, type Interceptor } from '@connectrpc/connect';
-import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { Logger } from './logger.js';
 
-/** Prometheus metrics of one process: RPC counts and latencies plus process metrics. */
+/**
+ * Prometheus metrics of one process: RPC counts and latencies plus process metrics.
+ *
+ * No default labels: `instance` belongs to Prometheus (the scrape target) and
+ * `service` is the gRPC service label of the RPC metrics. Which component and id
+ * a target is comes from `haystack_process_info{role,id} 1`, joined in queries
+ * with `* on(instance) group_left(role,id) haystack_process_info`.
+ */
 export class Metrics {
   readonly registry = new Registry();
   private readonly handled: Counter<'service' | 'method' | 'code'>;
   private readonly latency: Histogram<'service' | 'method'>;
 
+  /** `service`: the component (store, directory, replication, gateway); `instance`: its id. */
   constructor(labels: { service: string; instance: string }) {
-    this.registry.setDefaultLabels(labels);
     collectDefaultMetrics({ register: this.registry });
+    new Gauge({
+      name: 'haystack_process_info',
+      help: 'Always 1: the Haystack component (role) and its configured id',
+      labelNames: ['role', 'id'],
+      registers: [this.registry],
+    }).set({ role: labels.service, id: labels.instance }, 1);
     this.handled = new Counter({
       name: 'haystack_rpc_handled_total',
       help: 'RPCs completed, by method and gRPC status code',

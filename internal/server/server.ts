@@ -1,24 +1,39 @@
 import { setMaxListeners } from 'node:events';
 import type http from 'node:http';
-import type http2 from 'node:http2';
+import http2 from 'node:http2';
 import type { DescFile, DescService } from '@bufbuild/protobuf';
-import type { ConnectRouter, ServiceImplSpec } from '@connectrpc/connect';
+import { type ConnectRouter, createContextValues, type ServiceImplSpec } from '@connectrpc/connect';
 import { connectNodeAdapter } from '@connectrpc/connect-node';
 import { file_grpc_health_v1_health } from '../../gen/grpc/health/v1/health_pb.js';
 import { file_grpc_reflection_v1_reflection } from '../../gen/grpc/reflection/v1/reflection_pb.js';
 import { file_grpc_reflection_v1alpha_reflection } from '../../gen/grpc/reflection/v1alpha/reflection_pb.js';
 import { parseHostPort } from '../config/env.js';
+import { authorizeCall, authorizeHttp, authzInterceptor } from '../security/authz.js';
+import { callerKey } from '../security/identity.js';
+import type { TransportSecurity } from '../security/tls-config.js';
+import { callerOfConnection, callerOfRequest } from './caller.js';
+import { guardDecoding } from './decode-guard.js';
 import { DirectGrpcServer } from './direct-grpc.js';
 import { HealthRegistry, ServingStatus } from './health.js';
-import { DualProtocolListener } from './listener.js';
+import { DualProtocolListener, type Listener } from './listener.js';
+import { DEFAULT_LISTENER_LIMITS, type ListenerLimits } from './listener-limits.js';
 import type { Logger } from './logger.js';
 import { Metrics } from './metrics.js';
 import { registerReflection } from './reflection.js';
+import { TlsListener } from './tls-listener.js';
+import { serverInterceptor, traceDirectCall } from './tracing.js';
 
 export type HttpRequest = http.IncomingMessage | http2.Http2ServerRequest;
 export type HttpResponse = http.ServerResponse | http2.Http2ServerResponse;
 /** A plain HTTP route; returns false when the request is not its to answer. */
 export type HttpRoute = (req: HttpRequest, res: HttpResponse) => boolean | Promise<boolean>;
+
+/** A tighter request-message limit for one method than the server's (READ_MAX_BYTES). */
+export interface MessageLimit {
+  maxBytes: number;
+  /** The RESOURCE_EXHAUSTED message when a request message is larger: what to do instead. */
+  advice: string;
+}
 
 /** A gRPC service this process implements. */
 export interface ServiceRegistration {
@@ -32,6 +47,11 @@ export interface ServiceRegistration {
    * decides throughput.
    */
   direct?: ServiceImplSpec;
+  /**
+   * Per-method request-message limits (by proto method name, e.g. "Put") on the
+   * direct path; `register` applies the same to connect-node (router.rpc options).
+   */
+  messageLimits?: Record<string, MessageLimit>;
 }
 
 export interface ServerOptions {
@@ -51,6 +71,10 @@ export interface ServerOptions {
   onClose?: () => void | Promise<void>;
   /** An existing Metrics object, when the component registers its own metrics on it. */
   metrics?: Metrics;
+  /** mTLS (certificate, CA) and who is a directory peer; or plaintext (INSECURE_PLAINTEXT). */
+  security: TransportSecurity;
+  /** Listener timeouts and stream cap (default DEFAULT_LISTENER_LIMITS). */
+  limits?: ListenerLimits;
 }
 
 export interface RunningServer {
@@ -118,8 +142,14 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       for (const s of opts.services) s.register(router);
       health.register(router);
       registerReflection(router, files, reflected);
+      // Undecodable request bodies are INVALID_ARGUMENT on every protocol (decode-guard.ts).
+      router.handlers.forEach((h, i) => {
+        router.handlers[i] = guardDecoding(h, READ_MAX_BYTES);
+      });
     },
-    interceptors: [metrics.interceptor(log)],
+    // Metrics first (outermost), so refused calls are counted with their status.
+    interceptors: [metrics.interceptor(log), serverInterceptor(), authzInterceptor()],
+    contextValues: (req) => createContextValues().set(callerKey, callerOfRequest(req, opts.security)),
     shutdownSignal: shutdown.signal,
     readMaxBytes: READ_MAX_BYTES,
     // Photos are already compressed: gzip would spend CPU for nothing. Compressed
@@ -127,6 +157,12 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     compressMinBytes: Number.MAX_SAFE_INTEGER,
     fallback: (req, nodeRes) => {
       const res = nodeRes as unknown as HttpResponse;
+      const denied = authorizeHttp(req.url ?? '/', callerOfRequest(req, opts.security));
+      if (denied) {
+        res.writeHead(denied.status, { 'content-type': 'text/plain' });
+        res.end(denied.message);
+        return;
+      }
       void (async () => {
         for (const route of routes) {
           if (await route(req, res)) return;
@@ -147,9 +183,18 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       ? new DirectGrpcServer({
           services: directSpecs,
           maxMessageBytes: READ_MAX_BYTES,
+          limits: new Map(
+            opts.services.flatMap((s) =>
+              Object.entries(s.messageLimits ?? {}).map(([m, l]) => [`/${s.desc.typeName}/${m}`, l] as const),
+            ),
+          ),
           shutdownSignal: shutdown.signal,
           observe: (spec, signal) =>
             metrics.startCall(log, spec.method.parent.typeName, spec.method.name, signal),
+          caller: (stream) => callerOfConnection(stream.session?.socket, opts.security),
+          authorize: authorizeCall,
+          around: (spec, headers, call) =>
+            traceDirectCall(spec.method.parent.typeName, spec.method.name, headers, call),
         })
       : undefined;
 
@@ -159,22 +204,36 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     inFlight--;
     if (inFlight === 0) drained?.();
   };
-  const listener = new DualProtocolListener(
-    (req, res) => {
-      inFlight++;
-      res.once('close', callEnded);
-      handler(req as never, res as never);
-    },
+  const onRequest = (req: HttpRequest, res: HttpResponse) => {
+    inFlight++;
+    res.once('close', callEnded);
+    // An answer before the whole request (an early error of a client stream): RST_STREAM
+    // (NO_ERROR) after the trailers, RFC 9113 §8.1, so the client stops sending and ends.
+    if ('stream' in req) {
+      res.once('finish', () => {
+        if (!req.readableEnded && !req.stream.destroyed) req.stream.close(http2.constants.NGHTTP2_NO_ERROR);
+      });
+    }
+    handler(req as never, res as never);
+  };
+  const onStream =
     direct &&
-      ((stream, headers) => {
-        if (!direct.handle(stream, headers)) return false;
-        inFlight++;
-        stream.once('close', callEnded);
-        return true;
-      }),
-  );
+    ((stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => {
+      if (!direct.handle(stream, headers)) return false;
+      inFlight++;
+      stream.once('close', callEnded);
+      return true;
+    });
+  const limits = opts.limits ?? DEFAULT_LISTENER_LIMITS;
+  const listener: Listener =
+    opts.security.mode === 'mtls'
+      ? new TlsListener(onRequest, onStream, opts.security, limits)
+      : new DualProtocolListener(onRequest, onStream, limits);
   const bound = await listener.listen(addr.host, addr.port);
-  log.info({ listen: `${bound.host}:${bound.port}`, services: serviceNames }, `${opts.component} serving`);
+  log.info(
+    { listen: `${bound.host}:${bound.port}`, services: serviceNames, transport: opts.security.mode },
+    `${opts.component} serving`,
+  );
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {

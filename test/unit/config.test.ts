@@ -8,8 +8,13 @@ import {
   parseSize,
 } from '../../internal/config/env.js';
 import { readDirectoryConfig } from '../../internal/directory/config.js';
+import { readGatewayConfig } from '../../internal/gateway/config.js';
 import { readReplicationConfig } from '../../internal/replication/config.js';
 import { readStoreConfig } from '../../internal/store/config.js';
+import { identityEnv } from '../helpers/pki.js';
+
+/** Unit tests of config parsing: no transport is opened. */
+const PLAIN = { INSECURE_PLAINTEXT: '1' };
 
 describe('env parsing', () => {
   it('reads sizes with units', () => {
@@ -63,21 +68,37 @@ describe('env parsing', () => {
   });
 
   it('uses the seed defaults where they meet our targets', () => {
-    const s = readStoreConfig({}, {});
+    const s = readStoreConfig({}, PLAIN);
     expect(s.maxVolumeSize).toBe(4 * 1024 ** 3);
     expect(s.compactionThreshold).toBe(0.6);
-    expect(s.heartbeatIntervalMs).toBe(30_000);
-    const d = readDirectoryConfig({}, {});
+    // Faster than the seed's 30 s on purpose: a hung store (no TCP reset) blocks the
+    // writes of its placement groups until it is DOWN, 3 heartbeats (bench:store-down).
+    expect(s.heartbeatIntervalMs).toBe(5_000);
+    const d = readDirectoryConfig({}, PLAIN);
     // Faster than the seed's 10 s / 3 s on purpose: failover takes about LEADER_TIMEOUT
     // (docs/directory.md).
     expect(d.leaderTimeoutMs).toBe(2_000);
     expect(d.leaderHeartbeatIntervalMs).toBe(500);
-    expect(d.storeDegradedAfterMs).toBe(60_000);
-    expect(d.storeDownAfterMs).toBe(90_000);
+    expect(d.storeDegradedAfterMs).toBe(10_000);
+    expect(d.storeDownAfterMs).toBe(15_000);
     expect(d.followerSyncIntervalMs).toBe(500);
-    const r = readReplicationConfig({}, {});
+    const r = readReplicationConfig({}, PLAIN);
     expect([r.minReplicaCount, r.defaultReplicaCount, r.maxReplicaCount]).toEqual([2, 3, 5]);
     expect(r.nightlyAuditHour).toBe(2);
+  });
+
+  it('requires a certificate, key and CA unless INSECURE_PLAINTEXT=1, naming each variable', () => {
+    expect(() => readStoreConfig({}, {})).toThrow(/TLS_CERT_FILE[\s\S]*TLS_KEY_FILE[\s\S]*TLS_CA_FILE/);
+    expect(() =>
+      readStoreConfig({}, { TLS_CERT_FILE: '/nonexistent', TLS_KEY_FILE: '/x', TLS_CA_FILE: '/y' }),
+    ).toThrow(/TLS_CERT_FILE="\/nonexistent": cannot read it/);
+    expect(readStoreConfig({}, PLAIN).security).toEqual({ mode: 'plaintext' });
+  });
+
+  it('reads the process identity from its certificate (SPIFFE URI SAN)', async () => {
+    const env = await identityEnv({ role: 'store', id: 'store-7' });
+    const s = readStoreConfig({}, { ...env, STORE_ID: 'store-7' });
+    expect(s.security.mode === 'mtls' && s.security.identity).toEqual({ role: 'store', id: 'store-7' });
   });
 
   it('checks relations between variables', () => {
@@ -85,5 +106,12 @@ describe('env parsing', () => {
       /LEADER_HEARTBEAT_INTERVAL/,
     );
     expect(() => readReplicationConfig({}, { MIN_REPLICA_COUNT: '4' })).toThrow(/MIN_REPLICA_COUNT/);
+  });
+
+  it('bounds a unary Put by MAX_PUT_SIZE (default 16MiB, at most 255MiB)', () => {
+    expect(readGatewayConfig({}, { ...PLAIN }).maxPutSize).toBe(16 * 1024 * 1024);
+    expect(readGatewayConfig({}, { ...PLAIN, MAX_PUT_SIZE: '1MiB' }).maxPutSize).toBe(1024 * 1024);
+    expect(() => readGatewayConfig({}, { ...PLAIN, MAX_PUT_SIZE: '1GiB' })).toThrow(/MAX_PUT_SIZE/);
+    expect(() => readGatewayConfig({}, { ...PLAIN, MAX_PUT_SIZE: 'big' })).toThrow(/MAX_PUT_SIZE/);
   });
 });

@@ -1,4 +1,5 @@
 import { Writable } from 'node:stream';
+import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decode, encode, RedisBlobCache } from '../../../internal/cache/redis-cache.js';
@@ -33,6 +34,10 @@ describe('RedisBlobCache entry codec', () => {
   });
 });
 
+/** The gateways' shared HMAC key (Redis never sees it). */
+const KEY = Buffer.alloc(32, 7);
+const events: string[] = [];
+
 describe('RedisBlobCache on a real redis-server', () => {
   let redis: RedisProcess;
   let cache: RedisBlobCache;
@@ -44,7 +49,9 @@ describe('RedisBlobCache on a real redis-server', () => {
       url: redis.url,
       ttlMs: 60_000,
       maxBlobSize: 1024,
+      integrityKey: KEY,
       log,
+      observe: (e) => events.push(e),
       warnIntervalMs: 60_000,
       tombstoneMs: 2_000,
       statsFlushMs: 100,
@@ -64,8 +71,31 @@ describe('RedisBlobCache on a real redis-server', () => {
     expect(Buffer.from(got!.data)).toEqual(Buffer.alloc(512, 9));
   });
 
+  it('never serves an entry planted in Redis: a forged or moved entry is a miss, counted as an integrity failure', async () => {
+    await cache.set(blob('genuine', 100, 1), { fresh: true });
+    const raw = new Redis(redis.url);
+    try {
+      // Planted: well-formed, but without the MAC (the attacker does not have the key).
+      await raw.set('haystack:blob:planted', encode(blob('planted', 100, 6)));
+      // Moved: a genuine entry of another blob copied under this blob's key.
+      await raw.set('haystack:blob:moved', (await raw.getBuffer('haystack:blob:genuine')) as Buffer);
+      // Tampered: one byte of content flipped.
+      const t = (await raw.getBuffer('haystack:blob:genuine')) as Buffer;
+      t[t.length - 40] = (t[t.length - 40] ?? 0) ^ 1;
+      await raw.set('haystack:blob:genuine', t);
+    } finally {
+      await raw.quit();
+    }
+    events.length = 0;
+    expect(await cache.get('planted')).toBeUndefined();
+    expect(await cache.get('moved')).toBeUndefined();
+    expect(await cache.get('genuine')).toBeUndefined();
+    expect(events.filter((e) => e === 'integrity_failure')).toHaveLength(3);
+    expect(events.filter((e) => e === 'miss')).toHaveLength(3);
+  });
+
   it('does not cache blobs above the size limit', async () => {
-    await cache.set(blob('big', 1025));
+    await cache.set(blob('big', 1025), { readAgeMs: 0 });
     expect(await cache.get('big')).toBeUndefined();
   });
 
@@ -73,14 +103,28 @@ describe('RedisBlobCache on a real redis-server', () => {
     await cache.set(blob('d1', 10), { fresh: true });
     await cache.invalidate('d1');
     expect(await cache.get('d1')).toBeUndefined();
-    await cache.set(blob('d1', 10));
+    await cache.set(blob('d1', 10), { readAgeMs: 0 });
     expect(await cache.get('d1')).toBeUndefined();
     await cache.set(blob('d1', 10), { fresh: true });
     expect(await cache.get('d1')).toBeDefined();
   });
 
+  it('drops a read-through fill older than half the tombstone time (a slow reader cannot outlive a tombstone)', async () => {
+    // tombstoneMs is 2 s here: a read begun 1.5 s ago may predate a delete whose tombstone expires first.
+    await cache.set(blob('slow', 10), { readAgeMs: 1500 });
+    expect(await cache.get('slow')).toBeUndefined();
+    await cache.set(blob('slow', 10), { readAgeMs: 10 });
+    expect(await cache.get('slow')).toBeDefined();
+  });
+
   it('shares the highest commit index between gateways, never lowering it', async () => {
-    const other = new RedisBlobCache({ url: redis.url, ttlMs: 60_000, maxBlobSize: 1024, log });
+    const other = new RedisBlobCache({
+      url: redis.url,
+      ttlMs: 60_000,
+      maxBlobSize: 1024,
+      integrityKey: KEY,
+      log,
+    });
     await until(() => other.available());
     await other.publishCommitIndex(42n);
     await other.publishCommitIndex(7n);
@@ -91,7 +135,14 @@ describe('RedisBlobCache on a real redis-server', () => {
   });
 
   it('sets the TTL on entries', async () => {
-    const short = new RedisBlobCache({ url: redis.url, ttlMs: 300, maxBlobSize: 1024, log, prefix: 'ttl:' });
+    const short = new RedisBlobCache({
+      url: redis.url,
+      ttlMs: 300,
+      maxBlobSize: 1024,
+      integrityKey: KEY,
+      log,
+      prefix: 'ttl:',
+    });
     await until(() => short.available());
     await short.set(blob('ttl', 10), { fresh: true });
     expect(await short.get('ttl')).toBeDefined();
@@ -101,7 +152,13 @@ describe('RedisBlobCache on a real redis-server', () => {
   });
 
   it('shares hit and miss counts across processes through Redis', async () => {
-    const other = new RedisBlobCache({ url: redis.url, ttlMs: 60_000, maxBlobSize: 1024, log });
+    const other = new RedisBlobCache({
+      url: redis.url,
+      ttlMs: 60_000,
+      maxBlobSize: 1024,
+      integrityKey: KEY,
+      log,
+    });
     await until(() => other.available());
     await other.get('p1'); // hit
     await other.get('nope'); // miss

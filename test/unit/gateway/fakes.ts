@@ -27,6 +27,8 @@ export class FakeStore {
   mode: Mode = { kind: 'ok' };
   writeMode: 'ok' | 'fail' = 'ok';
   reads = 0;
+  /** The cookie of every Read asked of this store (0: none sent). */
+  readonly readCookies: bigint[] = [];
   chunkSize = 1000;
 
   constructor(
@@ -64,6 +66,7 @@ export class FakeStore {
       },
       read(req, opts) {
         self.reads++;
+        self.readCookies.push(req.cookie ?? 0n);
         const mode = self.mode;
         const blob = self.blobs.get(req.blobId ?? '');
         return (async function* () {
@@ -185,6 +188,10 @@ export class FakeDirectory implements DirectoryApi {
       blobs: page.map((id) => this.blobs.get(id)!),
       nextPageToken: page.length < ids.length ? (page[page.length - 1] ?? '') : '',
     });
+  }
+
+  async updateReplicas(): Promise<never> {
+    throw new ConnectError('UpdateReplicas is not used by the per-blob path', Code.Unimplemented);
   }
 
   async getClusterStatus() {

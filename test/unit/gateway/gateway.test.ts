@@ -4,7 +4,6 @@ import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { MemoryBlobCache } from '../../../internal/cache/memory-cache.js';
 import { BlobGateway, range } from '../../../internal/gateway/blobs.js';
-import { parseRange } from '../../../internal/gateway/http.js';
 import { bytes } from '../../helpers/store-client.js';
 import { fakeCluster } from './fakes.js';
 
@@ -256,17 +255,79 @@ describe('BlobGateway reads', () => {
 });
 
 describe('ranges', () => {
-  it('parses single byte ranges like an HTTP server', () => {
-    expect(parseRange(undefined, 100)).toBeNull();
-    expect(parseRange('bytes=0-9', 100)).toEqual({ start: 0, end: 9 });
-    expect(parseRange('bytes=90-', 100)).toEqual({ start: 90, end: 99 });
-    expect(parseRange('bytes=-10', 100)).toEqual({ start: 90, end: 99 });
-    expect(parseRange('bytes=50-500', 100)).toEqual({ start: 50, end: 99 });
-    expect(parseRange('bytes=100-', 100)).toBe('unsatisfiable');
-    expect(parseRange('bytes=5-2', 100)).toBe('unsatisfiable');
-    expect(parseRange('bytes=0-1,5-6', 100)).toBeNull();
-    expect(parseRange('items=0-1', 100)).toBeNull();
+  it('clamps a store read range to the blob', () => {
     expect(range(10, 10, 0)).toEqual({ offset: 10, length: 0 });
     expect(range(10, 4, 100)).toEqual({ offset: 4, length: 6 });
+  });
+});
+
+describe('cookie proofs of public reads (issue 13)', () => {
+  const whole = (info: { size: bigint }) => ({ offset: 0, length: Number(info.size) });
+  const drain = async (o: { chunks: AsyncIterable<Uint8Array> }) => {
+    const parts: Uint8Array[] = [];
+    for await (const c of o.chunks) parts.push(c);
+    return Buffer.concat(parts);
+  };
+  const refusal = async (p: Promise<unknown>, id: string) => {
+    const e = ConnectError.from(await p.then(() => new Error('served')).catch((x: unknown) => x));
+    return `${Code[e.code]} ${e.rawMessage.replace(id, '<id>')}`;
+  };
+
+  it('a capability cookie goes to every store read; a wrong cookie answers exactly as an unknown id', async () => {
+    // No cache (max size 0): every read reaches the stores.
+    const { gw, stores, directory } = setup({ cacheMax: 0 });
+    const data = bytes(3000, 41);
+    await gw.write(header(data.length, { blobId: 'cap-1' }), chunked(data));
+    const cookie = directory.blobs.get('cap-1')!.cookie;
+    const read = await gw.openWith('cap-1', whole, undefined, { kind: 'cookie', cookie });
+    expect((await drain(read)).equals(data)).toBe(true);
+    const asked = stores.flatMap((s) => s.readCookies);
+    expect(asked.length).toBeGreaterThan(0);
+    expect(asked.every((c) => c === cookie)).toBe(true);
+
+    const wrong = await refusal(
+      gw.openWith('cap-1', whole, undefined, { kind: 'cookie', cookie: cookie + 1n }),
+      'cap-1',
+    );
+    const unknown = await refusal(
+      gw.openWith('cap-none', whole, undefined, { kind: 'cookie', cookie }),
+      'cap-none',
+    );
+    expect(wrong).toBe('NotFound blob <id> not found');
+    expect(unknown).toBe(wrong);
+  });
+
+  it('a signed URL check runs on the cookie before any store read, then the stores check it too', async () => {
+    const { gw, stores, directory } = setup({ cacheMax: 0 });
+    const data = bytes(2000, 42);
+    await gw.write(header(data.length, { blobId: 'sig-1' }), chunked(data));
+    const cookie = directory.blobs.get('sig-1')!.cookie;
+    const reads = () => stores.reduce((n, s) => n + s.reads, 0);
+    const before = reads();
+    const refused = await refusal(
+      gw.openWith('sig-1', whole, undefined, { kind: 'check', ok: () => false }),
+      'sig-1',
+    );
+    expect(refused).toBe('NotFound blob <id> not found');
+    expect(reads()).toBe(before); // no byte was asked for
+    const ok = await gw.openWith('sig-1', whole, undefined, { kind: 'check', ok: (c) => c === cookie });
+    expect((await drain(ok)).equals(data)).toBe(true);
+    expect(stores.flatMap((s) => s.readCookies).at(-1)).toBe(cookie);
+  });
+
+  it('a cached blob is held to the same proof (the cache entry carries the cookie)', async () => {
+    const { gw, directory } = setup();
+    const data = bytes(500, 43);
+    await gw.write(header(data.length, { blobId: 'cached-1' }), chunked(data));
+    const cookie = directory.blobs.get('cached-1')!.cookie;
+    expect((await gw.openWith('cached-1', whole, undefined, { kind: 'cookie', cookie })).fromCache).toBe(
+      true,
+    );
+    expect(
+      await refusal(
+        gw.openWith('cached-1', whole, undefined, { kind: 'cookie', cookie: cookie ^ 1n }),
+        'cached-1',
+      ),
+    ).toBe('NotFound blob <id> not found');
   });
 });

@@ -7,6 +7,7 @@ import { BlobInfoSchema, BlobService, DownloadResponseSchema } from '../../../ge
 import {
   AlreadyExistsError,
   HaystackClient,
+  HaystackError,
   IntegrityError,
   isRetryable,
   NotFoundError,
@@ -233,5 +234,104 @@ describe('HaystackClient', () => {
       yield new Uint8Array(1);
     }
     await expect(client(f.transport).upload(s())).rejects.toThrow(/opts.size/);
+  });
+});
+
+describe('HaystackClient: abort and close', () => {
+  const isAbortError = (e: unknown) => e instanceof DOMException && e.name === 'AbortError';
+
+  it('an upload aborted while sending rejects with the signal reason (AbortError), not a HaystackError', async () => {
+    const f = fakeService();
+    const ctl = new AbortController();
+    let sentOne!: () => void;
+    const started = new Promise<void>((r) => {
+      sentOne = r;
+    });
+    const p = client(f.transport).upload(
+      async function* () {
+        yield bytes(4096, 1);
+        sentOne();
+        await new Promise(() => {}); // the rest never comes
+      },
+      { size: 100_000, signal: ctl.signal },
+    );
+    await started;
+    ctl.abort();
+    const err = await p.catch((e: unknown) => e);
+    expect(isAbortError(err)).toBe(true);
+    expect(err).not.toBeInstanceOf(HaystackError);
+  });
+
+  it('a download aborted between chunks rejects with the exact reason given to abort()', async () => {
+    const f = fakeService();
+    const c = client(f.transport);
+    await c.upload(bytes(50_000, 2), { id: 'abort-me' });
+    const ctl = new AbortController();
+    const reason = new Error('user left the page');
+    const d = await c.downloadStream('abort-me', { signal: ctl.signal });
+    const it = d.chunks[Symbol.asyncIterator]();
+    expect((await it.next()).done).toBe(false);
+    ctl.abort(reason);
+    await expect(it.next()).rejects.toBe(reason);
+  });
+
+  it('abort during the retry backoff ends the call at once with AbortError', async () => {
+    const f = fakeService({ failFirst: 100 });
+    // A 10-minute backoff: only the abort can end this call within the test's time.
+    const c = new HaystackClient({ transport: f.transport, retryBaseMs: 600_000, retryMaxMs: 600_000 });
+    const ctl = new AbortController();
+    const p = c.upload(bytes(100, 3), { signal: ctl.signal });
+    for (const deadline = Date.now() + 10_000; f.calls.upload < 1 && Date.now() < deadline; ) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    ctl.abort();
+    const err = await p.catch((e: unknown) => e);
+    expect(isAbortError(err)).toBe(true);
+    expect(f.calls.upload).toBe(1);
+  });
+
+  it('an already aborted signal rejects before any call; AbortSignal.abort(reason) passes its reason', async () => {
+    const f = fakeService();
+    const c = client(f.transport);
+    const e1 = await c.upload(bytes(10, 4), { signal: AbortSignal.abort() }).catch((e: unknown) => e);
+    expect(isAbortError(e1)).toBe(true);
+    await expect(c.stat('x', { signal: AbortSignal.abort('gone') })).rejects.toBe('gone');
+    expect(f.calls.upload).toBe(0);
+  });
+
+  it('close() releases the HTTP/2 connection; later calls fail with FAILED_PRECONDITION', async () => {
+    const { createServer } = await import('node:http2');
+    const { connectNodeAdapter } = await import('@connectrpc/connect-node');
+    const server = createServer(
+      connectNodeAdapter({
+        routes: (router) =>
+          router.service(BlobService, {
+            stat: (req) => ({ blob: create(BlobInfoSchema, { blobId: req.blobId, sha256: 'ab', size: 1n }) }),
+          }),
+      }),
+    );
+    const sessions = new Set<unknown>();
+    server.on('session', (s) => {
+      sessions.add(s);
+      s.on('close', () => sessions.delete(s));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    try {
+      const c = new HaystackClient({ url: `http://127.0.0.1:${port}` });
+      expect((await c.stat('a')).id).toBe('a');
+      expect(sessions.size).toBe(1);
+      await c.close();
+      await c.close(); // idempotent
+      for (const deadline = Date.now() + 10_000; sessions.size > 0 && Date.now() < deadline; ) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      expect(sessions.size).toBe(0);
+      const err = await c.stat('a').catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(HaystackError);
+      expect((err as HaystackError).codeName).toBe('FAILED_PRECONDITION');
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
   });
 });

@@ -1,0 +1,131 @@
+import { Code, ConnectError } from '@connectrpc/connect';
+import type { WatchMetadataResponse } from '../../gen/haystack/v1/directory_pb.js';
+import { MetadataState } from '../directory/state-machine.js';
+import type { Logger } from '../server/logger.js';
+
+/** The directory's WatchMetadata stream as the view consumes it (DirectoryClient.watchMetadata). */
+export type MetadataWatch = (
+  req: { fromIndex?: bigint; watcherId?: string },
+  signal?: AbortSignal,
+) => AsyncIterable<WatchMetadataResponse>;
+
+/**
+ * A gateway's copy of the directory's placement state (placement groups, extra
+ * replicas, stores), followed over WatchMetadata (committed entries only), so a
+ * read or write resolves its stores with no directory call. Per-blob records of a
+ * v1 cluster are not kept (MetadataState with perBlob off): the view's memory does
+ * not grow with the number of blobs.
+ *
+ * Staleness: the view lags the leader by one push (milliseconds). A write aimed at
+ * a group that changed meanwhile still reaches every store that was a member, and
+ * a new member is JOINING (backfilled) before it serves reads, so no acknowledged
+ * write is missed; see docs/design/metadata-at-scale.md.
+ */
+export class PlacementView {
+  state = new MetadataState({ perBlob: false });
+  private loaded = false;
+  /** A gap was seen: ask for everything again (a snapshot replaces the view). */
+  private reload = false;
+  private readonly waiters: (() => void)[] = [];
+  private readonly stopCtl = new AbortController();
+
+  constructor(
+    private readonly watch: MetadataWatch,
+    private readonly watcherId: string,
+    private readonly log: Logger,
+  ) {}
+
+  /**
+   * The directory leader's fencing term, as the stores must see it on a Write
+   * with forward_to and on a Delete (they refuse term 0 and older terms): the
+   * term of the latest LeaderChanged applied, or of the latest entry (a leader
+   * stamps its entries with its term), which a snapshot also carries. 0 until
+   * the view is loaded.
+   */
+  get leaderTerm(): bigint {
+    const { leaderTerm, appliedTerm } = this.state;
+    // biome-ignore lint/complexity/useMathMinMax: bigints; Math.max takes numbers
+    return leaderTerm > appliedTerm ? leaderTerm : appliedTerm;
+  }
+
+  /** True once a snapshot (or the log from its start) has been applied. */
+  get ready(): boolean {
+    return this.loaded;
+  }
+
+  start(): void {
+    void this.follow();
+  }
+
+  stop(): void {
+    this.stopCtl.abort();
+  }
+
+  /** Resolves once the view is loaded; UNAVAILABLE after `timeoutMs`. */
+  async whenReady(timeoutMs: number): Promise<void> {
+    if (this.loaded) return;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.waiters.push(resolve);
+        timer = setTimeout(
+          () =>
+            reject(
+              new ConnectError(
+                `the gateway has not loaded the directory's placement map within ${timeoutMs} ms: is a directory reachable?`,
+                Code.Unavailable,
+              ),
+            ),
+          timeoutMs,
+        );
+      });
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private markLoaded(): void {
+    this.loaded = true;
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  private async follow(): Promise<void> {
+    const signal = this.stopCtl.signal;
+    while (!signal.aborted) {
+      const from = this.loaded && !this.reload ? this.state.appliedIndex + 1n : 0n;
+      let fresh = from === 0n;
+      try {
+        for await (const msg of this.watch({ fromIndex: from, watcherId: this.watcherId }, signal)) {
+          if (msg.msg.case === 'snapshot') {
+            this.state = MetadataState.fromSnapshot(msg.msg.value, { perBlob: false });
+            fresh = false;
+            this.reload = false;
+            this.markLoaded();
+          } else if (msg.msg.case === 'entries') {
+            if (fresh) {
+              // The log from its first entry, no snapshot: start from an empty state.
+              this.state = new MetadataState({ perBlob: false });
+              fresh = false;
+              this.reload = false;
+            }
+            for (const e of msg.msg.value.entries) {
+              if (e.index <= this.state.appliedIndex) continue;
+              if (e.index !== this.state.appliedIndex + 1n) {
+                throw new Error(`metadata gap: applied ${this.state.appliedIndex}, next ${e.index}`);
+              }
+              this.state.apply(e);
+              if (e.index === 1n) this.markLoaded();
+            }
+          }
+        }
+      } catch (err) {
+        if (signal.aborted) return;
+        // Only a gap or a refused stream gets here (DirectoryClient resumes the rest).
+        // The old view keeps serving until the snapshot that replaces it arrives.
+        this.log.warn({ err: (err as Error).message }, 'placement view: metadata stream failed; reloading');
+        this.reload = true;
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}

@@ -1,0 +1,102 @@
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { PeerCertificate } from 'node:tls';
+import type { EnvReader } from '../config/env.js';
+import {
+  describeIdentity,
+  type Identity,
+  identityFromAltNames,
+  identityOfCertificate,
+  type Role,
+} from './identity.js';
+
+/**
+ * How a process talks to the mesh: mTLS with its own certificate (the default;
+ * the files named by TLS_CERT_FILE, TLS_KEY_FILE, TLS_CA_FILE), or plaintext
+ * with no identities and no authorization, only when INSECURE_PLAINTEXT=1.
+ */
+export type TransportSecurity =
+  | {
+      mode: 'mtls';
+      /** PEMs. */
+      cert: string;
+      key: string;
+      ca: string;
+      /** This process's identity (from its own certificate). */
+      identity: Identity;
+      /** Directory ids allowed to make directory peer calls (empty: any directory identity). */
+      directoryPeerIds: string[];
+    }
+  | { mode: 'plaintext' };
+
+export const SECURITY_ENV_HELP = `
+  TLS_CERT_FILE          this process's certificate (PEM; URI SAN spiffe://haystack/<role>/<id>)
+  TLS_KEY_FILE           its private key (PEM)
+  TLS_CA_FILE            the CA certificate(s) every peer must chain to (PEM)
+  DIRECTORY_PEER_IDS     comma-separated directory ids allowed to make directory peer calls
+                         (default: any certificate with role directory)
+  INSECURE_PLAINTEXT     1: no TLS, no identities, no authorization (never in production)`;
+
+/**
+ * Reads the transport security of a process from the environment; problems go
+ * to `r` naming the variable (a missing or unreadable file, a certificate
+ * without a Haystack identity or of another role than `role`).
+ */
+export function readTransportSecurity(r: EnvReader, role: Role | undefined): TransportSecurity {
+  if (r.bool('INSECURE_PLAINTEXT', false)) return { mode: 'plaintext' };
+  const read = (name: string): string => {
+    const file = r.string(name, '');
+    if (file === '') {
+      r.problem(
+        `${name} is not set: give the PEM file, or set INSECURE_PLAINTEXT=1 (no TLS, no authorization)`,
+      );
+      return '';
+    }
+    try {
+      return readFileSync(file, 'utf8');
+    } catch (err) {
+      r.problem(`${name}=${JSON.stringify(file)}: cannot read it (${(err as Error).message})`);
+      return '';
+    }
+  };
+  const cert = read('TLS_CERT_FILE');
+  const key = read('TLS_KEY_FILE');
+  const ca = read('TLS_CA_FILE');
+  const directoryPeerIds = r
+    .string('DIRECTORY_PEER_IDS', '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  let identity: Identity | undefined;
+  if (cert !== '') {
+    try {
+      identity = identityOfCertificate(new X509Certificate(cert));
+      if (!identity) r.problem('TLS_CERT_FILE: the certificate has no URI SAN spiffe://haystack/<role>/<id>');
+      else if (role && identity.role !== role) {
+        r.problem(
+          `TLS_CERT_FILE: the certificate is for ${describeIdentity(identity)}, this process is a ${role}`,
+        );
+      }
+    } catch (err) {
+      r.problem(`TLS_CERT_FILE: not a PEM certificate (${(err as Error).message})`);
+    }
+  }
+  if (!identity) return { mode: 'plaintext' }; // never used: r.done() throws first
+  return { mode: 'mtls', cert, key, ca, identity, directoryPeerIds };
+}
+
+/**
+ * A checkServerIdentity for TLS clients: the server must show a certificate of
+ * our CA (checked by the handshake) naming one of `roles`. Hostnames are not
+ * checked: the SPIFFE ID, not the address, is what a peer proves (so dialing
+ * an arbitrary address the caller named only ever reaches a service of that role).
+ */
+export function expectServerRole(
+  roles: readonly Role[],
+): (host: string, cert: PeerCertificate) => Error | undefined {
+  return (_host, cert) => {
+    const id = identityFromAltNames(cert.subjectaltname);
+    if (id && roles.includes(id.role)) return undefined;
+    return new Error(`the server is ${describeIdentity(id)}, expected a ${roles.join(' or ')}`);
+  };
+}
