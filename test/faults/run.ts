@@ -4,10 +4,13 @@ import { Code, ConnectError } from '@connectrpc/connect';
 import { Redis } from 'ioredis';
 import { payload } from '../../bench/workload.js';
 import { HaystackClient, ResourceExhaustedError } from '../../internal/sdk/index.js';
+import { httpsGet } from '../helpers/pki.js';
 import { readBlob } from '../helpers/store-client.js';
+import { fullCheck, quickCheck, type Violation, waitReplicated } from './check.js';
 import { FAULTS, type Fault, type FaultCluster, flipBytesOnDisk, sleep } from './harness.js';
 import { MixedLoad, type MixedLoadOptions, type OpSample } from './load.js';
-import { fullCheck, OpLog, quickCheck, sha256hex, store, type Violation, waitReplicated } from './oplog.js';
+import { locateAll } from './locate.js';
+import { OpLog, sha256hex, store } from './oplog.js';
 
 export interface FaultReport {
   fault: string;
@@ -46,7 +49,7 @@ export interface SequenceResult {
   wrongReads: string[];
 }
 
-function windowStats(samples: OpSample[], from: number, to: number) {
+export function windowStats(samples: OpSample[], from: number, to: number) {
   const inW = samples.filter((s) => s.end >= from && s.end < to);
   const count = (kind: OpSample['kind'], ok: boolean) =>
     inW.filter((s) => s.kind === kind && s.ok === ok).length;
@@ -77,7 +80,12 @@ export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Pr
     if (!f) throw new Error(`unknown fault ${n}`);
     return f();
   });
-  const perFaultMs = o.steadyMs + o.outageMs + o.settleMs + 60_000;
+  // The load is stopped below; maxMs is only a safety net, so it covers the longest
+  // each fault may legitimately take: a restart (60 s to start), waitHealthy (90 s),
+  // the first write (60 s) and the check of everything acknowledged so far (which
+  // grows with the log). A tighter bound ended the load of a healthy cluster on a
+  // loaded machine ("the load ended before the cluster recovered", 0 violations).
+  const perFaultMs = o.steadyMs + o.outageMs + o.settleMs + 60_000 + 90_000 + 60_000 + 120_000;
   const load = new MixedLoad(fc.sdk, oplog, { ...o.load, maxMs: 60_000 + faults.length * perFaultMs });
   const reports: FaultReport[] = [];
   const kills: Array<{ fault: Fault; killed: string; at: number; restartedAt: number; healthyAt: number }> =
@@ -88,23 +96,38 @@ export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Pr
       await sleep(o.steadyMs);
       const killed = await fault.kill(fc);
       const at = Date.now();
-      o.log?.(`kill -9 ${killed}`);
+      o.log?.(`fault: ${killed}`);
       await sleep(o.outageMs);
       await fault.restart(fc);
       const restartedAt = Date.now();
       await fc.waitHealthy(90_000);
       const healthyAt = Date.now();
+      o.log?.(`${fault.name}: restarted after ${restartedAt - at} ms, healthy after ${healthyAt - at} ms`);
       // Recovered once a write issued after the kill has succeeded (bounded).
       const deadline = Date.now() + 60_000;
       while (
         Date.now() < deadline &&
         !load.samples.some((s) => s.kind === 'write' && s.ok && s.start >= at)
       ) {
-        if (!load.running) throw new Error('the load ended before the cluster recovered');
+        if (!load.running) {
+          throw new Error(
+            `the load ended before the cluster recovered from ${fault.name} (${load.endReason}; ${load.samples.length} ops); process logs in ${fc.cluster.dataDir}`,
+          );
+        }
         await sleep(100);
       }
+      const first = load.samples.find((s) => s.kind === 'write' && s.ok && s.start >= at);
+      if (!first) {
+        // A cluster that takes no write is not "recovered", whatever the checker says.
+        const lastError = [...load.samples].reverse().find((s) => s.kind === 'write' && !s.ok)?.error;
+        throw new Error(
+          `no write succeeded within 60 s after ${fault.name} was healthy again (last write error: ${lastError ?? 'none'}); process logs in ${fc.cluster.dataDir}`,
+        );
+      }
+      o.log?.(`${fault.name}: first write after the kill acknowledged at ${first.end - at} ms`);
       await sleep(o.settleMs);
-      const violations = await quickCheck(oplog, fc.directory, Date.now());
+      const checkedAt = Date.now();
+      const violations = await quickCheck(oplog, fc.directory, checkedAt);
       kills.push({ fault, killed, at, restartedAt, healthyAt });
       const fresh = violations.filter((v) => !seen.has(v.id));
       for (const v of fresh) seen.add(v.id);
@@ -118,7 +141,9 @@ export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Pr
         dataLost: fresh.length,
         violations: fresh,
       });
-      o.log?.(`${fault.name}: recovered; ${violations.length} violations so far`);
+      o.log?.(
+        `${fault.name}: recovered; ${violations.length} violations so far (quick check of ${oplog.blobs.size} blobs: ${((Date.now() - checkedAt) / 1000).toFixed(1)} s)`,
+      );
       for (const v of fresh.slice(0, 3)) o.log?.(`  violation: ${v.id.slice(0, 16)}… ${v.what}`);
     }
   } finally {
@@ -138,16 +163,32 @@ export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Pr
 export async function verifyEverything(
   fc: FaultCluster,
   oplog: OpLog,
-  o: { replicatedWithinMs: number },
-): Promise<{ replicatedMs: number; violations: Violation[]; corruptNeedles: string[] }> {
+  o: { replicatedWithinMs: number; log?: (line: string) => void },
+): Promise<{ replicatedMs: number; checkMs: number; violations: Violation[]; corruptNeedles: string[] }> {
   const rep = await waitReplicated(oplog, fc.directory, o.replicatedWithinMs);
-  const violations = await fullCheck(oplog, fc.sdk, fc.directory, fc.storeAddresses());
-  const corruptNeedles: string[] = [];
-  for (let i = 0; i < fc.cluster.stores.length; i++) {
-    const res = await fc.store(i).scrub({ volumeId: 0 }, { timeoutMs: 60_000 });
-    for (const c of res.corrupt) corruptNeedles.push(`store-${i}: ${c.blobId} (${c.reason ?? ''})`);
-  }
-  return { replicatedMs: rep.ms, violations, corruptNeedles };
+  // Writes of unknown outcome may sit on some members only (the call died mid-way);
+  // anti-entropy converges them: run its full round now rather than wait for ANTI_ENTROPY_INTERVAL.
+  await sleep(2_000);
+  await fc.audit();
+  const t0 = Date.now();
+  const violations = await fullCheck(oplog, fc.sdk, fc.directory, fc.storeAddresses(), o.log);
+  const checkMs = Date.now() - t0;
+  return { replicatedMs: rep.ms, checkMs, violations, corruptNeedles: await scrubAll(fc) };
+}
+
+/**
+ * Scrubs every store (all at once: each is its own process) and lists the corrupt
+ * needles. A store of the full suite holds over a gigabyte by the end: minutes
+ * under load, so the bound is generous.
+ */
+export async function scrubAll(fc: FaultCluster): Promise<string[]> {
+  const found = await Promise.all(
+    fc.cluster.stores.map(async (_, i) => {
+      const res = await fc.store(i).scrub({ volumeId: 0 }, { timeoutMs: 600_000 });
+      return res.corrupt.map((c) => `store-${i}: ${c.blobId} (${c.reason ?? ''})`);
+    }),
+  );
+  return found.flat();
 }
 
 /**
@@ -165,10 +206,10 @@ export async function runAndVerify(
 }> {
   const log = o.log ?? (() => {});
   const res = await runFaultSequence(fc, o);
-  const v = await verifyEverything(fc, res.oplog, { replicatedWithinMs: o.replicatedWithinMs });
+  const v = await verifyEverything(fc, res.oplog, { replicatedWithinMs: o.replicatedWithinMs, log });
   const counts = res.oplog.counts();
   log(
-    `\n${faultTable(res.reports)}\n\nacknowledged: ${JSON.stringify(counts)}; replicas at target after ${v.replicatedMs} ms`,
+    `\n${faultTable(res.reports)}\n\nacknowledged: ${JSON.stringify(counts)}; replicas at target after ${v.replicatedMs} ms; full check ${(v.checkMs / 1000).toFixed(1)} s`,
   );
   for (const r of res.reports) {
     if (r.violations.length > 0) log(`${r.fault}: ${JSON.stringify(r.violations)}`);
@@ -180,7 +221,11 @@ export async function runAndVerify(
 export interface CorruptionReport {
   blobId: string;
   corrupted: string[];
-  /** Direct reads of the damaged replicas: gRPC codes (DATA_LOSS expected). */
+  /**
+   * Per damaged replica, the code of a direct read right after the flips (DataLoss),
+   * or that a scrub found it first and the copy was already rewritten (also ends in
+   * DataLoss); "OK" means the damage went unnoticed.
+   */
   detected: string[];
   /** SDK reads with the cache emptied before each: all must return the acknowledged bytes. */
   servedCorrectly: number;
@@ -205,24 +250,34 @@ export async function corruptAndRepair(
   const data = payload(48 * 1024, o.seed);
   const sha = sha256hex(data);
   await fc.sdk.upload(data, { sha256: sha });
-  const loc = (await fc.directory.locate([sha])).locations[0];
+  const loc = (await locateAll(fc.directory, [sha])).get(sha);
   if (!loc?.found || !loc.blob || loc.replicas.length <= o.damage) {
     throw new Error(`blob not placed on more than ${o.damage} replicas`);
   }
-  // The first replicas listed: the ones a gateway reads first.
+  // The first replicas listed: the ones a gateway reads first. All are flipped (the
+  // index finds the needle: milliseconds), then each is read directly. The manager
+  // also scrubs every store (SCRUB_INTERVAL): a scrub may find a flipped copy and
+  // have it rewritten from a healthy replica before the read, which is then OK —
+  // detected all the same, by the scrub, as the store's corrupt-needle counter shows
+  // (nothing else in the cluster is corrupt). Before, flipping meant reading each
+  // gigabyte volume whole; a scrub repaired the first copy in those seconds.
   const damaged = loc.replicas.slice(0, o.damage);
+  const scrubbedBefore = await Promise.all(damaged.map((r) => scrubFoundCorrupt(r.address)));
   const corrupted: string[] = [];
   for (const r of damaged) {
     const i = Number(/store-(\d+)/.exec(r.storeId)?.[1]);
     corrupted.push(`${r.storeId}:${await flipBytesOnDisk(fc.storeDataDir(i), sha)}`);
   }
   const detected: string[] = [];
-  for (const r of damaged) {
+  for (const [k, r] of damaged.entries()) {
     const code = await readBlob(store(r.address), sha).then(
       () => 'OK',
       (e: unknown) => Code[ConnectError.from(e).code],
     );
-    detected.push(`${r.storeId}: ${code}`);
+    const byScrub = code === 'OK' && (await scrubFoundCorrupt(r.address)) > (scrubbedBefore[k] ?? 0);
+    detected.push(
+      `${r.storeId}: ${byScrub ? 'found by a scrub and rewritten before the read: DataLoss' : code}`,
+    );
   }
   const redis = new Redis(fc.cluster.redis?.url ?? '', { maxRetriesPerRequest: 1 });
   let served = 0;
@@ -239,7 +294,7 @@ export async function corruptAndRepair(
   const t0 = Date.now();
   let seen = '';
   for (;;) {
-    const l = (await fc.directory.locate([sha])).locations[0];
+    const l = (await locateAll(fc.directory, [sha])).get(sha);
     let good = 0;
     const states: string[] = [];
     for (const r of l?.replicas ?? []) {
@@ -261,6 +316,16 @@ export async function corruptAndRepair(
     await sleep(500);
   }
   return { blobId: sha, corrupted, detected, servedCorrectly: served, reads, repairedMs: Date.now() - t0 };
+}
+
+/**
+ * The store's count of current (served) corrupt needles its scrubs found
+ * (`haystack_store_scrub_corrupt_needles_total{kind="current"}` on its /metrics).
+ */
+async function scrubFoundCorrupt(address: string): Promise<number> {
+  const { body } = await httpsGet(`https://${address}/metrics`);
+  const m = /^haystack_store_scrub_corrupt_needles_total\{[^}]*kind="current"[^}]*\} (\d+)/m.exec(body);
+  return Number(m?.[1] ?? 0);
 }
 
 export interface FullDiskReport {
@@ -396,11 +461,7 @@ export async function fillDisk(
     writtenAfter++;
   }
   const violations = await fullCheck(oplog, fc.sdk, fc.directory, fc.storeAddresses());
-  const corruptNeedles: string[] = [];
-  for (let i = 0; i < fc.cluster.stores.length; i++) {
-    const res = await fc.store(i).scrub({ volumeId: 0 }, { timeoutMs: 60_000 });
-    for (const c of res.corrupt) corruptNeedles.push(`store-${i}: ${c.blobId}`);
-  }
+  const corruptNeedles = await scrubAll(fc);
   return {
     mechanism: o.mechanism,
     written,

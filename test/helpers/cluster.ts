@@ -1,6 +1,6 @@
+import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { type Client, createClient } from '@connectrpc/connect';
-import { createGrpcTransport } from '@connectrpc/connect-node';
 import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
 import { DirectoryService, type GetClusterStatusResponse } from '../../gen/haystack/v1/directory_pb.js';
 import {
@@ -9,6 +9,10 @@ import {
   type EnvoyOptions,
 } from '../../internal/edge/envoy-config.js';
 import { type EnvoyProcess, startEnvoy } from '../../internal/edge/envoy-process.js';
+import { peerTransport } from '../../internal/rpc/transport.js';
+import type { Role } from '../../internal/security/identity.js';
+import type { TransportSecurity } from '../../internal/security/tls-config.js';
+import { identityFiles, securityOf, TEST_ADMIN } from './pki.js';
 import { freePort, RedisProcess } from './redis.js';
 import { type ServerProcess, spawnServer, tmpName, tool } from './tools.js';
 
@@ -32,9 +36,14 @@ export interface ClusterOptions {
   /** Extra environment per component. */
   gatewayEnv?: Record<string, string>;
   storeEnv?: Record<string, string>;
+  replicationEnv?: Record<string, string>;
   directoryEnv?: Record<string, string>;
   /** Echo every server's logs to stderr (debugging). */
   echo?: boolean;
+  /** INSECURE_PLAINTEXT=1 everywhere (the bench's mTLS-off run); default mTLS. */
+  plaintext?: boolean;
+  /** Node flags per server kind (benchmarks: `{ gateway: ['--cpu-prof', …] }`). */
+  nodeArgs?: Partial<Record<'directory' | 'store' | 'gateway' | 'replication', string[]>>;
 }
 
 /** Short intervals so elections, heartbeats and reports happen within a test's time. */
@@ -64,12 +73,18 @@ export class Cluster {
   readonly gateways: ServerProcess[] = [];
   replication: ServerProcess | undefined;
   envoy: EnvoyProcess | undefined;
+  /** The options the cluster's Envoy runs with (a test may start another Envoy beside it). */
+  envoyConfig: EnvoyOptions | undefined;
   readonly dataDir = tmpName('cluster');
   private directoryPorts: number[] = [];
   private storePorts: number[] = [];
   private gatewayPorts: number[] = [];
   private replicationPort = 0;
   private env: Record<string, string> = {};
+  /** The gateways' CACHE_INTEGRITY_KEY (Redis never sees it). */
+  private readonly cacheKey = randomBytes(32).toString('hex');
+  /** The tests' own identity (an admin) for calls straight to the servers. */
+  security: TransportSecurity = { mode: 'plaintext' };
 
   private constructor(private readonly opts: ClusterOptions) {}
 
@@ -105,51 +120,73 @@ export class Cluster {
     this.storePorts = await Promise.all(Array.from({ length: ns }, freePort));
     this.gatewayPorts = await Promise.all(Array.from({ length: ng }, freePort));
     this.replicationPort = await freePort();
-    this.env = { ...FAST_ENV, REDIS_URL: this.redis?.url ?? '', ...o.env };
+    this.env = {
+      ...FAST_ENV,
+      REDIS_URL: this.redis?.url ?? '',
+      DIRECTORY_PEER_IDS: Array.from({ length: nd }, (_, i) => `directory-${i}`).join(','),
+      ...(o.plaintext ? { INSECURE_PLAINTEXT: '1' } : {}),
+      ...o.env,
+    };
+    if (!o.plaintext) this.security = await securityOf(TEST_ADMIN);
 
     await Promise.all(this.directoryPorts.map((_, i) => this.startDirectory(i)));
     await Promise.all(this.storePorts.map((_, i) => this.startStore(i)));
-    if (o.replication !== false) {
-      this.replication = await this.spawn(
-        'replication',
-        ['replication', '--listen', `127.0.0.1:${this.replicationPort}`],
-        {
-          MANAGER_ID: 'replication-0',
-          DIRECTORY_ADDRS: this.directoryAddrs,
-        },
-      );
-    }
+    if (o.replication !== false) await this.startReplication();
     await Promise.all(this.gatewayPorts.map((_, i) => this.startGateway(i)));
     await this.waitReady();
 
     if (o.envoy !== false) {
       const overrides = typeof o.envoy === 'object' ? o.envoy : {};
       const h = (port: number) => ({ host: '127.0.0.1', port });
-      this.envoy = await startEnvoy({
-        bin: tool('envoy'),
-        dir: `${this.dataDir}/envoy`,
-        config: {
-          listen: h(await freePort()),
-          admin: h(await freePort()),
-          gateways: this.gatewayPorts.map(h),
-          directories: this.directoryPorts.map(h),
-          replication: [h(this.replicationPort)],
-          corsOrigins: ['*'],
-          uploadRateLimit: DEFAULT_UPLOAD_RATE_LIMIT,
-          deleteRateLimit: DEFAULT_DELETE_RATE_LIMIT,
-          maxUploadBytes: 100 * 1024 * 1024,
-          healthCheckIntervalMs: 500,
-          accessLogPath: `${this.dataDir}/envoy/access.log`,
-          ...overrides,
-        },
-      });
-      await this.envoy.waitHealthy('gateways', ng);
-      await this.envoy.waitHealthy('directories', nd);
+      this.envoyConfig = {
+        listen: h(await freePort()),
+        admin: h(await freePort()),
+        gateways: this.gatewayPorts.map(h),
+        directories: this.directoryPorts.map(h),
+        replication: [h(this.replicationPort)],
+        corsOrigins: [],
+        // Tokens checked at the edge too, the JWKS fetched from the gateways.
+        auth: {},
+        uploadRateLimit: DEFAULT_UPLOAD_RATE_LIMIT,
+        deleteRateLimit: DEFAULT_DELETE_RATE_LIMIT,
+        maxUploadBytes: 100 * 1024 * 1024,
+        healthCheckIntervalMs: 500,
+        accessLogPath: `${this.dataDir}/envoy/access.log`,
+        ...(o.plaintext ? {} : { upstreamTls: await identityFiles({ role: 'envoy', id: 'envoy-0' }) }),
+        ...overrides,
+      };
+      await this.restartEnvoy();
     }
   }
 
+  /**
+   * Starts Envoy (again, after a kill) on the same ports with the same
+   * configuration, its certificate included; waits until it routes to every
+   * gateway and directory.
+   */
+  async restartEnvoy(): Promise<void> {
+    if (!this.envoyConfig) throw new Error('this cluster runs without Envoy');
+    this.envoy = await startEnvoy({
+      bin: tool('envoy'),
+      dir: `${this.dataDir}/envoy`,
+      config: this.envoyConfig,
+    });
+    await this.envoy.waitHealthy('gateways', this.gateways.length);
+    await this.envoy.waitHealthy('directories', this.directories.length);
+  }
+
   private async spawn(name: string, args: string[], env: Record<string, string>): Promise<ServerProcess> {
-    return spawnServer({ name, args, env: { ...this.env, ...env }, echo: this.opts.echo ?? false });
+    // Each process's stderr also goes to <dataDir>/<name>.log (appended across restarts), kept after stop.
+    return spawnServer({
+      name,
+      args,
+      env: { ...this.env, ...env },
+      echo: this.opts.echo ?? false,
+      logFile: `${this.dataDir}/${name}.log`,
+      nodeArgs: this.opts.nodeArgs?.[args[0] as 'store'] ?? [],
+      // A process starting beside a dozen others on a loaded 2-core box can take well over 20 s.
+      readyTimeoutMs: 60_000,
+    });
   }
 
   async startDirectory(i: number): Promise<ServerProcess> {
@@ -178,23 +215,43 @@ export class Cluster {
     return p;
   }
 
+  /** Adds a store to the running cluster (new and empty), as store-<n>. */
+  async addStore(): Promise<ServerProcess> {
+    this.storePorts.push(await freePort());
+    return this.startStore(this.storePorts.length - 1);
+  }
+
+  /** Starts the replication manager (again, after a kill) on its port. */
+  async startReplication(): Promise<ServerProcess> {
+    this.replication = await this.spawn(
+      'replication',
+      ['replication', '--listen', `127.0.0.1:${this.replicationPort}`],
+      { MANAGER_ID: 'replication-0', DIRECTORY_ADDRS: this.directoryAddrs, ...this.opts.replicationEnv },
+    );
+    return this.replication;
+  }
+
   async startGateway(i: number): Promise<ServerProcess> {
     const p = await this.spawn(`gateway-${i}`, ['gateway', '--listen', `127.0.0.1:${this.gatewayPorts[i]}`], {
       GATEWAY_ID: `gateway-${i}`,
       DIRECTORY_ADDRS: this.directoryAddrs,
       ...(this.opts.replication !== false ? { REPLICATION_ADDRS: `127.0.0.1:${this.replicationPort}` } : {}),
       ...(this.cacheRedis ? { REDIS_URL: this.cacheRedis.url } : {}),
+      // One key for all gateways: an entry one seals, another verifies (the cache is shared).
+      CACHE_INTEGRITY_KEY: this.cacheKey,
       ...this.opts.gatewayEnv,
     });
     this.gateways[i] = p;
     return p;
   }
 
+  /** A transport from the test (as an admin, or `as`) to a server of `role` at `address`. */
+  transport(address: string, role: Role, as: TransportSecurity = this.security) {
+    return peerTransport(address, [role], {}, this.opts.plaintext ? { mode: 'plaintext' } : as);
+  }
+
   private directoryClient(i: number): Client<typeof DirectoryService> {
-    return createClient(
-      DirectoryService,
-      createGrpcTransport({ baseUrl: `http://127.0.0.1:${this.directoryPorts[i]}` }),
-    );
+    return createClient(DirectoryService, this.transport(`127.0.0.1:${this.directoryPorts[i]}`, 'directory'));
   }
 
   /** The cluster status from the first directory that answers. */
@@ -212,12 +269,26 @@ export class Cluster {
     throw last ?? new Error('no directory is running');
   }
 
-  /** Index of the leader directory. */
-  async leaderIndex(): Promise<number> {
-    const s = await this.status();
-    const idx = this.directories.findIndex((_, i) => s.leaderId === `directory-${i}`);
-    if (idx < 0) throw new Error(`no leader (leader_id "${s.leaderId}")`);
-    return idx;
+  /**
+   * Index of the leader directory, polled until one is elected: between a lease expiry and the
+   * next election the cluster is briefly leaderless (leader_id ""), which is not an error.
+   * Throws after `timeoutMs` without a leader among the running directories.
+   */
+  async leaderIndex(timeoutMs = 30_000): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    let last = '';
+    for (;;) {
+      try {
+        const s = await this.status();
+        const idx = this.directories.findIndex((_, i) => s.leaderId === `directory-${i}`);
+        if (idx >= 0) return idx;
+        last = `leader_id "${s.leaderId}"`;
+      } catch (err) {
+        last = String(err);
+      }
+      if (Date.now() >= deadline) throw new Error(`no leader after ${timeoutMs} ms (${last})`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
   }
 
   /** Waits for a leader and every running store to be HEALTHY in the directory. */

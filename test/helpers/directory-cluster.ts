@@ -1,11 +1,13 @@
 import { mkdirSync } from 'node:fs';
 import { createClient } from '@connectrpc/connect';
-import { createGrpcTransport } from '@connectrpc/connect-node';
+import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
 import type { StoreCommand } from '../../gen/haystack/v1/directory_pb.js';
 import { DirectoryRole, DirectoryService } from '../../gen/haystack/v1/directory_pb.js';
 import { DirectoryClient } from '../../internal/directory/client.js';
 import { type StoreHeartbeat, startStoreHeartbeat } from '../../internal/directory/heartbeat-client.js';
+import { peerTransport } from '../../internal/rpc/transport.js';
 import { createLogger } from '../../internal/server/logger.js';
+import { securityOf, TEST_ADMIN } from './pki.js';
 import { freePort, RedisProcess } from './redis.js';
 import { type ServerProcess, spawnServer, tmpName } from './tools.js';
 
@@ -18,6 +20,8 @@ export const FAST_ENV: Record<string, string> = {
   STORE_DOWN_AFTER: '1200ms',
   FOLLOWER_SYNC_INTERVAL: '200ms',
   MIN_FREE_BYTES: '1MiB',
+  // These tests drive the replicated log with the v1 per-blob records (AllocateWrite, CommitWrite).
+  PLACEMENT_GROUPS: '0',
   LOG_LEVEL: process.env.DIRECTORY_TEST_LOG_LEVEL ?? 'info',
 };
 
@@ -26,6 +30,8 @@ export class DirectoryCluster {
   readonly procs: (ServerProcess | null)[] = [];
   readonly dataDirs: string[] = [];
   readonly client: DirectoryClient;
+  /** The directory as the replication manager calls it (UpdateReplicas, VerifyBlobs are its calls). */
+  manager!: DirectoryClient;
 
   private constructor(
     readonly redis: RedisProcess,
@@ -50,6 +56,12 @@ export class DirectoryCluster {
       c.dataDirs.push(d);
       c.procs.push(null);
     }
+    c.manager = new DirectoryClient({
+      addresses: c.addresses,
+      deadlineMs: 20_000,
+      attemptTimeoutMs: 3_000,
+      security: await securityOf({ role: 'replication', id: 'test-manager' }),
+    });
     await Promise.all(c.addresses.map((_, i) => c.startOne(i)));
     return c;
   }
@@ -70,18 +82,27 @@ export class DirectoryCluster {
     return proc;
   }
 
-  stub(i: number) {
-    return createClient(DirectoryService, createGrpcTransport({ baseUrl: `http://${this.addresses[i]}` }));
+  /** A raw DirectoryService client to instance i (as the test's gateway, or `as`). */
+  stub(i: number, security?: Parameters<typeof peerTransport>[3]) {
+    return createClient(
+      DirectoryService,
+      peerTransport(this.addresses[i] as string, ['directory'], {}, security),
+    );
+  }
+
+  /** A raw DirectoryService client to instance i as an operator (admin). */
+  async adminStub(i: number) {
+    return this.stub(i, await securityOf(TEST_ADMIN));
   }
 
   /** Index of the instance that reports itself LEADER (waits for one). */
-  async waitLeader(timeoutMs = 15_000, except?: number): Promise<number> {
+  async waitLeader(timeoutMs = 60_000, except?: number): Promise<number> {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       for (let i = 0; i < this.addresses.length; i++) {
         if (!this.procs[i] || i === except) continue;
         try {
-          const st = await this.stub(i).getClusterStatus({ localOnly: true }, { timeoutMs: 500 });
+          const st = await this.stub(i).getClusterStatus({ localOnly: true }, { timeoutMs: 2000 });
           if (st.directories[0]?.role === DirectoryRole.LEADER) return i;
         } catch {
           // not up
@@ -90,6 +111,17 @@ export class DirectoryCluster {
       await new Promise((r) => setTimeout(r, 50));
     }
     throw new Error(`no directory leader within ${timeoutMs} ms:\n${this.logs().slice(-6000)}`);
+  }
+
+  /** Waits until the leader has `n` registered HEALTHY stores (a write before that is refused). */
+  async waitStores(n: number, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const st = await this.client.getClusterStatus().catch(() => undefined);
+      if ((st?.stores.filter((s) => s.health === StoreHealth.HEALTHY).length ?? 0) >= n) return;
+      if (Date.now() > deadline) throw new Error(`fewer than ${n} healthy stores within ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
   }
 
   async kill(i: number): Promise<void> {
@@ -118,6 +150,7 @@ export class FakeStore {
   frozen = false;
   private thaw: (() => void) | null = null;
   private hb: StoreHeartbeat | null = null;
+  private starting: Promise<void> | undefined;
 
   constructor(
     readonly id: string,
@@ -130,8 +163,15 @@ export class FakeStore {
     return `127.0.0.1:${20000 + Number(this.id.replace(/\D/g, '') || 0)}`;
   }
 
+  /** Starts heartbeating (as this store: its own certificate, issued first). */
   start(): this {
+    this.starting = securityOf({ role: 'store', id: this.id }).then((security) => this.begin(security));
+    return this;
+  }
+
+  private begin(security: Awaited<ReturnType<typeof securityOf>>): void {
     this.hb = startStoreHeartbeat({
+      security,
       storeId: this.id,
       address: this.address,
       zone: this.zone,
@@ -154,7 +194,6 @@ export class FakeStore {
         this.commands.push(cmd);
       },
     });
-    return this;
   }
 
   unfreeze(): void {
@@ -165,6 +204,7 @@ export class FakeStore {
   /** Cuts the heartbeat stream (the store process "dies"). */
   async stop(): Promise<void> {
     this.unfreeze();
+    await this.starting;
     await this.hb?.stop();
     this.hb = null;
   }

@@ -7,19 +7,25 @@ import {
   toBinary,
 } from '@bufbuild/protobuf';
 import * as grpc from '@grpc/grpc-js';
+import { tlsNodeOptions } from './pki.js';
 
 /**
  * A unary call through @grpc/grpc-js, the reference gRPC stack, with messages
  * encoded by the generated protobuf-es schemas.
  */
-export function grpcJsUnary<I extends DescMessage, O extends DescMessage>(
+export async function grpcJsUnary<I extends DescMessage, O extends DescMessage>(
   address: string,
   path: string,
   input: I,
   output: O,
   req: MessageInitShape<I>,
 ): Promise<MessageShape<O>> {
-  const client = new grpc.Client(address, grpc.credentials.createInsecure());
+  // mTLS as the test admin (the servers require a client certificate).
+  const t = await tlsNodeOptions();
+  const client = new grpc.Client(
+    address,
+    grpc.credentials.createSsl(Buffer.from(t.ca), Buffer.from(t.key), Buffer.from(t.cert)),
+  );
   return new Promise<MessageShape<O>>((resolve, reject) => {
     client.makeUnaryRequest(
       path,

@@ -2,14 +2,15 @@ import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { type Client, createClient } from '@connectrpc/connect';
-import { createGrpcTransport } from '@connectrpc/connect-node';
 import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
 import type { BlobLocation } from '../../gen/haystack/v1/directory_pb.js';
 import { ReplicationService } from '../../gen/haystack/v1/replication_pb.js';
 import type { WriteResponse } from '../../gen/haystack/v1/store_pb.js';
 import { DirectoryClient } from '../../internal/directory/client.js';
+import type { TransportSecurity } from '../../internal/security/tls-config.js';
 import { NEEDLE_HEADER_SIZE } from '../../internal/store/needle.js';
 import { Cluster, FAST_ENV } from './cluster.js';
+import { securityOf } from './pki.js';
 import { freePort } from './redis.js';
 import { readBlob, type StoreClient, storeClient, writeBlob } from './store-client.js';
 import { type ServerProcess, spawnServer } from './tools.js';
@@ -47,17 +48,20 @@ export const sha256 = (b: Uint8Array): Buffer => createHash('sha256').update(b).
  */
 export class ReplicationCluster {
   readonly managers: (ServerProcess | undefined)[] = [];
+  /** The directory as a gateway calls it (AllocateWrite, CommitWrite, Locate). */
   readonly directory: DirectoryClient;
+  /** The directory as a replication manager calls it (UpdatePlacement, UpdateReplicas). */
+  readonly managerDirectory: DirectoryClient;
 
   private constructor(
     readonly cluster: Cluster,
     private readonly managerPorts: number[],
     private readonly managerEnv: Record<string, string>,
+    managerSecurity: TransportSecurity,
   ) {
-    this.directory = new DirectoryClient({
-      addresses: cluster.directoryAddrs.split(','),
-      deadlineMs: 20_000,
-    });
+    const addresses = cluster.directoryAddrs.split(',');
+    this.directory = new DirectoryClient({ addresses, deadlineMs: 20_000 });
+    this.managerDirectory = new DirectoryClient({ addresses, deadlineMs: 20_000, security: managerSecurity });
   }
 
   static async start(
@@ -73,11 +77,23 @@ export class ReplicationCluster {
       envoy: false,
       // DOWN after 2 s of silence: quick enough for the tests, slow enough that a
       // loaded machine does not flap stores (each flap costs a copy and a removal).
-      env: { HEARTBEAT_INTERVAL: '300ms', STORE_DEGRADED_AFTER: '1s', STORE_DOWN_AFTER: '2s', ...o.env },
+      // The per-blob replication manager (v1 layout); placement groups: placement-replication.test.ts.
+      env: {
+        HEARTBEAT_INTERVAL: '300ms',
+        STORE_DEGRADED_AFTER: '1s',
+        STORE_DOWN_AFTER: '2s',
+        PLACEMENT_GROUPS: '0',
+        ...o.env,
+      },
       storeEnv: { REPLICATION_ADDRS: managerAddrs, STATS_REPORT_INTERVAL: '1s' },
     });
     const env = { ...FAST_ENV, ...REPLICATION_FAST_ENV, ...o.env };
-    const rc = new ReplicationCluster(cluster, managerPorts, env);
+    const rc = new ReplicationCluster(
+      cluster,
+      managerPorts,
+      env,
+      await securityOf({ role: 'replication', id: 'test-manager' }),
+    );
     try {
       await Promise.all([rc.startManager(0), rc.startManager(1)]);
     } catch (err) {
@@ -106,7 +122,7 @@ export class ReplicationCluster {
   manager(i: number): ReplicationClient {
     return createClient(
       ReplicationService,
-      createGrpcTransport({ baseUrl: `http://127.0.0.1:${this.managerPorts[i]}` }),
+      this.cluster.transport(`127.0.0.1:${this.managerPorts[i]}`, 'replication'),
     );
   }
 

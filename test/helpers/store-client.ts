@@ -1,6 +1,5 @@
 import { create } from '@bufbuild/protobuf';
 import { type Client, createClient } from '@connectrpc/connect';
-import { createGrpcTransport } from '@connectrpc/connect-node';
 import type { StoreTarget } from '../../gen/haystack/v1/common_pb.js';
 import {
   StoreService,
@@ -9,17 +8,26 @@ import {
   type WriteResponse,
 } from '../../gen/haystack/v1/store_pb.js';
 import { createDirectGrpcTransport } from '../../internal/rpc/direct-transport.js';
-import { widenHttp2ClientWindows } from '../../internal/rpc/http2-windows.js';
-
-widenHttp2ClientWindows();
+import { clientSecurity, peerTransport } from '../../internal/rpc/transport.js';
+import type { TransportSecurity } from '../../internal/security/tls-config.js';
 
 export type StoreClient = Client<typeof StoreService>;
 
-/** A StoreService client over connect-node's gRPC transport, or (direct) the lean one the servers use. */
-export function storeClient(address: string, o: { direct?: boolean } = {}): StoreClient {
+/**
+ * A StoreService client over connect-node's gRPC transport, or (direct) the
+ * lean one the servers use; mTLS as the test's gateway unless `security` says
+ * otherwise (see test/helpers/pki.ts).
+ */
+export function storeClient(
+  address: string,
+  o: { direct?: boolean; security?: TransportSecurity } = {},
+): StoreClient {
+  const security = o.security ?? clientSecurity();
   return createClient(
     StoreService,
-    o.direct ? createDirectGrpcTransport({ address }) : createGrpcTransport({ baseUrl: `http://${address}` }),
+    o.direct
+      ? createDirectGrpcTransport({ address, security })
+      : peerTransport(address, ['store'], {}, security),
   );
 }
 
@@ -33,6 +41,10 @@ export interface WriteOptions {
   /** Stop sending after this many bytes (a short stream). */
   truncateAt?: number;
   term?: bigint;
+  contentType?: string;
+  fileName?: string;
+  /** A stamp for the needle, as a forwarding store sends it. */
+  writtenAtMs?: bigint;
 }
 
 export async function writeBlob(
@@ -54,6 +66,9 @@ export async function writeBlob(
           sha256: o.sha256 ?? new Uint8Array(),
           forwardTo: (o.forwardTo ?? []).map((t) => ({ storeId: t.storeId, address: t.address, zone: '' })),
           term: o.term ?? 0n,
+          contentType: o.contentType ?? '',
+          fileName: o.fileName ?? '',
+          writtenAtMs: o.writtenAtMs ?? 0n,
         },
       },
     });

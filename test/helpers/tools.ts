@@ -1,8 +1,55 @@
 import { execFile } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import {
+  type ServerProcess,
+  type SpawnOptions,
+  spawnServer as spawnHaystack,
+} from '../../internal/cli/processes.js';
 import { findBinary } from '../../internal/cli/tools.js';
+import type { Identity } from '../../internal/security/identity.js';
+import { newKekLine } from '../../internal/store/crypto/kek.js';
+import { grpcurlTlsArgs, identityEnv, identityForProcess } from './pki.js';
+import { testAuthEnv } from './tokens.js';
 
-export { type ServerProcess, spawnServer } from '../../internal/cli/processes.js';
+export type { ServerProcess };
+
+let kekFile: string | undefined;
+
+/**
+ * The test run's throwaway key-encryption key (one per test file, so a store
+ * restarted on its data directory finds the key its volumes were wrapped with).
+ */
+export function testKekFile(): string {
+  if (!kekFile) {
+    const dir = tmpName('kek');
+    mkdirSync(dir, { recursive: true });
+    kekFile = path.join(dir, 'kek');
+    writeFileSync(kekFile, `${newKekLine('test-1')}\n`, { mode: 0o600 });
+  }
+  return kekFile;
+}
+
+/**
+ * Starts a `haystack` server subcommand with its own certificate (mTLS), unless
+ * the test sets TLS files itself or INSECURE_PLAINTEXT. Stores encrypt at rest
+ * with the test KEK (testKekFile) unless the test sets KEK_FILE or KEKS (even empty).
+ */
+export async function spawnServer(opts: SpawnOptions): Promise<ServerProcess> {
+  // Every test gateway verifies tokens of the test key (tokens.ts), unless the test sets its own.
+  let env =
+    opts.args[0] === 'gateway' && !opts.env?.AUTH_JWKS_FILE
+      ? { ...(await testAuthEnv()), ...opts.env }
+      : (opts.env ?? {});
+  if (opts.args[0] === 'store' && env.KEK_FILE === undefined && env.KEKS === undefined) {
+    env = { KEK_FILE: testKekFile(), ...env };
+  }
+  opts = { ...opts, env };
+  if (env.INSECURE_PLAINTEXT || env.TLS_CERT_FILE) return spawnHaystack(opts);
+  const identity = identityForProcess(opts.args, { ...process.env, ...env });
+  if (!identity) return spawnHaystack(opts);
+  return spawnHaystack({ ...opts, env: { ...(await identityEnv(identity)), ...env } });
+}
 
 /** Path of a bootstrap-installed tool; fails loudly when missing (npm test installs them). */
 export function tool(name: string): string {
@@ -36,9 +83,22 @@ export function exec(
   });
 }
 
-/** The real grpcurl binary, plaintext. */
-export function grpcurl(args: string[], input?: string): Promise<ExecResult> {
-  return exec(tool('grpcurl'), ['-plaintext', ...args], input === undefined ? {} : { input });
+/** The real grpcurl binary over mTLS, as `as` (default the test admin). */
+export async function grpcurl(args: string[], input?: string, as?: Identity): Promise<ExecResult> {
+  return exec(
+    tool('grpcurl'),
+    [...(await grpcurlTlsArgs(as)), ...args],
+    input === undefined ? {} : { input },
+  );
+}
+
+/** The real grpcurl binary in plaintext (Envoy's public listener; or to show a TLS port refuses it). */
+export function grpcurlPlaintext(args: string[], input?: string): Promise<ExecResult> {
+  // The suite's admin token (setup-token.ts) unless the test sends its own authorization.
+  const token = process.env.HAYSTACK_TOKEN;
+  const auth =
+    token && !args.some((a) => /^authorization:/i.test(a)) ? ['-H', `authorization: Bearer ${token}`] : [];
+  return exec(tool('grpcurl'), ['-plaintext', ...auth, ...args], input === undefined ? {} : { input });
 }
 
 export function tmpName(prefix: string): string {

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -6,10 +7,13 @@ import { type BrowserContext, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findBinary } from '../../internal/cli/tools.js';
 import { buildWeb } from '../../internal/edge/web-build.js';
+import { HaystackClient } from '../../internal/sdk/index.js';
 import { Cluster } from '../helpers/cluster.js';
+import { authFetch as fetch } from '../helpers/tokens.js';
 import { exec, tmpName } from '../helpers/tools.js';
 
-const RESULTS = path.resolve('test-results');
+/** Screenshots of each view, kept in the repository (docs/screenshots/). */
+const SHOTS = path.resolve('docs/screenshots');
 
 function crc32(buf: Buffer): number {
   let c = ~0;
@@ -52,6 +56,28 @@ function makePng(w: number, h: number, seed = 0): Buffer {
   ]);
 }
 
+/** Headless Chromium with a fresh profile. */
+function launch(): Promise<BrowserContext> {
+  return chromium.launchPersistentContext(mkdtempSync(path.join(tmpdir(), 'chromium-')), {
+    executablePath: chromiumPath(),
+    headless: true,
+    viewport: { width: 1400, height: 1000 },
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+}
+
+/** Polls until the assertion holds: generous, since other test runs share the CPU. */
+const waitFor = <T>(fn: () => T | Promise<T>) => expect.poll(fn, { timeout: 30_000, interval: 100 });
+
 function chromiumPath(): string {
   const p = findBinary('chromium') ?? (existsSync('/usr/bin/chromium') ? '/usr/bin/chromium' : undefined);
   if (!p) throw new Error('chromium not found: run test/env/bootstrap.sh (npm test does)');
@@ -72,48 +98,74 @@ describe('the dashboard in headless Chromium, through Envoy', () => {
   let cluster: Cluster;
   let context: BrowserContext;
   let page: Page;
+  const errors: string[] = [];
+  const workers: string[] = [];
+  /** Rows of a chart's data table (what the chart drew). */
+  const chartRows = (id: string) =>
+    page
+      .locator(`#${id} table tr`)
+      .evaluateAll((rows) =>
+        rows
+          .slice(1)
+          .map((r) =>
+            Array.from(
+              (r as unknown as { children: ArrayLike<{ textContent: string | null }> }).children,
+              (c) => c.textContent ?? '',
+            ),
+          ),
+      );
+  const shot = (name: string) => page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
 
   beforeAll(async () => {
     const ui = await buildWeb(tmpName('web'));
-    cluster = await Cluster.start({ gateways: 2, gatewayEnv: { UI_DIR: ui } });
-    context = await chromium.launchPersistentContext(mkdtempSync(path.join(tmpdir(), 'chromium-')), {
-      executablePath: chromiumPath(),
-      headless: true,
-      viewport: { width: 1400, height: 1000 },
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
+    // Per-blob layout (PLACEMENT_GROUPS=0): the directory knows every blob, so the
+    // histogram, blob count and heat are per blob (placement mode: the last describe).
+    cluster = await Cluster.start({
+      gateways: 2,
+      gatewayEnv: { UI_DIR: ui },
+      directoryEnv: { PLACEMENT_GROUPS: '0' },
+      // "Hot" starts at ACCESS_RATE_THRESHOLD reads/min: low, so the 40 reads below make a hot blob.
+      env: { ACCESS_RATE_THRESHOLD: '5', COOL_DOWN_THRESHOLD: '2' },
     });
+    context = await launch();
+    await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: cluster.url });
     page = context.pages()[0] ?? (await context.newPage());
-    mkdirSync(RESULTS, { recursive: true });
+    page.on('pageerror', (e) => errors.push(e.message));
+    page.on('worker', (w) => workers.push(w.url()));
+    mkdirSync(SHOTS, { recursive: true });
   });
   afterAll(async () => {
     await context?.close();
     await cluster?.stop();
   });
 
-  it('shows the cluster, uploads by drag and drop with progress, shows the photo in the gallery, deletes it', async () => {
-    const errors: string[] = [];
-    page.on('pageerror', (e) => errors.push(e.message));
+  it('overview: the cluster (directories, stores, cache) from the status calls', async () => {
     const res = await page.goto(`${cluster.url}/`);
     expect(res?.url()).toBe(`${cluster.url}/ui/`);
     expect(res?.status()).toBe(200);
-
-    // Status: three directories (one leader), three healthy stores, cache.
+    // The operator types a token once (kept in session storage); images load by signed URLs.
+    await page.fill('#token', process.env.HAYSTACK_TOKEN ?? '');
+    await page.click('#token-form button');
+    await page.waitForLoadState();
     await page.locator('#conn.ok').waitFor();
-    await expect.poll(() => page.locator('#directories tbody tr').count()).toBe(3);
-    await expect.poll(() => page.locator('#directories .role-LEADER').count()).toBe(1);
-    await expect.poll(() => page.locator('#stores .health-HEALTHY').count()).toBe(3);
-    await expect.poll(() => page.locator('#cache').textContent()).toContain('redis');
+    expect(await page.locator('#conn').textContent()).toBe('cluster up');
+    await waitFor(() => page.locator('#directories tbody tr').count()).toBe(3);
+    await waitFor(() => page.locator('#directories .role-LEADER').count()).toBe(1);
+    await waitFor(() => page.locator('#stores .health-HEALTHY').count()).toBe(3);
+    await waitFor(() => page.locator('#cache').textContent()).toContain('redis');
+    // Store fill: one bar per store.
+    await waitFor(async () => (await chartRows('chart-fill')).map((r) => r[0])).toEqual([
+      'store-0',
+      'store-1',
+      'store-2',
+    ]);
+  });
 
-    // Drag and drop two PNGs onto the drop zone.
+  let ids: string[] = [];
+
+  it('gallery: drag-and-drop uploads hashed in a Worker (Web Crypto) with progress, shown as images', async () => {
+    await page.locator('nav a[data-view="gallery"]').click();
+    await page.locator('#gallery-view').waitFor();
     const pngs = [makePng(320, 200, 1), makePng(240, 240, 2)];
     // (A string: the page's DOM types are not this program's.)
     const files = JSON.stringify(pngs.map((p, i) => ({ name: `photo-${i}.png`, bytes: [...p] })));
@@ -124,42 +176,170 @@ describe('the dashboard in headless Chromium, through Envoy', () => {
       drop.dispatchEvent(new DragEvent('dragenter', { dataTransfer: dt, bubbles: true, cancelable: true }));
       drop.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
     })()`);
-    await expect.poll(() => page.locator('#uploads li.done').count(), { timeout: 15_000 }).toBe(2);
-    const ids = await page
+    await waitFor(() => page.locator('#uploads li.done').count()).toBe(2);
+    ids = await page
       .locator('#uploads li.done')
       .evaluateAll((lis) => lis.map((l) => (l as unknown as { dataset: { id: string } }).dataset.id));
-    expect(
-      await page
-        .locator('#uploads li.done progress')
-        .first()
-        .evaluate((p) => (p as unknown as { value: number }).value),
-    ).toBeGreaterThan(0);
-
-    // The gallery loads them through /blobs/{id}: real decoded images.
-    for (const [i, w] of [
-      [0, 240],
-      [1, 320],
-    ] as const) {
-      const img = page.locator(`.tile[data-id="${ids[i]}"] img`);
+    // Content-addressed: the ids are the SHA-256 the Worker computed.
+    expect(ids.sort()).toEqual(pngs.map((p) => createHash('sha256').update(p).digest('hex')).sort());
+    expect(workers.filter((w) => w.endsWith('/ui/hash-worker.js')).length).toBe(2);
+    const values = await page
+      .locator('#uploads li.done progress')
+      .evaluateAll((ps) => ps.map((p) => (p as unknown as { value: number }).value));
+    expect(values).toEqual([100, 100]);
+    for (const id of ids) {
+      const img = page.locator(`.tile[data-id="${id}"] img`);
       await img.waitFor();
-      await expect
-        .poll(() => img.evaluate((e) => (e as unknown as { naturalWidth: number }).naturalWidth))
-        .toBe(w);
+      await waitFor(() =>
+        img.evaluate((e) => (e as unknown as { naturalWidth: number }).naturalWidth),
+      ).toBeGreaterThan(0);
     }
-    // The status view counts them.
-    await expect
-      .poll(() => page.locator('#dir-summary').textContent(), { timeout: 10_000 })
-      .toMatch(/ 2 blobs/);
-    await page.screenshot({ path: path.join(RESULTS, 'dashboard.png'), fullPage: true });
+  });
 
-    // Delete one from the gallery.
-    await page.locator(`.tile[data-id="${ids[0]}"] button`).click();
-    await expect.poll(() => page.locator(`.tile[data-id="${ids[0]}"]`).count()).toBe(0);
-    expect((await fetch(`${cluster.url}/blobs/${ids[0]}`)).status).toBe(404);
-    await expect
-      .poll(() => page.locator('#dir-summary').textContent(), { timeout: 10_000 })
-      .toMatch(/ 1 blobs/);
-    await page.screenshot({ path: path.join(RESULTS, 'dashboard-after-delete.png'), fullPage: true });
+  it('gallery: live (blobs uploaded elsewhere appear without a reload) and paged past any cap', async () => {
+    const sdk = new HaystackClient({ url: cluster.url });
+    const more = Array.from({ length: 30 }, (_, i) => makePng(24, 16, i + 3));
+    for (const png of more) await sdk.upload(png, { contentType: 'image/png' });
+    await sdk.close();
+    await page.locator('#page-size').selectOption('12');
+    // 32 blobs: pages of 12, 12 and 8, reached with "next" and back with "previous".
+    const seen = new Set<string>();
+    const pageIds = () =>
+      page
+        .locator('#gallery .tile')
+        .evaluateAll((ts) => ts.map((t) => (t as unknown as { dataset: { id: string } }).dataset.id));
+    await waitFor(() => page.locator('#gallery .tile').count()).toBe(12);
+    for (const [n, size] of [
+      [1, 12],
+      [2, 12],
+      [3, 8],
+    ] as const) {
+      if (n > 1) await page.locator('#page-next').click();
+      await waitFor(() => page.locator('#page-label').textContent()).toBe(`page ${n}`);
+      await waitFor(() => page.locator('#gallery .tile').count()).toBe(size);
+      for (const id of await pageIds()) seen.add(id);
+    }
+    expect(seen.size).toBe(32);
+    expect(await page.locator('#page-next').isDisabled()).toBe(true);
+    await page.locator('#page-prev').click();
+    await waitFor(() => page.locator('#page-label').textContent()).toBe('page 2');
+    await page.locator('#page-prev').click();
+    await waitFor(() => page.locator('#page-label').textContent()).toBe('page 1');
+    await shot('gallery');
+  });
+
+  it('overview charts: throughput, latency, hit rate, replica histogram, hottest blobs, store fill', async () => {
+    // Reads through Envoy: cache lookups (throughput, hit rate) and heat for one blob.
+    for (let i = 0; i < 40; i++) expect((await fetch(`${cluster.url}/blobs/${ids[0]}`)).status).toBe(200);
+    await page.locator('nav a[data-view="overview"]').click();
+    await waitFor(async () => (await chartRows('chart-replicas')).map((r) => r.join(' '))).toEqual([
+      '3 replicas 32',
+    ]);
+    await waitFor(async () =>
+      (await chartRows('chart-heat')).some((r) => r[0]!.startsWith(ids[0]!.slice(0, 10))),
+    ).toBe(true);
+    await waitFor(async () => (await chartRows('chart-throughput')).some((r) => Number(r[1]) > 0)).toBe(true);
+    await waitFor(
+      async () => (await chartRows('chart-latency')).filter((r) => Number(r[2]) > 0).length,
+    ).toBeGreaterThan(0);
+    await waitFor(async () => (await chartRows('chart-hit-rate')).some((r) => Number(r[2]) > 0)).toBe(true);
+    await waitFor(() => page.locator('#dir-summary').textContent()).toMatch(/ 32 blobs/);
+    await shot('overview');
+  });
+
+  it('blob view: replicas with their stores, heat, download, copy link, delete', async () => {
+    const id = ids[0]!;
+    await page.goto(`${cluster.url}/ui/#/blob/${id}`);
+    await waitFor(() => page.locator('#blob-view').getAttribute('data-state')).toBe('loaded');
+    await waitFor(() => page.locator('#blob-replicas tbody tr').count()).toBe(3);
+    const stores = await page.locator('#blob-replicas tbody tr td:first-child').allTextContents();
+    expect(stores.sort()).toEqual(['store-0', 'store-1', 'store-2']);
+    await waitFor(() => page.locator('#blob-replicas .health-HEALTHY').count()).toBe(3);
+    expect(await page.locator('#blob-facts').textContent()).toContain(id);
+    await waitFor(async () =>
+      Number((await page.locator('#blob-heat dd').first().textContent()) ?? 0),
+    ).toBeGreaterThan(0);
+    await waitFor(() =>
+      page
+        .locator('#blob-preview img')
+        .evaluate((e) => (e as unknown as { naturalWidth: number }).naturalWidth),
+    ).toBeGreaterThan(0);
+    await waitFor(() => page.locator('#blob-download').getAttribute('href')).toMatch(/\?exp=\d+&sig=/);
+    const href = await page.locator('#blob-download').getAttribute('href');
+    expect(href?.startsWith(`${cluster.url}/blobs/${id}?exp=`)).toBe(true);
+    // A signed URL: no token needed.
+    const body = Buffer.from(await (await globalThis.fetch(href!)).arrayBuffer());
+    expect(createHash('sha256').update(body).digest('hex')).toBe(id);
+    await page.locator('#blob-copy').click();
+    await waitFor(() => page.locator('#blob-copy').textContent()).toBe('link copied');
+    expect(await page.evaluate('navigator.clipboard.readText()')).toBe(href);
+    await shot('blob');
+
+    page.once('dialog', (d) => void d.accept());
+    await page.locator('#blob-delete').click();
+    await waitFor(() => page.evaluate('location.hash')).toBe('#/gallery');
+    expect((await fetch(`${cluster.url}/blobs/${id}`)).status).toBe(404);
+  });
+
+  it('header: "degraded" while a store is DOWN', async () => {
+    await page.locator('nav a[data-view="overview"]').click();
+    await cluster.stores[2]!.kill();
+    await waitFor(() => page.locator('#conn').textContent()).toMatch(/^degraded: 1 store DOWN \(store-2\)/);
+    expect(await page.locator('#conn').getAttribute('class')).toBe('pill warn');
+    await waitFor(() => page.locator('#stores .health-DOWN').count()).toBe(1);
+    await shot('overview-degraded');
     expect(errors).toEqual([]);
+  });
+});
+
+describe('the dashboard in placement mode (the default layout), headless Chromium', () => {
+  let cluster: Cluster;
+  let context: BrowserContext;
+
+  beforeAll(async () => {
+    const ui = await buildWeb(tmpName('web'));
+    cluster = await Cluster.start({ gateways: 1, gatewayEnv: { UI_DIR: ui } });
+    context = await launch();
+  });
+  afterAll(async () => {
+    await context?.close();
+    await cluster?.stop();
+  });
+
+  it('shows the placement groups by replica count, and the replicas of a blob from its group', async () => {
+    const sdk = new HaystackClient({ url: cluster.url });
+    const blob = await sdk.upload(makePng(64, 48, 7), { contentType: 'image/png' });
+    await sdk.close();
+    const page = context.pages()[0] ?? (await context.newPage());
+    // A link that carries the token (what `npm start` prints): this cluster is another origin.
+    await page.goto(`${cluster.url}/ui/#token=${process.env.HAYSTACK_TOKEN}`);
+    const status = await cluster.status();
+    expect(status.placementGroupCount).toBeGreaterThan(0);
+    await waitFor(() => page.locator('#dir-summary').textContent()).toContain(
+      `${status.placementGroupCount} placement groups`,
+    );
+    // Each store's placement share (where drain progress shows): every group on all three stores.
+    await waitFor(() => page.locator('#stores tbody tr td:nth-child(5)').allTextContents()).toEqual(
+      Array(3).fill(`${status.placementGroupCount} groups`),
+    );
+    // Every group has 3 stores: one bar of placement groups at "3 replicas", and the
+    // one blob uploaded (the directory's estimate from the stores' needles) beside it.
+    await waitFor(() =>
+      page
+        .locator('#chart-replicas table tr')
+        .evaluateAll((rows) =>
+          rows.map((r) =>
+            Array.from(
+              (r as unknown as { children: ArrayLike<{ textContent: string | null }> }).children,
+              (c) => c.textContent ?? '',
+            ).join('|'),
+          ),
+        ),
+    ).toEqual(['|placement groups|blobs (estimated)', `3 replicas|${status.placementGroupCount}|1`]);
+    await page.goto(`${cluster.url}/ui/#/blob/${blob.id}`);
+    await waitFor(() => page.locator('#blob-replicas tbody tr').count()).toBe(3);
+    await waitFor(() => page.locator('#blob-replicas .health-HEALTHY').count()).toBe(3);
+    expect(await page.locator('#blob-group').textContent()).toMatch(/^placement group \d+$/);
+    await page.screenshot({ path: path.join(SHOTS, 'blob-placement.png'), fullPage: true });
   });
 });

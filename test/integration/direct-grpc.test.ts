@@ -10,15 +10,25 @@ import {
   type ServiceImpl,
   type Transport,
 } from '@connectrpc/connect';
-import { createGrpcTransport, createGrpcWebTransport } from '@connectrpc/connect-node';
+import { createGrpcWebTransport } from '@connectrpc/connect-node';
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirectoryService } from '../../gen/haystack/v1/directory_pb.js';
-import { ReadResponseSchema, StoreService, WriteRequestSchema } from '../../gen/haystack/v1/store_pb.js';
+import {
+  ReadResponseSchema,
+  StoreService,
+  type WriteRequest,
+  WriteRequestSchema,
+} from '../../gen/haystack/v1/store_pb.js';
 import { sleep } from '../../internal/common/sleep.js';
 import { createDirectGrpcTransport } from '../../internal/rpc/direct-transport.js';
+import { AsyncPipe } from '../../internal/rpc/pipe.js';
+import { peerTransport } from '../../internal/rpc/transport.js';
+import type { Identity } from '../../internal/security/identity.js';
+import type { TransportSecurity } from '../../internal/security/tls-config.js';
 import { createLogger } from '../../internal/server/logger.js';
 import { type RunningServer, startServer } from '../../internal/server/server.js';
+import { httpsGet, securityOf } from '../helpers/pki.js';
 import { grpcurl } from '../helpers/tools.js';
 
 /**
@@ -28,13 +38,34 @@ import { grpcurl } from '../helpers/tools.js';
  */
 
 const cancelled: string[] = [];
+const writeEndings: string[] = [];
+/** Messages the recording Write handler has received in the current call. */
+let writeReceived = 0;
 
 /** A StoreService whose behaviour is chosen by the blob id. */
 const store: ServiceImpl<typeof StoreService> = {
+  stat: () => Promise.reject(new ConnectError('not in this fake', Code.Unimplemented)),
+  listPlacementGroup: () => Promise.reject(new ConnectError('not in this fake', Code.Unimplemented)),
+  getPlacementDigests: () => Promise.reject(new ConnectError('not in this fake', Code.Unimplemented)),
+  writeShard: () => Promise.reject(new ConnectError('not in this fake', Code.Unimplemented)),
+  deleteShard: () => Promise.reject(new ConnectError('not in this fake', Code.Unimplemented)),
+  readShard: () => {
+    throw new ConnectError('not in this fake', Code.Unimplemented);
+  },
   async write(reqs, ctx) {
     let blobId = '';
     let size = 0n;
     const sha = createHash('sha256');
+    if (ctx.requestHeader.get('x-record') === 'yes') {
+      // Records how the request stream ended, as a handler that commits on a clean end sees it.
+      try {
+        for await (const _ of reqs) writeReceived++;
+        writeEndings.push('clean end');
+      } catch (err) {
+        writeEndings.push(`failed: ${Code[ConnectError.from(err).code]}`);
+      }
+      throw new ConnectError('recorded', Code.Aborted);
+    }
     for await (const r of reqs) {
       if (r.msg.case === 'header') {
         blobId = r.msg.value.blobId;
@@ -103,10 +134,21 @@ const directory: Partial<ServiceImpl<typeof DirectoryService>> = {
 let server: RunningServer;
 let plain: RunningServer;
 let address: string;
+/** The test's identities: a gateway (Write, Read, GetStats), the manager (Delete, Replicate), a store (Heartbeat). */
+let asGateway: TransportSecurity;
+let asManager: TransportSecurity;
+let asStore: TransportSecurity;
+
+type Tls = Extract<TransportSecurity, { mode: 'mtls' }>;
 
 beforeAll(async () => {
   const log = createLogger('test', 'direct', 'silent');
+  const security = await securityOf({ role: 'store', id: 'direct' });
+  asGateway = await securityOf({ role: 'gateway', id: 'g' });
+  asManager = await securityOf({ role: 'replication', id: 'm' });
+  asStore = await securityOf({ role: 'store', id: 's' } satisfies Identity);
   server = await startServer({
+    security,
     component: 'test',
     instance: 'direct',
     listen: '127.0.0.1:0',
@@ -127,6 +169,7 @@ beforeAll(async () => {
   });
   // The same service without the direct path: the direct transport must talk to connect-node too.
   plain = await startServer({
+    security,
     component: 'test',
     instance: 'plain',
     listen: '127.0.0.1:0',
@@ -141,14 +184,31 @@ afterAll(async () => {
   await Promise.all([server?.close(), plain?.close()]);
 });
 
-function clients(addr: () => string): Array<[string, () => Client<typeof StoreService>]> {
-  const make = (t: () => Transport) => () => createClient(StoreService, t());
+/** Clients over mTLS, made as a gateway unless told otherwise. */
+type Make = (as?: TransportSecurity) => Client<typeof StoreService>;
+
+function clients(addr: () => string): Array<[string, Make]> {
+  const make =
+    (t: (as: TransportSecurity) => Transport): Make =>
+    (as = asGateway) =>
+      createClient(StoreService, t(as));
   return [
-    ['direct transport', make(() => createDirectGrpcTransport({ address: addr() }))],
-    ['connect-node gRPC', make(() => createGrpcTransport({ baseUrl: `http://${addr()}` }))],
+    ['direct transport', make((as) => createDirectGrpcTransport({ address: addr(), security: as }))],
+    ['connect-node gRPC', make((as) => peerTransport(addr(), ['store'], {}, as))],
     [
-      'connect-node gRPC-Web (falls back to connect-node)',
-      make(() => createGrpcWebTransport({ baseUrl: `http://${addr()}`, httpVersion: '1.1' })),
+      'connect-node gRPC-Web over HTTP/1.1 TLS (falls back to connect-node)',
+      make((as) =>
+        createGrpcWebTransport({
+          baseUrl: `https://${addr()}`,
+          httpVersion: '1.1',
+          nodeOptions: {
+            ca: (as as Tls).ca,
+            cert: (as as Tls).cert,
+            key: (as as Tls).key,
+            checkServerIdentity: () => undefined,
+          },
+        }),
+      ),
     ],
   ];
 }
@@ -216,9 +276,12 @@ for (const [server, addr] of [
       );
       expect(missing.code).toBe(Code.NotFound);
       expect(missing.rawMessage).toBe('blob missing not found');
-      expect((await codeOf(c.delete({ blobId: 'a' }))).code).toBe(Code.Internal);
+      const m = make(asManager);
+      expect((await codeOf(m.delete({ blobId: 'a' }))).code).toBe(Code.Internal);
       // A plain Error thrown by a handler is INTERNAL in connect-node, and so here.
-      expect((await codeOf(c.replicate({ blobId: 'a' }))).code).toBe(Code.Internal);
+      expect((await codeOf(m.replicate({ blobId: 'a' }))).code).toBe(Code.Internal);
+      // The role table holds on this path too: a store may not delete on another store.
+      expect((await codeOf(make(asStore).delete({ blobId: 'a' }))).code).toBe(Code.PermissionDenied);
     });
 
     it('passes request headers, response headers and trailers, and the deadline', async () => {
@@ -253,7 +316,7 @@ for (const [server, addr] of [
 
 describe('direct path specifics', () => {
   it('a client that stops reading cancels the server stream', async () => {
-    const c = createClient(StoreService, createDirectGrpcTransport({ address }));
+    const c = createClient(StoreService, createDirectGrpcTransport({ address, security: asGateway }));
     cancelled.length = 0;
     const ac = new AbortController();
     const err = await codeOf(
@@ -268,7 +331,10 @@ describe('direct path specifics', () => {
   });
 
   it('bidi-streams: every request answered in order', async () => {
-    const c = createClient(DirectoryService, createDirectGrpcTransport({ address }));
+    const c = createClient(
+      DirectoryService,
+      createDirectGrpcTransport({ address, security: asStore, serverRoles: ['store'] }),
+    );
     async function* beats() {
       for (let i = 1; i <= 50; i++) yield { storeId: 's', freeBytes: BigInt(i) };
     }
@@ -278,7 +344,11 @@ describe('direct path specifics', () => {
   });
 
   it('answers grpc-js (the reference gRPC stack) streaming calls', async () => {
-    const client = new grpc.Client(address, grpc.credentials.createInsecure());
+    const t = asGateway as Tls;
+    const client = new grpc.Client(
+      address,
+      grpc.credentials.createSsl(Buffer.from(t.ca), Buffer.from(t.key), Buffer.from(t.cert)),
+    );
     const chunks: number[] = [];
     await new Promise<void>((resolve, reject) => {
       const call = client.makeServerStreamRequest(
@@ -314,8 +384,14 @@ describe('direct path specifics', () => {
     expect(missing.stderr).toContain('blob missing not found');
   });
 
-  it('a request that does not unmarshal is INTERNAL in trailers after headers, and the server keeps serving', async () => {
-    const session = http2.connect(`http://${address}`);
+  it('a request that does not unmarshal is INVALID_ARGUMENT in trailers after headers, and the server keeps serving', async () => {
+    const t = asGateway as Tls;
+    const session = http2.connect(`https://${address}`, {
+      ca: t.ca,
+      cert: t.cert,
+      key: t.key,
+      checkServerIdentity: () => undefined,
+    });
     const result = await new Promise<{
       headers: http2.IncomingHttpHeaders;
       trailers: http2.IncomingHttpHeaders;
@@ -338,20 +414,54 @@ describe('direct path specifics', () => {
     session.close();
     expect(result.headers[':status']).toBe(200);
     expect(result.headers['grpc-status']).toBeUndefined();
-    expect(result.trailers['grpc-status']).toBe('13');
+    expect(result.trailers['grpc-status']).toBe('3');
     expect(String(result.trailers['grpc-message'])).toContain('cannot decode the request message');
-    const c = createClient(StoreService, createDirectGrpcTransport({ address }));
+    const c = createClient(StoreService, createDirectGrpcTransport({ address, security: asGateway }));
     expect((await c.getStats({})).storeId).toBe('fake');
   });
 
+  it.each([
+    // connect-node reports the reset as UNKNOWN; what matters is that it is no complete request.
+    ['direct path', () => address, 'failed: Canceled'],
+    ['connect-node server', () => `127.0.0.1:${plain.port}`, 'failed: Unknown'],
+  ])(
+    'a client-streamed call whose request stream fails after its last message is cancelled, never a complete request (%s)',
+    async (_name, addr, ending) => {
+      // Node's stream.close(CANCEL) half-closes first (END_STREAM, a complete
+      // request on the wire); a store must never commit a forwarded upload its
+      // sender refused after the last byte.
+      const c = createClient(
+        StoreService,
+        createDirectGrpcTransport({ address: addr(), security: asGateway }),
+      );
+      for (let round = 0; round < 5; round++) {
+        writeEndings.length = 0;
+        writeReceived = 0;
+        const pipe = new AsyncPipe<WriteRequest>();
+        const call = codeOf(c.write(pipe, { headers: { 'x-record': 'yes' } }));
+        await pipe.push(create(WriteRequestSchema, { msg: { case: 'header', value: { blobId: 'reset' } } }));
+        await pipe.push(create(WriteRequestSchema, { msg: { case: 'chunk', value: new Uint8Array(1000) } }));
+        // The server holds both messages (under load and TLS that can take a while), then the
+        // client's request stream fails.
+        await expect.poll(() => writeReceived, { timeout: 30_000 }).toBe(2);
+        pipe.fail(new ConnectError('refused after the last byte', Code.AlreadyExists));
+        expect((await call).code).toBe(Code.AlreadyExists);
+        await expect.poll(() => writeEndings.length, { timeout: 30_000 }).toBe(1);
+        expect(writeEndings).toEqual([ending]);
+      }
+    },
+  );
+
   it('a server that is not there is UNAVAILABLE', async () => {
-    const c = createClient(StoreService, createDirectGrpcTransport({ address: '127.0.0.1:1' }));
+    const c = createClient(
+      StoreService,
+      createDirectGrpcTransport({ address: '127.0.0.1:1', security: asGateway }),
+    );
     expect((await codeOf(c.getStats({}))).code).toBe(Code.Unavailable);
   });
 
   it('counts direct calls in the process metrics', async () => {
-    const res = await fetch(`http://${address}/metrics`);
-    const text = await res.text();
+    const text = (await httpsGet(`https://${address}/metrics`)).body;
     expect(text).toMatch(/haystack_rpc_handled_total\{[^}]*method="Write"[^}]*code="ok"[^}]*\} [1-9]/);
     expect(text).toMatch(/haystack_rpc_handled_total\{[^}]*method="Read"[^}]*code="notfound"[^}]*\} [1-9]/);
   });

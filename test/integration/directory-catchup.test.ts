@@ -12,6 +12,7 @@ describe('directory followers: restart, catch-up, snapshots (real processes)', (
     c = await DirectoryCluster.start({ env: { SNAPSHOT_INTERVAL: '300ms', LOG_RETAIN_ENTRIES: '0' } });
     await c.waitLeader();
     stores = ['s1', 's2', 's3'].map((s) => new FakeStore(s, c.addresses).start());
+    await c.waitStores(3);
     await c.client.allocateWrite({ blobId: 'warmup', size: 1n });
   });
 

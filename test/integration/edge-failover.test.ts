@@ -82,7 +82,7 @@ describe('failover behind Envoy under a read load', () => {
     const mid = load.stats.ok;
     // A new leader takes over within LEADER_TIMEOUT.
     await expect
-      .poll(async () => cluster.leaderIndex().catch(() => -1), { timeout: 15_000, interval: 200 })
+      .poll(async () => cluster.leaderIndex(0).catch(() => -1), { timeout: 15_000, interval: 200 })
       .toSatisfy((i: number) => i >= 0 && i !== leader);
     await sleep(1000);
     const stats = await load.end();

@@ -1,35 +1,35 @@
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createClient } from '@connectrpc/connect';
-import { createGrpcTransport } from '@connectrpc/connect-node';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobService } from '../../gen/haystack/v1/blob_pb.js';
 import { HAYSTACK_BIN } from '../../internal/cli/processes.js';
 import { HaystackClient, NotFoundError } from '../../internal/sdk/index.js';
 import { Cluster } from '../helpers/cluster.js';
+import { adminTlsEnv, httpsGet } from '../helpers/pki.js';
 import { bytes } from '../helpers/store-client.js';
+import { authFetch } from '../helpers/tokens.js';
 import { exec, tmpName } from '../helpers/tools.js';
 
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 let cluster: Cluster;
 let client: HaystackClient;
+/** HAYSTACK_TLS_*: the CLI's admin certificate for calls straight to cluster members. */
+let adminEnv: Record<string, string> = {};
 const dir = tmpName('files');
 
 function haystack(args: string[]) {
   return exec(process.execPath, [HAYSTACK_BIN, ...args], {
-    env: { ...process.env, HAYSTACK_URL: cluster.url },
+    env: { ...process.env, HAYSTACK_URL: cluster.url, ...adminEnv },
     timeoutMs: 120_000,
   });
 }
 
 /** Cache counts of one gateway (called directly, not through Envoy). */
 async function gatewayCache(i: number) {
-  const c = createClient(
-    BlobService,
-    createGrpcTransport({ baseUrl: `http://${cluster.gateways[i]!.address}` }),
-  );
+  const c = createClient(BlobService, cluster.transport(cluster.gateways[i]!.address, 'gateway'));
   const s = await c.getStats({});
   return { hits: Number(s.gateway?.hits), misses: Number(s.gateway?.misses), available: s.cacheAvailable };
 }
@@ -45,6 +45,7 @@ beforeAll(async () => {
     gatewayEnv: { CACHE_MAX_BLOB_SIZE: '1MiB', CACHE_WARN_INTERVAL: '60s' },
   });
   client = new HaystackClient({ url: cluster.url });
+  adminEnv = await adminTlsEnv();
   mkdirSync(dir, { recursive: true });
 });
 afterAll(async () => {
@@ -126,15 +127,16 @@ describe('the package entry point', () => {
 });
 
 describe('the haystack CLI on the SDK', () => {
-  it('upload (progress, one id per line), download, status, ls, delete, with --json', async () => {
+  it('upload ("id  path" per file), download, status, ls, delete, with --json', async () => {
     const files = `${dir}/cli`;
     mkdirSync(files, { recursive: true });
     const contents = [bytes(10_000, 31), bytes(20_000, 32), bytes(30_000, 33)];
     for (const [i, c] of contents.entries()) writeFileSync(`${files}/f${i}.png`, c);
     const up = await haystack(['upload', files]);
     expect(up.code, up.stderr).toBe(0);
-    const ids = up.stdout.trim().split('\n');
-    expect(ids).toEqual(contents.map(sha));
+    const lines = up.stdout.trim().split('\n');
+    expect(lines).toEqual(contents.map((c, i) => `${sha(c)}  ${files}/f${i}.png`));
+    const ids = lines.map((l) => l.split('  ')[0]!);
 
     const out = `${dir}/cli-out.png`;
     const dl = await haystack(['download', ids[1]!, out]);
@@ -170,7 +172,68 @@ describe('the haystack CLI on the SDK', () => {
     expect(gone.stderr.trim().split('\n')).toEqual([`haystack: NOT_FOUND: blob ${ids[2]} not found`]);
     const goneJson = await haystack(['status', ids[2]!, '--json']);
     expect(JSON.parse(goneJson.stdout).error.code).toBe('NOT_FOUND');
-  });
+  }, 240_000);
+
+  it('--version; - is stdin for upload and stdout for download', async () => {
+    const v = await haystack(['--version']);
+    expect(v.code).toBe(0);
+    expect(v.stdout.trim()).toBe(
+      JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')).version,
+    );
+    const data = bytes(12_345, 41);
+    writeFileSync(`${dir}/stdin.bin`, data);
+    const piped = await exec(
+      '/bin/sh',
+      ['-c', `"${process.execPath}" "${HAYSTACK_BIN}" upload - < "${dir}/stdin.bin"`],
+      {
+        env: { ...process.env, HAYSTACK_URL: cluster.url },
+      },
+    );
+    expect(piped.code, piped.stderr).toBe(0);
+    expect(piped.stdout.trim()).toBe(`${sha(data)}  -`);
+    const st = await haystack(['status', sha(data), '--json']);
+    expect(JSON.parse(st.stdout)).toMatchObject({
+      size: 12_345,
+      contentType: 'application/octet-stream',
+      fileName: '',
+    });
+    const down = await exec(
+      '/bin/sh',
+      ['-c', `"${process.execPath}" "${HAYSTACK_BIN}" download ${sha(data)} - | sha256sum`],
+      {
+        env: { ...process.env, HAYSTACK_URL: cluster.url },
+      },
+    );
+    expect(down.stdout.split(' ')[0]).toBe(sha(data));
+    expect(existsSync('-')).toBe(false);
+  }, 240_000);
+
+  it('admin verbs: volumes, compact, scrub on every store (StoreService)', async () => {
+    const vols = await haystack(['volumes', '--json']);
+    expect(vols.code, vols.stderr).toBe(0);
+    const docs = vols.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { store: string; volumes: unknown[] });
+    expect(docs.map((d) => d.store).sort()).toEqual(['store-0', 'store-1', 'store-2']);
+    expect(docs.every((d) => d.volumes.length >= 1)).toBe(true);
+    const text = await haystack(['volumes', '--store', 'store-1']);
+    expect(text.stdout).toMatch(/^store-1 .* volumes, .* used, .* free\n {2}volume \d+ /);
+    const compact = await haystack(['compact', '--force', '--store', 'store-0', '--json']);
+    expect(compact.code, compact.stderr).toBe(0);
+    expect(JSON.parse(compact.stdout).compactions.length).toBeGreaterThanOrEqual(1);
+    const scrub = await haystack(['scrub', '--json']);
+    expect(scrub.code, scrub.stderr).toBe(0);
+    const scrubs = scrub.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { needlesChecked: number; corrupt: unknown[] });
+    expect(scrubs).toHaveLength(3);
+    expect(scrubs.every((s) => s.needlesChecked > 0 && s.corrupt.length === 0)).toBe(true);
+    const unknown = await haystack(['scrub', '--store', 'store-9']);
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toContain('no store store-9');
+  }, 240_000);
 
   it('shows a progress bar for a 50 MiB upload and round-trips it', async () => {
     const file = `${dir}/cli-big.bin`;
@@ -178,12 +241,12 @@ describe('the haystack CLI on the SDK', () => {
     writeFileSync(file, data);
     const up = await haystack(['upload', '--progress', file]);
     expect(up.code, up.stderr).toBe(0);
-    expect(up.stdout.trim()).toBe(sha(data));
+    expect(up.stdout.trim()).toBe(`${sha(data)}  ${file}`);
     expect(up.stderr).toMatch(/cli-big\.bin \[.*\] 100% \| 50\.0 MiB \/ 50\.0 MiB/);
     const out = `${dir}/cli-big.out`;
     expect((await haystack(['download', sha(data), out])).code).toBe(0);
     expect(readFileSync(out).equals(data)).toBe(true);
-  });
+  }, 240_000);
 
   it('stats and health report the cluster; errors are one line with a non-zero exit', async () => {
     const stats = await haystack(['stats', '--json']);
@@ -230,7 +293,7 @@ describe('the blob cache (Redis)', () => {
     expect(Buffer.from((await client.download(b.id)).data).equals(data)).toBe(true);
     expect(await totalHits()).toBe(before + 1);
     // /blobs/{id} reads through the same cache.
-    const res = await fetch(`${cluster.url}/blobs/${b.id}`);
+    const res = await authFetch(`${cluster.url}/blobs/${b.id}`);
     expect(Buffer.from(await res.arrayBuffer()).equals(data)).toBe(true);
     expect(await totalHits()).toBe(before + 2);
     // Blobs above CACHE_MAX_BLOB_SIZE are never cached.
@@ -242,10 +305,11 @@ describe('the blob cache (Redis)', () => {
     expect(stats.cacheBackend).toBe('redis');
     expect(stats.cluster.hitRate).toBeGreaterThan(0);
     // And in Prometheus metrics.
-    const metrics = await (await fetch(`http://${cluster.gateways[0]!.address}/metrics`)).text();
+    const metrics = (await httpsGet(`https://${cluster.gateways[0]!.address}/metrics`)).body;
     expect(metrics).toMatch(/haystack_gateway_cache_lookups_total\{[^}]*result="(hit|miss)"[^}]*\} \d+/);
-    expect(metrics).toMatch(/haystack_gateway_cache_hit_ratio\{[^}]*\} [\d.]+/);
-    expect(metrics).toMatch(/haystack_gateway_cache_available\{[^}]*\} 1/);
+    // Unlabelled since the process-info metric replaced the app's own instance label.
+    expect(metrics).toMatch(/haystack_gateway_cache_hit_ratio(\{[^}]*\})? [\d.]+/);
+    expect(metrics).toMatch(/haystack_gateway_cache_available(\{[^}]*\})? 1/);
   });
 
   it('keeps reads and writes working while Redis is down, and caches again once it is back', async () => {

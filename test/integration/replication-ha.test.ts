@@ -1,17 +1,22 @@
 import { Code, ConnectError, createClient } from '@connectrpc/connect';
-import { createGrpcTransport } from '@connectrpc/connect-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Health, HealthCheckResponse_ServingStatus } from '../../gen/grpc/health/v1/health_pb.js';
 import { ReplicationService } from '../../gen/haystack/v1/replication_pb.js';
-import { AccessReporter, ReporterKind } from '../../internal/replication/access-reporter.js';
+import { AccessReporter, ReporterKind } from '../../internal/heat-client/access-reporter.js';
+import { peerTransport } from '../../internal/rpc/transport.js';
+import { httpsGet, securityOf, TEST_ADMIN } from '../helpers/pki.js';
 import { RedisProcess } from '../helpers/redis.js';
 import { grpcurl, type ServerProcess, spawnServer } from '../helpers/tools.js';
+
+const admin = await securityOf(TEST_ADMIN);
+/** A store's identity: stores (and gateways) report corruption; operators do not. */
+const asStore = await securityOf({ role: 'store', id: 's' });
+const transport = (address: string, as = admin) => peerTransport(address, ['replication'], {}, as);
 
 // Two manager processes sharing a Redis lease, with no directory (the lease, the
 // reporter stream and failover do not need one): only the holder takes reports.
 
-const client = (address: string) =>
-  createClient(ReplicationService, createGrpcTransport({ baseUrl: `http://${address}` }));
+const client = (address: string, as = admin) => createClient(ReplicationService, transport(address, as));
 
 async function until<T>(fn: () => Promise<T | undefined>, ms: number, what: string): Promise<T> {
   const deadline = Date.now() + ms;
@@ -26,7 +31,7 @@ async function until<T>(fn: () => Promise<T | undefined>, ms: number, what: stri
 /** grpc.health.v1 status of ReplicationService on an instance. */
 const serving = async (address: string) =>
   (
-    await createClient(Health, createGrpcTransport({ baseUrl: `http://${address}` })).check({
+    await createClient(Health, transport(address)).check({
       service: 'haystack.v1.ReplicationService',
     })
   ).status;
@@ -97,9 +102,9 @@ describe('replication manager high availability (real Redis, two processes)', ()
     expect(await serving(standby.address)).toBe(HealthCheckResponse_ServingStatus.NOT_SERVING);
 
     // The standby refuses reports and corruption reports, so reporters move on.
-    expect(await codeOf(client(standby.address).reportCorruption({ storeId: 's', blobIds: ['x'] }))).toBe(
-      Code.FailedPrecondition,
-    );
+    expect(
+      await codeOf(client(standby.address, asStore).reportCorruption({ storeId: 's', blobIds: ['x'] })),
+    ).toBe(Code.FailedPrecondition);
     expect(await codeOf(client(standby.address).runAudit({}))).toBe(Code.FailedPrecondition);
 
     reporter = new AccessReporter({
@@ -128,12 +133,24 @@ describe('replication manager high availability (real Redis, two processes)', ()
       expect(JSON.parse(g.stdout).hotBlobs[0].blobId).toBe('photo-1');
 
       // Prometheus sees the same.
-      const metrics = await (await fetch(`http://${active.address}/metrics`)).text();
-      expect(metrics).toMatch(/^haystack_replication_active\{[^}]*\} 1$/m);
-      expect(metrics).toMatch(/^haystack_replication_access_batches_total\{[^}]*\} [1-9]/m);
-      expect(metrics).toMatch(/^haystack_replication_tracked_blobs\{[^}]*\} 1$/m);
-      const standbyMetrics = await (await fetch(`http://${standby.address}/metrics`)).text();
-      expect(standbyMetrics).toMatch(/^haystack_replication_active\{[^}]*\} 0$/m);
+      const metrics = (await httpsGet(`https://${active.address}/metrics`)).body;
+      expect(metrics).toMatch(/^haystack_replication_active(\{[^}]*\})? 1$/m);
+      expect(metrics).toMatch(/^haystack_replication_access_batches_total(\{[^}]*\})? [1-9]/m);
+      expect(metrics).toMatch(/^haystack_replication_tracked_blobs(\{[^}]*\})? 1$/m);
+      // A lukewarm blob (a few reads, far below ACCESS_RATE_THRESHOLD) is tracked but not hot:
+      // the hot list and haystack_replication_hot_blobs agree.
+      reporter.count('photo-2', 1);
+      await until(
+        async () => ((await client(active.address).getStats({})).trackedBlobs >= 2n ? true : undefined),
+        10_000,
+        'photo-2 tracked',
+      );
+      const lukewarm = await client(active.address).getStats({});
+      expect(lukewarm.hotBlobs.map((b) => b.blobId)).toEqual(['photo-1']);
+      const hotMetric = (await httpsGet(`https://${active.address}/metrics`)).body;
+      expect(hotMetric).toMatch(/^haystack_replication_hot_blobs(\{[^}]*\})? 1$/m);
+      const standbyMetrics = (await httpsGet(`https://${standby.address}/metrics`)).body;
+      expect(standbyMetrics).toMatch(/^haystack_replication_active(\{[^}]*\})? 0$/m);
 
       const killedAt = Date.now();
       await active.kill();

@@ -14,6 +14,7 @@ import {
 } from '../../gen/grpc/health/v1/health_pb.js';
 import { HAYSTACK_BIN } from '../../internal/cli/processes.js';
 import { grpcJsUnary } from '../helpers/grpcjs.js';
+import { httpsGet, tlsNodeOptions } from '../helpers/pki.js';
 import { exec, grpcurl, type ServerProcess, spawnServer, tmpName } from '../helpers/tools.js';
 
 const SERVERS = [
@@ -91,14 +92,17 @@ describe.each(SERVERS)('haystack $sub as a real process', ({ sub, service, metho
 
   it('serves Prometheus metrics over plain HTTP/1.1 on the same port', async () => {
     await grpcurl([proc.address, 'grpc.health.v1.Health/Check']);
-    const res = await fetch(`http://${proc.address}/metrics`);
+    const res = await httpsGet(`https://${proc.address}/metrics`);
     expect(res.status).toBe(200);
-    const text = await res.text();
+    const text = res.body;
     expect(text).toMatch(
       /haystack_rpc_handled_total\{[^}]*service="grpc.health.v1.Health"[^}]*method="Check"[^}]*code="ok"/,
     );
     expect(text).toContain('haystack_rpc_duration_seconds_bucket');
     expect(text).toContain('process_cpu_user_seconds_total');
+    // Role and id in an info metric; `instance` is Prometheus's (the scrape target).
+    expect(text).toMatch(new RegExp(`^haystack_process_info\\{role="${sub}",id="[^"]+"\\} 1$`, 'm'));
+    expect(text).not.toMatch(/[{,]instance="/);
   });
 
   it('ends with exit code 0 soon after SIGTERM', async () => {
@@ -142,22 +146,30 @@ describe('one server, every client stack', () => {
     expect((err as ServiceError).code).toBe(5); // NOT_FOUND
   });
 
+  // Every stack over TLS with a client certificate (ALPN picks HTTP/2 or HTTP/1.1).
+  const url = () => `https://${proc.address}`;
   it.each([
-    ['gRPC over HTTP/2', () => createGrpcTransport({ baseUrl: `http://${proc.address}` })],
+    [
+      'gRPC over HTTP/2',
+      async () => createGrpcTransport({ baseUrl: url(), nodeOptions: await tlsNodeOptions() }),
+    ],
     [
       'Connect over HTTP/1.1',
-      () => createConnectTransport({ baseUrl: `http://${proc.address}`, httpVersion: '1.1' }),
+      async () =>
+        createConnectTransport({ baseUrl: url(), httpVersion: '1.1', nodeOptions: await tlsNodeOptions() }),
     ],
     [
       'Connect over HTTP/2',
-      () => createConnectTransport({ baseUrl: `http://${proc.address}`, httpVersion: '2' }),
+      async () =>
+        createConnectTransport({ baseUrl: url(), httpVersion: '2', nodeOptions: await tlsNodeOptions() }),
     ],
     [
       'gRPC-Web over HTTP/1.1',
-      () => createGrpcWebTransport({ baseUrl: `http://${proc.address}`, httpVersion: '1.1' }),
+      async () =>
+        createGrpcWebTransport({ baseUrl: url(), httpVersion: '1.1', nodeOptions: await tlsNodeOptions() }),
     ],
   ])('is called by a Connect client using %s', async (_name, transport) => {
-    const client = createClient(Health, transport());
+    const client = createClient(Health, await transport());
     const res = await client.check({ service: '' });
     expect(res.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
     const err = await client.check({ service: 'nope' }).catch((e: unknown) => ConnectError.from(e));
@@ -165,7 +177,10 @@ describe('one server, every client stack', () => {
   });
 
   it('streams health changes over Watch', async () => {
-    const client = createClient(Health, createGrpcTransport({ baseUrl: `http://${proc.address}` }));
+    const client = createClient(
+      Health,
+      createGrpcTransport({ baseUrl: url(), nodeOptions: await tlsNodeOptions() }),
+    );
     const ctl = new AbortController();
     const stream = client.watch({ service: 'haystack.v1.StoreService' }, { signal: ctl.signal });
     for await (const msg of stream) {
@@ -187,6 +202,9 @@ describe('configuration is validated at start', () => {
     ['replication', 'MAX_REPLICA_COUNT', 'many'],
     ['gateway', 'CACHE_TTL', 'forever'],
     ['gateway', 'LISTEN', 'nohost'],
+    ['store', 'TLS_CERT_FILE', '/nonexistent/tls.crt'],
+    ['directory', 'INSECURE_PLAINTEXT', 'maybe'],
+    ['gateway', 'LISTEN_IDLE_TIMEOUT', 'never'],
   ])('haystack %s exits non-zero naming %s', async (sub, name, value) => {
     const res = await exec(process.execPath, [HAYSTACK_BIN, sub], {
       env: { ...process.env, [name]: value, DATA_DIR: tmpName('cfg') },

@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
 import { Code, ConnectError } from '@connectrpc/connect';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { TransportSecurity } from '../../internal/security/tls-config.js';
+import { securityOf, TEST_ADMIN } from '../helpers/pki.js';
 import {
   bytes,
   readBlob,
@@ -41,6 +43,16 @@ async function startStore(
   });
 }
 
+/** Over mTLS each call is made by the role allowed to make it (internal/security/authz.ts). */
+const asAdmin = (address: string) => storeClient(address, { security: admin });
+const asManager = (address: string) => storeClient(address, { security: manager });
+let admin: TransportSecurity;
+let manager: TransportSecurity;
+beforeAll(async () => {
+  admin = await securityOf(TEST_ADMIN);
+  manager = await securityOf({ role: 'replication', id: 'test-manager' });
+});
+
 describe('one store over real gRPC', () => {
   let proc: ServerProcess;
   let client: StoreClient;
@@ -75,9 +87,9 @@ describe('one store over real gRPC', () => {
     expect(await codeOf(readBlob(client, 'photo-1.jpg', { cookie: 43n }))).toBe(Code.NotFound);
     expect(await codeOf(readBlob(client, 'photo-1.jpg', { offset: 300_001 }))).toBe(Code.OutOfRange);
 
-    expect((await client.delete({ blobId: 'photo-1.jpg' })).found).toBe(true);
+    expect((await client.delete({ blobId: 'photo-1.jpg', term: 1n })).found).toBe(true);
     expect(await codeOf(readBlob(client, 'photo-1.jpg'))).toBe(Code.NotFound);
-    expect((await client.delete({ blobId: 'photo-1.jpg' })).found).toBe(false);
+    expect((await client.delete({ blobId: 'photo-1.jpg', term: 1n })).found).toBe(false);
   });
 
   it('writes an empty blob', async () => {
@@ -85,12 +97,21 @@ describe('one store over real gRPC', () => {
     expect(sameBytes(await readBlob(client, 'empty'), Buffer.alloc(0))).toBe('identical');
   });
 
-  it('is idempotent for the same content and refuses different content', async () => {
+  it('is idempotent for the same content (keeping the original cookie and stamp) and refuses different content', async () => {
     const data = bytes(5000, 2);
     const a = await writeBlob(client, 'same', data, { cookie: 7n });
+    expect(a.cookie).toBe(7n);
+    expect(a.writtenAtMs).toBeGreaterThan(0n);
     const b = await writeBlob(client, 'same', data, { cookie: 7n });
     expect(b.replicas[0]).toEqual(a.replicas[0]);
+    // A retried upload that drew another cookie keeps the first one.
+    const c = await writeBlob(client, 'same', data, { cookie: 8n });
+    expect(c.cookie).toBe(7n);
+    expect(c.writtenAtMs).toBe(a.writtenAtMs);
     expect(await codeOf(writeBlob(client, 'same', bytes(5000, 3), { cookie: 7n }))).toBe(Code.AlreadyExists);
+    expect(await messageOf(writeBlob(client, 'same', bytes(5000, 3)))).toMatch(
+      /already exists here with different content/,
+    );
     expect(sameBytes(await readBlob(client, 'same'), data)).toBe('identical');
   });
 
@@ -114,7 +135,7 @@ describe('one store over real gRPC', () => {
     expect(await codeOf(readBlob(client, 'x'.repeat(256)))).toBe(Code.InvalidArgument);
     expect(await messageOf(readBlob(client, 'bad/id'))).toContain('"/"');
     expect(await codeOf(writeBlob(client, 'white space', bytes(10, 6)))).toBe(Code.InvalidArgument);
-    expect(await codeOf(client.delete({ blobId: '' }))).toBe(Code.InvalidArgument);
+    expect(await codeOf(client.delete({ blobId: '', term: 1n }))).toBe(Code.InvalidArgument);
     const headerless = client.write(
       (async function* () {
         yield { msg: { case: 'chunk' as const, value: new Uint8Array(3) } };
@@ -140,8 +161,8 @@ describe('one store over real gRPC', () => {
   });
 
   it('compacts on demand while keeping every live blob', async () => {
-    for (let i = 0; i < 6; i++) await client.delete({ blobId: `big-${i}` });
-    const res = await client.compact({ force: true });
+    for (let i = 0; i < 6; i++) await client.delete({ blobId: `big-${i}`, term: 1n });
+    const res = await asAdmin(proc.address).compact({ force: true });
     expect(res.compactions.length).toBeGreaterThan(0);
     for (let i = 0; i < 6; i++) expect(await codeOf(readBlob(client, `big-${i}`))).toBe(Code.NotFound);
     for (let i = 6; i < 12; i++)
@@ -149,14 +170,14 @@ describe('one store over real gRPC', () => {
   });
 
   it('scrubs clean volumes without findings and lists needles in id order', async () => {
-    const scrub = await client.scrub({});
+    const scrub = await asAdmin(proc.address).scrub({});
     expect(scrub.needlesChecked).toBeGreaterThan(0n);
     expect(scrub.corrupt).toEqual([]);
-    const page = await client.listNeedles({ pageSize: 3 });
+    const page = await asAdmin(proc.address).listNeedles({ pageSize: 3 });
     expect(page.needles).toHaveLength(3);
     const ids = page.needles.map((n) => n.blobId);
     expect([...ids].sort()).toEqual(ids);
-    const next = await client.listNeedles({ pageSize: 1000, pageToken: page.nextPageToken });
+    const next = await asAdmin(proc.address).listNeedles({ pageSize: 1000, pageToken: page.nextPageToken });
     expect((next.needles[0]?.blobId ?? '') > ids[2]!).toBe(true);
   });
 
@@ -169,7 +190,11 @@ describe('one store over real gRPC', () => {
     );
     // A manager's term comes from another counter: term 1 is not "older" than directory term 7.
     const copy = await codeOf(
-      client.replicate({ blobId: 'fenced', term: 1n, source: { storeId: 'store-a', address: proc.address } }),
+      asManager(proc.address).replicate({
+        blobId: 'fenced',
+        term: 1n,
+        source: { storeId: 'store-a', address: proc.address },
+      }),
     );
     expect(copy).not.toBe(Code.FailedPrecondition);
     expect((await client.delete({ blobId: 'fenced', term: 7n })).found).toBe(true);
@@ -197,7 +222,7 @@ describe('three stores with fan-out replication', () => {
   it('acknowledges only when every replica holds the bytes', async () => {
     const data = bytes(1_500_000, 9);
     const [a, b, c] = procs.map((p) => storeClient(p.address)) as [StoreClient, StoreClient, StoreClient];
-    const res = await writeBlob(a, 'fanned', data, { forwardTo: targets().slice(1), cookie: 5n });
+    const res = await writeBlob(a, 'fanned', data, { forwardTo: targets().slice(1), cookie: 5n, term: 1n });
     expect(res.replicas.map((r) => r.storeId).sort()).toEqual(['fan-1', 'fan-2', 'fan-3']);
     for (const cl of [a, b, c])
       expect(sameBytes(await readBlob(cl, 'fanned', { cookie: 5n }), data)).toBe('identical');
@@ -207,15 +232,17 @@ describe('three stores with fan-out replication', () => {
     const a = storeClient(procs[0]!.address);
     await procs[2]!.kill();
     const msg = await messageOf(
-      writeBlob(a, 'partial', bytes(200_000, 10), { forwardTo: targets().slice(1) }),
+      writeBlob(a, 'partial', bytes(200_000, 10), { forwardTo: targets().slice(1), term: 1n }),
     );
     expect(msg).toContain('fan-3');
-    const code = await codeOf(writeBlob(a, 'partial', bytes(200_000, 10), { forwardTo: targets().slice(1) }));
+    const code = await codeOf(
+      writeBlob(a, 'partial', bytes(200_000, 10), { forwardTo: targets().slice(1), term: 1n }),
+    );
     expect(code).toBe(Code.Unavailable);
   });
 });
 
-describe('a replica copy over a tombstone', () => {
+describe('a new needle over a tombstone', () => {
   const dstDir = tmpName('copy-dst');
   let src: ServerProcess;
   let dst: ServerProcess;
@@ -228,19 +255,29 @@ describe('a replica copy over a tombstone', () => {
     await Promise.all([src?.stop(), dst?.stop()]);
   });
 
-  it('is taken back by Replicate (not by a client Write) and survives a restart', async () => {
+  it('is taken from a client Write (re-upload after delete) and from Replicate, and survives a restart', async () => {
     const data = bytes(50_000, 12);
     const a = storeClient(src.address);
     await writeBlob(a, 'again', data, {
       forwardTo: [{ storeId: 'copy-dst', address: dst.address }],
+      term: 1n,
       cookie: 9n,
     });
-    // The replication manager removed the replica on dst (a tombstone there).
-    expect((await storeClient(dst.address).delete({ blobId: 'again' })).found).toBe(true);
-    expect(await codeOf(writeBlob(storeClient(dst.address), 'again', data, { cookie: 9n }))).toBe(
-      Code.AlreadyExists,
-    );
-    const copy = await storeClient(dst.address).replicate({
+    // Deleted, then uploaded again by a client: stored again, stamped above the tombstone.
+    const d = storeClient(dst.address);
+    expect(await codeOf(d.stat({ blobId: 'reup' }))).toBe(Code.NotFound);
+    await writeBlob(d, 'reup', bytes(10, 1), { cookie: 1n });
+    expect((await d.delete({ blobId: 'reup', term: 1n })).found).toBe(true);
+    const tomb = await d.stat({ blobId: 'reup', includeDeleted: true });
+    expect(tomb.needle?.deleted).toBe(true);
+    const re = await writeBlob(d, 'reup', bytes(20, 2), { cookie: 2n });
+    expect(re.cookie).toBe(2n);
+    expect(re.writtenAtMs).toBeGreaterThan(tomb.needle!.writtenAtMs);
+    expect(sameBytes(await readBlob(d, 'reup'), bytes(20, 2))).toBe('identical');
+    // The replication manager removed the replica on dst (a tombstone there); it copies it back.
+    expect((await storeClient(dst.address).delete({ blobId: 'again', term: 1n })).found).toBe(true);
+    const copy = await asManager(dst.address).replicate({
+      term: 1n,
       blobId: 'again',
       cookie: 9n,
       sha256: sha(data),
@@ -255,8 +292,8 @@ describe('a replica copy over a tombstone', () => {
     const b = storeClient(dst.address);
     expect(sameBytes(await readBlob(b, 'again', { cookie: 9n }), data)).toBe('identical');
     // Deleted again: stays deleted across a restart and a compaction.
-    expect((await b.delete({ blobId: 'again' })).found).toBe(true);
-    await b.compact({ force: true });
+    expect((await b.delete({ blobId: 'again', term: 1n })).found).toBe(true);
+    await asAdmin(dst.address).compact({ force: true });
     await dst.stop();
     dst = await startStore('copy-dst', dstDir);
     expect(await codeOf(readBlob(storeClient(dst.address), 'again'))).toBe(Code.NotFound);

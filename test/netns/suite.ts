@@ -1,0 +1,42 @@
+import { afterAll, beforeAll, expect } from 'vitest';
+import { NetnsCluster } from './cluster.js';
+import type { PartitionRun } from './partitions.js';
+
+export const log = (l: string) => process.stderr.write(`[netns] ${l}\n`);
+
+/**
+ * Starts the namespace cluster for a describe block (beforeAll) and removes it with
+ * every namespace (afterAll, also after a failure); returns a getter. Directories
+ * log at debug: their "committed" lines are what the stale-leader audit reads.
+ */
+export function useNetnsCluster(): () => NetnsCluster {
+  let nc: NetnsCluster | undefined;
+  // Known before it has booted: a boot that outlasts the hook is still torn down.
+  let starting: NetnsCluster | undefined;
+  beforeAll(async () => {
+    nc = await NetnsCluster.start({ stores: 4, managers: 2, directoryEnv: { LOG_LEVEL: 'debug' } }, (c) => {
+      starting = c;
+    });
+    log(`process logs in ${nc.dataDir}/*.log; addresses 10.77.${nc.net.slot}.0/24`);
+  }, 600_000);
+  afterAll(async () => {
+    await (nc ?? starting)?.stop();
+  }, 120_000);
+  return () => {
+    if (!nc) throw new Error('the netns cluster did not start');
+    return nc;
+  };
+}
+
+/** What every partition run must show: nothing lost or corrupt, linearizable, every audit clean. */
+export function expectClean(r: PartitionRun, o: { staleLeaders: number; writesAcked: number }): void {
+  expect(r.wrongReads).toEqual([]);
+  expect(r.reports.map((x) => [x.fault, x.violations])).toEqual(r.reports.map((x) => [x.fault, []]));
+  expect(r.violations).toEqual([]);
+  expect(r.corruptNeedles).toEqual([]);
+  expect(r.history.anomalies).toEqual([]);
+  // The stale leader: one leader per term, no commit by the deposed one, stores' terms only rising.
+  expect(r.audits.length).toBe(o.staleLeaders);
+  expect(r.audits.flatMap((a) => a.problems)).toEqual([]);
+  expect(r.oplog.counts().writesAcked).toBeGreaterThan(o.writesAcked);
+}
