@@ -192,8 +192,15 @@ try {
           ...(m.length ? [{ name: `read ${label} miss`, latencies: m.flatMap((x) => x.latencies) }] : []),
         ],
       });
+      // CPU per operation of the bench and its cluster (median of the runs), load-independent.
+      const cpu = (xs: MeasuredPhase[]) => {
+        const v = xs.map((x) => x.cpuMsPerOp ?? Number.NaN).sort((a, b) => a - b);
+        if (v.length === 0) return '–';
+        const mid = (v.length - 1) / 2;
+        return (((v[Math.floor(mid)] as number) + (v[Math.ceil(mid)] as number)) / 2).toFixed(2);
+      };
       progress.log(
-        `${label}: writes ${fig.write.opsPerSec.toFixed(0)}/s, hit reads ${fig.hit.opsPerSec.toFixed(0)}/s, miss reads ${fig.miss?.opsPerSec.toFixed(0) ?? '–'}/s`,
+        `${label}: writes ${fig.write.opsPerSec.toFixed(0)}/s, hit reads ${fig.hit.opsPerSec.toFixed(0)}/s, miss reads ${fig.miss?.opsPerSec.toFixed(0) ?? '–'}/s; CPU ms/op: writes ${cpu(w)}, hit reads ${cpu(h)}, miss reads ${cpu(m)}`,
       );
     }
   }

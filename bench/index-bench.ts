@@ -48,13 +48,22 @@ async function mapBench(): Promise<void> {
   const before = mem();
   const t0 = performance.now();
   const map = new NeedleMap({ keyAt: () => undefined, initialCapacity: 1024 });
+  // Insert cost over the 100,000 inserts before 1 M and before N (does it grow with the count?).
+  const marks = [1_000_000, N].filter((m, i, a) => m <= N && a.indexOf(m) === i);
+  const insertUs: string[] = [];
+  let windowStart = 0;
   for (let i = 0; i < N; i++) {
+    if (marks.some((m) => i === m - 100_000)) windowStart = performance.now();
     map.set(key(i), { volumeId: i % 200, offset: 64 + (i % 100_000_000) * 8, length: 160, deleted: false });
+    if (marks.includes(i + 1) && i + 1 >= 100_000) {
+      insertUs.push(`${fmt(i + 1)}: ${(((performance.now() - windowStart) * 1000) / 100_000).toFixed(2)} µs`);
+    }
   }
   const loadMs = performance.now() - t0;
   const after = mem();
   const bytes = (after - before) / N;
   console.log(`needle map: ${fmt(N)} entries loaded in ${fmt(loadMs)} ms (${fmt(N / (loadMs / 1000))}/s)`);
+  console.log(`  insert cost (mean of the 100,000 inserts before): ${insertUs.join(', ')}`);
   console.log(
     `  heap per needle: ${bytes.toFixed(2)} bytes (table ${fmt(map.tableBytes / 2 ** 20)} MiB, capacity ${fmt(map.capacity)}, load ${(map.size / map.capacity).toFixed(3)}, overflow ${map.overflowSize})`,
   );

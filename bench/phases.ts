@@ -2,6 +2,7 @@
 // hits, reads on cache misses (per blob size), and the cache hit rate under a
 // Zipf-distributed read workload.
 import { createHash } from 'node:crypto';
+import { treeCpuSeconds } from './cpu.js';
 import { Load, type Sample, sleep, summarize } from './load.js';
 import type { PhaseResult } from './stats.js';
 import type { Target } from './target.js';
@@ -22,6 +23,12 @@ export interface MeasuredPhase {
   latencies: number[];
   /** Share of the phase's reads that the gateways answered from the cache (reads only). */
   cacheHitShare?: number;
+  /**
+   * CPU milliseconds per successful operation, of the bench process and everything
+   * it started (a local cluster's servers, Envoy, Redis), warm-up included: unlike
+   * ops/s it does not depend on how much of the machine others use.
+   */
+  cpuMsPerOp?: number;
 }
 
 /** Runs a duration-bound load and summarises the operations that ended inside the measured window. */
@@ -40,13 +47,17 @@ async function measure(
     op,
     ...(c.onOp ? { onOp: c.onOp } : {}),
   });
+  const cpu0 = treeCpuSeconds();
   const samples = await load.finished();
+  const cpu = treeCpuSeconds() - cpu0;
+  const okOps = samples.filter((s) => s.ok).length;
   const end = load.measureFrom + c.durationMs;
   const inWindow = samples.filter((s) => s.end <= end);
   const result = summarize(name, inWindow, c.durationMs / 1000);
   return {
     result,
     latencies: inWindow.filter((s) => s.ok).map((s) => s.end - s.start),
+    ...(okOps > 0 ? { cpuMsPerOp: (cpu * 1000) / okOps } : {}),
   };
 }
 

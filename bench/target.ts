@@ -3,8 +3,11 @@
 // Envoy, from test/helpers/cluster.ts) that it can kill and restart, or an
 // existing deployment at HAYSTACK_URL (throughput and hit rate only).
 import { Redis } from 'ioredis';
+import type { EnvoyOptions } from '../internal/edge/envoy-config.js';
 import { type GatewayStats, HaystackClient } from '../internal/sdk/index.js';
-import { Cluster } from '../test/helpers/cluster.js';
+import { Cluster, type ClusterOptions } from '../test/helpers/cluster.js';
+import { adminTlsEnv } from '../test/helpers/pki.js';
+import { testToken } from '../test/helpers/tokens.js';
 
 /** The production defaults of every timing FAST_ENV shortens ('' = use the built-in default). */
 const DEFAULT_TIMINGS: Record<string, string> = {
@@ -34,27 +37,61 @@ export interface Target {
   close(): Promise<void>;
 }
 
+/** `--env KEY=VALUE` flags as an environment object (keys upper case); throws on anything else. */
+export function parseEnvFlags(list: string[]): Record<string, string> {
+  return Object.fromEntries(
+    list.map((kv) => {
+      const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(kv);
+      if (!m) throw new Error(`--env: expected KEY=VALUE, got ${JSON.stringify(kv)}`);
+      return [m[1] as string, m[2] as string];
+    }),
+  );
+}
+
 export async function localTarget(
-  opts: { echo?: boolean; env?: Record<string, string> } = {},
+  opts: {
+    echo?: boolean;
+    env?: Record<string, string>;
+    envoy?: Partial<EnvoyOptions>;
+    nodeArgs?: ClusterOptions['nodeArgs'];
+  } = {},
 ): Promise<Target> {
   const unlimited = { maxTokens: 1_000_000, tokensPerFill: 1_000_000, fillIntervalMs: 1000 };
   const env = { LOG_LEVEL: 'warn', ...DEFAULT_TIMINGS, ...opts.env };
+  // BENCH_MTLS=0 measures the same cluster with INSECURE_PLAINTEXT=1 (the cost of mTLS, issue 12).
+  const mtls = process.env.BENCH_MTLS !== '0';
+  // The gateways verify tokens of the test key (test/helpers/tokens.ts): the SDK and wrk carry an admin one.
+  process.env.HAYSTACK_TOKEN ??= await testToken('admin', { ttlSec: 86_400 });
+  if (mtls) {
+    // The bench talks to gateways directly as an operator (HAYSTACK_TLS_*, read by the SDK).
+    Object.assign(process.env, await adminTlsEnv());
+  }
   const cluster = await Cluster.start({
+    plaintext: !mtls,
     directories: 3,
     stores: 3,
     gateways: 2,
     cacheRedis: true,
     env,
-    // The edge's per-route rate limits (100 uploads/s by default) are a policy, not
+    // The edge's per-client rate limits (100 uploads/s by default) are a policy, not
     // the system's capacity: lifted so the benchmark measures the stores and gateways.
-    envoy: { uploadRateLimit: unlimited, deleteRateLimit: unlimited },
+    envoy: {
+      uploadRateLimit: unlimited,
+      deleteRateLimit: unlimited,
+      readRateLimit: unlimited,
+      ...opts.envoy,
+    },
     echo: opts.echo ?? false,
+    ...(opts.nodeArgs ? { nodeArgs: opts.nodeArgs } : {}),
   });
-  const cacheUrl = cluster.cacheRedis?.url;
+  // The operator's URL: FLUSHDB and CONFIG are not the service user's to run.
+  const cacheUrl = cluster.cacheRedis?.adminUrl;
   if (!cacheUrl) throw new Error('the bench cluster has no cache Redis');
   const redis = new Redis(cacheUrl, { lazyConnect: false, maxRetriesPerRequest: 2 });
   const gatewayClients = () =>
-    cluster.gateways.map((g) => new HaystackClient({ url: `http://${g.address}`, retries: 2 }));
+    cluster.gateways.map(
+      (g) => new HaystackClient({ url: mtls ? g.address : `http://${g.address}`, retries: 2 }),
+    );
   let gws = gatewayClients();
   const client = new HaystackClient({ url: cluster.url });
   return {
@@ -68,6 +105,7 @@ export async function localTarget(
       gateways: '2',
       'envoy rate limits': 'lifted',
       'cache redis': 'separate instance',
+      transport: mtls ? 'mTLS (default)' : 'INSECURE_PLAINTEXT=1',
     },
     flushCache: async () => {
       await redis.flushdb();
