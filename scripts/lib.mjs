@@ -1,7 +1,7 @@
 // Shared steps of `npm start` and `npm test`: install what is missing, quickly when nothing is.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -36,4 +36,15 @@ export function ensureTools(...which) {
 
 export function npx(tool, args, opts) {
   return run(path.join(root, 'node_modules/.bin', tool), args, opts);
+}
+
+/**
+ * tsc into dist/, then mark package.json's bin targets executable: tsc writes them 0644, and
+ * npm only chmods a bin that existed at install time, so on a fresh clone `npx haystack`
+ * would be refused ("Permission denied").
+ */
+export function build() {
+  npx('tsc', ['-p', 'tsconfig.json']);
+  const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8'));
+  for (const target of Object.values(pkg.bin ?? {})) chmodSync(path.join(root, target), 0o755);
 }

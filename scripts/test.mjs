@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { ensureNpmDeps, ensureTools, npx, root } from './lib.mjs';
+import { build, ensureNpmDeps, ensureTools, npx, root } from './lib.mjs';
 
 const started = Date.now();
 const step = (name) => console.error(`\n▶ ${name}  (+${((Date.now() - started) / 1000).toFixed(0)}s)`);
@@ -32,7 +32,7 @@ npx('biome', ['check', '.']);
 
 step('types and build (tsc)');
 npx('tsc', ['-p', 'tsconfig.check.json']);
-npx('tsc', ['-p', 'tsconfig.json']);
+build();
 
 step('tests (vitest)');
 npx('vitest', ['run', ...process.argv.slice(2)]);

@@ -1,0 +1,4 @@
+// `npm run build`: tsc into dist/ with the CLI marked executable.
+import { build } from './lib.mjs';
+
+build();
