@@ -1,9 +1,9 @@
 import type { DescService } from '@bufbuild/protobuf';
 import { type Client, createClient, type Transport } from '@connectrpc/connect';
-import type { Role } from '../security/identity.js';
+import { type Identity, type Role, spiffeId } from '../security/identity.js';
 import type { TransportSecurity } from '../security/tls-config.js';
 import { tracedTransport } from '../server/tracing.js';
-import { createDirectGrpcTransport } from './direct-transport.js';
+import { createDirectGrpcTransport, type DirectTransport } from './direct-transport.js';
 import { clientSecurity, peerTransport } from './transport.js';
 
 /**
@@ -30,14 +30,18 @@ export function serverRoleOf(service: DescService): Role {
 
 /**
  * gRPC clients to peers by host:port, one HTTP/2 transport per address and
- * role, reused across calls (each transport multiplexes streams over one
- * session). Every session is mTLS with this process's certificate, and the
+ * expected server, reused across calls (each transport multiplexes streams over
+ * one session). Every session is mTLS with this process's certificate, and the
  * server must show the role of the service called: a StoreService client only
- * ever talks to a store, whatever address it was given.
+ * ever talks to a store, whatever address it was given. A client may also pin
+ * the exact identity (`client(StoreService, address, { role: 'store', id })`):
+ * the store a request names as a peer (forward_to, Replicate.source) is then
+ * the only server the call can reach; the pool key includes that identity, so a
+ * pinned session is never shared with another expectation.
  */
 export class ClientPool {
   private readonly transports = new Map<string, Transport>();
-  private readonly direct = new Map<string, Transport>();
+  private readonly direct = new Map<string, { raw: DirectTransport; traced: Transport }>();
 
   constructor(private readonly security: TransportSecurity = clientSecurity()) {}
 
@@ -58,28 +62,58 @@ export class ClientPool {
     return t;
   }
 
-  /** A direct gRPC transport to the store at `address` (see direct-transport.ts). */
-  directTransport(address: string): Transport {
-    let t = this.direct.get(address);
+  /**
+   * A direct gRPC transport to the store at `address` (see direct-transport.ts);
+   * with `identity`, the store must prove exactly that identity.
+   */
+  directTransport(address: string, identity?: Identity): Transport {
+    return this.directEntry(address, identity).traced;
+  }
+
+  /**
+   * Completes (or reuses) the mTLS session to the store at `address` pinned to
+   * `identity`: rejects FAILED_PRECONDITION when the server there is anyone
+   * else, UNAVAILABLE when it cannot be reached, before any byte of a call is
+   * sent (so a caller can refuse a request before it writes anything itself).
+   * Resolves at once in plaintext mode (no identities to check).
+   */
+  async handshake(address: string, identity: Identity, signal?: AbortSignal): Promise<void> {
+    if (this.security.mode !== 'mtls') return;
+    await this.directEntry(address, identity).raw.handshake(signal);
+  }
+
+  private directEntry(address: string, identity?: Identity) {
+    const key = `${identity ? spiffeId(identity) : 'store'}@${address}`;
+    let t = this.direct.get(key);
     if (!t) {
-      t = tracedTransport(
-        createDirectGrpcTransport({
-          address,
-          pingIntervalMs: 10_000,
-          idleTimeoutMs: 60_000,
-          security: this.security,
-          serverRoles: ['store'],
-        }),
-      );
-      this.direct.set(address, t);
+      const raw = createDirectGrpcTransport({
+        address,
+        pingIntervalMs: 10_000,
+        idleTimeoutMs: 60_000,
+        security: this.security,
+        serverRoles: ['store'],
+        ...(identity ? { serverIdentity: identity } : {}),
+      });
+      t = { raw, traced: tracedTransport(raw) };
+      this.direct.set(key, t);
     }
     return t;
   }
 
-  client<S extends DescService>(service: S, address: string): Client<S> {
-    const transport = DIRECT_SERVICES.has(service.typeName)
-      ? this.directTransport(address)
-      : this.transport(address, serverRoleOf(service));
-    return createClient(service, transport);
+  /**
+   * A client of `service` at `address`; the server must prove the service's
+   * role, or exactly `identity` when given (of that same role).
+   */
+  client<S extends DescService>(service: S, address: string, identity?: Identity): Client<S> {
+    const role = serverRoleOf(service);
+    if (identity && identity.role !== role) {
+      throw new Error(`a ${service.typeName} server is a ${role}, not ${spiffeId(identity)}`);
+    }
+    if (DIRECT_SERVICES.has(service.typeName)) {
+      return createClient(service, this.directTransport(address, identity));
+    }
+    if (identity)
+      throw new Error(`pinned identities are only supported on the direct path, not ${service.typeName}`);
+    return createClient(service, this.transport(address, role));
   }
 }

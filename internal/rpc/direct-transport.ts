@@ -17,8 +17,8 @@ import {
   type Transport,
   type UnaryResponse,
 } from '@connectrpc/connect';
-import type { Role } from '../security/identity.js';
-import type { TransportSecurity } from '../security/tls-config.js';
+import type { Identity, Role } from '../security/identity.js';
+import { isPeerIdentityMismatch, type TransportSecurity } from '../security/tls-config.js';
 import { CONNECTION_WINDOW } from '../server/listener.js';
 import {
   codeFromHttpStatus,
@@ -81,14 +81,31 @@ export interface DirectTransportOptions {
   security?: TransportSecurity;
   /** Roles the server must prove (default: store, the only service served on the direct path). */
   serverRoles?: readonly Role[];
+  /**
+   * The one identity the server must prove instead (a pinned peer, e.g. the store a
+   * forward_to entry names); any other server fails the call FAILED_PRECONDITION.
+   */
+  serverIdentity?: Identity;
 }
 
 const DEFAULT_MAX_MESSAGE = 256 * 1024 * 1024;
 
-export function createDirectGrpcTransport(o: DirectTransportOptions): Transport {
+/** A direct transport that can also open its session ahead of a call. */
+export interface DirectTransport extends Transport {
+  /**
+   * Opens (or reuses) the session and waits for its TLS handshake, so a server
+   * that cannot prove what it must (serverIdentity, serverRoles) is refused
+   * before any call starts: FAILED_PRECONDITION for another identity, UNAVAILABLE
+   * when it cannot be reached, CANCELED when `signal` aborts first.
+   */
+  handshake(signal?: AbortSignal): Promise<void>;
+}
+
+export function createDirectGrpcTransport(o: DirectTransportOptions): DirectTransport {
   const session = new SessionHolder(o);
   const maxMessageBytes = o.maxMessageBytes ?? DEFAULT_MAX_MESSAGE;
   return {
+    handshake: (signal) => session.handshake(signal),
     async unary<I extends DescMessage, O extends DescMessage>(
       method: DescMethodUnary<I, O>,
       signal: AbortSignal | undefined,
@@ -154,7 +171,38 @@ class SessionHolder {
   constructor(private readonly o: DirectTransportOptions) {
     const security = o.security ?? clientSecurity();
     this.url = `${schemeOf(security)}://${o.address}`;
-    this.options = clientSessionOptions(security, o.serverRoles ?? ['store']);
+    this.options = clientSessionOptions(security, o.serverIdentity ?? o.serverRoles ?? ['store']);
+  }
+
+  /** See DirectTransport.handshake. At once on a session whose handshake is done. */
+  handshake(signal?: AbortSignal): Promise<void> {
+    let s: http2.ClientHttp2Session;
+    try {
+      s = this.get();
+    } catch (err) {
+      return Promise.reject(transportError(err));
+    }
+    if (!s.connecting) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const done = (err?: ConnectError) => {
+        s.off('connect', onConnect);
+        s.off('error', onError);
+        s.off('close', onClose);
+        signal?.removeEventListener('abort', onAbort);
+        if (err) reject(err);
+        else resolve();
+      };
+      const onConnect = () => done();
+      const onError = (err: unknown) => done(transportError(err));
+      const onClose = () =>
+        done(new ConnectError('the connection closed during its handshake', Code.Unavailable));
+      const onAbort = () => done(new ConnectError('the call was cancelled', Code.Canceled));
+      s.once('connect', onConnect);
+      s.once('error', onError);
+      s.once('close', onClose);
+      if (signal?.aborted) onAbort();
+      else signal?.addEventListener('abort', onAbort, { once: true });
+    });
   }
 
   /** Opens a request stream, counting it so an idle session does not keep the process alive. */
@@ -453,6 +501,11 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
 function transportError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
   const e = err as NodeJS.ErrnoException;
+  // The server proved another identity than the pinned one: retrying the same
+  // address cannot help until whoever named it learns the right one.
+  if (isPeerIdentityMismatch(err)) {
+    return new ConnectError(e.message, Code.FailedPrecondition, undefined, undefined, err);
+  }
   const cause = (e?.cause as NodeJS.ErrnoException | undefined)?.code;
   const code =
     UNAVAILABLE_ERRNOS.has(e?.code ?? '') || UNAVAILABLE_ERRNOS.has(cause ?? '')

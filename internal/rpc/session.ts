@@ -1,18 +1,18 @@
 import type http2 from 'node:http2';
-import type { Role } from '../security/identity.js';
-import { expectServerRole, type TransportSecurity } from '../security/tls-config.js';
+import { checkServerFor, type ServerExpectation, type TransportSecurity } from '../security/tls-config.js';
 import { MAX_FRAME_SIZE, STREAM_WINDOW } from '../server/listener.js';
 
 /**
  * Options of every HTTP/2 client session this process opens to a peer: mTLS
- * with its own certificate (the server must show one of `serverRoles`), wide
+ * with its own certificate (the server must show one of the roles in `server`,
+ * or exactly the identity `server` pins), wide
  * flow-control windows, no Nagle delay for small frames (headers, trailers,
  * WINDOW_UPDATEs). Passed per session, to connect-node (session manager) and to
  * the direct transport alike.
  */
 export function clientSessionOptions(
   security: TransportSecurity,
-  serverRoles: readonly Role[],
+  server: ServerExpectation,
 ): http2.SecureClientSessionOptions {
   return {
     settings: { initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME_SIZE },
@@ -23,7 +23,7 @@ export function clientSessionOptions(
           ca: security.ca,
           // Empty only for tests that show a server a client without a certificate.
           ...(security.cert ? { cert: security.cert, key: security.key } : {}),
-          checkServerIdentity: expectServerRole(serverRoles),
+          checkServerIdentity: checkServerFor(server),
         }
       : {}),
   };

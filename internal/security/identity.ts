@@ -22,6 +22,11 @@ export interface Identity {
 
 const ID = /^[A-Za-z0-9._-]{1,64}$/;
 
+/** True when `id` can be an instance id in a SPIFFE ID ([A-Za-z0-9._-]{1,64}). */
+export function isInstanceId(id: string): boolean {
+  return ID.test(id);
+}
+
 export function spiffeId(identity: Identity): string {
   return `spiffe://${TRUST_DOMAIN}/${identity.role}/${identity.id}`;
 }

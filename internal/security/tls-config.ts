@@ -85,6 +85,15 @@ export function readTransportSecurity(r: EnvReader, role: Role | undefined): Tra
   return { mode: 'mtls', cert, key, ca, identity, directoryPeerIds };
 }
 
+/** What a server must prove over mTLS: one of some roles, or exactly one identity. */
+export type ServerExpectation = readonly Role[] | Identity;
+
+/**
+ * The `code` of the error a handshake fails with when the server's certificate
+ * names another identity than the one the client pinned (see expectServerIdentity).
+ */
+export const PEER_IDENTITY_MISMATCH = 'ERR_HAYSTACK_PEER_IDENTITY';
+
 /**
  * A checkServerIdentity for TLS clients: the server must show a certificate of
  * our CA (checked by the handshake) naming one of `roles`. Hostnames are not
@@ -99,4 +108,40 @@ export function expectServerRole(
     if (id && roles.includes(id.role)) return undefined;
     return new Error(`the server is ${describeIdentity(id)}, expected a ${roles.join(' or ')}`);
   };
+}
+
+/**
+ * A checkServerIdentity that pins one identity: the server's certificate must
+ * name exactly `expected` (role and id), e.g. spiffe://haystack/store/store-2
+ * when a store forwards to the replica the request calls store-2. Any other
+ * server (another store, a gateway, a directory) fails the handshake with an
+ * error whose `code` is PEER_IDENTITY_MISMATCH, before a request byte is sent.
+ */
+export function expectServerIdentity(
+  expected: Identity,
+): (host: string, cert: PeerCertificate) => Error | undefined {
+  return (_host, cert) => {
+    const id = identityFromAltNames(cert.subjectaltname);
+    if (id && id.role === expected.role && id.id === expected.id) return undefined;
+    return Object.assign(
+      new Error(`the server is ${describeIdentity(id)}, expected ${describeIdentity(expected)}`),
+      { code: PEER_IDENTITY_MISMATCH },
+    );
+  };
+}
+
+/** The checkServerIdentity for `expect` (a role list or one pinned identity). */
+export function checkServerFor(
+  expect: ServerExpectation,
+): (host: string, cert: PeerCertificate) => Error | undefined {
+  return 'role' in expect ? expectServerIdentity(expect) : expectServerRole(expect);
+}
+
+/** True when `err` (or its cause) is a handshake refused by expectServerIdentity. */
+export function isPeerIdentityMismatch(err: unknown): boolean {
+  for (let e = err as { code?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 4; depth++) {
+    if (e.code === PEER_IDENTITY_MISMATCH) return true;
+    e = e.cause as typeof e;
+  }
+  return false;
 }

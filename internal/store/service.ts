@@ -37,6 +37,7 @@ import { shardHandlers } from './shard-service.js';
 import type { ShardStore } from './shard-store.js';
 import type { NeedleFactsInfo, NeedleWriter, Store, VolumeStatsInfo } from './store.js';
 import { type GroupCursor, MAX_GROUP_PAGE } from './store-list.js';
+import { pinnedStore, wrongPeer } from './store-peers.js';
 import { checkMetaField } from './store-write.js';
 
 /** Largest chunk a client may send in one Write message. */
@@ -215,6 +216,7 @@ export class StoreServiceImpl {
           checkId(req.blobId);
           this.checkTerm('manager', req.term, ctx, 'Replicate');
           if (!req.source?.address) throw invalidArgument('source.address is required');
+          pinnedStore('Replicate source', req.source);
           if (req.sha256.length !== 0 && req.sha256.length !== 32)
             throw invalidArgument('sha256 must be empty or 32 bytes');
           return this.replicate(req.blobId, req.cookie, req.source, req.sha256, req.keepStamp, ctx);
@@ -357,9 +359,16 @@ export class StoreServiceImpl {
           ? 'Write with forward_to'
           : undefined,
     );
-    for (const t of targets) {
-      if (!t.address) throw invalidArgument(`forward_to entry for store "${t.storeId}" has no address`);
-    }
+    const pinned = targets.map((t) => ({ t, identity: pinnedStore('forward_to entry', t) }));
+    // Every replica proves its identity before this store writes a byte: a request that
+    // names a store at another server's address is refused with nothing written anywhere.
+    await Promise.all(
+      pinned.map(({ t, identity }) =>
+        this.o.peers.handshake(t.address, identity, ctx.signal).catch((err: unknown) => {
+          throw this.replicaError(t, err);
+        }),
+      ),
+    );
 
     let writer: NeedleWriter | undefined;
     let forwards: ReturnType<StoreServiceImpl['forward']>[] = [];
@@ -443,15 +452,11 @@ export class StoreServiceImpl {
     const onParentAbort = () => abort.abort();
     ctx.signal.addEventListener('abort', onParentAbort, { once: true });
     void pipe.push(create(WriteRequestSchema, { msg: { case: 'header', value: header } }));
-    const client = this.o.peers.client(StoreService, target.address);
+    const client = this.o.peers.client(StoreService, target.address, pinnedStore('forward_to entry', target));
     const result = client.write(pipe, { signal: abort.signal }).then(
       (res) => res,
       (err: unknown) => {
-        const ce = ConnectError.from(err);
-        throw new ConnectError(
-          `replica store "${target.storeId}" (${target.address}) failed: ${ce.rawMessage}`,
-          ce.code === Code.AlreadyExists || ce.code === Code.ResourceExhausted ? ce.code : Code.Unavailable,
-        );
+        throw this.replicaError(target, err);
       },
     );
     result.catch(() => pipe.end()).finally(() => ctx.signal.removeEventListener('abort', onParentAbort));
@@ -466,6 +471,17 @@ export class StoreServiceImpl {
         abort.abort();
       },
     };
+  }
+
+  /** A forward to `target` failed: FAILED_PRECONDITION for the wrong server, else UNAVAILABLE (or the replica's refusal). */
+  private replicaError(target: StoreTarget, err: unknown): ConnectError {
+    const wrong = wrongPeer('forward_to entry', target, err);
+    if (wrong) return wrong;
+    const ce = ConnectError.from(err);
+    return new ConnectError(
+      `replica store "${target.storeId}" (${target.address}) failed: ${ce.rawMessage}`,
+      ce.code === Code.AlreadyExists || ce.code === Code.ResourceExhausted ? ce.code : Code.Unavailable,
+    );
   }
 
   private async *read(
@@ -540,7 +556,7 @@ export class StoreServiceImpl {
     keepStamp: boolean,
     ctx: HandlerContext,
   ) {
-    const client = this.o.peers.client(StoreService, source.address);
+    const client = this.o.peers.client(StoreService, source.address, pinnedStore('Replicate source', source));
     const abort = new AbortController();
     const onParentAbort = () => abort.abort();
     ctx.signal.addEventListener('abort', onParentAbort, { once: true });
@@ -601,6 +617,8 @@ export class StoreServiceImpl {
       };
     } catch (err) {
       await writer?.abort().catch(() => {});
+      const wrong = wrongPeer('Replicate source', source, err);
+      if (wrong) throw wrong;
       const ce = toConnectError(err);
       if (ce.code === Code.InvalidArgument) {
         // A digest mismatch while copying means the source copy is bad.

@@ -236,7 +236,7 @@ describe('store identities: a store heartbeats only as itself', () => {
 });
 
 describe('no SSRF through forward_to and Replicate.source', () => {
-  it('a store forwards only to a server whose certificate says store; Replicate only from the manager', async () => {
+  it('a store forwards only to a server whose certificate names the store the entry names; Replicate only from the manager', async () => {
     // A TCP listener that records whether anything but a TLS handshake arrives.
     const seen: Buffer[] = [];
     // It hangs up after the first bytes, so a store that dials it fails at once.
@@ -261,8 +261,10 @@ describe('no SSRF through forward_to and Replicate.source', () => {
         () => undefined,
         (e: unknown) => ConnectError.from(e),
       );
-      expect(err?.code).toBe(Code.Unavailable);
-      expect(err?.rawMessage).toMatch(/expected a store/);
+      expect(err?.code).toBe(Code.FailedPrecondition);
+      expect(err?.rawMessage).toMatch(
+        /spiffe:\/\/haystack\/directory\/directory-0, expected spiffe:\/\/haystack\/store\/store-x/,
+      );
       // With the current term the store does dial (the gateway's right), but over mTLS:
       // the trap gets a TLS ClientHello (record type 22) and never a request byte.
       const toTrap = await codeOf(
@@ -296,6 +298,92 @@ describe('no SSRF through forward_to and Replicate.source', () => {
     } finally {
       trap.close();
     }
+  });
+});
+
+/** A Stat of `blobId` on store `i`, as an operator: OK when the store holds it. */
+async function statOn(i: number, blobId: string): Promise<string> {
+  return codeOf((await store(i, as('admin', 'test'))).stat({ blobId }));
+}
+
+/** The replication manager's lease term (its fencing term for Replicate), once it holds the lease. */
+async function managerTerm(): Promise<bigint> {
+  const { ReplicationService } = await import('../../gen/haystack/v1/replication_pb.js');
+  const m = createClient(ReplicationService, cluster.transport(cluster.replication!.address, 'replication'));
+  for (let i = 0; i < 600; i++) {
+    const { term } = await m.getStats({});
+    if (term > 0n) return term;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error('the replication manager never took its lease');
+}
+
+async function errorOf(p: Promise<unknown>): Promise<ConnectError> {
+  try {
+    await p;
+  } catch (e) {
+    return ConnectError.from(e);
+  }
+  throw new Error('the call succeeded');
+}
+
+describe('store peers are pinned to the store id a request names them by', () => {
+  it("a Write whose forward_to names store-1 at store-2's address or at a gateway's is refused FAILED_PRECONDITION and no store holds the blob", async () => {
+    const gw = storeClient(cluster.stores[0]!.address, { direct: true });
+    const wrong = [
+      ['pin-fwd-store', cluster.stores[2]!.address, 'store/store-2'],
+      ['pin-fwd-gateway', cluster.gateways[0]!.address, 'gateway/gateway-0'],
+    ] as const;
+    for (const [id, address, shown] of wrong) {
+      const err = await errorOf(
+        writeBlob(gw, id, bytes(50_000, 31), {
+          term: (await cluster.status()).term,
+          forwardTo: [{ storeId: 'store-1', address }],
+        }),
+      );
+      expect(err.code, err.message).toBe(Code.FailedPrecondition);
+      expect(err.rawMessage).toContain(`names store "store-1" at ${address}`);
+      expect(err.rawMessage).toContain(
+        `the server is spiffe://haystack/${shown}, expected spiffe://haystack/store/store-1`,
+      );
+      for (const i of [0, 1, 2]) expect(await statOn(i, id)).toBe('NotFound');
+    }
+    // The same Write naming store-1 at its own address is taken: the pin is all that differs.
+    const ok = await writeBlob(gw, 'pin-fwd-right', bytes(50_000, 32), {
+      term: (await cluster.status()).term,
+      forwardTo: [{ storeId: 'store-1', address: cluster.stores[1]!.address }],
+    });
+    expect(ok.replicas.map((r) => r.storeId)).toEqual(['store-0', 'store-1']);
+  });
+
+  it('a Replicate from the manager whose source is a store under another id, a gateway or a directory is refused FAILED_PRECONDITION and nothing is written', async () => {
+    // A blob only store-0 holds; store-1 is asked to copy it.
+    const id = 'pin-replicate';
+    const data = bytes(30_000, 33);
+    await writeBlob(storeClient(cluster.stores[0]!.address, { direct: true }), id, data);
+    const manager = await store(1, as('replication', 'replication-0'));
+    const term = await managerTerm();
+    const wrong = [
+      [{ storeId: 'store-2', address: cluster.stores[0]!.address }, 'store/store-0'],
+      [{ storeId: 'store-0', address: cluster.gateways[0]!.address }, 'gateway/gateway-0'],
+      [{ storeId: 'store-0', address: cluster.directories[0]!.address }, 'directory/directory-0'],
+    ] as const;
+    for (const [source, shown] of wrong) {
+      const err = await errorOf(manager.replicate({ blobId: id, source: { ...source, zone: '' }, term }));
+      expect(err.code, err.message).toBe(Code.FailedPrecondition);
+      expect(err.rawMessage).toContain(`names store "${source.storeId}" at ${source.address}`);
+      expect(err.rawMessage).toContain(
+        `the server is spiffe://haystack/${shown}, expected spiffe://haystack/store/${source.storeId}`,
+      );
+      expect(await statOn(1, id)).toBe('NotFound');
+    }
+    // Named by its own id, the same source is copied from.
+    await manager.replicate({
+      blobId: id,
+      source: { storeId: 'store-0', address: cluster.stores[0]!.address, zone: '' },
+      term,
+    });
+    expect(sameBytes(await readBlob(await store(1, as('admin', 'test')), id), data)).toBe('identical');
   });
 });
 
