@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { killOnExit } from '../common/child-reaper.js';
 import { type EnvoyOptions, renderEnvoyConfig, toYaml } from './envoy-config.js';
 
 export interface EnvoyProcess {
@@ -52,6 +53,7 @@ export async function startEnvoy(opts: {
     ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
+  killOnExit(child);
   let logs = '';
   const file = opts.logFile ? createWriteStream(opts.logFile, { flags: 'a' }) : undefined;
   child.once('exit', () => file?.end());
