@@ -3,7 +3,8 @@ import { createWriteStream } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { killOnExit } from '../common/child-reaper.js';
-import { type EnvoyOptions, renderEnvoyConfig, toYaml } from './envoy-config.js';
+import { type EnvoyOptions, renderEnvoyConfig } from './envoy-config.js';
+import { toYaml } from './envoy-json.js';
 
 export interface EnvoyProcess {
   child: ChildProcess;
