@@ -35,5 +35,19 @@ npx('tsc', ['-p', 'tsconfig.check.json']);
 build();
 
 step('tests (vitest)');
-npx('vitest', ['run', ...process.argv.slice(2)]);
+// Every test's data (volumes, logs, certificates, browser profiles) lives under one
+// directory removed afterwards: a run leaves nothing behind in /tmp, so runs on a
+// small disk do not fill it (HAYSTACK_KEEP_TEST_DATA=1 keeps it for a post-mortem).
+const runTmp = mkdtempSync(path.join(tmpdir(), 'haystack-test-'));
+const vitest = spawnSync(path.join(root, 'node_modules/.bin/vitest'), ['run', ...process.argv.slice(2)], {
+  cwd: root,
+  stdio: 'inherit',
+  env: { ...process.env, TMPDIR: runTmp },
+});
+if (process.env.HAYSTACK_KEEP_TEST_DATA === '1') console.error(`test data kept in ${runTmp}`);
+else rmSync(runTmp, { recursive: true, force: true, maxRetries: 5 });
+if (vitest.status !== 0) {
+  console.error(`\n✗ vitest failed (${vitest.status ?? vitest.signal})`);
+  process.exit(vitest.status || 1);
+}
 console.error(`\n✓ npm test passed in ${((Date.now() - started) / 1000).toFixed(0)}s`);

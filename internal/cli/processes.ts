@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { createWriteStream, existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { killOnExit } from '../common/child-reaper.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** The project root, whether running from dist/internal/cli or internal/cli. */
@@ -51,6 +52,7 @@ export function spawnServer(opts: SpawnOptions): Promise<ServerProcess> {
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  killOnExit(child);
   let stderr = '';
   const file = opts.logFile ? createWriteStream(opts.logFile, { flags: 'a' }) : undefined;
   child.once('exit', () => file?.end());

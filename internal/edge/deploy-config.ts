@@ -2,7 +2,8 @@ import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { envReader } from '../config/common.js';
 import type { Env } from '../config/env.js';
-import { type EnvoyOptions, renderEnvoyConfig, toYaml } from './envoy-config.js';
+import { type EnvoyOptions, renderEnvoyConfig } from './envoy-config.js';
+import { toYaml } from './envoy-json.js';
 import { formatRateLimit, readRateLimits } from './rate-limit-spec.js';
 
 /**

@@ -2,7 +2,9 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { type EnvoyOptions, renderEnvoyConfig, toYaml } from './envoy-config.js';
+import { killOnExit } from '../common/child-reaper.js';
+import { type EnvoyOptions, renderEnvoyConfig } from './envoy-config.js';
+import { toYaml } from './envoy-json.js';
 
 export interface EnvoyProcess {
   child: ChildProcess;
@@ -52,6 +54,7 @@ export async function startEnvoy(opts: {
     ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
+  killOnExit(child);
   let logs = '';
   const file = opts.logFile ? createWriteStream(opts.logFile, { flags: 'a' }) : undefined;
   child.once('exit', () => file?.end());

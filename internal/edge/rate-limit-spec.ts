@@ -1,12 +1,12 @@
 import { type EnvReader, parseDuration } from '../config/env.js';
+import type { EnvoyOptions } from './envoy-config.js';
 import {
   DEFAULT_DELETE_RATE_LIMIT,
   DEFAULT_RATE_LIMIT_CLIENTS,
   DEFAULT_READ_RATE_LIMIT,
   DEFAULT_UPLOAD_RATE_LIMIT,
-  type EnvoyOptions,
   type RateLimit,
-} from './envoy-config.js';
+} from './envoy-rate-limit.js';
 
 /** Envoy refuses token buckets refilled more often than every 50 ms. */
 const MIN_FILL_MS = 50;

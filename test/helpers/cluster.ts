@@ -3,12 +3,12 @@ import { mkdirSync } from 'node:fs';
 import { type Client, createClient } from '@connectrpc/connect';
 import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
 import { DirectoryService, type GetClusterStatusResponse } from '../../gen/haystack/v1/directory_pb.js';
+import type { EnvoyOptions } from '../../internal/edge/envoy-config.js';
+import { type EnvoyProcess, startEnvoy } from '../../internal/edge/envoy-process.js';
 import {
   DEFAULT_DELETE_RATE_LIMIT,
   DEFAULT_UPLOAD_RATE_LIMIT,
-  type EnvoyOptions,
-} from '../../internal/edge/envoy-config.js';
-import { type EnvoyProcess, startEnvoy } from '../../internal/edge/envoy-process.js';
+} from '../../internal/edge/envoy-rate-limit.js';
 import { peerTransport } from '../../internal/rpc/transport.js';
 import type { Role } from '../../internal/security/identity.js';
 import type { TransportSecurity } from '../../internal/security/tls-config.js';

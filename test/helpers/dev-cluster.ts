@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import net from 'node:net';
 import { HAYSTACK_BIN } from '../../internal/cli/processes.js';
+import { killOnExit } from '../../internal/common/child-reaper.js';
 import { tmpName } from './tools.js';
 
 /** Ports `haystack dev` uses, as DEV_* variables, from one free block of 20 consecutive ports. */
@@ -66,6 +67,7 @@ export async function startDev(env: Record<string, string> = {}, timeoutMs = 120
     env: { ...process.env, ...ports.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  killOnExit(child, 'SIGTERM');
   let out = '';
   let err = '';
   child.stdout?.setEncoding('utf8').on('data', (d: string) => {

@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import net from 'node:net';
 import { waitForPort } from '../../internal/cli/tools.js';
+import { killOnExit } from '../../internal/common/child-reaper.js';
 import { newRedisUser, redisAclArgs, redisUrl } from '../../internal/security/redis-acl.js';
 import { tmpName, tool } from './tools.js';
 
@@ -92,6 +93,7 @@ export class RedisProcess {
       ],
       { stdio: 'ignore' },
     );
+    killOnExit(this.child);
     await waitForPort('127.0.0.1', this.port, 10_000);
   }
 

@@ -11,12 +11,12 @@ import {
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobService } from '../../gen/haystack/v1/blob_pb.js';
 import { deployEnvoyYaml } from '../../internal/edge/deploy-config.js';
+import { renderEnvoyConfig } from '../../internal/edge/envoy-config.js';
+import { toYaml } from '../../internal/edge/envoy-json.js';
 import {
   DEFAULT_DELETE_RATE_LIMIT,
   DEFAULT_UPLOAD_RATE_LIMIT,
-  renderEnvoyConfig,
-  toYaml,
-} from '../../internal/edge/envoy-config.js';
+} from '../../internal/edge/envoy-rate-limit.js';
 import { HaystackClient } from '../../internal/sdk/index.js';
 import { Cluster } from '../helpers/cluster.js';
 import { identityFiles } from '../helpers/pki.js';

@@ -2,8 +2,11 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deployEnvoyOptions } from '../../internal/edge/deploy-config.js';
-import { DEFAULT_DELETE_RATE_LIMIT, DEFAULT_UPLOAD_RATE_LIMIT } from '../../internal/edge/envoy-config.js';
 import { type EnvoyProcess, startEnvoy } from '../../internal/edge/envoy-process.js';
+import {
+  DEFAULT_DELETE_RATE_LIMIT,
+  DEFAULT_UPLOAD_RATE_LIMIT,
+} from '../../internal/edge/envoy-rate-limit.js';
 import { freePort } from '../helpers/redis.js';
 import { exec, tmpName, tool } from '../helpers/tools.js';
 

@@ -9,6 +9,7 @@ import { ReplicationService } from '../../gen/haystack/v1/replication_pb.js';
 import { StoreService } from '../../gen/haystack/v1/store_pb.js';
 import { PROJECT_ROOT } from '../../internal/cli/processes.js';
 import { waitForPort } from '../../internal/cli/tools.js';
+import { killOnExit } from '../../internal/common/child-reaper.js';
 import { DirectoryClient } from '../../internal/directory/client.js';
 import type { EnvoyOptions } from '../../internal/edge/envoy-config.js';
 import { type EnvoyProcess, startEnvoy } from '../../internal/edge/envoy-process.js';
@@ -201,6 +202,7 @@ export class NetnsCluster {
       { stdio: 'ignore' },
     );
     this.redis = child;
+    killOnExit(child);
     await waitForPort(this.net.ipOf('redis'), PORTS.redis, 20_000);
   }
 
