@@ -31,7 +31,8 @@ const RATE = Number(process.env.BENCH_RATE ?? 150);
  * shared by the writes it batches), and closed-loop throughput swings with the load on a
  * shared box, so CPU/op of a closed-loop phase compares two modes at different batch
  * sizes. At a pace both stores sustain, both batch alike and only the per-write work
- * differs: the paced phase is the like-for-like CPU comparison.
+ * differs: the paced phase is the like-for-like CPU comparison, for the rounds in which
+ * both reached the rate (the per-round ops/s column says; lower BENCH_RATE if not).
  */
 const PHASES: Array<{ op: 'write' | 'read'; c: number; rate?: number }> = [
   { op: 'write', c: 1 },
