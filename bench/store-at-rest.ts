@@ -4,13 +4,17 @@
 // round) so load from other processes on the box hits both alike. Each write is a
 // durable, fdatasync'd needle on one store; plaintext transport (INSECURE_PLAINTEXT) so
 // the figure is the at-rest cost alone. Not a test: prints Markdown.
-//   BENCH_ROUNDS (default 5), BENCH_DURATION_MS per phase (default 3000), BENCH_SIZE (default 65536)
+//   BENCH_ROUNDS (default 5), BENCH_DURATION_MS per phase (default 3000), BENCH_SIZE (default 65536),
+//   BENCH_RATE (default 150): ops/s offered by the paced write phase (0: no paced phase)
 import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { spawnServer } from '../internal/cli/processes.js';
+import { crc32c } from '../internal/store/crc32c.js';
 import { newKekLine, parseKeks } from '../internal/store/crypto/kek.js';
+import { NeedleSealer } from '../internal/store/crypto/needle-seal.js';
 import { Store } from '../internal/store/store.js';
 import { bytes, readBlob, storeClient, writeBlob } from '../test/helpers/store-client.js';
 import { type PhaseResult, runPhase } from './stats.js';
@@ -20,9 +24,20 @@ const DURATION_MS = Number(process.env.BENCH_DURATION_MS ?? 3000);
 const SIZE = Number(process.env.BENCH_SIZE ?? 64 * 1024);
 const MODES = ['plaintext', 'encrypted'] as const;
 type Mode = (typeof MODES)[number];
-const PHASES: Array<{ op: 'write' | 'read'; c: number }> = [
+const RATE = Number(process.env.BENCH_RATE ?? 150);
+/**
+ * `rate`: the phase offers that many ops/s (open loop) instead of as many as the store
+ * answers. CPU per op depends on throughput (a group commit's fsync and each wake-up are
+ * shared by the writes it batches), and closed-loop throughput swings with the load on a
+ * shared box, so CPU/op of a closed-loop phase compares two modes at different batch
+ * sizes. At a pace both stores sustain, both batch alike and only the per-write work
+ * differs: the paced phase is the like-for-like CPU comparison, for the rounds in which
+ * both reached the rate (the per-round ops/s column says; lower BENCH_RATE if not).
+ */
+const PHASES: Array<{ op: 'write' | 'read'; c: number; rate?: number }> = [
   { op: 'write', c: 1 },
   { op: 'write', c: 32 },
+  ...(RATE > 0 ? [{ op: 'write' as const, c: 32, rate: RATE }] : []),
   { op: 'read', c: 32 },
 ];
 
@@ -41,6 +56,43 @@ const start = (mode: Mode) =>
       ...(mode === 'encrypted' ? { KEK_FILE: kekFile } : {}),
     },
   });
+
+// Part 0, the per-byte work of one write without any I/O (what encryption adds to the CPU
+// of a write, free of fsync and scheduling noise): plaintext = CRC32C + SHA-256 of the
+// content; encrypted = the same + a NeedleSealer (cipher setup, nonce, AES-256-GCM of the
+// data, tag) + CRC32C of the ciphertext, as store-write.ts does. CPU µs per SIZE bytes.
+const SEAL_OPS = Number(process.env.BENCH_SEAL_OPS ?? 2000);
+const seal: Record<Mode, number[]> = { plaintext: [], encrypted: [] };
+{
+  const data = bytes(SIZE, 3);
+  const dek = randomBytes(32);
+  const aad = randomBytes(64);
+  const cpu = () => {
+    const u = process.cpuUsage();
+    return u.user + u.system;
+  };
+  const one: Record<Mode, () => void> = {
+    plaintext: () => {
+      crc32c(data, 0);
+      createHash('sha256').update(data).digest();
+    },
+    encrypted: () => {
+      crc32c(data, 0);
+      const sha = createHash('sha256').update(data);
+      const s = new NeedleSealer(dek, aad);
+      crc32c(s.update(data), 0);
+      s.final();
+      sha.digest();
+    },
+  };
+  for (let round = 0; round < ROUNDS + 1; round++) {
+    for (const mode of round % 2 === 0 ? MODES : ([...MODES].reverse() as Mode[])) {
+      const t = cpu();
+      for (let i = 0; i < SEAL_OPS; i++) one[mode]();
+      if (round > 0) seal[mode].push((cpu() - t) / SEAL_OPS);
+    }
+  }
+}
 
 // Part 1, the engine in this process (no gRPC): CPU µs per durable 64 KiB write and read,
 // blocks of ops alternating between a plaintext and an encrypted Store.
@@ -103,7 +155,8 @@ const cpuUs = (pid: number) => {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
   return (Number(f[11]) + Number(f[12])) * TICK_US;
 };
-const label = (p: (typeof PHASES)[number]) => `${p.op} ${SIZE / 1024}KiB c=${p.c}`;
+const label = (p: (typeof PHASES)[number]) =>
+  `${p.op} ${SIZE / 1024}KiB c=${p.c}${p.rate ? ` paced ${p.rate}/s` : ''}`;
 try {
   const payloads = Array.from({ length: 8 }, (_, i) => bytes(SIZE, i + 1));
   const clients = {
@@ -119,7 +172,13 @@ try {
         const pid = stores[mode].child.pid!;
         const cpu0 = cpuUs(pid);
         let started = 0; // every op of the phase, warm-up included, as the CPU reading covers them all
+        const t0 = performance.now();
         const r = await runPhase(label(p), p.c, DURATION_MS, async (_w, i) => {
+          if (p.rate) {
+            // Op i is due at i / rate seconds: an open-loop pace (a worker behind schedule goes at once).
+            const wait = t0 + (i * 1000) / p.rate - performance.now();
+            if (wait > 0) await new Promise((res) => setTimeout(res, wait));
+          }
           started++;
           if (p.op === 'write') {
             const id = `r${round}-c${p.c}-${i}`;
@@ -149,7 +208,11 @@ const median = (xs: number[]) => {
   const m = s.length >> 1;
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
-let out = `\n### Engine (in process, no gRPC): CPU µs per ${SIZE / 1024} KiB op, ${ROUNDS} alternating blocks of ${ENGINE_BLOCK}\n\n`;
+let out = `\n### Write path without I/O: CPU µs per ${SIZE / 1024} KiB write, ${ROUNDS} alternating blocks of ${SEAL_OPS}\n\n`;
+out +=
+  '| plaintext (CRC32C + SHA-256) | encrypted (+ seal + ciphertext CRC32C) | added µs (median) |\n|---:|---:|---:|\n';
+out += `| ${median(seal.plaintext).toFixed(1)} | ${median(seal.encrypted).toFixed(1)} | ${median(seal.encrypted.map((x, i) => x - seal.plaintext[i]!)).toFixed(1)} |\n`;
+out += `\n### Engine (in process, no gRPC): CPU µs per ${SIZE / 1024} KiB op, ${ROUNDS} alternating blocks of ${ENGINE_BLOCK}\n\n`;
 out +=
   '| op | plaintext (median) | encrypted (median) | cost (median of per-round ratios) | per block plaintext → encrypted |\n|---|---:|---:|---:|---|\n';
 for (const op of ['write', 'read'] as const) {
@@ -179,6 +242,9 @@ for (const p of PHASES) {
   const lat = (rs: PhaseResult[]) =>
     `${median(rs.map((r) => r.p50ms)).toFixed(2)} / ${median(rs.map((r) => r.p99ms)).toFixed(2)}`;
   const rounds = a.map((x, i) => `${x.opsPerSec.toFixed(0)} → ${b[i]!.opsPerSec.toFixed(0)}`).join(', ');
-  out += `| ${label(p)} | ${ca.toFixed(0)} → ${cb.toFixed(0)} | ${cpuCost.toFixed(1)} % | ${median(a.map((r) => r.opsPerSec)).toFixed(0)} | ${median(b.map((r) => r.opsPerSec)).toFixed(0)} | ${cost.toFixed(1)} % | ${lat(a)} | ${lat(b)} | ${rounds} |\n`;
+  // A paced op's latency would include its wait for its slot: not shown.
+  const la = p.rate ? 'paced' : lat(a);
+  const lb = p.rate ? 'paced' : lat(b);
+  out += `| ${label(p)} | ${ca.toFixed(0)} → ${cb.toFixed(0)} | ${cpuCost.toFixed(1)} % | ${median(a.map((r) => r.opsPerSec)).toFixed(0)} | ${median(b.map((r) => r.opsPerSec)).toFixed(0)} | ${cost.toFixed(1)} % | ${la} | ${lb} | ${rounds} |\n`;
 }
 process.stdout.write(out);

@@ -6,6 +6,7 @@ import { registerAdminCommands } from '../internal/cli/admin.js';
 import { registerClientCommands } from '../internal/cli/client.js';
 import { runDev } from '../internal/cli/dev.js';
 import { stopDev } from '../internal/cli/dev-pidfile.js';
+import { registerKeysCommands } from '../internal/cli/keys.js';
 import { registerPlacementCommands } from '../internal/cli/placement.js';
 import { registerTokenCommands } from '../internal/cli/token.js';
 import { packageVersion } from '../internal/cli/version.js';
@@ -102,6 +103,7 @@ dev
 registerClientCommands(program);
 registerTokenCommands(program);
 registerAdminCommands(program);
+registerKeysCommands(program);
 registerPlacementCommands(program);
 
 await program.parseAsync(process.argv);

@@ -4,7 +4,7 @@ import { StoreService } from '../../gen/haystack/v1/store_pb.js';
 import { grpcTransport } from '../sdk/index.js';
 import { action, clientFor, type GlobalOpts, human, out } from './client.js';
 
-interface StoreFlags extends GlobalOpts {
+export interface StoreFlags extends GlobalOpts {
   store?: string;
   volume?: string;
   force?: boolean;
@@ -15,7 +15,7 @@ interface StoreFlags extends GlobalOpts {
  * named by --store. Admin verbs talk to stores directly (StoreService is not behind Envoy), so
  * run them where the store addresses are reachable (the dev machine, a pod in the cluster).
  */
-async function targets(opts: StoreFlags): Promise<{ id: string; address: string }[]> {
+export async function targets(opts: StoreFlags): Promise<{ id: string; address: string }[]> {
   const status = await clientFor(opts).clusterStatus({ timeoutMs: 5000 });
   const all = status.stores.map((s) => ({ id: s.storeId, address: s.address }));
   if (!opts.store) return all;
@@ -37,7 +37,7 @@ function volumeId(opts: StoreFlags): number {
   return v;
 }
 
-const store = (address: string) => createClient(StoreService, grpcTransport(address));
+export const store = (address: string) => createClient(StoreService, grpcTransport(address));
 
 /** `volumes`, `compact`, `scrub`: StoreService GetStats / Compact / Scrub on every store (or --store). */
 export function registerAdminCommands(program: Command): void {

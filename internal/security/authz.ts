@@ -41,6 +41,8 @@ export const METHOD_ROLES: Readonly<Record<string, readonly Role[]>> = {
   'haystack.v1.StoreService/WriteShard': ['replication'],
   'haystack.v1.StoreService/ReadShard': ['gateway', 'replication', 'admin'],
   'haystack.v1.StoreService/DeleteShard': ['replication'],
+  // KEK rotation (`haystack keys rewrap`): operators only.
+  'haystack.v1.StoreService/RewrapKeys': ['admin'],
 
   // Directory: writes from gateways (and followers forwarding to the leader).
   'haystack.v1.DirectoryService/AllocateWrite': ['gateway', 'directory'],

@@ -68,8 +68,11 @@ export interface CompactionContext {
   hooks: StoreHooks & { compactionStep?: (step: CompactionStep, volumeId: number) => void | Promise<void> };
   /** Recomputes a volume's live byte / needle counters from the map. */
   recompute: (v: Volume) => void;
-  /** KEKs: re-encrypt the copied needles under a new DEK. */
-  keyring?: Keyring | undefined;
+  /**
+   * KEKs: re-encrypt the copied needles under a new DEK. Read at each use: a
+   * re-wrap (RewrapKeys) may replace the store's keyring while compaction runs.
+   */
+  readonly keyring?: Keyring | undefined;
 }
 
 export async function compactVolume(ctx: CompactionContext, v: Volume): Promise<CompactionResult> {

@@ -24,6 +24,8 @@ export interface StoreConfig extends ServerConfig {
   statsReportIntervalMs: number;
   /** Key-encryption keys (KEK_FILE or KEKS): volumes are encrypted at rest; undefined: plaintext. */
   keyring: Keyring | undefined;
+  /** KEK_FILE, re-read by RewrapKeys (undefined: no keys, or inline KEKS). */
+  kekFile: string | undefined;
   /** Test-only slow disk: ms each group commit's fdatasyncs wait first (FAULT_FSYNC_DELAY, default 0). */
   faultFsyncDelayMs: number;
 }
@@ -75,6 +77,7 @@ export function readStoreConfig(
     managers: list(r.string('REPLICATION_ADDRS', '')),
     statsReportIntervalMs: r.duration('STATS_REPORT_INTERVAL', 60_000, { minMs: 100, maxMs: 3_600_000 }),
     keyring: readKeyring(r),
+    kekFile: r.string('KEK_FILE', '') || undefined,
     // Fault injection (test/netns slow disk): each group commit's fdatasyncs wait this long first.
     faultFsyncDelayMs: r.duration('FAULT_FSYNC_DELAY', 0, { minMs: 0, maxMs: 10_000 }),
   };

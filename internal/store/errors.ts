@@ -2,7 +2,8 @@
  * Typed errors of the store engine. The gRPC layer maps them to status codes:
  * NotFoundError → NOT_FOUND, AlreadyExistsError → ALREADY_EXISTS,
  * ChecksumError → DATA_LOSS, ResourceExhaustedError → RESOURCE_EXHAUSTED,
- * InvalidArgumentError → INVALID_ARGUMENT. Any other error is a bug or an I/O
+ * InvalidArgumentError → INVALID_ARGUMENT, FailedPreconditionError →
+ * FAILED_PRECONDITION. Any other error is a bug or an I/O
  * failure (INTERNAL / UNAVAILABLE).
  */
 export abstract class StoreError extends Error {
@@ -11,7 +12,8 @@ export abstract class StoreError extends Error {
     | 'ALREADY_EXISTS'
     | 'DATA_LOSS'
     | 'RESOURCE_EXHAUSTED'
-    | 'INVALID_ARGUMENT';
+    | 'INVALID_ARGUMENT'
+    | 'FAILED_PRECONDITION';
   constructor(message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.name = new.target.name;
@@ -80,6 +82,11 @@ export class ResourceExhaustedError extends StoreError {
 /** The request itself is wrong (bad id, size mismatch, checksum mismatch of the upload). */
 export class InvalidArgumentError extends StoreError {
   readonly code = 'INVALID_ARGUMENT' as const;
+}
+
+/** The store is not in a state to do this (e.g. re-wrap keys of a store without KEKs). */
+export class FailedPreconditionError extends StoreError {
+  readonly code = 'FAILED_PRECONDITION' as const;
 }
 
 /** True for errno codes meaning "no space / quota / file too large". */

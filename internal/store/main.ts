@@ -7,6 +7,7 @@ import { ClientPool } from '../rpc/clients.js';
 import { Metrics } from '../server/metrics.js';
 import { runServerProcess } from '../server/run.js';
 import type { StoreConfig } from './config.js';
+import { KeyRewrapper } from './crypto/rewrap.js';
 import { StoreMetrics } from './metrics.js';
 import { StoreServiceImpl, volumeStatsMessage } from './service.js';
 import { ShardStore } from './shard-store.js';
@@ -79,6 +80,10 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
       log,
       readChunkSize: cfg.readChunkSize,
       shards,
+      // RewrapKeys: KEK rotation without a restart (both engines' volume keys).
+      ...(cfg.keyring
+        ? { rewrapper: new KeyRewrapper(cfg.kekFile, cfg.keyring, [store, shards.engine]) }
+        : {}),
       onRead: (blobId) => reporter.count(blobId),
       onCookieCheck: (result) => cookieChecks.inc({ result }),
       onCorrupt: (blobId) => {

@@ -31,7 +31,8 @@ import { boundedFromPeer } from '../security/peer-checks.js';
 import type { Logger } from '../server/logger.js';
 import { boundedChunks } from './chunk-stream.js';
 import { coldFacts, isStub, STUB_CONTENT_TYPE, writeStub } from './cold-stub.js';
-import { NotFoundError } from './errors.js';
+import type { KeyRewrapper } from './crypto/rewrap.js';
+import { FailedPreconditionError, NotFoundError } from './errors.js';
 import { decodeGroupCursor, encodeGroupCursor } from './group-cursor.js';
 import { shardHandlers } from './shard-service.js';
 import type { ShardStore } from './shard-store.js';
@@ -64,6 +65,8 @@ export interface StoreServiceOptions {
   onCookieCheck?: (result: 'skipped' | 'passed' | 'refused') => void;
   /** Erasure-coded shards (WriteShard/ReadShard/DeleteShard); without it they are FAILED_PRECONDITION. */
   shards?: ShardStore;
+  /** RewrapKeys (the store has KEKs); without it RewrapKeys is FAILED_PRECONDITION. */
+  rewrapper?: KeyRewrapper;
 }
 
 /** A volume's statistics as the contract's VolumeStats message. */
@@ -250,6 +253,24 @@ export class StoreServiceImpl {
               reason: c.reason,
               superseded: c.superseded,
             })),
+          };
+        }),
+      rewrapKeys: () =>
+        mapErrors(async () => {
+          if (!this.o.rewrapper) {
+            throw new FailedPreconditionError(
+              `store ${this.o.storeId} has no key-encryption keys (KEK_FILE or KEKS): its volumes are plaintext, there are no keys to re-wrap`,
+            );
+          }
+          const r = await this.o.rewrapper.rewrap();
+          this.o.log.info({ ...r }, 'RewrapKeys: volume keys re-wrapped');
+          return {
+            storeId: this.o.storeId,
+            newestKek: r.newestKek,
+            volumesTotal: r.volumes,
+            volumesRewrapped: r.rewrapped,
+            keksInUse: r.keksInUse,
+            reloaded: r.reloaded,
           };
         }),
       getStats: () =>

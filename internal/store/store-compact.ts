@@ -39,7 +39,9 @@ export async function compactVolumes(
           log: core.log,
           hooks: core.hooks,
           recompute: (vol) => core.recomputeStats(vol),
-          keyring: core.keyring,
+          get keyring() {
+            return core.keyring; // the current one at each save (RewrapKeys may replace it)
+          },
         },
         v,
       );

@@ -134,7 +134,8 @@ export class StoreCore {
   readonly log: StoreLogger;
   readonly clock: Clock;
   readonly hooks: StoreTestHooks;
-  readonly keyring: Keyring | undefined;
+  /** Replaced only by a re-wrap (`Store.rewrapKeys`), never set on a plaintext store. */
+  keyring: Keyring | undefined;
   readonly volumes = new Map<number, Volume>();
   readonly map: NeedleMap;
   readonly locks = new KeyLock();

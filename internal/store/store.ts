@@ -12,6 +12,7 @@
  *   store-delete.ts   tombstones (client deletes and stamped copies)
  *   store-compact.ts  compaction and scrub
  *   store-list.ts     listNeedles, placement-group listing and digests
+ *   store-keys.ts     KEKs in use, re-wrap of the volume keys (KEK rotation)
  *
  * Stamp order (docs/volume-format.md): every needle and tombstone carries a
  * stamp (`writtenAtMs`), strictly increasing per key: the wall clock, except
@@ -42,6 +43,7 @@ import {
   type StoreTestHooks,
 } from './store-core.js';
 import { type DeleteOptions, deleteNeedle } from './store-delete.js';
+import { type EngineRewrap, keksInUse, rewrapKeys } from './store-keys.js';
 import {
   type GroupCursor,
   type GroupDigest,
@@ -61,6 +63,7 @@ export type {
   CompactionResult,
   CompactionStep,
   DeleteOptions,
+  EngineRewrap,
   GroupCursor,
   GroupDigest,
   GroupPage,
@@ -230,6 +233,16 @@ export class Store {
   /** Verifies every indexed needle of one or all volumes. */
   scrub(volumeId?: number): Promise<ScrubReport> {
     return scrubVolumes(this.core, volumeId);
+  }
+
+  /** Ids of the KEKs wrapping some volume key on disk (empty for a plaintext store). */
+  keksInUse(): Set<string> {
+    return keksInUse(this.core);
+  }
+
+  /** Re-wraps every volume's keys under `ring`'s newest KEK, which becomes the store's keyring (store-keys.ts). */
+  rewrapKeys(ring: Keyring): Promise<EngineRewrap> {
+    return rewrapKeys(this.core, ring);
   }
 
   /** Live needles with blob id > `afterBlobId`, in blob id order, at most `limit`. */

@@ -12,7 +12,7 @@
  *   slot, flags, size, stamp, content type and file name: ciphertext moved under
  *   another needle's header, or a header edited, fails to open.
  */
-import { createCipheriv, createDecipheriv, type DecipherGCM, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, type DecipherGCM, randomFillSync } from 'node:crypto';
 import { encodeHeader, type NeedleHeader, NONCE_SIZE, TAG_SIZE } from '../needle.js';
 
 /** The authenticated data of a needle: its header + key + meta bytes as on disk. */
@@ -20,9 +20,28 @@ export function needleAad(h: NeedleHeader): Uint8Array {
   return encodeHeader(h);
 }
 
+/** Nonces drawn per CSPRNG call: one `randomFillSync` per 256 needles instead of one each. */
+const NONCES_PER_BATCH = 256;
+let nonceBatch = new Uint8Array(0);
+let nonceAt = 0;
+
+/**
+ * A fresh random 96-bit nonce. Batched because `randomBytes(12)` per needle cost
+ * ~3 µs of a ~50 µs seal (profile of 64 KiB writes); each batch is a new buffer,
+ * never refilled, so a nonce handed out stays unchanged while its needle streams.
+ */
+export function freshNonce(): Uint8Array {
+  if (nonceAt === nonceBatch.length) {
+    nonceBatch = randomFillSync(new Uint8Array(NONCE_SIZE * NONCES_PER_BATCH));
+    nonceAt = 0;
+  }
+  nonceAt += NONCE_SIZE;
+  return nonceBatch.subarray(nonceAt - NONCE_SIZE, nonceAt);
+}
+
 /** Seals one needle's data, chunk by chunk, then yields the tag. */
 export class NeedleSealer {
-  readonly nonce = randomBytes(NONCE_SIZE);
+  readonly nonce = freshNonce();
   private readonly cipher;
 
   /** `aad`: the needle's header bytes (`needleAad` / what beginWrite writes). */

@@ -75,6 +75,8 @@ export class VolumeKeys {
   private readonly wrappedBy = new Map<number, string>();
   /** Slots no needle on disk uses any more: not saved again. */
   private readonly retired = new Set<number>();
+  /** The last save: saves run one at a time (they share `<vid>.keys.tmp`). */
+  private saving: Promise<void> = Promise.resolve();
 
   constructor(
     readonly volumeId: number,
@@ -118,8 +120,18 @@ export class VolumeKeys {
     for (const s of this.deks.keys()) if (s !== this.current && !keep.has(s)) this.retired.add(s);
   }
 
-  /** Writes `<vid>.keys` atomically, every DEK wrapped by the newest KEK. */
-  async save(dir: string, ring: Keyring): Promise<void> {
+  /**
+   * Writes `<vid>.keys` atomically, every DEK wrapped by the newest KEK of
+   * `ring`. Saves of one volume (compaction, a re-wrap) run one after the
+   * other, each writing the state of the moment it runs.
+   */
+  save(dir: string, ring: Keyring): Promise<void> {
+    const run = this.saving.then(() => this.write(dir, ring));
+    this.saving = run.catch(() => {});
+    return run;
+  }
+
+  private async write(dir: string, ring: Keyring): Promise<void> {
     const kek = ring.newest;
     const slots: SlotRecord[] = this.slots.map((slot) => ({
       slot,
@@ -140,6 +152,16 @@ export class VolumeKeys {
     await fsyncDir(dir);
     this.wrappedBy.clear();
     for (const s of slots) this.wrappedBy.set(s.slot, s.kek);
+  }
+
+  /** Ids of the KEKs that wrap this volume's saved slots on disk. */
+  keksInUse(): Set<string> {
+    const out = new Set<string>();
+    for (const s of this.slots) {
+      const k = this.wrappedBy.get(s);
+      if (k !== undefined) out.add(k);
+    }
+    return out;
   }
 
   /** Whether some slot is wrapped by a KEK other than the newest (rotation pending). */

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { type Keyring, newKekLine, parseKeks } from '../../../internal/store/crypto/kek.js';
 import { KeyringError } from '../../../internal/store/crypto/volume-keys.js';
-import { ChecksumError } from '../../../internal/store/errors.js';
+import { ChecksumError, FailedPreconditionError } from '../../../internal/store/errors.js';
 import { decodeHeader, FLAG_ENCRYPTED, MAX_HEADER_LENGTH } from '../../../internal/store/needle.js';
 import type { Store } from '../../../internal/store/store.js';
 import { get, openStore, put, sha256, tempDir } from './helpers.js';
@@ -285,5 +285,50 @@ describe('encryption at rest: compaction crash safety and reads across the swap'
     const got2: Uint8Array[] = [];
     for await (const c of rb2.stream(1000, 500_000)) got2.push(c);
     expect(Buffer.concat(got2).equals(big.subarray(1000, 501_000))).toBe(true);
+  });
+  it('rewrapKeys while compaction and writes run: every key file ends under the new KEK, and k2 alone opens every blob', async () => {
+    const dir = await tempDir();
+    const s = await open(dir, ring(k1));
+    const blobs = new Map<string, Buffer>();
+    for (let i = 0; i < 40; i++) {
+      blobs.set(`b${i}`, pattern(20_000 + i, `b${i}`));
+      await put(s, `b${i}`, blobs.get(`b${i}`)!);
+    }
+    for (let i = 0; i < 20; i++) await s.delete(`b${i}`);
+    for (let i = 0; i < 20; i++) blobs.delete(`b${i}`);
+    expect([...s.keksInUse()]).toEqual(['k1']);
+    const writes = (async () => {
+      for (let i = 0; i < 10; i++) {
+        blobs.set(`w${i}`, pattern(30_000, `w${i}`));
+        await put(s, `w${i}`, blobs.get(`w${i}`)!);
+      }
+    })();
+    const [, r] = await Promise.all([s.compact(undefined, true), s.rewrapKeys(ring(k1, k2)), writes]);
+    expect(r.volumes).toBeGreaterThanOrEqual(1);
+    // Volume 1 was under k1; a volume the writes create after the switch starts under k2.
+    expect(r.rewrapped).toBeGreaterThanOrEqual(1);
+    expect(r.rewrapped).toBeLessThanOrEqual(r.volumes);
+    expect([...s.keksInUse()]).toEqual(['k2']);
+    for (const name of (await fs.readdir(dir)).filter((n) => n.endsWith('.keys'))) {
+      const j = JSON.parse(await fs.readFile(path.join(dir, name), 'utf8')) as { slots: { kek: string }[] };
+      expect(
+        j.slots.map((x) => x.kek).every((k) => k === 'k2'),
+        name,
+      ).toBe(true);
+    }
+    expect((await fs.readdir(dir)).filter((n) => n.endsWith('.tmp'))).toEqual([]);
+    // Once more: nothing to do.
+    expect((await s.rewrapKeys(ring(k1, k2))).rewrapped).toBe(0);
+    await s.close();
+    const again = await open(dir, ring(k2));
+    for (const [id, data] of blobs) expect(Buffer.from(await get(again, id)).equals(data), id).toBe(true);
+    await again.close();
+  });
+
+  it('rewrapKeys on a plaintext store is FailedPreconditionError', async () => {
+    const s = await open(await tempDir());
+    await expect(s.rewrapKeys(ring(k1))).rejects.toBeInstanceOf(FailedPreconditionError);
+    expect(s.keksInUse().size).toBe(0);
+    await s.close();
   });
 });

@@ -2,7 +2,12 @@ import { randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { newKekLine, parseKeks } from '../../../internal/store/crypto/kek.js';
-import { NeedleOpener, NeedleSealer, needleAad } from '../../../internal/store/crypto/needle-seal.js';
+import {
+  freshNonce,
+  NeedleOpener,
+  NeedleSealer,
+  needleAad,
+} from '../../../internal/store/crypto/needle-seal.js';
 import { newVolumeKeys, unwrapDek, wrapDek } from '../../../internal/store/crypto/volume-keys.js';
 import { ChecksumError } from '../../../internal/store/errors.js';
 import {
@@ -105,6 +110,29 @@ describe('needle sealing (AES-256-GCM, streaming)', () => {
       ),
       { numRuns: 200 },
     );
+  });
+
+  it('nonces: distinct across batches, 12 bytes, and a nonce handed out never changes when the next batch is drawn', () => {
+    const first = freshNonce();
+    const copy = Buffer.from(first);
+    const seen = new Set<string>();
+    for (let i = 0; i < 2000; i++) {
+      const n = freshNonce();
+      expect(n.length).toBe(12);
+      seen.add(Buffer.from(n).toString('hex'));
+    }
+    expect(seen.size).toBe(2000);
+    expect(Buffer.from(first).equals(copy)).toBe(true); // several batches later
+    // A sealer's nonce is the one its footer carries: it still opens after later seals.
+    const dek = key();
+    const aad = randomBytes(40);
+    const s = new NeedleSealer(dek, aad);
+    const ct = s.update(Buffer.from('payload'));
+    for (let i = 0; i < 600; i++) new NeedleSealer(dek, aad);
+    const tag = s.final();
+    const o = new NeedleOpener(dek, aad, s.nonce, tag);
+    expect(Buffer.from(o.update(ct)).toString()).toBe('payload');
+    expect(o.final()).toBe(true);
   });
 
   it('binds the needle header: the same ciphertext under another id, cookie, slot or flags fails', () => {
