@@ -8,7 +8,11 @@ export default defineConfig({
     // Integration tests start real processes; two cores do not fit many at once.
     maxWorkers: 2,
     // Every server a test starts serves mTLS: the test's clients get certificates.
-    setupFiles: ['./test/helpers/setup-identity.ts', './test/helpers/setup-token.ts'],
+    setupFiles: [
+      './test/helpers/setup-reaper.ts',
+      './test/helpers/setup-identity.ts',
+      './test/helpers/setup-token.ts',
+    ],
     reporters: ['default', './test/helpers/summary-reporter.ts'],
   },
 });

@@ -12,7 +12,11 @@ export default defineConfig({
     fileParallelism: false,
     // Every server a test starts serves mTLS: the test's clients get certificates;
     // gateways check tokens: the SDK gets the suite's admin token.
-    setupFiles: ['./test/helpers/setup-identity.ts', './test/helpers/setup-token.ts'],
+    setupFiles: [
+      './test/helpers/setup-reaper.ts',
+      './test/helpers/setup-identity.ts',
+      './test/helpers/setup-token.ts',
+    ],
     reporters: ['default', './test/helpers/summary-reporter.ts'],
   },
 });
