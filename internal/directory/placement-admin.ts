@@ -11,6 +11,7 @@ import {
   type StorePlacementLoad,
   StorePlacementLoadSchema,
 } from '../../gen/haystack/v1/directory_pb.js';
+import type { StoreRecord } from '../../gen/haystack/v1/metadata_pb.js';
 import { NotFoundError, WrongModeError } from './errors.js';
 import type { DirectoryNode } from './node.js';
 import type { PlacementKeeper } from './placement-keeper.js';
@@ -34,13 +35,17 @@ export class PlacementAdmin {
     private readonly keeper: PlacementKeeper,
   ) {}
 
-  /** Each registered store's share of the placement (GetClusterStatus, DrainStore). */
-  loads(): StorePlacementLoad[] {
+  /**
+   * Each registered store's share of the placement (GetClusterStatus, DrainStore),
+   * from `records` (the leader's live view, for status) or the logged ones.
+   */
+  loads(records: Iterable<StoreRecord> = this.node.state.stores.values()): StorePlacementLoad[] {
     const p = this.node.state.placement;
     if (!p.enabled) return [];
-    const stores = [...this.node.state.stores.values()].map((s) => ({
+    const stores = [...records].map((s) => ({
       storeId: s.storeId,
       draining: s.draining,
+      shards: s.shards?.count ?? 0n,
     }));
     return storeLoads(p.groups, p.extras.values(), stores);
   }

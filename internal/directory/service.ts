@@ -58,6 +58,7 @@ import { withMappedErrors } from './grpc-errors.js';
 import { readOrder } from './health.js';
 import type { DirectoryNode } from './node.js';
 import { CATCHUP_TERM_HEADER, FORWARDED_HEADER, LEADER_ADDRESS_HEADER } from './peers.js';
+import { tierBytes } from './tier-bytes.js';
 import { PlacementAdmin } from './placement-admin.js';
 import type { PlacementKeeper } from './placement-keeper.js';
 import { estimateBlobCount, PlacementHandlers, placementHistogram } from './placement-service.js';
@@ -551,7 +552,8 @@ export class DirectoryHandlers {
       placementGroupCount: placement.groupCount,
       placementGroups: placement.groups.filter(Boolean),
       extraReplicaBlobs: BigInt(placement.extras.size),
-      storeLoads: this.admin.loads(),
+      storeLoads: this.admin.loads(stores),
+      tierBytes: tierBytes(stores, placement.groups, n.cfg.defaultReplicaCount),
     });
   }
 }

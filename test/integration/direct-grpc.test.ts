@@ -49,6 +49,7 @@ const store: ServiceImpl<typeof StoreService> = {
   getPlacementDigests: () => Promise.reject(new ConnectError('not in this fake', Code.Unimplemented)),
   writeShard: () => Promise.reject(new ConnectError('not in this fake', Code.Unimplemented)),
   deleteShard: () => Promise.reject(new ConnectError('not in this fake', Code.Unimplemented)),
+  listShards: () => Promise.reject(new ConnectError('not in this fake', Code.Unimplemented)),
   readShard: () => {
     throw new ConnectError('not in this fake', Code.Unimplemented);
   },
