@@ -58,12 +58,12 @@ import { withMappedErrors } from './grpc-errors.js';
 import { readOrder } from './health.js';
 import type { DirectoryNode } from './node.js';
 import { CATCHUP_TERM_HEADER, FORWARDED_HEADER, LEADER_ADDRESS_HEADER } from './peers.js';
-import { tierBytes } from './tier-bytes.js';
 import { PlacementAdmin } from './placement-admin.js';
 import type { PlacementKeeper } from './placement-keeper.js';
 import { estimateBlobCount, PlacementHandlers, placementHistogram } from './placement-service.js';
 import { sameContent } from './state-machine.js';
 import type { StoreRegistry } from './stores.js';
+import { tierBytes } from './tier-bytes.js';
 
 const MAX_LOCATE = 1000;
 const MAX_VERIFY = 10_000;

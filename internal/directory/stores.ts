@@ -1,6 +1,11 @@
 import { create } from '@bufbuild/protobuf';
 import { Code, ConnectError, type HandlerContext } from '@connectrpc/connect';
-import { BlobState, type ShardStats, StoreHealth, type VolumeStats } from '../../gen/haystack/v1/common_pb.js';
+import {
+  BlobState,
+  type ShardStats,
+  StoreHealth,
+  type VolumeStats,
+} from '../../gen/haystack/v1/common_pb.js';
 import {
   type HeartbeatRequest,
   type HeartbeatResponse,

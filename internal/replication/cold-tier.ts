@@ -2,13 +2,7 @@ import { Code, ConnectError } from '@connectrpc/connect';
 import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
 import { type PlacementGroup, PlacementMemberState } from '../../gen/haystack/v1/metadata_pb.js';
 import { STUB_CONTENT_TYPE } from '../common/shard-key.js';
-import {
-  type EcParams,
-  type EncodedBlob,
-  encodeBlob,
-  type ShardLayout,
-  verifyShard,
-} from '../ec/codec.js';
+import { type EcParams, type EncodedBlob, encodeBlob, type ShardLayout, verifyShard } from '../ec/codec.js';
 import { coolBlob, warmBlob } from '../ec/cooling.js';
 import { layoutFromWire } from '../ec/layout-wire.js';
 import { chooseCode } from '../ec/params.js';

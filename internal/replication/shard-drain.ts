@@ -46,7 +46,9 @@ export async function drainShards(tier: ColdTier, g: PlacementGroup): Promise<nu
     const layout = await tier.stripeLayout(stubs.reader, blobId);
     if (!layout) continue;
     if (layout.k + layout.m !== g.ecMembers.length)
-      throw new Error(`RS(${layout.k},${layout.m}) of ${blobId} does not fit ${g.ecMembers.length} EC members`);
+      throw new Error(
+        `RS(${layout.k},${layout.m}) of ${blobId} does not fit ${g.ecMembers.length} EC members`,
+      );
     let bytes: Uint8Array | undefined;
     if (tier.healthy(from)) {
       try {

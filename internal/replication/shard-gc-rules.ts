@@ -22,7 +22,7 @@ export interface ShardFacts {
   writtenAtMs: number;
   /** The store is ec_members[index] of the stripe's group. */
   listed: boolean;
-  /** The group's ec_members[index] (whichever store) is ACTIVE, not being rebuilt. */
+  /** The group's ec_members[index] (whichever store) is ACTIVE and not draining: not being rebuilt or moved. */
   listedActive: boolean;
   /** A member's stub names the stripe: true, false, or undefined when a member could not tell. */
   referenced: boolean | undefined;

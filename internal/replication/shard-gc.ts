@@ -69,7 +69,9 @@ export class ShardGc {
         const facts: ShardFacts = {
           writtenAtMs: Number(sh.writtenAtMs),
           listed: at?.storeId === storeId,
-          listedActive: at?.state === PlacementMemberState.ACTIVE,
+          // A listed store being drained may be mid-move (shard-drain.ts): its target's copies wait.
+          listedActive:
+            at?.state === PlacementMemberState.ACTIVE && !env.mirror.stores.get(at.storeId)?.draining,
           referenced: await this.referenced(g, sh.stripeId, stubs, referenced),
         };
         const key = shardPairKey(storeId, sh.stripeId, sh.index);

@@ -14,7 +14,11 @@ const store = (storeId: string, live: bigint, byIndex: bigint[] = []) =>
   create(StoreRecordSchema, {
     storeId,
     volumes: [{ volumeId: 1, liveBytes: live }],
-    shards: { count: BigInt(byIndex.length), bytes: byIndex.reduce((a, b) => a + b, 0n), bytesByIndex: byIndex },
+    shards: {
+      count: BigInt(byIndex.length),
+      bytes: byIndex.reduce((a, b) => a + b, 0n),
+      bytesByIndex: byIndex,
+    },
   });
 
 describe('bytes per tier', () => {

@@ -1,6 +1,10 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { decideShardGc, isOrphanShard, type ShardFacts } from '../../../internal/replication/shard-gc-rules.js';
+import {
+  decideShardGc,
+  isOrphanShard,
+  type ShardFacts,
+} from '../../../internal/replication/shard-gc-rules.js';
 
 const facts = (o: Partial<ShardFacts> = {}): ShardFacts => ({
   writtenAtMs: 0,
