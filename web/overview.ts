@@ -45,7 +45,7 @@ export class Overview {
       replicas: new ChartCard($('#chart-replicas'), 'bar'),
       heat: new ChartCard($('#chart-heat'), 'bar', { horizontal: true }),
       fill: new ChartCard($('#chart-fill'), 'bar', { horizontal: true, unit: '%', max: 100 }),
-      tiers: new ChartCard($('#chart-tiers'), 'bar', { horizontal: true }),
+      tiers: new ChartCard($('#chart-tiers'), 'bar', { horizontal: true, legend: true }),
     };
     this.charts.heat.chart.options.onClick = (_e, items) => {
       const i = items[0]?.index;

@@ -93,22 +93,25 @@ export class PlacementAdmin {
   /**
    * A drain needs somewhere to go: FAILED_PRECONDITION when the stores left
    * eligible for placement (HEALTHY, writable, not draining) are fewer than the
-   * largest group (its staying members), since its members could then never all
-   * be replaced.
+   * largest group (its staying members, or its EC members: k + m distinct
+   * stores), since its members could then never all be replaced.
    */
   private checkRoomWithout(storeId: string): void {
     const left = this.keeper
       .candidates()
       .filter((c) => c.storeId !== storeId && eligible(c))
       .map((c) => c.storeId);
-    // Staying members: a group in the middle of a move has a leaving one besides.
+    // Staying members: a group in the middle of a move has a leaving one besides. A
+    // group's EC members (k + m distinct stores) need as many to move a shard store.
     const size = Math.max(
       0,
-      ...this.node.state.placement.groups.map((g) => g?.members.filter((m) => !m.leaving).length ?? 0),
+      ...this.node.state.placement.groups.map((g) =>
+        Math.max(g?.members.filter((m) => !m.leaving).length ?? 0, g?.ecMembers.length ?? 0),
+      ),
     );
     if (left.length < size) {
       throw new ConnectError(
-        `draining ${storeId} leaves ${left.length} stores eligible for placement (${left.join(', ') || 'none'}), and placement groups need ${size}: add a store (or repair one) first`,
+        `draining ${storeId} leaves ${left.length} stores eligible for placement (${left.join(', ') || 'none'}), and placement groups need ${size} (members, or k + m EC members): add a store (or repair one) first`,
         Code.FailedPrecondition,
       );
     }

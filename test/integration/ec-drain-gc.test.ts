@@ -256,5 +256,14 @@ describe('haystack drain with erasure-coded shards', () => {
     );
     const m = (await httpsGet(`https://${cluster.replication!.address}/metrics`)).body;
     expect(m).toMatch(/^haystack_replication_shard_repairs_total\{reason="drained"\} [1-9]/m);
+    // Five stores left for groups of k + m = 5 EC members: draining another would strand a shard.
+    const other = s.placementGroups[0]!.ecMembers[0]!.storeId;
+    const refused = await cli(['drain', other]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(
+      new RegExp(
+        `FAILED_PRECONDITION: draining ${other} leaves 4 stores eligible .* need 5 \\(members, or k \\+ m EC members\\)`,
+      ),
+    );
   }, 600_000);
 });
