@@ -45,6 +45,11 @@ const LIST_PAGE = 1000;
  *   a member; a stub there is warmed with warmBlob — full needles on every member
  *   stamped above the stub, only then the shards deleted.
  *
+ * - repair (MONITORING_INTERVAL; SCRUB_INTERVAL with scrub): rebuilds joining
+ *   EC members' shards, moves EC members off draining stores (shard-drain.ts),
+ *   and with scrub rebuilds missing or corrupt shards;
+ * - orphan shards (GC_INTERVAL): collected after GC_GRACE_PERIOD (shard-gc.ts).
+ *
  * The cooling clock is this instance's: a blob must have been below the line for
  * EC_COLD_AFTER since this instance took the lease and since it last saw the
  * blob above it, so a takeover only delays encoding. One move at a time.
@@ -61,6 +66,8 @@ export class ColdTier {
   private busy = false;
   private codeProblem = '';
   private readonly gc = new ShardGc(this);
+  /** "group/store" pairs already warned about having no drain target (logged once). */
+  readonly drainStalled = new Set<string>();
 
   constructor(
     readonly env: PlacementEnv,
@@ -315,8 +322,13 @@ export class ColdTier {
           if (!joining && !scrub && !draining) continue;
           try {
             // A joining member is rebuilt first; a draining one moves once the group is whole.
-            if (draining && !joining) rebuilt += await drainShards(this, g);
-            if (joining || scrub) rebuilt += await this.repairGroup(g, scrub);
+            if (draining && !joining) {
+              const moved = await drainShards(this, g);
+              rebuilt += moved;
+              // `g` is stale once a move committed: the scrub waits for the next pass.
+              if (moved > 0 || !scrub) continue;
+            }
+            rebuilt += await this.repairGroup(g, scrub);
           } catch (err) {
             this.env.log.warn(
               { group: g.group, err: ConnectError.from(err).message },

@@ -35,9 +35,16 @@ export async function drainShards(tier: ColdTier, g: PlacementGroup): Promise<nu
   const others = g.ecMembers.filter((_, j) => j !== i).map((m) => m.storeId);
   const [to] = chooseTargets(others, 0n, 1, env.ctx(env.now()), new Set([from]));
   if (!to) {
-    env.log.warn({ group: g.group, from }, 'cold tier: no store to take a draining store’s shards; waiting');
+    const key = `${g.group}/${from}`;
+    if (!tier.drainStalled.has(key))
+      env.log.warn(
+        { group: g.group, from },
+        'cold tier: no store to take a draining store’s shards; waiting',
+      );
+    tier.drainStalled.add(key);
     return 0;
   }
+  tier.drainStalled.delete(`${g.group}/${from}`);
   const stubs = await tier.stubsOf(g);
   if (!stubs) return 0;
   const moved: string[] = [];
