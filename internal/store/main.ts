@@ -50,6 +50,7 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
       logger: log,
       ...(cfg.keyring ? { keyring: cfg.keyring } : {}),
     });
+    storeMetrics.attachShards(shards);
     const opened = await store.stats();
     log.info(
       {

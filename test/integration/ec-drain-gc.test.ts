@@ -246,6 +246,21 @@ describe('haystack drain with erasure-coded shards', () => {
       60_000,
       'the drained store reports 0 shards',
     );
+    // The stores' own gauges agree: none on the drained store, some on a shard store.
+    const gauge = async (storeId: string) => {
+      const text = (
+        await httpsGet(`https://${cluster.stores.find((p) => p.name === storeId)!.address}/metrics`)
+      ).body;
+      return Number(/^haystack_store_shards (\d+)$/m.exec(text)?.[1]);
+    };
+    await waitFor(
+      async () => ((await gauge(from)) === 0 ? true : undefined),
+      30_000,
+      'haystack_store_shards 0',
+    );
+    const holder = s.placementGroups[0]!.ecMembers[0]!.storeId;
+    expect(await gauge(holder)).toBe((await shardsOn(holder)).length);
+    expect(await gauge(holder)).toBeGreaterThan(0);
     const stores = await cli(['stores']);
     expect(stores.code, stores.stderr).toBe(0);
     expect(stores.stdout).toMatch(
