@@ -51,7 +51,7 @@ export class ChartCard {
   constructor(
     host: HTMLElement,
     type: 'line' | 'bar',
-    opts: { unit?: string; horizontal?: boolean; max?: number; stacked?: boolean } = {},
+    opts: { unit?: string; horizontal?: boolean; max?: number; stacked?: boolean; legend?: boolean } = {},
   ) {
     const canvas = el('canvas');
     this.table = el('table', { className: 'sr-only' });
@@ -67,7 +67,9 @@ export class ChartCard {
       options: {
         indexAxis: opts.horizontal ? 'y' : 'x',
         scales: opts.horizontal ? { x: axis, y: { ticks: { autoSkip: false } } } : { y: axis },
-        plugins: { legend: { display: type === 'line', position: 'bottom', labels: { boxWidth: 10 } } },
+        plugins: {
+          legend: { display: opts.legend ?? type === 'line', position: 'bottom', labels: { boxWidth: 10 } },
+        },
         elements: { point: { radius: 0 }, line: { tension: 0.25, borderWidth: 2 } },
       },
     };

@@ -30,7 +30,7 @@ export class Overview {
   private readonly history = new History();
   private prev: { at: number; lookups: number; hits: number; blobs: number } | undefined;
   private readonly charts: Record<
-    'throughput' | 'latency' | 'hitRate' | 'replicas' | 'heat' | 'fill',
+    'throughput' | 'latency' | 'hitRate' | 'replicas' | 'heat' | 'fill' | 'tiers',
     ChartCard
   >;
 
@@ -45,6 +45,7 @@ export class Overview {
       replicas: new ChartCard($('#chart-replicas'), 'bar'),
       heat: new ChartCard($('#chart-heat'), 'bar', { horizontal: true }),
       fill: new ChartCard($('#chart-fill'), 'bar', { horizontal: true, unit: '%', max: 100 }),
+      tiers: new ChartCard($('#chart-tiers'), 'bar', { horizontal: true, legend: true }),
     };
     this.charts.heat.chart.options.onClick = (_e, items) => {
       const i = items[0]?.index;
@@ -153,7 +154,12 @@ export class Overview {
           el(
             'td',
             { className: 'muted' },
-            ...(l ? [`${l.memberships} groups${l.leaving ? `, ${l.leaving} leaving` : ''}`] : []),
+            ...(l
+              ? [
+                  `${l.memberships} groups${l.leaving ? `, ${l.leaving} leaving` : ''}` +
+                    (l.ecMemberships || l.shards ? ` · ${l.ecMemberships} EC, ${l.shards} shards` : ''),
+                ]
+              : []),
             ...(drain ? [' ', tag('drain', drain)] : []),
           ),
         );
@@ -173,6 +179,7 @@ export class Overview {
         },
       ],
     );
+    this.tiers(c);
     // Per-blob mode: every blob by replica count. Placement mode: the groups by
     // member count, and the blobs by replica count as the directory estimates them
     // (every blob at its group's size, hot blobs raised by their extra replicas).
@@ -191,6 +198,22 @@ export class Overview {
         },
       ],
     );
+  }
+
+  /** Bytes per tier, stored and logical, and the effective replication factor (stored / logical). */
+  private tiers(c: GetClusterStatusResponse): void {
+    const t = c.tierBytes;
+    if (!t) return;
+    const mib = (b: bigint) => Math.round((Number(b) / 1048576) * 100) / 100;
+    const x = (f: number) => (f > 0 ? `${f.toFixed(2)}×` : '–');
+    this.charts.tiers.set(
+      [`hot replicas (${x(t.replicaReplication)})`, `cold shards (${x(t.shardReplication)})`],
+      [
+        { label: 'stored', values: [mib(t.replicaBytes), mib(t.shardBytes)] },
+        { label: 'logical', values: [mib(t.replicaLogicalBytes), mib(t.shardLogicalBytes)] },
+      ],
+    );
+    $('#tiers-summary').textContent = `— effective replication ${x(t.effectiveReplication)}`;
   }
 
   private replicationPanel(): void {

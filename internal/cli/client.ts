@@ -384,10 +384,23 @@ export function registerClientCommands(program: Command): void {
               // Placement share and drain progress (`haystack drain`, `haystack balance`).
               memberships: l?.memberships,
               leaving: l?.leaving,
+              ecMemberships: l?.ecMemberships,
+              shards: Number(s.shards?.count ?? 0n),
+              shardBytes: Number(s.shards?.bytes ?? 0n),
               draining: s.draining,
               drained: l?.drained ?? false,
             };
           }),
+          // Bytes per tier and the effective replication factor (stored / logical).
+          tiers: c?.tierBytes && {
+            replicaBytes: Number(c.tierBytes.replicaBytes),
+            replicaLogicalBytes: Number(c.tierBytes.replicaLogicalBytes),
+            shardBytes: Number(c.tierBytes.shardBytes),
+            shardLogicalBytes: Number(c.tierBytes.shardLogicalBytes),
+            replicaReplication: c.tierBytes.replicaReplication,
+            shardReplication: c.tierBytes.shardReplication,
+            effectiveReplication: c.tierBytes.effectiveReplication,
+          },
           replication: r && {
             manager: r.managerId,
             active: r.active,
@@ -432,12 +445,20 @@ export function registerClientCommands(program: Command): void {
             const drain = s.drained
               ? ', DRAINED (may be stopped)'
               : s.draining
-                ? `, DRAINING (${s.memberships ?? 0} groups left, ${s.leaving ?? 0} moving)`
+                ? `, DRAINING (${s.memberships ?? 0} groups left, ${s.leaving ?? 0} moving, ${s.ecMemberships ?? 0} EC memberships, ${s.shards} shards left)`
                 : '';
+            const shards = s.shards > 0 ? `, ${s.shards} shards (${human(s.shardBytes)})` : '';
             out(
-              `  ${s.id.padEnd(14)} ${s.address.padEnd(22)} ${String(s.health).padEnd(10)} ${human(s.free)} free of ${human(s.capacity)}${drain || groups}`,
+              `  ${s.id.padEnd(14)} ${s.address.padEnd(22)} ${String(s.health).padEnd(10)} ${human(s.free)} free of ${human(s.capacity)}${drain || groups + shards}`,
             );
           }
+        }
+        if (doc.tiers) {
+          const t = doc.tiers;
+          const x = (f: number) => (f > 0 ? `${f.toFixed(2)}×` : '-');
+          out(
+            `tiers          replicas ${human(t.replicaBytes)} (${x(t.replicaReplication)}), shards ${human(t.shardBytes)} (${x(t.shardReplication)}), effective replication ${x(t.effectiveReplication)}`,
+          );
         }
         if (doc.replication) {
           const q = doc.replication.queue.reduce((n, x) => n + x.depth, 0);

@@ -54,7 +54,7 @@ async function onDirectory<T>(
 
 function describeLoad(l: StorePlacementLoad): string {
   const state = l.drained ? 'drained' : l.draining ? 'draining' : 'in placement';
-  return `${l.storeId.padEnd(14)} ${state.padEnd(12)} ${l.memberships} group memberships (${l.leaving} leaving), ${l.extraReplicas} extra replicas`;
+  return `${l.storeId.padEnd(14)} ${state.padEnd(12)} ${l.memberships} group memberships (${l.leaving} leaving), ${l.extraReplicas} extra replicas, ${l.ecMemberships} EC memberships (${l.shards} shards)`;
 }
 
 const loadJson = (l: StorePlacementLoad) => ({
@@ -64,6 +64,9 @@ const loadJson = (l: StorePlacementLoad) => ({
   extraReplicas: l.extraReplicas,
   draining: l.draining,
   drained: l.drained,
+  // Cold tier: groups whose shards of one index it holds, and shards on its disk.
+  ecMemberships: l.ecMemberships,
+  shards: Number(l.shards),
 });
 
 /** `--timeout` in seconds or with a unit (s, m, h). */

@@ -15,6 +15,8 @@ export interface StoreHeartbeatState {
   capacityBytes: bigint;
   freeBytes: bigint;
   volumes: VolumeStats[];
+  /** Erasure-coded shards held (absent: a store without a shard engine). */
+  shards?: { count: bigint; bytes: bigint; bytesByIndex: bigint[] };
   writable: boolean;
 }
 
@@ -82,6 +84,7 @@ export function startStoreHeartbeat(opts: StoreHeartbeatOptions): StoreHeartbeat
           capacityBytes: st.capacityBytes,
           freeBytes: st.freeBytes,
           volumes: st.volumes,
+          shards: st.shards,
           writable: st.writable,
           completedCommandIds: ids,
         });

@@ -11,6 +11,7 @@ import {
   type StorePlacementLoad,
   StorePlacementLoadSchema,
 } from '../../gen/haystack/v1/directory_pb.js';
+import type { StoreRecord } from '../../gen/haystack/v1/metadata_pb.js';
 import { NotFoundError, WrongModeError } from './errors.js';
 import type { DirectoryNode } from './node.js';
 import type { PlacementKeeper } from './placement-keeper.js';
@@ -34,13 +35,17 @@ export class PlacementAdmin {
     private readonly keeper: PlacementKeeper,
   ) {}
 
-  /** Each registered store's share of the placement (GetClusterStatus, DrainStore). */
-  loads(): StorePlacementLoad[] {
+  /**
+   * Each registered store's share of the placement (GetClusterStatus, DrainStore),
+   * from `records` (the leader's live view, for status) or the logged ones.
+   */
+  loads(records: Iterable<StoreRecord> = this.node.state.stores.values()): StorePlacementLoad[] {
     const p = this.node.state.placement;
     if (!p.enabled) return [];
-    const stores = [...this.node.state.stores.values()].map((s) => ({
+    const stores = [...records].map((s) => ({
       storeId: s.storeId,
       draining: s.draining,
+      shards: s.shards?.count ?? 0n,
     }));
     return storeLoads(p.groups, p.extras.values(), stores);
   }
@@ -88,22 +93,25 @@ export class PlacementAdmin {
   /**
    * A drain needs somewhere to go: FAILED_PRECONDITION when the stores left
    * eligible for placement (HEALTHY, writable, not draining) are fewer than the
-   * largest group (its staying members), since its members could then never all
-   * be replaced.
+   * largest group (its staying members, or its EC members: k + m distinct
+   * stores), since its members could then never all be replaced.
    */
   private checkRoomWithout(storeId: string): void {
     const left = this.keeper
       .candidates()
       .filter((c) => c.storeId !== storeId && eligible(c))
       .map((c) => c.storeId);
-    // Staying members: a group in the middle of a move has a leaving one besides.
+    // Staying members: a group in the middle of a move has a leaving one besides. A
+    // group's EC members (k + m distinct stores) need as many to move a shard store.
     const size = Math.max(
       0,
-      ...this.node.state.placement.groups.map((g) => g?.members.filter((m) => !m.leaving).length ?? 0),
+      ...this.node.state.placement.groups.map((g) =>
+        Math.max(g?.members.filter((m) => !m.leaving).length ?? 0, g?.ecMembers.length ?? 0),
+      ),
     );
     if (left.length < size) {
       throw new ConnectError(
-        `draining ${storeId} leaves ${left.length} stores eligible for placement (${left.join(', ') || 'none'}), and placement groups need ${size}: add a store (or repair one) first`,
+        `draining ${storeId} leaves ${left.length} stores eligible for placement (${left.join(', ') || 'none'}), and placement groups need ${size} (members, or k + m EC members): add a store (or repair one) first`,
         Code.FailedPrecondition,
       );
     }

@@ -201,23 +201,27 @@ export function planBalance(
 
 /**
  * Each registered store's share of the placement: memberships (leaving ones
- * included), leaving ones, hot blobs' extra replicas, and whether a draining
- * store is drained (holds no membership and no extra replica).
+ * included), leaving ones, hot blobs' extra replicas, EC memberships (groups
+ * whose ec_members name it) and shards held, and whether a draining store is
+ * drained (holds no membership, no extra replica and no EC membership: its
+ * shards have been moved by the replication manager, internal/replication/shard-drain.ts).
  */
 export function storeLoads(
   groups: readonly (PlacementGroup | undefined)[],
   extras: Iterable<ExtraReplicas>,
-  stores: readonly { storeId: string; draining: boolean }[],
+  stores: readonly { storeId: string; draining: boolean; shards?: bigint }[],
 ): StorePlacementLoad[] {
   const members = new Map<string, number>();
   const leaving = new Map<string, number>();
   const extra = new Map<string, number>();
+  const ec = new Map<string, number>();
   const inc = (m: Map<string, number>, k: string) => m.set(k, (m.get(k) ?? 0) + 1);
   for (const g of groups) {
     for (const m of g?.members ?? []) {
       inc(members, m.storeId);
       if (m.leaving) inc(leaving, m.storeId);
     }
+    for (const m of g?.ecMembers ?? []) inc(ec, m.storeId);
   }
   for (const e of extras) for (const r of e.replicas) inc(extra, r.storeId);
   return [...stores]
@@ -225,13 +229,16 @@ export function storeLoads(
     .map((s) => {
       const n = members.get(s.storeId) ?? 0;
       const x = extra.get(s.storeId) ?? 0;
+      const e = ec.get(s.storeId) ?? 0;
       return create(StorePlacementLoadSchema, {
         storeId: s.storeId,
         memberships: n,
         leaving: leaving.get(s.storeId) ?? 0,
         extraReplicas: x,
         draining: s.draining,
-        drained: s.draining && n === 0 && x === 0,
+        drained: s.draining && n === 0 && x === 0 && e === 0,
+        ecMemberships: e,
+        shards: s.shards ?? 0n,
       });
     });
 }

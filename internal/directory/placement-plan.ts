@@ -197,14 +197,10 @@ export function replaceLostMembers(
     // EC members (the cold tier): the manager rebuilds the new store's shards from k others, then marks it ACTIVE.
     const ec = g.ecMembers.some((m) => lost.has(m.storeId)) ? swap(g.group, g.ecMembers) : undefined;
     if (members?.replaced || ec?.replaced) {
-      changed.push(
-        create(PlacementGroupSchema, {
-          group: g.group,
-          epoch: g.epoch,
-          members: members?.replaced ? members.out : g.members,
-          ecMembers: ec?.replaced ? ec.out : g.ecMembers,
-        }),
-      );
+      const copy = clone(PlacementGroupSchema, g);
+      if (members?.replaced) copy.members = members.out;
+      if (ec?.replaced) copy.ecMembers = ec.out;
+      changed.push(copy);
     }
   }
   return changed;

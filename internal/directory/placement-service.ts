@@ -57,10 +57,21 @@ export class PlacementHandlers {
         `group ${req.group} is at epoch ${current?.epoch ?? 0n}, not the expected ${req.expectedEpoch}: re-read it`,
       );
     }
+    const ecCount = req.ecMembers.length || current.ecMembers.length;
+    if (req.ecDataShards > 0 && req.ecDataShards >= ecCount) {
+      throw new ConnectError(
+        `ec_data_shards ${req.ecDataShards} leaves no parity among ${ecCount} EC members: k must be below k + m`,
+        Code.InvalidArgument,
+      );
+    }
+    // Members change; the group's cold-tier ec_members (and k) are kept unless the call names new ones.
+    const next = withEcMembers(withMembers(current, req.members), req.ecMembers);
+    if (req.ecDataShards > 0 && next.ecDataShards !== req.ecDataShards) {
+      next.ecDataShards = req.ecDataShards; // withMembers made `next` a copy
+    }
     const index = await this.node.propose({
       case: 'placementChanged',
-      // Members change; the group's cold-tier ec_members are kept unless the call names new ones.
-      value: { groupCount: 0, groups: [withEcMembers(withMembers(current, req.members), req.ecMembers)] },
+      value: { groupCount: 0, groups: [next] },
     });
     return create(UpdatePlacementResponseSchema, {
       commitIndex: index,

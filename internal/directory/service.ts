@@ -63,6 +63,7 @@ import type { PlacementKeeper } from './placement-keeper.js';
 import { estimateBlobCount, PlacementHandlers, placementHistogram } from './placement-service.js';
 import { sameContent } from './state-machine.js';
 import type { StoreRegistry } from './stores.js';
+import { tierBytes } from './tier-bytes.js';
 
 const MAX_LOCATE = 1000;
 const MAX_VERIFY = 10_000;
@@ -551,7 +552,8 @@ export class DirectoryHandlers {
       placementGroupCount: placement.groupCount,
       placementGroups: placement.groups.filter(Boolean),
       extraReplicaBlobs: BigInt(placement.extras.size),
-      storeLoads: this.admin.loads(),
+      storeLoads: this.admin.loads(stores),
+      tierBytes: tierBytes(stores, placement.groups, n.cfg.defaultReplicaCount),
     });
   }
 }

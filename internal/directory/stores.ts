@@ -1,6 +1,11 @@
 import { create } from '@bufbuild/protobuf';
 import { Code, ConnectError, type HandlerContext } from '@connectrpc/connect';
-import { BlobState, StoreHealth, type VolumeStats } from '../../gen/haystack/v1/common_pb.js';
+import {
+  BlobState,
+  type ShardStats,
+  StoreHealth,
+  type VolumeStats,
+} from '../../gen/haystack/v1/common_pb.js';
 import {
   type HeartbeatRequest,
   type HeartbeatResponse,
@@ -23,6 +28,8 @@ interface LiveStore {
   capacityBytes: bigint;
   freeBytes: bigint;
   volumes: VolumeStats[];
+  /** Erasure-coded shards, from the last heartbeat. */
+  shards?: ShardStats;
   writable: boolean;
   /** Monotonic ms of the last heartbeat (or of taking office, for a grace period). */
   lastBeat: number;
@@ -86,6 +93,7 @@ export class StoreRegistry {
         capacityBytes: rec.capacityBytes,
         freeBytes: rec.freeBytes,
         volumes: rec.volumes,
+        shards: rec.shards,
         writable: true,
         lastBeat: rec.health === StoreHealth.DEGRADED ? now - this.cfg.storeDegradedAfterMs : now,
         streamOpen: false,
@@ -170,6 +178,7 @@ export class StoreRegistry {
     const l = this.live.get(rec.storeId);
     if (!l?.beatAtMs) return;
     rec.volumes = l.volumes;
+    if (l.shards) rec.shards = l.shards;
     rec.capacityBytes = l.capacityBytes;
     rec.freeBytes = l.freeBytes;
     rec.lastHeartbeatMs = BigInt(l.beatAtMs);
@@ -232,6 +241,7 @@ export class StoreRegistry {
       capacityBytes: hello.capacityBytes,
       freeBytes: hello.freeBytes,
       volumes: hello.volumes,
+      shards: hello.shards,
       writable: hello.writable,
       lastBeat: performance.now(),
       streamOpen: true,
@@ -297,6 +307,7 @@ export class StoreRegistry {
     l.capacityBytes = req.capacityBytes;
     l.freeBytes = req.freeBytes;
     l.volumes = req.volumes;
+    l.shards = req.shards;
     l.writable = req.writable;
     l.address = req.address || l.address;
     l.zone = req.zone;
@@ -345,6 +356,7 @@ export class StoreRegistry {
             health: this.liveHealth(l),
             lastHeartbeatMs: BigInt(at),
             volumes: l.volumes,
+            shards: l.shards,
           }),
         },
       },

@@ -2,7 +2,7 @@ import { Code, ConnectError } from '@connectrpc/connect';
 import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
 import { type PlacementGroup, PlacementMemberState } from '../../gen/haystack/v1/metadata_pb.js';
 import { STUB_CONTENT_TYPE } from '../common/shard-key.js';
-import { type EcParams, encodeBlob, verifyShard } from '../ec/codec.js';
+import { type EcParams, type EncodedBlob, encodeBlob, type ShardLayout, verifyShard } from '../ec/codec.js';
 import { coolBlob, warmBlob } from '../ec/cooling.js';
 import { layoutFromWire } from '../ec/layout-wire.js';
 import { chooseCode } from '../ec/params.js';
@@ -10,12 +10,16 @@ import { getShard, putShard, readStripe, type StoreClient } from '../ec/shard-cl
 import { decideTier } from '../ec/tier-policy.js';
 import { chooseTargets } from './placement.js';
 import type { PlacementEnv } from './placement-env.js';
+import { drainShards } from './shard-drain.js';
+import { ShardGc } from './shard-gc.js';
 
 /** Hooks for metrics: one finished tier move. */
 export interface ColdTierEvents {
   onTierMove?(kind: 'encode' | 'rematerialise', outcome: 'done' | 'failed', bytes: number, ms: number): void;
   /** A shard rebuilt onto `storeId`: for a store swapped in ('rebuilt') or found missing or corrupt ('corrupt'). */
-  onShardRepair?(storeId: string, stripeId: string, reason: 'rebuilt' | 'corrupt'): void;
+  onShardRepair?(storeId: string, stripeId: string, reason: 'rebuilt' | 'corrupt' | 'drained'): void;
+  /** An orphan shard (referenced by no committed stripe) deleted from `storeId`. */
+  onShardCollected?(storeId: string, stripeId: string, index: number): void;
 }
 
 /** How many blobs recently checked for warming are remembered (so a hot blob is not Stat'ed on every report). */
@@ -41,6 +45,11 @@ const LIST_PAGE = 1000;
  *   a member; a stub there is warmed with warmBlob — full needles on every member
  *   stamped above the stub, only then the shards deleted.
  *
+ * - repair (MONITORING_INTERVAL; SCRUB_INTERVAL with scrub): rebuilds joining
+ *   EC members' shards, moves EC members off draining stores (shard-drain.ts),
+ *   and with scrub rebuilds missing or corrupt shards;
+ * - orphan shards (GC_INTERVAL): collected after GC_GRACE_PERIOD (shard-gc.ts).
+ *
  * The cooling clock is this instance's: a blob must have been below the line for
  * EC_COLD_AFTER since this instance took the lease and since it last saw the
  * blob above it, so a takeover only delays encoding. One move at a time.
@@ -56,11 +65,14 @@ export class ColdTier {
   private nextGroup = 0;
   private busy = false;
   private codeProblem = '';
+  private readonly gc = new ShardGc(this);
+  /** "group/store" pairs already warned about having no drain target (logged once). */
+  readonly drainStalled = new Set<string>();
 
   constructor(
-    private readonly env: PlacementEnv,
+    readonly env: PlacementEnv,
     private readonly stores: (address: string) => StoreClient,
-    private readonly events: ColdTierEvents = {},
+    readonly events: ColdTierEvents = {},
   ) {}
 
   private get cfg() {
@@ -112,6 +124,12 @@ export class ColdTier {
     if (this.warmQueue.size > 0) void this.run(() => this.drainWarm());
   }
 
+  /** One orphan shard collection pass (shard-gc.ts), in this lane; shards deleted. */
+  async collectOrphans(): Promise<number> {
+    if (!this.enabled || !this.env.acting()) return 0;
+    return (await this.run(() => this.gc.pass())) ?? 0;
+  }
+
   /** One sweep: groups in turn until EC_MOVES_PER_SWEEP blobs cooled or every group looked at. */
   async sweep(): Promise<number> {
     if (!this.enabled || !this.env.acting()) return 0;
@@ -154,11 +172,13 @@ export class ColdTier {
     return moved;
   }
 
-  private healthy(storeId: string): boolean {
+  /** True when the mirror has the store HEALTHY. */
+  healthy(storeId: string): boolean {
     return this.env.mirror.stores.get(storeId)?.health === StoreHealth.HEALTHY;
   }
 
-  private client(storeId: string): StoreClient {
+  /** The store's client (throws when its address is unknown). */
+  client(storeId: string): StoreClient {
     const address = this.env.mirror.stores.get(storeId)?.address;
     if (!address) throw new Error(`store ${storeId} has no known address`);
     return this.stores(address);
@@ -181,6 +201,7 @@ export class ColdTier {
         expectedEpoch: g.epoch,
         members: g.members,
         ecMembers: picked.map((s) => ({ storeId: s.storeId, state: PlacementMemberState.ACTIVE })),
+        ecDataShards: code.k,
       });
       ec = res.group?.ecMembers ?? [];
       this.env.log.info(
@@ -197,6 +218,8 @@ export class ColdTier {
     }
     if (!ec.every((m) => m.state === PlacementMemberState.ACTIVE && this.healthy(m.storeId)))
       return undefined;
+    // No new stripe with a shard on a draining store (shard-drain.ts is moving them off).
+    if (ec.some((m) => this.env.mirror.stores.get(m.storeId)?.draining)) return undefined;
     return ec.map((m) => m.storeId);
   }
 
@@ -273,7 +296,7 @@ export class ColdTier {
   }
 
   /** One move's calls end at COPY_TIMEOUT or when the lease is lost: a stalled store never holds the lane. */
-  private deadline(): AbortSignal {
+  deadline(): AbortSignal {
     return AbortSignal.any([this.env.signal(), AbortSignal.timeout(this.env.cfg.copyTimeoutMs)]);
   }
 
@@ -295,8 +318,16 @@ export class ColdTier {
         for (const g of this.env.mirror.placement.groups) {
           if (!g || g.ecMembers.length === 0 || !this.env.acting()) continue;
           const joining = g.ecMembers.some((m) => m.state === PlacementMemberState.JOINING);
-          if (!joining && !scrub) continue;
+          const draining = g.ecMembers.some((m) => this.env.mirror.stores.get(m.storeId)?.draining);
+          if (!joining && !scrub && !draining) continue;
           try {
+            // A joining member is rebuilt first; a draining one moves once the group is whole.
+            if (draining && !joining) {
+              const moved = await drainShards(this, g);
+              rebuilt += moved;
+              // `g` is stale once a move committed: the scrub waits for the next pass.
+              if (moved > 0 || !scrub) continue;
+            }
             rebuilt += await this.repairGroup(g, scrub);
           } catch (err) {
             this.env.log.warn(
@@ -311,7 +342,7 @@ export class ColdTier {
   }
 
   /** The stubs of a group (cold blob ids), from one ACTIVE HEALTHY member's listing. */
-  private async stubsOf(g: PlacementGroup): Promise<{ reader: string; ids: string[] } | undefined> {
+  async stubsOf(g: PlacementGroup): Promise<{ reader: string; ids: string[] } | undefined> {
     const reader = g.members.find((m) => m.state === PlacementMemberState.ACTIVE && this.healthy(m.storeId));
     if (!reader) return undefined;
     const ids: string[] = [];
@@ -361,6 +392,7 @@ export class ColdTier {
         expectedEpoch: g.epoch,
         members: g.members,
         ecMembers: ec.map((m) => ({ storeId: m.storeId, state: PlacementMemberState.ACTIVE })),
+        ecDataShards: g.ecDataShards,
       });
       env.log.info(
         { group: g.group, stores: [...joining].map((i) => ec[i]!.storeId), stripes: stubs.ids.length },
@@ -378,10 +410,9 @@ export class ColdTier {
     joining: ReadonlySet<number>,
     scrub: boolean,
   ): Promise<number> {
-    const ref = (await this.client(reader).stat({ blobId }, { signal: this.deadline() })).needle?.cold;
-    if (!ref || ref.stripeId !== blobId) return 0; // warmed meanwhile, or not a one-blob stripe
-    const layout = layoutFromWire(ref.layout);
-    if (typeof layout === 'string') throw new Error(layout);
+    const layout = await this.stripeLayout(reader, blobId);
+    if (!layout) return 0;
+    const ref = { stripeId: blobId };
     const ec = g.ecMembers;
     if (layout.k + layout.m !== ec.length)
       throw new Error(`RS(${layout.k},${layout.m}) does not fit ${ec.length} EC members`);
@@ -399,16 +430,9 @@ export class ColdTier {
       }
     }
     if (bad.size === 0) return 0;
-    const sources = ec.map((m, i) =>
-      bad.has(i) || !this.healthy(m.storeId) ? undefined : this.client(m.storeId),
-    );
-    const read = await readStripe(ref.stripeId, layout, sources, { signal: this.deadline() });
-    // The encoding is deterministic: re-encoding the stripe gives every shard exactly as first written.
-    const enc = await encodeBlob(read.data, layout);
+    const enc = await this.rebuild(ref.stripeId, layout, g, bad);
     let n = 0;
     for (const i of bad) {
-      if (enc.layout.crc32c[i] !== layout.crc32c[i])
-        throw new Error(`rebuilt shard ${i} does not match its CRC32C`);
       this.env.ensureActing();
       await putShard(this.client(ec[i]!.storeId), ref.stripeId, i, enc.shards[i]!, layout.crc32c[i]!, {
         term: this.env.term(),
@@ -420,6 +444,43 @@ export class ColdTier {
     }
     this.env.log.info({ blobId, shards: [...bad] }, 'cold tier: shards rebuilt');
     return n;
+  }
+
+  /**
+   * The layout of `blobId`'s one-blob stripe from the stub on `reader`; undefined
+   * when the blob has no stub there (warmed or deleted meanwhile) or is not a
+   * one-blob stripe. Throws for a layout it cannot read.
+   */
+  async stripeLayout(reader: string, blobId: string): Promise<ShardLayout | undefined> {
+    const ref = (await this.client(reader).stat({ blobId }, { signal: this.deadline() })).needle?.cold;
+    if (!ref || ref.stripeId !== blobId) return undefined;
+    const layout = layoutFromWire(ref.layout);
+    if (typeof layout === 'string') throw new Error(layout);
+    return layout;
+  }
+
+  /**
+   * Every shard of a stripe, rebuilt from k intact others (not those in `bad`,
+   * nor on stores not HEALTHY): the encoding is deterministic, so re-encoding the
+   * stripe gives each shard exactly as first written; the shards in `bad` are
+   * checked against the layout's CRC32C.
+   */
+  async rebuild(
+    stripeId: string,
+    layout: ShardLayout,
+    g: PlacementGroup,
+    bad: ReadonlySet<number>,
+  ): Promise<EncodedBlob> {
+    const sources = g.ecMembers.map((m, i) =>
+      bad.has(i) || !this.healthy(m.storeId) ? undefined : this.client(m.storeId),
+    );
+    const read = await readStripe(stripeId, layout, sources, { signal: this.deadline() });
+    const enc = await encodeBlob(read.data, layout);
+    for (const i of bad) {
+      if (enc.layout.crc32c[i] !== layout.crc32c[i])
+        throw new Error(`rebuilt shard ${i} of stripe ${stripeId} does not match its CRC32C`);
+    }
+    return enc;
   }
 
   private async drainWarm(): Promise<void> {

@@ -101,7 +101,7 @@ export class ReplicationManager {
       antiEntropy: this.antiEntropy,
       evaluate: (id, now) => this.evaluate(id, now),
       reportCorruption: (s, ids) => this.reportCorruption(s, ids),
-      gc: () => this.blobs.orphans.pass(),
+      gc: async () => (await this.blobs.orphans.pass()) + ((await this.cold?.collectOrphans()) ?? 0),
       coolSweep: () => this.cold?.sweep() ?? Promise.resolve(0),
       shardRepair: (scrub) => this.cold?.repair(scrub) ?? Promise.resolve(0),
     });

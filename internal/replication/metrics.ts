@@ -135,12 +135,18 @@ export function replicationMetrics(registry: Registry, getManager: () => Replica
   });
   const shardRepairs = new Counter({
     name: 'haystack_replication_shard_repairs_total',
-    help: 'Erasure-coded shards rebuilt from k others: onto a store swapped in for a lost one (rebuilt) or over a missing or corrupt shard (corrupt)',
+    help: 'Erasure-coded shards written by repair: rebuilt from k others onto a store swapped in for a lost one (rebuilt) or over a missing or corrupt shard (corrupt), or moved off a draining store (drained)',
     labelNames: ['reason'],
+    registers,
+  });
+  const shardsCollected = new Counter({
+    name: 'haystack_replication_orphan_shards_collected_total',
+    help: 'Orphan erasure-coded shards (named by no committed stripe) deleted after GC_GRACE_PERIOD',
     registers,
   });
   return {
     onShardRepair: (_store, _stripe, reason) => shardRepairs.inc({ reason }),
+    onShardCollected: () => shardsCollected.inc(),
     onTierMove: (kind, outcome, bytes, ms) => {
       tierMoves.inc({ kind, outcome });
       if (outcome === 'done') tierBytes.inc({ kind }, bytes);

@@ -43,6 +43,8 @@ export const METHOD_ROLES: Readonly<Record<string, readonly Role[]>> = {
   'haystack.v1.StoreService/DeleteShard': ['replication'],
   // KEK rotation (`haystack keys rewrap`): operators only.
   'haystack.v1.StoreService/RewrapKeys': ['admin'],
+  // Orphan shard collection (internal/replication/shard-gc.ts) and operators.
+  'haystack.v1.StoreService/ListShards': ['replication', 'admin'],
 
   // Directory: writes from gateways (and followers forwarding to the leader).
   'haystack.v1.DirectoryService/AllocateWrite': ['gateway', 'directory'],

@@ -51,6 +51,7 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
       logger: log,
       ...(cfg.keyring ? { keyring: cfg.keyring } : {}),
     });
+    storeMetrics.attachShards(shards);
     const opened = await store.stats();
     log.info(
       {
@@ -121,11 +122,17 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
             log,
             state: async () => {
               const s = await store.stats();
+              const t = await shards.totals();
               return {
                 capacityBytes: BigInt(s.capacityBytes),
                 freeBytes: BigInt(s.freeBytes),
                 writable: s.writable,
                 volumes: s.volumes.map(volumeStatsMessage),
+                shards: {
+                  count: BigInt(t.count),
+                  bytes: BigInt(t.bytes),
+                  bytesByIndex: t.bytesByIndex.map((b) => BigInt(b)),
+                },
               };
             },
             onCommand: async (cmd) => {

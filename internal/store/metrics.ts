@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { ShardStore, ShardTotals } from './shard-store.js';
 import type { Store, StoreStats, StoreTestHooks } from './store.js';
 
 /** fdatasync pairs take from ~50 µs (tmpfs) to seconds (a saturated disk). */
@@ -19,6 +20,7 @@ const COMPACTION_BUCKETS = [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 36
  */
 export class StoreMetrics {
   private store: Store | undefined;
+  private shards: ShardStore | undefined;
   /** Pass as (or merge into) `StoreOpenOptions.hooks`. */
   readonly hooks: Pick<StoreTestHooks, 'onGroupCommit' | 'onCompaction' | 'onScrub'>;
 
@@ -206,6 +208,25 @@ export class StoreMetrics {
     }
     for (const k of ['current', 'superseded']) corrupt.inc({ kind: k }, 0);
 
+    // Erasure-coded shards of the cold tier (the shard engine's totals, recounted at most every 2 s).
+    const shardTotals = () => this.shards?.totals().catch(() => undefined);
+    const shardGauge = (name: string, help: string, pick: (t: ShardTotals) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        async collect() {
+          const t = await shardTotals();
+          this.set(t ? pick(t) : 0);
+        },
+      });
+    shardGauge(
+      'haystack_store_shards',
+      'Erasure-coded shards held (cold tier; orphans included until collected)',
+      (t) => t.count,
+    );
+    shardGauge('haystack_store_shard_bytes', 'Bytes of the erasure-coded shards held', (t) => t.bytes);
+
     this.hooks = {
       onGroupCommit: (_volumeId, seconds, items, ok) => {
         commits.inc({ outcome: ok ? 'ok' : 'failed' });
@@ -235,5 +256,10 @@ export class StoreMetrics {
   /** Starts reading gauges from `store` (open it with `hooks` first). */
   attach(store: Store): void {
     this.store = store;
+  }
+
+  /** The shard engine, for `haystack_store_shards` and `haystack_store_shard_bytes`. */
+  attachShards(shards: ShardStore): void {
+    this.shards = shards;
   }
 }

@@ -38,7 +38,10 @@ export interface ShardServiceOptions {
   onCorrupt?: (stripeId: string, index: number) => void;
 }
 
-type ShardHandlers = Pick<ServiceImpl<typeof StoreService>, 'writeShard' | 'readShard' | 'deleteShard'>;
+type ShardHandlers = Pick<
+  ServiceImpl<typeof StoreService>,
+  'writeShard' | 'readShard' | 'deleteShard' | 'listShards'
+>;
 
 function checkShard(stripeId: string, index: number): void {
   const bad = validateStripeId(stripeId) ?? validateShardIndex(index);
@@ -61,6 +64,22 @@ export function shardHandlers(o: ShardServiceOptions): ShardHandlers {
         checkShard(req.stripeId, req.index);
         o.checkManagerTerm(req.term, ctx, 'DeleteShard');
         return { found: await engine().delete(req.stripeId, req.index) };
+      }),
+    listShards: (req) =>
+      mapErrors(async () => {
+        const limit = Math.min(req.pageSize || 1000, 10_000);
+        const page = await engine().list(req.pageToken || undefined, limit + 1);
+        const more = page.length > limit;
+        const shards = page.slice(0, limit);
+        return {
+          shards: shards.map((s) => ({
+            stripeId: s.stripeId,
+            index: s.index,
+            size: BigInt(s.size),
+            writtenAtMs: BigInt(s.writtenAtMs),
+          })),
+          nextPageToken: more ? (shards[shards.length - 1]?.key ?? '') : '',
+        };
       }),
   };
 }

@@ -34,7 +34,40 @@ export interface ShardWrite {
   replace: boolean;
 }
 
+/** A live shard (ListShards). */
+export interface ShardListing {
+  stripeId: string;
+  index: number;
+  size: number;
+  writtenAtMs: number;
+  /** Its needle key: the listing's page token. */
+  key: string;
+}
+
+/** Shards held: count, bytes, and bytes per shard index. */
+export interface ShardTotals {
+  count: number;
+  bytes: number;
+  bytesByIndex: number[];
+}
+
+/** The shard key's parts, or undefined for a key not of shardKey's short form. */
+export function parseShardKey(key: string): { stripeId: string; index: number } | undefined {
+  const cut = key.indexOf('~');
+  if (cut < 1) return undefined;
+  const index = Number(key.slice(0, cut));
+  const stripeId = key.slice(cut + 1);
+  if (!Number.isInteger(index) || shardKey(stripeId, index) !== key) return undefined;
+  return { stripeId, index };
+}
+
+/** Totals are recounted (a pass over the index files) at most this often, and only after a change. */
+const TOTALS_EVERY_MS = 2_000;
+
 export class ShardStore {
+  private totalsCache: { at: number; value: ShardTotals } | undefined;
+  private dirty = true;
+
   private constructor(readonly engine: Store) {}
 
   /** Opens (creating if needed) the shard engine in `<dataDir>/ec`, recovering from any crash. */
@@ -65,6 +98,7 @@ export class ShardStore {
         );
       }
       const r = await writer.commit();
+      this.dirty = true;
       return { volumeId: r.volumeId, offset: r.offset, written: !r.existed };
     } catch (err) {
       await writer.abort().catch(() => {});
@@ -93,7 +127,48 @@ export class ShardStore {
 
   /** Appends a durable tombstone for the shard; true when it superseded a live one. */
   delete(stripeId: string, index: number): Promise<boolean> {
+    this.dirty = true;
     return this.engine.delete(shardKey(stripeId, index));
+  }
+
+  /**
+   * Live shards with a key after `afterKey`, in key order, at most `limit`. Keys of
+   * another form (none today: stripe ids are at most 200 bytes) are skipped.
+   */
+  async list(afterKey: string | undefined, limit: number): Promise<ShardListing[]> {
+    const out: ShardListing[] = [];
+    for (const n of await this.engine.listNeedles(afterKey, limit)) {
+      const k = parseShardKey(n.blobId);
+      if (k) out.push({ ...k, size: n.size, writtenAtMs: n.writtenAtMs, key: n.blobId });
+    }
+    return out;
+  }
+
+  /**
+   * Shards held (for heartbeats and metrics): recounted from the index files
+   * after a write or delete, at most every TOTALS_EVERY_MS; cached otherwise.
+   */
+  async totals(now = performance.now()): Promise<ShardTotals> {
+    const c = this.totalsCache;
+    if (c && (!this.dirty || now - c.at < TOTALS_EVERY_MS)) return c.value;
+    this.dirty = false;
+    const value: ShardTotals = { count: 0, bytes: 0, bytesByIndex: [] };
+    let after: string | undefined;
+    for (;;) {
+      const page = await this.engine.listNeedles(after, 1000);
+      for (const n of page) {
+        const k = parseShardKey(n.blobId);
+        if (!k) continue;
+        value.count++;
+        value.bytes += n.size;
+        while (value.bytesByIndex.length <= k.index) value.bytesByIndex.push(0);
+        value.bytesByIndex[k.index] = (value.bytesByIndex[k.index] ?? 0) + n.size;
+      }
+      if (page.length < 1000) break;
+      after = page[page.length - 1]?.blobId;
+    }
+    this.totalsCache = { at: now, value };
+    return value;
   }
 
   close(): Promise<void> {

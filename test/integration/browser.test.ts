@@ -228,7 +228,7 @@ describe('the dashboard in headless Chromium, through Envoy', () => {
     await shot('gallery');
   });
 
-  it('overview charts: throughput, latency, hit rate, replica histogram, hottest blobs, store fill', async () => {
+  it('overview charts: throughput, latency, hit rate, replica histogram, hottest blobs, store fill, bytes per tier', async () => {
     // Reads through Envoy: cache lookups (throughput, hit rate) and heat for one blob.
     for (let i = 0; i < 40; i++) expect((await fetch(`${cluster.url}/blobs/${ids[0]}`)).status).toBe(200);
     await page.locator('nav a[data-view="overview"]').click();
@@ -244,6 +244,14 @@ describe('the dashboard in headless Chromium, through Envoy', () => {
     ).toBeGreaterThan(0);
     await waitFor(async () => (await chartRows('chart-hit-rate')).some((r) => Number(r[2]) > 0)).toBe(true);
     await waitFor(() => page.locator('#dir-summary').textContent()).toMatch(/ 32 blobs/);
+    // Bytes per tier: all hot here (no cold tier), three copies of each byte.
+    await waitFor(async () => {
+      const [hot, cold] = await chartRows('chart-tiers');
+      return hot && cold && Number(hot[1]) > 0 && Number(hot[2]) > 0
+        ? `${hot[0]} / ${cold[0]} ${cold[1]}`
+        : '';
+    }).toBe('hot replicas (3.00×) / cold shards (–) 0');
+    await waitFor(() => page.locator('#tiers-summary').textContent()).toMatch(/effective replication 3\.00×/);
     await shot('overview');
   });
 

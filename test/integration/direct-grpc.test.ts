@@ -50,6 +50,7 @@ const store: ServiceImpl<typeof StoreService> = {
   writeShard: () => Promise.reject(new ConnectError('not in this fake', Code.Unimplemented)),
   deleteShard: () => Promise.reject(new ConnectError('not in this fake', Code.Unimplemented)),
   rewrapKeys: () => Promise.reject(new ConnectError('not in this fake', Code.Unimplemented)),
+  listShards: () => Promise.reject(new ConnectError('not in this fake', Code.Unimplemented)),
   readShard: () => {
     throw new ConnectError('not in this fake', Code.Unimplemented);
   },

@@ -115,13 +115,30 @@ describe('the directory knows a group’s EC members', () => {
     expect((twice as ConnectError).code).toBe(Code.InvalidArgument);
     expect((twice as ConnectError).rawMessage).toMatch(/listed twice/);
 
+    // k must leave room for parity among the EC members.
+    const noParity = await managerDirectory
+      .updatePlacement({
+        group: group.group,
+        expectedEpoch: group.epoch,
+        members: group.members,
+        ecMembers,
+        ecDataShards: ecMembers.length,
+      })
+      .catch((e: unknown) => ConnectError.from(e));
+    expect((noParity as ConnectError).code).toBe(Code.InvalidArgument);
+    expect((noParity as ConnectError).rawMessage).toMatch(
+      /ec_data_shards 5 leaves no parity among 5 EC members/,
+    );
+
     const res = await managerDirectory.updatePlacement({
       group: group.group,
       expectedEpoch: group.epoch,
       members: group.members,
       ecMembers,
+      ecDataShards: 3,
     });
     expect(res.group?.ecMembers.map((m) => m.storeId)).toEqual(ecOrder);
+    expect(res.group?.ecDataShards).toBe(3);
     const g = await groupNow();
     expect(g.ecMembers.map((m) => m.storeId)).toEqual(ecOrder);
 
@@ -132,6 +149,7 @@ describe('the directory knows a group’s EC members', () => {
       members: g.members,
     });
     expect(again.group?.ecMembers.map((m) => m.storeId)).toEqual(ecOrder);
+    expect(again.group?.ecDataShards).toBe(3);
 
     // Followers of the log (gateways, managers) get them on the metadata stream.
     const ctl = new AbortController();

@@ -106,6 +106,27 @@ describe('placement moves: drain', () => {
     expect(loads[1]?.drained).toBe(false);
   });
 
+  it('a draining store holding EC memberships is not drained until the manager moved its shards', () => {
+    const ec = (ids: string[]) =>
+      ids.map((storeId) => create(PlacementMemberSchema, { storeId, state: PlacementMemberState.ACTIVE }));
+    const g = create(PlacementGroupSchema, {
+      group: 0,
+      members: ec(['b', 'c', 'd']),
+      ecMembers: ec(['a', 'b', 'c']),
+      ecDataShards: 2,
+    });
+    const stores = [
+      { storeId: 'a', draining: true, shards: 7n },
+      { storeId: 'b', draining: false },
+    ];
+    const [a, b] = storeLoads([g], [], stores);
+    expect(a).toMatchObject({ storeId: 'a', memberships: 0, ecMemberships: 1, shards: 7n, drained: false });
+    expect(b).toMatchObject({ memberships: 1, ecMemberships: 1, shards: 0n });
+    const moved = clone(PlacementGroupSchema, g);
+    moved.ecMembers = ec(['e', 'b', 'c']);
+    expect(storeLoads([moved], [], stores)[0]).toMatchObject({ ecMemberships: 0, drained: true });
+  });
+
   it('starts at most `limit` groups at once and waits when no store can take a group', () => {
     const stores = ['a', 'b', 'c', 'd'].map((s) => store(s));
     const groups = place(stores, 16);

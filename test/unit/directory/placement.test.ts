@@ -154,10 +154,12 @@ describe('placement groups: EC members (the cold tier)', () => {
     const stores = ['s0', 's1', 's2', 's3', 's4'].map((id) => store(id));
     const plan = initialPlacement(stores, 8, 3);
     if (!plan.ok) throw new Error(plan.message);
-    for (const g of plan.groups)
+    for (const g of plan.groups) {
       g.ecMembers = ['s4', 's3', 's2', 's1', 's0'].map((storeId) =>
         create(PlacementMemberSchema, { storeId, state: A }),
       );
+      g.ecDataShards = 3;
+    }
     return { stores, groups: plan.groups };
   };
 
@@ -180,6 +182,7 @@ describe('placement groups: EC members (the cold tier)', () => {
     expect(changed.map((g) => g.group)).toEqual(groups.map((g) => g.group));
     for (const g of changed) {
       const before = groups[g.group]!;
+      expect(g.ecDataShards).toBe(3); // the group's code is kept
       g.ecMembers.forEach((m, i) => {
         const old = before.ecMembers[i]!;
         if (old.storeId === 's3') {
