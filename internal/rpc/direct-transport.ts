@@ -20,6 +20,7 @@ import {
 import type { Role } from '../security/identity.js';
 import type { TransportSecurity } from '../security/tls-config.js';
 import { CONNECTION_WINDOW } from '../server/listener.js';
+import { unreachableCode } from './errors.js';
 import {
   codeFromHttpStatus,
   codeFromRstCode,
@@ -150,10 +151,13 @@ class SessionHolder {
   private pinger: NodeJS.Timeout | undefined;
   private readonly url: string;
   private readonly options: http2.SecureClientSessionOptions;
+  /** Who this session reaches, for error messages ("store at 10.0.0.5:8080"). */
+  readonly peer: string;
 
   constructor(private readonly o: DirectTransportOptions) {
     const security = o.security ?? clientSecurity();
     this.url = `${schemeOf(security)}://${o.address}`;
+    this.peer = `${(o.serverRoles ?? ['store']).join('/')} at ${o.address}`;
     this.options = clientSessionOptions(security, o.serverRoles ?? ['store']);
   }
 
@@ -208,23 +212,6 @@ class SessionHolder {
   }
 }
 
-/** Network errors that mean "the server is not reachable now": retryable. */
-const UNAVAILABLE_ERRNOS = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'EPIPE',
-  'ETIMEDOUT',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'ERR_HTTP2_GOAWAY_SESSION',
-  'ERR_HTTP2_SESSION_ERROR',
-  'ERR_HTTP2_INVALID_SESSION',
-  'ERR_HTTP2_STREAM_CANCEL',
-  'ERR_HTTP2_PING_CANCEL',
-]);
-
 class ClientCall<I extends DescMessage, O extends DescMessage> {
   private readonly stream: http2.ClientHttp2Stream;
   private readonly parser: FrameParser;
@@ -270,7 +257,7 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
       this.stream = holder.request(h);
     } catch (err) {
       this.stream = undefined as never;
-      this.failure = transportError(err);
+      this.failure = transportError(err, holder.peer);
       return;
     }
     const { stream } = this;
@@ -308,7 +295,7 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
       this.notify();
     });
     stream.on('error', (err) => {
-      this.fail(transportError(err));
+      this.fail(transportError(err, holder.peer));
     });
     stream.on('close', () => {
       clearTimeout(this.timer);
@@ -450,13 +437,17 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
   }
 }
 
-function transportError(err: unknown): ConnectError {
+/** A stream's or session's own failure: UNAVAILABLE naming the peer when it was unreachable (rpc/errors.ts). */
+function transportError(err: unknown, peer: string): ConnectError {
   if (err instanceof ConnectError) return err;
-  const e = err as NodeJS.ErrnoException;
-  const cause = (e?.cause as NodeJS.ErrnoException | undefined)?.code;
-  const code =
-    UNAVAILABLE_ERRNOS.has(e?.code ?? '') || UNAVAILABLE_ERRNOS.has(cause ?? '')
-      ? Code.Unavailable
-      : Code.Internal;
-  return new ConnectError(e?.message ?? String(err), code, undefined, undefined, err);
+  const message = (err as Error | undefined)?.message ?? String(err);
+  const code = unreachableCode(err);
+  if (!code) return new ConnectError(message, Code.Internal, undefined, undefined, err);
+  return new ConnectError(
+    `${peer} unreachable (${code}): ${message}; retry`,
+    Code.Unavailable,
+    undefined,
+    undefined,
+    err,
+  );
 }
