@@ -99,8 +99,8 @@ export interface LogLine {
   [k: string]: unknown;
 }
 
-/** The JSON lines of a process's log file (others skipped). */
-export async function readLog(nc: NetnsCluster, name: string): Promise<LogLine[]> {
+/** The JSON lines of a process's log file, `<dataDir>/<name>.log` (others skipped). */
+export async function readLog(nc: { dataDir: string }, name: string): Promise<LogLine[]> {
   const text = await readFile(path.join(nc.dataDir, `${name}.log`), 'utf8').catch(() => '');
   const out: LogLine[] = [];
   for (const l of text.split('\n')) {
