@@ -197,7 +197,12 @@ class SessionHolder {
       const interval = this.o.pingIntervalMs;
       this.pinger = setInterval(() => {
         if (this.active === 0 || s.destroyed) return;
-        const timer = setTimeout(() => s.destroy(new Error('keepalive ping not answered')), interval);
+        // Every call on the session fails with it: the peer is unreachable (hung, cut off), retryable.
+        const unanswered = new ConnectError(
+          `${this.peer} unreachable: keepalive ping not answered within ${interval} ms; retry`,
+          Code.Unavailable,
+        );
+        const timer = setTimeout(() => s.destroy(unanswered), interval);
         timer.unref();
         s.ping((err) => {
           clearTimeout(timer);

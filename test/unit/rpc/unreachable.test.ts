@@ -1,3 +1,5 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import http2 from 'node:http2';
 import net, { type AddressInfo } from 'node:net';
 import { Code, ConnectError, createClient } from '@connectrpc/connect';
@@ -118,6 +120,41 @@ describe('internal clients across a peer that cannot be reached', () => {
       const err = await call().catch((e: unknown) => e);
       expect((err as ConnectError).code).toBe(Code.Internal);
       expect((err as ConnectError).rawMessage).toBe('boom');
+    }
+  });
+});
+
+// The direct transport's keepalive gave up on a hung store with a bare Error, which
+// left a gateway as INTERNAL (the netns majority/minority split: "keepalive ping not
+// answered"). A store paused with SIGSTOP: the next call fails UNAVAILABLE naming it.
+describe('the direct transport across a hung peer', () => {
+  it('fails a call UNAVAILABLE naming the store once its keepalive ping goes unanswered', async () => {
+    const server = spawn(
+      process.execPath,
+      [
+        '-e',
+        `const h = require('node:http2').createServer();
+         h.on('stream', (s) => s.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '5' }, { endStream: true }));
+         h.listen(0, '127.0.0.1', () => console.log(h.address().port));`,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    try {
+      const [chunk] = (await once(server.stdout, 'data')) as [Buffer];
+      const address = `127.0.0.1:${chunk.toString().trim()}`;
+      const client = createClient(
+        StoreService,
+        createDirectGrpcTransport({ address, security: { mode: 'plaintext' }, pingIntervalMs: 200 }),
+      );
+      // The session is up and the peer answers (NOT_FOUND from the fake).
+      const first = await client.stat({}, { timeoutMs: 5000 }).catch((e: unknown) => e);
+      expect((first as ConnectError).code).toBe(Code.NotFound);
+      server.kill('SIGSTOP');
+      const err = await client.stat({}, { timeoutMs: 10_000 }).catch((e: unknown) => e);
+      expect((err as ConnectError).code).toBe(Code.Unavailable);
+      expect((err as ConnectError).rawMessage).toContain(`store at ${address} unreachable: keepalive ping`);
+    } finally {
+      server.kill('SIGKILL');
     }
   });
 });
