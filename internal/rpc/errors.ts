@@ -159,3 +159,18 @@ export function unreachableAsUnavailable(peer: string): Interceptor {
     };
   };
 }
+
+/**
+ * Error metadata of a store's refusal of a deposed sender's fencing term: the
+ * newer term it has seen. A gateway whose placement view lags a new leader sends
+ * the old term; with this it can tell "my view is behind, retry" from a real
+ * refusal.
+ */
+export const FENCED_TERM_HEADER = 'haystack-fenced-term';
+
+/** The newer term a store named when it refused `err`'s call as deposed (undefined: not such a refusal). */
+export function fencedTerm(err: unknown): bigint | undefined {
+  if (!(err instanceof ConnectError) || err.code !== Code.FailedPrecondition) return undefined;
+  const v = err.metadata.get(FENCED_TERM_HEADER);
+  return v && /^\d{1,20}$/.test(v) ? BigInt(v) : undefined;
+}
