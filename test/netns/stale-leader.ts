@@ -61,8 +61,10 @@ export function staleLeader(): Partition {
     },
     async heal(nc: NetnsCluster): Promise<void> {
       if (!ctx) return;
-      nc.directories[ctx.li]?.child.kill('SIGCONT');
+      // Taken before the signal: the resumed leader may log its step-down before this
+      // (niced, loaded) process reads the clock again — the reduced run of 11:12 did.
       ctx.resumedAt = Date.now();
+      nc.directories[ctx.li]?.child.kill('SIGCONT');
     },
     async audit(nc: NetnsCluster): Promise<{ problems: string[]; detail: StaleLeaderResult }> {
       if (!ctx || !next) throw new Error('the stale-leader fault did not run');
