@@ -11,6 +11,7 @@ import {
 } from '../../gen/haystack/v1/store_pb.js';
 import { contentIdProblem, isContentId } from '../auth/content-id.js';
 import type { BlobCache } from '../cache/blob-cache.js';
+import { fencedTerm } from '../rpc/errors.js';
 import { AsyncPipe } from '../rpc/pipe.js';
 import type { Logger } from '../server/logger.js';
 import {
@@ -219,7 +220,7 @@ export class BlobGateway {
       .store(first.address)
       .write(pipe, { signal: abort.signal })
       .catch((e: unknown) => {
-        storeError = ConnectError.from(e);
+        storeError = staleTermAsUnavailable(ConnectError.from(e), first.storeId, plan.term);
         pipe.end();
         throw storeError;
       });
@@ -659,4 +660,25 @@ class StoreStream {
  */
 function noneReadable(damaged: number, failed: number): Code {
   return damaged > 0 && damaged === failed ? Code.DataLoss : Code.Unavailable;
+}
+
+/**
+ * The first store refused the write's directory term as deposed: a newer leader
+ * took office and this gateway's placement view has not caught up (it follows one
+ * directory's WatchMetadata; a directory cut off from its peers keeps serving the
+ * old term, docs/faults.md N5). Nothing was written; a later attempt carries the
+ * new term once the view has it: UNAVAILABLE (the SDK retries), not the store's
+ * FAILED_PRECONDITION. A refusal of a term not older than the view's is passed on.
+ */
+function staleTermAsUnavailable(err: ConnectError, storeId: string, term: bigint): ConnectError {
+  const seen = fencedTerm(err);
+  if (seen === undefined || seen <= term) return err;
+  return new ConnectError(
+    `store ${storeId} has seen directory term ${seen}, this gateway's placement view is at term ${term} ` +
+      '(a new leader took office; the view catches up): retry',
+    Code.Unavailable,
+    err.metadata,
+    undefined,
+    err,
+  );
 }

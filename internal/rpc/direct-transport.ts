@@ -20,6 +20,7 @@ import {
 import type { Identity, Role } from '../security/identity.js';
 import { isPeerIdentityMismatch, type TransportSecurity } from '../security/tls-config.js';
 import { CONNECTION_WINDOW } from '../server/listener.js';
+import { unreachableCode } from './errors.js';
 import {
   codeFromHttpStatus,
   codeFromRstCode,
@@ -167,10 +168,15 @@ class SessionHolder {
   private pinger: NodeJS.Timeout | undefined;
   private readonly url: string;
   private readonly options: http2.SecureClientSessionOptions;
+  /** Who this session reaches, for error messages ("store at 10.0.0.5:8080"). */
+  readonly peer: string;
 
   constructor(private readonly o: DirectTransportOptions) {
     const security = o.security ?? clientSecurity();
     this.url = `${schemeOf(security)}://${o.address}`;
+    this.peer = o.serverIdentity
+      ? `${o.serverIdentity.role} ${o.serverIdentity.id} at ${o.address}`
+      : `${(o.serverRoles ?? ['store']).join('/')} at ${o.address}`;
     this.options = clientSessionOptions(security, o.serverIdentity ?? o.serverRoles ?? ['store']);
   }
 
@@ -180,7 +186,7 @@ class SessionHolder {
     try {
       s = this.get();
     } catch (err) {
-      return Promise.reject(transportError(err));
+      return Promise.reject(transportError(err, this.peer));
     }
     if (!s.connecting) return Promise.resolve();
     return new Promise((resolve, reject) => {
@@ -193,7 +199,7 @@ class SessionHolder {
         else resolve();
       };
       const onConnect = () => done();
-      const onError = (err: unknown) => done(transportError(err));
+      const onError = (err: unknown) => done(transportError(err, this.peer));
       const onClose = () =>
         done(new ConnectError('the connection closed during its handshake', Code.Unavailable));
       const onAbort = () => done(new ConnectError('the call was cancelled', Code.Canceled));
@@ -241,7 +247,12 @@ class SessionHolder {
       const interval = this.o.pingIntervalMs;
       this.pinger = setInterval(() => {
         if (this.active === 0 || s.destroyed) return;
-        const timer = setTimeout(() => s.destroy(new Error('keepalive ping not answered')), interval);
+        // Every call on the session fails with it: the peer is unreachable (hung, cut off), retryable.
+        const unanswered = new ConnectError(
+          `${this.peer} unreachable: keepalive ping not answered within ${interval} ms; retry`,
+          Code.Unavailable,
+        );
+        const timer = setTimeout(() => s.destroy(unanswered), interval);
         timer.unref();
         s.ping((err) => {
           clearTimeout(timer);
@@ -255,23 +266,6 @@ class SessionHolder {
     return s;
   }
 }
-
-/** Network errors that mean "the server is not reachable now": retryable. */
-const UNAVAILABLE_ERRNOS = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'EPIPE',
-  'ETIMEDOUT',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'ERR_HTTP2_GOAWAY_SESSION',
-  'ERR_HTTP2_SESSION_ERROR',
-  'ERR_HTTP2_INVALID_SESSION',
-  'ERR_HTTP2_STREAM_CANCEL',
-  'ERR_HTTP2_PING_CANCEL',
-]);
 
 class ClientCall<I extends DescMessage, O extends DescMessage> {
   private readonly stream: http2.ClientHttp2Stream;
@@ -318,7 +312,7 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
       this.stream = holder.request(h);
     } catch (err) {
       this.stream = undefined as never;
-      this.failure = transportError(err);
+      this.failure = transportError(err, holder.peer);
       return;
     }
     const { stream } = this;
@@ -356,7 +350,7 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
       this.notify();
     });
     stream.on('error', (err) => {
-      this.fail(transportError(err));
+      this.fail(transportError(err, holder.peer));
     });
     stream.on('close', () => {
       clearTimeout(this.timer);
@@ -498,18 +492,22 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
   }
 }
 
-function transportError(err: unknown): ConnectError {
+/** A stream's or session's own failure: UNAVAILABLE naming the peer when it was unreachable (rpc/errors.ts). */
+function transportError(err: unknown, peer: string): ConnectError {
   if (err instanceof ConnectError) return err;
-  const e = err as NodeJS.ErrnoException;
   // The server proved another identity than the pinned one: retrying the same
   // address cannot help until whoever named it learns the right one.
   if (isPeerIdentityMismatch(err)) {
-    return new ConnectError(e.message, Code.FailedPrecondition, undefined, undefined, err);
+    return new ConnectError((err as Error).message, Code.FailedPrecondition, undefined, undefined, err);
   }
-  const cause = (e?.cause as NodeJS.ErrnoException | undefined)?.code;
-  const code =
-    UNAVAILABLE_ERRNOS.has(e?.code ?? '') || UNAVAILABLE_ERRNOS.has(cause ?? '')
-      ? Code.Unavailable
-      : Code.Internal;
-  return new ConnectError(e?.message ?? String(err), code, undefined, undefined, err);
+  const message = (err as Error | undefined)?.message ?? String(err);
+  const code = unreachableCode(err);
+  if (!code) return new ConnectError(message, Code.Internal, undefined, undefined, err);
+  return new ConnectError(
+    `${peer} unreachable (${code}): ${message}; retry`,
+    Code.Unavailable,
+    undefined,
+    undefined,
+    err,
+  );
 }

@@ -1,4 +1,4 @@
-import { Code, ConnectError } from '@connectrpc/connect';
+import { Code, ConnectError, type Interceptor } from '@connectrpc/connect';
 
 /** Errors that carry a gRPC-style code as a string (e.g. the store engine's). */
 interface CodedError {
@@ -55,4 +55,122 @@ export async function mapErrors<T>(fn: () => Promise<T>): Promise<T> {
 
 export function invalidArgument(message: string): ConnectError {
   return new ConnectError(message, Code.InvalidArgument);
+}
+
+/**
+ * Node error codes that mean a call's connection to a peer could not be made or
+ * broke: the peer is unreachable now, and a later attempt (or another peer) may
+ * work. EINVAL is what connect() answers for a destination behind a blackhole
+ * route (a network partition, test/netns); ECONNRESET and the HTTP/2 session
+ * errors are a peer that died or a cut mid-call.
+ */
+const UNREACHABLE_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ECONNABORTED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'EHOSTDOWN',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'EINVAL',
+  'EADDRNOTAVAIL',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ERR_HTTP2_GOAWAY_SESSION',
+  'ERR_HTTP2_SESSION_ERROR',
+  'ERR_HTTP2_INVALID_SESSION',
+  'ERR_HTTP2_STREAM_CANCEL',
+  'ERR_HTTP2_STREAM_ERROR',
+  'ERR_HTTP2_PING_CANCEL',
+  'ERR_HTTP2_ERROR',
+]);
+
+/**
+ * connect-node's own errors for a session that died under a call (no Node error
+ * behind them): the same "peer unreachable" as the codes above.
+ */
+const UNREACHABLE_MESSAGES = /^expected open session, but it is (destroyed|closed|connecting)$/;
+
+/**
+ * The Node error code in `err`'s cause chain that says the connection to the
+ * peer failed (see UNREACHABLE_CODES), or undefined. Errors a peer answered
+ * with carry no such cause: connect makes them from the response's status.
+ */
+export function unreachableCode(err: unknown): string | undefined {
+  let e: unknown = err;
+  for (let depth = 0; depth < 8 && e instanceof Error; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === 'string' && UNREACHABLE_CODES.has(code)) return code;
+    if (e instanceof ConnectError && UNREACHABLE_MESSAGES.test(e.rawMessage))
+      return 'ERR_HTTP2_INVALID_SESSION';
+    e = e.cause;
+  }
+  return undefined;
+}
+
+/**
+ * A client call's failure as its caller sees it: when the connection to `peer`
+ * failed (unreachableCode) and the transport made that INTERNAL, UNKNOWN or
+ * ABORTED (connect-node passes EINVAL, EHOSTUNREACH, ERR_HTTP2_* through as
+ * INTERNAL and ECONNRESET as ABORTED), UNAVAILABLE with a message naming the
+ * peer — retryable, for the SDK and the directory client alike. Anything else
+ * (an answer from the peer, a deadline, our own cancel) is unchanged.
+ */
+export function peerCallError(err: unknown, peer: string): unknown {
+  const ce = ConnectError.from(err);
+  if (ce.code !== Code.Internal && ce.code !== Code.Unknown && ce.code !== Code.Aborted) return err;
+  const code = unreachableCode(err);
+  if (!code) return err;
+  return new ConnectError(
+    `${peer} unreachable (${code}): ${ce.rawMessage}; retry`,
+    Code.Unavailable,
+    ce.metadata,
+    undefined,
+    ce.cause ?? err,
+  );
+}
+
+/**
+ * A client interceptor applying peerCallError to every call to `peer` (unary
+ * calls, and each message of a streaming response), so that "could not reach
+ * the peer" leaves every internal client as UNAVAILABLE once, here.
+ */
+export function unreachableAsUnavailable(peer: string): Interceptor {
+  return (next) => async (req) => {
+    let res: Awaited<ReturnType<typeof next>>;
+    try {
+      res = await next(req);
+    } catch (err) {
+      throw peerCallError(err, peer);
+    }
+    if (!res.stream) return res;
+    const messages = res.message;
+    return {
+      ...res,
+      message: (async function* () {
+        try {
+          yield* messages;
+        } catch (err) {
+          throw peerCallError(err, peer);
+        }
+      })(),
+    };
+  };
+}
+
+/**
+ * Error metadata of a store's refusal of a deposed sender's fencing term: the
+ * newer term it has seen. A gateway whose placement view lags a new leader sends
+ * the old term; with this it can tell "my view is behind, retry" from a real
+ * refusal.
+ */
+export const FENCED_TERM_HEADER = 'haystack-fenced-term';
+
+/** The newer term a store named when it refused `err`'s call as deposed (undefined: not such a refusal). */
+export function fencedTerm(err: unknown): bigint | undefined {
+  if (!(err instanceof ConnectError) || err.code !== Code.FailedPrecondition) return undefined;
+  const v = err.metadata.get(FENCED_TERM_HEADER);
+  return v && /^\d{1,20}$/.test(v) ? BigInt(v) : undefined;
 }

@@ -2,6 +2,7 @@ import type { Transport } from '@connectrpc/connect';
 import { createGrpcTransport, type Http2SessionOptions } from '@connectrpc/connect-node';
 import type { Role } from '../security/identity.js';
 import type { TransportSecurity } from '../security/tls-config.js';
+import { unreachableAsUnavailable } from './errors.js';
 import { clientSessionOptions, schemeOf } from './session.js';
 import { GuardedHttp2SessionManager } from './session-manager.js';
 
@@ -27,7 +28,8 @@ export function clientSecurity(): TransportSecurity {
 
 /**
  * A connect-node gRPC transport to a peer at host:port that must prove one of
- * `serverRoles` (e.g. a directory), with this process's certificate.
+ * `serverRoles` (e.g. a directory), with this process's certificate. A call
+ * that cannot reach the peer fails UNAVAILABLE naming it (rpc/errors.ts).
  */
 export function peerTransport(
   address: string,
@@ -38,6 +40,7 @@ export function peerTransport(
   const baseUrl = `${schemeOf(security)}://${address}`;
   return createGrpcTransport({
     baseUrl,
+    interceptors: [unreachableAsUnavailable(`${serverRoles.join('/')} at ${address}`)],
     sessionManager: new GuardedHttp2SessionManager(
       baseUrl,
       session,

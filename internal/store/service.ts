@@ -24,7 +24,7 @@ import {
 import { validateBlobId } from '../common/blob-id.js';
 import { checkGroupCount } from '../common/placement.js';
 import type { ClientPool } from '../rpc/clients.js';
-import { invalidArgument, mapErrors, toConnectError } from '../rpc/errors.js';
+import { FENCED_TERM_HEADER, invalidArgument, mapErrors, toConnectError } from '../rpc/errors.js';
 import { AsyncPipe } from '../rpc/pipe.js';
 import { callerIdentity, isAuthenticatedTransport } from '../security/authz.js';
 import { boundedFromPeer } from '../security/peer-checks.js';
@@ -329,6 +329,7 @@ export class StoreServiceImpl {
       throw new ConnectError(
         `${issuer} term ${term} is older than term ${seen} already seen: the sender was deposed`,
         Code.FailedPrecondition,
+        { [FENCED_TERM_HEADER]: String(seen) },
       );
     }
     if (term > seen)

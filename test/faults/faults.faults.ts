@@ -16,7 +16,7 @@ import {
  */
 const log = (l: string) => process.stderr.write(`[faults] ${l}\n`);
 
-describe('faults (full): kill -9 each component twice, then pause a store and the leader, under a mixed load', () => {
+describe('faults (full): kill -9 each component twice, then pause a store, the leader and the manager, under a mixed load', () => {
   let fc: FaultCluster;
 
   beforeAll(async () => {
@@ -30,8 +30,16 @@ describe('faults (full): kill -9 each component twice, then pause a store and th
   it('loses no acknowledged write or delete, and every blob is back at its target replica count', async () => {
     const once = ['store', 'leader', 'follower', 'replication', 'redis', 'envoy'];
     const { res, v, counts } = await runAndVerify(fc, 'faults-full', {
-      // Then pauses (SIGSTOP past the store's DOWN time and the leader's lease, SIGCONT): issue 14.
-      faults: [...once, ...once, 'pause-store', 'pause-leader'],
+      // Then pauses (SIGSTOP, SIGCONT; issue 14): a store mid-write and mid-replication
+      // (its backfill), the leader directory and the active manager past their leases.
+      faults: [
+        ...once,
+        ...once,
+        'pause-store-write',
+        'pause-store-replication',
+        'pause-leader',
+        'pause-replication',
+      ],
       load: { writers: 3, readers: 4, deleters: 1, seed: 11, maxOps: 500_000 },
       steadyMs: 3000,
       outageMs: 4000,
@@ -45,7 +53,7 @@ describe('faults (full): kill -9 each component twice, then pause a store and th
     expect(v.corruptNeedles).toEqual([]);
     expect(counts.writesAcked).toBeGreaterThan(100);
     expect(counts.deletesAcked).toBeGreaterThan(10);
-    // 14 faults, then the check of everything: ~13 min at load average 35 on two cores.
+    // 16 faults, then the check of everything: ~13 min at load average 35 on two cores.
   }, 1_800_000);
 
   it('one flipped replica: detected, served from another, repaired', async () => {

@@ -10,6 +10,7 @@ import { Cluster, type ClusterOptions } from '../helpers/cluster.js';
 import { freePort } from '../helpers/redis.js';
 import { REPLICATION_FAST_ENV } from '../helpers/replication-cluster.js';
 import { type ServerProcess, spawnServer } from '../helpers/tools.js';
+import { PAUSES } from './pauses.js';
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -135,6 +136,11 @@ export class FaultCluster {
     }
   }
 
+  /** host:port of replication manager i. */
+  managerAddress(i: number): string {
+    return `127.0.0.1:${this.managerPorts[i]}`;
+  }
+
   storeAddresses(): string[] {
     return this.cluster.stores.map((s) => s.address);
   }
@@ -190,17 +196,14 @@ export class FaultCluster {
   }
 }
 
-/** SIGSTOP (pause, not kill: sockets stay open, nothing answers) or SIGCONT one process. */
-function signal(p: ServerProcess | undefined, sig: 'SIGSTOP' | 'SIGCONT'): void {
-  if (p && p.child.exitCode === null && p.child.signalCode === null) p.child.kill(sig);
-}
-
 /** A fault: kill -9 (or pause) one component, later restart (or resume) it. */
 export interface Fault {
   name: string;
   /** Kills and says what was killed. */
   kill(fc: FaultCluster): Promise<string>;
   restart(fc: FaultCluster): Promise<void>;
+  /** Checks after the restart (throws on a violation); what it saw is added to the report's `killed`. */
+  after?(fc: FaultCluster): Promise<string>;
 }
 
 export const FAULTS: Record<string, () => Fault> = {
@@ -260,33 +263,6 @@ export const FAULTS: Record<string, () => Fault> = {
       },
     };
   },
-  'pause-store': () => {
-    const victim = 2;
-    return {
-      name: 'paused store',
-      async kill(fc) {
-        signal(fc.cluster.stores[victim], 'SIGSTOP');
-        return `store-${victim} (SIGSTOP)`;
-      },
-      async restart(fc) {
-        signal(fc.cluster.stores[victim], 'SIGCONT');
-      },
-    };
-  },
-  'pause-leader': () => {
-    let victim = -1;
-    return {
-      name: 'paused leader directory',
-      async kill(fc) {
-        victim = await fc.cluster.leaderIndex();
-        signal(fc.cluster.directories[victim], 'SIGSTOP');
-        return `directory-${victim} (leader, SIGSTOP past its lease)`;
-      },
-      async restart(fc) {
-        signal(fc.cluster.directories[victim], 'SIGCONT');
-      },
-    };
-  },
   redis: () => ({
     name: 'Redis',
     async kill(fc) {
@@ -297,6 +273,7 @@ export const FAULTS: Record<string, () => Fault> = {
       await fc.cluster.redis?.restart();
     },
   }),
+  ...PAUSES,
   envoy: () => ({
     name: 'Envoy',
     async kill(fc) {

@@ -100,6 +100,8 @@ export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Pr
       await sleep(o.outageMs);
       await fault.restart(fc);
       const restartedAt = Date.now();
+      const note = await fault.after?.(fc);
+      if (note) o.log?.(`${fault.name}: ${note}`);
       await fc.waitHealthy(90_000);
       const healthyAt = Date.now();
       o.log?.(`${fault.name}: restarted after ${restartedAt - at} ms, healthy after ${healthyAt - at} ms`);
@@ -128,12 +130,13 @@ export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Pr
       await sleep(o.settleMs);
       const checkedAt = Date.now();
       const violations = await quickCheck(oplog, fc.directory, checkedAt);
-      kills.push({ fault, killed, at, restartedAt, healthyAt });
+      const what = note ? `${killed}; ${note}` : killed;
+      kills.push({ fault, killed: what, at, restartedAt, healthyAt });
       const fresh = violations.filter((v) => !seen.has(v.id));
       for (const v of fresh) seen.add(v.id);
       reports.push({
         fault: fault.name,
-        killed,
+        killed: what,
         ...windowStats(load.samples, at, Number.POSITIVE_INFINITY),
         restartedAtMs: restartedAt - at,
         healthyAtMs: healthyAt - at,

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { Code, ConnectError } from '@connectrpc/connect';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fencedTerm } from '../../internal/rpc/errors.js';
 import type { TransportSecurity } from '../../internal/security/tls-config.js';
 import { securityOf, TEST_ADMIN } from '../helpers/pki.js';
 import {
@@ -188,6 +189,9 @@ describe('one store over real gRPC', () => {
     expect(await messageOf(client.delete({ blobId: 'fenced', term: 6n }))).toMatch(
       /directory term 6 is older than term 7/,
     );
+    // The refusal names the newer term (a gateway whose view lags retries on it).
+    const refusal = await client.delete({ blobId: 'fenced', term: 6n }).catch((e: unknown) => e);
+    expect(fencedTerm(refusal)).toBe(7n);
     // A manager's term comes from another counter: term 1 is not "older" than directory term 7.
     const copy = await codeOf(
       asManager(proc.address).replicate({

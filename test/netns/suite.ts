@@ -35,6 +35,13 @@ export function expectClean(r: PartitionRun, o: { staleLeaders: number; writesAc
   expect(r.violations).toEqual([]);
   expect(r.corruptNeedles).toEqual([]);
   expect(r.history.anomalies).toEqual([]);
+  // N4 (docs/faults.md): a peer cut off is UNAVAILABLE (the SDK retries it), never INTERNAL.
+  const internal = r.reports.flatMap((x) =>
+    Object.entries(x.errors)
+      .filter(([k]) => k.endsWith(' INTERNAL') || k.endsWith(' UNKNOWN'))
+      .map(([k, n]) => `${x.fault}: ${n} × ${k}`),
+  );
+  expect(internal).toEqual([]);
   // The stale leader: one leader per term, no commit by the deposed one, stores' terms only rising.
   expect(r.audits.length).toBe(o.staleLeaders);
   expect(r.audits.flatMap((a) => a.problems)).toEqual([]);

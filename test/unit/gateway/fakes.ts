@@ -18,6 +18,7 @@ import {
 } from '../../../gen/haystack/v1/store_pb.js';
 import type { StoreApi } from '../../../internal/gateway/blobs.js';
 import type { DirectoryApi } from '../../../internal/gateway/directory.js';
+import { FENCED_TERM_HEADER } from '../../../internal/rpc/errors.js';
 
 export type Mode = { kind: 'ok' } | { kind: 'down' } | { kind: 'stall' } | { kind: 'cut'; after: number };
 
@@ -25,7 +26,8 @@ export type Mode = { kind: 'ok' } | { kind: 'down' } | { kind: 'stall' } | { kin
 export class FakeStore {
   readonly blobs = new Map<string, { cookie: bigint; data: Buffer }>();
   mode: Mode = { kind: 'ok' };
-  writeMode: 'ok' | 'fail' = 'ok';
+  /** 'deposed': refuse the write's directory term as a store that has seen term 99 does. */
+  writeMode: 'ok' | 'fail' | 'deposed' = 'ok';
   reads = 0;
   /** The cookie of every Read asked of this store (0: none sent). */
   readonly readCookies: bigint[] = [];
@@ -48,6 +50,13 @@ export class FakeStore {
           else if (r.msg.case === 'chunk') parts.push(r.msg.value);
         }
         if (self.writeMode === 'fail') throw new ConnectError(`${self.storeId} is broken`, Code.Unavailable);
+        if (self.writeMode === 'deposed') {
+          throw new ConnectError(
+            `directory term ${header?.term ?? 0n} is older than term 99 already seen: the sender was deposed`,
+            Code.FailedPrecondition,
+            { [FENCED_TERM_HEADER]: '99' },
+          );
+        }
         if (!header) throw new ConnectError('no header', Code.InvalidArgument);
         const data = Buffer.concat(parts);
         if (BigInt(data.length) !== header.size) throw new ConnectError('short', Code.InvalidArgument);

@@ -123,6 +123,17 @@ describe('BlobGateway writes', () => {
     expect(directory.commits).toBe(0);
   });
 
+  it("answers UNAVAILABLE when the store refuses the gateway's directory term as deposed (its view lags: N5)", async () => {
+    const { gw, stores, directory } = setup();
+    stores[0]!.writeMode = 'deposed';
+    const err = (await gw.write(header(100), chunked(bytes(100, 2))).catch((e) => e)) as ConnectError;
+    expect(err.code).toBe(Code.Unavailable);
+    expect(err.rawMessage).toMatch(
+      /has seen directory term 99, this gateway's placement view is at term \d+/,
+    );
+    expect(directory.commits).toBe(0);
+  });
+
   it('pushes small blobs into the cache on write, not large ones', async () => {
     const { gw, cache } = setup({ cacheMax: 1000 });
     await gw.write(header(1000, { blobId: 'small' }), chunked(bytes(1000, 1)));
