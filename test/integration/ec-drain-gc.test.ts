@@ -124,11 +124,13 @@ afterAll(async () => {
 describe('cold-tier status', () => {
   it('GetClusterStatus and `haystack stats` show bytes per tier and the effective replication factor', async () => {
     // Each stripe's shards are the same size: shards / data shards = (k + m) / k exactly, once k is known.
+    // Wait for every blob's shards in the heartbeats (the stores report them one beat apart).
+    const logical = [...blobs.values()].reduce((n, b) => n + b.length, 0);
     const t = await waitFor(
       async () => {
         const tb = (await cluster.status()).tierBytes;
         return tb &&
-          tb.shardLogicalBytes > 0n &&
+          tb.shardLogicalBytes >= BigInt(logical) &&
           tb.shardBytes * BigInt(K) === tb.shardLogicalBytes * BigInt(K + M)
           ? tb
           : undefined;
@@ -136,7 +138,6 @@ describe('cold-tier status', () => {
       60_000,
       'shard bytes in heartbeats',
     );
-    const logical = [...blobs.values()].reduce((n, b) => n + b.length, 0);
     // Data shards hold the blobs plus padding to 8 bytes per shard.
     expect(Number(t.shardLogicalBytes)).toBeGreaterThanOrEqual(logical);
     expect(Number(t.shardLogicalBytes)).toBeLessThan(logical + blobs.size * K * 8);
