@@ -1,6 +1,7 @@
 import { Code, ConnectError, createClient } from '@connectrpc/connect';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobService, StorageTier } from '../../gen/haystack/v1/blob_pb.js';
+import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
 import { type PlacementGroup, PlacementMemberState } from '../../gen/haystack/v1/metadata_pb.js';
 import { placementGroupOf } from '../../internal/common/placement.js';
 import { getShard } from '../../internal/ec/shard-client.js';
@@ -203,6 +204,14 @@ describe('haystack drain with erasure-coded shards', () => {
       x.ecMembers.some((m) => m.storeId === from),
     );
 
+    // A drain is refused while too few stores are eligible (HEALTHY): on a loaded box a
+    // heartbeat can lapse; start it once every store is healthy again, as an operator would.
+    await waitFor(
+      async () =>
+        (await cluster.status()).stores.every((s) => s.health === StoreHealth.HEALTHY) ? true : undefined,
+      60_000,
+      'every store HEALTHY',
+    );
     const drain = await cli(['--json', 'drain', from, '--wait', '--timeout', '5m']);
     expect(drain.code, drain.stderr).toBe(0);
     expect(JSON.parse(drain.stdout)).toMatchObject({
