@@ -1,10 +1,17 @@
+import { create } from '@bufbuild/protobuf';
+import { Code, ConnectError } from '@connectrpc/connect';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
+import { StoreHealth } from '../../../gen/haystack/v1/common_pb.js';
+import { WatchMetadataResponseSchema } from '../../../gen/haystack/v1/directory_pb.js';
+import { LogEntrySchema, PlacementMemberState } from '../../../gen/haystack/v1/metadata_pb.js';
+import { GroupPath, type PlacementStoreApi } from '../../../internal/gateway/group-path.js';
 import {
   type MetadataWatch,
   PlacementView,
   sourceIsBehind,
 } from '../../../internal/gateway/placement-view.js';
+import { FENCED_TERM_HEADER } from '../../../internal/rpc/errors.js';
 import { leaderEntry } from './fakes.js';
 
 const log = pino({ level: 'silent' });
@@ -66,6 +73,85 @@ describe('PlacementView leaves a directory that is behind a term a store has see
         { source: 'B', fromIndex: 2n, nextSource: true },
       ]);
       expect(view.state.leaderId).toBe('directory-1');
+    } finally {
+      view.stop();
+    }
+  });
+});
+
+describe('GroupPath tells the view the newer term a store named on a Delete', () => {
+  it('asks for another directory when a store refuses the delete as deposed', async () => {
+    // One group, one ACTIVE member on store s0; the view at leader term 5.
+    const entries = [
+      leaderEntry(1n, 5n, 'directory-0').msg,
+      {
+        case: 'entries' as const,
+        value: {
+          entries: [
+            create(LogEntrySchema, {
+              index: 2n,
+              term: 5n,
+              change: {
+                case: 'storeRegistered',
+                value: { store: { storeId: 's0', address: '127.0.0.1:1', health: StoreHealth.HEALTHY } },
+              },
+            }),
+            create(LogEntrySchema, {
+              index: 3n,
+              term: 5n,
+              change: {
+                case: 'placementChanged',
+                value: {
+                  groupCount: 1,
+                  groups: [{ group: 0, members: [{ storeId: 's0', state: PlacementMemberState.ACTIVE }] }],
+                },
+              },
+            }),
+          ],
+        },
+      },
+    ];
+    const asked: (boolean | undefined)[] = [];
+    const view = new PlacementView(
+      async function* (req, signal) {
+        asked.push(req.nextSource);
+        if (req.fromIndex === 0n)
+          for (const msg of entries) yield create(WatchMetadataResponseSchema, { msg });
+        await aborted(signal);
+      },
+      'gw-test',
+      log,
+      10,
+    );
+    view.start();
+    try {
+      await until(() => view.state.placement.enabled, 'the placement loaded');
+      const deposed = {
+        delete: async () => {
+          throw new ConnectError(
+            'directory term 5 is older than term 9 already seen',
+            Code.FailedPrecondition,
+            {
+              [FENCED_TERM_HEADER]: '9',
+            },
+          );
+        },
+      } as unknown as PlacementStoreApi;
+      const path = new GroupPath(
+        view,
+        () => deposed,
+        {
+          delete: async () => ({ found: true, extraReplicas: [] }) as never,
+          updateReplicas: async () => ({}) as never,
+        },
+        log,
+        200,
+        1,
+      );
+      const err = await path.delete('a').catch((e: unknown) => ConnectError.from(e));
+      expect(err).toMatchObject({ code: Code.Unavailable });
+      await until(() => asked.length === 2, 'a second WatchMetadata');
+      expect(asked).toEqual([false, true]);
     } finally {
       view.stop();
     }
