@@ -220,7 +220,11 @@ export class BlobGateway {
       .store(first.address)
       .write(pipe, { signal: abort.signal })
       .catch((e: unknown) => {
-        storeError = staleTermAsUnavailable(ConnectError.from(e), first.storeId, plan.term);
+        const ce = ConnectError.from(e);
+        // A store has seen a newer directory term: the view learns its directory may be behind.
+        const seen = fencedTerm(ce);
+        if (seen !== undefined) this.o.placement?.view.noteStoreTerm(seen);
+        storeError = staleTermAsUnavailable(ce, first.storeId, plan.term);
         pipe.end();
         throw storeError;
       });
@@ -666,7 +670,8 @@ function noneReadable(damaged: number, failed: number): Code {
  * The first store refused the write's directory term as deposed: a newer leader
  * took office and this gateway's placement view has not caught up (it follows one
  * directory's WatchMetadata; a directory cut off from its peers keeps serving the
- * old term, docs/faults.md N5). Nothing was written; a later attempt carries the
+ * old term, docs/faults.md N5; the view then follows another directory:
+ * PlacementView.noteStoreTerm). Nothing was written; a later attempt carries the
  * new term once the view has it: UNAVAILABLE (the SDK retries), not the store's
  * FAILED_PRECONDITION. A refusal of a term not older than the view's is passed on.
  */

@@ -14,6 +14,7 @@ import type { NeedleFacts, StoreService } from '../../gen/haystack/v1/store_pb.j
 import { placementGroupOf } from '../common/placement.js';
 import { STUB_CONTENT_TYPE } from '../common/shard-key.js';
 import { readOrder } from '../directory/health.js';
+import { fencedTerm } from '../rpc/errors.js';
 import type { Logger } from '../server/logger.js';
 import { checkId, invalid, metaFromNeedle, toInfo } from './blob-info.js';
 import type { DirectoryApi } from './directory.js';
@@ -251,7 +252,14 @@ export class GroupPath implements MetadataPath {
     const results = await Promise.allSettled(
       [...targets].map(async ([storeId, address]) => {
         if (!address) throw new ConnectError(`store ${storeId} has no known address`, Code.Unavailable);
-        const r = await this.stores(address).delete({ blobId, term }, { timeoutMs: this.storeTimeoutMs });
+        const r = await this.stores(address)
+          .delete({ blobId, term }, { timeoutMs: this.storeTimeoutMs })
+          .catch((err: unknown) => {
+            // Refused as deposed: the store names the newer term, the view may be behind (N5).
+            const seen = fencedTerm(err);
+            if (seen !== undefined) this.view.noteStoreTerm(seen);
+            throw err;
+          });
         return r.found;
       }),
     );
