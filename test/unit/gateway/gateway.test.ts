@@ -16,7 +16,7 @@ function setup(opts: { maxUpload?: number; cacheMax?: number; storeTimeoutMs?: n
   const failovers: string[] = [];
   const gw = new BlobGateway({
     directory: c.directory,
-    store: c.storeApi,
+    store: (s) => c.storeApi(s.address),
     cache,
     log,
     maxUploadSize: opts.maxUpload ?? 1e7,
@@ -150,7 +150,7 @@ describe('BlobGateway reads', () => {
     // Written by "another gateway": straight into the stores and directory.
     const other = new BlobGateway({
       directory: (gw as unknown as { o: { directory: never } }).o.directory,
-      store: (a) => stores.find((s) => s.storeId === a)!.api(),
+      store: (t) => stores.find((s) => s.storeId === t.address)!.api(),
       cache: new MemoryBlobCache({ ttlMs: 1, maxBlobSize: 0, maxBytes: 0 }),
       log,
       maxUploadSize: 1e7,
@@ -189,7 +189,7 @@ describe('BlobGateway reads', () => {
     // A fresh gateway learns the store addresses from GetClusterStatus.
     const fresh = new BlobGateway({
       directory,
-      store: (a) => stores.find((s) => s.storeId === a)!.api(),
+      store: (t) => stores.find((s) => s.storeId === t.address)!.api(),
       cache: new MemoryBlobCache({ ttlMs: 1, maxBlobSize: 0, maxBytes: 0 }),
       log,
       maxUploadSize: 1e7,
