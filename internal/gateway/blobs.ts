@@ -11,6 +11,7 @@ import {
 } from '../../gen/haystack/v1/store_pb.js';
 import { contentIdProblem, isContentId } from '../auth/content-id.js';
 import type { BlobCache } from '../cache/blob-cache.js';
+import type { StoreAt } from '../rpc/clients.js';
 import { fencedTerm } from '../rpc/errors.js';
 import { AsyncPipe } from '../rpc/pipe.js';
 import type { Logger } from '../server/logger.js';
@@ -36,7 +37,8 @@ export type StoreApi = Pick<Client<typeof StoreService>, 'write' | 'read'>;
 
 export interface GatewayOptions {
   directory: DirectoryApi;
-  store(address: string): StoreApi;
+  /** The store client pinned to the store named (see ClientPool.store). */
+  store(store: StoreAt): StoreApi;
   cache: BlobCache;
   log: Logger;
   maxUploadSize: number;
@@ -48,7 +50,7 @@ export interface GatewayOptions {
    */
   placement?: {
     view: PlacementView;
-    stores(address: string): PlacementStoreApi;
+    stores(store: StoreAt): PlacementStoreApi;
     readyTimeoutMs: number;
     /** MIN_REPLICA_COUNT: members that must hold a write before it is acknowledged. */
     minReplicas: number;
@@ -217,7 +219,7 @@ export class BlobGateway {
     const pipe = new AsyncPipe<WriteRequest>(8);
     let storeError: ConnectError | undefined;
     const writing = this.o
-      .store(first.address)
+      .store(first)
       .write(pipe, { signal: abort.signal })
       .catch((e: unknown) => {
         const ce = ConnectError.from(e);
@@ -465,7 +467,7 @@ export class BlobGateway {
     let misses = 0;
     let damaged = 0;
     for (const [i, rep] of replicas.entries()) {
-      const s = new StoreStream(this.o.store(rep.address), this.o.storeTimeoutMs, signal);
+      const s = new StoreStream(this.o.store(rep), this.o.storeTimeoutMs, signal);
       try {
         const header = await s.open(blobId, cookie, 0, 0);
         if (!header.needle)
@@ -478,7 +480,7 @@ export class BlobGateway {
         if (err.code === Code.FailedPrecondition) {
           // A cold stub (the store names the stripe): its Stat answers the blob's facts and ColdRef.
           const needle = await this.o.placement
-            ?.stores(rep.address)
+            ?.stores(rep)
             .stat({ blobId }, { timeoutMs: this.o.storeTimeoutMs })
             .then((r) => r.needle)
             .catch(() => undefined);
@@ -517,7 +519,7 @@ export class BlobGateway {
     const openNext = async (): Promise<StoreStream | undefined> => {
       while (idx < replicas.length) {
         const rep = replicas[idx++]!;
-        const s = new StoreStream(this.o.store(rep.address), this.o.storeTimeoutMs, signal);
+        const s = new StoreStream(this.o.store(rep), this.o.storeTimeoutMs, signal);
         try {
           await s.open(meta.blobId, meta.cookie, offset + sent, length - sent);
           return s;

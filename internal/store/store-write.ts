@@ -11,6 +11,8 @@
  *   nothing; at commit, the same size and SHA-256 succeed (`existed`) and answer
  *   the ORIGINAL needle's cookie and stamp, whatever cookie was sent (a retried
  *   upload keeps its cookie); other content → AlreadyExistsError('different-content').
+ *   A cold stub compares as the erasure-coded blob it stands for (the size and
+ *   SHA-256 it records): an id is write-once whatever tier its bytes are in.
  * - A write over a tombstone is taken: the new needle is stamped above it
  *   (re-upload after delete; older replicas elsewhere stay deleted).
  * - `stamp` alone: the needle gets that stamp, unless the id's current record
@@ -43,6 +45,7 @@ import {
 import { MAX_STAMP } from './needle-map.js';
 import { ioError, type NeedleFactsInfo, type Resolved, type StoreCore } from './store-core.js';
 import { needleIntact, openRead, statNeedle } from './store-read.js';
+import { decodeStub, isStub } from './stub-content.js';
 import type { Volume } from './volume.js';
 
 export interface WriteResult {
@@ -274,20 +277,30 @@ interface Kept {
 }
 
 /**
- * The live needle of `blobId` with its SHA-256: from its v2 footer, or by
- * reading a v1 needle's data (only when the sizes match). Looked up afresh:
+ * The live needle of `blobId` with its blob's size, CRC32C and SHA-256: from
+ * its v2 footer, by reading a v1 needle's data (only when the sizes match), or
+ * for a cold stub the facts the stub records (the erasure-coded blob's; CRC32C
+ * 0, as Stat answers). Looked up afresh:
  * compaction may have moved it since beginWrite (the key lock keeps it current).
  */
 async function liveWithDigest(
   core: StoreCore,
   blobId: string,
   size: number,
-): Promise<{ facts: NeedleFactsInfo; sha: Uint8Array | undefined }> {
+): Promise<{ facts: NeedleFactsInfo; size: number; crc32c: number; sha: Uint8Array | undefined }> {
   const reader = await openRead(core, blobId);
-  if (reader.sha256 || reader.size !== size) return { facts: reader, sha: reader.sha256 };
+  if (isStub(reader)) {
+    // A cold blob: its stub records the size and SHA-256 the full needle had.
+    const stub = await decodeStub(blobId, reader, () => reader.stream());
+    const sha = stub.sha256.length === 32 ? stub.sha256 : undefined;
+    // The full needle's CRC32C is not kept (coldFacts): the stripe's shards carry their own.
+    return { facts: reader, size: Number(stub.size), crc32c: 0, sha };
+  }
+  const own = { facts: reader, size: reader.size, crc32c: reader.crc32c };
+  if (reader.sha256 || reader.size !== size) return { ...own, sha: reader.sha256 };
   const h = createHash('sha256');
   for await (const c of reader.stream()) h.update(c);
-  return { facts: reader, sha: new Uint8Array(h.digest()) };
+  return { ...own, sha: new Uint8Array(h.digest()) };
 }
 
 class BlobWriter implements NeedleWriter {
@@ -412,8 +425,8 @@ class BlobWriter implements NeedleWriter {
   }
 
   private async compare(sha: Uint8Array): Promise<WriteResult> {
-    const { facts, sha: theirs } = await liveWithDigest(this.core, this.blobId, this.size);
-    if (facts.size !== this.size || !theirs || !bytesEqual(theirs, sha)) {
+    const { facts, size, crc32c, sha: theirs } = await liveWithDigest(this.core, this.blobId, this.size);
+    if (size !== this.size || !theirs || !bytesEqual(theirs, sha)) {
       throw new AlreadyExistsError(
         `blob ${this.blobId} already exists here with different content (size or SHA-256 differs); blob ids are immutable, write under a new id or delete it first`,
         'different-content',
@@ -423,7 +436,7 @@ class BlobWriter implements NeedleWriter {
       volumeId: facts.volumeId,
       offset: facts.offset,
       size: this.size,
-      crc32c: facts.crc32c,
+      crc32c,
       sha256: sha,
       cookie: facts.cookie,
       writtenAtMs: facts.writtenAtMs,

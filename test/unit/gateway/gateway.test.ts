@@ -17,7 +17,7 @@ function setup(opts: { maxUpload?: number; cacheMax?: number; storeTimeoutMs?: n
   const failovers: string[] = [];
   const gw = new BlobGateway({
     directory: c.directory,
-    store: c.storeApi,
+    store: (s) => c.storeApi(s.address),
     cache,
     log,
     maxUploadSize: opts.maxUpload ?? 1e7,
@@ -154,7 +154,7 @@ describe('BlobGateway writes', () => {
       await view.whenReady(5_000);
       const gw = new BlobGateway({
         directory: c.directory,
-        store: c.storeApi,
+        store: (s) => c.storeApi(s.address),
         cache: new MemoryBlobCache({ ttlMs: 60_000, maxBlobSize: 0, maxBytes: 1e8 }),
         log,
         maxUploadSize: 1e7,
@@ -195,7 +195,7 @@ describe('BlobGateway reads', () => {
     // Written by "another gateway": straight into the stores and directory.
     const other = new BlobGateway({
       directory: (gw as unknown as { o: { directory: never } }).o.directory,
-      store: (a) => stores.find((s) => s.storeId === a)!.api(),
+      store: (t) => stores.find((s) => s.storeId === t.address)!.api(),
       cache: new MemoryBlobCache({ ttlMs: 1, maxBlobSize: 0, maxBytes: 0 }),
       log,
       maxUploadSize: 1e7,
@@ -234,7 +234,7 @@ describe('BlobGateway reads', () => {
     // A fresh gateway learns the store addresses from GetClusterStatus.
     const fresh = new BlobGateway({
       directory,
-      store: (a) => stores.find((s) => s.storeId === a)!.api(),
+      store: (t) => stores.find((s) => s.storeId === t.address)!.api(),
       cache: new MemoryBlobCache({ ttlMs: 1, maxBlobSize: 0, maxBytes: 0 }),
       log,
       maxUploadSize: 1e7,
