@@ -28,6 +28,8 @@ const MAX_CHECKED = 100_000;
 /** A replicated blob above the warm line is looked at again after this long. */
 const RECHECK_MS = 60_000;
 const LIST_PAGE = 1000;
+/** A store whose scrub read failed other than NOT_FOUND or DATA_LOSS is not scrubbed again for this long. */
+const SCRUB_SKIP_MS = 60_000;
 
 /**
  * The replication manager's cold tier (docs/design/ec-tier.md, "Moving between
@@ -66,6 +68,8 @@ export class ColdTier {
   private nextGroup = 0;
   private busy = false;
   private codeProblem = '';
+  /** store → until when the scrub leaves it alone (its last scrub read hung or failed). */
+  private readonly scrubSkip = new Map<string, number>();
   private readonly gc = new ShardGc(this);
   /** "group/store" pairs already warned about having no drain target (logged once). */
   readonly drainStalled = new Set<string>();
@@ -296,6 +300,24 @@ export class ColdTier {
     }
   }
 
+  /**
+   * A scrub read ends at SCRUB_READ_TIMEOUT (at most COPY_TIMEOUT) or when the lease
+   * is lost: a scrub only verifies, so a store that hangs must not hold the lane
+   * (and every encode and warm queued behind it) for a copy's deadline per stripe.
+   */
+  private scrubDeadline(): AbortSignal {
+    const ms = Math.min(this.env.cfg.scrubReadTimeoutMs, this.env.cfg.copyTimeoutMs);
+    return AbortSignal.any([this.env.signal(), AbortSignal.timeout(ms)]);
+  }
+
+  private scrubSkipped(storeId: string): boolean {
+    const until = this.scrubSkip.get(storeId);
+    if (until === undefined) return false;
+    if (this.env.now() < until) return true;
+    this.scrubSkip.delete(storeId);
+    return false;
+  }
+
   /** One move's calls end at COPY_TIMEOUT or when the lease is lost: a stalled store never holds the lane. */
   deadline(): AbortSignal {
     return AbortSignal.any([this.env.signal(), AbortSignal.timeout(this.env.cfg.copyTimeoutMs)]);
@@ -420,13 +442,23 @@ export class ColdTier {
     const bad = new Set(joining);
     if (scrub) {
       for (const [i, m] of ec.entries()) {
-        if (bad.has(i) || !this.healthy(m.storeId)) continue;
+        if (bad.has(i) || !this.healthy(m.storeId) || this.scrubSkipped(m.storeId)) continue;
         try {
-          const bytes = await getShard(this.client(m.storeId), ref.stripeId, i, { signal: this.deadline() });
+          const bytes = await getShard(this.client(m.storeId), ref.stripeId, i, {
+            signal: this.scrubDeadline(),
+          });
           if (!verifyShard(layout, i, bytes)) bad.add(i);
         } catch (err) {
-          const code = ConnectError.from(err).code;
-          if (code === Code.NotFound || code === Code.DataLoss) bad.add(i);
+          const e = ConnectError.from(err);
+          if (e.code === Code.NotFound || e.code === Code.DataLoss) bad.add(i);
+          else if (this.env.acting()) {
+            // Unknown, not bad: nothing is rebuilt onto it, and it is left alone for a while.
+            this.scrubSkip.set(m.storeId, this.env.now() + SCRUB_SKIP_MS);
+            this.env.log.warn(
+              { storeId: m.storeId, stripeId: ref.stripeId, err: e.message },
+              'cold tier: scrub read failed; the store is skipped by the scrub for a while',
+            );
+          }
         }
       }
     }

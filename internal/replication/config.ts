@@ -46,6 +46,8 @@ export interface ReplicationConfig extends ServerConfig {
   breakerOpenMs: number;
   /** Deadline of one copy (StoreService.Replicate). */
   copyTimeoutMs: number;
+  /** Deadline of one scrub read of a shard (capped by copyTimeoutMs). */
+  scrubReadTimeoutMs: number;
   /** Placement mode: how long an unlisted extra replica keeps serving reads already sent to it. */
   extraRemovalGraceMs: number;
   /** Placement mode: period of the low-rate anti-entropy round (digests of every group). */
@@ -90,6 +92,7 @@ export const REPLICATION_ENV_HELP = `${COMMON_ENV_HELP}
   BREAKER_DECAY          one failure is forgotten per this much time (default 600s)
   BREAKER_OPEN_TIME      an open breaker lets a trial task through after this (default 30s)
   COPY_TIMEOUT           deadline of one copy (default 120s)
+  SCRUB_READ_TIMEOUT     cold tier: deadline of one shard read by the scrub (default 10s)
   EXTRA_REMOVAL_GRACE    placement groups: an unlisted extra replica is tombstoned this long after (default 30s)
   ANTI_ENTROPY_INTERVAL  placement groups: period of the digest comparison of every group (default 10m)
   ANTI_ENTROPY_GROUPS    placement groups: differing groups one periodic round repairs at most (default 4)
@@ -142,6 +145,7 @@ export function readReplicationConfig(flags: { listen?: string }, env: Env = pro
     breakerDecayMs: r.duration('BREAKER_DECAY', 600_000, { minMs: 1 }),
     breakerOpenMs: r.duration('BREAKER_OPEN_TIME', 30_000, { minMs: 1 }),
     copyTimeoutMs: r.duration('COPY_TIMEOUT', 120_000, { minMs: 100 }),
+    scrubReadTimeoutMs: r.duration('SCRUB_READ_TIMEOUT', 10_000, { minMs: 50, maxMs: 3_600_000 }),
     extraRemovalGraceMs: r.duration('EXTRA_REMOVAL_GRACE', 30_000, { minMs: 0, maxMs: 3_600_000 }),
     antiEntropyIntervalMs: r.duration('ANTI_ENTROPY_INTERVAL', 600_000, { minMs: 100 }),
     antiEntropyGroupsPerRound: r.int('ANTI_ENTROPY_GROUPS', 4, { min: 1, max: 65_536 }),
