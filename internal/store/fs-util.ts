@@ -1,4 +1,4 @@
-import { read as readCb, write as writeCb, writeSync } from 'node:fs';
+import { read as readCb, write as writeCb } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 
 /** fsync a directory so renames/creates/unlinks in it are durable. */
@@ -39,29 +39,9 @@ function positioned(
   });
 }
 
-/**
- * Writes of at most this many bytes (64 KiB) go through `writeSync` on the event
- * loop thread: a buffered write into the page cache takes 2 µs of CPU for 1 KiB
- * and 14 µs for 64 KiB that way, against 25 µs and 96 µs as a libuv threadpool
- * round trip (futex wake, worker switch, eventfd, callback, promise), measured
- * on the 2-core dev box (docs/benchmarks.md, "Where the time goes"). A write
- * only reaches the disk at the fdatasync, which stays asynchronous; the page
- * cache stays small because every write is fsync'd within a group commit, so
- * dirty-page throttling does not stall the loop here.
- */
-export const SYNC_WRITE_MAX = 64 * 1024;
-
 /** Positioned write of all of `buf` (loops on short writes). */
 export async function writeFully(h: FileHandle, buf: Uint8Array, position: number): Promise<void> {
   let done = 0;
-  if (buf.length <= SYNC_WRITE_MAX) {
-    while (done < buf.length) {
-      const bytesWritten = writeSync(h.fd, buf, done, buf.length - done, position + done);
-      if (bytesWritten <= 0) throw new Error(`write returned ${bytesWritten}`);
-      done += bytesWritten;
-    }
-    return;
-  }
   while (done < buf.length) {
     const bytesWritten = await positioned(
       writeCb as PositionedOp,
