@@ -18,6 +18,17 @@ export function seal(key: Buffer, redisKey: string, body: Buffer): Buffer {
   return Buffer.concat([body, mac(key, redisKey, body)]);
 }
 
+/**
+ * Seals in place: `buf` holds the body in its first `bodyLength` bytes and
+ * MAC_BYTES of room after them, where the MAC is written (the same bytes as
+ * `seal(key, redisKey, body)`, without copying the body again).
+ */
+export function sealInPlace(key: Buffer, redisKey: string, buf: Buffer, bodyLength: number): Buffer {
+  if (buf.length !== bodyLength + MAC_BYTES) throw new Error('sealInPlace: no room for the MAC');
+  mac(key, redisKey, buf.subarray(0, bodyLength)).copy(buf, bodyLength);
+  return buf;
+}
+
 /** The body when the MAC is genuine; 'forged' when it is not (a mismatch is never served). */
 export function unseal(key: Buffer, redisKey: string, value: Buffer): Buffer | 'forged' {
   if (value.length < MAC_BYTES) return 'forged';

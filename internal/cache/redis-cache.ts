@@ -10,7 +10,7 @@ import {
   type CacheStatsSnapshot,
   fillTooOld,
 } from './blob-cache.js';
-import { seal, unseal } from './integrity.js';
+import { MAC_BYTES, sealInPlace, unseal } from './integrity.js';
 
 export interface RedisCacheOptions {
   url: string;
@@ -237,7 +237,7 @@ export class RedisBlobCache implements BlobCache {
       await this.redis.hsSetBlob(
         this.key(blob.meta.blobId),
         this.tombKey(blob.meta.blobId),
-        seal(this.opts.integrityKey, this.key(blob.meta.blobId), encode(blob)),
+        encodeSealed(this.opts.integrityKey, this.key(blob.meta.blobId), blob),
         this.opts.ttlMs,
         'fresh' in how ? '1' : '0',
       );
@@ -323,6 +323,22 @@ interface Header {
 }
 
 export function encode(blob: CachedBlob): Buffer {
+  return encodeInto(blob, 0);
+}
+
+/**
+ * `seal(key, redisKey, encode(blob))` built in one buffer: the blob's bytes are
+ * copied once, not three times (concat into the entry, concat with the MAC):
+ * each 64 KiB copy is a fresh allocation, ~50 µs of CPU on the dev box, paid on
+ * every write and every read-through fill.
+ */
+export function encodeSealed(key: Buffer, redisKey: string, blob: CachedBlob): Buffer {
+  const buf = encodeInto(blob, MAC_BYTES);
+  return sealInPlace(key, redisKey, buf, buf.length - MAC_BYTES);
+}
+
+/** The entry's bytes (length, JSON header, data) with `spare` uninitialised bytes after them. */
+function encodeInto(blob: CachedBlob, spare: number): Buffer {
   const m = blob.meta;
   const header: Header = {
     v: 1,
@@ -337,9 +353,11 @@ export function encode(blob: CachedBlob): Buffer {
     ...(m.fileName ? { fn: m.fileName } : {}),
   };
   const h = Buffer.from(JSON.stringify(header));
-  const len = Buffer.alloc(4);
-  len.writeUInt32BE(h.length);
-  return Buffer.concat([len, h, blob.data]);
+  const out = Buffer.allocUnsafe(4 + h.length + blob.data.length + spare);
+  out.writeUInt32BE(h.length, 0);
+  h.copy(out, 4);
+  out.set(blob.data, 4 + h.length);
+  return out;
 }
 
 /** Undefined for anything that is not a well-formed entry (treated as a miss). */

@@ -150,14 +150,17 @@ export class DirectoryClient {
 
   /**
    * Follows committed metadata changes from `fromIndex` (0: a snapshot first),
-   * reconnecting to another instance on failure and resuming after the last entry seen.
+   * reconnecting to another instance on failure and resuming after the last entry seen;
+   * `nextSource` starts on another instance than the one read last (it was behind).
    */
   async *watchMetadata(
-    req: { fromIndex?: bigint; watcherId?: string },
+    req: { fromIndex?: bigint; watcherId?: string; nextSource?: boolean },
     signal?: AbortSignal,
   ): AsyncGenerator<WatchMetadataResponse> {
     let from = req.fromIndex ?? 0n;
     let backoff = this.backoffMs;
+    // The caller found the directory it followed behind (a store has seen a newer term).
+    if (req.nextSource) this.failRead(this.pickRead());
     while (!signal?.aborted) {
       const address = this.pickRead();
       try {

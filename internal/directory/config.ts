@@ -28,6 +28,10 @@ export interface DirectoryConfig extends ServerConfig {
   /** 0: per-blob records (v1 clusters); else the placement group count of a new cluster. */
   placementGroups: number;
   placementReplaceAfterMs: number;
+  /** Stores the first placement waits for (0: DEFAULT_REPLICA_COUNT), placement-start.ts. */
+  placementExpectedStores: number;
+  /** How long the first placement waits for them once DEFAULT_REPLICA_COUNT are up (ms). */
+  placementExpectedWaitMs: number;
 }
 
 export const DIRECTORY_ENV_HELP = `${COMMON_ENV_HELP}
@@ -64,7 +68,13 @@ export const DIRECTORY_ENV_HELP = `${COMMON_ENV_HELP}
                          docs/design/metadata-at-scale.md); 0 = per-blob directory records,
                          the v1 layout (default 64)
   PLACEMENT_REPLACE_AFTER  how long a store stays DOWN before its placement-group memberships
-                         move to other stores (JOINING, backfilled) (default 60s)`;
+                         move to other stores (JOINING, backfilled) (default 60s)
+  PLACEMENT_EXPECTED_STORES  stores a new cluster's placement groups wait for, so each gets
+                         memberships (a store registering after the groups exist gets none
+                         until \`haystack placement balance\`); 0 = DEFAULT_REPLICA_COUNT (default 0)
+  PLACEMENT_EXPECTED_WAIT  how long the groups wait for PLACEMENT_EXPECTED_STORES once
+                         DEFAULT_REPLICA_COUNT stores are up; then they are created on the stores
+                         there (default 60s)`;
 
 export function readDirectoryConfig(
   flags: { listen?: string; data?: string },
@@ -111,6 +121,8 @@ export function readDirectoryConfig(
     minFreeBytes: r.size('MIN_FREE_BYTES', 100 * 1024 * 1024),
     placementGroups: r.int('PLACEMENT_GROUPS', 64, { min: 0, max: MAX_PLACEMENT_GROUPS }),
     placementReplaceAfterMs: r.duration('PLACEMENT_REPLACE_AFTER', 60_000, { minMs: 100 }),
+    placementExpectedStores: r.int('PLACEMENT_EXPECTED_STORES', 0, { min: 0, max: 100_000 }),
+    placementExpectedWaitMs: r.duration('PLACEMENT_EXPECTED_WAIT', 60_000, { minMs: 0, maxMs: 86_400_000 }),
   };
   if (cfg.leaderHeartbeatIntervalMs * 2 > cfg.leaderTimeoutMs) {
     r.problem(

@@ -1,6 +1,7 @@
 import { type FileHandle, mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { LogEntry, MetadataSnapshot } from '../../gen/haystack/v1/metadata_pb.js';
+import { fsyncDir, writeAtomic } from '../common/atomic-file.js';
 import type { Logger } from '../server/logger.js';
 import { decodeLog, decodeSnapshot, encodeRecord, encodeSnapshot, LogCorruptError } from './log-codec.js';
 
@@ -449,29 +450,6 @@ function withPath(err: unknown, file: string): Error {
     );
   }
   return err as Error;
-}
-
-/** Writes a file so that it is either the old or the new content after a crash. */
-export async function writeAtomic(dir: string, name: string, content: Uint8Array): Promise<void> {
-  const tmp = path.join(dir, `${name}.tmp`);
-  const fh = await open(tmp, 'w');
-  try {
-    await fh.write(content, 0, content.length, 0);
-    await fh.datasync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path.join(dir, name));
-  await fsyncDir(dir);
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const d = await open(dir, 'r');
-  try {
-    await d.sync();
-  } finally {
-    await d.close();
-  }
 }
 
 export async function removeLogFiles(dir: string): Promise<void> {

@@ -7,12 +7,14 @@ import {
   type PlacementCandidate,
   replaceLostMembers,
 } from './placement-plan.js';
+import { decideFirstPlacement, type FirstPlacementDecision } from './placement-start.js';
 import type { StoreRegistry } from './stores.js';
 
 /**
  * The leader's placement duties, checked on a timer (placement-plan.ts decides):
  * - creates the placement groups once PLACEMENT_GROUPS > 0, the cluster holds no
- *   per-blob records, and enough stores are up;
+ *   per-blob records, and enough stores are up (placement-start.ts: the replica
+ *   count, settled, and PLACEMENT_EXPECTED_STORES or PLACEMENT_EXPECTED_WAIT);
  * - demotes the ACTIVE members of a store that went DOWN to JOINING at once, so
  *   its groups keep taking writes on the other members and it serves no stale
  *   reads when it returns (the replication manager catches it up);
@@ -38,6 +40,10 @@ export class PlacementKeeper {
   private readonly downSince = new Map<string, number>();
   /** Before the first placement: the eligible stores seen last, and since when (performance.now()). */
   private eligibleSeen: { ids: string; since: number } | undefined;
+  /** Before the first placement: since when at least the replica count of stores is eligible. */
+  private enoughSince: number | undefined;
+  /** The last first-placement wait logged (logged when it changes). */
+  private waitLogged: string | undefined;
 
   constructor(
     private readonly node: DirectoryNode,
@@ -75,21 +81,44 @@ export class PlacementKeeper {
 
   /**
    * The first placement is final until an operator moves groups, so it waits
-   * until the set of eligible stores has not changed for a moment: stores started
-   * together all get memberships, instead of the first `replicas` to register
-   * getting every group (then one store down and one slow heartbeat stream leave
-   * every group without an ACTIVE member).
+   * (placement-start.ts) until the set of eligible stores has not changed for a
+   * moment — stores started together all get memberships, instead of the first
+   * `replicas` to register getting every group (then one store down and one slow
+   * heartbeat stream leave every group without an ACTIVE member) — and for
+   * PLACEMENT_EXPECTED_STORES, bounded by PLACEMENT_EXPECTED_WAIT.
    */
-  private eligibleSettled(candidates: readonly PlacementCandidate[]): boolean {
-    const ids = candidates
-      .filter((c) => c.health === StoreHealth.HEALTHY && c.writable)
+  private firstPlacement(candidates: readonly PlacementCandidate[]): FirstPlacementDecision {
+    const { cfg, log } = this.node;
+    const up = candidates.filter((c) => c.health === StoreHealth.HEALTHY && c.writable);
+    const ids = up
       .map((c) => c.storeId)
       .sort()
       .join(',');
     const now = performance.now();
     if (this.eligibleSeen?.ids !== ids) this.eligibleSeen = { ids, since: now };
-    const settleMs = Math.max(1000, Math.min(3000, 2 * this.node.cfg.heartbeatIntervalMs));
-    return now - this.eligibleSeen.since >= settleMs;
+    if (up.length < cfg.defaultReplicaCount) this.enoughSince = undefined;
+    else this.enoughSince ??= now;
+    const decision = decideFirstPlacement({
+      eligible: up.length,
+      replicas: cfg.defaultReplicaCount,
+      expected: cfg.placementExpectedStores,
+      unchangedMs: now - this.eligibleSeen.since,
+      settleMs: Math.max(1000, Math.min(3000, 2 * cfg.heartbeatIntervalMs)),
+      enoughForMs: this.enoughSince === undefined ? undefined : now - this.enoughSince,
+      expectedWaitMs: cfg.placementExpectedWaitMs,
+    });
+    if (!decision.place && decision.waitingFor === 'expected' && this.waitLogged !== ids) {
+      this.waitLogged = ids;
+      log.info(
+        {
+          eligible: up.map((c) => c.storeId),
+          expected: cfg.placementExpectedStores,
+          waitMs: cfg.placementExpectedWaitMs,
+        },
+        'placement groups wait for PLACEMENT_EXPECTED_STORES',
+      );
+    }
+    return decision;
   }
 
   /** One check; at most one proposal in flight. */
@@ -118,17 +147,25 @@ export class PlacementKeeper {
         return;
       }
       const candidates = this.candidates();
-      if (!this.eligibleSettled(candidates)) return;
+      const decision = this.firstPlacement(candidates);
+      if (!decision.place) return;
       const plan = initialPlacement(candidates, cfg.placementGroups, cfg.defaultReplicaCount);
       if (!plan.ok) return;
       await this.node.propose({
         case: 'placementChanged',
         value: { groupCount: cfg.placementGroups, groups: plan.groups },
       });
-      log.info(
-        { groups: cfg.placementGroups, replicas: cfg.defaultReplicaCount },
-        'placement groups created',
-      );
+      const created = {
+        groups: cfg.placementGroups,
+        replicas: cfg.defaultReplicaCount,
+        stores: this.eligibleSeen?.ids,
+      };
+      if (decision.short > 0) {
+        log.warn(
+          { ...created, missing: decision.short, expected: cfg.placementExpectedStores },
+          'placement groups created without every expected store (PLACEMENT_EXPECTED_WAIT ran out): balance once they register',
+        );
+      } else log.info(created, 'placement groups created');
       return;
     }
     const now = performance.now();

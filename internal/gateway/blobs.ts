@@ -11,6 +11,7 @@ import {
 } from '../../gen/haystack/v1/store_pb.js';
 import { contentIdProblem, isContentId } from '../auth/content-id.js';
 import type { BlobCache } from '../cache/blob-cache.js';
+import type { StoreAt } from '../rpc/clients.js';
 import { fencedTerm } from '../rpc/errors.js';
 import { AsyncPipe } from '../rpc/pipe.js';
 import type { Logger } from '../server/logger.js';
@@ -36,7 +37,8 @@ export type StoreApi = Pick<Client<typeof StoreService>, 'write' | 'read'>;
 
 export interface GatewayOptions {
   directory: DirectoryApi;
-  store(address: string): StoreApi;
+  /** The store client pinned to the store named (see ClientPool.store). */
+  store(store: StoreAt): StoreApi;
   cache: BlobCache;
   log: Logger;
   maxUploadSize: number;
@@ -48,7 +50,7 @@ export interface GatewayOptions {
    */
   placement?: {
     view: PlacementView;
-    stores(address: string): PlacementStoreApi;
+    stores(store: StoreAt): PlacementStoreApi;
     readyTimeoutMs: number;
     /** MIN_REPLICA_COUNT: members that must hold a write before it is acknowledged. */
     minReplicas: number;
@@ -217,10 +219,14 @@ export class BlobGateway {
     const pipe = new AsyncPipe<WriteRequest>(8);
     let storeError: ConnectError | undefined;
     const writing = this.o
-      .store(first.address)
+      .store(first)
       .write(pipe, { signal: abort.signal })
       .catch((e: unknown) => {
-        storeError = staleTermAsUnavailable(ConnectError.from(e), first.storeId, plan.term);
+        const ce = ConnectError.from(e);
+        // A store has seen a newer directory term: the view learns its directory may be behind.
+        const seen = fencedTerm(ce);
+        if (seen !== undefined) this.o.placement?.view.noteStoreTerm(seen);
+        storeError = staleTermAsUnavailable(ce, first.storeId, plan.term);
         pipe.end();
         throw storeError;
       });
@@ -461,7 +467,7 @@ export class BlobGateway {
     let misses = 0;
     let damaged = 0;
     for (const [i, rep] of replicas.entries()) {
-      const s = new StoreStream(this.o.store(rep.address), this.o.storeTimeoutMs, signal);
+      const s = new StoreStream(this.o.store(rep), this.o.storeTimeoutMs, signal);
       try {
         const header = await s.open(blobId, cookie, 0, 0);
         if (!header.needle)
@@ -474,7 +480,7 @@ export class BlobGateway {
         if (err.code === Code.FailedPrecondition) {
           // A cold stub (the store names the stripe): its Stat answers the blob's facts and ColdRef.
           const needle = await this.o.placement
-            ?.stores(rep.address)
+            ?.stores(rep)
             .stat({ blobId }, { timeoutMs: this.o.storeTimeoutMs })
             .then((r) => r.needle)
             .catch(() => undefined);
@@ -513,7 +519,7 @@ export class BlobGateway {
     const openNext = async (): Promise<StoreStream | undefined> => {
       while (idx < replicas.length) {
         const rep = replicas[idx++]!;
-        const s = new StoreStream(this.o.store(rep.address), this.o.storeTimeoutMs, signal);
+        const s = new StoreStream(this.o.store(rep), this.o.storeTimeoutMs, signal);
         try {
           await s.open(meta.blobId, meta.cookie, offset + sent, length - sent);
           return s;
@@ -666,7 +672,8 @@ function noneReadable(damaged: number, failed: number): Code {
  * The first store refused the write's directory term as deposed: a newer leader
  * took office and this gateway's placement view has not caught up (it follows one
  * directory's WatchMetadata; a directory cut off from its peers keeps serving the
- * old term, docs/faults.md N5). Nothing was written; a later attempt carries the
+ * old term, docs/faults.md N5; the view then follows another directory:
+ * PlacementView.noteStoreTerm). Nothing was written; a later attempt carries the
  * new term once the view has it: UNAVAILABLE (the SDK retries), not the store's
  * FAILED_PRECONDITION. A refusal of a term not older than the view's is passed on.
  */

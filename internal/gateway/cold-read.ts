@@ -6,6 +6,7 @@ import { dataShardsFor, type ShardLayout, verifyShard } from '../ec/codec.js';
 import { TooFewShardsError } from '../ec/errors.js';
 import { layoutFromWire } from '../ec/layout-wire.js';
 import { getShard, readStripe, type StoreClient } from '../ec/shard-client.js';
+import type { StoreAt } from '../rpc/clients.js';
 import type { Logger } from '../server/logger.js';
 import type { PlacementView } from './placement-view.js';
 
@@ -21,8 +22,8 @@ export interface ColdReadResult {
 
 export interface ColdReaderOptions {
   view: PlacementView;
-  /** StoreService client (ReadShard) for an address. */
-  store(address: string): Pick<StoreClient, 'readShard'>;
+  /** StoreService client (ReadShard) pinned to the store named (see ClientPool.store). */
+  store(store: StoreAt): Pick<StoreClient, 'readShard'>;
   /** Longest wait for one shard read. */
   shardTimeoutMs: number;
   log: Logger;
@@ -61,7 +62,7 @@ export class ColdReader {
       if (m.state !== PlacementMemberState.ACTIVE || !s?.address || s.health === StoreHealth.DOWN) {
         return undefined;
       }
-      return this.o.store(s.address);
+      return this.o.store({ storeId: m.storeId, address: s.address });
     });
   }
 

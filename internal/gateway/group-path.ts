@@ -14,6 +14,9 @@ import type { NeedleFacts, StoreService } from '../../gen/haystack/v1/store_pb.j
 import { placementGroupOf } from '../common/placement.js';
 import { STUB_CONTENT_TYPE } from '../common/shard-key.js';
 import { readOrder } from '../directory/health.js';
+import type { StoreAt } from '../rpc/clients.js';
+import { fencedTerm } from '../rpc/errors.js';
+import { isPeerIdentityMismatch } from '../security/tls-config.js';
 import type { Logger } from '../server/logger.js';
 import { checkId, invalid, metaFromNeedle, toInfo } from './blob-info.js';
 import type { DirectoryApi } from './directory.js';
@@ -52,7 +55,7 @@ const GROUPS_PER_LIST_CALL = 64;
 export class GroupPath implements MetadataPath {
   constructor(
     private readonly view: PlacementView,
-    private readonly stores: (address: string) => PlacementStoreApi,
+    private readonly stores: (store: StoreAt) => PlacementStoreApi,
     private readonly directory: Pick<DirectoryApi, 'delete' | 'updateReplicas'>,
     private readonly log: Logger,
     private readonly storeTimeoutMs: number,
@@ -217,7 +220,7 @@ export class GroupPath implements MetadataPath {
     let notFound = 0;
     for (const r of replicas) {
       try {
-        const res = await this.stores(r.address).stat({ blobId }, { timeoutMs: this.storeTimeoutMs });
+        const res = await this.stores(r).stat({ blobId }, { timeoutMs: this.storeTimeoutMs });
         if (!res.needle) throw new ConnectError('store answered Stat without a needle', Code.Internal);
         // The store that answered first serves the bytes too.
         const ordered = [r, ...replicas.filter((x) => x !== r)];
@@ -251,7 +254,14 @@ export class GroupPath implements MetadataPath {
     const results = await Promise.allSettled(
       [...targets].map(async ([storeId, address]) => {
         if (!address) throw new ConnectError(`store ${storeId} has no known address`, Code.Unavailable);
-        const r = await this.stores(address).delete({ blobId, term }, { timeoutMs: this.storeTimeoutMs });
+        const r = await this.stores({ storeId, address })
+          .delete({ blobId, term }, { timeoutMs: this.storeTimeoutMs })
+          .catch((err: unknown) => {
+            // Refused as deposed: the store names the newer term, the view may be behind (N5).
+            const seen = fencedTerm(err);
+            if (seen !== undefined) this.view.noteStoreTerm(seen);
+            throw err;
+          });
         return r.found;
       }),
     );
@@ -259,9 +269,14 @@ export class GroupPath implements MetadataPath {
       r.status === 'rejected' ? [`${[...targets.keys()][i]}: ${ConnectError.from(r.reason).rawMessage}`] : [],
     );
     if (failed.length > 0) {
+      // A store that is not the one the map names there: retrying cannot help until the map is fixed.
+      const misplaced = results.some((r) => r.status === 'rejected' && isPeerIdentityMismatch(r.reason));
       throw new ConnectError(
-        `the delete of ${blobId} is not durable on every replica (${failed.join('; ')}); retry (deletes are idempotent)`,
-        Code.Unavailable,
+        `the delete of ${blobId} is not durable on every replica (${failed.join('; ')}); ` +
+          (misplaced
+            ? 'a store address in the placement map serves another store: fix the store records (DirectoryService.GetClusterStatus lists them), then retry'
+            : 'retry (deletes are idempotent)'),
+        misplaced ? Code.FailedPrecondition : Code.Unavailable,
       );
     }
     return res.found || results.some((r) => r.status === 'fulfilled' && r.value);
@@ -301,7 +316,7 @@ export class GroupPath implements MetadataPath {
           Code.Unavailable,
         );
       }
-      const res = await this.stores(reader.address).listPlacementGroup(
+      const res = await this.stores(reader).listPlacementGroup(
         { groupCount: count, group, pageToken: inner, pageSize: size - blobs.length, prefix },
         { timeoutMs: this.storeTimeoutMs },
       );
@@ -309,12 +324,8 @@ export class GroupPath implements MetadataPath {
       const needles = await Promise.all(
         res.needles.map(async (n) =>
           n.contentType === STUB_CONTENT_TYPE && !n.deleted
-            ? ((
-                await this.stores(reader.address).stat(
-                  { blobId: n.blobId },
-                  { timeoutMs: this.storeTimeoutMs },
-                )
-              ).needle ?? n)
+            ? ((await this.stores(reader).stat({ blobId: n.blobId }, { timeoutMs: this.storeTimeoutMs }))
+                .needle ?? n)
             : n,
         ),
       );

@@ -3,7 +3,6 @@ import path from 'node:path';
 import { createServiceImplSpec } from '@connectrpc/connect';
 import { Counter, Gauge } from 'prom-client';
 import { BlobService } from '../../gen/haystack/v1/blob_pb.js';
-import { StoreService } from '../../gen/haystack/v1/store_pb.js';
 import { JwksFile } from '../auth/jwks-reload.js';
 import { TokenVerifier } from '../auth/token-verify.js';
 import { type BlobCache, type CacheObserver, hitRate, NoCache } from '../cache/blob-cache.js';
@@ -143,11 +142,11 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
       directory,
       placement: {
         view,
-        stores: (address) => pool.client(StoreService, address),
+        stores: (s) => pool.store(s),
         readyTimeoutMs: cfg.directoryRetryMs,
         minReplicas: cfg.minReplicaCount,
       },
-      store: (address) => pool.client(StoreService, address),
+      store: (s) => pool.store(s),
       cache,
       log,
       maxUploadSize: cfg.maxUploadSize,

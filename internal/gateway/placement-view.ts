@@ -3,11 +3,39 @@ import type { WatchMetadataResponse } from '../../gen/haystack/v1/directory_pb.j
 import { MetadataState } from '../directory/state-machine.js';
 import type { Logger } from '../server/logger.js';
 
-/** The directory's WatchMetadata stream as the view consumes it (DirectoryClient.watchMetadata). */
+/**
+ * The directory's WatchMetadata stream as the view consumes it (DirectoryClient.watchMetadata);
+ * `nextSource`: follow another directory than the one followed last.
+ */
 export type MetadataWatch = (
-  req: { fromIndex?: bigint; watcherId?: string },
+  req: { fromIndex?: bigint; watcherId?: string; nextSource?: boolean },
   signal?: AbortSignal,
 ) => AsyncIterable<WatchMetadataResponse>;
+
+/** How long the view may stay behind a term a store has seen before it leaves its directory (ms). */
+export const BEHIND_GRACE_MS = 1_000;
+
+/** A directory term a store has seen above the view's, and when it was first reported (ms, performance.now()). */
+export interface ReportedTerm {
+  term: bigint;
+  sinceMs: number;
+}
+
+/**
+ * Whether the directory the view follows is behind (pure): a store reported a
+ * newer directory term than the view holds, and the view has not caught up within
+ * `graceMs` — a view lags a new leader by one push normally, while a directory cut
+ * off from its peers (still serving its stream) never brings the new term
+ * (docs/faults.md N5).
+ */
+export function sourceIsBehind(
+  viewTerm: bigint,
+  reported: ReportedTerm | undefined,
+  nowMs: number,
+  graceMs: number,
+): boolean {
+  return reported !== undefined && reported.term > viewTerm && nowMs - reported.sinceMs >= graceMs;
+}
 
 /**
  * A gateway's copy of the directory's placement state (placement groups, extra
@@ -28,12 +56,61 @@ export class PlacementView {
   private reload = false;
   private readonly waiters: (() => void)[] = [];
   private readonly stopCtl = new AbortController();
+  /** Aborts the current stream alone (its directory is behind). */
+  private streamCtl = new AbortController();
+  /** The next stream is to come from another directory. */
+  private nextSource = false;
+  /** The newest directory term a store reported above the view's. */
+  private reported: ReportedTerm | undefined;
+  private behindTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly watch: MetadataWatch,
     private readonly watcherId: string,
     private readonly log: Logger,
+    private readonly behindGraceMs = BEHIND_GRACE_MS,
   ) {}
+
+  /**
+   * A store refused a write as deposed and named the directory term it has seen
+   * (FENCED_TERM_HEADER). When the view is still below that term after the grace,
+   * its directory is behind: the view drops that stream and follows another
+   * directory (resuming from its applied index; nothing is reloaded).
+   */
+  noteStoreTerm(term: bigint): void {
+    if (term <= this.leaderTerm || this.stopCtl.signal.aborted) return;
+    const sinceMs = this.reported?.sinceMs ?? performance.now();
+    if (!this.reported || term > this.reported.term) this.reported = { term, sinceMs };
+    this.scheduleBehindCheck(sinceMs + this.behindGraceMs - performance.now());
+  }
+
+  private scheduleBehindCheck(inMs: number): void {
+    if (this.behindTimer) return;
+    this.behindTimer = setTimeout(() => this.checkBehind(), Math.max(0, inMs));
+    this.behindTimer.unref();
+  }
+
+  private checkBehind(): void {
+    this.behindTimer = undefined;
+    const r = this.reported;
+    if (!r || this.stopCtl.signal.aborted) return;
+    if (r.term <= this.leaderTerm) {
+      this.reported = undefined; // caught up
+      return;
+    }
+    const now = performance.now();
+    if (!sourceIsBehind(this.leaderTerm, r, now, this.behindGraceMs)) {
+      this.scheduleBehindCheck(r.sinceMs + this.behindGraceMs - now);
+      return;
+    }
+    this.log.warn(
+      { viewTerm: String(this.leaderTerm), storeTerm: String(r.term), graceMs: this.behindGraceMs },
+      'placement view: a store has seen a newer directory term than the followed directory brings; following another directory',
+    );
+    this.reported = undefined;
+    this.nextSource = true;
+    this.streamCtl.abort();
+  }
 
   /**
    * The directory leader's fencing term, as the stores must see it on a Write
@@ -59,6 +136,7 @@ export class PlacementView {
 
   stop(): void {
     this.stopCtl.abort();
+    clearTimeout(this.behindTimer);
   }
 
   /** Resolves once the view is loaded; UNAVAILABLE after `timeoutMs`. */
@@ -94,8 +172,13 @@ export class PlacementView {
     while (!signal.aborted) {
       const from = this.loaded && !this.reload ? this.state.appliedIndex + 1n : 0n;
       let fresh = from === 0n;
+      this.streamCtl = new AbortController();
+      const streamSignal = AbortSignal.any([signal, this.streamCtl.signal]);
+      const req = { fromIndex: from, watcherId: this.watcherId, nextSource: this.nextSource };
+      this.nextSource = false;
       try {
-        for await (const msg of this.watch({ fromIndex: from, watcherId: this.watcherId }, signal)) {
+        for await (const msg of this.watch(req, streamSignal)) {
+          if (streamSignal.aborted) break;
           if (msg.msg.case === 'snapshot') {
             this.state = MetadataState.fromSnapshot(msg.msg.value, { perBlob: false });
             fresh = false;
@@ -120,6 +203,7 @@ export class PlacementView {
         }
       } catch (err) {
         if (signal.aborted) return;
+        if (this.streamCtl.signal.aborted) continue; // left a directory that is behind (logged)
         // Only a gap or a refused stream gets here (DirectoryClient resumes the rest).
         // The old view keeps serving until the snapshot that replaces it arrives.
         this.log.warn({ err: (err as Error).message }, 'placement view: metadata stream failed; reloading');

@@ -75,7 +75,7 @@ export class BlobCopy {
     const targetId = target.storeId;
     let volumeId: number;
     try {
-      const res = await env.store(target.address).replicate(
+      const res = await env.store(target).replicate(
         {
           blobId: b.blobId,
           cookie: b.cookie,

@@ -20,7 +20,7 @@ export async function sendTombstone(
 ): Promise<void> {
   for (let i = 0; i < 3 && env.acting(); i++) {
     try {
-      await env.store(address).delete({ blobId, term: env.term() }, { timeoutMs: 5_000 });
+      await env.store({ storeId, address }).delete({ blobId, term: env.term() }, { timeoutMs: 5_000 });
       return;
     } catch (err) {
       env.log.debug(

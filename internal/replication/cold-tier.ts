@@ -8,6 +8,7 @@ import { layoutFromWire } from '../ec/layout-wire.js';
 import { chooseCode } from '../ec/params.js';
 import { getShard, putShard, readStripe, type StoreClient } from '../ec/shard-client.js';
 import { decideTier } from '../ec/tier-policy.js';
+import type { StoreAt } from '../rpc/clients.js';
 import { chooseTargets } from './placement.js';
 import type { PlacementEnv } from './placement-env.js';
 import { drainShards } from './shard-drain.js';
@@ -75,7 +76,7 @@ export class ColdTier {
 
   constructor(
     readonly env: PlacementEnv,
-    private readonly stores: (address: string) => StoreClient,
+    private readonly stores: (store: StoreAt) => StoreClient,
     readonly events: ColdTierEvents = {},
   ) {}
 
@@ -185,7 +186,7 @@ export class ColdTier {
   client(storeId: string): StoreClient {
     const address = this.env.mirror.stores.get(storeId)?.address;
     if (!address) throw new Error(`store ${storeId} has no known address`);
-    return this.stores(address);
+    return this.stores({ storeId, address });
   }
 
   /**

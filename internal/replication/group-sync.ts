@@ -37,7 +37,7 @@ export async function listGroup(
     let page: Awaited<ReturnType<ReturnType<PlacementEnv['store']>['listPlacementGroup']>>;
     try {
       page = await env
-        .store(store.address)
+        .store(store)
         .listPlacementGroup(
           { groupCount, group, pageToken: token, pageSize: PAGE, includeDeleted: true },
           { timeoutMs: 30_000, signal: env.signal() },
@@ -147,7 +147,7 @@ export async function fetchDigests(
     if (!s || !env.acting()) return;
     try {
       const res = await env
-        .store(s.address)
+        .store(s)
         .getPlacementDigests(
           { groupCount: env.mirror.placement.groupCount },
           { timeoutMs: 30_000, signal: env.signal() },

@@ -3,6 +3,7 @@ import { type ColdRef, StoreHealth } from '../../gen/haystack/v1/common_pb.js';
 import { PlacementMemberState } from '../../gen/haystack/v1/metadata_pb.js';
 import { TaskKind, TaskPriority } from '../../gen/haystack/v1/replication_pb.js';
 import type { NeedleFacts } from '../../gen/haystack/v1/store_pb.js';
+import type { StoreAt } from '../rpc/clients.js';
 import { CopyExclusions } from './copy-exclusions.js';
 import { copyNeedle, copyNeedleDetailed, statFirst } from './needle-copy.js';
 import { isKept, isLive } from './placement.js';
@@ -224,7 +225,7 @@ export class HotReplicas {
         this.markGone(blobId, now);
         return;
       }
-      const here = await this.statOn(dest.address, blobId);
+      const here = await this.statOn(dest, blobId);
       const volumeId =
         here && !here.deleted && here.writtenAtMs === found.needle.writtenAtMs
           ? here.volumeId // already there (a copy whose commit was lost)
@@ -255,15 +256,15 @@ export class HotReplicas {
     });
   }
 
-  private async statOn(address: string, blobId: string): Promise<NeedleFacts | undefined> {
+  private async statOn(store: StoreAt, blobId: string): Promise<NeedleFacts | undefined> {
     try {
       const res = await this.env
-        .store(address)
+        .store(store)
         .stat({ blobId, cookie: 0n, includeDeleted: true }, { timeoutMs: 10_000, signal: this.env.signal() });
       return res.needle;
     } catch (err) {
       if (ConnectError.from(err).code === Code.NotFound) return undefined;
-      throw storeCallError(`stat on ${address}`, err);
+      throw storeCallError(`stat on ${store.storeId} at ${store.address}`, err);
     }
   }
 
@@ -275,7 +276,7 @@ export class HotReplicas {
   ): Promise<number> {
     this.env.ensureActing();
     try {
-      const res = await this.env.store(to.address).replicate(
+      const res = await this.env.store(to).replicate(
         {
           blobId: needle.blobId,
           cookie: needle.cookie,
@@ -318,7 +319,7 @@ export class HotReplicas {
       const view = this.env.mirror.stores.get(s);
       if (!view) continue;
       if (tombstone?.deleted) await copyNeedle(this.env, tombstone, view, view).catch(() => {});
-      else await this.tombstone(view.address, blobId);
+      else await this.tombstone(view, blobId);
     }
     this.env.heat.forget(blobId);
     this.coolSince.delete(blobId);
@@ -362,7 +363,7 @@ export class HotReplicas {
       if (membersIn(g).includes(storeId) || this.extrasOf(blobId).includes(storeId)) return;
       if (this.env.queue().find(blobId, storeId)?.kind === TaskKind.REPLICATE) return;
       const s = this.env.mirror.stores.get(storeId);
-      if (s) await this.tombstone(s.address, blobId);
+      if (s) await this.tombstone(s, blobId);
     });
   }
 
@@ -405,7 +406,7 @@ export class HotReplicas {
               retryable: true,
             });
           });
-        await this.tombstone(s.address, blobId);
+        await this.tombstone(s, blobId);
       });
       this.avoidFor(blobId, storeId, this.env.now() + this.env.cfg.retryBackoffMaxMs);
       this.env.log.warn({ blob: blobId, store: storeId }, 'corrupt extra replica dropped');
@@ -472,7 +473,7 @@ export class HotReplicas {
     const replicas = await Promise.all(
       rows.map(async (r) => {
         const s = this.env.mirror.stores.get(r.storeId);
-        const needle = s ? await this.statOn(s.address, blobId).catch(() => undefined) : undefined;
+        const needle = s ? await this.statOn(s, blobId).catch(() => undefined) : undefined;
         if (needle && !needle.deleted && r.role !== 'joining') found = true;
         // A member holding the blob's stub: the blob is erasure-coded (docs/design/ec-tier.md).
         if (needle?.cold && r.role === 'member') cold ??= needle.cold;
@@ -489,14 +490,14 @@ export class HotReplicas {
     return { found, replicas, ...(cold ? { cold } : {}) };
   }
 
-  private async tombstone(address: string, blobId: string): Promise<void> {
+  private async tombstone(store: StoreAt, blobId: string): Promise<void> {
     for (let i = 0; i < 3 && this.env.acting(); i++) {
       try {
-        await this.env.store(address).delete({ blobId, term: this.env.term() }, { timeoutMs: 5_000 });
+        await this.env.store(store).delete({ blobId, term: this.env.term() }, { timeoutMs: 5_000 });
         return;
       } catch (err) {
         this.env.log.debug(
-          { blob: blobId, store: address, err: ConnectError.from(err).message },
+          { blob: blobId, store: store.storeId, err: ConnectError.from(err).message },
           'tombstone failed',
         );
       }

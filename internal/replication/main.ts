@@ -1,5 +1,4 @@
 import { ReplicationService } from '../../gen/haystack/v1/replication_pb.js';
-import { StoreService } from '../../gen/haystack/v1/store_pb.js';
 import { LeaseKeeper } from '../lease/lease-keeper.js';
 import { systemClock } from '../lease/lease-store.js';
 import { RedisLeaseStore } from '../lease/redis-lease-store.js';
@@ -45,8 +44,8 @@ export async function runReplication(cfg: ReplicationConfig): Promise<void> {
       cfg,
       log,
       directory: new DirectoryApi(cfg.directories),
-      stores: (address) => pool.client(StoreService, address),
-      shardStores: (address) => pool.client(StoreService, address),
+      stores: (s) => pool.store(s),
+      shardStores: (s) => pool.store(s),
       lease,
       events,
     });

@@ -1,5 +1,6 @@
 import type { StoreClient } from '../ec/shard-client.js';
 import type { LeaseKeeper } from '../lease/lease-keeper.js';
+import type { StoreAt } from '../rpc/clients.js';
 import type { Logger } from '../server/logger.js';
 import type { ColdTierEvents } from './cold-tier.js';
 import type { ReplicationConfig } from './config.js';
@@ -13,13 +14,13 @@ export interface ManagerDeps {
   cfg: ReplicationConfig;
   log: Logger;
   directory: DirectoryCalls;
-  /** StoreService client for an address. */
-  stores: (address: string) => StoreCalls;
+  /** StoreService client pinned to the store named (see ClientPool.store). */
+  stores: (store: StoreAt) => StoreCalls;
   /**
    * The full StoreService client (Write, Read, shard RPCs) the cold tier moves
    * blobs with; without it no blob is encoded (unit tests on fakes).
    */
-  shardStores?: (address: string) => StoreClient;
+  shardStores?: (store: StoreAt) => StoreClient;
   /** The lease keeper; undefined runs always active (single instance without Redis). */
   lease: LeaseKeeper | undefined;
   events?: ManagerEvents;

@@ -117,7 +117,7 @@ export class ReplicationManager {
       heat: this.heat,
       events: this.events,
       queue: () => this.runner.queue,
-      store: (address) => this.deps.stores(address),
+      store: (s) => this.deps.stores(s),
       active: () => this.active,
       acting: () => this.lead.acting(),
       ensureActing: () => {

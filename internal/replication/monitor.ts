@@ -227,7 +227,7 @@ export class Monitor {
     for (const s of env.mirror.stores.values()) {
       if (!env.acting() || s.health !== StoreHealth.HEALTHY) continue;
       try {
-        const res = await env.store(s.address).scrub({ volumeId: 0 }, { signal: env.signal() });
+        const res = await env.store(s).scrub({ volumeId: 0 }, { signal: env.signal() });
         // A superseded needle is never served (the store took a fresh copy since): nothing to repair.
         const ids = res.corrupt.filter((c) => !c.superseded && c.blobId.length > 0).map((c) => c.blobId);
         if (ids.length > 0 && env.active()) this.parts.reportCorruption(s.storeId, ids);

@@ -46,10 +46,10 @@ export async function copyNeedleDetailed(
   try {
     if (needle.deleted) {
       await env
-        .store(to.address)
+        .store(to)
         .delete({ blobId: needle.blobId, term: env.term(), writtenAtMs: needle.writtenAtMs }, opts);
     } else {
-      await env.store(to.address).replicate(
+      await env.store(to).replicate(
         {
           blobId: needle.blobId,
           cookie: needle.cookie,
@@ -84,7 +84,7 @@ export async function statFirst(
   for (const s of sources) {
     try {
       const res = await env
-        .store(s.address)
+        .store(s)
         .stat({ blobId, cookie: 0n, includeDeleted: true }, { timeoutMs: 10_000, signal: env.signal() });
       if (res.needle) return { needle: res.needle, from: s };
       answered = true;

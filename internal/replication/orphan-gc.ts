@@ -46,7 +46,7 @@ export class OrphanGc {
 
   private async passStore(s: StoreRecord): Promise<number> {
     const env = this.env;
-    const client = env.store(s.address);
+    const client = env.store(s);
     const started = env.now();
     let token = '';
     let batch: string[] = [];
@@ -101,7 +101,7 @@ export class OrphanGc {
       if (res.referencedBlobIds.includes(t.blobId) || this.referenced(t.blobId, t.storeId)) return false;
       env.ensureActing();
       try {
-        await env.store(s.address).delete({ blobId: t.blobId, term: env.term() }, { timeoutMs: 10_000 });
+        await env.store(s).delete({ blobId: t.blobId, term: env.term() }, { timeoutMs: 10_000 });
       } catch (err) {
         const ce = ConnectError.from(err);
         throw new TaskError(`delete on ${t.storeId}: ${ce.rawMessage}`, {

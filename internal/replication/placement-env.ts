@@ -1,3 +1,4 @@
+import type { StoreAt } from '../rpc/clients.js';
 import type { Logger } from '../server/logger.js';
 import type { ReplicationConfig } from './config.js';
 import type { DirectoryCalls } from './directory-api.js';
@@ -21,7 +22,8 @@ export interface PlacementEnv {
   readonly heat: HeatTracker;
   /** The current task queue (replaced when the lease is taken again). */
   queue(): TaskQueue;
-  store(address: string): StoreCalls;
+  /** The store's client, pinned to the store named (see ClientPool.store). */
+  store(store: StoreAt): StoreCalls;
   /** True while the lease is held and locally valid. */
   acting(): boolean;
   /** Throws a non-retryable TaskError once the lease is lost. */

@@ -1,5 +1,6 @@
 import type { DescService } from '@bufbuild/protobuf';
 import { type Client, createClient, type Transport } from '@connectrpc/connect';
+import { StoreService } from '../../gen/haystack/v1/store_pb.js';
 import { type Identity, type Role, spiffeId } from '../security/identity.js';
 import type { TransportSecurity } from '../security/tls-config.js';
 import { tracedTransport } from '../server/tracing.js';
@@ -12,6 +13,15 @@ import { clientSecurity, peerTransport } from './transport.js';
  * lean transport.
  */
 const DIRECT_SERVICES = new Set(['haystack.v1.StoreService']);
+
+/**
+ * A store as the directory names it: its id and the address it registered
+ * (a StoreTarget, a ReplicaLocation, a StoreRecord all are one).
+ */
+export interface StoreAt {
+  readonly storeId: string;
+  readonly address: string;
+}
 
 /** The role a server of each service must prove over mTLS. */
 const SERVER_ROLE: Record<string, Role> = {
@@ -98,6 +108,17 @@ export class ClientPool {
       this.direct.set(key, t);
     }
     return t;
+  }
+
+  /**
+   * A StoreService client for the store the directory names `store.storeId` at
+   * `store.address`: the server there must prove exactly
+   * spiffe://haystack/store/<storeId>, not just some store. A stale or forged
+   * address (another store's, a gateway's) fails every call FAILED_PRECONDITION
+   * naming both identities, before a request byte is sent.
+   */
+  store(store: StoreAt): Client<typeof StoreService> {
+    return this.client(StoreService, store.address, { role: 'store', id: store.storeId });
   }
 
   /**

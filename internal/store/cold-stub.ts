@@ -7,7 +7,7 @@
  * Write with `cold` set may produce (service.ts refuses it otherwise), and stamps
  * order stubs, full needles and tombstones like any needles.
  */
-import { create, fromBinary, toBinary } from '@bufbuild/protobuf';
+import { create, toBinary } from '@bufbuild/protobuf';
 import type { ColdRef } from '../../gen/haystack/v1/common_pb.js';
 import {
   type ColdStub,
@@ -18,19 +18,13 @@ import {
 } from '../../gen/haystack/v1/store_pb.js';
 import { STUB_CONTENT_TYPE, validateStripeId } from '../common/shard-key.js';
 import { layoutFromWire } from '../ec/layout-wire.js';
-import { ChecksumError, InvalidArgumentError } from './errors.js';
+import { InvalidArgumentError } from './errors.js';
 import type { Store } from './store.js';
 import type { NeedleFactsInfo } from './store-core.js';
 import { checkMetaField } from './store-write.js';
+import { decodeStub, isStub } from './stub-content.js';
 
-export { STUB_CONTENT_TYPE };
-
-/** A stub's content is a few hundred bytes; anything larger is not a stub this code wrote. */
-const MAX_STUB_BYTES = 4096;
-
-export function isStub(f: Pick<NeedleFactsInfo, 'contentType' | 'deleted'>): boolean {
-  return !f.deleted && f.contentType === STUB_CONTENT_TYPE;
-}
+export { isStub, STUB_CONTENT_TYPE };
 
 /** Problem with a ColdRef from the wire, or undefined. */
 export function checkColdRef(ref: ColdRef, blobSize: bigint): string | undefined {
@@ -51,27 +45,11 @@ export function encodeStub(s: Omit<ColdStub, '$typeName' | '$unknown'>): Uint8Ar
 
 /** Reads and decodes the stub needle of `blobId` (facts `f`, already known to be a stub). */
 export async function readStub(store: Store, blobId: string, f: NeedleFactsInfo): Promise<ColdStub> {
-  if (f.size > MAX_STUB_BYTES) {
-    throw new ChecksumError(
-      `stub of ${blobId} is ${f.size} bytes, more than a stub's ${MAX_STUB_BYTES}`,
-      'header-field',
-      f.volumeId,
-      0,
-    );
-  }
-  const r = await store.openRead(blobId);
-  const parts: Uint8Array[] = [];
-  for await (const c of r.stream()) parts.push(c);
-  try {
-    return fromBinary(ColdStubSchema, Buffer.concat(parts));
-  } catch (err) {
-    throw new ChecksumError(
-      `stub of ${blobId} does not decode: ${(err as Error).message}`,
-      'header-field',
-      f.volumeId,
-      0,
-    );
-  }
+  return decodeStub(blobId, f, () => ({
+    async *[Symbol.asyncIterator]() {
+      yield* (await store.openRead(blobId)).stream();
+    },
+  }));
 }
 
 /** The blob's facts as a stub records them, to lay over the stub needle's own facts. */

@@ -1,15 +1,7 @@
 import { read as readCb, write as writeCb } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 
-/** fsync a directory so renames/creates/unlinks in it are durable. */
-export async function fsyncDir(dir: string): Promise<void> {
-  const h = await fs.open(dir, 'r');
-  try {
-    await h.sync();
-  } finally {
-    await h.close();
-  }
-}
+export { fsyncDir } from '../common/atomic-file.js';
 
 /*
  * Positioned I/O goes through the callback API on the handle's fd: FileHandle.read

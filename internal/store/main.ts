@@ -8,6 +8,7 @@ import { Metrics } from '../server/metrics.js';
 import { runServerProcess } from '../server/run.js';
 import type { StoreConfig } from './config.js';
 import { KeyRewrapper } from './crypto/rewrap.js';
+import { FencingTerms } from './fencing-terms.js';
 import { StoreMetrics } from './metrics.js';
 import { StoreServiceImpl, volumeStatsMessage } from './service.js';
 import { ShardStore } from './shard-store.js';
@@ -52,6 +53,16 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
       ...(cfg.keyring ? { keyring: cfg.keyring } : {}),
     });
     storeMetrics.attachShards(shards);
+    // Before serving: a restarted store must still refuse the terms it fenced out (a
+    // corrupt file fails the start, FencingTermsCorruptError names it).
+    const fencing = await FencingTerms.open(cfg.dataDir);
+    log.info(
+      {
+        directoryTerm: String(fencing.highest('directory')),
+        managerTerm: String(fencing.highest('manager')),
+      },
+      'fencing terms loaded',
+    );
     const opened = await store.stats();
     log.info(
       {
@@ -81,6 +92,7 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
       log,
       readChunkSize: cfg.readChunkSize,
       shards,
+      fencing,
       // RewrapKeys: KEK rotation without a restart (both engines' volume keys).
       ...(cfg.keyring
         ? { rewrapper: new KeyRewrapper(cfg.kekFile, cfg.keyring, [store, shards.engine]) }

@@ -33,6 +33,7 @@ import { boundedChunks } from './chunk-stream.js';
 import { coldFacts, isStub, STUB_CONTENT_TYPE, writeStub } from './cold-stub.js';
 import type { KeyRewrapper } from './crypto/rewrap.js';
 import { FailedPreconditionError, NotFoundError } from './errors.js';
+import type { FencingTerms, Issuer } from './fencing-terms.js';
 import { decodeGroupCursor, encodeGroupCursor } from './group-cursor.js';
 import { shardHandlers } from './shard-service.js';
 import type { ShardStore } from './shard-store.js';
@@ -67,6 +68,12 @@ export interface StoreServiceOptions {
   shards?: ShardStore;
   /** RewrapKeys (the store has KEKs); without it RewrapKeys is FAILED_PRECONDITION. */
   rewrapper?: KeyRewrapper;
+  /**
+   * Highest fencing terms seen, one per issuer, durable (fencing-terms.ts): directory
+   * leaders (Write, Delete) and replication managers (Replicate, shards, cold stubs)
+   * draw terms from different counters.
+   */
+  fencing: FencingTerms;
 }
 
 /** A volume's statistics as the contract's VolumeStats message. */
@@ -82,8 +89,6 @@ export function volumeStatsMessage(v: VolumeStatsInfo): VolumeStats {
     compacting: v.compacting,
   });
 }
-
-type Issuer = 'directory' | 'manager';
 
 /** Whose term a Delete carries: the replication manager's own lease term, else a directory leader's. */
 function issuerOf(ctx: HandlerContext): Issuer {
@@ -125,12 +130,6 @@ export function factsMessage(f: NeedleFactsInfo): NeedleFacts {
 
 /** The StoreService handlers over a Store engine. */
 export class StoreServiceImpl {
-  /**
-   * Highest fencing terms seen, one per issuer: directory leaders (Write, Delete)
-   * and replication managers (Replicate) draw terms from different counters.
-   */
-  private readonly terms = { directory: 0n, manager: 0n };
-
   constructor(private readonly o: StoreServiceOptions) {}
 
   register(router: ConnectRouter): void {
@@ -211,13 +210,13 @@ export class StoreServiceImpl {
           const stamp = wireStamp('written_at_ms', req.writtenAtMs);
           // Term 0 refused from every caller over mTLS: a gateway sends its directory leader's
           // term (per-blob: the allocation's; placement groups: its view's), the manager its lease's.
-          this.checkTerm(issuerOf(ctx), req.term, ctx, 'Delete');
+          await this.checkTerm(issuerOf(ctx), req.term, ctx, 'Delete');
           return { found: await this.o.store.delete(req.blobId, stamp === undefined ? {} : { stamp }) };
         }),
       replicate: (req, ctx) =>
         mapErrors(async () => {
           checkId(req.blobId);
-          this.checkTerm('manager', req.term, ctx, 'Replicate');
+          await this.checkTerm('manager', req.term, ctx, 'Replicate');
           if (!req.source?.address) throw invalidArgument('source.address is required');
           pinnedStore('Replicate source', req.source);
           if (req.sha256.length !== 0 && req.sha256.length !== 32)
@@ -309,9 +308,17 @@ export class StoreServiceImpl {
    * sender was deposed. Terms are bounded (what Redis holds, and not absurdly
    * ahead: one forged huge term would fence out every real sender). A mutating
    * call (`required` names it) must carry a term over mTLS: term 0 skips nothing.
+   * A higher term is on disk before the call goes on (a restarted store still
+   * refuses the deposed sender); at the durable term no I/O is done.
    */
-  private checkTerm(issuer: Issuer, term: bigint, ctx: HandlerContext, required?: string): void {
-    const seen = this.terms[issuer];
+  private async checkTerm(
+    issuer: Issuer,
+    term: bigint,
+    ctx: HandlerContext,
+    required?: string,
+  ): Promise<void> {
+    const fencing = this.o.fencing;
+    const seen = fencing.highest(issuer);
     boundedFromPeer(`${issuer} term`, term, seen);
     if (term === 0n) {
       if (required && isAuthenticatedTransport(ctx)) {
@@ -323,21 +330,37 @@ export class StoreServiceImpl {
       }
       return;
     }
-    if (term < seen) {
-      // The fencing log (info and up): what a deposed sender tried, for audits and test/netns.
-      this.o.log.warn({ issuer, term, seen, caller: callerIdentity(ctx)?.id }, 'fenced out a deposed sender');
-      throw new ConnectError(
-        `${issuer} term ${term} is older than term ${seen} already seen: the sender was deposed`,
-        Code.FailedPrecondition,
-        { [FENCED_TERM_HEADER]: String(seen) },
-      );
-    }
+    this.refuseDeposed(issuer, term, ctx);
+    if (term <= fencing.persisted(issuer)) return;
     if (term > seen)
       this.o.log.info(
         { issuer, term, previous: seen, caller: callerIdentity(ctx)?.id },
         'fencing term advanced',
       );
-    this.terms[issuer] = term;
+    try {
+      await fencing.raise(issuer, term);
+    } catch (err) {
+      this.o.log.error({ err, issuer, term }, 'could not persist a fencing term');
+      throw new ConnectError(
+        `store ${this.o.storeId} could not persist ${issuer} term ${term} (${(err as Error).message}); nothing was done: retry`,
+        Code.Unavailable,
+      );
+    }
+    // A newer term may have been accepted while this one was written.
+    this.refuseDeposed(issuer, term, ctx);
+  }
+
+  /** FAILED_PRECONDITION naming the newer term (FENCED_TERM_HEADER) when `term` is older than one accepted. */
+  private refuseDeposed(issuer: Issuer, term: bigint, ctx: HandlerContext): void {
+    const seen = this.o.fencing.highest(issuer);
+    if (term >= seen) return;
+    // The fencing log (info and up): what a deposed sender tried, for audits and test/netns.
+    this.o.log.warn({ issuer, term, seen, caller: callerIdentity(ctx)?.id }, 'fenced out a deposed sender');
+    throw new ConnectError(
+      `${issuer} term ${term} is older than term ${seen} already seen: the sender was deposed`,
+      Code.FailedPrecondition,
+      { [FENCED_TERM_HEADER]: String(seen) },
+    );
   }
 
   /**
@@ -371,7 +394,7 @@ export class StoreServiceImpl {
     // gateway's Write with forward_to carries its directory leader's term, in both modes).
     // The manager writes content back when it warms a cold blob: always under its lease term.
     const issuer = issuerOf(ctx);
-    this.checkTerm(
+    await this.checkTerm(
       issuer,
       h.term,
       ctx,
@@ -463,7 +486,7 @@ export class StoreServiceImpl {
     if (isAuthenticatedTransport(ctx) && callerIdentity(ctx)?.role !== 'replication') {
       throw new ConnectError('only the replication manager writes cold stubs', Code.PermissionDenied);
     }
-    this.checkTerm('manager', h.term, ctx, 'a cold stub Write');
+    await this.checkTerm('manager', h.term, ctx, 'a cold stub Write');
     return mapErrors(() => writeStub(this.o.store, this.o.storeId, h, stamp, rest));
   }
 

@@ -31,7 +31,7 @@ export interface ShardServiceOptions {
    * Refuses a deposed replication manager's term (FAILED_PRECONDITION), and term 0
    * on a mutating call over mTLS (UNAVAILABLE); `what` names the call.
    */
-  checkManagerTerm: (term: bigint, ctx: HandlerContext, what: string) => void;
+  checkManagerTerm: (term: bigint, ctx: HandlerContext, what: string) => Promise<void>;
   storeId: string;
   readChunkSize: number;
   /** A shard read found this store's copy corrupt (DATA_LOSS). */
@@ -62,7 +62,7 @@ export function shardHandlers(o: ShardServiceOptions): ShardHandlers {
     deleteShard: (req, ctx) =>
       mapErrors(async () => {
         checkShard(req.stripeId, req.index);
-        o.checkManagerTerm(req.term, ctx, 'DeleteShard');
+        await o.checkManagerTerm(req.term, ctx, 'DeleteShard');
         return { found: await engine().delete(req.stripeId, req.index) };
       }),
     listShards: (req) =>
@@ -100,7 +100,7 @@ async function writeShard(
   if (h.size < 1n || h.size > BigInt(MAX_SHARD_BYTES)) {
     throw invalidArgument(`shard size ${h.size} is outside 1..${MAX_SHARD_BYTES} bytes`);
   }
-  o.checkManagerTerm(h.term, ctx, 'WriteShard');
+  await o.checkManagerTerm(h.term, ctx, 'WriteShard');
   const size = Number(h.size);
   const r = await mapErrors(() =>
     engine().write(

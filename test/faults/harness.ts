@@ -66,13 +66,17 @@ export class FaultCluster {
       replication: managerPorts.map((port) => ({ host: '127.0.0.1', port })),
     };
     const storeEnv = { REPLICATION_ADDRS: managerAddrs, STATS_REPORT_INTERVAL: '1s', ...o.storeEnv };
+    const stores = o.stores ?? 4;
     const opts: ClusterOptions = {
       directories: 3,
-      stores: o.stores ?? 4,
+      stores,
       gateways: 2,
       replication: false,
       env,
       storeEnv,
+      // Every store gets placement-group memberships, even one that registers late (a
+      // store killed or paused as a fault must be one that holds data).
+      directoryEnv: { PLACEMENT_EXPECTED_STORES: String(stores) },
       gatewayEnv: { REPLICATION_ADDRS: managerAddrs },
       envoy: envoyOverrides,
     };

@@ -45,10 +45,10 @@ async function volumeBytes(dir: string): Promise<number> {
 }
 
 /**
- * Indexes of the stores that hold volumes. Not every store does: the directory
- * creates the placement groups when the first stores register (3 of the fault
- * cluster's 4), and a store registering later gets no membership until an operator
- * balances — pausing that one tests nothing (the suite's `pause-store` did so).
+ * Indexes of the stores that hold volumes. Every store should (the fault cluster
+ * sets PLACEMENT_EXPECTED_STORES), but one that registered after
+ * PLACEMENT_EXPECTED_WAIT gets no membership until an operator balances — pausing
+ * that one would test nothing (the suite's `pause-store` once did so).
  */
 async function storesWithData(fc: FaultCluster): Promise<number[]> {
   const found = await poll(

@@ -1,6 +1,7 @@
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { DEV_STORES } from '../../internal/cli/dev.js';
 import { HAYSTACK_BIN, PROJECT_ROOT } from '../../internal/cli/processes.js';
 import { bytes } from '../helpers/store-client.js';
 import { exec, tmpName } from '../helpers/tools.js';
@@ -61,6 +62,7 @@ describe('README examples run verbatim against a started dev cluster', () => {
     expect(blocks.length).toBeGreaterThanOrEqual(4);
     expect(blocks.join('\n')).toMatch(/grpcurl/);
     expect(blocks.join('\n')).toMatch(/npx haystack upload/);
+    expect(blocks.join('\n')).toMatch(/npx haystack keys rewrap/);
   });
 
   it('every block exits 0 (no "command not found", no error)', async () => {
@@ -91,5 +93,13 @@ describe('README examples run verbatim against a started dev cluster', () => {
       expect(res.code, `${res.block}\n---\n${res.output.slice(-3000)}`).toBe('0');
       expect(res.output).not.toMatch(/command not found/);
     }
+    // The KEK rotation example re-wrapped every store's volume keys under the KEK it appended,
+    // and no older KEK (the dev one) wraps a key anywhere.
+    const rewrap = results.find((r) => r.block.includes('keys rewrap'));
+    const lines = rewrap?.output.split('\n').filter((l) => l.includes('volumes re-wrapped under')) ?? [];
+    expect(lines.length, rewrap?.output.slice(-3000)).toBe(DEV_STORES);
+    // A store with no volume yet holds no key: "KEKs in use: none".
+    for (const l of lines) expect(l).toMatch(/re-wrapped under (k-\d+); KEKs in use: (\1|none)$/);
+    expect(lines.some((l) => /KEKs in use: k-\d+$/.test(l))).toBe(true);
   }, 420_000);
 });

@@ -252,7 +252,14 @@ export class NetnsCluster {
       name,
       { role: 'directory', id },
       ['directory', '--listen', this.addr(name, PORTS.directory), '--data', `${this.dataDir}/${name}`],
-      { DIRECTORY_ID: id, DIRECTORY_PEERS: this.directoryAddrs, ...this.o.directoryEnv, ...extra },
+      {
+        DIRECTORY_ID: id,
+        DIRECTORY_PEERS: this.directoryAddrs,
+        // Every store gets placement-group memberships, even one that registers late.
+        PLACEMENT_EXPECTED_STORES: String(this.names.stores.length),
+        ...this.o.directoryEnv,
+        ...extra,
+      },
     );
     this.directories[i] = p;
     return p;

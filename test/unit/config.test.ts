@@ -108,6 +108,22 @@ describe('env parsing', () => {
     expect(() => readReplicationConfig({}, { MIN_REPLICA_COUNT: '4' })).toThrow(/MIN_REPLICA_COUNT/);
   });
 
+  it('reads PLACEMENT_EXPECTED_STORES (default 0: the replica count) and PLACEMENT_EXPECTED_WAIT (60s)', () => {
+    const d = readDirectoryConfig({}, PLAIN);
+    expect([d.placementExpectedStores, d.placementExpectedWaitMs]).toEqual([0, 60_000]);
+    const set = readDirectoryConfig(
+      {},
+      { ...PLAIN, PLACEMENT_EXPECTED_STORES: '5', PLACEMENT_EXPECTED_WAIT: '2m' },
+    );
+    expect([set.placementExpectedStores, set.placementExpectedWaitMs]).toEqual([5, 120_000]);
+    expect(() => readDirectoryConfig({}, { ...PLAIN, PLACEMENT_EXPECTED_STORES: '-1' })).toThrow(
+      /PLACEMENT_EXPECTED_STORES/,
+    );
+    expect(() => readDirectoryConfig({}, { ...PLAIN, PLACEMENT_EXPECTED_WAIT: 'soon' })).toThrow(
+      /PLACEMENT_EXPECTED_WAIT/,
+    );
+  });
+
   it('bounds a unary Put by MAX_PUT_SIZE (default 16MiB, at most 255MiB)', () => {
     expect(readGatewayConfig({}, { ...PLAIN }).maxPutSize).toBe(16 * 1024 * 1024);
     expect(readGatewayConfig({}, { ...PLAIN, MAX_PUT_SIZE: '1MiB' }).maxPutSize).toBe(1024 * 1024);

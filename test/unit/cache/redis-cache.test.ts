@@ -2,7 +2,8 @@ import { Writable } from 'node:stream';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { decode, encode, RedisBlobCache } from '../../../internal/cache/redis-cache.js';
+import { seal, unseal } from '../../../internal/cache/integrity.js';
+import { decode, encode, encodeSealed, RedisBlobCache } from '../../../internal/cache/redis-cache.js';
 import { RedisProcess } from '../../helpers/redis.js';
 import { blob } from './blob.js';
 
@@ -31,6 +32,19 @@ describe('RedisBlobCache entry codec', () => {
     expect(decode(encode(b))).toEqual({ meta: b.meta, data: Buffer.from(b.data) });
     expect(decode(Buffer.from('nope'))).toBeUndefined();
     expect(decode(encode(b).subarray(0, 50))).toBeUndefined();
+  });
+
+  it('builds the sealed entry in one buffer, byte for byte seal(encode(blob))', () => {
+    const key = Buffer.alloc(32, 3);
+    for (const size of [0, 100, 65_536]) {
+      const b = blob(`s${size}`, size, 9);
+      const sealed = encodeSealed(key, 'haystack:blob:s', b);
+      expect(sealed.equals(seal(key, 'haystack:blob:s', encode(b)))).toBe(true);
+      const body = unseal(key, 'haystack:blob:s', sealed);
+      expect(body).not.toBe('forged');
+      expect(decode(body as Buffer)).toEqual({ meta: b.meta, data: Buffer.from(b.data) });
+      expect(unseal(key, 'haystack:blob:other', sealed)).toBe('forged');
+    }
   });
 });
 

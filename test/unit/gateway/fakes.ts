@@ -9,7 +9,10 @@ import {
   DirectoryServiceListResponseSchema,
   GetClusterStatusResponseSchema,
   LocateResponseSchema,
+  type WatchMetadataResponse,
+  WatchMetadataResponseSchema,
 } from '../../../gen/haystack/v1/directory_pb.js';
+import { LogEntrySchema } from '../../../gen/haystack/v1/metadata_pb.js';
 import {
   ReadResponseSchema,
   type WriteRequest,
@@ -220,4 +223,14 @@ export function fakeCluster(n = 3) {
   for (const s of stores) peers.set(s.storeId, s);
   const directory = new FakeDirectory(stores);
   return { stores, directory, storeApi: (addr: string) => peers.get(addr)!.api() };
+}
+
+/** A WatchMetadata push of one LeaderChanged entry: a view applying it is at leader `term`. */
+export function leaderEntry(index: bigint, term: bigint, leaderId: string): WatchMetadataResponse {
+  const entry = create(LogEntrySchema, {
+    index,
+    term,
+    change: { case: 'leaderChanged', value: { leaderId } },
+  });
+  return create(WatchMetadataResponseSchema, { msg: { case: 'entries', value: { entries: [entry] } } });
 }

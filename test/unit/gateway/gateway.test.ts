@@ -4,8 +4,9 @@ import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { MemoryBlobCache } from '../../../internal/cache/memory-cache.js';
 import { BlobGateway, range } from '../../../internal/gateway/blobs.js';
+import { PlacementView } from '../../../internal/gateway/placement-view.js';
 import { bytes } from '../../helpers/store-client.js';
-import { fakeCluster } from './fakes.js';
+import { fakeCluster, leaderEntry } from './fakes.js';
 
 const log = pino({ level: 'silent' });
 const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -16,7 +17,7 @@ function setup(opts: { maxUpload?: number; cacheMax?: number; storeTimeoutMs?: n
   const failovers: string[] = [];
   const gw = new BlobGateway({
     directory: c.directory,
-    store: c.storeApi,
+    store: (s) => c.storeApi(s.address),
     cache,
     log,
     maxUploadSize: opts.maxUpload ?? 1e7,
@@ -134,6 +135,50 @@ describe('BlobGateway writes', () => {
     expect(directory.commits).toBe(0);
   });
 
+  it('tells its placement view the newer term a store named, so the view can leave a directory behind it', async () => {
+    const c = fakeCluster();
+    // A loaded view (no placement groups: writes take the directory path) at term 5.
+    const asked: { nextSource?: boolean }[] = [];
+    const view = new PlacementView(
+      async function* (req, signal) {
+        asked.push({ nextSource: req.nextSource });
+        if (req.fromIndex === 0n) yield leaderEntry(1n, 5n, 'directory-0');
+        await new Promise((r) => signal?.addEventListener('abort', r, { once: true }));
+      },
+      'gw-test',
+      log,
+      10,
+    );
+    view.start();
+    try {
+      await view.whenReady(5_000);
+      const gw = new BlobGateway({
+        directory: c.directory,
+        store: (s) => c.storeApi(s.address),
+        cache: new MemoryBlobCache({ ttlMs: 60_000, maxBlobSize: 0, maxBytes: 1e8 }),
+        log,
+        maxUploadSize: 1e7,
+        storeTimeoutMs: 200,
+        placement: {
+          view,
+          stores: () => {
+            throw new Error('no placement groups: the directory path writes');
+          },
+          readyTimeoutMs: 5_000,
+          minReplicas: 2,
+        },
+      });
+      c.stores[0]!.writeMode = 'deposed';
+      const err = (await gw.write(header(100), chunked(bytes(100, 3))).catch((e) => e)) as ConnectError;
+      expect(err.code).toBe(Code.Unavailable);
+      // The store named term 99; the view stays at 5, so it asks for another directory.
+      for (let i = 0; i < 500 && asked.length < 2; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(asked).toEqual([{ nextSource: false }, { nextSource: true }]);
+    } finally {
+      view.stop();
+    }
+  });
+
   it('pushes small blobs into the cache on write, not large ones', async () => {
     const { gw, cache } = setup({ cacheMax: 1000 });
     await gw.write(header(1000, { blobId: 'small' }), chunked(bytes(1000, 1)));
@@ -150,7 +195,7 @@ describe('BlobGateway reads', () => {
     // Written by "another gateway": straight into the stores and directory.
     const other = new BlobGateway({
       directory: (gw as unknown as { o: { directory: never } }).o.directory,
-      store: (a) => stores.find((s) => s.storeId === a)!.api(),
+      store: (t) => stores.find((s) => s.storeId === t.address)!.api(),
       cache: new MemoryBlobCache({ ttlMs: 1, maxBlobSize: 0, maxBytes: 0 }),
       log,
       maxUploadSize: 1e7,
@@ -189,7 +234,7 @@ describe('BlobGateway reads', () => {
     // A fresh gateway learns the store addresses from GetClusterStatus.
     const fresh = new BlobGateway({
       directory,
-      store: (a) => stores.find((s) => s.storeId === a)!.api(),
+      store: (t) => stores.find((s) => s.storeId === t.address)!.api(),
       cache: new MemoryBlobCache({ ttlMs: 1, maxBlobSize: 0, maxBytes: 0 }),
       log,
       maxUploadSize: 1e7,

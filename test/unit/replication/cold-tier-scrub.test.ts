@@ -9,6 +9,7 @@ import { layoutToWire } from '../../../internal/ec/layout-wire.js';
 import type { StoreClient } from '../../../internal/ec/shard-client.js';
 import { ColdTier } from '../../../internal/replication/cold-tier.js';
 import type { PlacementEnv } from '../../../internal/replication/placement-env.js';
+import type { StoreAt } from '../../../internal/rpc/clients.js';
 import { createLogger } from '../../../internal/server/logger.js';
 import { testConfig } from './fakes.js';
 
@@ -31,7 +32,7 @@ async function setup() {
   const reads = new Map<string, number>();
   const writes: string[] = [];
   let now = 1_000_000;
-  const client = (storeId: string) =>
+  const client = ({ storeId }: StoreAt) =>
     ({
       async listPlacementGroup() {
         return {

@@ -16,7 +16,7 @@ function setup(env: Record<string, string> = {}, stores = ['s1', 's2', 's3', 's4
     cfg,
     log: createLogger('replication', 'test', 'silent'),
     directory: dir,
-    stores: (a) => fs.client(a),
+    stores: (s) => fs.client(s.address),
     lease: undefined,
   });
   managers.push(m);

@@ -202,7 +202,7 @@ export function placementSetup(
     cfg,
     log: createLogger('replication', 'test', 'silent'),
     directory: dir,
-    stores: (a) => fs.client(a),
+    stores: (s) => fs.client(s.address),
     lease: undefined,
   });
   return { cfg, dir, fs, m };

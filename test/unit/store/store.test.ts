@@ -1,6 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { encodeStub, STUB_CONTENT_TYPE } from '../../../internal/store/cold-stub.js';
 import { crc32c } from '../../../internal/store/crc32c.js';
 import { AlreadyExistsError, InvalidArgumentError, NotFoundError } from '../../../internal/store/errors.js';
 import { blob, get, hex, openStore, put, sha256, tempDir } from './helpers.js';
@@ -50,6 +51,23 @@ describe('Store basics', () => {
     expect(st.volumes[0]!.deletedCount).toBe(2); // the deleted needle + its tombstone
     expect(st.capacityBytes).toBeGreaterThan(0);
     expect(st.usedBytes).toBeGreaterThan(100_000);
+  });
+
+  it('compares a write over a cold stub with the blob the stub stands for: same bytes idempotent (stub cookie and stamp), other bytes ALREADY_EXISTS, nothing appended', async () => {
+    const s = await openStore(await tempDir());
+    const a = blob(3000, 11);
+    const stub = encodeStub({ size: 3000n, sha256: sha256(a), contentType: 'image/png', fileName: '' });
+    const written = await put(s, 'c', stub, { cookie: 7n, contentType: STUB_CONTENT_TYPE });
+    const size = (await s.stats()).volumes[0]!.sizeBytes;
+    const again = await put(s, 'c', a, { cookie: 8n });
+    expect([again.existed, again.cookie, again.writtenAtMs]).toEqual([true, 7n, written.writtenAtMs]);
+    expect([again.size, again.crc32c, hex(again.sha256)]).toEqual([3000, 0, hex(sha256(a))]);
+    const b = a.slice();
+    b[0]! ^= 1;
+    await expect(put(s, 'c', b)).rejects.toBeInstanceOf(AlreadyExistsError);
+    // The stub's own bytes are not the blob's either.
+    await expect(put(s, 'c', stub)).rejects.toBeInstanceOf(AlreadyExistsError);
+    expect((await s.stats()).volumes[0]!.sizeBytes).toBe(size);
   });
 
   it('is idempotent for identical rewrites (original cookie and stamp), rejects different content, takes a re-upload after delete', async () => {

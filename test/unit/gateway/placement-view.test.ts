@@ -1,0 +1,159 @@
+import { create } from '@bufbuild/protobuf';
+import { Code, ConnectError } from '@connectrpc/connect';
+import { pino } from 'pino';
+import { describe, expect, it } from 'vitest';
+import { StoreHealth } from '../../../gen/haystack/v1/common_pb.js';
+import { WatchMetadataResponseSchema } from '../../../gen/haystack/v1/directory_pb.js';
+import { LogEntrySchema, PlacementMemberState } from '../../../gen/haystack/v1/metadata_pb.js';
+import { GroupPath, type PlacementStoreApi } from '../../../internal/gateway/group-path.js';
+import {
+  type MetadataWatch,
+  PlacementView,
+  sourceIsBehind,
+} from '../../../internal/gateway/placement-view.js';
+import { FENCED_TERM_HEADER } from '../../../internal/rpc/errors.js';
+import { leaderEntry } from './fakes.js';
+
+const log = pino({ level: 'silent' });
+
+/** Resolves when `signal` aborts. */
+const aborted = (signal?: AbortSignal) =>
+  new Promise<void>((r) =>
+    signal?.aborted ? r() : signal?.addEventListener('abort', () => r(), { once: true }),
+  );
+
+const until = async (cond: () => boolean, what: string) => {
+  for (let i = 0; i < 500 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+  if (!cond()) throw new Error(`never: ${what}`);
+};
+
+describe('sourceIsBehind (pure)', () => {
+  const reported = { term: 13n, sinceMs: 1_000 };
+  it('is behind once a store has seen a newer term for the grace', () => {
+    expect(sourceIsBehind(12n, reported, 2_000, 1_000)).toBe(true);
+  });
+  it('is not behind within the grace (a view lags a new leader by one push)', () => {
+    expect(sourceIsBehind(12n, reported, 1_999, 1_000)).toBe(false);
+  });
+  it('is not behind once the view has the term, or with no report', () => {
+    expect(sourceIsBehind(13n, reported, 9_000, 1_000)).toBe(false);
+    expect(sourceIsBehind(14n, reported, 9_000, 1_000)).toBe(false);
+    expect(sourceIsBehind(12n, undefined, 9_000, 1_000)).toBe(false);
+  });
+});
+
+describe('PlacementView leaves a directory that is behind a term a store has seen', () => {
+  it('follows another directory, resuming after its applied index', async () => {
+    // Directory A, cut off from its peers: term 12, then an open stream with nothing new.
+    // Directory B: the new leader's term 13.
+    const calls: { source: string; fromIndex?: bigint; nextSource?: boolean }[] = [];
+    let source = 0;
+    const watch: MetadataWatch = async function* (req, signal) {
+      if (req.nextSource) source++;
+      const name = source % 2 === 0 ? 'A' : 'B';
+      calls.push({ source: name, fromIndex: req.fromIndex, nextSource: req.nextSource });
+      if (name === 'A') {
+        if (req.fromIndex === 0n) yield leaderEntry(1n, 12n, 'directory-2');
+      } else {
+        yield leaderEntry(2n, 13n, 'directory-1');
+      }
+      await aborted(signal);
+    };
+    const view = new PlacementView(watch, 'gw-test', log, 20);
+    view.start();
+    try {
+      await until(() => view.leaderTerm === 12n, 'the view at term 12');
+      // A term at or below the view's changes nothing.
+      view.noteStoreTerm(12n);
+      // The store's refusal named term 13.
+      view.noteStoreTerm(13n);
+      await until(() => view.leaderTerm === 13n, 'the view at term 13');
+      expect(calls).toEqual([
+        { source: 'A', fromIndex: 0n, nextSource: false },
+        { source: 'B', fromIndex: 2n, nextSource: true },
+      ]);
+      expect(view.state.leaderId).toBe('directory-1');
+    } finally {
+      view.stop();
+    }
+  });
+});
+
+describe('GroupPath tells the view the newer term a store named on a Delete', () => {
+  it('asks for another directory when a store refuses the delete as deposed', async () => {
+    // One group, one ACTIVE member on store s0; the view at leader term 5.
+    const entries = [
+      leaderEntry(1n, 5n, 'directory-0').msg,
+      {
+        case: 'entries' as const,
+        value: {
+          entries: [
+            create(LogEntrySchema, {
+              index: 2n,
+              term: 5n,
+              change: {
+                case: 'storeRegistered',
+                value: { store: { storeId: 's0', address: '127.0.0.1:1', health: StoreHealth.HEALTHY } },
+              },
+            }),
+            create(LogEntrySchema, {
+              index: 3n,
+              term: 5n,
+              change: {
+                case: 'placementChanged',
+                value: {
+                  groupCount: 1,
+                  groups: [{ group: 0, members: [{ storeId: 's0', state: PlacementMemberState.ACTIVE }] }],
+                },
+              },
+            }),
+          ],
+        },
+      },
+    ];
+    const asked: (boolean | undefined)[] = [];
+    const view = new PlacementView(
+      async function* (req, signal) {
+        asked.push(req.nextSource);
+        if (req.fromIndex === 0n)
+          for (const msg of entries) yield create(WatchMetadataResponseSchema, { msg });
+        await aborted(signal);
+      },
+      'gw-test',
+      log,
+      10,
+    );
+    view.start();
+    try {
+      await until(() => view.state.placement.enabled, 'the placement loaded');
+      const deposed = {
+        delete: async () => {
+          throw new ConnectError(
+            'directory term 5 is older than term 9 already seen',
+            Code.FailedPrecondition,
+            {
+              [FENCED_TERM_HEADER]: '9',
+            },
+          );
+        },
+      } as unknown as PlacementStoreApi;
+      const path = new GroupPath(
+        view,
+        () => deposed,
+        {
+          delete: async () => ({ found: true, extraReplicas: [] }) as never,
+          updateReplicas: async () => ({}) as never,
+        },
+        log,
+        200,
+        1,
+      );
+      const err = await path.delete('a').catch((e: unknown) => ConnectError.from(e));
+      expect(err).toMatchObject({ code: Code.Unavailable });
+      await until(() => asked.length === 2, 'a second WatchMetadata');
+      expect(asked).toEqual([false, true]);
+    } finally {
+      view.stop();
+    }
+  });
+});
