@@ -158,7 +158,8 @@ try {
   const logical = N * SIZE;
   const overall = Number(t.replicaBytes + t.shardBytes) / logical;
   const coldFactor = cold > 0 ? Number(t.shardBytes) / (cold * SIZE) : 0;
-  const restFactor = cold < N ? Number(t.replicaBytes) / ((N - cold) * SIZE) : 0;
+  // replica_bytes also holds every cold blob's stubs: the replicated blobs' factor is their replica count.
+  const meanReplicas = cold < N ? [...replicaCounts].reduce((sum, [n, c]) => sum + n * c, 0) / (N - cold) : 0;
   const model = zipfModel(N, RATE * 60, { k: K, m: M }, 1, COLD_RATE_PER_MIN);
   const x = (v: number) => `${v.toFixed(2)}×`;
   const md = [
@@ -178,7 +179,7 @@ try {
     `| blobs with more than 3 replicas (hot) | ${hot} | ${Math.round(model.hotShare * N)} | – |`,
     `| blobs with 3 replicas | ${warm} | – | – |`,
     `| effective replication, cold data (shard bytes / logical) | ${x(coldFactor)} | ${x(model.coldEffective)} | ≤ 1.6× ${coldFactor > 0 && coldFactor <= 1.6 ? 'met' : 'NOT met'} |`,
-    `| effective replication, replicated data (needle bytes incl. stubs / logical) | ${x(restFactor)} | – | ≥ 3× only when hot |`,
+    `| replicas per replicated blob (Stat, mean) | ${x(meanReplicas)} | – | ≥ 3×; more only when hot |`,
     `| effective replication, all data (bytes on stores / logical) | ${x(overall)} | ${x(model.effective)} | – |`,
     `| the directory's figure (GetClusterStatus.tier_bytes) | ${x(t.effectiveReplication)} | – | – |`,
     '',
@@ -211,7 +212,7 @@ try {
         effectiveReplication: t.effectiveReplication,
       },
       coldFactor,
-      restFactor,
+      meanReplicas,
       overall,
       model,
       settings,

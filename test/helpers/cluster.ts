@@ -209,7 +209,15 @@ export class Cluster {
     const p = await this.spawn(
       `store-${i}`,
       ['store', '--listen', `127.0.0.1:${this.storePorts[i]}`, '--data', `${this.dataDir}/store-${i}`],
-      { STORE_ID: `store-${i}`, DIRECTORY_ADDRS: this.directoryAddrs, ...this.opts.storeEnv },
+      {
+        STORE_ID: `store-${i}`,
+        DIRECTORY_ADDRS: this.directoryAddrs,
+        // Reads served by a store are its blob's heat (as deploy/ and `haystack dev` wire it).
+        ...(this.opts.replication !== false
+          ? { REPLICATION_ADDRS: `127.0.0.1:${this.replicationPort}` }
+          : {}),
+        ...this.opts.storeEnv,
+      },
     );
     this.stores[i] = p;
     return p;
