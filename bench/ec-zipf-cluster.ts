@@ -74,6 +74,8 @@ const cluster = await Cluster.start({
   env: { PLACEMENT_GROUPS: String(GROUPS), LOG_LEVEL: 'warn' },
   // Every read reaches a store (and is counted as heat there and at the gateway).
   gatewayEnv: { CACHE_MAX_BLOB_SIZE: '0' },
+  // Reads served by stores are heat too, as in deploy/.
+  storeHeat: true,
   replicationEnv: settings,
 });
 const ids = Array.from({ length: N }, (_, i) => `zipf-${i}`);
