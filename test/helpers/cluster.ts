@@ -42,6 +42,12 @@ export interface ClusterOptions {
   echo?: boolean;
   /** INSECURE_PLAINTEXT=1 everywhere (the bench's mTLS-off run); default mTLS. */
   plaintext?: boolean;
+  /**
+   * Stores report their reads' heat to the manager (REPLICATION_ADDRS, as deploy/ and
+   * `haystack dev` wire them). Off by default: the integration tests' timings were
+   * tuned without it (gateway-reported heat only).
+   */
+  storeHeat?: boolean;
   /** Node flags per server kind (benchmarks: `{ gateway: ['--cpu-prof', …] }`). */
   nodeArgs?: Partial<Record<'directory' | 'store' | 'gateway' | 'replication', string[]>>;
 }
@@ -209,7 +215,14 @@ export class Cluster {
     const p = await this.spawn(
       `store-${i}`,
       ['store', '--listen', `127.0.0.1:${this.storePorts[i]}`, '--data', `${this.dataDir}/store-${i}`],
-      { STORE_ID: `store-${i}`, DIRECTORY_ADDRS: this.directoryAddrs, ...this.opts.storeEnv },
+      {
+        STORE_ID: `store-${i}`,
+        DIRECTORY_ADDRS: this.directoryAddrs,
+        ...(this.opts.storeHeat && this.opts.replication !== false
+          ? { REPLICATION_ADDRS: `127.0.0.1:${this.replicationPort}` }
+          : {}),
+        ...this.opts.storeEnv,
+      },
     );
     this.stores[i] = p;
     return p;
