@@ -119,13 +119,21 @@ try {
   let reading = true;
   let reads = 0;
   let failed = 0;
+  const inFlight = new Set<Promise<void>>();
   const reader = (async () => {
     const started = Date.now();
     while (reading) {
       const due = started + (reads * 1000) / RATE;
       if (due > Date.now()) await new Promise((r) => setTimeout(r, due - Date.now()));
       reads++;
-      void client.download(pick()).catch(() => failed++);
+      const read = client.download(pick()).then(
+        () => {},
+        () => {
+          failed++;
+        },
+      );
+      inFlight.add(read);
+      void read.finally(() => inFlight.delete(read));
     }
   })();
   const deadline = Date.now() + DURATION_MS;
@@ -156,6 +164,8 @@ try {
   const t = await tierBytes();
   reading = false;
   await reader;
+  // Every read started is counted, failed or not, before the report.
+  await Promise.allSettled([...inFlight]);
   if (!t) throw new Error('GetClusterStatus carried no tier_bytes');
   const logical = N * SIZE;
   const overall = Number(t.replicaBytes + t.shardBytes) / logical;
