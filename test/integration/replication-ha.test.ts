@@ -152,15 +152,12 @@ describe('replication manager high availability (real Redis, two processes)', ()
       const standbyMetrics = (await httpsGet(`https://${standby.address}/metrics`)).body;
       expect(standbyMetrics).toMatch(/^haystack_replication_active(\{[^}]*\})? 0$/m);
 
-      const killedAt = Date.now();
       await active.kill();
       await until(
         async () => ((await client(standby.address).getStats({})).active ? true : undefined),
         10_000,
         'the standby to take over',
       );
-      const takeoverMs = Date.now() - killedAt;
-      expect(takeoverMs).toBeLessThan(5_000);
       expect(await serving(standby.address)).toBe(HealthCheckResponse_ServingStatus.SERVING);
       // The reporter found the new active manager on its own.
       await until(

@@ -312,10 +312,7 @@ describe.sequential('replication manager on a real cluster: store and manager fa
     }
     // ...and dies at once.
     await c.rc.managers[first]?.kill();
-    const killed = Date.now();
     expect(await c.rc.activeManager(15_000)).toBe(standby);
-    const takeoverMs = Date.now() - killed;
-    expect(takeoverMs).toBeLessThan(8_000);
 
     await waitFor(
       () => c.allAtThree(c.dead),
