@@ -25,6 +25,7 @@ import { validateBlobId } from '../common/blob-id.js';
 import { checkGroupCount } from '../common/placement.js';
 import type { ClientPool } from '../rpc/clients.js';
 import { FENCED_TERM_HEADER, invalidArgument, mapErrors, toConnectError } from '../rpc/errors.js';
+import { keyPage } from '../rpc/key-page.js';
 import { AsyncPipe } from '../rpc/pipe.js';
 import { callerIdentity, isAuthenticatedTransport } from '../security/authz.js';
 import { boundedFromPeer } from '../security/peer-checks.js';
@@ -286,18 +287,20 @@ export class StoreServiceImpl {
         }),
       listNeedles: (req) =>
         mapErrors(async () => {
-          const limit = Math.min(req.pageSize || 1000, 10_000);
-          const page = await this.o.store.listNeedles(req.pageToken || undefined, limit + 1);
-          const more = page.length > limit;
-          const needles = page.slice(0, limit);
+          const { items, nextPageToken } = await keyPage(
+            req.pageSize,
+            req.pageToken,
+            (after, n) => this.o.store.listNeedles(after, n),
+            (n) => n.blobId,
+          );
           return {
-            needles: needles.map((n) => ({
+            needles: items.map((n) => ({
               blobId: n.blobId,
               volumeId: n.volumeId,
               size: BigInt(n.size),
               writtenAtMs: BigInt(n.writtenAtMs),
             })),
-            nextPageToken: more ? (needles[needles.length - 1]?.blobId ?? '') : '',
+            nextPageToken,
           };
         }),
     };

@@ -16,6 +16,7 @@ import {
 } from '../../gen/haystack/v1/store_pb.js';
 import { validateShardIndex, validateStripeId } from '../common/shard-key.js';
 import { invalidArgument, mapErrors, toConnectError } from '../rpc/errors.js';
+import { keyPage } from '../rpc/key-page.js';
 import { boundedChunks } from './chunk-stream.js';
 import type { ShardStore } from './shard-store.js';
 
@@ -67,18 +68,20 @@ export function shardHandlers(o: ShardServiceOptions): ShardHandlers {
       }),
     listShards: (req) =>
       mapErrors(async () => {
-        const limit = Math.min(req.pageSize || 1000, 10_000);
-        const page = await engine().list(req.pageToken || undefined, limit + 1);
-        const more = page.length > limit;
-        const shards = page.slice(0, limit);
+        const { items, nextPageToken } = await keyPage(
+          req.pageSize,
+          req.pageToken,
+          (after, n) => engine().list(after, n),
+          (s) => s.key,
+        );
         return {
-          shards: shards.map((s) => ({
+          shards: items.map((s) => ({
             stripeId: s.stripeId,
             index: s.index,
             size: BigInt(s.size),
             writtenAtMs: BigInt(s.writtenAtMs),
           })),
-          nextPageToken: more ? (shards[shards.length - 1]?.key ?? '') : '',
+          nextPageToken,
         };
       }),
   };
