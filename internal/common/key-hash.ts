@@ -15,6 +15,18 @@ export function fmix(h: number): number {
   return h;
 }
 
+/** MurmurHash3 x86_128's final mix of two lanes; the result's two low words go into `out`. */
+export function finish128(lane1: number, lane2: number, out: Uint32Array): void {
+  let h1 = (lane1 + lane2) | 0;
+  let h2 = (lane2 + h1) | 0;
+  h1 = fmix(h1);
+  h2 = fmix(h2);
+  h1 = (h1 + h2) | 0;
+  h2 = (h2 + h1) | 0;
+  out[0] = h1 >>> 0;
+  out[1] = h2 >>> 0;
+}
+
 /** Writes the 64-bit hash of `key` into out[0] (low half) and out[1] (high half). */
 export const hashKey64: KeyHash = (key, out) => {
   const n = key.length;
@@ -47,12 +59,5 @@ export const hashKey64: KeyHash = (key, out) => {
     h1 ^= Math.imul(t, 0x1b873593);
     h2 ^= Math.imul(t, 0x38b34ae5);
   }
-  h1 = (h1 + h2) | 0;
-  h2 = (h2 + h1) | 0;
-  h1 = fmix(h1);
-  h2 = fmix(h2);
-  h1 = (h1 + h2) | 0;
-  h2 = (h2 + h1) | 0;
-  out[0] = h1 >>> 0;
-  out[1] = h2 >>> 0;
+  finish128(h1, h2, out);
 };

@@ -1,4 +1,4 @@
-import { fmix } from '../common/key-hash.js';
+import { finish128, fmix } from '../common/key-hash.js';
 
 /**
  * The placement digest of one needle: a 64-bit mix of (id hash, stamp,
@@ -24,14 +24,7 @@ export function needleDigest(
 ): void {
   const sLo = (stamp % TWO32) | 0;
   const sHi = Math.floor(stamp / TWO32) | 0;
-  let h1 = fmix(hashLo ^ 0x9e3779b9 ^ Math.imul(sLo, 0xcc9e2d51));
-  let h2 = fmix(hashHi ^ 0x7f4a7c15 ^ Math.imul(sHi ^ (deleted ? 0x5bd1e995 : 0), 0x1b873593));
-  h1 = (h1 + h2) | 0;
-  h2 = (h2 + h1) | 0;
-  h1 = fmix(h1);
-  h2 = fmix(h2);
-  h1 = (h1 + h2) | 0;
-  h2 = (h2 + h1) | 0;
-  out[0] = h1 >>> 0;
-  out[1] = h2 >>> 0;
+  const h1 = fmix(hashLo ^ 0x9e3779b9 ^ Math.imul(sLo, 0xcc9e2d51));
+  const h2 = fmix(hashHi ^ 0x7f4a7c15 ^ Math.imul(sHi ^ (deleted ? 0x5bd1e995 : 0), 0x1b873593));
+  finish128(h1, h2, out);
 }
