@@ -237,9 +237,19 @@ describe('kill -9 of the manager mid-move', () => {
     expect(shardIndex).toBeGreaterThanOrEqual(0);
     await cluster.startReplication();
     await waitTier(id, StorageTier.ERASURE_CODED, 120_000);
-    // The group as it is now (a store stalled for long under load may have been replaced meanwhile).
-    const g1 = await groupOf(id);
-    for (const m of g1.members) expect(await stubOn(m.storeId, id)).toBe(true);
+    // The group as it is now (a store stalled for long under load may have been replaced
+    // meanwhile). The stubs go to the members in parallel: the tier shows as soon as the
+    // member asked has its stub, the others' may still be on their way.
+    const g1 = await waitFor(
+      async () => {
+        const g = await groupOf(id);
+        for (const m of g.members) if (!(await stubOn(m.storeId, id))) return undefined;
+        return g;
+      },
+      60_000,
+      `a stub of ${id} on every member`,
+      () => cluster.logs(),
+    );
     for (const [i, s] of g1.ecMembers.entries()) expect(await hasShard(s.storeId, id, i)).toBe(true);
     await downloads(id);
   });
