@@ -30,15 +30,19 @@ const store = (storeId: string, live: bigint, byIndex: bigint[] = [], perGroup?:
     },
   });
 
+/** Group 0 on a, b, c, with RS(2,1) shards on the same three stores. */
+const rs21OnABC = () =>
+  create(PlacementGroupSchema, {
+    group: 0,
+    members: members(['a', 'b', 'c']),
+    ecMembers: members(['a', 'b', 'c']),
+    ecDataShards: 2,
+  });
+
 describe('bytes per tier', () => {
   it('replicas count over the replicas per group; shards count their data shards as logical bytes', () => {
     // RS(2,1) on a, b, c: 100 bytes of shard per index; 3 replicas of 300 logical bytes.
-    const g = create(PlacementGroupSchema, {
-      group: 0,
-      members: members(['a', 'b', 'c']),
-      ecMembers: members(['a', 'b', 'c']),
-      ecDataShards: 2,
-    });
+    const g = rs21OnABC();
     const t = tierBytes(
       [store('a', 300n, [100n]), store('b', 300n, [0n, 100n]), store('c', 300n, [0n, 0n, 100n])],
       [g],
@@ -104,12 +108,7 @@ describe('bytes per tier', () => {
 
   it('measured: cold stubs are stored on every member and logical once; their blobs are the shards’ logical bytes', () => {
     // A cold group 0: 150-byte stubs on a, b, c; RS(2,1) shards of 100 bytes on a, b, c.
-    const g = create(PlacementGroupSchema, {
-      group: 0,
-      members: members(['a', 'b', 'c']),
-      ecMembers: members(['a', 'b', 'c']),
-      ecDataShards: 2,
-    });
+    const g = rs21OnABC();
     const t = tierBytes(
       [
         store('a', 150n, [100n], { 0: 150n }),
