@@ -103,9 +103,8 @@ beforeAll(async () => {
     // starvation (a killed one is DOWN at once: its stream closes).
     directoryEnv: { STORE_DEGRADED_AFTER: '150s', STORE_DOWN_AFTER: '240s' },
     gatewayEnv: { CACHE_MAX_BLOB_SIZE: '0' },
-    // Stores report the reads they serve (as deploy/ and `haystack dev` wire them);
-    // the manager's own reads (encoding, copies) are no heat.
-    storeHeat: true,
+    // Not yet storeHeat: with it, a WriteShard to the store SIGSTOPped below hung after
+    // the restart in 2 of 5 runs (docs/design/ec-tier.md, "The Zipf figure on a running cluster").
     replicationEnv: coldTierEnv(
       { k: K, m: M, groups: GROUPS },
       {
