@@ -213,7 +213,13 @@ export class Overview {
         { label: 'logical', values: [mib(t.replicaLogicalBytes), mib(t.shardLogicalBytes)] },
       ],
     );
-    $('#tiers-summary').textContent = `— effective replication ${x(t.effectiveReplication)}`;
+    // Measured from the stores' bytes per placement group (hot blobs' extra replicas
+    // included); until every store has reported them, the replica factor is the group size.
+    $('#tiers-summary').textContent =
+      `— effective replication ${x(t.effectiveReplication)}` +
+      (t.replicaMeasured
+        ? `, extra replicas of hot blobs ${mib(t.replicaExtraBytes)} MiB`
+        : ' (replica factor estimated)');
   }
 
   private replicationPanel(): void {

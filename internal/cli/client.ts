@@ -391,9 +391,13 @@ export function registerClientCommands(program: Command): void {
               drained: l?.drained ?? false,
             };
           }),
-          // Bytes per tier and the effective replication factor (stored / logical).
+          // Bytes per tier and the effective replication factor (stored / logical). The
+          // replica factor is measured from the stores' bytes per placement group
+          // (extra replicas of hot blobs raise it), or estimated as the group size.
           tiers: c?.tierBytes && {
             replicaBytes: Number(c.tierBytes.replicaBytes),
+            replicaExtraBytes: Number(c.tierBytes.replicaExtraBytes),
+            replicaMeasured: c.tierBytes.replicaMeasured,
             replicaLogicalBytes: Number(c.tierBytes.replicaLogicalBytes),
             shardBytes: Number(c.tierBytes.shardBytes),
             shardLogicalBytes: Number(c.tierBytes.shardLogicalBytes),
@@ -457,7 +461,7 @@ export function registerClientCommands(program: Command): void {
           const t = doc.tiers;
           const x = (f: number) => (f > 0 ? `${f.toFixed(2)}×` : '-');
           out(
-            `tiers          replicas ${human(t.replicaBytes)} (${x(t.replicaReplication)}), shards ${human(t.shardBytes)} (${x(t.shardReplication)}), effective replication ${x(t.effectiveReplication)}`,
+            `tiers          replicas ${human(t.replicaBytes)} (${x(t.replicaReplication)}${t.replicaMeasured ? `, ${human(t.replicaExtraBytes)} extra` : ', estimated'}), shards ${human(t.shardBytes)} (${x(t.shardReplication)}), effective replication ${x(t.effectiveReplication)}`,
           );
         }
         if (doc.replication) {

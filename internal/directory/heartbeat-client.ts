@@ -17,6 +17,11 @@ export interface StoreHeartbeatState {
   volumes: VolumeStats[];
   /** Erasure-coded shards held (absent: a store without a shard engine). */
   shards?: { count: bigint; bytes: bigint; bytesByIndex: bigint[] };
+  /**
+   * Live needle bytes per placement group, numbered among `groupCount` (absent
+   * until the store tracks them: see `onGroupCount`).
+   */
+  placementBytes?: { groupCount: number; groups: { group: number; bytes: bigint }[] };
   writable: boolean;
 }
 
@@ -31,6 +36,13 @@ export interface StoreHeartbeatOptions {
   state(): Promise<StoreHeartbeatState>;
   /** Carries out a command from the directory (delete blobs, compact a volume). */
   onCommand(cmd: StoreCommand): Promise<void>;
+  /**
+   * The cluster's placement group count, from a heartbeat answer, whenever it
+   * differs from the last one given (answers without one are skipped: the count
+   * is fixed once set); the next heartbeat goes at once, so the directory gets
+   * the bytes per group without waiting an interval.
+   */
+  onGroupCount?(groupCount: number): void;
   log: Logger;
   /** The store's certificate (default: this process's own, see rpc/transport.ts). */
   security?: TransportSecurity;
@@ -62,6 +74,7 @@ export function startStoreHeartbeat(opts: StoreHeartbeatOptions): StoreHeartbeat
   const done = new Set<bigint>();
   let hint: string | null = null;
   let rr = 0;
+  let groupCount = 0;
 
   const remember = (id: bigint) => {
     done.add(id);
@@ -85,6 +98,7 @@ export function startStoreHeartbeat(opts: StoreHeartbeatOptions): StoreHeartbeat
           freeBytes: st.freeBytes,
           volumes: st.volumes,
           shards: st.shards,
+          ...(st.placementBytes ? { placementBytes: st.placementBytes } : {}),
           writable: st.writable,
           completedCommandIds: ids,
         });
@@ -143,6 +157,11 @@ export function startStoreHeartbeat(opts: StoreHeartbeatOptions): StoreHeartbeat
         }
         highestTerm = resp.term;
         if (resp.heartbeatIntervalMs > 0) interval = resp.heartbeatIntervalMs;
+        if (resp.placementGroupCount !== 0 && resp.placementGroupCount !== groupCount && opts.onGroupCount) {
+          groupCount = resp.placementGroupCount;
+          opts.onGroupCount(groupCount);
+          sendNow();
+        }
         for (const cmd of resp.commands) {
           if (cmd.term < highestTerm) {
             log.warn(

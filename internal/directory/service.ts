@@ -553,7 +553,7 @@ export class DirectoryHandlers {
       placementGroups: placement.groups.filter(Boolean),
       extraReplicaBlobs: BigInt(placement.extras.size),
       storeLoads: this.admin.loads(stores),
-      tierBytes: tierBytes(stores, placement.groups, n.cfg.defaultReplicaCount),
+      tierBytes: tierBytes(stores, placement.groups, n.cfg.defaultReplicaCount, placement.groupCount),
     });
   }
 }

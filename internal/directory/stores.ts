@@ -2,6 +2,7 @@ import { create } from '@bufbuild/protobuf';
 import { Code, ConnectError, type HandlerContext } from '@connectrpc/connect';
 import {
   BlobState,
+  type PlacementBytes,
   type ShardStats,
   StoreHealth,
   type VolumeStats,
@@ -30,6 +31,8 @@ interface LiveStore {
   volumes: VolumeStats[];
   /** Erasure-coded shards, from the last heartbeat. */
   shards?: ShardStats;
+  /** Live needle bytes per placement group, from the last heartbeat. */
+  placementBytes?: PlacementBytes;
   writable: boolean;
   /** Monotonic ms of the last heartbeat (or of taking office, for a grace period). */
   lastBeat: number;
@@ -94,6 +97,7 @@ export class StoreRegistry {
         freeBytes: rec.freeBytes,
         volumes: rec.volumes,
         shards: rec.shards,
+        placementBytes: rec.placementBytes,
         writable: true,
         lastBeat: rec.health === StoreHealth.DEGRADED ? now - this.cfg.storeDegradedAfterMs : now,
         streamOpen: false,
@@ -179,6 +183,7 @@ export class StoreRegistry {
     if (!l?.beatAtMs) return;
     rec.volumes = l.volumes;
     if (l.shards) rec.shards = l.shards;
+    if (l.placementBytes) rec.placementBytes = l.placementBytes;
     rec.capacityBytes = l.capacityBytes;
     rec.freeBytes = l.freeBytes;
     rec.lastHeartbeatMs = BigInt(l.beatAtMs);
@@ -242,6 +247,7 @@ export class StoreRegistry {
       freeBytes: hello.freeBytes,
       volumes: hello.volumes,
       shards: hello.shards,
+      placementBytes: hello.placementBytes,
       writable: hello.writable,
       lastBeat: performance.now(),
       streamOpen: true,
@@ -308,6 +314,7 @@ export class StoreRegistry {
     l.freeBytes = req.freeBytes;
     l.volumes = req.volumes;
     l.shards = req.shards;
+    l.placementBytes = req.placementBytes;
     l.writable = req.writable;
     l.address = req.address || l.address;
     l.zone = req.zone;
@@ -315,13 +322,7 @@ export class StoreRegistry {
     this.maybeRegister(l);
     if (this.node.state.storeHealth(l.storeId) !== StoreHealth.HEALTHY) this.evaluate();
     const commands = this.commandsFor(l, true);
-    l.stream?.push(
-      create(HeartbeatResponseSchema, {
-        term: this.node.leadTerm,
-        commands,
-        heartbeatIntervalMs: this.cfg.heartbeatIntervalMs,
-      }),
-    );
+    l.stream?.push(this.answer(commands));
   }
 
   /** Logs a StoreRegistered when the store is new, moved, or its space changed noticeably. */
@@ -357,6 +358,7 @@ export class StoreRegistry {
             lastHeartbeatMs: BigInt(at),
             volumes: l.volumes,
             shards: l.shards,
+            placementBytes: l.placementBytes,
           }),
         },
       },
@@ -405,13 +407,7 @@ export class StoreRegistry {
     if (!l?.stream) return;
     const commands = this.commandsFor(l, false);
     if (commands.length === 0) return;
-    l.stream.push(
-      create(HeartbeatResponseSchema, {
-        term: this.node.leadTerm,
-        commands,
-        heartbeatIntervalMs: this.cfg.heartbeatIntervalMs,
-      }),
-    );
+    l.stream.push(this.answer(commands));
   }
 
   /** Queues an arbitrary command (e.g. compaction) for a store; false when it is not connected. */
@@ -419,15 +415,21 @@ export class StoreRegistry {
     const l = this.live.get(storeId);
     if (!l?.stream) return false;
     l.stream.push(
-      create(HeartbeatResponseSchema, {
-        term: this.node.leadTerm,
-        commands: [
-          create(StoreCommandSchema, { commandId: this.nextCommandId(), term: this.node.leadTerm, command }),
-        ],
-        heartbeatIntervalMs: this.cfg.heartbeatIntervalMs,
-      }),
+      this.answer([
+        create(StoreCommandSchema, { commandId: this.nextCommandId(), term: this.node.leadTerm, command }),
+      ]),
     );
     return true;
+  }
+
+  /** A heartbeat answer carrying `commands` (and the term, interval and group count). */
+  private answer(commands: StoreCommand[]): HeartbeatResponse {
+    return create(HeartbeatResponseSchema, {
+      term: this.node.leadTerm,
+      commands,
+      heartbeatIntervalMs: this.cfg.heartbeatIntervalMs,
+      placementGroupCount: this.node.state.placement.groupCount,
+    });
   }
 
   private nextCommandId(): bigint {

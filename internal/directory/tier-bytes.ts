@@ -6,9 +6,20 @@ import type { PlacementGroup, StoreRecord } from '../../gen/haystack/v1/metadata
  * Bytes per tier and the effective replication factor (GetClusterStatus.tier_bytes),
  * from the stores' last heartbeats (pure):
  *
- * - replica bytes: live needle bytes on every store (full replicas, extra replicas
- *   of hot blobs, and the cold tier's small stubs); logical: over `replicas` (each
- *   placement group holds every needle on each of its members);
+ * - replica bytes, **measured** when every store holding needles reported its
+ *   live needle bytes per placement group (StoreRecord.placement_bytes, numbered
+ *   by the cluster's `groupCount`): stored = the sum of those bytes (full needles
+ *   and cold stubs; tombstones excluded); logical = over the groups, the group's
+ *   largest single copy (the most bytes of the group any one store holds — a
+ *   member's, unless every member lost some). A store's bytes of a group it is
+ *   not a member of are extra: hot blobs' extra replicas (or what a store that
+ *   left the group still holds); they count as stored bytes only, so a hot blob
+ *   with 2 extra copies raises the factor above the group size. Stubs count like
+ *   any needle: each member's copy stored, one copy logical (their blob's bytes
+ *   are the shard tier's logical bytes).
+ * - replica bytes, **estimated** otherwise (no placement groups, or a store that
+ *   has not reported its groups yet): live needle bytes on every store over
+ *   `replicas` — exactly `replicas` whatever the extra replicas.
  * - shard bytes: every shard on every store; logical: the data shards' bytes. A
  *   shard with index i on store s is a data shard when i < k of a group whose
  *   ec_members[i] is s (PlacementGroup.ec_data_shards); shards on stores no group
@@ -22,10 +33,74 @@ export function tierBytes(
   stores: readonly StoreRecord[],
   groups: readonly (PlacementGroup | undefined)[],
   replicas: number,
+  groupCount = 0,
 ): TierBytes {
-  let replicaBytes = 0n;
-  let shardBytes = 0n;
-  let shardLogical = 0n;
+  const r = measuredReplicas(stores, groups, groupCount) ?? estimatedReplicas(stores, replicas);
+  const s = shardTier(stores, groups);
+  const ratio = (a: bigint, b: bigint) => (b > 0n ? Number(a) / Number(b) : 0);
+  return create(TierBytesSchema, {
+    replicaBytes: r.bytes,
+    shardBytes: s.bytes,
+    replicaLogicalBytes: r.logical,
+    shardLogicalBytes: s.logical,
+    replicaExtraBytes: r.extra,
+    replicaMeasured: r.measured,
+    effectiveReplication: ratio(r.bytes + s.bytes, r.logical + s.logical),
+    replicaReplication: ratio(r.bytes, r.logical),
+    shardReplication: ratio(s.bytes, s.logical),
+  });
+}
+
+interface Tier {
+  bytes: bigint;
+  logical: bigint;
+}
+
+interface ReplicaTier extends Tier {
+  extra: bigint;
+  measured: boolean;
+}
+
+const liveBytes = (s: StoreRecord) => s.volumes.reduce((n, v) => n + v.liveBytes, 0n);
+
+/** Undefined unless every store holding needles reported them per group of `groupCount`. */
+function measuredReplicas(
+  stores: readonly StoreRecord[],
+  groups: readonly (PlacementGroup | undefined)[],
+  groupCount: number,
+): ReplicaTier | undefined {
+  if (groupCount === 0) return undefined;
+  for (const s of stores) {
+    if (s.placementBytes?.groupCount !== groupCount && liveBytes(s) > 0n) return undefined;
+  }
+  const members = new Map<number, Set<string>>();
+  for (const g of groups) if (g) members.set(g.group, new Set(g.members.map((m) => m.storeId)));
+  const copy = new Map<number, bigint>();
+  let bytes = 0n;
+  let extra = 0n;
+  for (const s of stores) {
+    if (s.placementBytes?.groupCount !== groupCount) continue;
+    for (const { group, bytes: b } of s.placementBytes.groups) {
+      bytes += b;
+      if (!members.get(group)?.has(s.storeId)) extra += b;
+      if (b > (copy.get(group) ?? 0n)) copy.set(group, b);
+    }
+  }
+  let logical = 0n;
+  for (const b of copy.values()) logical += b;
+  return { bytes, logical, extra, measured: true };
+}
+
+function estimatedReplicas(stores: readonly StoreRecord[], replicas: number): ReplicaTier {
+  let bytes = 0n;
+  for (const s of stores) bytes += liveBytes(s);
+  const logical = replicas > 0 ? bytes / BigInt(replicas) : 0n;
+  return { bytes, logical, extra: 0n, measured: false };
+}
+
+function shardTier(stores: readonly StoreRecord[], groups: readonly (PlacementGroup | undefined)[]): Tier {
+  let bytes = 0n;
+  let logical = 0n;
   // (store, index) → k of the groups listing it there; the cluster's most used k.
   const kAt = new Map<string, number>();
   const kVotes = new Map<number, number>();
@@ -36,23 +111,12 @@ export function tierBytes(
   }
   const commonK = [...kVotes].sort((a, b) => b[1] - a[1] || a[0] - b[0])[0]?.[0];
   for (const s of stores) {
-    for (const v of s.volumes) replicaBytes += v.liveBytes;
     if (!s.shards) continue;
-    shardBytes += s.shards.bytes;
+    bytes += s.shards.bytes;
     for (const [i, b] of s.shards.bytesByIndex.entries()) {
       const k = kAt.get(`${s.storeId}\u0000${i}`) ?? commonK;
-      if (k !== undefined && i < k) shardLogical += b;
+      if (k !== undefined && i < k) logical += b;
     }
   }
-  const replicaLogical = replicas > 0 ? replicaBytes / BigInt(replicas) : 0n;
-  const ratio = (a: bigint, b: bigint) => (b > 0n ? Number(a) / Number(b) : 0);
-  return create(TierBytesSchema, {
-    replicaBytes,
-    shardBytes,
-    replicaLogicalBytes: replicaLogical,
-    shardLogicalBytes: shardLogical,
-    effectiveReplication: ratio(replicaBytes + shardBytes, replicaLogical + shardLogical),
-    replicaReplication: ratio(replicaBytes, replicaLogical),
-    shardReplication: ratio(shardBytes, shardLogical),
-  });
+  return { bytes, logical };
 }

@@ -51,7 +51,8 @@ async function readFull(
 ): Promise<{ facts: NeedleFacts; data: Buffer }> {
   let facts: NeedleFacts | undefined;
   const parts: Uint8Array[] = [];
-  for await (const msg of client.read({ blobId }, signal ? { signal } : {})) {
+  // internal: the encode's own read is no access heat (it would keep the blob warm).
+  for await (const msg of client.read({ blobId, internal: true }, signal ? { signal } : {})) {
     if (msg.msg.case === 'header') facts = msg.msg.value.needle;
     else if (msg.msg.case === 'chunk') parts.push(msg.msg.value);
   }

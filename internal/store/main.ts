@@ -1,6 +1,7 @@
 import { createServiceImplSpec } from '@connectrpc/connect';
 import { Counter } from 'prom-client';
 import { StoreService } from '../../gen/haystack/v1/store_pb.js';
+import { checkGroupCount } from '../common/placement.js';
 import { startStoreHeartbeat } from '../directory/heartbeat-client.js';
 import { AccessReporter, ReporterKind } from '../heat-client/access-reporter.js';
 import { ClientPool } from '../rpc/clients.js';
@@ -135,6 +136,7 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
             state: async () => {
               const s = await store.stats();
               const t = await shards.totals();
+              const pb = store.liveBytesByGroup();
               return {
                 capacityBytes: BigInt(s.capacityBytes),
                 freeBytes: BigInt(s.freeBytes),
@@ -145,7 +147,21 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
                   bytes: BigInt(t.bytes),
                   bytesByIndex: t.bytesByIndex.map((b) => BigInt(b)),
                 },
+                ...(pb.groupCount > 0
+                  ? {
+                      placementBytes: {
+                        groupCount: pb.groupCount,
+                        groups: pb.groups.map((g) => ({ group: g.group, bytes: BigInt(g.bytes) })),
+                      },
+                    }
+                  : {}),
               };
+            },
+            // Live bytes per placement group, for the directory's replication factor.
+            onGroupCount: (n) => {
+              const bad = checkGroupCount(n);
+              if (bad) log.warn({ groupCount: n }, `directory sent a bad placement group count: ${bad}`);
+              else store.trackGroups(n);
             },
             onCommand: async (cmd) => {
               if (cmd.command.case === 'deleteBlobs') {

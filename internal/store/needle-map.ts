@@ -29,8 +29,15 @@
  *
  * Invariant: a key is in exactly one of {overflow, table}, so correctness never
  * depends on the hash being collision-free.
+ *
+ * Bytes per placement group (`trackGroups`): once told the cluster's group
+ * count, the map keeps the live (not deleted) needle bytes of each group,
+ * adjusted on every change of an entry — O(1) per write, tombstone or
+ * compaction move — so a heartbeat reports them without a scan. The group is the
+ * one placement.ts gives the key (high half of its hash mod the group count).
  */
 import { hashKey64, type KeyHash } from '../common/key-hash.js';
+import { groupOfHash } from '../common/placement.js';
 
 export interface NeedleLocation {
   volumeId: number;
@@ -83,6 +90,11 @@ function checkLocation(loc: NeedleLocation): void {
   }
 }
 
+/** Bytes a location counts as live: its length, 0 for a tombstone. */
+function liveLength(loc: NeedleLocation): number {
+  return loc.deleted ? 0 : loc.length;
+}
+
 export class NeedleMap {
   private cap: number;
   private count = 0;
@@ -97,6 +109,10 @@ export class NeedleMap {
   private readonly keyAt: KeyAt;
   private readonly hash: KeyHash;
   private readonly h = new Uint32Array(2);
+  /** Scratch for hashing overflow keys while `h` is in use. */
+  private readonly oh = new Uint32Array(2);
+  /** Live needle bytes per placement group (trackGroups); empty until then. */
+  private groupBytes = new Float64Array(0);
 
   constructor(opts: NeedleMapOptions) {
     this.keyAt = opts.keyAt;
@@ -157,7 +173,9 @@ export class NeedleMap {
     };
   }
 
+  /** Writes slot i (empty, or holding this hash already: an update). */
   private writeSlot(i: number, lo: number, hi: number, loc: NeedleLocation): void {
+    if (this.groupBytes.length !== 0) this.account(hi, liveLength(loc) - this.liveAt(i));
     this.hLo[i] = lo;
     this.hHi[i] = hi;
     this.vol[i] = loc.volumeId;
@@ -199,8 +217,9 @@ export class NeedleMap {
   /** Inserts or updates `key`. */
   set(key: string, loc: NeedleLocation): void {
     checkLocation(loc);
-    if (this.overflow.has(key)) {
-      this.overflow.set(key, { ...loc });
+    const prior = this.overflow.get(key);
+    if (prior !== undefined) {
+      this.setOverflow(key, loc, prior);
       return;
     }
     this.hash(key, this.h);
@@ -211,7 +230,7 @@ export class NeedleMap {
       if (this.keyAt(this.locAt(i)) === key) {
         this.writeSlot(i, lo, hi, loc);
       } else {
-        this.overflow.set(key, { ...loc }); // genuine hash collision
+        this.setOverflow(key, loc, undefined); // genuine hash collision
       }
       return;
     }
@@ -240,7 +259,7 @@ export class NeedleMap {
     const o = this.overflow.get(key);
     if (o !== undefined) {
       if (o.volumeId !== expected.volumeId || o.offset !== expected.offset) return false;
-      this.overflow.set(key, { ...next });
+      this.setOverflow(key, next, o);
       return true;
     }
     this.hash(key, this.h);
@@ -252,7 +271,12 @@ export class NeedleMap {
 
   /** Removes `key` (confirmed); returns whether it was present. */
   delete(key: string): boolean {
-    if (this.overflow.delete(key)) return true;
+    const o = this.overflow.get(key);
+    if (o !== undefined) {
+      this.overflow.delete(key);
+      if (this.groupBytes.length !== 0) this.accountKey(key, -liveLength(o));
+      return true;
+    }
     this.hash(key, this.h);
     const i = this.findSlot(this.h[0]!, this.h[1]!);
     if (i < 0 || this.keyAt(this.locAt(i)) !== key) return false;
@@ -261,6 +285,7 @@ export class NeedleMap {
   }
 
   private removeSlot(slot: number): void {
+    if (this.groupBytes.length !== 0) this.account(this.hHi[slot]!, -this.liveAt(slot));
     const cap = this.cap;
     let i = slot;
     let j = slot;
@@ -283,6 +308,53 @@ export class NeedleMap {
     }
     this.meta[i] = 0;
     this.count--;
+  }
+
+  private setOverflow(key: string, loc: NeedleLocation, prior: NeedleLocation | undefined): void {
+    this.overflow.set(key, { ...loc });
+    if (this.groupBytes.length !== 0)
+      this.accountKey(key, liveLength(loc) - (prior === undefined ? 0 : liveLength(prior)));
+  }
+
+  /** Live bytes of the entry in slot i (0 for an empty slot or a tombstone). */
+  private liveAt(i: number): number {
+    const m = this.meta[i]!;
+    return m === 0 || (m & DELETED_BIT) !== 0 ? 0 : m * 8;
+  }
+
+  private account(hashHigh: number, delta: number): void {
+    if (delta !== 0) this.groupBytes[groupOfHash(hashHigh, this.groupBytes.length)]! += delta;
+  }
+
+  private accountKey(key: string, delta: number): void {
+    this.hash(key, this.oh);
+    this.account(this.oh[1]!, delta);
+  }
+
+  /**
+   * Keeps live needle bytes per placement group among `groupCount` groups from
+   * now on: one pass over the map to start (O(entries)), then O(1) per change.
+   * Again with another count starts over; 0 stops.
+   */
+  trackGroups(groupCount: number): void {
+    if (groupCount === this.groupBytes.length) return;
+    this.groupBytes = new Float64Array(groupCount);
+    if (groupCount === 0) return;
+    for (let i = 0; i < this.cap; i++) if (this.meta[i] !== 0) this.account(this.hHi[i]!, this.liveAt(i));
+    for (const [key, loc] of this.overflow) this.accountKey(key, liveLength(loc));
+  }
+
+  /** The group count being tracked (0: none). */
+  get trackedGroups(): number {
+    return this.groupBytes.length;
+  }
+
+  /** Groups with live needles and their bytes, in group order (empty when not tracking). */
+  liveBytesByGroup(): { group: number; bytes: number }[] {
+    const out: { group: number; bytes: number }[] = [];
+    const b = this.groupBytes;
+    for (let g = 0; g < b.length; g++) if (b[g]! > 0) out.push({ group: g, bytes: b[g]! });
+    return out;
   }
 
   private resize(newCap: number): void {

@@ -56,7 +56,7 @@ export interface StoreServiceOptions {
   peers: ClientPool;
   log: Logger;
   readChunkSize: number;
-  /** Counts a served read for the replication manager's heat map. */
+  /** Counts a served client read for the replication manager's heat map (not internal reads: isClientRead). */
   onRead?: (blobId: string) => void;
   /** A read or a scrub found this store's copy corrupt (checksum mismatch). */
   onCorrupt?: (blobId: string) => void;
@@ -89,6 +89,16 @@ export function volumeStatsMessage(v: VolumeStatsInfo): VolumeStats {
     readOnly: v.readOnly,
     compacting: v.compacting,
   });
+}
+
+/**
+ * Whether a Read is a client's (counted as the blob's access heat): not one marked
+ * `internal` (a copy's source, an encode's read), nor one by the replication
+ * manager or a store (their reads move blobs, they are not demand for them).
+ */
+function isClientRead(req: { internal: boolean }, ctx: HandlerContext): boolean {
+  const role = callerIdentity(ctx)?.role;
+  return !req.internal && role !== 'replication' && role !== 'store';
 }
 
 /** Whose term a Delete carries: the replication manager's own lease term, else a directory leader's. */
@@ -204,7 +214,8 @@ export class StoreServiceImpl {
             })),
           };
         }),
-      read: (req, ctx) => this.read(req.blobId, req.cookie, req.offset, req.length, ctx, req.rawStub),
+      read: (req, ctx) =>
+        this.read(req.blobId, req.cookie, req.offset, req.length, ctx, req.rawStub, isClientRead(req, ctx)),
       delete: (req, ctx) =>
         mapErrors(async () => {
           checkId(req.blobId);
@@ -539,6 +550,7 @@ export class StoreServiceImpl {
     length: bigint,
     ctx: HandlerContext,
     rawStub = false,
+    clientRead = true,
   ): AsyncGenerator<ReadResponse> {
     try {
       checkId(blobId);
@@ -562,7 +574,7 @@ export class StoreServiceImpl {
         throw new ConnectError(`offset ${offset} is past the end of the ${size}-byte blob`, Code.OutOfRange);
       }
       const len = length === 0n ? size - start : Math.min(Number(length), size - start);
-      this.o.onRead?.(blobId);
+      if (clientRead) this.o.onRead?.(blobId);
       yield create(ReadResponseSchema, {
         msg: {
           case: 'header',
@@ -609,7 +621,7 @@ export class StoreServiceImpl {
     const onParentAbort = () => abort.abort();
     ctx.signal.addEventListener('abort', onParentAbort, { once: true });
     // A cold stub is copied as the stub needle it is (backfill, anti-entropy).
-    const stream = client.read({ blobId, cookie, rawStub: true }, { signal: abort.signal });
+    const stream = client.read({ blobId, cookie, rawStub: true, internal: true }, { signal: abort.signal });
     let writer: NeedleWriter | undefined;
     let expected = sha256.length === 32 ? sha256 : undefined;
     try {

@@ -260,6 +260,23 @@ export class Store {
     return placementDigests(this.core, groupCount);
   }
 
+  /**
+   * Keeps live needle bytes per placement group among `groupCount` (the
+   * cluster's, from the directory) from now on; see NeedleMap.trackGroups.
+   */
+  trackGroups(groupCount: number): void {
+    this.core.map.trackGroups(groupCount);
+  }
+
+  /**
+   * Live needle bytes (full needles and stubs, tombstones excluded) per placement
+   * group holding any, in group order, and the group count they are numbered by
+   * (0 and none before `trackGroups`). O(group count), no disk access.
+   */
+  liveBytesByGroup(): { groupCount: number; groups: { group: number; bytes: number }[] } {
+    return { groupCount: this.core.map.trackedGroups, groups: this.core.map.liveBytesByGroup() };
+  }
+
   async stats(): Promise<StoreStats> {
     const core = this.core;
     core.checkOpen();

@@ -92,6 +92,7 @@ describe('replication manager with placement groups', () => {
       while (!stop) await readBlob(storeClient(address(members[0]!)), id).catch(() => undefined);
     })();
     let extras: string[] = [];
+    let factor = 0;
     try {
       await waitFor(
         async () => {
@@ -101,6 +102,17 @@ describe('replication manager with placement groups', () => {
         },
         60_000,
         'two extra replicas',
+        () => rc.logs(),
+      );
+      // The stores' bytes per group show both extra copies (still hot: reads go on):
+      // the only blob, on 3 members and 2 extra stores, is 5 copies of one.
+      factor = await waitFor(
+        async () => {
+          const t = (await rc.cluster.status()).tierBytes;
+          return t?.replicaMeasured && t.replicaReplication > 4.5 ? t.replicaReplication : undefined;
+        },
+        60_000,
+        'replica factor 5 (above the group size, 3)',
         () => rc.logs(),
       );
     } finally {
@@ -114,13 +126,17 @@ describe('replication manager with placement groups', () => {
       expect(Buffer.from(n?.sha256 ?? []).equals(sha256(data))).toBe(true);
     }
     expect((await rc.cluster.status()).extraReplicaBlobs).toBe(1n);
-    // Cooled: unlisted, then tombstoned on the extra stores.
+    expect(factor).toBeCloseTo(5, 6);
+    // Cooled: unlisted, then tombstoned on the extra stores (tombstones are no replica).
     await waitFor(
       async () => {
         const st = await m.getBlobStatus({ blobId: id });
         if (st.replicas.length !== 3) return undefined;
         for (const s of extras) if (!(await stat(s, id))?.deleted) return undefined;
-        return true;
+        const t = (await rc.cluster.status()).tierBytes;
+        return t?.replicaMeasured && t.replicaReplication === 3 && t.replicaExtraBytes === 0n
+          ? true
+          : undefined;
       },
       60_000,
       'extras removed and tombstoned',

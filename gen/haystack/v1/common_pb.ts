@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file haystack/v1/common.proto.
  */
 export const file_haystack_v1_common: GenFile = /*@__PURE__*/
-  fileDesc("ChhoYXlzdGFjay92MS9jb21tb24ucHJvdG8SC2hheXN0YWNrLnYxIi4KB1JlcGxpY2ESEAoIc3RvcmVfaWQYASABKAkSEQoJdm9sdW1lX2lkGAIgASgNIj4KC1N0b3JlVGFyZ2V0EhAKCHN0b3JlX2lkGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSDAoEem9uZRgDIAEoCSJ/Cg9SZXBsaWNhTG9jYXRpb24SEAoIc3RvcmVfaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIRCgl2b2x1bWVfaWQYAyABKA0SKAoGaGVhbHRoGAQgASgOMhguaGF5c3RhY2sudjEuU3RvcmVIZWFsdGgSDAoEem9uZRgFIAEoCSKrAgoIQmxvYk1ldGESDwoHYmxvYl9pZBgBIAEoCRIOCgZjb29raWUYAiABKAYSDAoEc2l6ZRgDIAEoBBIOCgZzaGEyNTYYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEiYKCHJlcGxpY2FzGAYgAygLMhQuaGF5c3RhY2sudjEuUmVwbGljYRIcChR0YXJnZXRfcmVwbGljYV9jb3VudBgHIAEoDRIVCg1jcmVhdGVkX2F0X21zGAggASgDEiUKBXN0YXRlGAkgASgOMhYuaGF5c3RhY2sudjEuQmxvYlN0YXRlEg8KB3ZlcnNpb24YCiABKAQSEQoJZmlsZV9uYW1lGAsgASgJEiIKBGNvbGQYDCABKAsyFC5oYXlzdGFjay52MS5Db2xkUmVmIrABCgtWb2x1bWVTdGF0cxIRCgl2b2x1bWVfaWQYASABKA0SEgoKc2l6ZV9ieXRlcxgCIAEoBBISCgpsaXZlX2J5dGVzGAMgASgEEhQKDG5lZWRsZV9jb3VudBgEIAEoBBIVCg1kZWxldGVkX2NvdW50GAUgASgEEhIKCmVmZmljaWVuY3kYBiABKAESEQoJcmVhZF9vbmx5GAcgASgIEhIKCmNvbXBhY3RpbmcYCCABKAgiQgoKU2hhcmRTdGF0cxINCgVjb3VudBgBIAEoBBINCgVieXRlcxgCIAEoBBIWCg5ieXRlc19ieV9pbmRleBgDIAMoBCJ9CghFY0xheW91dBINCgVjb2RlYxgBIAEoCRITCgtkYXRhX3NoYXJkcxgCIAEoDRIVCg1wYXJpdHlfc2hhcmRzGAMgASgNEgwKBHNpemUYBCABKAQSEgoKc2hhcmRfc2l6ZRgFIAEoBBIUCgxzaGFyZF9jcmMzMmMYBiADKAciUwoHQ29sZFJlZhIRCglzdHJpcGVfaWQYASABKAkSDgoGb2Zmc2V0GAIgASgEEiUKBmxheW91dBgDIAEoCzIVLmhheXN0YWNrLnYxLkVjTGF5b3V0KncKC1N0b3JlSGVhbHRoEhwKGFNUT1JFX0hFQUxUSF9VTlNQRUNJRklFRBAAEhgKFFNUT1JFX0hFQUxUSF9IRUFMVEhZEAESGQoVU1RPUkVfSEVBTFRIX0RFR1JBREVEEAISFQoRU1RPUkVfSEVBTFRIX0RPV04QAypWCglCbG9iU3RhdGUSGgoWQkxPQl9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUJMT0JfU1RBVEVfQUNUSVZFEAESFgoSQkxPQl9TVEFURV9ERUxFVEVEEAJiBnByb3RvMw");
+  fileDesc("ChhoYXlzdGFjay92MS9jb21tb24ucHJvdG8SC2hheXN0YWNrLnYxIi4KB1JlcGxpY2ESEAoIc3RvcmVfaWQYASABKAkSEQoJdm9sdW1lX2lkGAIgASgNIj4KC1N0b3JlVGFyZ2V0EhAKCHN0b3JlX2lkGAEgASgJEg8KB2FkZHJlc3MYAiABKAkSDAoEem9uZRgDIAEoCSJ/Cg9SZXBsaWNhTG9jYXRpb24SEAoIc3RvcmVfaWQYASABKAkSDwoHYWRkcmVzcxgCIAEoCRIRCgl2b2x1bWVfaWQYAyABKA0SKAoGaGVhbHRoGAQgASgOMhguaGF5c3RhY2sudjEuU3RvcmVIZWFsdGgSDAoEem9uZRgFIAEoCSKrAgoIQmxvYk1ldGESDwoHYmxvYl9pZBgBIAEoCRIOCgZjb29raWUYAiABKAYSDAoEc2l6ZRgDIAEoBBIOCgZzaGEyNTYYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEiYKCHJlcGxpY2FzGAYgAygLMhQuaGF5c3RhY2sudjEuUmVwbGljYRIcChR0YXJnZXRfcmVwbGljYV9jb3VudBgHIAEoDRIVCg1jcmVhdGVkX2F0X21zGAggASgDEiUKBXN0YXRlGAkgASgOMhYuaGF5c3RhY2sudjEuQmxvYlN0YXRlEg8KB3ZlcnNpb24YCiABKAQSEQoJZmlsZV9uYW1lGAsgASgJEiIKBGNvbGQYDCABKAsyFC5oYXlzdGFjay52MS5Db2xkUmVmIrABCgtWb2x1bWVTdGF0cxIRCgl2b2x1bWVfaWQYASABKA0SEgoKc2l6ZV9ieXRlcxgCIAEoBBISCgpsaXZlX2J5dGVzGAMgASgEEhQKDG5lZWRsZV9jb3VudBgEIAEoBBIVCg1kZWxldGVkX2NvdW50GAUgASgEEhIKCmVmZmljaWVuY3kYBiABKAESEQoJcmVhZF9vbmx5GAcgASgIEhIKCmNvbXBhY3RpbmcYCCABKAgiQgoKU2hhcmRTdGF0cxINCgVjb3VudBgBIAEoBBINCgVieXRlcxgCIAEoBBIWCg5ieXRlc19ieV9pbmRleBgDIAMoBCJOCg5QbGFjZW1lbnRCeXRlcxITCgtncm91cF9jb3VudBgBIAEoDRInCgZncm91cHMYAiADKAsyFy5oYXlzdGFjay52MS5Hcm91cEJ5dGVzIioKCkdyb3VwQnl0ZXMSDQoFZ3JvdXAYASABKA0SDQoFYnl0ZXMYAiABKAQifQoIRWNMYXlvdXQSDQoFY29kZWMYASABKAkSEwoLZGF0YV9zaGFyZHMYAiABKA0SFQoNcGFyaXR5X3NoYXJkcxgDIAEoDRIMCgRzaXplGAQgASgEEhIKCnNoYXJkX3NpemUYBSABKAQSFAoMc2hhcmRfY3JjMzJjGAYgAygHIlMKB0NvbGRSZWYSEQoJc3RyaXBlX2lkGAEgASgJEg4KBm9mZnNldBgCIAEoBBIlCgZsYXlvdXQYAyABKAsyFS5oYXlzdGFjay52MS5FY0xheW91dCp3CgtTdG9yZUhlYWx0aBIcChhTVE9SRV9IRUFMVEhfVU5TUEVDSUZJRUQQABIYChRTVE9SRV9IRUFMVEhfSEVBTFRIWRABEhkKFVNUT1JFX0hFQUxUSF9ERUdSQURFRBACEhUKEVNUT1JFX0hFQUxUSF9ET1dOEAMqVgoJQmxvYlN0YXRlEhoKFkJMT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIVChFCTE9CX1NUQVRFX0FDVElWRRABEhYKEkJMT0JfU1RBVEVfREVMRVRFRBACYgZwcm90bzM");
 
 /**
  * Where one replica of a blob lives.
@@ -331,6 +331,72 @@ export const ShardStatsSchema: GenMessage<ShardStats> = /*@__PURE__*/
   messageDesc(file_haystack_v1_common, 5);
 
 /**
+ * Live needle bytes per placement group on one store (its heartbeat): what the
+ * directory measures the replica tier's effective replication factor from
+ * (internal/directory/tier-bytes.ts). The store keeps the counters as needles are
+ * committed, superseded, tombstoned and compacted (O(1) each), so a report costs
+ * no scan. Whether the bytes are a member's copy of its group or extra replicas
+ * of hot blobs held outside the group is the directory's to tell: it knows the
+ * members.
+ *
+ * @generated from message haystack.v1.PlacementBytes
+ */
+export type PlacementBytes = Message<"haystack.v1.PlacementBytes"> & {
+  /**
+   * The group count the groups below are numbered by (HeartbeatResponse.
+   * placement_group_count, the cluster's). 0: the store does not know it yet and
+   * reports no groups.
+   *
+   * @generated from field: uint32 group_count = 1;
+   */
+  groupCount: number;
+
+  /**
+   * Groups the store holds live needles of, in group order; groups with none are
+   * left out.
+   *
+   * @generated from field: repeated haystack.v1.GroupBytes groups = 2;
+   */
+  groups: GroupBytes[];
+};
+
+/**
+ * Describes the message haystack.v1.PlacementBytes.
+ * Use `create(PlacementBytesSchema)` to create a new message.
+ */
+export const PlacementBytesSchema: GenMessage<PlacementBytes> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_common, 6);
+
+/**
+ * One placement group's live needles on one store.
+ *
+ * @generated from message haystack.v1.GroupBytes
+ */
+export type GroupBytes = Message<"haystack.v1.GroupBytes"> & {
+  /**
+   * Group number, 0 <= group < group_count.
+   *
+   * @generated from field: uint32 group = 1;
+   */
+  group: number;
+
+  /**
+   * Bytes on disk of its live needles (full needles and cold stubs, header and
+   * footer included; tombstones and superseded needles excluded).
+   *
+   * @generated from field: uint64 bytes = 2;
+   */
+  bytes: bigint;
+};
+
+/**
+ * Describes the message haystack.v1.GroupBytes.
+ * Use `create(GroupBytesSchema)` to create a new message.
+ */
+export const GroupBytesSchema: GenMessage<GroupBytes> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_common, 7);
+
+/**
  * The Reed–Solomon code of one stripe and the checksum of each of its shards
  * (internal/ec/codec.ts ShardLayout). Shard i of a stripe is bytes
  * [i·shard_size, (i+1)·shard_size) of the stripe's data zero-padded to
@@ -388,7 +454,7 @@ export type EcLayout = Message<"haystack.v1.EcLayout"> & {
  * Use `create(EcLayoutSchema)` to create a new message.
  */
 export const EcLayoutSchema: GenMessage<EcLayout> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_common, 6);
+  messageDesc(file_haystack_v1_common, 8);
 
 /**
  * Where a cold blob's bytes are: a byte range of one stripe of its placement group.
@@ -425,7 +491,7 @@ export type ColdRef = Message<"haystack.v1.ColdRef"> & {
  * Use `create(ColdRefSchema)` to create a new message.
  */
 export const ColdRefSchema: GenMessage<ColdRef> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_common, 7);
+  messageDesc(file_haystack_v1_common, 9);
 
 /**
  * Health of a store as the directory sees it, from the age of its heartbeats.

@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { hashKey64, type KeyHash } from '../../../internal/common/key-hash.js';
+import { groupOfHash } from '../../../internal/common/placement.js';
 import { type NeedleLocation, NeedleMap } from '../../../internal/store/needle-map.js';
 
 /** A fake "disk": every location ever handed out remembers the key written there. */
@@ -159,5 +160,72 @@ describe('NeedleMap vs reference Map', () => {
     expect(map.tableBytes / n).toBeLessThanOrEqual(42);
     for (let i = 0; i < n; i += 997) expect(map.lookup(`blob-${i}`)?.offset).toBe(i * 8);
     expect(map.lookup('blob-x')).toBeUndefined();
+  });
+});
+
+describe('NeedleMap live bytes per placement group', () => {
+  /** Live bytes per group of the reference map, as liveBytesByGroup answers them. */
+  function expected(ref: Map<string, NeedleLocation>, groups: number, hash: KeyHash = hashKey64) {
+    const by = new Map<number, number>();
+    const h = new Uint32Array(2);
+    for (const [k, loc] of ref) {
+      if (loc.deleted) continue;
+      hash(k, h);
+      const g = groupOfHash(h[1]!, groups);
+      by.set(g, (by.get(g) ?? 0) + loc.length);
+    }
+    return [...by].sort((a, b) => a[0] - b[0]).map(([group, bytes]) => ({ group, bytes }));
+  }
+
+  for (const [name, hash] of Object.entries(hashes)) {
+    it(`equal a recount after any writes, tombstones, moves and removals (${name} hash)`, () => {
+      fc.assert(
+        fc.property(
+          fc.array(opArb, { minLength: 1, maxLength: 300 }),
+          fc.integer({ min: 0, max: 300 }),
+          fc.integer({ min: 1, max: 9 }),
+          (ops, trackAt, groups) => {
+            const { map, place } = harness(hash);
+            const ref = new Map<string, NeedleLocation>();
+            for (const [i, op] of ops.entries()) {
+              // Tracking may start at any point: the first count is one pass, then each change.
+              if (i === trackAt) map.trackGroups(groups);
+              if (op.t === 'set') {
+                const loc = place(op.k, op.del);
+                map.set(op.k, loc);
+                ref.set(op.k, loc);
+              } else if (op.t === 'delete') {
+                map.delete(op.k);
+                ref.delete(op.k);
+              } else if (op.t === 'replace') {
+                const cur = ref.get(op.k);
+                const loc = place(op.k, op.k.endsWith('7'));
+                if (cur && map.replace(op.k, cur, loc)) ref.set(op.k, loc);
+              }
+            }
+            map.trackGroups(groups);
+            expect(map.liveBytesByGroup()).toEqual(expected(ref, groups, hash));
+          },
+        ),
+        { numRuns: 60 },
+      );
+    });
+  }
+
+  it('reports nothing until tracking starts; another group count starts over', () => {
+    const { map, place } = harness();
+    const ref = new Map<string, NeedleLocation>();
+    for (let i = 0; i < 50; i++) {
+      const loc = place(`k${i}`, i % 10 === 0);
+      map.set(`k${i}`, loc);
+      ref.set(`k${i}`, loc);
+    }
+    expect(map.trackedGroups).toBe(0);
+    expect(map.liveBytesByGroup()).toEqual([]);
+    map.trackGroups(4);
+    expect(map.liveBytesByGroup()).toEqual(expected(ref, 4));
+    map.trackGroups(7);
+    expect(map.trackedGroups).toBe(7);
+    expect(map.liveBytesByGroup()).toEqual(expected(ref, 7));
   });
 });

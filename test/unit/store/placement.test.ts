@@ -126,6 +126,49 @@ describe('stamps given by the caller', () => {
   });
 });
 
+describe('live bytes per placement group', () => {
+  /** What a fresh count (one pass over the needle map) gives. */
+  const recount = (s: Store, groups: number) => {
+    s.trackGroups(0);
+    s.trackGroups(groups);
+    return s.liveBytesByGroup();
+  };
+
+  it('follow writes, tombstones, compaction and a restart as a recount does', async () => {
+    const G = 5;
+    const dir = await tempDir();
+    const s = await openStore(dir, { maxVolumeSize: 32 << 10 });
+    expect(s.liveBytesByGroup()).toEqual({ groupCount: 0, groups: [] });
+    s.trackGroups(G);
+    const ids = Array.from({ length: 60 }, (_, i) => `pg-${i}`);
+    for (const [i, id] of ids.entries()) await put(s, id, blob(100 + 37 * i, i));
+    const afterWrites = s.liveBytesByGroup();
+    expect(afterWrites.groupCount).toBe(G);
+    expect(afterWrites.groups.map((g) => g.group)).toEqual(
+      [...new Set(ids.map((id) => placementGroupOf(id, G)))].sort((a, b) => a - b),
+    );
+    // Each needle counts its content and its header/footer: more than the content, never less.
+    const content = ids.reduce((n, _, i) => n + 100 + 37 * i, 0);
+    const total = afterWrites.groups.reduce((n, g) => n + g.bytes, 0);
+    expect(total).toBeGreaterThan(content);
+    expect(total).toBeLessThan(content + ids.length * 200);
+    for (const id of ids.filter((_, i) => i % 3 === 0)) expect(await s.delete(id)).toBe(true);
+    const afterDeletes = s.liveBytesByGroup();
+    expect(afterDeletes.groups.reduce((n, g) => n + g.bytes, 0)).toBeLessThan(total);
+    await s.compact(undefined, true);
+    expect(s.liveBytesByGroup()).toEqual(afterDeletes);
+    expect(recount(s, G)).toEqual(afterDeletes);
+    await s.close();
+    const again = await openStore(dir, { maxVolumeSize: 32 << 10 });
+    again.trackGroups(G);
+    expect(again.liveBytesByGroup()).toEqual(afterDeletes);
+    // Deleting every remaining needle of a group leaves it out.
+    const g0 = ids.filter((id, i) => i % 3 !== 0 && placementGroupOf(id, G) === 0);
+    for (const id of g0) await again.delete(id);
+    expect(again.liveBytesByGroup().groups.find((g) => g.group === 0)).toBeUndefined();
+  });
+});
+
 describe('placement-group listing', () => {
   const G = 4;
   const ids = Array.from({ length: 240 }, (_, i) => `img-${i % 3 === 0 ? 'a' : 'b'}-${i}`);
