@@ -20,7 +20,9 @@ export async function writeAtomic(dir: string, name: string, content: Uint8Array
   const tmp = path.join(dir, `${name}.tmp`);
   const fh = await open(tmp, 'w');
   try {
-    await fh.write(content, 0, content.length, 0);
+    // writeFile writes until every byte is written (a single write may be short:
+    // a file-size limit, a signal) and rejects on the error that stops it.
+    await fh.writeFile(content);
     await fh.datasync();
   } finally {
     await fh.close();

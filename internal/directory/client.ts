@@ -70,6 +70,8 @@ export class DirectoryClient {
   private readonly clients: PeerClients;
   private leader: string | null = null;
   private readInstance = 0;
+  /** The instance a metadata watch last streamed from (null before any). */
+  private watchAddress: string | null = null;
   private readonly deadlineMs: number;
   private readonly attemptMs: number;
   private readonly backoffMs: number;
@@ -151,7 +153,9 @@ export class DirectoryClient {
   /**
    * Follows committed metadata changes from `fromIndex` (0: a snapshot first),
    * reconnecting to another instance on failure and resuming after the last entry seen;
-   * `nextSource` starts on another instance than the one read last (it was behind).
+   * `nextSource` starts on another instance than the one the watch last streamed
+   * from (it was behind) — not merely another than reads use now: a failed read may
+   * already have moved reads off it, and moving once more would land back on it.
    */
   async *watchMetadata(
     req: { fromIndex?: bigint; watcherId?: string; nextSource?: boolean },
@@ -160,9 +164,10 @@ export class DirectoryClient {
     let from = req.fromIndex ?? 0n;
     let backoff = this.backoffMs;
     // The caller found the directory it followed behind (a store has seen a newer term).
-    if (req.nextSource) this.failRead(this.pickRead());
+    if (req.nextSource && this.watchAddress !== null) this.failRead(this.watchAddress);
     while (!signal?.aborted) {
       const address = this.pickRead();
+      this.watchAddress = address;
       try {
         for await (const msg of this.clients
           .get(address)

@@ -32,6 +32,12 @@ export interface DirectoryConfig extends ServerConfig {
   placementExpectedStores: number;
   /** How long the first placement waits for them once DEFAULT_REPLICA_COUNT are up (ms). */
   placementExpectedWaitMs: number;
+  /**
+   * How long an eligible store stays well below its share of memberships before
+   * the leader starts balance moves on its own (ms; 0: only `haystack placement
+   * balance` moves them), placement-keeper.ts.
+   */
+  placementAutoBalanceAfterMs: number;
 }
 
 export const DIRECTORY_ENV_HELP = `${COMMON_ENV_HELP}
@@ -70,11 +76,17 @@ export const DIRECTORY_ENV_HELP = `${COMMON_ENV_HELP}
   PLACEMENT_REPLACE_AFTER  how long a store stays DOWN before its placement-group memberships
                          move to other stores (JOINING, backfilled) (default 60s)
   PLACEMENT_EXPECTED_STORES  stores a new cluster's placement groups wait for, so each gets
-                         memberships (a store registering after the groups exist gets none
-                         until \`haystack placement balance\`); 0 = DEFAULT_REPLICA_COUNT (default 0)
+                         memberships at once (a store registering after the groups exist gets
+                         its share by PLACEMENT_AUTO_BALANCE_AFTER); 0 = DEFAULT_REPLICA_COUNT
+                         (default 0)
   PLACEMENT_EXPECTED_WAIT  how long the groups wait for PLACEMENT_EXPECTED_STORES once
                          DEFAULT_REPLICA_COUNT stores are up; then they are created on the stores
-                         there (default 60s)`;
+                         there (default 60s)
+  PLACEMENT_AUTO_BALANCE_AFTER  how long a HEALTHY writable store holds at least 2 memberships
+                         fewer than the mean before the leader moves memberships onto it by
+                         itself (balance moves, a few groups at a time; a store added to a
+                         running cluster fills up this way); 0 = off, only
+                         \`haystack placement balance\` moves them (default 60s)`;
 
 export function readDirectoryConfig(
   flags: { listen?: string; data?: string },
@@ -123,6 +135,10 @@ export function readDirectoryConfig(
     placementReplaceAfterMs: r.duration('PLACEMENT_REPLACE_AFTER', 60_000, { minMs: 100 }),
     placementExpectedStores: r.int('PLACEMENT_EXPECTED_STORES', 0, { min: 0, max: 100_000 }),
     placementExpectedWaitMs: r.duration('PLACEMENT_EXPECTED_WAIT', 60_000, { minMs: 0, maxMs: 86_400_000 }),
+    placementAutoBalanceAfterMs: r.duration('PLACEMENT_AUTO_BALANCE_AFTER', 60_000, {
+      minMs: 0,
+      maxMs: 86_400_000,
+    }),
   };
   if (cfg.leaderHeartbeatIntervalMs * 2 > cfg.leaderTimeoutMs) {
     r.problem(

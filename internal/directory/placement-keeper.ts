@@ -1,6 +1,12 @@
 import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
 import type { DirectoryNode } from './node.js';
-import { finishMoves, startDrains } from './placement-moves.js';
+import {
+  finishMoves,
+  movesInProgress,
+  planBalance,
+  startDrains,
+  underfullStores,
+} from './placement-moves.js';
 import {
   demoteDownMembers,
   initialPlacement,
@@ -21,16 +27,25 @@ import type { StoreRegistry } from './stores.js';
  * - replaces members of stores DOWN for PLACEMENT_REPLACE_AFTER with JOINING ones;
  * - drains (placement-moves.ts): starts moves off draining stores, at most
  *   DRAIN_GROUPS_AT_ONCE groups at once, and finishes every move whose
- *   replacement is ACTIVE (balance moves too).
+ *   replacement is ACTIVE (balance moves too);
+ * - balances on its own (PLACEMENT_AUTO_BALANCE_AFTER): when an eligible store has
+ *   been clearly below its share of memberships for that long (a store added to a
+ *   running cluster, one back after its groups were replaced), starts the moves
+ *   `haystack placement balance` would, at most AUTO_BALANCE_GROUPS_AT_ONCE groups
+ *   moving at once, until it is not — never while a store is DOWN or draining
+ *   (repairs and drains first).
  *
  * Every placement change the leader makes on its own or for an operator runs
  * through `exclusive`, so each is planned on the state the previous one left.
  *
- * How long a store has been DOWN is leader-local memory: a new leader starts the
- * clock again, which only delays a replacement (never hastens one).
+ * How long a store has been DOWN, or below its share, is leader-local memory: a
+ * new leader starts the clock again, which only delays a replacement or a balance
+ * (never hastens one).
  */
 /** Groups with a drain move under way at once (each is a backfill to run). */
 export const DRAIN_GROUPS_AT_ONCE = 16;
+/** Groups with a move under way at once before an automatic balance starts more. */
+export const AUTO_BALANCE_GROUPS_AT_ONCE = 8;
 
 export class PlacementKeeper {
   private timer: NodeJS.Timeout | null = null;
@@ -38,6 +53,8 @@ export class PlacementKeeper {
   private chain: Promise<unknown> = Promise.resolve();
   /** storeId → when this leader first saw it DOWN (performance.now()). */
   private readonly downSince = new Map<string, number>();
+  /** storeId → when this leader first saw it clearly below its share (performance.now()). */
+  private readonly underfullSince = new Map<string, number>();
   /** Before the first placement: the eligible stores seen last, and since when (performance.now()). */
   private eligibleSeen: { ids: string; since: number } | undefined;
   /** Before the first placement: since when at least the replica count of stores is eligible. */
@@ -52,6 +69,7 @@ export class PlacementKeeper {
 
   onLeaderReady(): void {
     this.downSince.clear();
+    this.underfullSince.clear();
     const every = Math.max(50, Math.min(250, this.node.cfg.placementReplaceAfterMs / 4));
     this.timer = setInterval(() => void this.tick(), every);
     this.timer.unref();
@@ -222,11 +240,50 @@ export class PlacementKeeper {
       return;
     }
     const started = startDrains(state.placement.groups, this.candidates(), DRAIN_GROUPS_AT_ONCE);
-    if (started.length === 0) return;
+    if (started.length === 0) {
+      await this.autoBalance(down);
+      return;
+    }
     await this.node.propose({ case: 'placementChanged', value: { groupCount: 0, groups: started } });
     log.info(
       { groups: started.map((g) => g.group) },
       'placement: drain moves started (members leaving, replacements JOINING)',
+    );
+  }
+
+  /**
+   * PLACEMENT_AUTO_BALANCE_AFTER: starts balance moves (planBalance, the moves of
+   * BalancePlacement) once an eligible store has been clearly below its share
+   * (underfullStores) for that long, keeping at most AUTO_BALANCE_GROUPS_AT_ONCE
+   * groups moving. Not while a store is DOWN or draining: those come first, and
+   * the clock starts again after them.
+   */
+  private async autoBalance(down: ReadonlySet<string>): Promise<void> {
+    const { cfg, state, log } = this.node;
+    const afterMs = cfg.placementAutoBalanceAfterMs;
+    const candidates = this.candidates();
+    if (afterMs === 0 || down.size > 0 || candidates.some((c) => c.draining)) {
+      this.underfullSince.clear();
+      return;
+    }
+    const groups = state.placement.groups;
+    const under = underfullStores(groups, candidates);
+    const now = performance.now();
+    for (const id of this.underfullSince.keys()) if (!under.includes(id)) this.underfullSince.delete(id);
+    let due = false;
+    for (const id of under) {
+      const since = this.underfullSince.get(id) ?? now;
+      this.underfullSince.set(id, since);
+      if (now - since >= afterMs) due = true;
+    }
+    const room = AUTO_BALANCE_GROUPS_AT_ONCE - movesInProgress(groups);
+    if (!due || room <= 0) return;
+    const plan = planBalance(groups, candidates, room);
+    if (plan.changed.length === 0) return;
+    await this.node.propose({ case: 'placementChanged', value: { groupCount: 0, groups: plan.changed } });
+    log.info(
+      { moves: plan.moves, belowShare: under, afterMs },
+      'placement: automatic balance moves started (a store below its share for PLACEMENT_AUTO_BALANCE_AFTER)',
     );
   }
 }

@@ -134,6 +134,47 @@ function distinctZones(storeIds: readonly string[], zoneOf: ReadonlyMap<string, 
 }
 
 /**
+ * Staying memberships per store as balance counts them: stores that are neither
+ * draining nor DOWN (0 for one without any), leaving members not counted.
+ */
+function balanceLoads(
+  groups: readonly (PlacementGroup | undefined)[],
+  candidates: readonly PlacementCandidate[],
+): Map<string, number> {
+  const load = new Map<string, number>();
+  for (const c of candidates) {
+    if (!c.draining && c.health !== StoreHealth.DOWN) load.set(c.storeId, 0);
+  }
+  for (const g of groups) {
+    for (const m of g?.members ?? []) {
+      if (!m.leaving && load.has(m.storeId)) load.set(m.storeId, (load.get(m.storeId) ?? 0) + 1);
+    }
+  }
+  return load;
+}
+
+/**
+ * The eligible stores clearly below their share: at least 2 staying memberships
+ * fewer than the mean over the stores balance counts. A balanced placement (every
+ * two stores within one membership, what planBalance leaves) has none, so moves
+ * started for these end instead of churning.
+ */
+export function underfullStores(
+  groups: readonly (PlacementGroup | undefined)[],
+  candidates: readonly PlacementCandidate[],
+): string[] {
+  const load = balanceLoads(groups, candidates);
+  if (load.size === 0) return [];
+  let total = 0;
+  for (const n of load.values()) total += n;
+  const mean = total / load.size;
+  return candidates
+    .filter((c) => eligible(c) && (load.get(c.storeId) ?? 0) + 2 <= mean)
+    .map((c) => c.storeId)
+    .sort();
+}
+
+/**
  * Balance: up to `maxMoves` moves (step 1 above), each taking one membership
  * from the store with the most staying memberships to an eligible store with the
  * fewest, while they differ by more than one. Only stores that are neither
@@ -148,15 +189,7 @@ export function planBalance(
   candidates: readonly PlacementCandidate[],
   maxMoves: number,
 ): BalancePlan {
-  const load = new Map<string, number>();
-  for (const c of candidates) {
-    if (!c.draining && c.health !== StoreHealth.DOWN) load.set(c.storeId, 0);
-  }
-  for (const g of groups) {
-    for (const m of g?.members ?? []) {
-      if (!m.leaving && load.has(m.storeId)) load.set(m.storeId, (load.get(m.storeId) ?? 0) + 1);
-    }
-  }
+  const load = balanceLoads(groups, candidates);
   const before = new Map(load);
   const zoneOf = new Map(candidates.map((c) => [c.storeId, c.zone]));
   const targets = candidates.filter(eligible).map((c) => c.storeId);

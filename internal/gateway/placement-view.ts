@@ -79,8 +79,11 @@ export class PlacementView {
    */
   noteStoreTerm(term: bigint): void {
     if (term <= this.leaderTerm || this.stopCtl.signal.aborted) return;
-    const sinceMs = this.reported?.sinceMs ?? performance.now();
-    if (!this.reported || term > this.reported.term) this.reported = { term, sinceMs };
+    // The grace runs from the first report the view has not caught up with: a newer
+    // term arriving after the view reached the older one starts it afresh.
+    const prev = this.reported && this.reported.term > this.leaderTerm ? this.reported : undefined;
+    const sinceMs = prev?.sinceMs ?? performance.now();
+    if (!prev || term > prev.term) this.reported = { term, sinceMs };
     this.scheduleBehindCheck(sinceMs + this.behindGraceMs - performance.now());
   }
 

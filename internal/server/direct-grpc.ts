@@ -56,6 +56,19 @@ export interface DirectGrpcOptions {
   ) => Promise<void>;
 }
 
+/** Keys of a call's status and framing, never taken from a trailer or error metadata set by code. */
+const PROTOCOL_TRAILERS = new Set([
+  'grpc-status',
+  'grpc-message',
+  'grpc-status-details-bin',
+  'content-type',
+  'content-length',
+  'grpc-encoding',
+  'grpc-accept-encoding',
+  'te',
+  'trailer',
+]);
+
 /** Inbound messages buffered before the stream is paused (HTTP/2 flow control then holds the client). */
 const HIGH_WATER = 16;
 
@@ -335,14 +348,17 @@ class DirectCall {
     this.finished = true;
     clearTimeout(this.timer);
     const ce = err === undefined ? undefined : ConnectError.from(err, Code.Internal);
-    const trailers: http2.OutgoingHttpHeaders = { 'grpc-status': String(ce ? ce.code : 0) };
+    const trailers: http2.OutgoingHttpHeaders = {};
+    // An error passed on from a peer carries the peer's trailers as metadata, its
+    // grpc-status among them: only the other keys go out, as connect-node does, or
+    // the peer's status would replace this call's (docs/faults.md N5).
+    const copy = (v: string, k: string) => {
+      if (!PROTOCOL_TRAILERS.has(k.toLowerCase()) && !k.startsWith(':')) trailers[k] = v;
+    };
+    this.responseTrailer?.forEach(copy);
+    ce?.metadata.forEach(copy);
+    trailers['grpc-status'] = String(ce ? ce.code : 0);
     if (ce) trailers['grpc-message'] = encodeGrpcMessage(ce.rawMessage);
-    this.responseTrailer?.forEach((v, k) => {
-      trailers[k] = v;
-    });
-    ce?.metadata.forEach((v, k) => {
-      trailers[k] = v;
-    });
     // Whatever the client still sends is not needed; keep flow control moving.
     this.stream.resume();
     try {

@@ -101,7 +101,8 @@ export interface NeedleWriter {
  * of CPU for 1 KiB (docs/benchmarks.md, "Wave 5"). The header is still written
  * at once: it gives the reservation's length to a recovery tail scan, which
  * skips an aborted needle by it. The fdatasync is unchanged. Bounded: one such
- * buffer per write in flight.
+ * buffer per write that has received data (allocated at its first chunk, so a
+ * stream that sends nothing holds none), dropped when the write ends.
  */
 const COALESCE_MAX = 128 * 1024;
 
@@ -236,10 +237,7 @@ export async function beginWrite(
     });
     // AES-256-GCM over the data, the header bytes as authenticated data.
     const sealer = dek ? new NeedleSealer(dek, header) : undefined;
-    const tail =
-      length <= COALESCE_MAX
-        ? Buffer.allocUnsafeSlow(length - dataOffset(blobId.length, metaLen))
-        : undefined;
+    const tailLength = length <= COALESCE_MAX ? length - dataOffset(blobId.length, metaLen) : undefined;
     try {
       await vol.writeDat(header, offset);
     } catch (err) {
@@ -256,7 +254,7 @@ export async function beginWrite(
       cookie,
       flags,
       sealer,
-      tail,
+      tailLength,
     });
   } catch (err) {
     release();
@@ -278,8 +276,10 @@ interface NewNeedle {
   flags: number;
   /** Encrypts the data (FLAG_ENCRYPTED). */
   sealer: NeedleSealer | undefined;
-  /** Data and footer, assembled here and written at commit (needles of at most COALESCE_MAX bytes). */
-  tail: Uint8Array | undefined;
+  /** Bytes of data and footer, assembled in `tail` and written at commit (needles of at most COALESCE_MAX bytes). */
+  tailLength: number | undefined;
+  /** Allocated at the first chunk (or at commit), dropped when the write ends. */
+  tail?: Buffer | undefined;
 }
 
 /** The id's live needle: compare content at commit, store nothing. */
@@ -359,6 +359,7 @@ class BlobWriter implements NeedleWriter {
     this.done = true;
     const p = this.plan;
     if (p.kind === 'new') {
+      p.tail = undefined;
       if (!stored) p.vol.release(p.offset, needleLength(this.blobId.length, this.size, p.flags, p.metaLen));
       p.vol.finish();
     }
@@ -389,16 +390,17 @@ class BlobWriter implements NeedleWriter {
         const at = dataAt + this.written;
         const out = p.sealer ? p.sealer.update(chunk) : chunk;
         if (p.sealer) this.storedCrc = crc32c(out, this.storedCrc);
-        try {
-          if (p.tail) {
-            p.vol.checkDat(at, out.length);
-            p.tail.set(out, at - dataAt);
-          } else await p.vol.writeDat(out, at);
-        } catch (err) {
-          if (!isNoSpaceError(err)) p.vol.markBroken(`data write failed: ${(err as Error).message}`);
-          await this.abort();
-          throw ioError(err, `writing blob ${this.blobId}`);
-        }
+        if (p.tailLength !== undefined) {
+          p.tail ??= Buffer.allocUnsafeSlow(p.tailLength);
+          p.tail.set(out, at - dataAt);
+        } else
+          try {
+            await p.vol.writeDat(out, at);
+          } catch (err) {
+            if (!isNoSpaceError(err)) p.vol.markBroken(`data write failed: ${(err as Error).message}`);
+            await this.abort();
+            throw ioError(err, `writing blob ${this.blobId}`);
+          }
       }
       this.written += chunk.length;
     } finally {
@@ -479,12 +481,9 @@ class BlobWriter implements NeedleWriter {
       : encodeFooter(crc, this.blobId.length, this.size, { sha256: sha, metaLen });
     const dataAt = offset + dataOffset(this.blobId.length, metaLen);
     const footerAt = dataAt + this.size;
+    if (p.tailLength !== undefined) await this.writeTail(p, footer, dataAt, footerAt);
     try {
-      if (p.tail) {
-        vol.checkDat(footerAt, footer.length);
-        p.tail.set(footer, footerAt - dataAt);
-        await vol.writeDatChecked(p.tail, dataAt);
-      } else await vol.writeDat(footer, footerAt);
+      if (p.tailLength === undefined) await vol.writeDat(footer, footerAt);
       const length = needleLength(this.blobId.length, this.size, flags, metaLen);
       const record: IndexRecord = {
         key: this.blobId,
@@ -519,6 +518,23 @@ class BlobWriter implements NeedleWriter {
       existed: false,
       kept: false,
     };
+  }
+
+  /**
+   * A small needle's data and footer in one write. When it fails, the needle has
+   * no whole footer, so nothing of it can come back: the reservation is given back
+   * as after a failed chunk write (an ENOSPC must not hold space until compaction).
+   */
+  private async writeTail(p: NewNeedle, footer: Uint8Array, dataAt: number, footerAt: number): Promise<void> {
+    const tail = p.tail ?? Buffer.allocUnsafeSlow(p.tailLength ?? 0);
+    tail.set(footer, footerAt - dataAt);
+    try {
+      await p.vol.writeDat(tail, dataAt);
+    } catch (err) {
+      if (!isNoSpaceError(err)) p.vol.markBroken(`data write failed: ${(err as Error).message}`);
+      this.finishUp(false);
+      throw ioError(err, `writing blob ${this.blobId}`);
+    }
   }
 
   async abort(): Promise<void> {

@@ -213,21 +213,6 @@ export class Volume {
     await writeFully(this.dat.handle, buf, position);
   }
 
-  /**
-   * The fault hook of a write of `length` bytes at `position` that is not made
-   * yet: a piece of a small needle's data and footer, assembled in memory and
-   * written later in one call (writeDatChecked), so hooks see the same pieces as
-   * with writeDat.
-   */
-  checkDat(position: number, length: number): void {
-    this.hooks.beforeWrite?.('dat', this.id, position, length);
-  }
-
-  /** Writes `buf` at `position`; each of its pieces already went through checkDat. */
-  async writeDatChecked(buf: Uint8Array, position: number): Promise<void> {
-    await writeFully(this.dat.handle, buf, position);
-  }
-
   private async flush(items: PendingCommit[]): Promise<void> {
     this.hooks.onFsync?.('dat', this.id);
     try {

@@ -47,7 +47,7 @@ async function volumeBytes(dir: string): Promise<number> {
 /**
  * Indexes of the stores that hold volumes. Every store should (the fault cluster
  * sets PLACEMENT_EXPECTED_STORES), but one that registered after
- * PLACEMENT_EXPECTED_WAIT gets no membership until an operator balances — pausing
+ * PLACEMENT_EXPECTED_WAIT gets none until the automatic balance (PLACEMENT_AUTO_BALANCE_AFTER) — pausing
  * that one would test nothing (the suite's `pause-store` once did so).
  */
 async function storesWithData(fc: FaultCluster): Promise<number[]> {

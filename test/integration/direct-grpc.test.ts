@@ -75,6 +75,16 @@ const store: ServiceImpl<typeof StoreService> = {
           ctx.responseTrailer.set('x-why', 'refused on purpose');
           throw new ConnectError('blob "refuse" already exists — naïve 100%', Code.AlreadyExists);
         }
+        if (blobId === 'relay') {
+          // A peer's refusal passed on under another code, its trailers as metadata
+          // (as the gateway's staleTermAsUnavailable does with a store's).
+          const peer = new Headers({
+            'grpc-status': String(Code.FailedPrecondition),
+            'grpc-message': 'directory term 12 is older than term 13 already seen',
+            'haystack-fenced-term': '13',
+          });
+          throw new ConnectError('the view catches up: retry', Code.Unavailable, peer);
+        }
       } else if (r.msg.case === 'chunk') {
         size += BigInt(r.msg.value.length);
         sha.update(r.msg.value);
@@ -271,6 +281,10 @@ for (const [server, addr] of [
       expect(refused.code).toBe(Code.AlreadyExists);
       expect(refused.rawMessage).toBe('blob "refuse" already exists — naïve 100%');
       expect(refused.metadata.get('x-why')).toBe('refused on purpose');
+      // N5: this call's status, not the peer's the error's metadata carries; its other keys kept.
+      const relayed = await codeOf(c.write(upload('relay', 1)));
+      expect([Code[relayed.code], relayed.rawMessage]).toEqual(['Unavailable', 'the view catches up: retry']);
+      expect(relayed.metadata.get('haystack-fenced-term')).toBe('13');
       const missing = await codeOf(
         (async () => {
           for await (const _ of c.read({ blobId: 'missing' }));

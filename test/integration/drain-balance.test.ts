@@ -87,7 +87,12 @@ beforeAll(async () => {
     gateways: 1,
     // A loaded machine must not flap stores DOWN (each flap demotes a member).
     env: { STORE_DEGRADED_AFTER: '3s', STORE_DOWN_AFTER: '6s' },
-    directoryEnv: { PLACEMENT_GROUPS: String(GROUPS), PLACEMENT_REPLACE_AFTER: '600s' },
+    directoryEnv: {
+      PLACEMENT_GROUPS: String(GROUPS),
+      PLACEMENT_REPLACE_AFTER: '600s',
+      // The operator balances here (placement-auto-balance.test.ts covers the leader's own).
+      PLACEMENT_AUTO_BALANCE_AFTER: '0',
+    },
   });
   client = new HaystackClient({ url: cluster.url });
   await waitFor(

@@ -124,6 +124,20 @@ describe('env parsing', () => {
     );
   });
 
+  it('reads PLACEMENT_AUTO_BALANCE_AFTER (default 60s, 0 = off) and refuses a bad one', () => {
+    expect(readDirectoryConfig({}, PLAIN).placementAutoBalanceAfterMs).toBe(60_000);
+    expect(
+      readDirectoryConfig({}, { ...PLAIN, PLACEMENT_AUTO_BALANCE_AFTER: '0' }).placementAutoBalanceAfterMs,
+    ).toBe(0);
+    expect(
+      readDirectoryConfig({}, { ...PLAIN, PLACEMENT_AUTO_BALANCE_AFTER: '5m' }).placementAutoBalanceAfterMs,
+    ).toBe(300_000);
+    for (const bad of ['-1', 'later', '2d'])
+      expect(() => readDirectoryConfig({}, { ...PLAIN, PLACEMENT_AUTO_BALANCE_AFTER: bad }), bad).toThrow(
+        /PLACEMENT_AUTO_BALANCE_AFTER/,
+      );
+  });
+
   it('bounds a unary Put by MAX_PUT_SIZE (default 16MiB, at most 255MiB)', () => {
     expect(readGatewayConfig({}, { ...PLAIN }).maxPutSize).toBe(16 * 1024 * 1024);
     expect(readGatewayConfig({}, { ...PLAIN, MAX_PUT_SIZE: '1MiB' }).maxPutSize).toBe(1024 * 1024);

@@ -15,6 +15,7 @@ import {
   planBalance,
   startDrains,
   storeLoads,
+  underfullStores,
 } from '../../../internal/directory/placement-moves.js';
 import {
   demoteDownMembers,
@@ -212,6 +213,40 @@ describe('placement moves: balance', () => {
     const again = planBalance(apply(groups, plan.changed), four, 100);
     for (const m of again.moves) expect(plan.moves.map((x) => x.group)).not.toContain(m.group);
     expect(again.after.get('d')).toBe(9);
+  });
+
+  it('finds a store clearly below its share (automatic balance), and none once balance is done', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 3, max: 8 }), fc.integer({ min: 4, max: 96 }), (n, count) => {
+        const old = Array.from({ length: n }, (_, i) => store(`s${i}`));
+        let groups = place(old, count);
+        expect(underfullStores(groups, old)).toEqual([]);
+        const all = [...old, store('new')];
+        // The mean is 3·count/(n+1); the new store holds none.
+        expect(underfullStores(groups, all)).toEqual((3 * count) / (n + 1) >= 2 ? ['new'] : []);
+        for (let round = 0; round < 50; round++) {
+          const plan = planBalance(groups, all, 8);
+          if (plan.moves.length === 0) break;
+          groups = apply(groups, plan.changed);
+          groups = apply(groups, finishMoves(backfillAll(groups), new Set()));
+        }
+        expect(underfullStores(groups, all)).toEqual([]);
+      }),
+      { numRuns: 40 },
+    );
+  });
+
+  it('counts only eligible stores as below their share', () => {
+    const stores = ['a', 'b', 'c'].map((s) => store(s));
+    const groups = place(stores, 12);
+    const empty = [
+      store('d', { draining: true }),
+      store('e', { health: StoreHealth.DOWN }),
+      store('f', { writable: false }),
+      store('g', { health: StoreHealth.DEGRADED }),
+    ];
+    expect(underfullStores(groups, [...stores, ...empty])).toEqual([]);
+    expect(underfullStores(groups, [...stores, ...empty, store('h')])).toEqual(['h']);
   });
 
   it('never moves onto a draining, DOWN or unwritable store, nor reduces a group’s zones', () => {

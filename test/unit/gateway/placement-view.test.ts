@@ -1,9 +1,12 @@
 import { create } from '@bufbuild/protobuf';
 import { Code, ConnectError } from '@connectrpc/connect';
 import { pino } from 'pino';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { StoreHealth } from '../../../gen/haystack/v1/common_pb.js';
-import { WatchMetadataResponseSchema } from '../../../gen/haystack/v1/directory_pb.js';
+import {
+  type WatchMetadataResponse,
+  WatchMetadataResponseSchema,
+} from '../../../gen/haystack/v1/directory_pb.js';
 import { LogEntrySchema, PlacementMemberState } from '../../../gen/haystack/v1/metadata_pb.js';
 import { GroupPath, type PlacementStoreApi } from '../../../internal/gateway/group-path.js';
 import {
@@ -75,6 +78,58 @@ describe('PlacementView leaves a directory that is behind a term a store has see
       expect(view.state.leaderId).toBe('directory-1');
     } finally {
       view.stop();
+    }
+  });
+});
+
+// Review finding (b) of N5: the grace kept the first report's start when a newer term
+// came after the view had caught up with the older one, so a directory that brought
+// each new term within one push could be left early.
+describe('PlacementView restarts the grace for a newer term once it caught up with the older one', () => {
+  it('gives term 13 its own grace when the view reached term 12 in time', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    try {
+      const calls: (boolean | undefined)[] = [];
+      const pending: WatchMetadataResponse[] = [];
+      let wake: (() => void) | undefined;
+      const watch: MetadataWatch = async function* (req, signal) {
+        calls.push(req.nextSource);
+        while (!signal?.aborted) {
+          const msg = pending.shift();
+          if (msg) yield msg;
+          else
+            await new Promise<void>((r) => {
+              wake = r;
+              signal?.addEventListener('abort', () => r(), { once: true });
+            });
+        }
+      };
+      const push = (msg: WatchMetadataResponse) => {
+        pending.push(msg);
+        wake?.();
+      };
+      const view = new PlacementView(watch, 'gw-test', log, 1_000);
+      view.start();
+      try {
+        push(leaderEntry(1n, 11n, 'directory-0'));
+        await vi.advanceTimersByTimeAsync(1);
+        expect(view.leaderTerm).toBe(11n);
+        view.noteStoreTerm(12n); // t = 0
+        await vi.advanceTimersByTimeAsync(300);
+        push(leaderEntry(2n, 12n, 'directory-1')); // the directory brings term 12 in time
+        await vi.advanceTimersByTimeAsync(200);
+        expect(view.leaderTerm).toBe(12n);
+        view.noteStoreTerm(13n); // t = 500: a newer term; its grace ends at t = 1500
+        await vi.advanceTimersByTimeAsync(700); // t = 1200
+        expect(calls).toEqual([false]);
+        // t = 1800: still at 12 at t = 1500, so behind; the next stream starts 200 ms later.
+        await vi.advanceTimersByTimeAsync(600);
+        expect(calls).toEqual([false, true]);
+      } finally {
+        view.stop();
+      }
+    } finally {
+      vi.useRealTimers();
     }
   });
 });

@@ -145,18 +145,26 @@ describe('capacity', () => {
     };
     let s = await openStore(dir, opts);
     await put(s, 'base', blob(5000, 1));
-    // 1) data chunk write fails
-    fail = (f, _p, len) => f === 'dat' && len === 1000;
-    await expect(put(s, 'x1', blob(5000, 2), { chunk: 1000 })).rejects.toBeInstanceOf(ResourceExhaustedError);
-    // 2) the footer write fails
+    // 1) a data chunk write of a needle above 128 KiB (written chunk by chunk) fails
+    fail = (f, _p, len) => f === 'dat' && len === 50_000;
+    await expect(put(s, 'x1', blob(200_000, 2), { chunk: 50_000 })).rejects.toBeInstanceOf(
+      ResourceExhaustedError,
+    );
+    // 2) the footer write of such a needle fails
     fail = (f, _p, len) => f === 'dat' && len >= NEEDLE_FOOTER_SIZE_V2 && len < NEEDLE_FOOTER_SIZE_V2 + 8;
-    await expect(put(s, 'x2', blob(4096, 3), { chunk: 4096 })).rejects.toBeInstanceOf(ResourceExhaustedError);
+    await expect(put(s, 'x2', blob(150_000, 3), { chunk: 150_000 })).rejects.toBeInstanceOf(
+      ResourceExhaustedError,
+    );
     // 3) the index append fails (after the volume fsync)
     fail = (f) => f === 'idx';
     await expect(put(s, 'x3', blob(5000, 4))).rejects.toBeInstanceOf(ResourceExhaustedError);
     await expect(s.delete('base')).rejects.toBeInstanceOf(ResourceExhaustedError);
+    // 4) the one write of a needle of at most 128 KiB (data and footer, at commit) fails
+    fail = (f, _p, len) => f === 'dat' && len >= 5000;
+    await expect(put(s, 'x4', blob(5000, 6), { chunk: 1000 })).rejects.toBeInstanceOf(ResourceExhaustedError);
     fail = undefined;
-    for (const id of ['x1', 'x2', 'x3']) await expect(s.openRead(id)).rejects.toBeInstanceOf(NotFoundError);
+    for (const id of ['x1', 'x2', 'x3', 'x4'])
+      await expect(s.openRead(id)).rejects.toBeInstanceOf(NotFoundError);
     expect(hex(await get(s, 'base'))).toBe(hex(blob(5000, 1)));
     // space is back: everything works, ids are reusable, restart is clean
     await put(s, 'x3', blob(5000, 4));
@@ -166,9 +174,37 @@ describe('capacity', () => {
     expect(hex(await get(s, 'x3'))).toBe(hex(blob(5000, 4)));
     expect(hex(await get(s, 'x1'))).toBe(hex(blob(10, 5)));
     expect(hex(await get(s, 'base'))).toBe(hex(blob(5000, 1)));
-    await expect(s.openRead('x2')).rejects.toBeInstanceOf(NotFoundError);
+    for (const id of ['x2', 'x4']) await expect(s.openRead(id)).rejects.toBeInstanceOf(NotFoundError);
     expect((await s.scrub()).corrupt).toEqual([]);
     expect((await s.stats()).needleCount).toBe(3);
+  });
+
+  // Review finding (c) of N5: a needle of at most 128 KiB is written in one write at
+  // commit; an ENOSPC there kept the write's space reserved until compaction.
+  it('gives the space back when the one write of a small needle fails with ENOSPC', async () => {
+    const dir = await tempDir();
+    let full = false;
+    const s = await openStore(dir, {
+      hooks: {
+        beforeWrite: (f, _v, _pos, len) => {
+          if (full && f === 'dat' && len >= 5000)
+            throw Object.assign(new Error('ENOSPC'), { code: 'ENOSPC' });
+        },
+      },
+    });
+    const a = await put(s, 'a', blob(5000, 1));
+    const b = await put(s, 'b', blob(5000, 2));
+    const stride = b.offset - a.offset;
+    full = true;
+    await expect(put(s, 'c', blob(5000, 3), { chunk: 1000 })).rejects.toBeInstanceOf(ResourceExhaustedError);
+    full = false;
+    // The next needle goes where the failed one was: its reservation was given back.
+    const d = await put(s, 'd', blob(5000, 4));
+    expect(d.offset).toBe(b.offset + stride);
+    await expect(s.openRead('c')).rejects.toBeInstanceOf(NotFoundError);
+    expect(hex(await get(s, 'd'))).toBe(hex(blob(5000, 4)));
+    expect((await s.scrub()).corrupt).toEqual([]);
+    await s.close();
   });
 
   it('ENOSPC while creating a volume → ResourceExhausted; existing data readable', async () => {

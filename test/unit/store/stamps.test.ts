@@ -114,17 +114,18 @@ describe('stamp-ordered needles and tombstones', () => {
     const dir = await tempDir();
     const T = 9_000;
     let failing = false;
-    const written = new Set<number>();
+    const written: [number, number][] = [];
     const opts: Partial<StoreOpenOptions> = {
       clock: { now: () => T },
       hooks: {
         // The index append fails, and so does the wipe of the failed needle's
-        // footer (a second write at one position): the record stays whole on disk.
-        beforeWrite: (file, _v, pos) => {
+        // footer (a second write over bytes written): the record stays whole on disk.
+        beforeWrite: (file, _v, pos, len) => {
           if (!failing) return;
           if (file === 'idx' && pos >= INDEX_HEADER_SIZE) throw new Error('EIO: i/o error');
-          if (file === 'dat' && written.has(pos)) throw new Error('EIO: i/o error');
-          if (file === 'dat') written.add(pos);
+          if (file === 'dat' && written.some(([from, to]) => pos >= from && pos < to))
+            throw new Error('EIO: i/o error');
+          if (file === 'dat') written.push([pos, pos + len]);
         },
       },
     };

@@ -305,3 +305,24 @@ describe('cookies: no existence oracle (issue 13)', () => {
     await s.close();
   });
 });
+
+// Review finding (e) of N5: the buffer a needle of at most 128 KiB is assembled in
+// was allocated when the write began, so streams that never sent a byte held 128 KiB each.
+describe('small-needle buffers', () => {
+  it('are not allocated before a write receives its first chunk', async () => {
+    const s = await openStore(await tempDir(), { maxVolumeSize: 64 << 20 });
+    const n = 100;
+    const size = 120_000;
+    const before = process.memoryUsage().arrayBuffers;
+    const writers = [];
+    for (let i = 0; i < n; i++) writers.push(await s.beginWrite(`idle${i}`, 1n, size));
+    const grown = process.memoryUsage().arrayBuffers - before;
+    // Eager buffers would be n × size = 12 MB here.
+    expect(grown).toBeLessThan((n * size) / 4);
+    for (const w of writers) await w.abort();
+    // A write that does receive data still stores it.
+    const data = blob(size, 3);
+    await put(s, 'busy', data, { chunk: 10_000 });
+    expect(hex(await get(s, 'busy'))).toBe(hex(data));
+  });
+});
