@@ -11,7 +11,7 @@ import path from 'node:path';
 import { crc32c } from './crc32c.js';
 import type { VolumeKeys } from './crypto/volume-keys.js';
 import { ChecksumError } from './errors.js';
-import { readFully, writeFully } from './fs-util.js';
+import { readFully, writeFully, writevFully } from './fs-util.js';
 import { GroupCommitter } from './group-commit.js';
 import { encodeIndexHeader, encodeIndexRecords, INDEX_HEADER_SIZE, type IndexRecord } from './index-file.js';
 import {
@@ -226,6 +226,11 @@ export class Volume {
   /** Writes `buf` at `position`; each of its pieces already went through checkDat. */
   async writeDatChecked(buf: Uint8Array, position: number): Promise<void> {
     await writeFully(this.dat.handle, buf, position);
+  }
+
+  /** Writes `bufs` back to back from `position` in one call; each piece already went through checkDat. */
+  async writevDatChecked(bufs: readonly Uint8Array[], position: number): Promise<void> {
+    await writevFully(this.dat.handle, bufs, position);
   }
 
   private async flush(items: PendingCommit[]): Promise<void> {
