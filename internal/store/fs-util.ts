@@ -1,4 +1,4 @@
-import { read as readCb, write as writeCb } from 'node:fs';
+import { read as readCb, write as writeCb, writev as writevCb } from 'node:fs';
 import fs, { type FileHandle } from 'node:fs/promises';
 
 export { fsyncDir } from '../common/atomic-file.js';
@@ -45,6 +45,34 @@ export async function writeFully(h: FileHandle, buf: Uint8Array, position: numbe
     );
     if (bytesWritten <= 0) throw new Error(`write returned ${bytesWritten}`);
     done += bytesWritten;
+  }
+}
+
+/**
+ * Positioned write of `bufs` one after another from `position`, in one
+ * `pwritev` (one threadpool round trip; libuv splits at IOV_MAX): pieces the
+ * caller already holds are written without being copied into one buffer first.
+ * Loops on short writes with what is left.
+ */
+export async function writevFully(
+  h: FileHandle,
+  bufs: readonly Uint8Array[],
+  position: number,
+): Promise<void> {
+  let rest = bufs.filter((b) => b.length > 0);
+  let at = position;
+  while (rest.length > 0) {
+    const pending = rest;
+    let n = await new Promise<number>((resolve, reject) => {
+      writevCb(h.fd, pending, at, (err, written) => (err ? reject(err) : resolve(written)));
+    });
+    if (n <= 0) throw new Error(`writev returned ${n}`);
+    at += n;
+    // Drop what was written: whole buffers, then the written front of the next one.
+    let i = 0;
+    while (i < rest.length && n >= rest[i]!.length) n -= rest[i++]!.length;
+    rest = rest.slice(i);
+    if (n > 0) rest[0] = rest[0]!.subarray(n);
   }
 }
 

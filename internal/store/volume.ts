@@ -11,7 +11,7 @@ import path from 'node:path';
 import { crc32c } from './crc32c.js';
 import type { VolumeKeys } from './crypto/volume-keys.js';
 import { ChecksumError } from './errors.js';
-import { readFully, writeFully } from './fs-util.js';
+import { readFully, writeFully, writevFully } from './fs-util.js';
 import { GroupCommitter } from './group-commit.js';
 import { encodeIndexHeader, encodeIndexRecords, INDEX_HEADER_SIZE, type IndexRecord } from './index-file.js';
 import {
@@ -211,6 +211,14 @@ export class Volume {
   async writeDat(buf: Uint8Array, position: number): Promise<void> {
     this.hooks.beforeWrite?.('dat', this.id, position, buf.length);
     await writeFully(this.dat.handle, buf, position);
+  }
+
+  /** Writes `bufs` back to back from `position` in one call (the fault hook sees one write of their total length). */
+  async writevDat(bufs: readonly Uint8Array[], position: number): Promise<void> {
+    let length = 0;
+    for (const b of bufs) length += b.length;
+    this.hooks.beforeWrite?.('dat', this.id, position, length);
+    await writevFully(this.dat.handle, bufs, position);
   }
 
   private async flush(items: PendingCommit[]): Promise<void> {

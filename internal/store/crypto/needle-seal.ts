@@ -50,7 +50,11 @@ export class NeedleSealer {
     this.cipher.setAAD(aad);
   }
 
-  /** Ciphertext of `chunk`: same length, at the same position of the data. */
+  /**
+   * Ciphertext of `chunk`: same length, at the same position of the data. A
+   * fresh buffer each call, the caller's to keep (store-write.ts holds a small
+   * needle's pieces until commit instead of copying them).
+   */
   update(chunk: Uint8Array): Uint8Array {
     const out = this.cipher.update(chunk);
     if (out.length !== chunk.length) throw new Error('AES-GCM returned a ciphertext of another length');

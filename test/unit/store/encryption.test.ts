@@ -3,8 +3,20 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { type Keyring, newKekLine, parseKeks } from '../../../internal/store/crypto/kek.js';
 import { KeyringError } from '../../../internal/store/crypto/volume-keys.js';
-import { ChecksumError, FailedPreconditionError } from '../../../internal/store/errors.js';
-import { decodeHeader, FLAG_ENCRYPTED, MAX_HEADER_LENGTH } from '../../../internal/store/needle.js';
+import {
+  ChecksumError,
+  FailedPreconditionError,
+  NotFoundError,
+  ResourceExhaustedError,
+} from '../../../internal/store/errors.js';
+import {
+  dataOffset,
+  decodeHeader,
+  FLAG_ENCRYPTED,
+  FLAG_V2,
+  MAX_HEADER_LENGTH,
+  needleLength,
+} from '../../../internal/store/needle.js';
 import type { Store } from '../../../internal/store/store.js';
 import { get, openStore, put, sha256, tempDir } from './helpers.js';
 
@@ -103,6 +115,57 @@ describe('encryption at rest (store engine)', () => {
     await checkAll(s);
     await put(s, 'after-rotation', pattern(70_000, 'after'));
     expect(Buffer.from(await get(s, 'after-rotation')).equals(pattern(70_000, 'after'))).toBe(true);
+    await s.close();
+  });
+
+  it('sealed needles in one chunk, a few, many tiny ones (past the pieces limit) or streamed: hooks see the header and one write of data and footer (streamed: every chunk), reads are byte-identical', async () => {
+    const dir = await tempDir();
+    let seen: Array<[number, number]> = [];
+    let fail: ((pos: number, len: number) => boolean) | undefined;
+    const hooks = {
+      beforeWrite: (file: 'dat' | 'idx', _v: number, pos: number, len: number) => {
+        if (file !== 'dat') return;
+        if (fail?.(pos, len))
+          throw Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' });
+        seen.push([pos, len]);
+      },
+    };
+    const opts = { maxVolumeSize: 1 << 22, keyring: ring(k1), hooks };
+    let s = await openStore(dir, opts);
+    await put(s, 'first', pattern(100, 'first')); // creates the volume (its superblock write)
+    // [id, size, chunk]: 64 KiB whole and in 9 pieces (ciphertext kept and written with one pwritev);
+    // 20,000 bytes in 200 pieces (past MAX_SEALED_PIECES: assembled in a tail); 300,000 streamed.
+    const cases = [
+      ['one', 65_536, 65_536],
+      ['few', 65_536, 7919],
+      ['tiny', 20_000, 100],
+      ['streamed', 300_000, 65_536],
+    ] as const;
+    for (const [id, n, chunk] of cases) {
+      seen = [];
+      const w = await put(s, id, pattern(n, id), { chunk });
+      // Header, then data and footer in one write (a needle of at most 128 KiB) or every chunk
+      // and the footer (streamed): back to back from the needle's offset.
+      expect(seen.length, id).toBe(id === 'streamed' ? 2 + Math.ceil(n / chunk) : 2);
+      expect(seen[0]![0], id).toBe(w.offset);
+      for (let i = 1; i < seen.length; i++) expect(seen[i]![0], id).toBe(seen[i - 1]![0] + seen[i - 1]![1]);
+      expect(Buffer.from(await get(s, id)).equals(pattern(n, id)), id).toBe(true);
+    }
+    // A failed write of a kept-pieces needle's data and footer stores nothing and leaves the store usable.
+    const tail = needleLength(7, 1000, FLAG_V2 | FLAG_ENCRYPTED) - dataOffset(7); // 1000 + 76 + padding
+    fail = (_pos, len) => len === tail;
+    await expect(put(s, 'nospace', pattern(1000, 'nospace'), { chunk: 500 })).rejects.toBeInstanceOf(
+      ResourceExhaustedError,
+    );
+    fail = undefined;
+    await expect(s.openRead('nospace')).rejects.toBeInstanceOf(NotFoundError);
+    await put(s, 'nospace', pattern(1000, 'nospace'), { chunk: 500 });
+    expect(Buffer.from(await get(s, 'nospace')).equals(pattern(1000, 'nospace'))).toBe(true);
+    for (const [id, n] of cases) expect(await plaintextIn(dir, pattern(n, id)), id).toEqual([]);
+    expect((await s.scrub()).corrupt).toEqual([]);
+    await s.close();
+    s = await openStore(dir, opts);
+    for (const [id, n] of cases) expect(Buffer.from(await get(s, id)).equals(pattern(n, id)), id).toBe(true);
     await s.close();
   });
 

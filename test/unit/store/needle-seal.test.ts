@@ -82,6 +82,25 @@ describe('needle sealing (AES-256-GCM, streaming)', () => {
     );
   });
 
+  it('update hands out a fresh buffer per call that later calls and input reuse leave unchanged (store-write keeps them until commit)', () => {
+    const dek = key();
+    const aad = randomBytes(40);
+    const s = new NeedleSealer(dek, aad);
+    const input = Buffer.alloc(4096, 7);
+    const a = s.update(input);
+    const aCopy = Buffer.from(a);
+    input.fill(9); // the caller reuses its chunk buffer
+    const b = s.update(input);
+    const tag = s.final();
+    expect(Buffer.from(a).equals(aCopy)).toBe(true);
+    expect(a.buffer).not.toBe(b.buffer);
+    // The kept pieces open to what was sealed.
+    const o = new NeedleOpener(dek, aad, s.nonce, tag);
+    const plain = Buffer.concat([o.update(a), o.update(b)]);
+    expect(o.final()).toBe(true);
+    expect(plain.equals(Buffer.concat([Buffer.alloc(4096, 7), Buffer.alloc(4096, 9)]))).toBe(true);
+  });
+
   it('detects any flipped bit of ciphertext, nonce, tag or authenticated header, and a wrong key', () => {
     fc.assert(
       fc.property(
