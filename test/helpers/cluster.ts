@@ -66,6 +66,11 @@ export const FAST_ENV: Record<string, string> = {
   STORE_TIMEOUT: '2s',
   DIRECTORY_TIMEOUT: '2s',
   MIN_FREE_BYTES: '1MiB',
+  // Not 2× / 3× HEARTBEAT_INTERVAL (the defaults): on a loaded 2-core machine a late
+  // heartbeat would mark a live store DOWN and demote its group memberships. A killed
+  // store is DOWN at once anyway (its heartbeat stream breaks).
+  STORE_DEGRADED_AFTER: '3s',
+  STORE_DOWN_AFTER: '6s',
 };
 
 /**

@@ -163,6 +163,7 @@ describe('the edge: real Envoy in front of real gateways, directories and stores
       envoy,
       'haystack.v1.BlobService/Stat',
     ]);
+    expect(stat.code, stat.stderr).toBe(0);
     expect(JSON.parse(stat.stdout).blob).toMatchObject({ blobId: blob.blobId, contentType: 'text/plain' });
 
     const dl = await grpcurl([
@@ -187,6 +188,7 @@ describe('the edge: real Envoy in front of real gateways, directories and stores
       envoy,
       'haystack.v1.BlobService/Delete',
     ]);
+    expect(del.code, del.stderr).toBe(0);
     expect(JSON.parse(del.stdout)).toEqual({ found: true });
     const gone = await grpcurl([
       '-d',

@@ -152,6 +152,7 @@ describe('the haystack CLI on the SDK', () => {
     expect(toStdout.stdout.split(' ')[0]).toBe(ids[0]);
 
     const status = await haystack(['status', ids[2]!, '--json']);
+    expect(status.code, status.stderr).toBe(0);
     expect(JSON.parse(status.stdout)).toMatchObject({
       id: ids[2],
       size: 30_000,

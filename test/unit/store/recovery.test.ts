@@ -50,7 +50,7 @@ describe('recovery', () => {
       await fs.rm(dir, { recursive: true });
     }
     expect((await fs.stat(datPath)).size).toBe(last.offset + len);
-  });
+  }, 300_000); // every cut point: ~600 store opens, slow on a loaded 2-core box
 
   it('cuts a torn index record at every cut point and recovers the needle from the volume', async () => {
     const base = await tempDir();
@@ -68,7 +68,7 @@ describe('recovery', () => {
       await r.close();
       await fs.rm(dir, { recursive: true });
     }
-  });
+  }, 300_000);
 
   it('handles an index behind the volume (records lost) and ahead of it (volume shorter)', async () => {
     const base = await tempDir();
