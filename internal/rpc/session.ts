@@ -1,5 +1,10 @@
 import type http2 from 'node:http2';
-import { checkServerFor, type ServerExpectation, type TransportSecurity } from '../security/tls-config.js';
+import {
+  checkServerFor,
+  MESH_CIPHERS,
+  type ServerExpectation,
+  type TransportSecurity,
+} from '../security/tls-config.js';
 import { MAX_FRAME_SIZE, STREAM_WINDOW } from '../server/listener.js';
 
 /**
@@ -21,6 +26,7 @@ export function clientSessionOptions(
     ...(security.mode === 'mtls'
       ? {
           ca: security.ca,
+          ciphers: MESH_CIPHERS,
           // Empty only for tests that show a server a client without a certificate.
           ...(security.cert ? { cert: security.cert, key: security.key } : {}),
           checkServerIdentity: checkServerFor(server),

@@ -1,6 +1,7 @@
 import http2 from 'node:http2';
 import type net from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import { MESH_CIPHERS } from '../security/tls-config.js';
 import { divertStreams, type Listener, type RequestHandler, type StreamHandler } from './listener.js';
 import { type ListenerLimits, prepareSession, serverHttp2Settings } from './listener-limits.js';
 
@@ -37,6 +38,9 @@ export class TlsListener implements Listener {
         requestCert: true,
         rejectUnauthorized: false,
         minVersion: 'TLSv1.2',
+        // AES-128-GCM first; our order, not the client's, picks the suite.
+        ciphers: MESH_CIPHERS,
+        honorCipherOrder: true,
         handshakeTimeout: limits.handshakeMs,
         settings: serverHttp2Settings(limits),
       },

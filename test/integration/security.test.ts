@@ -1,13 +1,23 @@
+import http2 from 'node:http2';
 import net from 'node:net';
+import tls from 'node:tls';
 import { create } from '@bufbuild/protobuf';
 import { type Client, Code, ConnectError, createClient, type Transport } from '@connectrpc/connect';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirectoryService, HeartbeatRequestSchema } from '../../gen/haystack/v1/directory_pb.js';
 import { StoreService } from '../../gen/haystack/v1/store_pb.js';
+import { clientSessionOptions } from '../../internal/rpc/session.js';
 import { HaystackClient } from '../../internal/sdk/index.js';
 import type { Identity, Role } from '../../internal/security/identity.js';
 import { Cluster } from '../helpers/cluster.js';
-import { grpcurlTlsArgs, noCertTransport, testTransport } from '../helpers/pki.js';
+import {
+  grpcurlTlsArgs,
+  noCertTransport,
+  securityOf,
+  TEST_GATEWAY,
+  testTransport,
+  tlsNodeOptions,
+} from '../helpers/pki.js';
 import { bytes, readBlob, sameBytes, storeClient, writeBlob } from '../helpers/store-client.js';
 import { exec, grpcurl, grpcurlPlaintext, tool } from '../helpers/tools.js';
 
@@ -403,6 +413,56 @@ describe('TLS sockets: a plaintext client is cut at the handshake', () => {
       s.on('error', () => {});
     });
     expect(closed).not.toContain('HTTP/2');
+  });
+});
+
+/** The protocol and suite a TLS connection to `address` settles on (the handshake only). */
+function negotiated(address: string, options: tls.ConnectionOptions): Promise<string> {
+  const [host, port] = address.split(':');
+  return new Promise((resolve, reject) => {
+    const s = tls.connect({ host, port: Number(port), ALPNProtocols: ['h2'], ...options }, () => {
+      resolve(`${s.getProtocol()} ${s.getCipher().name}`);
+      s.destroy();
+    });
+    s.on('error', reject);
+  });
+}
+
+describe('cipher suites: every TLS hop settles on AES-128-GCM (docs/security.md)', () => {
+  it("a mesh client gets TLS 1.3 TLS_AES_128_GCM_SHA256 from stores, gateways and directories, a client preferring AES-256 too (the server's order decides), and Envoy's upstream TLS 1.2 uses ECDHE-ECDSA-AES128-GCM-SHA256", async () => {
+    const security = await securityOf(TEST_GATEWAY);
+    const addresses = [cluster.stores[0]!, cluster.gateways[0]!, cluster.directories[0]!].map(
+      (p) => p.address,
+    );
+    for (const address of addresses) {
+      // The mesh's own client options (rpc/session.ts), as every peer connection uses them.
+      const session = http2.connect(
+        `https://${address}`,
+        clientSessionOptions(security, ['store', 'gateway', 'directory']),
+      );
+      const suite = await new Promise<string>((resolve, reject) => {
+        session.once('connect', () => {
+          const socket = session.socket as tls.TLSSocket;
+          resolve(`${socket.getProtocol()} ${socket.getCipher().name}`);
+        });
+        session.once('error', reject);
+      });
+      session.destroy();
+      expect(`${address}: ${suite}`).toBe(`${address}: TLSv1.3 TLS_AES_128_GCM_SHA256`);
+      const aes256First = await negotiated(address, {
+        ...(await tlsNodeOptions()),
+        ciphers: 'TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256',
+      });
+      expect(`${address}: ${aes256First}`).toBe(`${address}: TLSv1.3 TLS_AES_128_GCM_SHA256`);
+    }
+    // Envoy's counters of the suites its upstream connections to the gateways used.
+    const stats = await (
+      await fetch(`${cluster.envoy!.adminUrl}/stats?filter=^cluster\\.gateways\\.ssl\\.`)
+    ).text();
+    const used = [...stats.matchAll(/ssl\.ciphers\.(\S+): (\d+)/g)]
+      .filter((m) => m[2] !== '0')
+      .map((m) => m[1]);
+    expect(used).toEqual(['ECDHE-ECDSA-AES128-GCM-SHA256']);
   });
 });
 
