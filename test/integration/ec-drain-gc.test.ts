@@ -269,8 +269,16 @@ describe('haystack drain with erasure-coded shards', () => {
       'haystack_store_shards 0',
     );
     const holder = s.placementGroups[0]!.ecMembers[0]!.storeId;
-    expect(await gauge(holder)).toBe((await shardsOn(holder)).length);
-    expect(await gauge(holder)).toBeGreaterThan(0);
+    // Read in two calls, the gauge and the listing can straddle a shard move or collection: they agree once it settles.
+    const agreed = await waitFor(
+      async () => {
+        const [g, listed] = [await gauge(holder), (await shardsOn(holder)).length];
+        return g === listed ? g : undefined;
+      },
+      30_000,
+      `haystack_store_shards of ${holder} equal to its listed shards`,
+    );
+    expect(agreed).toBeGreaterThan(0);
     const stores = await cli(['stores']);
     expect(stores.code, stores.stderr).toBe(0);
     expect(stores.stdout).toMatch(

@@ -56,6 +56,9 @@ beforeAll(async () => {
     env: {
       PLACEMENT_GROUPS: String(GROUPS),
       PLACEMENT_REPLACE_AFTER: '600s',
+      // No store is stopped here: a late heartbeat on a loaded machine must not demote members.
+      STORE_DEGRADED_AFTER: '3s',
+      STORE_DOWN_AFTER: '6s',
       EXTRA_REMOVAL_GRACE: '1s',
       ANTI_ENTROPY_INTERVAL: '2s',
       ANTI_ENTROPY_GROUPS: String(GROUPS),
