@@ -68,7 +68,12 @@ beforeAll(async () => {
     stores: 5,
     gateways: 1,
     replication: false,
-    env: { PLACEMENT_GROUPS: String(GROUPS), STORE_DOWN_AFTER: '2s', PLACEMENT_REPLACE_AFTER: '600s' },
+    env: {
+      PLACEMENT_GROUPS: String(GROUPS),
+      STORE_DEGRADED_AFTER: '1s',
+      STORE_DOWN_AFTER: '2s',
+      PLACEMENT_REPLACE_AFTER: '600s',
+    },
     // Nothing cached: every read goes to the shards.
     gatewayEnv: { CACHE_MAX_BLOB_SIZE: '0' },
   });
