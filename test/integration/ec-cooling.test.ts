@@ -101,7 +101,12 @@ beforeAll(async () => {
     env: { PLACEMENT_GROUPS: String(GROUPS), PLACEMENT_REPLACE_AFTER: '15s' },
     // A SIGSTOPped store stays HEALTHY through the longest stall below, even under CPU
     // starvation (a killed one is DOWN at once: its stream closes).
-    directoryEnv: { STORE_DEGRADED_AFTER: '150s', STORE_DOWN_AFTER: '240s' },
+    // No automatic balance: its membership moves would race the cold tier's moves under test.
+    directoryEnv: {
+      STORE_DEGRADED_AFTER: '150s',
+      STORE_DOWN_AFTER: '240s',
+      PLACEMENT_AUTO_BALANCE_AFTER: '0',
+    },
     gatewayEnv: { CACHE_MAX_BLOB_SIZE: '0' },
     // Not yet storeHeat: with it, a WriteShard to the store SIGSTOPped below hung after
     // the restart in 2 of 5 runs (docs/design/ec-tier.md, "The Zipf figure on a running cluster").
