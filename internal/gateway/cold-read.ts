@@ -7,6 +7,7 @@ import { TooFewShardsError } from '../ec/errors.js';
 import { layoutFromWire } from '../ec/layout-wire.js';
 import { getShard, readStripe, type StoreClient } from '../ec/shard-client.js';
 import type { StoreAt } from '../rpc/clients.js';
+import { deadlineSignal } from '../rpc/deadline.js';
 import type { Logger } from '../server/logger.js';
 import type { PlacementView } from './placement-view.js';
 
@@ -118,8 +119,7 @@ export class ColdReader {
   }
 
   private signal(outer?: AbortSignal): AbortSignal {
-    const t = AbortSignal.timeout(this.o.shardTimeoutMs);
-    return outer ? AbortSignal.any([outer, t]) : t;
+    return deadlineSignal(this.o.shardTimeoutMs, outer, 'a shard read');
   }
 
   /**

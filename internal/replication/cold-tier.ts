@@ -9,6 +9,7 @@ import { chooseCode } from '../ec/params.js';
 import { getShard, putShard, readStripe, type StoreClient } from '../ec/shard-client.js';
 import { decideTier } from '../ec/tier-policy.js';
 import type { StoreAt } from '../rpc/clients.js';
+import { deadlineSignal } from '../rpc/deadline.js';
 import { chooseTargets } from './placement.js';
 import type { PlacementEnv } from './placement-env.js';
 import { drainShards } from './shard-drain.js';
@@ -307,7 +308,7 @@ export class ColdTier {
    */
   private scrubDeadline(): AbortSignal {
     const ms = Math.min(this.env.cfg.scrubReadTimeoutMs, this.env.cfg.copyTimeoutMs);
-    return AbortSignal.any([this.env.signal(), AbortSignal.timeout(ms)]);
+    return deadlineSignal(ms, this.env.signal(), 'a scrub read');
   }
 
   private scrubSkipped(storeId: string): boolean {
@@ -320,7 +321,7 @@ export class ColdTier {
 
   /** One move's calls end at COPY_TIMEOUT or when the lease is lost: a stalled store never holds the lane. */
   deadline(): AbortSignal {
-    return AbortSignal.any([this.env.signal(), AbortSignal.timeout(this.env.cfg.copyTimeoutMs)]);
+    return deadlineSignal(this.env.cfg.copyTimeoutMs, this.env.signal(), 'a cold-tier move (COPY_TIMEOUT)');
   }
 
   /**

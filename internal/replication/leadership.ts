@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import type { LeaseKeeper } from '../lease/lease-keeper.js';
 
 /**
@@ -72,6 +73,8 @@ export class Leadership {
     this.active = true;
     this.term = term;
     this.ctl = new AbortController();
+    // Every running call's deadline listens to it (rpc/deadline.ts): hundreds at once are normal, not a leak.
+    setMaxListeners(0, this.ctl.signal);
     this.on.activate(term, this.ctl.signal);
   }
 
