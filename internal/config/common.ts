@@ -23,7 +23,8 @@ export const COMMON_ENV_HELP = `
   LISTEN_HANDSHAKE_TIMEOUT  a connection must finish TLS (or show its protocol) within (default 10s)
   LISTEN_HEADERS_TIMEOUT an HTTP/1.1 request must send its headers within (default 15s)
   LISTEN_IDLE_TIMEOUT    a connection without open calls is closed after this idle time (default 120s)
-  LISTEN_MAX_STREAMS     concurrent HTTP/2 streams per connection (default 1000)${SECURITY_ENV_HELP}`;
+  LISTEN_MAX_STREAMS     concurrent HTTP/2 streams per connection (default 1000)
+  LISTEN_REQUEST_IDLE_TIMEOUT  an upload whose request stream sends nothing this long is cancelled (default 60s)${SECURITY_ENV_HELP}`;
 
 export function readServerConfig(
   r: EnvReader,
@@ -48,6 +49,10 @@ export function readServerConfig(
       maxStreamsPerConnection: r.int('LISTEN_MAX_STREAMS', L.maxStreamsPerConnection, {
         min: 1,
         max: 100_000,
+      }),
+      requestIdleMs: r.duration('LISTEN_REQUEST_IDLE_TIMEOUT', L.requestIdleMs, {
+        minMs: 100,
+        maxMs: 3_600_000,
       }),
     },
   };

@@ -42,6 +42,11 @@ export interface DirectGrpcOptions {
   limits?: ReadonlyMap<string, { maxBytes: number; advice: string }>;
   /** Aborted when the server stops: running calls end with UNAVAILABLE. */
   shutdownSignal: AbortSignal;
+  /**
+   * A call whose handler waits for request data that does not come for this long
+   * ends DEADLINE_EXCEEDED (ListenerLimits.requestIdleMs); undefined: no limit.
+   */
+  requestIdleMs?: number;
   /** Called when a call starts; the returned function when it ends. */
   observe?: (spec: MethodImplSpec, signal: AbortSignal) => CallFinish;
   /** Who is calling, from the stream's connection (mTLS identity); put in the context values. */
@@ -107,6 +112,9 @@ class DirectCall {
   private responded = false;
   private finished = false;
   private timer: NodeJS.Timeout | undefined;
+  /** When the last request bytes arrived (performance.now()); the request idle limit counts from it. */
+  private lastInput = performance.now();
+  private idleTimer: NodeJS.Timeout | undefined;
   private responseHeader: Headers | undefined;
   private responseTrailer: Headers | undefined;
   private readonly ctx: HandlerContext;
@@ -238,6 +246,7 @@ class DirectCall {
   }
 
   private onData(chunk: Buffer): void {
+    this.lastInput = performance.now();
     if (this.inputError) return;
     try {
       for (const m of this.parser.push(chunk)) this.queue.push(m);
@@ -272,9 +281,42 @@ class DirectCall {
         }
         return undefined;
       }
+      await this.inputArrives();
+    }
+  }
+
+  /**
+   * Waits until request data, its end or a failure is there, for at most the
+   * request idle limit counted from the last bytes received: a client that
+   * vanished without its connection closing (a peer's half-open socket) or that
+   * stalls ends the call DEADLINE_EXCEEDED, releasing whatever the handler holds
+   * (a blob's write lock, reserved space).
+   */
+  private async inputArrives(): Promise<void> {
+    const ms = this.o.requestIdleMs;
+    try {
       await new Promise<void>((resolve) => {
         this.wake = resolve;
+        if (ms === undefined) return;
+        const check = () => {
+          if (this.wake !== resolve) return;
+          const idle = performance.now() - this.lastInput;
+          if (idle < ms) {
+            this.idleTimer = setTimeout(check, Math.ceil(ms - idle));
+            return;
+          }
+          this.abort(
+            new ConnectError(
+              `no request data for ${ms} ms: the call is cancelled (LISTEN_REQUEST_IDLE_TIMEOUT); send without pauses or retry`,
+              Code.DeadlineExceeded,
+            ),
+          );
+          this.notify();
+        };
+        this.idleTimer = setTimeout(check, Math.max(1, Math.ceil(ms - (performance.now() - this.lastInput))));
       });
+    } finally {
+      clearTimeout(this.idleTimer);
     }
   }
 

@@ -15,6 +15,13 @@ export interface ListenerLimits {
   idleMs: number;
   /** Concurrent HTTP/2 streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS). */
   maxStreamsPerConnection: number;
+  /**
+   * A call on the direct gRPC path (uploads: Write, WriteShard, Upload) whose
+   * request stream brings no byte for this long while its handler waits for one
+   * ends DEADLINE_EXCEEDED: a vanished or stalled client holds no per-blob lock,
+   * reservation or buffer beyond it.
+   */
+  requestIdleMs: number;
 }
 
 export const DEFAULT_LISTENER_LIMITS: ListenerLimits = {
@@ -22,6 +29,7 @@ export const DEFAULT_LISTENER_LIMITS: ListenerLimits = {
   headersMs: 15_000,
   idleMs: 120_000,
   maxStreamsPerConnection: 1000,
+  requestIdleMs: 60_000,
 };
 
 /** HTTP/2 flow-control windows: blob chunks are up to 4 MiB, many streams share a connection. */

@@ -178,6 +178,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   });
 
   const directSpecs = opts.services.flatMap((s) => (s.direct ? [s.direct] : []));
+  const limits = opts.limits ?? DEFAULT_LISTENER_LIMITS;
   const direct =
     directSpecs.length > 0
       ? new DirectGrpcServer({
@@ -189,6 +190,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
             ),
           ),
           shutdownSignal: shutdown.signal,
+          requestIdleMs: limits.requestIdleMs,
           observe: (spec, signal) =>
             metrics.startCall(log, spec.method.parent.typeName, spec.method.name, signal),
           caller: (stream) => callerOfConnection(stream.session?.socket, opts.security),
@@ -224,7 +226,6 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       stream.once('close', callEnded);
       return true;
     });
-  const limits = opts.limits ?? DEFAULT_LISTENER_LIMITS;
   const listener: Listener =
     opts.security.mode === 'mtls'
       ? new TlsListener(onRequest, onStream, opts.security, limits)

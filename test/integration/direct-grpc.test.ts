@@ -26,6 +26,7 @@ import { AsyncPipe } from '../../internal/rpc/pipe.js';
 import { peerTransport } from '../../internal/rpc/transport.js';
 import type { Identity } from '../../internal/security/identity.js';
 import type { TransportSecurity } from '../../internal/security/tls-config.js';
+import { DEFAULT_LISTENER_LIMITS } from '../../internal/server/listener-limits.js';
 import { createLogger } from '../../internal/server/logger.js';
 import { type RunningServer, startServer } from '../../internal/server/server.js';
 import { httpsGet, securityOf } from '../helpers/pki.js';
@@ -145,6 +146,9 @@ const directory: Partial<ServiceImpl<typeof DirectoryService>> = {
 
 let server: RunningServer;
 let plain: RunningServer;
+/** The direct path with a short request idle limit (LISTEN_REQUEST_IDLE_TIMEOUT). */
+let idle: RunningServer;
+const IDLE_MS = 500;
 let address: string;
 /** The test's identities: a gateway (Write, Read, GetStats), the manager (Delete, Replicate), a store (Heartbeat). */
 let asGateway: TransportSecurity;
@@ -189,11 +193,27 @@ beforeAll(async () => {
     shutdownGraceMs: 1000,
     services: [{ desc: StoreService, register: (r) => r.service(StoreService, store) }],
   });
+  idle = await startServer({
+    security,
+    component: 'test',
+    instance: 'idle',
+    listen: '127.0.0.1:0',
+    log,
+    shutdownGraceMs: 1000,
+    limits: { ...DEFAULT_LISTENER_LIMITS, requestIdleMs: IDLE_MS },
+    services: [
+      {
+        desc: StoreService,
+        register: (r) => r.service(StoreService, store),
+        direct: createServiceImplSpec<typeof StoreService>(StoreService, store),
+      },
+    ],
+  });
   address = `127.0.0.1:${server.port}`;
 });
 
 afterAll(async () => {
-  await Promise.all([server?.close(), plain?.close()]);
+  await Promise.all([server?.close(), plain?.close(), idle?.close()]);
 });
 
 /** Clients over mTLS, made as a gateway unless told otherwise. */
@@ -467,6 +487,37 @@ describe('direct path specifics', () => {
       }
     },
   );
+
+  it('an upload whose client goes quiet ends DEADLINE_EXCEEDED after the request idle limit, its handler released; a slow steady one completes', async () => {
+    // A store's Write holds the blob's lock from its header to its commit: a client
+    // that vanishes without its connection closing must not hold it for ever.
+    const c = createClient(
+      StoreService,
+      createDirectGrpcTransport({ address: `127.0.0.1:${idle.port}`, security: asGateway }),
+    );
+    writeEndings.length = 0;
+    writeReceived = 0;
+    const pipe = new AsyncPipe<WriteRequest>();
+    const call = codeOf(c.write(pipe, { headers: { 'x-record': 'yes' } }));
+    await pipe.push(create(WriteRequestSchema, { msg: { case: 'header', value: { blobId: 'quiet' } } }));
+    await pipe.push(create(WriteRequestSchema, { msg: { case: 'chunk', value: new Uint8Array(1000) } }));
+    await expect.poll(() => writeEndings.length, { timeout: 30_000 }).toBe(1);
+    expect(writeEndings).toEqual(['failed: DeadlineExceeded']);
+    const err = await call;
+    expect(err.code).toBe(Code.DeadlineExceeded);
+    expect(err.rawMessage).toContain(`no request data for ${IDLE_MS} ms`);
+    pipe.end();
+    // Chunks every IDLE_MS / 3 for 3 × IDLE_MS: never idle that long, so it completes.
+    const steady = new AsyncPipe<WriteRequest>();
+    const done = c.write(steady);
+    await steady.push(create(WriteRequestSchema, { msg: { case: 'header', value: { blobId: 'steady' } } }));
+    for (let i = 0; i < 9; i++) {
+      await sleep(IDLE_MS / 3);
+      await steady.push(create(WriteRequestSchema, { msg: { case: 'chunk', value: new Uint8Array(100) } }));
+    }
+    steady.end();
+    expect((await done).size).toBe(900n);
+  });
 
   it('a server that is not there is UNAVAILABLE', async () => {
     const c = createClient(
