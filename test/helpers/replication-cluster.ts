@@ -133,8 +133,10 @@ export class ReplicationCluster {
       for (let i = 0; i < this.managers.length; i++) {
         const p = this.managers[i];
         if (!p || p.child.exitCode !== null || p.child.signalCode !== null) continue;
+        // Not a 1 s bound: a manager busy with its takeover pass on a loaded 2-core
+        // box answers late, and the wait is for it being active, not for it being fast.
         const s = await this.manager(i)
-          .getStats({}, { timeoutMs: 1000 })
+          .getStats({}, { timeoutMs: Math.max(1000, Math.min(5000, deadline - Date.now())) })
           .catch(() => undefined);
         if (s?.active) return i;
       }

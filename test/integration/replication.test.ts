@@ -312,7 +312,7 @@ describe.sequential('replication manager on a real cluster: store and manager fa
     }
     // ...and dies at once.
     await c.rc.managers[first]?.kill();
-    expect(await c.rc.activeManager(15_000)).toBe(standby);
+    expect(await c.rc.activeManager(30_000)).toBe(standby);
 
     await waitFor(
       () => c.allAtThree(c.dead),
