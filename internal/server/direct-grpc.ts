@@ -271,7 +271,11 @@ class DirectCall {
       if (this.inputError) throw this.inputError;
       const m = this.queue.shift();
       if (m) {
-        if (this.queue.length < HIGH_WATER / 2 && this.stream.isPaused()) this.stream.resume();
+        if (this.queue.length < HIGH_WATER / 2 && this.stream.isPaused()) {
+          // The client could not send while paused: its idle time starts now.
+          this.lastInput = performance.now();
+          this.stream.resume();
+        }
         return m;
       }
       if (this.controller.signal.aborted) throw this.controller.signal.reason;
