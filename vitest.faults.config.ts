@@ -12,6 +12,8 @@ export default defineConfig({
     fileParallelism: false,
     // Every server a test starts serves mTLS: the test's clients get certificates;
     // gateways check tokens: the SDK gets the suite's admin token.
+    // A temporary directory per run, removed at its end (test/helpers/global-tmp.ts).
+    globalSetup: ['./test/helpers/global-tmp.ts'],
     setupFiles: [
       './test/helpers/setup-reaper.ts',
       './test/helpers/setup-identity.ts',

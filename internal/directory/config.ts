@@ -55,8 +55,9 @@ export const DIRECTORY_ENV_HELP = `${COMMON_ENV_HELP}
   LEADER_HEARTBEAT_INTERVAL  lease renewal period (default 500ms, at most half of LEADER_TIMEOUT);
                          the leader stops committing when no renewal succeeded for
                          LEADER_TIMEOUT minus a safety margin (a fifth of it, 50ms..1s)
-  HEARTBEAT_INTERVAL     store heartbeat period (default 30s)
-  STORE_DEGRADED_AFTER   heartbeat age that marks a store DEGRADED (default 2 x HEARTBEAT_INTERVAL)
+  HEARTBEAT_INTERVAL     store heartbeat period, the stores' own setting (default 5s)
+  STORE_DEGRADED_AFTER   heartbeat age that marks a store DEGRADED, longer than HEARTBEAT_INTERVAL
+                         (default 2 x HEARTBEAT_INTERVAL)
   STORE_DOWN_AFTER       heartbeat age that marks a store DOWN (default 3 x HEARTBEAT_INTERVAL)
   FOLLOWER_SYNC_INTERVAL how often a follower re-reports its durable index when idle (default 0.5s);
                          it acknowledges new entries as soon as they are fsync'd
@@ -143,6 +144,13 @@ export function readDirectoryConfig(
   if (cfg.leaderHeartbeatIntervalMs * 2 > cfg.leaderTimeoutMs) {
     r.problem(
       'LEADER_HEARTBEAT_INTERVAL must be at most half of LEADER_TIMEOUT (the leader must get a renewal through before its validity runs out)',
+    );
+  }
+  // At or below the heartbeat period every store turns DEGRADED between two heartbeats:
+  // no placement group is ever created and every write is UNAVAILABLE.
+  if (cfg.storeDegradedAfterMs <= cfg.heartbeatIntervalMs) {
+    r.problem(
+      `STORE_DEGRADED_AFTER (${cfg.storeDegradedAfterMs} ms) must be longer than HEARTBEAT_INTERVAL (${cfg.heartbeatIntervalMs} ms), else every store is DEGRADED between two heartbeats`,
     );
   }
   if (cfg.storeDownAfterMs <= cfg.storeDegradedAfterMs) {

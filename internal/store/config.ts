@@ -40,7 +40,7 @@ export const STORE_ENV_HELP = `${COMMON_ENV_HELP}
   COMPACTION_EFFICIENCY_THRESHOLD  compact volumes whose live/total is below this (default 0.60)
   COMPACTION_CHECK_INTERVAL        how often to look for such volumes (default 3600s)
   DIRECTORY_ADDRS        comma-separated directory host:port list for heartbeats
-  HEARTBEAT_INTERVAL     heartbeat period (default 30s)
+  HEARTBEAT_INTERVAL     heartbeat period (default 5s; the directories' STORE_DEGRADED_AFTER must exceed it)
   READ_CHUNK_SIZE        bytes per chunk on Read streams (default 256KiB)
   REPLICATION_ADDRS      comma-separated replication manager host:port list (access counts, corruption reports)
   STATS_REPORT_INTERVAL  how often access counts are sent (default 60s)

@@ -46,8 +46,8 @@ export interface ClusterOptions {
    * Stores report their reads' heat to the manager (REPLICATION_ADDRS, as deploy/ and
    * `haystack dev` wire them); only client reads count (not the manager's or stores'
    * own reads: ReadRequest.internal). Off by default: the integration tests' timings
-   * were tuned without it (gateway-reported heat only); bench:ec-zipf turns it on
-   * (ec-cooling not yet: docs/design/ec-tier.md).
+   * were tuned without it (gateway-reported heat only); ec-cooling and bench:ec-zipf
+   * turn it on.
    */
   storeHeat?: boolean;
   /** Node flags per server kind (benchmarks: `{ gateway: ['--cpu-prof', …] }`). */

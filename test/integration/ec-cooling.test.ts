@@ -112,8 +112,8 @@ beforeAll(async () => {
     // SIGCONT, can wait for request bytes that never come, holding its shard's lock
     // (docs/design/ec-tier.md, "Open"): the store ends it after this instead of 60 s.
     storeEnv: { LISTEN_REQUEST_IDLE_TIMEOUT: '15s' },
-    // Not yet storeHeat: with it, a WriteShard to the store SIGSTOPped below hung after
-    // the restart in 2 of 5 runs (docs/design/ec-tier.md, "The Zipf figure on a running cluster").
+    // Stores report their reads' heat, as deploy/ and `haystack dev` wire them.
+    storeHeat: true,
     replicationEnv: coldTierEnv(
       { k: K, m: M, groups: GROUPS },
       {

@@ -106,6 +106,18 @@ describe('env parsing', () => {
       /LEADER_HEARTBEAT_INTERVAL/,
     );
     expect(() => readReplicationConfig({}, { MIN_REPLICA_COUNT: '4' })).toThrow(/MIN_REPLICA_COUNT/);
+    // The bench's old 3 s / 6 s beside the default 5 s heartbeat: every store DEGRADED between beats.
+    expect(() =>
+      readDirectoryConfig({}, { ...PLAIN, STORE_DEGRADED_AFTER: '3s', STORE_DOWN_AFTER: '6s' }),
+    ).toThrow(/STORE_DEGRADED_AFTER \(3000 ms\) must be longer than HEARTBEAT_INTERVAL \(5000 ms\)/);
+    expect(() =>
+      readDirectoryConfig({}, { ...PLAIN, HEARTBEAT_INTERVAL: '2s', STORE_DEGRADED_AFTER: '2s' }),
+    ).toThrow(/STORE_DEGRADED_AFTER/);
+    const ok = readDirectoryConfig(
+      {},
+      { ...PLAIN, HEARTBEAT_INTERVAL: '300ms', STORE_DEGRADED_AFTER: '3s', STORE_DOWN_AFTER: '6s' },
+    );
+    expect([ok.storeDegradedAfterMs, ok.storeDownAfterMs]).toEqual([3_000, 6_000]);
   });
 
   it('reads PLACEMENT_EXPECTED_STORES (default 0: the replica count) and PLACEMENT_EXPECTED_WAIT (60s)', () => {
