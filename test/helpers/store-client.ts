@@ -45,6 +45,8 @@ export interface WriteOptions {
   fileName?: string;
   /** A stamp for the needle, as a forwarding store sends it. */
   writtenAtMs?: bigint;
+  /** The call's deadline (DEADLINE_EXCEEDED after it); none by default. */
+  timeoutMs?: number;
 }
 
 export async function writeBlob(
@@ -78,22 +80,25 @@ export async function writeBlob(
       });
     }
   }
-  return client.write(msgs());
+  return client.write(msgs(), o.timeoutMs === undefined ? undefined : { timeoutMs: o.timeoutMs });
 }
 
 export async function readBlob(
   client: StoreClient,
   blobId: string,
-  o: { offset?: number; length?: number; cookie?: bigint } = {},
+  o: { offset?: number; length?: number; cookie?: bigint; timeoutMs?: number } = {},
 ): Promise<Buffer> {
   const parts: Uint8Array[] = [];
   let header = false;
-  for await (const msg of client.read({
-    blobId,
-    cookie: o.cookie ?? 0n,
-    offset: BigInt(o.offset ?? 0),
-    length: BigInt(o.length ?? 0),
-  })) {
+  for await (const msg of client.read(
+    {
+      blobId,
+      cookie: o.cookie ?? 0n,
+      offset: BigInt(o.offset ?? 0),
+      length: BigInt(o.length ?? 0),
+    },
+    o.timeoutMs === undefined ? undefined : { timeoutMs: o.timeoutMs },
+  )) {
     if (msg.msg.case === 'header') header = true;
     else if (msg.msg.case === 'chunk') parts.push(msg.msg.value);
   }

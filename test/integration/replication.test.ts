@@ -1,6 +1,7 @@
 import { Code, ConnectError } from '@connectrpc/connect';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TaskKind, TaskState } from '../../gen/haystack/v1/replication_pb.js';
+import { pacedReads } from '../helpers/paced-reads.js';
 import { ReplicationCluster, sha256, waitFor } from '../helpers/replication-cluster.js';
 import { bytes, readBlob, writeBlob } from '../helpers/store-client.js';
 
@@ -110,16 +111,7 @@ describe.sequential('replication manager on a real cluster: heat, repair, garbag
       // flight: on a starved machine a read takes longer but the rate stays over the bar.
       const loc = await c.rc.locate('hot-1');
       const store = c.rc.store(c.rc.storeIndex(loc.replicas[0]?.storeId ?? ''));
-      let inFlight = 0;
-      const pacer = setInterval(() => {
-        if (inFlight >= 8) return;
-        inFlight++;
-        void readBlob(store, 'hot-1')
-          .catch(() => {})
-          .finally(() => {
-            inFlight--;
-          });
-      }, 1000 / 60);
+      const hammer = pacedReads(() => readBlob(store, 'hot-1'), 60, 8);
       try {
         await waitFor(
           async () => ((await c.rc.liveReplicas('hot-1')).length === 5 ? true : undefined),
@@ -128,8 +120,7 @@ describe.sequential('replication manager on a real cluster: heat, repair, garbag
           c.logs,
         );
       } finally {
-        clearInterval(pacer);
-        await waitFor(async () => (inFlight === 0 ? true : undefined), 30_000, 'hammer reads done', c.logs);
+        await hammer.stop();
       }
       const status = await m.getBlobStatus({ blobId: 'hot-1' });
       expect(status.targetReplicaCount).toBe(5);

@@ -20,6 +20,11 @@ const contentOf = (id: string): Buffer => {
 const DIRECTORY_TERM = 1n;
 const adminSecurity = await securityOf(TEST_ADMIN);
 /** The store as an operator calls it (Compact). */
+// Every call has a deadline. Once (a CI run at load 9-10) this test ran into its 180 s
+// timeout with no error: some await never settled (the suspect, not shown: a connect-node
+// call whose stream the kill cut, connectrpc/connect-es#1678). Past the deadline a write
+// counts as unacknowledged and a verify read fails with its code, naming the blob.
+const CALL_TIMEOUT_MS = 30_000;
 const asAdmin = (address: string) => storeClient(address, { security: adminSecurity });
 const started: ServerProcess[] = [];
 const start = async (dataDir: string): Promise<ServerProcess> => {
@@ -54,7 +59,7 @@ async function verify(
     let got: Buffer | undefined;
     let code: Code | undefined;
     try {
-      got = await readBlob(client, id);
+      got = await readBlob(client, id, { timeoutMs: CALL_TIMEOUT_MS });
     } catch (err) {
       code = ConnectError.from(err).code;
     }
@@ -95,11 +100,11 @@ describe('store crash safety (kill -9)', () => {
           const id = `w-${n}`;
           attempted.add(id);
           try {
-            await writeBlob(client, id, contentOf(id), { chunkSize: 16 * 1024 });
+            await writeBlob(client, id, contentOf(id), { chunkSize: 16 * 1024, timeoutMs: CALL_TIMEOUT_MS });
             acked.add(id);
             if (n % 5 === 0) {
               deleting.add(id);
-              await client.delete({ blobId: id, term: DIRECTORY_TERM });
+              await client.delete({ blobId: id, term: DIRECTORY_TERM }, { timeoutMs: CALL_TIMEOUT_MS });
               deleted.add(id);
               deleting.delete(id);
             }
