@@ -7,9 +7,9 @@ export default defineConfig({
     hookTimeout: 120_000,
     // Integration tests start real processes; two cores do not fit many at once.
     maxWorkers: 2,
-    // Every server a test starts serves mTLS: the test's clients get certificates.
     // A temporary directory per run, removed at its end (test/helpers/global-tmp.ts).
     globalSetup: ['./test/helpers/global-tmp.ts'],
+    // Every server a test starts serves mTLS: the test's clients get certificates.
     setupFiles: [
       './test/helpers/setup-reaper.ts',
       './test/helpers/setup-identity.ts',

@@ -10,10 +10,10 @@ export default defineConfig({
     // One cluster at a time: each is a dozen processes.
     maxWorkers: 1,
     fileParallelism: false,
-    // Every server a test starts serves mTLS: the test's clients get certificates;
-    // gateways check tokens: the SDK gets the suite's admin token.
     // A temporary directory per run, removed at its end (test/helpers/global-tmp.ts).
     globalSetup: ['./test/helpers/global-tmp.ts'],
+    // Every server a test starts serves mTLS: the test's clients get certificates;
+    // gateways check tokens: the SDK gets the suite's admin token.
     setupFiles: [
       './test/helpers/setup-reaper.ts',
       './test/helpers/setup-identity.ts',

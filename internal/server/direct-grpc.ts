@@ -272,7 +272,8 @@ class DirectCall {
       const m = this.queue.shift();
       if (m) {
         if (this.queue.length < HIGH_WATER / 2 && this.stream.isPaused()) {
-          // The client could not send while paused: its idle time starts now.
+          // Bytes the client sent while paused wait in the stream's buffer and refresh
+          // the clock as they flow; if none did, its idle time starts now, not at the pause.
           this.lastInput = performance.now();
           this.stream.resume();
         }

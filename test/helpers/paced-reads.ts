@@ -9,15 +9,17 @@ export function pacedReads(
   read: () => Promise<unknown>,
   perSecond: number,
   maxInFlight = 8,
-): { started(): number; stop(): Promise<void> } {
+): { stop(): Promise<void> } {
   const t0 = performance.now();
   let started = 0;
   let inFlight = 0;
   let idle: (() => void) | undefined;
   const timer = setInterval(
     () => {
-      const due = Math.floor(((performance.now() - t0) * perSecond) / 1000) - started;
-      for (let i = 0; i < due && inFlight < maxInFlight; i++) {
+      const due = Math.floor(((performance.now() - t0) * perSecond) / 1000);
+      // Reads the cap kept from starting are dropped, not owed: no burst after a stall.
+      started = Math.max(started, due - maxInFlight);
+      while (started < due && inFlight < maxInFlight) {
         started++;
         inFlight++;
         void read()
@@ -27,13 +29,10 @@ export function pacedReads(
             if (inFlight === 0) idle?.();
           });
       }
-      // Reads that could not start for the cap are dropped, not owed: no burst after a stall.
-      started = Math.max(started, Math.floor(((performance.now() - t0) * perSecond) / 1000) - maxInFlight);
     },
     Math.max(5, 1000 / perSecond),
   );
   return {
-    started: () => started,
     async stop() {
       clearInterval(timer);
       if (inFlight > 0) await new Promise<void>((resolve) => (idle = resolve));

@@ -19,12 +19,12 @@ const contentOf = (id: string): Buffer => {
 /** The directory leader's term the test's gateway client sends with a Delete (stores refuse 0). */
 const DIRECTORY_TERM = 1n;
 const adminSecurity = await securityOf(TEST_ADMIN);
-/** The store as an operator calls it (Compact). */
 // Every call has a deadline. Once (a CI run at load 9-10) this test ran into its 180 s
 // timeout with no error: some await never settled (the suspect, not shown: a connect-node
 // call whose stream the kill cut, connectrpc/connect-es#1678). Past the deadline a write
 // counts as unacknowledged and a verify read fails with its code, naming the blob.
 const CALL_TIMEOUT_MS = 30_000;
+/** The store as an operator calls it (Compact). */
 const asAdmin = (address: string) => storeClient(address, { security: adminSecurity });
 const started: ServerProcess[] = [];
 const start = async (dataDir: string): Promise<ServerProcess> => {
