@@ -1,4 +1,6 @@
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deployEnvoyOptions } from '../../internal/edge/deploy-config.js';
@@ -7,6 +9,10 @@ import {
   DEFAULT_DELETE_RATE_LIMIT,
   DEFAULT_UPLOAD_RATE_LIMIT,
 } from '../../internal/edge/envoy-rate-limit.js';
+import { createCa, writeIdentity } from '../../internal/security/ca.js';
+import type { Role } from '../../internal/security/identity.js';
+import { createLogger } from '../../internal/server/logger.js';
+import { startServer } from '../../internal/server/server.js';
 import { freePort } from '../helpers/redis.js';
 import { exec, tmpName, tool } from '../helpers/tools.js';
 
@@ -30,6 +36,34 @@ async function plainRules(): Promise<string> {
   writeFileSync(path.join(dir, 'rules.yaml'), JSON.stringify(rule.spec)); // JSON is YAML
   writeFileSync(path.join(dir, 'alerts.test.yaml'), readFileSync(path.join(OBS, 'alerts.test.yaml')));
   return dir;
+}
+
+interface ServiceMonitor {
+  kind: string;
+  spec: {
+    selector: { matchLabels: Record<string, string> };
+    endpoints: {
+      port: string;
+      path: string;
+      scheme?: string;
+      tlsConfig?: { ca?: unknown; serverName?: string };
+    }[];
+  };
+}
+
+async function serviceMonitors(): Promise<ServiceMonitor[]> {
+  const docs = (await loadYaml(path.join(OBS, 'servicemonitor.yaml'))) as ServiceMonitor[];
+  for (const d of docs) expect(d.kind).toBe('ServiceMonitor');
+  return docs;
+}
+
+/** The DNS SANs deploy/kubernetes/<component>.yaml has cert-manager's CSI driver put in a pod's certificate. */
+function dnsSans(component: string, pod: string): string[] {
+  const manifest = readFileSync(path.join(ROOT, 'deploy/kubernetes', `${component}.yaml`), 'utf8');
+  const names = /csi\.cert-manager\.io\/dns-names: "([^"]+)"/.exec(manifest)?.[1];
+  expect(names, component).toBeDefined();
+  // The CSI driver substitutes ${POD_NAME} (literal in the manifest).
+  return names!.replaceAll(['$', '{POD_NAME}'].join(''), pod).split(',');
 }
 
 interface Panel {
@@ -159,26 +193,20 @@ describe('deploy/observability: alert rules and dashboards', () => {
       for (const p of d.panels) if (p.type !== 'row') expect(p.targets?.length, p.title).toBeGreaterThan(0);
   });
 
-  it('the ServiceMonitor scrapes ports the scrape Services name, on the ports the servers listen on', async () => {
-    const [sm] = (await loadYaml(path.join(OBS, 'servicemonitor.yaml'))) as [
-      {
-        kind: string;
-        spec: {
-          selector: { matchLabels: Record<string, string> };
-          endpoints: { port: string; path: string }[];
-        };
-      },
-    ];
-    expect(sm.kind).toBe('ServiceMonitor');
+  it('the ServiceMonitors scrape ports the scrape Services name, on the ports the servers listen on', async () => {
+    const monitors = await serviceMonitors();
     const services = (await loadYaml(path.join(OBS, 'metrics-services.yaml'))) as {
       metadata: { labels: Record<string, string> };
       spec: { selector: { app: string }; ports: { name: string; port: number }[] };
     }[];
-    const endpointPorts = new Set(sm.spec.endpoints.map((e) => e.port));
     const apps = new Set<string>();
     for (const s of services) {
-      for (const [k, v] of Object.entries(sm.spec.selector.matchLabels)) expect(s.metadata.labels[k]).toBe(v);
-      expect(endpointPorts).toContain(s.spec.ports[0]!.name);
+      // Exactly one ServiceMonitor selects each Service, and it scrapes the Service's port.
+      const selecting = monitors.filter((sm) =>
+        Object.entries(sm.spec.selector.matchLabels).every(([k, v]) => s.metadata.labels[k] === v),
+      );
+      expect(selecting.length, s.spec.selector.app).toBe(1);
+      expect(selecting[0]!.spec.endpoints.map((e) => e.port)).toContain(s.spec.ports[0]!.name);
       apps.add(s.spec.selector.app);
     }
     expect([...apps].sort()).toEqual(['directory', 'envoy', 'gateway', 'replication', 'store']);
@@ -195,7 +223,110 @@ describe('deploy/observability: alert rules and dashboards', () => {
       }
     }
   });
+
+  it('servers are scraped over https, verified against the Issuer CA with a serverName their certificates carry; Envoy over http', async () => {
+    const security = readFileSync(path.join(ROOT, 'deploy/kubernetes/security.yaml'), 'utf8');
+    const issuer = /kind: Issuer[\s\S]*?ca: \{ secretName: ([\w-]+) \}/.exec(security)?.[1];
+    expect(issuer).toBe('haystack-ca');
+    const seen: string[] = [];
+    for (const sm of await serviceMonitors()) {
+      const component = sm.spec.selector.matchLabels['app.kubernetes.io/component']!;
+      for (const e of sm.spec.endpoints) {
+        seen.push(component);
+        if (component === 'envoy') {
+          // The stats listener is plain HTTP (no transport socket).
+          expect(e.scheme ?? 'http').toBe('http');
+          expect(e.tlsConfig).toBeUndefined();
+          continue;
+        }
+        expect(e.scheme, component).toBe('https');
+        // The CA certificate of the Secret the cert-manager Issuer signs with (kubernetes.io/tls layout);
+        // no client certificate (/metrics is open to any TLS client) and no skipped verification.
+        expect(e.tlsConfig, component).toEqual({
+          ca: { secret: { name: issuer, key: 'tls.crt' } },
+          serverName: component,
+        });
+        expect(dnsSans(component, 'store-0')).toContain(e.tlsConfig!.serverName);
+      }
+    }
+    expect(seen.sort()).toEqual(['directory', 'envoy', 'gateway', 'replication', 'store']);
+  });
+
+  it("a real server's /metrics answers the ServiceMonitor's scrape (https, CA, serverName, no client certificate) and nothing else", async () => {
+    const log = createLogger('test', 'scrape', 'silent');
+    const ca = await createCa(1);
+    const dir = tmpName('scrape-pki');
+    for (const sm of await serviceMonitors()) {
+      const component = sm.spec.selector.matchLabels['app.kubernetes.io/component']!;
+      if (component === 'envoy') continue;
+      const e = sm.spec.endpoints[0]!;
+      // The pod's certificate as cert-manager's CSI driver issues it in deploy/kubernetes.
+      const files = await writeIdentity(
+        ca,
+        dir,
+        { role: component as Role, id: `${component}-0` },
+        dnsSans(component, `${component}-0`),
+      );
+      const server = await startServer({
+        security: {
+          mode: 'mtls',
+          cert: readFileSync(files.certFile, 'utf8'),
+          key: readFileSync(files.keyFile, 'utf8'),
+          ca: ca.certPem,
+          identity: { role: component as Role, id: `${component}-0` },
+          directoryPeerIds: [],
+        },
+        component,
+        instance: `${component}-0`,
+        listen: '127.0.0.1:0',
+        log,
+        shutdownGraceMs: 1000,
+        services: [],
+      });
+      try {
+        const scrape = (o: { scheme: string; serverName?: string }) =>
+          get(o.scheme, server.port, e.path, { ca: ca.certPem, servername: o.serverName });
+        // As Prometheus would scrape the pod IP with this endpoint's config.
+        const ok = await scrape({ scheme: e.scheme!, serverName: e.tlsConfig?.serverName });
+        expect(ok, component).toMatchObject({ status: 200 });
+        expect((ok as { body: string }).body).toMatch(/^process_cpu_user_seconds_total /m);
+        // Without the scheme (Prometheus's default http) the TLS-only port gives no answer.
+        expect(await scrape({ scheme: 'http' }), component).toHaveProperty('error');
+        // A serverName the certificate does not carry fails verification.
+        const wrong = await scrape({ scheme: 'https', serverName: 'not-a-san' });
+        expect((wrong as { error?: string }).error, component).toMatch(/altnames|Hostname\/IP/i);
+      } finally {
+        await server.close();
+      }
+    }
+  });
 });
+
+/** One GET; the status and body, or the error (an empty reply, a failed verification). */
+function get(
+  scheme: string,
+  port: number,
+  urlPath: string,
+  tls: { ca: string; servername?: string },
+): Promise<{ status: number; body: string } | { error: string }> {
+  return new Promise((resolve) => {
+    const opts = { host: '127.0.0.1', port, path: urlPath, timeout: 5000 };
+    const req =
+      scheme === 'https'
+        ? https.get({ ...opts, ca: tls.ca, servername: tls.servername, agent: false })
+        : http.get({ ...opts, agent: false });
+    req.on('response', (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        body += c;
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', (err) => resolve({ error: err.message }));
+  });
+}
 
 describe('Envoy stats listener (real Envoy): Prometheus text, and nothing else of the admin', () => {
   let envoy: EnvoyProcess;
