@@ -6,6 +6,8 @@ import { exec, tmpName, tool } from '../helpers/tools.js';
 
 type Env = Record<string, string>;
 interface ComposeService {
+  image?: string;
+  user?: string;
   command?: string[];
   environment?: Env;
   healthcheck?: { test: string[] };
@@ -51,6 +53,34 @@ async function load(files: string[]): Promise<unknown[][]> {
   const res = await exec('python3', ['-c', script, ...files.map((f) => path.join(PROJECT_ROOT, f))]);
   if (res.code !== 0) throw new Error(res.stderr);
   return JSON.parse(res.stdout) as unknown[][];
+}
+
+/**
+ * The final stage of a Dockerfile as the image runs it: its last USER, and who owns each
+ * directory its RUN lines create or chown (before that USER; root until one chowns it).
+ */
+function finalStage(dockerfile: string): { user: string; owners: Map<string, string> } {
+  const lines = dockerfile
+    .replace(/\\\n/g, ' ')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l && !l.startsWith('#'));
+  const stage = lines.slice(lines.findLastIndex((l) => /^FROM\s/i.test(l)));
+  let user = 'root';
+  const owners = new Map<string, string>();
+  for (const l of stage) {
+    const [op, ...rest] = l.split(/\s+/);
+    const arg = rest.join(' ');
+    if (/^USER$/i.test(op!)) user = arg.split(':')[0]!;
+    if (!/^RUN$/i.test(op!)) continue;
+    for (const cmd of arg.split(/&&|;/).map((c) => c.trim().split(/\s+/))) {
+      const paths = cmd.slice(1).filter((a) => a.startsWith('/'));
+      if (cmd[0] === 'mkdir') for (const d of paths) if (!owners.has(d)) owners.set(d, user);
+      const owner = cmd.slice(1).find((a) => !a.startsWith('-'));
+      if (cmd[0] === 'chown' && owner) for (const d of paths) owners.set(d, owner.split(':')[0]!);
+    }
+  }
+  return { user, owners };
 }
 
 const list = (v: string | undefined) => (v ?? '').split(',').filter(Boolean);
@@ -180,6 +210,30 @@ describe('deploy/: every store and gateway reports heat to the replication manag
     expect(gw.environment?.AUTH_JWKS_RELOAD_INTERVAL).toMatch(/^\d+s$/);
     // Compose interpolates it from deploy/.env and refuses to start without it (:?).
     expect(gw.environment?.URL_SIGNING_KEYS).toBe(['$', '{HAYSTACK_URL_SIGNING_KEYS:?}'].join(''));
+  });
+
+  it('compose: every service with a /data volume runs as the user who owns /data in its image', () => {
+    const dockerfile = readFileSync(path.join(PROJECT_ROOT, 'deploy/Dockerfile'), 'utf8');
+    // The image compose names is the one deploy/Dockerfile builds (the command in its header).
+    expect(dockerfile).toContain('docker build -f deploy/Dockerfile -t haystack:latest .');
+    const image = finalStage(dockerfile);
+    expect(image.user).toBe('node');
+    const withData = Object.entries(compose.services).filter(([, s]) =>
+      (s.volumes ?? []).some((v) => v.split(':')[1] === '/data'),
+    );
+    expect(withData.length).toBeGreaterThanOrEqual(9);
+    for (const [name, svc] of withData) {
+      if (svc.image === 'haystack:latest') {
+        // An empty named volume mounted at /data takes the owner of the image's /data.
+        expect(svc.user, name).toBeUndefined();
+        expect(image.owners.get('/data'), `${name}: /data of deploy/Dockerfile`).toBe(image.user);
+      } else {
+        // The official Redis image starts as root and chowns /data to redis before it drops to it.
+        expect(svc.image, name).toMatch(/^redis:/);
+        expect(svc.user, name).toBeUndefined();
+        expect(svc.command?.[0], name).toBe('redis-server');
+      }
+    }
   });
 
   it('compose: every service has a healthcheck and waits for what it needs; no Swarm claim', () => {
