@@ -144,6 +144,19 @@ describe('deploy/: every store and gateway reports heat to the replication manag
     expect(envoy.livenessProbe).toBeDefined();
   });
 
+  it('Kubernetes: the lease Redis names its HA option and links the section of docs/operations.md that explains it', () => {
+    const comment = readFileSync(path.join(PROJECT_ROOT, 'deploy/kubernetes/redis.yaml'), 'utf8')
+      .split('\n')
+      .filter((l) => l.startsWith('#'))
+      .map((l) => l.slice(1).trim())
+      .join(' ');
+    const section = /docs\/operations\.md, "([^"]+)"/.exec(comment)?.[1];
+    expect(section, comment).toBeDefined();
+    const ops = readFileSync(path.join(PROJECT_ROOT, 'docs/operations.md'), 'utf8');
+    expect(ops.split('\n')).toContain(`## ${section}`);
+    expect(comment).toMatch(/one endpoint \(REDIS_URL\)/);
+  });
+
   it('Kubernetes: every manifest passes kubernetes-validate --strict (bundled schemas); a broken one fails', async () => {
     const bin = tool('kubernetes-validate');
     const files = K8S_FILES.map((f) => path.join(PROJECT_ROOT, 'deploy/kubernetes', `${f}.yaml`));
