@@ -1,5 +1,6 @@
 /**
- * The Haystack SDK for Node: `import { HaystackClient } from 'haystack-blobstore'`.
+ * The Haystack SDK for Node: `import { HaystackClient } from '@haystack-blobstore/sdk'`
+ * (packages/sdk; inside this repository also as the root package, `haystack-blobstore`).
  * Calls go over gRPC (HTTP/2) to Envoy or a gateway; files stream from and to disk.
  */
 import { createHash, randomBytes } from 'node:crypto';

@@ -66,6 +66,14 @@ describe('the SDK package (packages/sdk)', () => {
     expect(manifest.scripts.prepack).toBeDefined();
   });
 
+  it('is the one package to publish: the repository root (servers, CLI, their dependencies) is private', () => {
+    const root = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as {
+      private?: boolean;
+    };
+    expect(root.private).toBe(true);
+    expect((manifest as { private?: boolean }).private).toBeUndefined();
+  });
+
   it('its dependency closure (from the lockfile) is the protobuf and Connect runtimes only', () => {
     expect(Object.keys(manifest.dependencies).sort()).toEqual([
       '@bufbuild/protobuf',
