@@ -42,7 +42,7 @@ async function devPki(dir: string, host: string) {
 /**
  * `haystack dev`: the whole cluster on this machine, data under ./data, one log file per
  * process under ./data/logs, every endpoint printed. Ctrl-C, SIGTERM or `haystack dev stop`
- * (the pidfile) stop every child; a second start on the same data exits 1 "already running";
+ * (the pidfile) stop every child; a second start on the same data exits 3 "already running (pid …)";
  * a later start reuses the data.
  */
 export async function runDev(opts: DevOptions): Promise<void> {
