@@ -265,7 +265,7 @@ describe('haystack drain with erasure-coded shards', () => {
     };
     await waitFor(
       async () => ((await gauge(from)) === 0 ? true : undefined),
-      30_000,
+      90_000,
       'haystack_store_shards 0',
     );
     const holder = s.placementGroups[0]!.ecMembers[0]!.storeId;
@@ -275,7 +275,7 @@ describe('haystack drain with erasure-coded shards', () => {
         const [g, listed] = [await gauge(holder), (await shardsOn(holder)).length];
         return g === listed ? g : undefined;
       },
-      30_000,
+      90_000,
       `haystack_store_shards of ${holder} equal to its listed shards`,
     );
     expect(agreed).toBeGreaterThan(0);

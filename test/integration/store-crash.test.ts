@@ -114,7 +114,14 @@ describe('store crash safety (kill -9)', () => {
         }
       };
       const workers = Array.from({ length: 16 }, worker);
-      await new Promise((r) => setTimeout(r, 700 + round * 300));
+      // Kill mid-load: after the round's time and once this round has acknowledged 20 writes
+      // (at load average 30+ three rounds of a fixed time acknowledged only 48 in all).
+      const ackedBefore = acked.size;
+      const roundEnd = Date.now() + 700 + round * 300;
+      const giveUp = Date.now() + 60_000;
+      while (Date.now() < giveUp && (Date.now() < roundEnd || acked.size - ackedBefore < 20)) {
+        await new Promise((r) => setTimeout(r, 50));
+      }
       await proc.kill();
       stop = true;
       await Promise.all(workers);
