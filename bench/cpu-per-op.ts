@@ -22,13 +22,16 @@
 // unlike --prof's wall-clock ones; Node runs with --perf-basic-prof for JS names).
 // --prof DIR: the gateways and stores run with --cpu-prof into DIR (stopped by SIGTERM
 // at the end so the profiles are written).
+// --perf-stat EVENTS: `perf stat -e EVENTS` on every store and gateway per phase, printed
+// as counts per op by role: events that count work rather than time (syscalls, uprobes
+// on Node's TLS and HTTP/2 functions, see docs/benchmarks.md) do not depend on the load.
 //
 // Flags: --ops (2000 per phase), --warmup (500 writes first: JIT, connections, volumes), --concurrency (16), --sizes (1KiB,64KiB), --phases
-// (write,read-miss,http-get), --wrk-seconds (5), --seaweedfs, --strace, --prof DIR,
-// --env KEY=VALUE (repeatable, for our servers).
+// (write,read-miss,http-get), --wrk-seconds (5), --seaweedfs, --strace, --prof DIR, --perf DIR,
+// --perf-stat EVENTS, --env KEY=VALUE (repeatable, for our servers).
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -53,6 +56,7 @@ const { values: flags } = parseArgs({
     strace: { type: 'boolean', default: false },
     prof: { type: 'string' },
     perf: { type: 'string' },
+    'perf-stat': { type: 'string' },
     env: { type: 'string', multiple: true, default: [] },
   },
   allowNegative: true,
@@ -200,6 +204,7 @@ async function measured(
   adminUrl: string | undefined,
   body: () => Promise<number>,
   strace?: number[],
+  counted?: Map<number, string>,
 ): Promise<void> {
   const tracers: ChildProcess[] = [];
   const traceOut: string[] = [];
@@ -218,7 +223,19 @@ async function measured(
       spawn('perf', ['record', '-F', '999', '-g', '-o', out, '-p', strace.join(',')], { stdio: 'ignore' }),
     );
   }
-  if (tracers.length) await new Promise((r) => setTimeout(r, 500));
+  const counters: { role: string; out: string; p: ChildProcess }[] = [];
+  for (const [pid, role] of flags['perf-stat'] ? (counted ?? new Map<number, string>()) : []) {
+    const out = path.join(os.tmpdir(), `perf-stat-${process.pid}-${pid}.csv`);
+    const p = spawn(
+      'perf',
+      ['stat', '-x', ',', '-o', out, '-e', flags['perf-stat'] as string, '-p', String(pid)],
+      {
+        stdio: 'ignore',
+      },
+    );
+    counters.push({ role, out, p });
+  }
+  if (tracers.length || counters.length) await new Promise((r) => setTimeout(r, 500));
   const e0 = await envoyStats(adminUrl);
   const a = snapshot();
   const t0 = performance.now();
@@ -247,6 +264,25 @@ async function measured(
     `${system} ${phase} ${sizeLabel(size)}: ${ops} ops in ${seconds.toFixed(1)} s (${(ops / seconds).toFixed(0)}/s); CPU µs/op: ${fmt}`,
   );
   if (Object.keys(extra).length) console.log(`   envoy: ${JSON.stringify(extra)}`);
+  if (counters.length) {
+    for (const c of counters) c.p.kill('SIGINT');
+    await Promise.all(
+      counters.map((c) => new Promise((r) => (c.p.exitCode === null ? c.p.once('exit', r) : r(0)))),
+    );
+    const per = new Map<string, number>();
+    for (const c of counters) {
+      for (const line of readFileSync(c.out, 'utf8').split('\n')) {
+        const f = line.split(',');
+        if (f.length < 3 || !/^[\d.]+$/.test(f[0] ?? '')) continue;
+        const k = `${c.role} ${f[2]}`;
+        per.set(k, (per.get(k) ?? 0) + Number(f[0]));
+      }
+      rmSync(c.out, { force: true });
+    }
+    console.log(
+      `   perf stat per op: ${[...per].map(([k, v]) => `${k} ${(v / ops).toFixed(1)}`).join(', ')}`,
+    );
+  }
   for (const t of tracers) t.kill('SIGINT');
   if (tracers.length) {
     await Promise.all(
@@ -296,8 +332,23 @@ async function ours(): Promise<void> {
         flags.strace || flags.perf
           ? [cl.gateways[0]?.child.pid, cl.stores[0]?.child.pid].filter((p) => p !== undefined)
           : [];
+      // Every store and gateway, for --perf-stat.
+      const counted = () => {
+        const m = new Map<number, string>();
+        for (const p of cl.stores) if (p.child.pid !== undefined) m.set(p.child.pid, 'store');
+        for (const p of cl.gateways) if (p.child.pid !== undefined) m.set(p.child.pid, 'gateway');
+        return m;
+      };
       if (PHASES.has('write'))
-        await measured('ours', 'write', size, admin, () => runOps(OPS, write), straced() as number[]);
+        await measured(
+          'ours',
+          'write',
+          size,
+          admin,
+          () => runOps(OPS, write),
+          straced() as number[],
+          counted(),
+        );
       if (PHASES.has('read-miss')) {
         await t.flushCache?.();
         const pool = ids.slice(-OPS);
@@ -311,6 +362,7 @@ async function ours(): Promise<void> {
               await t.client.download(pool[i] as string, { timeoutMs: 30_000 });
             }),
           straced() as number[],
+          counted(),
         );
       }
       if (PHASES.has('http-get')) {
