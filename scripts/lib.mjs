@@ -17,15 +17,42 @@ export function run(cmd, args, opts = {}) {
   return r;
 }
 
-/** npm ci when node_modules is missing or package-lock.json changed since the last install. */
-export function ensureNpmDeps() {
-  const lock = path.join(root, 'package-lock.json');
+/**
+ * Whether node_modules holds what package-lock.json lists: our stamp from the last `npm ci` we
+ * ran, or npm's own record of its last install (node_modules/.package-lock.json, written by
+ * any `npm ci` / `npm install`) agreeing on every package's version and integrity. Optional
+ * packages for other platforms are never installed, so their absence counts as agreement.
+ */
+export function npmDepsCurrent() {
+  const lock = readFileSync(path.join(root, 'package-lock.json'));
   const stamp = path.join(root, 'node_modules/.haystack-lock-hash');
-  const hash = createHash('sha256').update(readFileSync(lock)).digest('hex');
-  if (existsSync(stamp) && readFileSync(stamp, 'utf8') === hash) return;
+  if (existsSync(stamp) && readFileSync(stamp, 'utf8') === lockHash(lock)) return true;
+  const hidden = path.join(root, 'node_modules/.package-lock.json');
+  if (!existsSync(hidden)) return false;
+  try {
+    const want = JSON.parse(lock.toString('utf8')).packages ?? {};
+    const have = JSON.parse(readFileSync(hidden, 'utf8')).packages ?? {};
+    if (Object.keys(want).length < 2) return false; // no package list to compare (old lockfile)
+    return Object.entries(want).every(([name, p]) => {
+      if (name === '') return true; // the project itself
+      const h = have[name];
+      if (!h) return Boolean(p.optional || p.devOptional);
+      return h.version === p.version && h.integrity === p.integrity;
+    });
+  } catch {
+    return false;
+  }
+}
+
+const lockHash = (lock) => createHash('sha256').update(lock).digest('hex');
+
+/** npm ci when node_modules is missing or does not match package-lock.json (npmDepsCurrent). */
+export function ensureNpmDeps() {
+  if (npmDepsCurrent()) return;
+  const lock = readFileSync(path.join(root, 'package-lock.json'));
   console.error('[setup] installing npm packages (npm ci)');
   run('npm', ['ci', '--no-audit', '--no-fund', '--loglevel=error']);
-  writeFileSync(stamp, hash);
+  writeFileSync(path.join(root, 'node_modules/.haystack-lock-hash'), lockHash(lock));
 }
 
 /** redis-server, envoy, grpcurl, chromium (or a subset), via test/env/bootstrap.sh. */

@@ -33,7 +33,9 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-link() { ln -sf "$1" "$bin/$2"; }
+# Only when the link is missing or points elsewhere: `ln -sf` unlinks first, and a test
+# starting that binary in that instant (npm start runs this beside a test run) would miss it.
+link() { [ "$(readlink "$bin/$2" 2>/dev/null)" = "$1" ] || ln -sf "$1" "$bin/$2"; }
 
 # pip packages go into one venv under test/env.
 venv="$here/.venv"

@@ -197,20 +197,39 @@ describe.sequential('haystack dev: the local cluster', () => {
       ...[0, 1].map((i) => port('DEV_GATEWAY_PORT') + i),
       port('DEV_REPLICATION_PORT'),
     ].map((p) => `127.0.0.1:${p}`);
+    expect(internal.length).toBe(11);
     const pki = path.join(dev.dataDir, 'pki', 'admin-dev');
     const tls = ['-cacert', 'ca.crt', '-cert', 'tls.crt', '-key', 'tls.key'].map((a) =>
       a.startsWith('-') ? a : path.join(pki, a),
     );
     const grpcurl = tool('grpcurl');
-    for (const address of internal) {
-      const plain = await exec(grpcurl, ['-plaintext', '-connect-timeout', '5', address, 'list']);
+    // All probes at once: a plaintext grpcurl against a TLS port retries until its connect
+    // timeout, so one after another they took 11 × the timeout (and failed the test under load).
+    // grpc-go's warnings name why each attempt failed: a TLS server closes a plaintext
+    // connection unanswered ("error reading server preface: EOF", or a reset when it closes
+    // with the client's SETTINGS frame unread), unlike a port nobody listens on ("connection
+    // refused") or a slow one (only "context deadline exceeded", what grpcurl itself prints).
+    const results = await Promise.all(
+      internal.map(async (address) => ({
+        address,
+        plain: await exec(grpcurl, ['-plaintext', '-connect-timeout', '15', address, 'list'], {
+          env: { ...process.env, GRPC_GO_LOG_SEVERITY_LEVEL: 'warning' },
+          timeoutMs: 60_000,
+        }),
+        ok: await exec(grpcurl, [...tls, '-connect-timeout', '30', address, 'grpc.health.v1.Health/Check'], {
+          timeoutMs: 60_000,
+        }),
+      })),
+    );
+    for (const { address, plain, ok } of results) {
       expect(plain.code, address).not.toBe(0);
       expect(plain.stdout, address).not.toContain('haystack.v1');
-      const ok = await exec(grpcurl, [...tls, address, 'grpc.health.v1.Health/Check']);
+      expect(plain.stderr, address).toMatch(/error reading server preface: (EOF|.*connection reset by peer)/);
+      expect(plain.stderr, address).not.toContain('connection refused');
       expect(ok.code, `${address}: ${ok.stderr}`).toBe(0);
       expect(ok.stdout, address).toContain('SERVING');
     }
-  });
+  }, 120_000);
 
   it('`haystack dev stop` (the pidfile) stops every child and the supervisor', async () => {
     const ps = await exec('ps', ['-o', 'pid=', '--ppid', String(dev.child.pid)]);
