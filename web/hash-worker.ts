@@ -1,22 +1,22 @@
 /**
- * The upload Worker: reads a File (reporting progress), hashes it with Web Crypto
- * (crypto.subtle.digest) and encodes the Put request, all off the page's main
- * thread; the encoded bytes are transferred back (no copy) for sending.
+ * The upload Worker: reads a File (reporting progress) and hashes it with Web Crypto
+ * (crypto.subtle.digest), off the page's main thread. Only the hash goes back: the page
+ * then sends the File itself (`xhr.send(file)`), which the browser streams from disk.
  *
- * In:  { file: File, contentType: string }
- * Out: { type: 'progress', read: number } … then { type: 'done', sha256, body }
+ * In:  { file: File }
+ * Out: { type: 'progress', read: number } … then { type: 'done', sha256 }
  *      or { type: 'error', message }.
  */
-import { encodePutRequest, sha256Hex } from '../internal/sdk/put-body.js';
+import { sha256Hex } from '../internal/sdk/put-body.js';
 
 interface Scope {
-  onmessage: ((e: MessageEvent<{ file: File; contentType: string }>) => void) | null;
-  postMessage(msg: unknown, transfer?: Transferable[]): void;
+  onmessage: ((e: MessageEvent<{ file: File }>) => void) | null;
+  postMessage(msg: unknown): void;
 }
 const scope = self as unknown as Scope;
 
 scope.onmessage = async (e) => {
-  const { file, contentType } = e.data;
+  const { file } = e.data;
   try {
     const data = new Uint8Array(file.size);
     let read = 0;
@@ -25,6 +25,7 @@ scope.onmessage = async (e) => {
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;
+      if (read + value.length > data.length) throw new Error(`the file grew past ${file.size} bytes`);
       data.set(value, read);
       read += value.length;
       if (read - reported >= 1 << 20) {
@@ -33,9 +34,7 @@ scope.onmessage = async (e) => {
       }
     }
     if (read !== file.size) throw new Error(`read ${read} of ${file.size} bytes (the file changed?)`);
-    const sha256 = await sha256Hex(data);
-    const body = encodePutRequest(data, sha256, { contentType });
-    scope.postMessage({ type: 'done', sha256, body }, [body.buffer]);
+    scope.postMessage({ type: 'done', sha256: await sha256Hex(data) });
   } catch (err) {
     scope.postMessage({ type: 'error', message: err instanceof Error ? err.message : String(err) });
   }

@@ -1,33 +1,35 @@
 /**
- * Uploads from the page: drag and drop or a file picker. Each file is read,
- * hashed (SHA-256, Web Crypto) and encoded in a Worker (hash-worker.ts), then
- * sent with XMLHttpRequest for upload progress. The bar shows both phases:
- * 0–20 % reading and hashing, 20–100 % bytes sent.
+ * Uploads from the page: drag and drop or a file picker. Each file is read and
+ * hashed (SHA-256, Web Crypto) in a Worker (hash-worker.ts); then the File itself
+ * goes to the gateway's `PUT /blobs/{sha256}` by XMLHttpRequest (`client.putFile`):
+ * the browser streams it from disk, the page's thread never holds its bytes, and the
+ * limit is MAX_UPLOAD_SIZE (not the unary Put's MAX_PUT_SIZE). The bar shows both
+ * phases: 0–20 % reading and hashing, 20–100 % bytes sent.
  */
 import type { HaystackClient, StoredBlob } from '../internal/sdk/browser.js';
 import { $, el, errorText } from './dom.js';
 
 type WorkerReply =
   | { type: 'progress'; read: number }
-  | { type: 'done'; sha256: string; body: Uint8Array }
+  | { type: 'done'; sha256: string }
   | { type: 'error'; message: string };
 
-/** Runs one file through a fresh Worker: its SHA-256 and the encoded Put request. */
-function prepare(file: File, contentType: string, onRead: (read: number) => void) {
-  return new Promise<{ sha256: string; body: Uint8Array }>((resolve, reject) => {
+/** Runs one file through a fresh Worker: its SHA-256 (hex). */
+function hash(file: File, onRead: (read: number) => void) {
+  return new Promise<string>((resolve, reject) => {
     const worker = new Worker(new URL('./hash-worker.js', import.meta.url), { type: 'module' });
     worker.onmessage = (e: MessageEvent<WorkerReply>) => {
       const m = e.data;
       if (m.type === 'progress') return onRead(m.read);
       worker.terminate();
-      if (m.type === 'done') resolve(m);
+      if (m.type === 'done') resolve(m.sha256);
       else reject(new Error(m.message));
     };
     worker.onerror = (e) => {
       worker.terminate();
       reject(new Error(e.message || 'the upload worker failed'));
     };
-    worker.postMessage({ file, contentType });
+    worker.postMessage({ file });
   });
 }
 
@@ -47,13 +49,14 @@ export function setupUpload(client: HaystackClient, onStored: (b: StoredBlob) =>
       const size = file.size || 1;
       try {
         const contentType = file.type || 'application/octet-stream';
-        const { sha256, body } = await prepare(file, contentType, (read) => {
+        const sha256 = await hash(file, (read) => {
           progress.value = (read / size) * 20;
           state.textContent = `hashing ${Math.round((read / size) * 100)}%`;
         });
         progress.value = 20;
-        const b = await client.putEncoded(body, sha256, file.size, {
+        const b = await client.putFile(file, sha256, {
           contentType,
+          fileName: file.name,
           onProgress: (sent, total) => {
             progress.value = 20 + (total ? (sent / total) * 80 : 80);
             state.textContent = `${total ? Math.round((sent / total) * 100) : 100}%`;

@@ -1,11 +1,13 @@
 /**
- * The Haystack SDK for browsers: Connect over fetch (through Envoy), uploads as
- * one Put message sent with XMLHttpRequest so that progress can be reported.
+ * The Haystack SDK for browsers: Connect over fetch (through Envoy); uploads with
+ * XMLHttpRequest so that progress can be reported, either as one Put message
+ * (`uploadWithProgress`, `putEncoded`) or as the File itself streamed to the
+ * gateway's `PUT /blobs/{id}` (`putFile`: no copy, no MAX_PUT_SIZE cap).
  */
-import { fromBinary } from '@bufbuild/protobuf';
+import { fromBinary, fromJson, type JsonValue } from '@bufbuild/protobuf';
 import { Code, ConnectError } from '@connectrpc/connect';
 import { createConnectTransport } from '@connectrpc/connect-web';
-import { PutResponseSchema } from '../../gen/haystack/v1/blob_pb.js';
+import { BlobInfoSchema, PutResponseSchema } from '../../gen/haystack/v1/blob_pb.js';
 import {
   HaystackClient as CoreClient,
   type HaystackClientOptions,
@@ -20,7 +22,7 @@ import { encodePutRequest, sha256Hex } from './put-body.js';
 interface Xhr {
   open(method: string, url: string): void;
   setRequestHeader(name: string, value: string): void;
-  send(body: Uint8Array): void;
+  send(body: Uint8Array | Blob): void;
   abort(): void;
   responseType: string;
   response: unknown;
@@ -129,8 +131,77 @@ export class HaystackClient extends CoreClient {
       throw e;
     }
   }
+
+  /**
+   * Uploads a File/Blob whose SHA-256 is `sha256` (hex, computed beforehand, e.g. in a
+   * Worker) by `PUT /blobs/{id}` with the Blob itself as the body: the browser streams
+   * it from disk (no copy on the page's thread, no ArrayBuffer of the whole file) and
+   * the gateway's HTTP upload takes up to MAX_UPLOAD_SIZE (not the unary Put's
+   * MAX_PUT_SIZE). The id is `opts.id` or the SHA-256; Content-Type is `opts.contentType`
+   * or the Blob's type; the file name (`opts.fileName` or a File's name) goes in
+   * Content-Disposition; a Content-Digest lets the gateway refuse other bytes. Progress
+   * comes from `xhr.upload.onprogress`; retries on UNAVAILABLE (503); the stored SHA-256
+   * must equal `sha256`. Re-uploading content-addressed bytes that exist is success.
+   */
+  async putFile(file: Blob, sha256: string, opts: UploadOptions = {}): Promise<StoredBlob> {
+    if (!/^[0-9a-f]{64}$/.test(sha256)) {
+      throw new HaystackError(`sha256 must be 64 lower-case hex digits, got ${sha256}`, Code.InvalidArgument);
+    }
+    const id = opts.id ?? sha256;
+    const size = file.size;
+    const contentType = opts.contentType ?? file.type;
+    const fileName = opts.fileName ?? (file as { name?: unknown }).name;
+    const headers: Record<string, string> = {
+      'content-digest': `sha-256=:${hexToBase64(sha256)}:`,
+    };
+    if (contentType) headers['content-type'] = contentType;
+    if (typeof fileName === 'string' && fileName) {
+      headers['content-disposition'] = `attachment; filename*=UTF-8''${encodeURIComponent(fileName)}`;
+    }
+    const query = opts.replicaCount ? `?replicas=${opts.replicaCount}` : '';
+    try {
+      return await this.retry(true, opts.signal, async () => {
+        const bytes = await xhrSend(
+          'PUT',
+          `${this.url}/blobs/${encodeURIComponent(id)}${query}`,
+          file,
+          headers,
+          [200, 201],
+          opts,
+          size,
+          this.o.token,
+        );
+        const json = JSON.parse(new TextDecoder().decode(bytes)) as JsonValue;
+        const stored = toStoredBlob(fromJson(BlobInfoSchema, json, { ignoreUnknownFields: true }));
+        if (stored.sha256 !== sha256) {
+          throw new IntegrityError(
+            `blob ${stored.id} was stored with SHA-256 ${stored.sha256}, sent ${sha256}`,
+          );
+        }
+        return stored;
+      });
+    } catch (err) {
+      if (opts.signal?.aborted) throw abortReason(opts.signal);
+      const e = toHaystackError(err);
+      // 409: the id exists. Content-addressed and the same bytes: success.
+      if (e.code === Code.AlreadyExists && id === sha256) {
+        const existing = await this.stat(sha256).catch(() => undefined);
+        if (existing?.sha256 === sha256) return existing;
+      }
+      throw e;
+    }
+  }
 }
 
+/** Lower-case hex as base64 (for Content-Digest). */
+function hexToBase64(hex: string): string {
+  let bin = '';
+  for (let i = 0; i < hex.length; i += 2)
+    bin += String.fromCharCode(Number.parseInt(hex.slice(i, i + 2), 16));
+  return btoa(bin);
+}
+
+/** A unary Connect call by XMLHttpRequest: an encoded request, its encoded answer. */
 function xhrPost(
   url: string,
   body: Uint8Array,
@@ -138,16 +209,37 @@ function xhrPost(
   total: number,
   token: string,
 ): Promise<Uint8Array> {
+  const headers: Record<string, string> = {
+    'content-type': 'application/proto',
+    'connect-protocol-version': '1',
+  };
+  if (opts.timeoutMs) headers['connect-timeout-ms'] = String(opts.timeoutMs);
+  return xhrSend('POST', url, body, headers, [200], opts, total, token);
+}
+
+/**
+ * Sends `body` with upload progress (scaled to `total` content bytes) and resolves with the
+ * answer's bytes on a status in `ok`; else rejects with a HaystackError whose code comes from
+ * a Connect error's JSON, or from the HTTP status (the gateway's HTTP routes answer plain text).
+ */
+function xhrSend(
+  method: string,
+  url: string,
+  body: Uint8Array | Blob,
+  headers: Record<string, string>,
+  ok: number[],
+  opts: UploadOptions,
+  total: number,
+  token: string,
+): Promise<Uint8Array> {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
-    xhr.open('POST', url);
+    xhr.open(method, url);
     xhr.responseType = 'arraybuffer';
-    xhr.setRequestHeader('content-type', 'application/proto');
-    xhr.setRequestHeader('connect-protocol-version', '1');
-    if (opts.timeoutMs) xhr.setRequestHeader('connect-timeout-ms', String(opts.timeoutMs));
+    for (const [k, v] of Object.entries(headers)) xhr.setRequestHeader(k, v);
     if (token) xhr.setRequestHeader('authorization', `Bearer ${token}`);
     xhr.upload.onprogress = (e) =>
-      opts.onProgress?.(Math.min(total, Math.round((e.loaded / e.total) * total)), total);
+      opts.onProgress?.(Math.min(total, Math.round(e.total ? (e.loaded / e.total) * total : 0)), total);
     xhr.onerror = () => reject(new ConnectError('network error', Code.Unavailable));
     xhr.ontimeout = () => reject(new ConnectError('timed out', Code.DeadlineExceeded));
     const signal = opts.signal;
@@ -156,14 +248,20 @@ function xhrPost(
       reject(signal?.aborted ? abortReason(signal) : new ConnectError('aborted', Code.Canceled));
     xhr.onload = () => {
       const buf = new Uint8Array(xhr.response as ArrayBuffer);
-      if (xhr.status === 200) {
+      if (ok.includes(xhr.status)) {
         opts.onProgress?.(total, total);
         resolve(buf);
         return;
       }
-      // Connect errors are JSON {code, message}; Envoy's own answers may not be.
+      // Connect errors are JSON {code, message}; Envoy's and the HTTP routes' answers are not.
       const byStatus: Record<number, Code> = {
-        413: Code.ResourceExhausted, // Envoy's size limit
+        400: Code.InvalidArgument,
+        401: Code.Unauthenticated,
+        403: Code.PermissionDenied,
+        404: Code.NotFound,
+        409: Code.AlreadyExists,
+        411: Code.InvalidArgument,
+        413: Code.ResourceExhausted, // Envoy's or the gateway's size limit
         429: Code.ResourceExhausted, // Envoy's rate limit
         503: Code.Unavailable,
         504: Code.DeadlineExceeded,
