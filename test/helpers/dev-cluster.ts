@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import net from 'node:net';
 import { HAYSTACK_BIN } from '../../internal/cli/processes.js';
 import { killOnExit } from '../../internal/common/child-reaper.js';
+import { claimPort, PORT_MAX, PORT_MIN, portFree } from './ports.js';
 import { tmpName } from './tools.js';
 
 /** Ports `haystack dev` uses, as DEV_* variables, from one free block of 20 consecutive ports. */
@@ -11,20 +11,14 @@ export interface DevPorts {
   stores: number[];
 }
 
-function portFree(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const srv = net.createServer();
-    srv.once('error', () => resolve(false));
-    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
-  });
-}
-
 /** A block of free loopback ports laid out the way `haystack dev` numbers its processes. */
 export async function devPorts(stores = 5): Promise<DevPorts> {
   for (let attempt = 0; attempt < 50; attempt++) {
-    const base = 20_000 + Math.floor(Math.random() * 40_000);
+    const base = PORT_MIN + Math.floor(Math.random() * (PORT_MAX - PORT_MIN - 20));
     const all = Array.from({ length: 20 }, (_, i) => base + i);
     if (!(await Promise.all(all.map(portFree))).every(Boolean)) continue;
+    // Claimed like freePort's ports, so no other worker or suite hands one of them out.
+    if (!all.every((p) => claimPort(p))) continue;
     const storeBase = base + 3;
     return {
       env: {

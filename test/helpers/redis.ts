@@ -1,40 +1,13 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
-import net from 'node:net';
 import { waitForPort } from '../../internal/cli/tools.js';
 import { killOnExit } from '../../internal/common/child-reaper.js';
 import { newRedisUser, redisAclArgs, redisUrl } from '../../internal/security/redis-acl.js';
 import { tmpName, tool } from './tools.js';
 
-/** A free TCP port on 127.0.0.1 (bound then released). */
-/** Ports handed out by this process, never handed out twice. */
-const handedOut = new Set<number>();
+export { freePort } from './ports.js';
 
-/**
- * A loopback port that was free a moment ago, for a server a test starts later.
- *
- * Picked below Linux's ephemeral range (ip_local_port_range, 32768–60999 by
- * default): a port the kernel chose with listen(0) is also where it puts the
- * local end of outgoing connections, and with several suites running beside
- * each other one of those took a port between this call and the server's
- * listen (EADDRINUSE in CI). Outgoing connections never get a port here.
- */
-export async function freePort(): Promise<number> {
-  for (let attempt = 0; attempt < 200; attempt++) {
-    const port = 20_000 + Math.floor(Math.random() * 12_000);
-    if (handedOut.has(port)) continue;
-    const free = await new Promise<boolean>((resolve) => {
-      const srv = net.createServer();
-      srv.once('error', () => resolve(false));
-      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
-    });
-    if (free) {
-      handedOut.add(port);
-      return port;
-    }
-  }
-  throw new Error('no free loopback port in 20000–31999 after 200 tries');
-}
+import { freePort } from './ports.js';
 
 /** A real redis-server child process on a free loopback port; restartable on the same port. */
 export class RedisProcess {
