@@ -6,12 +6,21 @@
 import type { HaystackClient, StoredBlob } from '../internal/sdk/browser.js';
 import { $, el, errorText, human, signedImage } from './dom.js';
 
+/** How many loaded tile images the gallery keeps for reuse (a few pages' worth). */
+const IMAGE_CACHE = 200;
+
 export class Gallery {
   /** tokens[i] lists page i ('' = the first page). */
   private tokens = [''];
   private page = 0;
   private shown = '';
   private seq = 0;
+  /**
+   * Loaded images by blob id, most recently shown last: a re-rendered page (a refresh that
+   * saw a change, paging back) reuses them instead of blanking every tile while fresh signed
+   * URLs load. Only loaded ones are reused: an unloaded one's signed URL may have expired.
+   */
+  private readonly images = new Map<string, HTMLImageElement>();
   /** A blob of the current page (the overview times reads of it). */
   anyBlob: string | undefined;
 
@@ -60,9 +69,24 @@ export class Gallery {
     $('#gallery-empty').hidden = res.blobs.length > 0;
   }
 
+  private image(id: string): HTMLImageElement {
+    const cached = this.images.get(id);
+    this.images.delete(id);
+    const img =
+      cached?.complete && cached.naturalWidth > 0
+        ? cached
+        : signedImage(this.client, id, { loading: 'lazy' });
+    this.images.set(id, img);
+    for (const old of this.images.keys()) {
+      if (this.images.size <= IMAGE_CACHE) break;
+      this.images.delete(old);
+    }
+    return img;
+  }
+
   private tile(b: StoredBlob): HTMLElement {
     const visual = b.contentType.startsWith('image/')
-      ? signedImage(this.client, b.id, { loading: 'lazy' })
+      ? this.image(b.id)
       : el('div', { className: 'file' }, b.contentType || 'application/octet-stream');
     const open = el(
       'a',
@@ -88,6 +112,7 @@ export class Gallery {
       try {
         await this.client.delete(b.id);
         t.remove();
+        this.images.delete(b.id);
         this.shown = '';
         void this.refresh();
       } catch (err) {

@@ -104,32 +104,10 @@ export class HaystackClient extends CoreClient {
     size: number,
     opts: UploadOptions = {},
   ): Promise<StoredBlob> {
-    try {
-      return await this.retry(true, opts.signal, async () => {
-        const bytes = await xhrPost(
-          `${this.url}/haystack.v1.BlobService/Put`,
-          body,
-          opts,
-          size,
-          this.o.token,
-        );
-        const stored = toStoredBlob(fromBinary(PutResponseSchema, bytes).blob);
-        if (stored.sha256 !== sha256) {
-          throw new IntegrityError(
-            `blob ${stored.id} was stored with SHA-256 ${stored.sha256}, sent ${sha256}`,
-          );
-        }
-        return stored;
-      });
-    } catch (err) {
-      if (opts.signal?.aborted) throw abortReason(opts.signal);
-      const e = toHaystackError(err);
-      if (e.code === Code.AlreadyExists && !opts.id) {
-        const existing = await this.stat(sha256).catch(() => undefined);
-        if (existing?.sha256 === sha256) return existing;
-      }
-      throw e;
-    }
+    return this.sendChecked(sha256, opts, !opts.id, async () => {
+      const bytes = await xhrPost(`${this.url}/haystack.v1.BlobService/Put`, body, opts, size, this.o.token);
+      return toStoredBlob(fromBinary(PutResponseSchema, bytes).blob);
+    });
   }
 
   /**
@@ -159,20 +137,37 @@ export class HaystackClient extends CoreClient {
       headers['content-disposition'] = `attachment; filename*=UTF-8''${encodeURIComponent(fileName)}`;
     }
     const query = opts.replicaCount ? `?replicas=${opts.replicaCount}` : '';
+    return this.sendChecked(sha256, opts, id === sha256, async () => {
+      const bytes = await xhrSend(
+        'PUT',
+        `${this.url}/blobs/${encodeURIComponent(id)}${query}`,
+        file,
+        headers,
+        [200, 201],
+        opts,
+        size,
+        this.o.token,
+      );
+      const json = JSON.parse(new TextDecoder().decode(bytes)) as JsonValue;
+      return toStoredBlob(fromJson(BlobInfoSchema, json, { ignoreUnknownFields: true }));
+    });
+  }
+
+  /**
+   * Runs one upload attempt `send` under the client's retry policy (UNAVAILABLE is
+   * retried), checks the stored SHA-256 equals `sha256` (IntegrityError if not), and
+   * when `contentAddressed` (the id is the SHA-256) treats ALREADY_EXISTS (HTTP 409)
+   * on the same bytes as success. An aborted `opts.signal` rejects with its reason.
+   */
+  private async sendChecked(
+    sha256: string,
+    opts: UploadOptions,
+    contentAddressed: boolean,
+    send: () => Promise<StoredBlob>,
+  ): Promise<StoredBlob> {
     try {
       return await this.retry(true, opts.signal, async () => {
-        const bytes = await xhrSend(
-          'PUT',
-          `${this.url}/blobs/${encodeURIComponent(id)}${query}`,
-          file,
-          headers,
-          [200, 201],
-          opts,
-          size,
-          this.o.token,
-        );
-        const json = JSON.parse(new TextDecoder().decode(bytes)) as JsonValue;
-        const stored = toStoredBlob(fromJson(BlobInfoSchema, json, { ignoreUnknownFields: true }));
+        const stored = await send();
         if (stored.sha256 !== sha256) {
           throw new IntegrityError(
             `blob ${stored.id} was stored with SHA-256 ${stored.sha256}, sent ${sha256}`,
@@ -183,8 +178,7 @@ export class HaystackClient extends CoreClient {
     } catch (err) {
       if (opts.signal?.aborted) throw abortReason(opts.signal);
       const e = toHaystackError(err);
-      // 409: the id exists. Content-addressed and the same bytes: success.
-      if (e.code === Code.AlreadyExists && id === sha256) {
+      if (e.code === Code.AlreadyExists && contentAddressed) {
         const existing = await this.stat(sha256).catch(() => undefined);
         if (existing?.sha256 === sha256) return existing;
       }

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import {
   type ServerProcess,
@@ -106,4 +106,14 @@ export function tmpName(prefix: string): string {
     process.env.TMPDIR ?? '/tmp',
     `${prefix}-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`,
   );
+}
+
+/** True while `pid` runs (exists and is not a zombie waiting to be reaped); Linux /proc. */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(' ')[2] !== 'Z';
+  } catch {
+    return false;
+  }
 }

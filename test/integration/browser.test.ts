@@ -355,6 +355,14 @@ describe('the dashboard in headless Chromium, through Envoy', () => {
     await waitFor(() => page.locator('#page-label').textContent()).toBe('page 2');
     await page.locator('#page-prev').click();
     await waitFor(() => page.locator('#page-label').textContent()).toBe('page 1');
+    // The screenshot shows pictures, not the alt text (ids) of images still loading.
+    await waitFor(() =>
+      page
+        .locator('#gallery .tile img')
+        .evaluateAll((imgs) =>
+          imgs.every((i) => (i as unknown as { naturalWidth: number }).naturalWidth > 0),
+        ),
+    ).toBe(true);
     await shot('gallery');
   }, 180_000);
 

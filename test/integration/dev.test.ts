@@ -8,16 +8,7 @@ import { pidfilePath } from '../../internal/cli/dev-pidfile.js';
 import { HAYSTACK_BIN, PROJECT_ROOT } from '../../internal/cli/processes.js';
 import { HaystackClient } from '../../internal/sdk/index.js';
 import { type DevRun, startDev } from '../helpers/dev-cluster.js';
-import { exec, tool } from '../helpers/tools.js';
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(' ')[2] !== 'Z';
-  } catch {
-    return false;
-  }
-};
+import { exec, processAlive, tool } from '../helpers/tools.js';
 
 async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -245,7 +236,7 @@ describe.sequential('haystack dev: the local cluster', () => {
     expect(await dev.exited).toBe(0);
     await until(
       'every child gone',
-      async () => (children.every((p) => !alive(p)) ? true : undefined),
+      async () => (children.every((p) => !processAlive(p)) ? true : undefined),
       30_000,
     );
     expect(existsSync(pidfilePath(dev.dataDir))).toBe(false);

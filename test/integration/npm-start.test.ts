@@ -6,16 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { pidfilePath } from '../../internal/cli/dev-pidfile.js';
 import { PROJECT_ROOT } from '../../internal/cli/processes.js';
 import { devPorts } from '../helpers/dev-cluster.js';
-import { exec, tmpName } from '../helpers/tools.js';
-
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(' ')[2] !== 'Z';
-  } catch {
-    return false;
-  }
-};
+import { exec, processAlive, tmpName } from '../helpers/tools.js';
 
 /** Every descendant of `root` (pid → command line), from /proc via ps. */
 async function descendants(root: number): Promise<Map<number, string>> {
@@ -63,10 +54,10 @@ describe('npm start', () => {
     for (const pid of (await descendants(npm?.pid ?? -1)).keys()) tree.set(pid, '');
     await until(
       'left-overs gone after SIGTERM',
-      () => [...tree.keys()].every((p) => !alive(p)),
+      () => [...tree.keys()].every((p) => !processAlive(p)),
       30_000,
     ).catch(() => {
-      for (const pid of tree.keys()) if (alive(pid)) process.kill(pid, 'SIGKILL');
+      for (const pid of tree.keys()) if (processAlive(pid)) process.kill(pid, 'SIGKILL');
     });
   });
 
@@ -143,8 +134,8 @@ describe('npm start', () => {
     npm.kill('SIGTERM');
     await until('npm exited', () => code !== undefined, 90_000);
     await until(
-      `every process of npm start gone (${[...tree.keys()].filter(alive).join(' ')})`,
-      () => [...tree.keys()].every((p) => !alive(p)),
+      `every process of npm start gone (${[...tree.keys()].filter(processAlive).join(' ')})`,
+      () => [...tree.keys()].every((p) => !processAlive(p)),
       90_000,
     );
     expect(existsSync(pidfilePath(dataDir))).toBe(false);
