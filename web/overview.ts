@@ -8,6 +8,7 @@ import { StoreHealth } from '../gen/haystack/v1/common_pb.js';
 import { DirectoryRole, type GetClusterStatusResponse } from '../gen/haystack/v1/directory_pb.js';
 import type { ReplicationServiceGetStatsResponse } from '../gen/haystack/v1/replication_pb.js';
 import type { GatewayStats, HaystackClient } from '../internal/sdk/browser.js';
+import { clusterVerdict, verdictText } from '../internal/sdk/cluster-verdict.js';
 import { ChartCard, History } from './charts.js';
 import { $, dl, el, human, STATUS_TIMEOUT_MS, tag } from './dom.js';
 
@@ -92,23 +93,10 @@ export class Overview {
   /** "cluster up", "degraded: …" (a store DOWN or blobs below target) or "directory unreachable". */
   private header(): void {
     const conn = $('#conn');
-    const c = this.latest.cluster;
-    if (!c) {
-      conn.textContent = 'directory unreachable';
-      conn.className = 'pill bad';
-      document.body.dataset.state = 'unreachable';
-      return;
-    }
-    const down = c.stores.filter((s) => s.health === StoreHealth.DOWN).map((s) => s.storeId);
-    const below = Number(this.latest.replication?.blobsBelowTarget ?? 0n);
-    const problems = [
-      ...(down.length ? [`${down.length} store${down.length > 1 ? 's' : ''} DOWN (${down.join(', ')})`] : []),
-      ...(below ? [`${below} blob${below > 1 ? 's' : ''} below target`] : []),
-      ...(c.leaderId ? [] : ['no directory leader']),
-    ];
-    conn.textContent = problems.length ? `degraded: ${problems.join(' · ')}` : 'cluster up';
-    conn.className = `pill ${problems.length ? 'warn' : 'ok'}`;
-    document.body.dataset.state = problems.length ? 'degraded' : 'up';
+    const v = clusterVerdict(this.latest.cluster, this.latest.replication);
+    conn.textContent = verdictText(v);
+    conn.className = `pill ${v.state === 'up' ? 'ok' : v.state === 'degraded' ? 'warn' : 'bad'}`;
+    document.body.dataset.state = v.state;
   }
 
   private clusterPanels(c: GetClusterStatusResponse): void {

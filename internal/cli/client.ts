@@ -12,6 +12,7 @@ import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
 import { DirectoryRole } from '../../gen/haystack/v1/directory_pb.js';
 import { ReplicationService, TaskPriority } from '../../gen/haystack/v1/replication_pb.js';
 import { formatBytes } from '../common/format-bytes.js';
+import { type ClusterVerdict, clusterVerdict, verdictText } from '../sdk/cluster-verdict.js';
 import {
   DEFAULT_URL,
   grpcTransport,
@@ -303,17 +304,24 @@ export function registerClientCommands(program: Command): void {
       '[addresses...]',
       'host:port of servers to check (default: the endpoint and every cluster member)',
     )
-    .description('grpc.health.v1 status of servers')
+    .description(
+      'grpc.health.v1 status of servers; without addresses also the cluster: up, degraded (a store DOWN, ' +
+        'blobs below target, no directory leader) or unreachable. Exit 1 when a server is not serving or no directory answers',
+    )
     .action(
       action(async (opts, addresses: string[]) => {
         const targets = addresses.length > 0 ? addresses : [endpoint(opts)];
+        let verdict: ClusterVerdict | undefined;
         if (addresses.length === 0) {
-          // Every directory and store the cluster knows of.
-          const status = await clientFor(opts)
-            .clusterStatus({ timeoutMs: 3000 })
-            .catch(() => undefined);
+          // Every directory and store the cluster knows of, and the cluster's own state.
+          const client = clientFor(opts);
+          const [status, replication] = await Promise.all([
+            client.clusterStatus({ timeoutMs: 3000 }).catch(() => undefined),
+            client.replicationStats({ timeoutMs: 3000 }).catch(() => undefined),
+          ]);
           for (const d of status?.directories ?? []) targets.push(d.address);
           for (const s of status?.stores ?? []) targets.push(s.address);
+          verdict = clusterVerdict(status, replication);
         }
         let bad = 0;
         for (const target of [...new Set(targets)]) {
@@ -327,8 +335,21 @@ export function registerClientCommands(program: Command): void {
           if (status !== 'SERVING') bad++;
           out(opts.json ? JSON.stringify({ target, status }) : `${target.padEnd(28)} ${status}`);
         }
+        if (verdict) {
+          out(
+            opts.json
+              ? JSON.stringify({ cluster: verdict.state, problems: verdict.problems })
+              : verdictText(verdict),
+          );
+        }
         if (bad > 0) {
           process.stderr.write(`haystack: UNAVAILABLE: ${bad} of ${targets.length} not serving\n`);
+          process.exit(1);
+        }
+        // Degraded with every server serving is a state to show, not a failed check: blobs
+        // below target right after a heat-raised target are routine and repair is on its way.
+        if (verdict?.state === 'unreachable') {
+          process.stderr.write('haystack: UNAVAILABLE: no directory answered the cluster status\n');
           process.exit(1);
         }
       }),

@@ -259,14 +259,21 @@ describe('the haystack CLI on the SDK', () => {
     const text = await haystack(['stats']);
     expect(text.stdout).toMatch(/directories \(leader directory-\d/);
     expect(text.stdout).toMatch(/cache +redis/);
+    // Replication settles first: a blob still short of its target makes the cluster degraded.
+    await expect
+      .poll(async () => Number((await client.replicationStats()).blobsBelowTarget), { timeout: 60_000 })
+      .toBe(0);
     const health = await haystack(['health', '--json']);
     expect(health.code, health.stdout + health.stderr).toBe(0);
     const lines = health.stdout
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l));
-    expect(lines.length).toBe(1 + 3 + 3);
-    expect(lines.every((l) => l.status === 'SERVING')).toBe(true);
+    // The endpoint, three directories, three stores, then the cluster's verdict.
+    expect(lines.length).toBe(1 + 3 + 3 + 1);
+    expect(lines.slice(0, -1).every((l) => l.status === 'SERVING')).toBe(true);
+    expect(lines.at(-1)).toEqual({ cluster: 'up', problems: [] });
+    expect((await haystack(['health'])).stdout.trim().split('\n').at(-1)).toBe('cluster up');
     const unreachable = await exec(
       process.execPath,
       [HAYSTACK_BIN, '--url', 'http://127.0.0.1:1', 'status', 'x'],
@@ -339,4 +346,31 @@ describe('the blob cache (Redis)', () => {
     expect(await totalHits()).toBe(before + 1);
     await expect(client.download(b.id)).rejects.toBeInstanceOf(NotFoundError);
   });
+});
+
+// Last: it kills a store.
+describe('haystack health with a store down', () => {
+  it('says the cluster is degraded, naming the DOWN store, and exits 1', async () => {
+    await cluster.stores[2]?.kill();
+    await expect
+      .poll(
+        async () => {
+          const r = await haystack(['health']);
+          return `${r.code} ${r.stdout.trim().split('\n').at(-1)}`;
+        },
+        { timeout: 60_000, interval: 1000 },
+      )
+      // Blobs whose replica on store-2 no longer counts may be reported below target too.
+      .toMatch(/^1 degraded: 1 store DOWN \(store-2\)( · \d+ blobs? below target)?$/);
+    const json = await haystack(['health', '--json']);
+    expect(json.code).toBe(1);
+    const lines = json.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    expect(lines.at(-1)).toMatchObject({ cluster: 'degraded' });
+    expect(lines.at(-1).problems[0]).toBe('1 store DOWN (store-2)');
+    expect(lines.filter((l) => l.status && l.status !== 'SERVING')).toHaveLength(1);
+    expect(json.stderr).toMatch(/^haystack: UNAVAILABLE: 1 of 7 not serving$/m);
+  }, 120_000);
 });
