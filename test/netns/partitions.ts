@@ -5,7 +5,7 @@ import { MixedLoad, type MixedLoadOptions } from '../faults/load.js';
 import { OpLog } from '../faults/oplog.js';
 import { type FaultReport, faultTable, saveReport, windowStats } from '../faults/run.js';
 import { type NetnsCluster, skewedClockEnv, sleep } from './cluster.js';
-import { staleLeader } from './stale-leader.js';
+import { readLog, staleLeader } from './stale-leader.js';
 
 /** A network fault: cuts links (net.ts), says what it cut; healing removes every cut. */
 export interface Partition {
@@ -95,7 +95,8 @@ export const PARTITIONS: Record<string, () => Partition> = {
         dir = dirName(nc, await nc.leaderIndex(120_000));
         await nc.restartWith(dir, skewedClockEnv('+30s'));
         await nc.restartWith(store, skewedClockEnv('-30s'));
-        return `${dir} +30 s, ${store} −30 s`;
+        const seen = [await clockOffset(nc, dir, 30_000), await clockOffset(nc, store, -30_000)];
+        return `${dir} +30 s, ${store} −30 s (their log stamps: ${seen.map((ms) => `${Math.round(ms / 1000)} s`).join(', ')})`;
       },
       // Restarted on the true clock: the store reloads its volumes (stamp-ordered merge).
       async heal(nc) {
@@ -150,6 +151,22 @@ function startProber(sdk: RecordingClient, oplog: OpLog, until: () => boolean): 
       await sleep(20);
     }
   })();
+}
+
+/**
+ * How far `name`'s wall clock is from ours, from the stamp of its latest log line (pino's
+ * `time`, ms); throws unless within 10 s of `expectMs`, so a libfaketime that loaded but
+ * did nothing cannot pass the clock-skew fault as if skewed. Polls up to 30 s for a line
+ * written after the restart.
+ */
+async function clockOffset(nc: NetnsCluster, name: string, expectMs: number): Promise<number> {
+  let seen = Number.NaN;
+  for (const end = Date.now() + 30_000; Date.now() < end; await sleep(1000)) {
+    const last = (await readLog(nc, name)).at(-1);
+    seen = last ? last.time - Date.now() : Number.NaN;
+    if (Math.abs(seen - expectMs) < 10_000) return seen;
+  }
+  throw new Error(`${name}: clock skew not in effect (log stamps ${seen} ms off, expected ${expectMs})`);
 }
 
 export interface PartitionRun {

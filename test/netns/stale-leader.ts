@@ -140,8 +140,10 @@ export async function auditLeadership(
   const problems: string[] = [];
   const leadersByTerm: Record<string, string[]> = {};
   const lateCommits: string[] = [];
+  let commitLines = 0;
   for (const d of nc.names.directories) {
     for (const l of await readLog(nc, d)) {
+      if (l.msg === 'committed') commitLines++;
       if (l.msg === 'leader ready: serving writes') {
         const t = String(l.term);
         leadersByTerm[t] = [...(leadersByTerm[t] ?? []), d];
@@ -151,6 +153,11 @@ export async function auditLeadership(
       }
     }
   }
+  // The audit reads log lines by message: if none are found (a message renamed, a log
+  // level raised) it would see nothing and pass. Every run has leaders and commits.
+  if (Object.keys(leadersByTerm).length === 0)
+    problems.push('no "leader ready: serving writes" line in any directory log: the audit sees no leaders');
+  if (commitLines === 0) problems.push('no "committed" line in any directory log: the audit sees no commits');
   for (const [t, ds] of Object.entries(leadersByTerm)) {
     if (new Set(ds).size > 1) problems.push(`term ${t} had ${ds.length} leaders: ${ds.join(', ')}`);
   }
@@ -167,6 +174,8 @@ export async function auditLeadership(
       if (l.msg === 'fenced out a deposed sender') refused.push(Number(l.term));
     }
     storeTerms[s] = { accepted, refused };
+    if (accepted.length === 0)
+      problems.push(`${s} logged no "fencing term advanced": the audit sees none of its fencing`);
     // A restarted store starts from term 0 (the fence is in memory: "store serving"
     // comes before its first "fencing term advanced"): across a restart it may accept
     // the term it had again, never an older one; within one run, only higher ones.
