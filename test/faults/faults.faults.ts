@@ -29,7 +29,7 @@ describe('faults (full): kill -9 each component twice, then pause a store, the l
 
   it('loses no acknowledged write or delete, and every blob is back at its target replica count', async () => {
     const once = ['store', 'leader', 'follower', 'replication', 'redis', 'envoy'];
-    const { res, v, counts } = await runAndVerify(fc, 'faults-full', {
+    const { res, v, counts, history } = await runAndVerify(fc, 'faults-full', {
       // Then pauses (SIGSTOP, SIGCONT; issue 14): a store mid-write and mid-replication
       // (its backfill), the leader directory and the active manager past their leases.
       faults: [
@@ -53,6 +53,9 @@ describe('faults (full): kill -9 each component twice, then pause a store, the l
     expect(v.corruptNeedles).toEqual([]);
     expect(counts.writesAcked).toBeGreaterThan(100);
     expect(counts.deletesAcked).toBeGreaterThan(10);
+    // Linearizable under every kill and pause (history.ts; anomalies printed by runAndVerify).
+    expect(history.anomalies).toEqual([]);
+    expect(history.ops).toBeGreaterThan(1000);
     // 16 faults, then the check of everything: ~13 min at load average 35 on two cores.
   }, 1_800_000);
 

@@ -10,11 +10,15 @@ import { Cluster, type ClusterOptions } from '../helpers/cluster.js';
 import { freePort } from '../helpers/redis.js';
 import { REPLICATION_FAST_ENV } from '../helpers/replication-cluster.js';
 import { type ServerProcess, spawnServer } from '../helpers/tools.js';
+import { RecordingClient } from './history-recorder.js';
 import { PAUSES } from './pauses.js';
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const UNLIMITED = { maxTokens: 1_000_000, tokensPerFill: 1_000_000, fillIntervalMs: 1000 };
+
+/** Retries as an application would configure them for a flaky network (the fault runs' SDK clients). */
+const SDK_RETRIES = { retries: 6, retryMaxMs: 1500, timeoutMs: 20_000 };
 
 /**
  * The fault suite's cluster: one Redis (leases and the blob cache, so killing it
@@ -32,8 +36,7 @@ export class FaultCluster {
     private readonly managerPorts: number[],
     private readonly env: Record<string, string>,
   ) {
-    // Retries as an application would configure them for a flaky network.
-    this.sdk = new HaystackClient({ url: cluster.url, retries: 6, retryMaxMs: 1500, timeoutMs: 20_000 });
+    this.sdk = new HaystackClient({ url: cluster.url, ...SDK_RETRIES });
     this.directory = new DirectoryClient({
       addresses: cluster.directoryAddrs.split(','),
       deadlineMs: 20_000,
@@ -90,6 +93,15 @@ export class FaultCluster {
       throw err;
     }
     return fc;
+  }
+
+  /**
+   * A fresh SDK client with the same settings as `sdk` that records every call for
+   * the history checker (history-recorder.ts): one per fault run, so its history is
+   * that run's alone.
+   */
+  recordingClient(): RecordingClient {
+    return new RecordingClient({ url: this.cluster.url, ...SDK_RETRIES });
   }
 
   async startManager(i: number): Promise<ServerProcess> {

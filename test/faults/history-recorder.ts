@@ -1,7 +1,8 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { DownloadOptions, UploadOptions } from '../../internal/sdk/client.js';
 import { HaystackClient, NotFoundError } from '../../internal/sdk/index.js';
-import type { HistoryOp } from './history.js';
-import { sha256hex } from './oplog.js';
+import { checkHistory, describeAnomaly, type HistoryOp } from './history.js';
+import { type OpLog, sha256hex } from './oplog.js';
 
 type UploadSource = Parameters<HaystackClient['upload']>[0];
 
@@ -86,4 +87,44 @@ export class RecordingClient extends HaystackClient {
       throw err;
     }
   }
+}
+
+/**
+ * Reads of any blob the load has touched (acknowledged, in flight, being or already
+ * deleted) through the recording SDK, until `until()`: the history checker's view
+ * of reads that race writes and deletes (the load's own readers only read blobs
+ * never deleted). Used by the kill/pause runs (run.ts) and the partition runs
+ * (test/netns/partitions.ts).
+ */
+export function startProber(sdk: RecordingClient, oplog: OpLog, until: () => boolean): Promise<void> {
+  let seed = 7;
+  const rand = () => {
+    seed = (seed * 1_103_515_245 + 12_345) >>> 0;
+    return seed / 2 ** 32;
+  };
+  return (async () => {
+    while (!until()) {
+      const ids = [...oplog.blobs.keys()];
+      const id = ids[Math.floor(rand() * ids.length)];
+      if (!id) {
+        await sleep(50);
+        continue;
+      }
+      await sdk.download(id, { timeoutMs: 10_000 }).catch(() => undefined);
+      await sleep(20);
+    }
+  })();
+}
+
+/** What a run's history check found: operations and blobs checked, each anomaly described. */
+export interface HistorySummary {
+  ops: number;
+  keys: number;
+  anomalies: string[];
+}
+
+/** The linearizability check of everything `sdk` recorded, anomalies as describeAnomaly prints them. */
+export function checkRecorded(sdk: RecordingClient): HistorySummary {
+  const h = checkHistory(sdk.history);
+  return { ops: h.ops, keys: h.keys, anomalies: h.anomalies.map(describeAnomaly) };
 }

@@ -8,6 +8,7 @@ import { httpsGet } from '../helpers/pki.js';
 import { readBlob } from '../helpers/store-client.js';
 import { fullCheck, quickCheck, type Violation, waitReplicated } from './check.js';
 import { FAULTS, type Fault, type FaultCluster, flipBytesOnDisk, sleep } from './harness.js';
+import { checkRecorded, type HistorySummary, type RecordingClient, startProber } from './history-recorder.js';
 import { MixedLoad, type MixedLoadOptions, type OpSample } from './load.js';
 import { locateAll } from './locate.js';
 import { OpLog, sha256hex, store } from './oplog.js';
@@ -47,6 +48,8 @@ export interface SequenceResult {
   oplog: OpLog;
   samples: OpSample[];
   wrongReads: string[];
+  /** The load's and the prober's client: its `history` is every call they made. */
+  sdk: RecordingClient;
 }
 
 export function windowStats(samples: OpSample[], from: number, to: number) {
@@ -69,9 +72,12 @@ export function windowStats(samples: OpSample[], from: number, to: number) {
 }
 
 /**
- * Under a mixed load, kills each fault's component with SIGKILL, waits, restarts
- * it, waits until the cluster is healthy and a write issued after the kill has
+ * Under a mixed load (plus a prober reading every blob touched, deleted ones too),
+ * kills each fault's component with SIGKILL (or pauses it), waits, restarts it,
+ * waits until the cluster is healthy and a write issued after the kill has
  * succeeded, then checks every acknowledged operation so far against the stores.
+ * The load and the prober go through one RecordingClient (`sdk` of the result):
+ * runAndVerify checks its history for linearizability.
  */
 export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Promise<SequenceResult> {
   const oplog = new OpLog();
@@ -86,7 +92,10 @@ export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Pr
   // grows with the log). A tighter bound ended the load of a healthy cluster on a
   // loaded machine ("the load ended before the cluster recovered", 0 violations).
   const perFaultMs = o.steadyMs + o.outageMs + o.settleMs + 60_000 + 90_000 + 60_000 + 120_000;
-  const load = new MixedLoad(fc.sdk, oplog, { ...o.load, maxMs: 60_000 + faults.length * perFaultMs });
+  const sdk = fc.recordingClient();
+  const load = new MixedLoad(sdk, oplog, { ...o.load, maxMs: 60_000 + faults.length * perFaultMs });
+  let stopProbe = false;
+  const prober = startProber(sdk, oplog, () => stopProbe);
   const reports: FaultReport[] = [];
   const kills: Array<{ fault: Fault; killed: string; at: number; restartedAt: number; healthyAt: number }> =
     [];
@@ -151,6 +160,8 @@ export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Pr
     }
   } finally {
     await load.stop();
+    stopProbe = true;
+    await prober;
   }
   // Windows end at the next kill.
   kills.forEach((k, i) => {
@@ -159,14 +170,18 @@ export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Pr
     Object.assign(r, windowStats(load.samples, k.at, to));
     r.recoveryMs = Math.max(r.firstWriteMs, r.lastFailureMs);
   });
-  return { reports, oplog, samples: load.samples, wrongReads: load.wrongReads };
+  return { reports, oplog, samples: load.samples, wrongReads: load.wrongReads, sdk };
 }
 
-/** After the faults: replica counts back at target, then the full check and a scrub of every store. */
+/**
+ * After the faults: replica counts back at target, then the full check and a scrub
+ * of every store. The full check's SDK reads go through `o.sdk` (default `fc.sdk`):
+ * the run's RecordingClient adds them to its history.
+ */
 export async function verifyEverything(
   fc: FaultCluster,
   oplog: OpLog,
-  o: { replicatedWithinMs: number; log?: (line: string) => void },
+  o: { replicatedWithinMs: number; log?: (line: string) => void; sdk?: HaystackClient },
 ): Promise<{ replicatedMs: number; checkMs: number; violations: Violation[]; corruptNeedles: string[] }> {
   const rep = await waitReplicated(oplog, fc.directory, o.replicatedWithinMs);
   // Writes of unknown outcome may sit on some members only (the call died mid-way);
@@ -174,7 +189,7 @@ export async function verifyEverything(
   await sleep(2_000);
   await fc.audit();
   const t0 = Date.now();
-  const violations = await fullCheck(oplog, fc.sdk, fc.directory, fc.storeAddresses(), o.log);
+  const violations = await fullCheck(oplog, o.sdk ?? fc.sdk, fc.directory, fc.storeAddresses(), o.log);
   const checkMs = Date.now() - t0;
   return { replicatedMs: rep.ms, checkMs, violations, corruptNeedles: await scrubAll(fc) };
 }
@@ -195,8 +210,10 @@ export async function scrubAll(fc: FaultCluster): Promise<string[]> {
 }
 
 /**
- * The fault sequence, then verifyEverything; prints the per-fault table, the
- * acknowledged counts and any violation, and saves the report as `name`.
+ * The fault sequence, then verifyEverything, then the linearizability check of the
+ * recorded history (the load's, the prober's and the full check's calls); prints
+ * the per-fault table, the acknowledged counts, the history's size and every
+ * anomaly (describeAnomaly), and any violation, and saves the report as `name`.
  */
 export async function runAndVerify(
   fc: FaultCluster,
@@ -206,19 +223,28 @@ export async function runAndVerify(
   res: SequenceResult;
   v: Awaited<ReturnType<typeof verifyEverything>>;
   counts: ReturnType<OpLog['counts']>;
+  history: HistorySummary;
 }> {
   const log = o.log ?? (() => {});
   const res = await runFaultSequence(fc, o);
-  const v = await verifyEverything(fc, res.oplog, { replicatedWithinMs: o.replicatedWithinMs, log });
+  const v = await verifyEverything(fc, res.oplog, {
+    replicatedWithinMs: o.replicatedWithinMs,
+    log,
+    sdk: res.sdk,
+  });
   const counts = res.oplog.counts();
+  const history = checkRecorded(res.sdk);
   log(
-    `\n${faultTable(res.reports)}\n\nacknowledged: ${JSON.stringify(counts)}; replicas at target after ${v.replicatedMs} ms; full check ${(v.checkMs / 1000).toFixed(1)} s`,
+    `\n${faultTable(res.reports)}\n\nacknowledged: ${JSON.stringify(counts)}; replicas at target after ${v.replicatedMs} ms; full check ${(v.checkMs / 1000).toFixed(1)} s; ` +
+      `history: ${history.ops} ops on ${history.keys} blobs, ${history.anomalies.length} not linearizable`,
   );
+  // The first ten in full (each prints the blob's whole history); all are in the report.
+  for (const a of history.anomalies.slice(0, 10)) log(a);
   for (const r of res.reports) {
     if (r.violations.length > 0) log(`${r.fault}: ${JSON.stringify(r.violations)}`);
   }
-  await saveReport(name, { reports: res.reports, counts, ...v });
-  return { res, v, counts };
+  await saveReport(name, { reports: res.reports, counts, ...v, history });
+  return { res, v, counts, history };
 }
 
 export interface CorruptionReport {

@@ -1,6 +1,10 @@
 import { fullCheck, quickCheck, type Violation, waitReplicated } from '../faults/check.js';
-import { checkHistory, describeAnomaly } from '../faults/history.js';
-import { RecordingClient } from '../faults/history-recorder.js';
+import {
+  checkRecorded,
+  type HistorySummary,
+  RecordingClient,
+  startProber,
+} from '../faults/history-recorder.js';
 import { MixedLoad, type MixedLoadOptions } from '../faults/load.js';
 import { OpLog } from '../faults/oplog.js';
 import { type FaultReport, faultTable, saveReport, windowStats } from '../faults/run.js';
@@ -129,31 +133,6 @@ export interface PartitionRunOptions {
 }
 
 /**
- * Reads of any blob the load has touched (acknowledged, in flight, being or already
- * deleted) through the recording SDK: the history checker's view of reads that race
- * writes and deletes (the load's own readers only read blobs never deleted).
- */
-function startProber(sdk: RecordingClient, oplog: OpLog, until: () => boolean): Promise<void> {
-  let seed = 7;
-  const rand = () => {
-    seed = (seed * 1_103_515_245 + 12_345) >>> 0;
-    return seed / 2 ** 32;
-  };
-  return (async () => {
-    while (!until()) {
-      const ids = [...oplog.blobs.keys()];
-      const id = ids[Math.floor(rand() * ids.length)];
-      if (!id) {
-        await sleep(50);
-        continue;
-      }
-      await sdk.download(id, { timeoutMs: 10_000 }).catch(() => undefined);
-      await sleep(20);
-    }
-  })();
-}
-
-/**
  * How far `name`'s wall clock is from ours, from the stamp of its latest log line (pino's
  * `time`, ms); throws unless within 10 s of `expectMs`, so a libfaketime that loaded but
  * did nothing cannot pass the clock-skew fault as if skewed. Polls up to 30 s for a line
@@ -176,7 +155,7 @@ export interface PartitionRun {
   violations: Violation[];
   corruptNeedles: string[];
   replicatedMs: number;
-  history: { ops: number; keys: number; anomalies: string[] };
+  history: HistorySummary;
   /** What each fault's own audit found (the stale leader's detail: StaleLeaderResult). */
   audits: { problems: string[]; detail: unknown }[];
 }
@@ -272,8 +251,8 @@ export async function runPartitions(
   }
   const audits: { problems: string[]; detail: unknown }[] = [];
   for (const p of applied) if (p.audit) audits.push(await p.audit(nc));
-  const h = checkHistory(sdk.history);
-  const anomalies = h.anomalies.map(describeAnomaly);
+  const h = checkRecorded(sdk);
+  const anomalies = h.anomalies;
   const run: PartitionRun = {
     reports,
     oplog,
@@ -281,7 +260,7 @@ export async function runPartitions(
     violations,
     corruptNeedles,
     replicatedMs: rep.ms,
-    history: { ops: h.ops, keys: h.keys, anomalies },
+    history: h,
     audits,
   };
   o.log(
