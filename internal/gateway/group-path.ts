@@ -178,7 +178,15 @@ export class GroupPath implements MetadataPath {
         [],
         Math.max(members, extras?.targetReplicaCount ?? 0, w.plan.replicaCount),
       ),
-      members + (extras?.replicas.length ?? 0),
+      // The copies that exist: the stores that acknowledged this write plus the blob's
+      // extra replicas. Not the group's size: a DOWN JOINING member gets no copy, so a
+      // write acknowledged by MIN_REPLICA_COUNT members while one is down says so
+      // (replica_count < target_replica_count) instead of claiming the target
+      // (test/integration/store-down-writes.test.ts).
+      new Set([
+        ...w.written.replicas.map((r) => r.storeId),
+        ...(extras?.replicas ?? []).map((r) => r.storeId),
+      ]).size,
     );
   }
 
