@@ -2,7 +2,11 @@ import { create } from '@bufbuild/protobuf';
 import { describe, expect, it } from 'vitest';
 import { StoreHealth } from '../../../gen/haystack/v1/common_pb.js';
 import { GetClusterStatusResponseSchema } from '../../../gen/haystack/v1/directory_pb.js';
-import { StoreRecordSchema } from '../../../gen/haystack/v1/metadata_pb.js';
+import {
+  PlacementGroupSchema,
+  PlacementMemberState,
+  StoreRecordSchema,
+} from '../../../gen/haystack/v1/metadata_pb.js';
 import { ReplicationServiceGetStatsResponseSchema } from '../../../gen/haystack/v1/replication_pb.js';
 import { clusterVerdict, verdictText } from '../../../internal/sdk/cluster-verdict.js';
 
@@ -50,5 +54,35 @@ describe('clusterVerdict (dashboard header and haystack health)', () => {
     const v = clusterVerdict(undefined, replication(5n));
     expect(v.state).toBe('unreachable');
     expect(verdictText(v)).toBe('directory unreachable');
+  });
+
+  it('counts placement groups below size (a member JOINING after its store went DOWN), not balance moves', () => {
+    const { ACTIVE, JOINING } = PlacementMemberState;
+    const group = (members: [string, PlacementMemberState, boolean?][]) =>
+      create(PlacementGroupSchema, {
+        members: members.map(([storeId, state, leaving]) => ({ storeId, state, leaving: leaving ?? false })),
+      });
+    const c = cluster([store('a', StoreHealth.HEALTHY)]);
+    c.placementGroups = [
+      group([
+        ['a', ACTIVE],
+        ['b', ACTIVE],
+        ['c', JOINING],
+      ]), // c lost its copies: rebuilding
+      group([
+        ['a', ACTIVE],
+        ['b', ACTIVE],
+        ['c', ACTIVE, true],
+        ['d', JOINING],
+      ]), // a balance move
+      group([
+        ['a', ACTIVE],
+        ['b', ACTIVE],
+        ['c', ACTIVE],
+      ]),
+    ];
+    expect(clusterVerdict(c, replication(0n)).problems).toEqual([
+      '1 placement group below size (being rebuilt)',
+    ]);
   });
 });
