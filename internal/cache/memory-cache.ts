@@ -5,7 +5,7 @@ import {
   type CacheFill,
   type CacheObserver,
   type CacheStatsSnapshot,
-  fillTooOld,
+  fillDropReason,
 } from './blob-cache.js';
 
 export interface MemoryCacheOptions {
@@ -60,12 +60,14 @@ export class MemoryBlobCache implements BlobCache {
   async set(blob: CachedBlob, how: CacheFill): Promise<void> {
     const id = blob.meta.blobId;
     if (blob.data.length > this.maxBlobSize || blob.data.length !== blob.meta.size) return;
-    if (fillTooOld(how, this.opts.tombstoneMs ?? 60_000)) return;
+    // In-process: its state goes with the process (and the reads), so no epoch fence.
+    const dropped = fillDropReason(how, this.opts.tombstoneMs ?? 60_000);
+    if (dropped) return this.opts.observe?.('fill_dropped', dropped);
     const fresh = 'fresh' in how;
     const tomb = this.tombstones.get(id);
     if (tomb !== undefined) {
       if (fresh || tomb <= this.now()) this.tombstones.delete(id);
-      else return;
+      else return this.opts.observe?.('fill_dropped', 'tombstone');
     }
     this.remove(id);
     this.entries.set(id, { blob, expiresAt: this.now() + this.opts.ttlMs });

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import type { Logger } from '../server/logger.js';
 import {
@@ -8,9 +9,17 @@ import {
   type CacheFill,
   type CacheObserver,
   type CacheStatsSnapshot,
-  fillTooOld,
+  type FillDropReason,
+  fillDropReason,
 } from './blob-cache.js';
 import { MAC_BYTES, sealInPlace, unseal } from './integrity.js';
+
+/** SET_BLOB's answers. */
+const SET_CACHED = 1;
+const SET_REFUSED_TOMBSTONE = 0;
+const SET_REFUSED_EPOCH = -1;
+/** A fresh write cached, but the epoch was missing or another: the gateway re-learns it. */
+const SET_CACHED_EPOCH_CHANGED = 2;
 
 export interface RedisCacheOptions {
   url: string;
@@ -32,16 +41,29 @@ export interface RedisCacheOptions {
   observe?: CacheObserver;
 }
 
-// KEYS[1] blob key, KEYS[2] tombstone key; ARGV value, ttl ms, fresh (1|0).
-// A read-through fill must not bring back a blob deleted while it was being read.
+// KEYS[1] blob key, KEYS[2] tombstone key, KEYS[3] epoch key; ARGV value, ttl ms,
+// fresh (1|0), the epoch the gateway holds ('' for none). A read-through fill must not
+// bring back a blob deleted while it was being read, nor land in a cache that lost its
+// state (the tombstone with it) since the gateway learned the epoch (BlobCache.set).
 const SET_BLOB = `
+local same = redis.call('GET', KEYS[3]) == ARGV[4]
 if ARGV[3] == '1' then
   redis.call('DEL', KEYS[2])
-elseif redis.call('EXISTS', KEYS[2]) == 1 then
-  return 0
+else
+  if not same then return ${SET_REFUSED_EPOCH} end
+  if redis.call('EXISTS', KEYS[2]) == 1 then return ${SET_REFUSED_TOMBSTONE} end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+if same then return ${SET_CACHED} end
+return ${SET_CACHED_EPOCH_CHANGED}
+`;
+
+// KEYS[1] epoch key; ARGV a new random value, stored when the key is missing. The epoch.
+const LEARN_EPOCH = `
+local e = redis.call('GET', KEYS[1])
+if e then return e end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
 `;
 
 // KEYS[1] commit index key; ARGV index. Only ever raised.
@@ -52,13 +74,21 @@ return 1
 `;
 
 type RaiseIndexCommand = (key: string, index: string) => Promise<number>;
+type LearnEpochCommand = (key: string, candidate: string) => Promise<string>;
 type SetBlobCommand = (
   blobKey: string,
   tombKey: string,
+  epochKey: string,
   value: Buffer,
   ttl: number,
   fresh: string,
+  epoch: string,
 ) => Promise<number>;
+type Commands = {
+  hsSetBlob: SetBlobCommand;
+  hsRaiseIndex: RaiseIndexCommand;
+  hsLearnEpoch: LearnEpochCommand;
+};
 
 /** Largest number of ids whose invalidation is remembered while Redis is away. */
 const MAX_PENDING_INVALIDATIONS = 10_000;
@@ -73,8 +103,16 @@ const MAX_PENDING_INVALIDATIONS = 10_000;
 export class RedisBlobCache implements BlobCache {
   readonly backend = 'redis' as const;
   readonly maxBlobSize: number;
-  private readonly redis: Redis & { hsSetBlob: SetBlobCommand; hsRaiseIndex: RaiseIndexCommand };
+  private readonly redis: Redis & Commands;
   private commitIndex = 0n;
+  /** The cache's epoch as last learned (BlobCache.set); undefined until (re)learned. */
+  private epoch: string | undefined;
+  /** When it was learned (performance.now()); fills whose read began before are dropped. */
+  private epochLearnedAt: number | undefined;
+  /** The learn under way, and the connection it was asked on. */
+  private learning: { connection: number; done: Promise<void> } | undefined;
+  /** Bumped on every lost connection: a learn answered before it is not the current epoch. */
+  private connection = 0;
   private readonly prefix: string;
   private readonly log: Logger;
   private readonly counts: CacheCounts = { hits: 0, misses: 0 };
@@ -102,11 +140,15 @@ export class RedisBlobCache implements BlobCache {
       retryStrategy: (times) => Math.min(100 * times, 2_000),
       lazyConnect: false,
     });
-    redis.defineCommand('hsSetBlob', { numberOfKeys: 2, lua: SET_BLOB });
     redis.defineCommand('hsRaiseIndex', { numberOfKeys: 1, lua: RAISE_INDEX });
-    this.redis = redis as Redis & { hsSetBlob: SetBlobCommand; hsRaiseIndex: RaiseIndexCommand };
+    redis.defineCommand('hsLearnEpoch', { numberOfKeys: 1, lua: LEARN_EPOCH });
+    redis.defineCommand('hsSetBlob', { numberOfKeys: 3, lua: SET_BLOB });
+    this.redis = redis as Redis & Commands;
     this.redis.on('error', (err: Error) => this.unavailable(err));
     this.redis.on('close', () => {
+      // Whatever Redis answers next may have lost its state: no fill until the epoch is re-learned.
+      this.connection++;
+      this.forgetEpoch();
       if (!this.closed) this.unavailable(new Error('connection closed'));
     });
     this.redis.on('ready', () => void this.onReady());
@@ -125,6 +167,42 @@ export class RedisBlobCache implements BlobCache {
   }
   private get indexKey(): string {
     return `${this.prefix}commit-index`;
+  }
+  private get epochKey(): string {
+    return `${this.prefix}cache:epoch`;
+  }
+
+  private forgetEpoch(): void {
+    this.epoch = undefined;
+    this.epochLearnedAt = undefined;
+  }
+
+  /** Learns the cache's epoch (creating a random one when missing); one at a time per connection. */
+  private learnEpoch(): Promise<void> {
+    const connection = this.connection;
+    if (this.learning?.connection !== connection) {
+      const done = this.askEpoch(connection).finally(() => {
+        if (this.learning?.done === done) this.learning = undefined;
+      });
+      this.learning = { connection, done };
+    }
+    return this.learning.done;
+  }
+
+  private async askEpoch(connection: number): Promise<void> {
+    try {
+      const epoch = await this.redis.hsLearnEpoch(this.epochKey, randomBytes(16).toString('hex'));
+      if (connection === this.connection) {
+        this.epoch = epoch;
+        this.epochLearnedAt = performance.now();
+      }
+    } catch (err) {
+      this.unavailable(err);
+    }
+  }
+
+  private dropFill(reason: FillDropReason): void {
+    this.opts.observe?.('fill_dropped', reason);
   }
 
   sharedCommitIndex(): bigint {
@@ -166,6 +244,7 @@ export class RedisBlobCache implements BlobCache {
     this.wasDown = false;
     this.lastWarnAt = 0;
     try {
+      await this.learnEpoch();
       if (this.flushAllOnReconnect) {
         await this.dropAllBlobs();
         this.flushAllOnReconnect = false;
@@ -232,15 +311,32 @@ export class RedisBlobCache implements BlobCache {
   async set(blob: CachedBlob, how: CacheFill): Promise<void> {
     if (blob.data.length > this.maxBlobSize || blob.data.length !== blob.meta.size) return;
     if (!this.available()) return;
-    if (fillTooOld(how, this.opts.tombstoneMs ?? 60_000)) return;
+    // Decided in the same tick as the caller measured readAgeMs: no learn lands in between.
+    const fence = { nowMs: performance.now(), epochLearnedAtMs: this.epochLearnedAt };
+    const dropped = fillDropReason(how, this.opts.tombstoneMs ?? 60_000, fence);
+    if (dropped) {
+      this.dropFill(dropped);
+      if (this.epoch === undefined) void this.learnEpoch();
+      return;
+    }
+    const held = this.epoch;
     try {
-      await this.redis.hsSetBlob(
+      const r = await this.redis.hsSetBlob(
         this.key(blob.meta.blobId),
         this.tombKey(blob.meta.blobId),
+        this.epochKey,
         encodeSealed(this.opts.integrityKey, this.key(blob.meta.blobId), blob),
         this.opts.ttlMs,
         'fresh' in how ? '1' : '0',
+        held ?? '',
       );
+      if (r === SET_REFUSED_TOMBSTONE) this.dropFill('tombstone');
+      if (r === SET_REFUSED_EPOCH) this.dropFill('epoch_changed');
+      if ((r === SET_REFUSED_EPOCH || r === SET_CACHED_EPOCH_CHANGED) && this.epoch === held) {
+        // The cache lost its state (or its epoch) since: re-learn it, dropping fills begun before.
+        this.forgetEpoch();
+        void this.learnEpoch();
+      }
     } catch (err) {
       this.unavailable(err);
     }

@@ -93,7 +93,15 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
       labelNames: ['path'],
       registers: reg,
     });
-    const cache = createCache(cfg, log, (e) => lookups.inc({ result: e }));
+    const fillsDropped = new Counter({
+      name: 'haystack_gateway_cache_fills_dropped_total',
+      help: 'Read-through cache fills not cached, by reason (too_old, before_epoch, epoch_changed, tombstone)',
+      labelNames: ['reason'],
+      registers: reg,
+    });
+    const cache = createCache(cfg, log, (e, reason) =>
+      e === 'fill_dropped' ? fillsDropped.inc({ reason: reason ?? 'unknown' }) : lookups.inc({ result: e }),
+    );
     new Gauge({
       name: 'haystack_gateway_cache_hit_ratio',
       help: 'Cache hits / lookups since the gateway started',

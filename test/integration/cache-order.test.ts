@@ -5,74 +5,175 @@ import { BlobService } from '../../gen/haystack/v1/blob_pb.js';
 import { createDirectGrpcTransport } from '../../internal/rpc/direct-transport.js';
 import { HaystackClient, NotFoundError } from '../../internal/sdk/index.js';
 import { Cluster } from '../helpers/cluster.js';
-import { securityOf, TEST_ADMIN } from '../helpers/pki.js';
+import { httpsGet, securityOf, TEST_ADMIN } from '../helpers/pki.js';
 import { bytes } from '../helpers/store-client.js';
 import { authFetch as fetch } from '../helpers/tokens.js';
 
 /**
- * Issue 14, "no resurrection by a cache fill": a download that began before a
- * delete, read slowly past the delete's cache tombstone, must not put the
- * deleted blob back in the cache. Real gateway, stores, directories and Redis.
+ * Issue 14, "no resurrection by any path": a download that began before a delete
+ * must not put the deleted blob back in the cache, however slowly it is read and
+ * even if the cache's Redis loses its state (and the delete's tombstone) meanwhile.
+ * Real gateway, stores, directories and Redis.
+ *
+ * Each read below completes in full (asserted): a store streams a needle deleted
+ * after the read opened to its end (a delete marks the needle; its bytes stay in the
+ * volume until compaction), and the gateway's per-message store timeout only runs
+ * while the gateway pulls, not while the client's flow control holds it. So the
+ * gateway reaches its fill decision with the whole, verified blob every time.
  */
 let cluster: Cluster;
+const TOMBSTONE_MS = 30_000;
+const BLOB_BYTES = 24 * 1024 * 1024;
 
 beforeAll(async () => {
   cluster = await Cluster.start({
     gateways: 1,
     cacheRedis: true,
     // Large enough that a 24 MiB read stalls on HTTP/2 flow control (4 MiB windows)
-    // while still cacheable; a short tombstone so the test need not wait a minute.
-    gatewayEnv: { CACHE_MAX_BLOB_SIZE: '32MiB', CACHE_TOMBSTONE_TTL: '1s', MAX_UPLOAD_SIZE: '64MiB' },
+    // while still cacheable. The tombstone: long enough that the read-age limit (half
+    // of it) cannot be what drops the second test's fill on a loaded machine (the epoch
+    // fence must be); the first test removes it early rather than wait for it to expire.
+    gatewayEnv: {
+      CACHE_MAX_BLOB_SIZE: '32MiB',
+      CACHE_TOMBSTONE_TTL: `${TOMBSTONE_MS / 1000}s`,
+      MAX_UPLOAD_SIZE: '64MiB',
+    },
   });
 });
 afterAll(async () => {
   await cluster?.stop();
 });
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function metrics(): Promise<string> {
+  return (await httpsGet(`https://${cluster.gateways[0]!.address}/metrics`)).body;
+}
+
+/** haystack_gateway_cache_fills_dropped_total by reason. */
+async function droppedFills(): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const m of (await metrics()).matchAll(
+    /^haystack_gateway_cache_fills_dropped_total\{[^}]*reason="(\w+)"[^}]*\} (\d+)/gm,
+  ))
+    out[m[1]!] = Number(m[2]);
+  return out;
+}
+
+async function until(cond: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await sleep(100);
+  }
+}
+
+/** A download through the direct transport (HTTP/2 flow control): stalled after its header. */
+async function slowDownload(blobId: string) {
+  const reader = createClient(
+    BlobService,
+    createDirectGrpcTransport({
+      address: cluster.gateways[0]?.address ?? '',
+      security: await securityOf(TEST_ADMIN),
+      serverRoles: ['gateway'],
+    }),
+  );
+  // The direct transport stops reading its socket when it holds 16 messages: the
+  // gateway's send blocks mid-blob, before it has decided on a fill.
+  const d = reader.download({ blobId })[Symbol.asyncIterator]();
+  const first = await d.next();
+  expect(first.value?.msg.case).toBe('info');
+  return {
+    /** Reads the rest; the number of content bytes. */
+    async finish(): Promise<number> {
+      let received = 0;
+      for (let m = await d.next(); !m.done; m = await d.next())
+        if (m.value.msg.case === 'chunk') received += m.value.msg.value.length;
+      return received;
+    },
+  };
+}
+
+/** Every read path says NOT_FOUND (after giving a fill, if any, time to land). */
+async function expectGone(writer: HaystackClient, blobId: string): Promise<void> {
+  await sleep(500);
+  expect((await fetch(`${cluster.url}/blobs/${blobId}`)).status).toBe(404);
+  const sdkRead = await writer.download(blobId).then(
+    (r) => `served ${r.data.length} bytes`,
+    (e: unknown) => (e instanceof NotFoundError ? 'NOT_FOUND' : String(e)),
+  );
+  expect(sdkRead).toBe('NOT_FOUND');
+}
+
 describe('cache fills are ordered after deletes', () => {
   it('a download begun before a delete and finished after the tombstone expired does not resurrect the blob', async () => {
     const writer = new HaystackClient({ url: cluster.url });
     const redis = new Redis(cluster.cacheRedis?.url ?? '');
     try {
-      const data = bytes(24 * 1024 * 1024, 77);
+      const data = bytes(BLOB_BYTES, 77);
       const b = await writer.upload(data);
       // Push-on-write cached it: evict it, so the next read goes to the stores and fills.
       await redis.del(`haystack:blob:${b.id}`);
-      // A reader that applies HTTP/2 flow control (the direct transport stops reading
-      // its socket when it holds 16 messages): the gateway's send blocks mid-blob.
-      const reader = createClient(
-        BlobService,
-        createDirectGrpcTransport({
-          address: cluster.gateways[0]?.address ?? '',
-          security: await securityOf(TEST_ADMIN),
-          serverRoles: ['gateway'],
-        }),
-      );
-      const d = reader.download({ blobId: b.id })[Symbol.asyncIterator]();
-      const first = await d.next();
-      expect(first.value?.msg.case).toBe('info');
-      // The reader stalls; the blob is deleted (acknowledged), and its tombstone expires.
+      const read = await slowDownload(b.id);
+      // The reader stalls; the blob is deleted (acknowledged); the read grows older than
+      // half the tombstone time, and the tombstone goes (deleted here, as if it expired).
       expect(await writer.delete(b.id)).toBe(true);
-      await new Promise((r) => setTimeout(r, 1500));
-      // The slow reader finishes (or is cut off: either way the gateway decides on a fill now).
-      let received = 0;
-      try {
-        for (let m = await d.next(); !m.done; m = await d.next())
-          if (m.value.msg.case === 'chunk') received += m.value.msg.value.length;
-      } catch {
-        // A store may end the read of a deleted needle: no fill then.
-      }
-      // Give the gateway's fill (if any) time to land, then every read path must say NOT_FOUND.
-      await new Promise((r) => setTimeout(r, 500));
-      expect((await fetch(`${cluster.url}/blobs/${b.id}`)).status).toBe(404);
-      const sdkRead = await writer.download(b.id).then(
-        (r) => `served ${r.data.length} bytes`,
-        (e: unknown) => (e instanceof NotFoundError ? 'NOT_FOUND' : String(e)),
-      );
-      expect(sdkRead).toBe('NOT_FOUND');
-      expect(received).toBeGreaterThan(0);
+      expect(await redis.exists(`haystack:deleted:${b.id}`)).toBe(1);
+      await sleep(TOMBSTONE_MS / 2 + 500);
+      expect(await redis.del(`haystack:deleted:${b.id}`)).toBe(1);
+      const before = await droppedFills();
+      // The slow reader finishes: the gateway has the whole verified blob and decides on a fill.
+      expect(await read.finish()).toBe(data.length);
+      await expectGone(writer, b.id);
+      // Dropped by the read-age limit (fillTooOld), not by chance.
+      expect((await droppedFills()).too_old ?? 0).toBeGreaterThan(before.too_old ?? 0);
     } finally {
       redis.disconnect();
+      await writer.close();
+    }
+  });
+
+  it('a read begun before a delete does not resurrect the blob after Redis restarts empty', async () => {
+    const writer = new HaystackClient({ url: cluster.url });
+    const cacheRedis = cluster.cacheRedis!;
+    try {
+      const data = bytes(BLOB_BYTES, 78);
+      const b = await writer.upload(data);
+      const redis = new Redis(cacheRedis.url);
+      await redis.del(`haystack:blob:${b.id}`);
+      const read = await slowDownload(b.id);
+      const began = Date.now();
+      expect(await writer.delete(b.id)).toBe(true);
+      expect(await redis.exists(`haystack:deleted:${b.id}`)).toBe(1);
+      redis.disconnect();
+      // Redis restarts without persistence: the tombstone (and the epoch) are gone.
+      await cacheRedis.kill();
+      await cacheRedis.restart();
+      // The gateway is back on the (empty) cache before the read finishes: without the
+      // fence nothing but the read-age limit would stand between the fill and Redis.
+      await until(async () => /^haystack_gateway_cache_available 1$/m.test(await metrics()));
+      await sleep(300);
+      const restarted = Date.now() - began;
+      const before = await droppedFills();
+      expect(await read.finish()).toBe(data.length);
+      // The read-age limit (half the tombstone) did not apply: this is the fence's case.
+      expect(Date.now() - began, `cache back ${restarted} ms after the delete`).toBeLessThan(
+        TOMBSTONE_MS / 2,
+      );
+      await expectGone(writer, b.id);
+      expect((await droppedFills()).before_epoch ?? 0).toBeGreaterThan(before.before_epoch ?? 0);
+
+      // Reads begun after the restart fill the cache again.
+      const small = await writer.upload(bytes(4096, 79));
+      const check = new Redis(cacheRedis.url);
+      try {
+        await check.del(`haystack:blob:${small.id}`);
+        expect((await fetch(`${cluster.url}/blobs/${small.id}`)).status).toBe(200);
+        await until(async () => (await check.exists(`haystack:blob:${small.id}`)) === 1, 5_000);
+      } finally {
+        check.disconnect();
+      }
+    } finally {
       await writer.close();
     }
   });

@@ -3,7 +3,13 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { seal, unseal } from '../../../internal/cache/integrity.js';
-import { decode, encode, encodeSealed, RedisBlobCache } from '../../../internal/cache/redis-cache.js';
+import {
+  decode,
+  encode,
+  encodeSealed,
+  RedisBlobCache,
+  type RedisCacheOptions,
+} from '../../../internal/cache/redis-cache.js';
 import { RedisProcess } from '../../helpers/redis.js';
 import { blob } from './blob.js';
 
@@ -56,6 +62,21 @@ const events: string[] = [];
 // Redis or this process past the 500 ms default, which would count as an outage.
 const COMMAND_TIMEOUT_MS = 5_000;
 
+/** The options every cache here shares (on `redis`), with `more` on top. */
+function cacheOptions(
+  redis: RedisProcess,
+  more: Partial<RedisCacheOptions> & Pick<RedisCacheOptions, 'log'>,
+) {
+  return {
+    url: redis.url,
+    ttlMs: 60_000,
+    maxBlobSize: 1024,
+    integrityKey: KEY,
+    commandTimeoutMs: COMMAND_TIMEOUT_MS,
+    ...more,
+  };
+}
+
 describe('RedisBlobCache on a real redis-server', () => {
   let redis: RedisProcess;
   let cache: RedisBlobCache;
@@ -63,18 +84,15 @@ describe('RedisBlobCache on a real redis-server', () => {
 
   beforeAll(async () => {
     redis = await RedisProcess.start();
-    cache = new RedisBlobCache({
-      url: redis.url,
-      ttlMs: 60_000,
-      maxBlobSize: 1024,
-      integrityKey: KEY,
-      commandTimeoutMs: COMMAND_TIMEOUT_MS,
-      log,
-      observe: (e) => events.push(e),
-      warnIntervalMs: 60_000,
-      tombstoneMs: 2_000,
-      statsFlushMs: 100,
-    });
+    cache = new RedisBlobCache(
+      cacheOptions(redis, {
+        log,
+        observe: (e) => events.push(e),
+        warnIntervalMs: 60_000,
+        tombstoneMs: 2_000,
+        statsFlushMs: 100,
+      }),
+    );
     await until(() => cache.available());
   });
   afterAll(async () => {
@@ -218,5 +236,100 @@ describe('RedisBlobCache on a real redis-server', () => {
     await cache.set(blob('keep', 10), { fresh: true });
     expect(await cache.get('keep')).toBeDefined();
     expect(lines.some((l) => l.msg.startsWith('redis cache available again'))).toBe(true);
+  });
+});
+
+describe('RedisBlobCache epoch fence (issue 14: no resurrection when Redis loses its state)', () => {
+  let redis: RedisProcess;
+  let cache: RedisBlobCache;
+  let admin: Redis;
+  const seen: string[] = [];
+  const EPOCH = 'haystack:cache:epoch';
+
+  /** Waits until a fill of a read begun now lands (the cache knows the current epoch). */
+  async function fillLands(id: string): Promise<void> {
+    await until(async () => {
+      await cache.set(blob(id, 10), { readAgeMs: 0 });
+      return (await cache.get(id)) !== undefined;
+    });
+  }
+
+  beforeAll(async () => {
+    redis = await RedisProcess.start();
+    cache = new RedisBlobCache(
+      cacheOptions(redis, {
+        log: pino({ level: 'silent' }),
+        observe: (e, reason) => seen.push(reason ? `${e}:${reason}` : e),
+        // Long: the read-age limit must not be what drops the fills here.
+        tombstoneMs: 600_000,
+      }),
+    );
+    admin = new Redis(redis.adminUrl);
+    await until(() => cache.available());
+    await fillLands('warm');
+  });
+  afterAll(async () => {
+    admin?.disconnect();
+    await cache?.close();
+    await redis?.stop();
+  });
+
+  it('stores a random epoch once and keeps it', async () => {
+    const epoch = await admin.get(EPOCH);
+    expect(epoch).toMatch(/^[0-9a-f]{32}$/);
+    await fillLands('warm2');
+    expect(await admin.get(EPOCH)).toBe(epoch);
+  });
+
+  it('drops a fill whose read began before a delete when Redis restarted empty in between', async () => {
+    const began = performance.now();
+    await cache.set(blob('r1', 10), { fresh: true });
+    await cache.invalidate('r1'); // the delete, acknowledged: tombstone written
+    const before = await admin.get(EPOCH);
+    admin.disconnect();
+    await redis.kill();
+    await redis.restart(); // empty: tombstone and epoch gone
+    admin = new Redis(redis.adminUrl);
+    await until(() => cache.available());
+    await fillLands('after-restart'); // the epoch is re-learned (a new one) and fills resume
+    expect(await admin.exists('haystack:deleted:r1')).toBe(0);
+    const n = seen.length;
+    await cache.set(blob('r1', 10), { readAgeMs: performance.now() - began });
+    expect(await cache.get('r1')).toBeUndefined();
+    expect(seen.slice(n)).toContain('fill_dropped:before_epoch');
+    expect(await admin.get(EPOCH)).not.toBe(before);
+  });
+
+  it('refuses a fill when the epoch is missing or another (state lost without a reconnection), then re-learns it', async () => {
+    await fillLands('f0');
+    const began = performance.now();
+    await cache.set(blob('f1', 10), { fresh: true });
+    await cache.invalidate('f1');
+    await admin.flushall(); // tombstone and epoch gone, the connection stays up
+    let n = seen.length;
+    await cache.set(blob('f1', 10), { readAgeMs: performance.now() - began });
+    expect(await cache.get('f1')).toBeUndefined();
+    expect(seen.slice(n)).toContain('fill_dropped:epoch_changed');
+    await until(async () => (await admin.get(EPOCH)) !== null); // re-learned: a new epoch
+    // Another epoch under the cache (e.g. a failover to a replica that had its own).
+    await fillLands('f2');
+    await cache.invalidate('f3');
+    const began3 = performance.now();
+    await admin.set(EPOCH, 'another');
+    await admin.del('haystack:deleted:f3');
+    n = seen.length;
+    await cache.set(blob('f3', 10), { readAgeMs: performance.now() - began3 });
+    expect(await cache.get('f3')).toBeUndefined();
+    expect(seen.slice(n)).toContain('fill_dropped:epoch_changed');
+    await fillLands('f4'); // learns 'another' and fills again
+    expect(await admin.get(EPOCH)).toBe('another');
+  });
+
+  it('lands a fresh write when the epoch is missing (and re-learns it)', async () => {
+    await admin.del(EPOCH);
+    await cache.set(blob('w1', 10), { fresh: true });
+    expect(await cache.get('w1')).toBeDefined();
+    await until(async () => (await admin.get(EPOCH)) !== null);
+    await fillLands('w2');
   });
 });
