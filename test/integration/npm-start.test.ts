@@ -47,11 +47,21 @@ async function until(what: string, fn: () => boolean | Promise<boolean>, timeout
 describe('npm start', () => {
   let npm: ChildProcess | undefined;
   let tree = new Map<number, string>();
+  let dataDir: string | undefined;
 
   afterAll(async () => {
-    // Whatever this test started and did not stop (a failed run): stop it here.
-    if (npm?.exitCode === null) npm.kill('SIGTERM');
+    // Whatever this test started and did not stop (a failed run): stop it here. The tree is read
+    // before the SIGTERM (after it, npm's children are orphans no longer under npm.pid), and the
+    // supervisor's pidfile catches a `haystack dev` already orphaned by then.
     for (const pid of (await descendants(npm?.pid ?? -1)).keys()) tree.set(pid, '');
+    const pidfile = dataDir === undefined ? undefined : pidfilePath(dataDir);
+    const supervisor = pidfile && existsSync(pidfile) ? Number(readFileSync(pidfile, 'utf8').trim()) : 0;
+    if (supervisor > 0) {
+      tree.set(supervisor, '');
+      for (const pid of (await descendants(supervisor)).keys()) tree.set(pid, '');
+      if (processAlive(supervisor)) process.kill(supervisor, 'SIGTERM');
+    }
+    if (npm?.exitCode === null) npm.kill('SIGTERM');
     await until(
       'left-overs gone after SIGTERM',
       () => [...tree.keys()].every((p) => !processAlive(p)),
@@ -68,7 +78,7 @@ describe('npm start', () => {
     const { npmDepsCurrent } = (await import(lib)) as { npmDepsCurrent(): boolean };
     expect(npmDepsCurrent(), 'node_modules does not match package-lock.json: run npm ci first').toBe(true);
     const ports = await devPorts();
-    const dataDir = tmpName('npm-start');
+    dataDir = tmpName('npm-start');
     let out = '';
     let err = '';
     npm = spawn('npm', ['start', '--', '--data', dataDir], {
@@ -96,6 +106,9 @@ describe('npm start', () => {
       },
       300_000,
     );
+    // The process tree: npm → (sh →) node scripts/start.mjs → haystack dev → its servers. Read
+    // at once, so that afterAll stops all of it if an expectation below fails.
+    tree = await descendants(npm.pid!);
     // Nothing was (re)installed: npm's packages and the tools were there.
     expect(err).not.toContain('npm ci');
     expect(err).not.toContain('[bootstrap] installing');
@@ -116,8 +129,6 @@ describe('npm start', () => {
     expect(sh.stdout).toContain(path.join(PROJECT_ROOT, 'test/env/bin/grpcurl'));
     expect(sh.stdout).toMatch(/^grpcurl /m);
 
-    // The process tree: npm → (sh →) node scripts/start.mjs → haystack dev → its servers.
-    tree = await descendants(npm.pid!);
     const args = [...tree.values()];
     expect(
       args.some((a) => a.includes('scripts/start.mjs')),
