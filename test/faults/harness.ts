@@ -12,6 +12,7 @@ import { REPLICATION_FAST_ENV } from '../helpers/replication-cluster.js';
 import { type ServerProcess, spawnServer } from '../helpers/tools.js';
 import { RecordingClient } from './history-recorder.js';
 import { PAUSES } from './pauses.js';
+import { SLOW_READER_GATEWAY_ENV } from './slow-reader.js';
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -80,7 +81,7 @@ export class FaultCluster {
       // Every store gets placement-group memberships, even one that registers late (a
       // store killed or paused as a fault must be one that holds data).
       directoryEnv: { PLACEMENT_EXPECTED_STORES: String(stores) },
-      gatewayEnv: { REPLICATION_ADDRS: managerAddrs },
+      gatewayEnv: { REPLICATION_ADDRS: managerAddrs, ...SLOW_READER_GATEWAY_ENV },
       envoy: envoyOverrides,
     };
     const cluster = await Cluster.start(opts);

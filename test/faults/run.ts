@@ -12,6 +12,7 @@ import { checkRecorded, type HistorySummary, type RecordingClient, startProber }
 import { MixedLoad, type MixedLoadOptions, type OpSample } from './load.js';
 import { locateAll } from './locate.js';
 import { OpLog, sha256hex, store } from './oplog.js';
+import { describeSlowReads, type SlowReaderStats, startSlowReader } from './slow-reader.js';
 
 export interface FaultReport {
   fault: string;
@@ -40,6 +41,8 @@ export interface SequenceOptions {
   steadyMs: number;
   outageMs: number;
   settleMs: number;
+  /** Run the slow reader (slow-reader.ts) beside the load: reads racing deletes through the cache. */
+  slowReader?: boolean;
   log?: (line: string) => void;
 }
 
@@ -50,6 +53,8 @@ export interface SequenceResult {
   wrongReads: string[];
   /** The load's and the prober's client: its `history` is every call they made. */
   sdk: RecordingClient;
+  /** The slow reader's figures, when it ran. */
+  slowReads?: SlowReaderStats;
 }
 
 export function windowStats(samples: OpSample[], from: number, to: number) {
@@ -96,6 +101,20 @@ export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Pr
   const load = new MixedLoad(sdk, oplog, { ...o.load, maxMs: 60_000 + faults.length * perFaultMs });
   let stopProbe = false;
   const prober = startProber(sdk, oplog, () => stopProbe);
+  const slow = o.slowReader
+    ? startSlowReader(
+        sdk,
+        oplog,
+        {
+          gateways: () => fc.cluster.gateways.flatMap((g) => (g ? [g.address] : [])),
+          security: fc.cluster.security,
+          cacheRedisUrl: fc.cluster.redis?.url ?? '',
+        },
+        () => stopProbe,
+        { ...(o.log ? { log: o.log } : {}) },
+      )
+    : undefined;
+  let slowReads: SlowReaderStats | undefined;
   const reports: FaultReport[] = [];
   const kills: Array<{ fault: Fault; killed: string; at: number; restartedAt: number; healthyAt: number }> =
     [];
@@ -162,6 +181,7 @@ export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Pr
     await load.stop();
     stopProbe = true;
     await prober;
+    slowReads = await slow?.done;
   }
   // Windows end at the next kill.
   kills.forEach((k, i) => {
@@ -170,7 +190,14 @@ export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Pr
     Object.assign(r, windowStats(load.samples, k.at, to));
     r.recoveryMs = Math.max(r.firstWriteMs, r.lastFailureMs);
   });
-  return { reports, oplog, samples: load.samples, wrongReads: load.wrongReads, sdk };
+  return {
+    reports,
+    oplog,
+    samples: load.samples,
+    wrongReads: load.wrongReads,
+    sdk,
+    ...(slowReads ? { slowReads } : {}),
+  };
 }
 
 /**
@@ -236,7 +263,8 @@ export async function runAndVerify(
   const history = checkRecorded(res.sdk);
   log(
     `\n${faultTable(res.reports)}\n\nacknowledged: ${JSON.stringify(counts)}; replicas at target after ${v.replicatedMs} ms; full check ${(v.checkMs / 1000).toFixed(1)} s; ` +
-      `history: ${history.ops} ops on ${history.keys} blobs, ${history.anomalies.length} not linearizable`,
+      `history: ${history.ops} ops on ${history.keys} blobs, ${history.anomalies.length} not linearizable` +
+      (res.slowReads ? `; ${describeSlowReads(res.slowReads)}` : ''),
   );
   // The first ten in full (each prints the blob's whole history); all are in the report.
   for (const a of history.anomalies.slice(0, 10)) log(a);

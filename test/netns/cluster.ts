@@ -18,6 +18,7 @@ import { HaystackClient } from '../../internal/sdk/index.js';
 import type { Identity, Role } from '../../internal/security/identity.js';
 import { newRedisUser, redisAclArgs, redisUrl } from '../../internal/security/redis-acl.js';
 import type { TransportSecurity } from '../../internal/security/tls-config.js';
+import { SLOW_READER_GATEWAY_ENV } from '../faults/slow-reader.js';
 import { FAST_ENV } from '../helpers/cluster.js';
 import { identityFiles, identityFilesAt, securityOf, TEST_ADMIN } from '../helpers/pki.js';
 import { freePort } from '../helpers/redis.js';
@@ -309,6 +310,8 @@ export class NetnsCluster {
         DIRECTORY_ADDRS: this.directoryAddrs,
         REPLICATION_ADDRS: this.managerAddrs,
         CACHE_INTEGRITY_KEY: this.cacheKey,
+        // The slow reader's blobs (test/faults/slow-reader.ts) must be uploadable and cacheable.
+        ...SLOW_READER_GATEWAY_ENV,
       },
     );
     this.gateways[i] = p;

@@ -1,4 +1,4 @@
-import { describe, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { runPartitions } from './partitions.js';
 import { expectClean, log, useNetnsCluster } from './suite.js';
 
@@ -20,8 +20,10 @@ describe('network partitions between namespaces (full)', () => {
       outageMs: 10_000,
       settleMs: 1000,
       replicatedWithinMs: 120_000,
+      slowReader: true,
       log,
     });
+    expect(r.slowReads).toBeDefined();
     expectClean(r, { staleLeaders: 2, writesAcked: 100 });
   }, 1_800_000);
 });

@@ -8,7 +8,8 @@ import {
 import { MixedLoad, type MixedLoadOptions } from '../faults/load.js';
 import { OpLog } from '../faults/oplog.js';
 import { type FaultReport, faultTable, saveReport, windowStats } from '../faults/run.js';
-import { type NetnsCluster, skewedClockEnv, sleep } from './cluster.js';
+import { describeSlowReads, type SlowReaderStats, startSlowReader } from '../faults/slow-reader.js';
+import { type NetnsCluster, PORTS, skewedClockEnv, sleep } from './cluster.js';
 import { readLog, staleLeader } from './stale-leader.js';
 
 /** A network fault: cuts links (net.ts), says what it cut; healing removes every cut. */
@@ -129,6 +130,8 @@ export interface PartitionRunOptions {
   outageMs: number;
   settleMs: number;
   replicatedWithinMs: number;
+  /** Run the slow reader (test/faults/slow-reader.ts) beside the load: reads racing deletes through the cache. */
+  slowReader?: boolean;
   log: (line: string) => void;
 }
 
@@ -156,6 +159,8 @@ export interface PartitionRun {
   corruptNeedles: string[];
   replicatedMs: number;
   history: HistorySummary;
+  /** The slow reader's figures, when it ran. */
+  slowReads?: SlowReaderStats;
   /** What each fault's own audit found (the stale leader's detail: StaleLeaderResult). */
   audits: { problems: string[]; detail: unknown }[];
 }
@@ -179,6 +184,20 @@ export async function runPartitions(
   const load = new MixedLoad(sdk, oplog, { ...o.load, maxMs: 60_000 + o.partitions.length * perFaultMs });
   let stopProbe = false;
   const prober = startProber(sdk, oplog, () => stopProbe);
+  const slow = o.slowReader
+    ? startSlowReader(
+        sdk,
+        oplog,
+        {
+          gateways: () => nc.names.gateways.map((g) => nc.addr(g, PORTS.gateway)),
+          security: nc.security,
+          cacheRedisUrl: nc.redisUrl,
+        },
+        () => stopProbe,
+        { log: o.log },
+      )
+    : undefined;
+  let slowReads: SlowReaderStats | undefined;
   const reports: FaultReport[] = [];
   const windows: number[] = [];
   const applied: Partition[] = [];
@@ -232,6 +251,7 @@ export async function runPartitions(
     await load.stop();
     stopProbe = true;
     await prober;
+    slowReads = await slow?.done;
   }
   reports.forEach((r, i) => {
     Object.assign(
@@ -262,10 +282,12 @@ export async function runPartitions(
     replicatedMs: rep.ms,
     history: h,
     audits,
+    ...(slowReads ? { slowReads } : {}),
   };
   o.log(
     `\n${faultTable(reports)}\n\nacknowledged: ${JSON.stringify(oplog.counts())}; replicas at target after ${rep.ms} ms; ` +
-      `history: ${h.ops} ops on ${h.keys} blobs, ${anomalies.length} not linearizable`,
+      `history: ${h.ops} ops on ${h.keys} blobs, ${anomalies.length} not linearizable` +
+      (slowReads ? `; ${describeSlowReads(slowReads)}` : ''),
   );
   for (const a of anomalies.slice(0, 5)) o.log(a);
   for (const a of audits) o.log(`audit: ${JSON.stringify(a)}`);

@@ -46,4 +46,9 @@ export function expectClean(r: PartitionRun, o: { staleLeaders: number; writesAc
   expect(r.audits.length).toBe(o.staleLeaders);
   expect(r.audits.flatMap((a) => a.problems)).toEqual([]);
   expect(r.oplog.counts().writesAcked).toBeGreaterThan(o.writesAcked);
+  // The slow reader, when it ran: reads raced deletes to the end, and none brought a blob back.
+  if (r.slowReads) {
+    expect(r.slowReads.resurrected).toEqual([]);
+    expect(r.slowReads.completed).toBeGreaterThan(0);
+  }
 }
