@@ -47,15 +47,22 @@ const maxUpload = parseSizes(flags['max-upload'] as string)[0] as number;
 if (size > maxUpload) throw new Error(`--size ${size} is larger than --max-upload ${maxUpload}`);
 const PIECE = 1024 * 1024;
 
-/** `n` bytes in 1 MiB pieces, different for every `seed`; the SHA-256 is computed on the fly. */
-function source(n: number, seed: number, hash: ReturnType<typeof createHash>) {
-  return async function* () {
+/**
+ * `n` bytes in 1 MiB pieces, different for every `seed`, as a factory the SDK calls
+ * again on a retry; `sha256()` is the digest of the last attempt's bytes (a digest
+ * kept across attempts also hashed the failed ones' and never matched).
+ */
+function source(n: number, seed: number) {
+  let hash = createHash('sha256');
+  const open = async function* () {
+    hash = createHash('sha256');
     for (let off = 0, i = 0; off < n; off += PIECE, i++) {
       const piece = payload(Math.min(PIECE, n - off), (seed * 100_003 + i) >>> 0);
       hash.update(piece);
       yield piece;
     }
   };
+  return { open, sha256: () => hash.digest('hex') };
 }
 
 let t: Target | undefined;
@@ -93,10 +100,10 @@ try {
     const t0 = performance.now();
     const settled = await Promise.allSettled(
       Array.from({ length: uploads }, async (_, k) => {
-        const h = createHash('sha256');
         const seed = k + 7 + 100 * modes.indexOf(mode);
-        const b = await client.upload(source(size, seed, h), { size, timeoutMs: 15 * 60_000 });
-        const want = h.digest('hex');
+        const src = source(size, seed);
+        const b = await client.upload(src.open, { size, timeoutMs: 15 * 60_000 });
+        const want = src.sha256();
         if (b.sha256 !== want) throw new Error(`upload ${k}: sha256 ${b.sha256}, sent ${want}`);
         return b.id;
       }),

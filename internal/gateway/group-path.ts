@@ -102,11 +102,32 @@ export class GroupPath implements MetadataPath {
     const live = members.filter((x) => !isDown(x));
     const need = Math.min(this.minReplicas, members.length);
     if (activeDown.length > 0 || live.length < need || !live.some(active)) {
-      const down = members.filter(isDown).map((x) => x.m.storeId);
-      throw new ConnectError(
+      const down = members
+        .filter(isDown)
+        .map((x) => x.m.storeId)
+        .sort();
+      const state =
         `placement group ${g.group} cannot take a write now: ${down.join(', ') || 'no store'} DOWN, ` +
-          `${live.filter(active).length} ACTIVE member(s) up, MIN_REPLICA_COUNT ${need}; ` +
-          'retry: the directory demotes a DOWN member within a second and replaces it after PLACEMENT_REPLACE_AFTER',
+        `${live.length} member(s) up (${live.filter(active).length} ACTIVE), MIN_REPLICA_COUNT ${need}; `;
+      if (live.length >= need && live.some(active)) {
+        // Only the demotion is missing: it comes within a second.
+        throw new ConnectError(
+          `${state}retry: the directory demotes a DOWN member to JOINING within a second`,
+          Code.Unavailable,
+        );
+      }
+      // Too few members up: no retry helps until a store returns or is replaced. Still
+      // UNAVAILABLE (transient: stores come back), but the operator is told what to do.
+      const inGroup = new Set(g.members.map((m) => m.storeId));
+      const spare = [...this.view.state.stores.values()].filter(
+        (r) => !inGroup.has(r.storeId) && r.health === StoreHealth.HEALTHY && !r.draining,
+      ).length;
+      throw new ConnectError(
+        `${state}writes to it resume when ${down.join(' or ') || 'a member'} is back, or after ` +
+          'PLACEMENT_REPLACE_AFTER once the directory replaces a DOWN member with a HEALTHY store outside the group ' +
+          (spare > 0
+            ? `(${spare} such store(s) now); retry later`
+            : `(there is none: restart ${down.join(' / ') || 'the DOWN stores'} or add a store); retry later`),
         Code.Unavailable,
       );
     }
