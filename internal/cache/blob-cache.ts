@@ -19,52 +19,42 @@ export interface CachedBlobMeta {
   fileName?: string;
 }
 
-/** How a blob reaches the cache: a fresh write, or a read-through fill and its age. */
-export type CacheFill = { fresh: true } | { readAgeMs: number };
-
 /**
- * Whether a read-through fill is too old to be ordered after every deletion's
- * tombstone (`tombstoneMs` long): older than half of it, with room for clock rates.
+ * A right to fill one blob id from a read, granted on a miss before the read
+ * begins: the lease of Nishtala et al., "Scaling Memcache at Facebook" (NSDI 2013,
+ * §3.2.1). A delete of the id (or a fresh write of it) revokes it, so a fill that
+ * still holds its lease began its read after every delete of the id that the cache
+ * saw: the ordering rests on the lease, never on a clock. Opaque to callers.
  */
-export function fillTooOld(how: CacheFill, tombstoneMs: number): boolean {
-  return 'readAgeMs' in how && !(how.readAgeMs >= 0 && how.readAgeMs < tombstoneMs / 2);
-}
+export type FillLease =
+  | {
+      readonly blobId: string;
+      /** The random value the cache stored for this lease. */
+      readonly token: string;
+      /** Which epoch generation of this process it was granted under (0 for an in-process cache). */
+      readonly generation: number;
+    }
+  | {
+      readonly blobId: string;
+      readonly token?: undefined;
+      /** Why none was granted; undefined when the cache had nothing to say (down, already filled). */
+      readonly refused?: FillDropReason;
+    };
+
+/** How a blob reaches the cache: a fresh write, or a read-through fill under its lease. */
+export type CacheFill = { fresh: true } | { lease: FillLease };
 
 /**
  * Why a read-through fill was not cached (BlobCache.set):
- * - `too_old`: its read began more than half the tombstone time ago (fillTooOld);
- * - `before_epoch`: its read began before this process learned the shared cache's
- *   current epoch, or no epoch is known (the cache's state may have been lost since);
- * - `epoch_changed`: the shared cache's epoch is missing or not the one this process holds;
- * - `tombstone`: the id was deleted within the tombstone time.
+ * - `lease_lost`: its lease is gone or another (revoked by a delete or a fresh write,
+ *   expired, evicted, or lost with the cache's state);
+ * - `lease_held`: no lease was granted, another read of the id holds it;
+ * - `tombstone`: no lease was granted, the id was deleted moments ago;
+ * - `before_epoch`: its lease was granted before this process learned the shared
+ *   cache's current epoch, or no epoch is known (the cache's state may have been lost since);
+ * - `epoch_changed`: the shared cache's epoch is missing or not the one this process holds.
  */
-export type FillDropReason = 'too_old' | 'before_epoch' | 'epoch_changed' | 'tombstone';
-
-/** What a shared cache's fence needs to judge a fill locally (monotonic ms, performance.now()). */
-export interface EpochFence {
-  nowMs: number;
-  /** When this process last learned the cache's epoch; undefined while it knows none. */
-  epochLearnedAtMs: number | undefined;
-}
-
-/**
- * The part of the fill rule (BlobCache.set) decided before the cache is asked:
- * why a fill must be dropped, or undefined to send it. Fresh writes always go.
- * `fence` for a shared cache with an epoch; none for an in-process one.
- */
-export function fillDropReason(
-  how: CacheFill,
-  tombstoneMs: number,
-  fence?: EpochFence,
-): FillDropReason | undefined {
-  if (!('readAgeMs' in how)) return undefined;
-  if (fillTooOld(how, tombstoneMs)) return 'too_old';
-  if (fence) {
-    const readBegan = fence.nowMs - how.readAgeMs;
-    if (fence.epochLearnedAtMs === undefined || !(readBegan > fence.epochLearnedAtMs)) return 'before_epoch';
-  }
-  return undefined;
-}
+export type FillDropReason = 'lease_lost' | 'lease_held' | 'tombstone' | 'before_epoch' | 'epoch_changed';
 
 export interface CachedBlob {
   meta: CachedBlobMeta;
@@ -92,27 +82,39 @@ export interface BlobCache {
   readonly backend: CacheBackend;
   /** Larger blobs are never cached. */
   readonly maxBlobSize: number;
-  /** A cached blob, or undefined (counted as a hit or a miss). */
+  /** A cached blob, or undefined (counted as a hit or a miss). One round trip, no lease. */
   get(blobId: string): Promise<CachedBlob | undefined>;
   /**
+   * After a miss, before the read of the blob begins: a lease to fill the cache
+   * with what the read returns (FillLease; Nishtala et al., NSDI 2013, §3.2.1). One
+   * lease per id at a time: while another read holds it, or a delete of the id left
+   * its tombstone, none is granted (the read still goes on, it just will not fill).
+   * A shared cache also hands back the shared commit index (see sharedCommitIndex),
+   * so the read asks the directory for every delete acknowledged before the grant.
+   */
+  lease(blobId: string): Promise<FillLease>;
+  /** Gives back a lease the read will not use (a range, too large, failed): others may fill. */
+  release(lease: FillLease): Promise<void>;
+  /**
    * Caches a blob (dropped when larger than maxBlobSize).
-   * - `{ fresh: true }`: a blob just written; it replaces a recent deletion of the id.
-   * - `{ readAgeMs }`: a read-through fill, with the time (ms) since its read began.
-   *   A deletion leaves a tombstone for TOMBSTONE_MS that refuses fills; a fill whose
-   *   read began more than half that long ago is dropped too, so a read that began
-   *   before a delete can never land after the tombstone expired, however slowly its
-   *   caller read (issue 14: no resurrection by a cache fill).
-   *   A shared cache also fences fills by an epoch, so a tombstone lost with the cache's
-   *   state (Redis restarted empty, a failover to a replica missing recent writes, a
-   *   flush) cannot let such a read land either. The cache holds a random epoch value
-   *   (created when missing); this process learns it on every (re)connection and
-   *   whenever a fill finds it missing or changed, and notes the monotonic time it did.
-   *   A fill is dropped when its read began before that time or no epoch is known, and
-   *   refused by the cache (atomically with the tombstone check) when the epoch it
-   *   carries is missing there or differs; a refusal makes this process re-learn it.
-   *   A deletion acknowledged before the state was lost predates the reconnection (or
-   *   the new epoch), so every read that could have begun before it is dropped.
-   *   Fresh writes land regardless (and make this process re-learn a missing epoch).
+   * - `{ fresh: true }`: a blob just written; it replaces a recent deletion of the id
+   *   and revokes any lease of it.
+   * - `{ lease }`: a read-through fill. It lands only if its lease is still the id's
+   *   lease, atomically with setting the entry (which ends the lease). A delete revokes
+   *   the lease (and leaves a tombstone refusing new ones for a while), so a read that
+   *   began before a delete can never fill after it, however long the read or a pause
+   *   before the fill took: issue 14, no resurrection by a cache fill. A lost lease
+   *   (deleted, expired, evicted, lost with the cache's state) means no fill; time
+   *   decides only whether a fill happens, never whether it is safe.
+   *   A shared cache also fences fills by an epoch, for a cache that loses writes
+   *   without losing every lease (a failover to a replica missing the delete's revocation):
+   *   it holds a random epoch value (created when missing); this process learns it on
+   *   every (re)connection and whenever a fill or lease finds it missing or changed,
+   *   counting generations. A fill whose lease was granted under an earlier generation
+   *   (or while no epoch is known) is dropped, and the cache refuses one whose epoch is
+   *   missing there or differs (atomically with the lease check); a refusal makes this
+   *   process re-learn it. A failover breaks every connection, so every lease granted
+   *   before it is dropped.
    *   Dropped fills are reported to the observer as 'fill_dropped' with a reason.
    */
   set(blob: CachedBlob, how: CacheFill): Promise<void>;
@@ -159,6 +161,10 @@ export class NoCache implements BlobCache {
     this.observe?.('miss');
     return undefined;
   }
+  async lease(blobId: string): Promise<FillLease> {
+    return { blobId };
+  }
+  async release(): Promise<void> {}
   async set(): Promise<void> {}
   async invalidate(): Promise<void> {}
   available(): boolean {

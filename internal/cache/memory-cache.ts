@@ -1,11 +1,11 @@
-import {
-  type BlobCache,
-  type CacheCounts,
-  type CachedBlob,
-  type CacheFill,
-  type CacheObserver,
-  type CacheStatsSnapshot,
-  fillDropReason,
+import type {
+  BlobCache,
+  CacheCounts,
+  CachedBlob,
+  CacheFill,
+  CacheObserver,
+  CacheStatsSnapshot,
+  FillLease,
 } from './blob-cache.js';
 
 export interface MemoryCacheOptions {
@@ -15,8 +15,10 @@ export interface MemoryCacheOptions {
   maxBlobSize: number;
   /** Total bytes of content kept; least recently used entries go first. */
   maxBytes: number;
-  /** How long a deletion keeps read-through fills of the same id out. */
+  /** How long a deletion refuses fill leases of the same id (BlobCache.lease; not what orders fills). */
   tombstoneMs?: number;
+  /** Longest a fill lease lasts unused (liveness only: an expired lease just does not fill). */
+  leaseMs?: number;
   now?: () => number;
   observe?: CacheObserver;
 }
@@ -26,12 +28,20 @@ interface Entry {
   expiresAt: number;
 }
 
-/** An in-process LRU blob cache with a TTL and a byte budget. */
+/**
+ * An in-process LRU blob cache with a TTL and a byte budget. Fills are ordered
+ * after deletes by leases (BlobCache.set; Nishtala et al., NSDI 2013, §3.2.1), as
+ * in the shared cache: its state goes with the process (and the reads), so no epoch.
+ */
 export class MemoryBlobCache implements BlobCache {
   readonly backend = 'memory' as const;
   readonly maxBlobSize: number;
   private readonly entries = new Map<string, Entry>();
+  /** Id → when its tombstone ends. */
   private readonly tombstones = new Map<string, number>();
+  /** Id → its lease's token and when the lease ends. */
+  private readonly leases = new Map<string, { token: string; until: number }>();
+  private lastToken = 0;
   private bytes = 0;
   private readonly counts: CacheCounts = { hits: 0, misses: 0 };
   private readonly now: () => number;
@@ -57,18 +67,40 @@ export class MemoryBlobCache implements BlobCache {
     return undefined;
   }
 
+  async lease(blobId: string): Promise<FillLease> {
+    const now = this.now();
+    const e = this.entries.get(blobId);
+    if (e && e.expiresAt > now) return { blobId };
+    if ((this.tombstones.get(blobId) ?? 0) > now) return { blobId, refused: 'tombstone' };
+    if ((this.leases.get(blobId)?.until ?? 0) > now) return { blobId, refused: 'lease_held' };
+    const token = String(++this.lastToken);
+    this.leases.set(blobId, { token, until: now + (this.opts.leaseMs ?? 10_000) });
+    prune(this.leases, (l) => l.until, now);
+    return { blobId, token, generation: 0 };
+  }
+
+  async release(lease: FillLease): Promise<void> {
+    if (lease.token !== undefined && this.leases.get(lease.blobId)?.token === lease.token)
+      this.leases.delete(lease.blobId);
+  }
+
   async set(blob: CachedBlob, how: CacheFill): Promise<void> {
     const id = blob.meta.blobId;
     if (blob.data.length > this.maxBlobSize || blob.data.length !== blob.meta.size) return;
-    // In-process: its state goes with the process (and the reads), so no epoch fence.
-    const dropped = fillDropReason(how, this.opts.tombstoneMs ?? 60_000);
-    if (dropped) return this.opts.observe?.('fill_dropped', dropped);
-    const fresh = 'fresh' in how;
-    const tomb = this.tombstones.get(id);
-    if (tomb !== undefined) {
-      if (fresh || tomb <= this.now()) this.tombstones.delete(id);
-      else return this.opts.observe?.('fill_dropped', 'tombstone');
+    if ('lease' in how) {
+      const { lease } = how;
+      if (lease.token === undefined) {
+        if (lease.refused) this.opts.observe?.('fill_dropped', lease.refused);
+        return;
+      }
+      const held = this.leases.get(id);
+      if (lease.blobId !== id || held?.token !== lease.token || held.until <= this.now())
+        return this.opts.observe?.('fill_dropped', 'lease_lost');
+    } else {
+      this.tombstones.delete(id);
     }
+    // A fill ends its lease; a fresh write revokes any (the read it stands for may predate the write).
+    this.leases.delete(id);
     this.remove(id);
     this.entries.set(id, { blob, expiresAt: this.now() + this.opts.ttlMs });
     this.bytes += blob.data.length;
@@ -80,11 +112,11 @@ export class MemoryBlobCache implements BlobCache {
 
   async invalidate(blobId: string): Promise<void> {
     this.remove(blobId);
-    this.tombstones.set(blobId, this.now() + (this.opts.tombstoneMs ?? 60_000));
-    if (this.tombstones.size > 100_000) {
-      const now = this.now();
-      for (const [id, until] of this.tombstones) if (until <= now) this.tombstones.delete(id);
-    }
+    // Revokes the lease: a read under way cannot fill (what orders fills after this delete).
+    this.leases.delete(blobId);
+    const now = this.now();
+    this.tombstones.set(blobId, now + (this.opts.tombstoneMs ?? 60_000));
+    prune(this.tombstones, (until) => until, now);
   }
 
   private remove(blobId: string): void {
@@ -117,4 +149,10 @@ export class MemoryBlobCache implements BlobCache {
     this.entries.clear();
     this.bytes = 0;
   }
+}
+
+/** Drops the ended items of a map grown past 100 000 (expired tombstones and leases). */
+function prune<V>(m: Map<string, V>, until: (v: V) => number, now: number): void {
+  if (m.size <= 100_000) return;
+  for (const [id, v] of m) if (until(v) <= now) m.delete(id);
 }

@@ -1,25 +1,32 @@
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
 import type { Logger } from '../server/logger.js';
-import {
-  type BlobCache,
-  type CacheCounts,
-  type CachedBlob,
-  type CachedBlobMeta,
-  type CacheFill,
-  type CacheObserver,
-  type CacheStatsSnapshot,
-  type FillDropReason,
-  fillDropReason,
+import type {
+  BlobCache,
+  CacheCounts,
+  CachedBlob,
+  CachedBlobMeta,
+  CacheFill,
+  CacheObserver,
+  CacheStatsSnapshot,
+  FillDropReason,
+  FillLease,
 } from './blob-cache.js';
 import { MAC_BYTES, sealInPlace, unseal } from './integrity.js';
 
 /** SET_BLOB's answers. */
 const SET_CACHED = 1;
-const SET_REFUSED_TOMBSTONE = 0;
+const SET_REFUSED_LEASE = 0;
 const SET_REFUSED_EPOCH = -1;
 /** A fresh write cached, but the epoch was missing or another: the gateway re-learns it. */
 const SET_CACHED_EPOCH_CHANGED = 2;
+
+/** TAKE_LEASE's answers (the first element; the second is the shared commit index). */
+const LEASE_GRANTED = 1;
+const LEASE_CACHED = 2;
+const LEASE_REFUSED_HELD = 0;
+const LEASE_REFUSED_TOMBSTONE = -2;
+const LEASE_REFUSED_EPOCH = -1;
 
 export interface RedisCacheOptions {
   url: string;
@@ -34,28 +41,57 @@ export interface RedisCacheOptions {
   commandTimeoutMs?: number;
   /** At most one "cache unavailable" warning per this interval. */
   warnIntervalMs?: number;
-  /** How long a deletion keeps read-through fills of the same id out. */
+  /** How long a deletion refuses fill leases of the same id (not what orders fills: the lease is). */
   tombstoneMs?: number;
+  /** Longest a fill lease lasts unused (liveness only: an expired lease just does not fill). */
+  leaseMs?: number;
   /** How often this process adds its hit/miss counts to the shared counters. */
   statsFlushMs?: number;
   observe?: CacheObserver;
 }
 
-// KEYS[1] blob key, KEYS[2] tombstone key, KEYS[3] epoch key; ARGV value, ttl ms,
-// fresh (1|0), the epoch the gateway holds ('' for none). A read-through fill must not
-// bring back a blob deleted while it was being read, nor land in a cache that lost its
-// state (the tombstone with it) since the gateway learned the epoch (BlobCache.set).
+// Fill leases (Nishtala et al., "Scaling Memcache at Facebook", NSDI 2013, §3.2.1):
+// a miss takes the id's lease before its read begins; a delete deletes the lease in the
+// same transaction as it writes the tombstone; a fill lands only while its lease is the
+// id's lease. So a fill stands for a read begun after every delete that reached this
+// Redis, whatever the time: no TTL (tombstone, lease) decides safety, only liveness.
+
+// KEYS[1] blob key, KEYS[2] tombstone key, KEYS[3] lease key, KEYS[4] epoch key,
+// KEYS[5] commit index key; ARGV a new random token, lease ms, the epoch the gateway
+// holds. {answer, commit index}: the index as of the grant, so the read's Locate asks
+// for every delete acknowledged before it (a delete publishes its index first).
+const TAKE_LEASE = `
+local index = redis.call('GET', KEYS[5])
+if redis.call('GET', KEYS[4]) ~= ARGV[3] then return {${LEASE_REFUSED_EPOCH}, index} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {${LEASE_CACHED}, index} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {${LEASE_REFUSED_TOMBSTONE}, index} end
+if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return {${LEASE_REFUSED_HELD}, index} end
+return {${LEASE_GRANTED}, index}
+`;
+
+// KEYS[1] blob key, KEYS[2] tombstone key, KEYS[3] epoch key, KEYS[4] lease key; ARGV
+// value, ttl ms, fresh (1|0), the epoch the gateway holds ('' for none), the fill's lease
+// token. A fill lands only while its lease stands (no tombstone check: a delete after the
+// grant deleted the lease with it, one before it refused the grant), and only in the cache
+// whose epoch the gateway holds (BlobCache.set). A fresh write revokes the lease.
 const SET_BLOB = `
 local same = redis.call('GET', KEYS[3]) == ARGV[4]
 if ARGV[3] == '1' then
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[4])
 else
   if not same then return ${SET_REFUSED_EPOCH} end
-  if redis.call('EXISTS', KEYS[2]) == 1 then return ${SET_REFUSED_TOMBSTONE} end
+  if redis.call('GET', KEYS[4]) ~= ARGV[5] then return ${SET_REFUSED_LEASE} end
+  redis.call('DEL', KEYS[4])
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if same then return ${SET_CACHED} end
 return ${SET_CACHED_EPOCH_CHANGED}
+`;
+
+// KEYS[1] lease key; ARGV token. Deletes the lease if it is still this one.
+const RELEASE_LEASE = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
 `;
 
 // KEYS[1] epoch key; ARGV a new random value, stored when the key is missing. The epoch.
@@ -79,13 +115,28 @@ type SetBlobCommand = (
   blobKey: string,
   tombKey: string,
   epochKey: string,
+  leaseKey: string,
   value: Buffer,
   ttl: number,
   fresh: string,
   epoch: string,
+  token: string,
 ) => Promise<number>;
+type TakeLeaseCommand = (
+  blobKey: string,
+  tombKey: string,
+  leaseKey: string,
+  epochKey: string,
+  indexKey: string,
+  token: string,
+  leaseMs: number,
+  epoch: string,
+) => Promise<[number, string | null]>;
+type ReleaseLeaseCommand = (leaseKey: string, token: string) => Promise<number>;
 type Commands = {
   hsSetBlob: SetBlobCommand;
+  hsTakeLease: TakeLeaseCommand;
+  hsReleaseLease: ReleaseLeaseCommand;
   hsRaiseIndex: RaiseIndexCommand;
   hsLearnEpoch: LearnEpochCommand;
 };
@@ -107,8 +158,8 @@ export class RedisBlobCache implements BlobCache {
   private commitIndex = 0n;
   /** The cache's epoch as last learned (BlobCache.set); undefined until (re)learned. */
   private epoch: string | undefined;
-  /** When it was learned (performance.now()); fills whose read began before are dropped. */
-  private epochLearnedAt: number | undefined;
+  /** Bumped on every learn: fills under a lease granted in an earlier generation are dropped. */
+  private generation = 0;
   /** The learn under way, and the connection it was asked on. */
   private learning: { connection: number; done: Promise<void> } | undefined;
   /** Bumped on every lost connection: a learn answered before it is not the current epoch. */
@@ -142,7 +193,9 @@ export class RedisBlobCache implements BlobCache {
     });
     redis.defineCommand('hsRaiseIndex', { numberOfKeys: 1, lua: RAISE_INDEX });
     redis.defineCommand('hsLearnEpoch', { numberOfKeys: 1, lua: LEARN_EPOCH });
-    redis.defineCommand('hsSetBlob', { numberOfKeys: 3, lua: SET_BLOB });
+    redis.defineCommand('hsSetBlob', { numberOfKeys: 4, lua: SET_BLOB });
+    redis.defineCommand('hsTakeLease', { numberOfKeys: 5, lua: TAKE_LEASE });
+    redis.defineCommand('hsReleaseLease', { numberOfKeys: 1, lua: RELEASE_LEASE });
     this.redis = redis as Redis & Commands;
     this.redis.on('error', (err: Error) => this.unavailable(err));
     this.redis.on('close', () => {
@@ -162,6 +215,9 @@ export class RedisBlobCache implements BlobCache {
   private tombKey(blobId: string): string {
     return `${this.prefix}deleted:${blobId}`;
   }
+  private leaseKey(blobId: string): string {
+    return `${this.prefix}lease:${blobId}`;
+  }
   private get statsKey(): string {
     return `${this.prefix}cache-stats`;
   }
@@ -174,7 +230,6 @@ export class RedisBlobCache implements BlobCache {
 
   private forgetEpoch(): void {
     this.epoch = undefined;
-    this.epochLearnedAt = undefined;
   }
 
   /** Learns the cache's epoch (creating a random one when missing); one at a time per connection. */
@@ -194,7 +249,7 @@ export class RedisBlobCache implements BlobCache {
       const epoch = await this.redis.hsLearnEpoch(this.epochKey, randomBytes(16).toString('hex'));
       if (connection === this.connection) {
         this.epoch = epoch;
-        this.epochLearnedAt = performance.now();
+        this.generation++;
       }
     } catch (err) {
       this.unavailable(err);
@@ -203,6 +258,11 @@ export class RedisBlobCache implements BlobCache {
 
   private dropFill(reason: FillDropReason): void {
     this.opts.observe?.('fill_dropped', reason);
+  }
+
+  /** Raises the shared commit index as last seen to `index` (a Redis value, or nothing). */
+  private sawIndex(index: string | null | undefined): void {
+    if (index && /^\d+$/.test(index) && BigInt(index) > this.commitIndex) this.commitIndex = BigInt(index);
   }
 
   sharedCommitIndex(): bigint {
@@ -267,6 +327,12 @@ export class RedisBlobCache implements BlobCache {
       if (keys.length > 0) await this.redis.del(...keys);
       cursor = next;
     } while (cursor !== '0');
+    // And every lease: a read that began before one of those deletions must not fill now.
+    do {
+      const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${this.prefix}lease:*`, 'COUNT', 1000);
+      if (keys.length > 0) await this.redis.del(...keys);
+      cursor = next;
+    } while (cursor !== '0');
     this.log.warn('dropped every cached blob after missing deletions during a Redis outage');
   }
 
@@ -290,8 +356,7 @@ export class RedisBlobCache implements BlobCache {
       // One round trip, one atomic command: the entry and the shared commit index (MGET, not
       // MULTI/GET/GET/EXEC: a third of the commands and of ioredis's per-read work).
       const [value, indexBuf] = await this.redis.mgetBuffer(this.key(blobId), this.indexKey);
-      const index = indexBuf?.toString('latin1');
-      if (index && /^\d+$/.test(index) && BigInt(index) > this.commitIndex) this.commitIndex = BigInt(index);
+      this.sawIndex(indexBuf?.toString('latin1'));
       const body = value ? unseal(this.opts.integrityKey, this.key(blobId), value) : undefined;
       if (body === 'forged') {
         // Planted or corrupted in Redis: a miss (the read goes to the stores), never served.
@@ -308,35 +373,100 @@ export class RedisBlobCache implements BlobCache {
     }
   }
 
+  async lease(blobId: string): Promise<FillLease> {
+    if (!this.available()) return { blobId };
+    const held = this.epoch;
+    if (held === undefined) {
+      void this.learnEpoch();
+      return { blobId, refused: 'before_epoch' };
+    }
+    // Captured before asking: a learn landing meanwhile makes this lease an earlier generation's.
+    const generation = this.generation;
+    const token = randomBytes(16).toString('hex');
+    try {
+      const [answer, index] = await this.redis.hsTakeLease(
+        this.key(blobId),
+        this.tombKey(blobId),
+        this.leaseKey(blobId),
+        this.epochKey,
+        this.indexKey,
+        token,
+        this.opts.leaseMs ?? 10_000,
+        held,
+      );
+      this.sawIndex(index);
+      switch (answer) {
+        case LEASE_GRANTED:
+          return { blobId, token, generation };
+        case LEASE_REFUSED_HELD:
+          return { blobId, refused: 'lease_held' };
+        case LEASE_REFUSED_TOMBSTONE:
+          return { blobId, refused: 'tombstone' };
+        case LEASE_REFUSED_EPOCH:
+          this.epochRefused(held);
+          return { blobId, refused: 'epoch_changed' };
+        default:
+          return { blobId }; // LEASE_CACHED: filled since the miss
+      }
+    } catch (err) {
+      this.unavailable(err);
+      return { blobId };
+    }
+  }
+
+  async release(lease: FillLease): Promise<void> {
+    if (lease.token === undefined || !this.available()) return;
+    try {
+      await this.redis.hsReleaseLease(this.leaseKey(lease.blobId), lease.token);
+    } catch (err) {
+      this.unavailable(err);
+    }
+  }
+
+  /** The cache lost its state (or its epoch) since `held` was learned: re-learn it. */
+  private epochRefused(held: string | undefined): void {
+    if (this.epoch !== held) return;
+    this.forgetEpoch();
+    void this.learnEpoch();
+  }
+
   async set(blob: CachedBlob, how: CacheFill): Promise<void> {
+    const id = blob.meta.blobId;
     if (blob.data.length > this.maxBlobSize || blob.data.length !== blob.meta.size) return;
     if (!this.available()) return;
-    // Decided in the same tick as the caller measured readAgeMs: no learn lands in between.
-    const fence = { nowMs: performance.now(), epochLearnedAtMs: this.epochLearnedAt };
-    const dropped = fillDropReason(how, this.opts.tombstoneMs ?? 60_000, fence);
-    if (dropped) {
-      this.dropFill(dropped);
-      if (this.epoch === undefined) void this.learnEpoch();
-      return;
+    let token = '';
+    if ('lease' in how) {
+      const { lease } = how;
+      if (lease.token === undefined) {
+        if (lease.refused) this.dropFill(lease.refused);
+        return;
+      }
+      if (lease.blobId !== id) return this.dropFill('lease_lost');
+      // Granted before this process (re)learned the epoch: the cache may have lost the
+      // delete that revoked it (a failover to a replica missing it) while keeping the lease.
+      if (this.epoch === undefined || lease.generation !== this.generation) {
+        this.dropFill('before_epoch');
+        if (this.epoch === undefined) void this.learnEpoch();
+        return;
+      }
+      token = lease.token;
     }
     const held = this.epoch;
     try {
       const r = await this.redis.hsSetBlob(
-        this.key(blob.meta.blobId),
-        this.tombKey(blob.meta.blobId),
+        this.key(id),
+        this.tombKey(id),
         this.epochKey,
-        encodeSealed(this.opts.integrityKey, this.key(blob.meta.blobId), blob),
+        this.leaseKey(id),
+        encodeSealed(this.opts.integrityKey, this.key(id), blob),
         this.opts.ttlMs,
         'fresh' in how ? '1' : '0',
         held ?? '',
+        token,
       );
-      if (r === SET_REFUSED_TOMBSTONE) this.dropFill('tombstone');
+      if (r === SET_REFUSED_LEASE) this.dropFill('lease_lost');
       if (r === SET_REFUSED_EPOCH) this.dropFill('epoch_changed');
-      if ((r === SET_REFUSED_EPOCH || r === SET_CACHED_EPOCH_CHANGED) && this.epoch === held) {
-        // The cache lost its state (or its epoch) since: re-learn it, dropping fills begun before.
-        this.forgetEpoch();
-        void this.learnEpoch();
-      }
+      if (r === SET_REFUSED_EPOCH || r === SET_CACHED_EPOCH_CHANGED) this.epochRefused(held);
     } catch (err) {
       this.unavailable(err);
     }
@@ -357,9 +487,10 @@ export class RedisBlobCache implements BlobCache {
   }
 
   private async writeInvalidation(blobId: string): Promise<void> {
+    // One transaction: the lease goes with the entry, so no fill of a read begun before lands.
     await this.redis
       .multi()
-      .del(this.key(blobId))
+      .del(this.key(blobId), this.leaseKey(blobId))
       .set(this.tombKey(blobId), '1', 'PX', this.opts.tombstoneMs ?? 60_000)
       .exec();
   }

@@ -349,8 +349,6 @@ export class BlobGateway {
     proof: CookieProof = NO_PROOF,
   ): Promise<OpenBlob> {
     checkId(blobId);
-    // A fill's age orders it after any delete's cache tombstone (BlobCache.set).
-    const began = performance.now();
     const nothing = (async function* () {})();
     const cached = await this.o.cache.get(blobId);
     if (cached) {
@@ -371,55 +369,71 @@ export class BlobGateway {
         })(),
       };
     }
-    const path = await this.path();
-    // Placement groups: the store's Read header carries the facts, so a whole-blob
-    // read is one store call (with a capability's cookie, checked by the store); the
-    // directory path, and a signed URL (its cookie is checked before any read), locate first.
-    const found: { meta: BlobMeta; replicas: ReplicaLocation[]; opened?: StoreStream } =
-      path instanceof GroupPath && proof.kind !== 'check'
-        ? await this.openFirst(path, blobId, signal, proof.kind === 'cookie' ? proof.cookie : 0n)
-        : await path.locate(blobId).catch((e: unknown) => {
-            throw ConnectError.from(e).code === Code.NotFound ? notFound(blobId) : e;
-          });
-    if (!proves(proof, found.meta.cookie)) {
-      found.opened?.cancel();
-      throw notFound(blobId);
-    }
-    const { meta, replicas } = found;
-    let opened = found.opened;
-    const info = toInfo(meta, meta.replicas.length || replicas.length);
-    const size = Number(meta.size);
-    const r = select(info);
-    const whole = r !== null && r.offset === 0 && r.length === size;
-    if (opened && (!whole || size === 0)) {
-      opened.cancel();
-      opened = undefined;
-    }
-    if (!r || r.length === 0)
-      return { info, offset: r?.offset ?? 0, length: 0, fromCache: false, chunks: nothing };
-    const fill = whole && size <= this.o.cache.maxBlobSize;
-    const first = meta.cold
-      ? await this.readCold(meta, r.offset, r.length, signal)
-      : await this.readReplicas(meta, replicas, r.offset, r.length, signal, opened);
-    const self = this;
-    async function* chunks(): AsyncGenerator<Uint8Array> {
-      const keep: Uint8Array[] = [];
-      for await (const c of first) {
-        if (fill) keep.push(c);
-        self.o.onBytes?.('out', c.length);
-        yield c;
+    // Taken before the read observes the blob: a delete either revokes it or is seen by
+    // the read, so a fill under it never brings a deleted blob back (BlobCache.lease).
+    const lease = await this.o.cache.lease(blobId);
+    /** Whether the chunks generator owns the lease (fills under it or gives it back). */
+    let handedOver = false;
+    try {
+      const path = await this.path();
+      // Placement groups: the store's Read header carries the facts, so a whole-blob
+      // read is one store call (with a capability's cookie, checked by the store); the
+      // directory path, and a signed URL (its cookie is checked before any read), locate first.
+      const found: { meta: BlobMeta; replicas: ReplicaLocation[]; opened?: StoreStream } =
+        path instanceof GroupPath && proof.kind !== 'check'
+          ? await this.openFirst(path, blobId, signal, proof.kind === 'cookie' ? proof.cookie : 0n)
+          : await path.locate(blobId).catch((e: unknown) => {
+              throw ConnectError.from(e).code === Code.NotFound ? notFound(blobId) : e;
+            });
+      if (!proves(proof, found.meta.cookie)) {
+        found.opened?.cancel();
+        throw notFound(blobId);
       }
-      if (fill) {
-        const data = Buffer.concat(keep);
-        // Cache only what is verified: the store checks its CRC, this checks end to end.
-        if (createHash('sha256').update(data).digest('hex') === info.sha256) {
-          await self.o.cache.set({ meta: cacheMeta(info), data }, { readAgeMs: performance.now() - began });
-        } else {
-          self.o.log.error({ blobId }, 'blob content does not match its SHA-256; not cached');
+      const { meta, replicas } = found;
+      let opened = found.opened;
+      const info = toInfo(meta, meta.replicas.length || replicas.length);
+      const size = Number(meta.size);
+      const r = select(info);
+      const whole = r !== null && r.offset === 0 && r.length === size;
+      if (opened && (!whole || size === 0)) {
+        opened.cancel();
+        opened = undefined;
+      }
+      if (!r || r.length === 0)
+        return { info, offset: r?.offset ?? 0, length: 0, fromCache: false, chunks: nothing };
+      const fill = whole && size <= this.o.cache.maxBlobSize;
+      const first = meta.cold
+        ? await this.readCold(meta, r.offset, r.length, signal)
+        : await this.readReplicas(meta, replicas, r.offset, r.length, signal, opened);
+      const self = this;
+      async function* chunks(): AsyncGenerator<Uint8Array> {
+        let used = false;
+        try {
+          const keep: Uint8Array[] = [];
+          for await (const c of first) {
+            if (fill) keep.push(c);
+            self.o.onBytes?.('out', c.length);
+            yield c;
+          }
+          if (fill) {
+            const data = Buffer.concat(keep);
+            // Cache only what is verified: the store checks its CRC, this checks end to end.
+            if (createHash('sha256').update(data).digest('hex') === info.sha256) {
+              used = true;
+              await self.o.cache.set({ meta: cacheMeta(info), data }, { lease });
+            } else {
+              self.o.log.error({ blobId }, 'blob content does not match its SHA-256; not cached');
+            }
+          }
+        } finally {
+          if (fill && !used) void self.o.cache.release(lease);
         }
       }
+      handedOver = fill;
+      return { info, ...r, fromCache: false, chunks: chunks() };
+    } finally {
+      if (!handedOver) void this.o.cache.release(lease);
     }
-    return { info, ...r, fromCache: false, chunks: chunks() };
   }
 
   /**

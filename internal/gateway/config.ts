@@ -14,8 +14,10 @@ export interface GatewayConfig extends ServerConfig {
   /** HMAC key of Redis cache entries (shared by the gateways; empty: a random one per process). */
   cacheIntegrityKey: Buffer;
   cacheTtlMs: number;
-  /** How long a delete's cache tombstone refuses read-through fills (ms). */
+  /** How long a delete's cache tombstone refuses fill leases of the id (ms). */
   cacheTombstoneMs: number;
+  /** Longest a read-through fill's lease lasts (ms; liveness only, never what orders fills). */
+  cacheLeaseMs: number;
   cacheMaxBlobSize: number;
   maxUploadSize: number;
   /** Largest content of a unary BlobService.Put: the whole message is in memory (larger: the Upload stream). */
@@ -24,6 +26,8 @@ export interface GatewayConfig extends ServerConfig {
   cacheBackend: 'auto' | 'redis' | 'memory' | 'none';
   cacheMemorySize: number;
   cacheWarnIntervalMs: number;
+  /** Longest a Redis cache command may take before the read or write goes on without it. */
+  cacheCommandTimeoutMs: number;
   /** Longest wait for the next message of a store Read before failing over to another replica. */
   storeTimeoutMs: number;
   /** Deadline of one attempt of a directory call. */
@@ -59,14 +63,18 @@ export const GATEWAY_ENV_HELP = `${COMMON_ENV_HELP}
                          so gateways do not share entries)
   CACHE_TTL              cache entry lifetime (default 3600s)
   CACHE_MAX_BLOB_SIZE    larger blobs are not cached (default 1MiB)
-  CACHE_TOMBSTONE_TTL    a delete refuses read-through cache fills this long; fills of reads
-                         older than half of it are dropped (default 60s)
+  CACHE_TOMBSTONE_TTL    a delete refuses read-through fill leases of the id this long (default 60s);
+                         fills are ordered after deletes by their leases, not by this
+  CACHE_LEASE_TTL        a cache miss's fill lease lasts at most this long: a read slower than it
+                         does not fill, one whose gateway died blocks fills of the id this long
+                         (default 10s)
   MAX_UPLOAD_SIZE        larger uploads are refused (default 100MiB)
   MAX_PUT_SIZE           largest blob in one unary Put, which the gateway holds in memory
                          whole; larger: RESOURCE_EXHAUSTED, use the Upload stream (default 16MiB)
   CACHE_BACKEND          auto|redis|memory|none (default auto: redis when REDIS_URL is set)
   CACHE_MEMORY_SIZE      byte budget of the in-process cache (default 256MiB)
   CACHE_WARN_INTERVAL    at most one "cache unavailable" warning per interval (default 30s)
+  CACHE_COMMAND_TIMEOUT  a Redis cache command taking longer counts as an outage (default 500ms)
   STORE_TIMEOUT          wait for a store before failing over to the next replica (default 5s)
   DIRECTORY_TIMEOUT      deadline of one attempt of a directory call (default 5s)
   DIRECTORY_RETRY        deadline of a directory call with its retries (default 15s)
@@ -103,6 +111,7 @@ export function readGatewayConfig(flags: { listen?: string }, env: Env = process
     cacheIntegrityKey: integrityKey(r),
     cacheTtlMs: r.duration('CACHE_TTL', 3_600_000, { minMs: 1000 }),
     cacheTombstoneMs: r.duration('CACHE_TOMBSTONE_TTL', 60_000, { minMs: 200, maxMs: 86_400_000 }),
+    cacheLeaseMs: r.duration('CACHE_LEASE_TTL', 10_000, { minMs: 100, maxMs: 3_600_000 }),
     cacheMaxBlobSize: r.size('CACHE_MAX_BLOB_SIZE', 1024 * 1024),
     maxUploadSize: r.size('MAX_UPLOAD_SIZE', 100 * 1024 * 1024, { min: 1 }),
     maxPutSize: r.size('MAX_PUT_SIZE', 16 * 1024 * 1024, { min: 1, max: MAX_PUT_SIZE_LIMIT }),
@@ -114,6 +123,7 @@ export function readGatewayConfig(flags: { listen?: string }, env: Env = process
     ) as GatewayConfig['cacheBackend'],
     cacheMemorySize: r.size('CACHE_MEMORY_SIZE', 256 * 1024 * 1024),
     cacheWarnIntervalMs: r.duration('CACHE_WARN_INTERVAL', 30_000, { minMs: 0 }),
+    cacheCommandTimeoutMs: r.duration('CACHE_COMMAND_TIMEOUT', 500, { minMs: 10, maxMs: 60_000 }),
     storeTimeoutMs: r.duration('STORE_TIMEOUT', 5_000, { minMs: 10, maxMs: 600_000 }),
     directoryTimeoutMs: r.duration('DIRECTORY_TIMEOUT', 5_000, { minMs: 10, maxMs: 600_000 }),
     directoryRetryMs: r.duration('DIRECTORY_RETRY', 15_000, { minMs: 10, maxMs: 600_000 }),

@@ -38,8 +38,10 @@ export function createCache(cfg: GatewayConfig, log: Logger, observe?: CacheObse
         url: cfg.redisUrl,
         ttlMs: cfg.cacheTtlMs,
         tombstoneMs: cfg.cacheTombstoneMs,
+        leaseMs: cfg.cacheLeaseMs,
         maxBlobSize: cfg.cacheMaxBlobSize,
         warnIntervalMs: cfg.cacheWarnIntervalMs,
+        commandTimeoutMs: cfg.cacheCommandTimeoutMs,
         integrityKey: cfg.cacheIntegrityKey,
         log,
         ...(observe ? { observe } : {}),
@@ -50,6 +52,7 @@ export function createCache(cfg: GatewayConfig, log: Logger, observe?: CacheObse
       return new MemoryBlobCache({
         ttlMs: cfg.cacheTtlMs,
         tombstoneMs: cfg.cacheTombstoneMs,
+        leaseMs: cfg.cacheLeaseMs,
         maxBlobSize: cfg.cacheMaxBlobSize,
         maxBytes: cfg.cacheMemorySize,
         ...(observe ? { observe } : {}),
@@ -95,7 +98,7 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
     });
     const fillsDropped = new Counter({
       name: 'haystack_gateway_cache_fills_dropped_total',
-      help: 'Read-through cache fills not cached, by reason (too_old, before_epoch, epoch_changed, tombstone)',
+      help: 'Read-through cache fills not cached, by reason (lease_lost, lease_held, tombstone, before_epoch, epoch_changed)',
       labelNames: ['reason'],
       registers: reg,
     });

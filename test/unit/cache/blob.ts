@@ -1,4 +1,4 @@
-import type { CachedBlob } from '../../../internal/cache/blob-cache.js';
+import type { BlobCache, CachedBlob } from '../../../internal/cache/blob-cache.js';
 
 export function blob(id: string, size: number, fill = 1): CachedBlob {
   return {
@@ -14,4 +14,9 @@ export function blob(id: string, size: number, fill = 1): CachedBlob {
     },
     data: new Uint8Array(size).fill(fill),
   };
+}
+
+/** A read-through fill as the gateway does it: the lease on the miss, then the fill under it. */
+export async function fill(c: BlobCache, b: CachedBlob): Promise<void> {
+  await c.set(b, { lease: await c.lease(b.meta.blobId) });
 }

@@ -11,7 +11,7 @@ import {
   type RedisCacheOptions,
 } from '../../../internal/cache/redis-cache.js';
 import { RedisProcess } from '../../helpers/redis.js';
-import { blob } from './blob.js';
+import { blob, fill } from './blob.js';
 
 function captureLogger() {
   const lines: Array<{ level: number; msg: string }> = [];
@@ -87,7 +87,7 @@ describe('RedisBlobCache on a real redis-server', () => {
     cache = new RedisBlobCache(
       cacheOptions(redis, {
         log,
-        observe: (e) => events.push(e),
+        observe: (e, reason) => events.push(reason ? `${e}:${reason}` : e),
         warnIntervalMs: 60_000,
         tombstoneMs: 2_000,
         statsFlushMs: 100,
@@ -132,26 +132,90 @@ describe('RedisBlobCache on a real redis-server', () => {
   });
 
   it('does not cache blobs above the size limit', async () => {
-    await cache.set(blob('big', 1025), { readAgeMs: 0 });
+    await fill(cache, blob('big', 1025));
     expect(await cache.get('big')).toBeUndefined();
   });
 
   it('invalidates on delete and keeps racing read-through fills out', async () => {
     await cache.set(blob('d1', 10), { fresh: true });
+    const lease = await cache.lease('d2'); // a read under way when the deletes come
+    expect(lease.token).toBeDefined();
     await cache.invalidate('d1');
+    await cache.invalidate('d2');
     expect(await cache.get('d1')).toBeUndefined();
-    await cache.set(blob('d1', 10), { readAgeMs: 0 });
+    events.length = 0;
+    await cache.set(blob('d2', 10), { lease });
+    expect(await cache.get('d2')).toBeUndefined();
+    expect(await cache.lease('d1')).toEqual({ blobId: 'd1', refused: 'tombstone' });
+    await fill(cache, blob('d1', 10));
     expect(await cache.get('d1')).toBeUndefined();
+    expect(events.filter((e) => e.startsWith('fill_dropped'))).toEqual([
+      'fill_dropped:lease_lost',
+      'fill_dropped:tombstone',
+    ]);
     await cache.set(blob('d1', 10), { fresh: true });
     expect(await cache.get('d1')).toBeDefined();
   });
 
-  it('drops a read-through fill older than half the tombstone time (a slow reader cannot outlive a tombstone)', async () => {
-    // tombstoneMs is 2 s here: a read begun 1.5 s ago may predate a delete whose tombstone expires first.
-    await cache.set(blob('slow', 10), { readAgeMs: 1500 });
-    expect(await cache.get('slow')).toBeUndefined();
-    await cache.set(blob('slow', 10), { readAgeMs: 10 });
-    expect(await cache.get('slow')).toBeDefined();
+  it('refuses a fill whose lease a delete revoked after the tombstone expired (a gateway paused before its fill)', async () => {
+    // The reviewer's case: the read took its lease, a delete came, the gateway stalled
+    // past the tombstone's 2 s before sending the fill. Nothing but the lease refuses it.
+    const raw = new Redis(redis.url);
+    try {
+      const lease = await cache.lease('paused');
+      expect(await raw.get('haystack:lease:paused')).toBe(lease.token);
+      await cache.invalidate('paused');
+      expect(await raw.exists('haystack:lease:paused')).toBe(0);
+      await until(async () => (await raw.exists('haystack:deleted:paused')) === 0);
+      events.length = 0;
+      await cache.set(blob('paused', 10), { lease });
+      expect(await cache.get('paused')).toBeUndefined();
+      expect(events).toContain('fill_dropped:lease_lost');
+      await fill(cache, blob('paused', 10)); // a read begun after the delete fills
+      expect(await cache.get('paused')).toBeDefined();
+      expect(await raw.exists('haystack:lease:paused')).toBe(0); // the fill ended its lease
+    } finally {
+      raw.disconnect();
+    }
+  });
+
+  it('grants one lease per id at a time; a released or expired one frees it; a fresh write revokes it', async () => {
+    const short = new RedisBlobCache(
+      cacheOptions(redis, { log, prefix: 'lease:', observe: (_e, r) => r && events.push(r) }),
+    );
+    try {
+      await until(() => short.available());
+      await until(async () => (await short.lease('warm')).token !== undefined); // the epoch is learned
+      const first = await short.lease('a');
+      const second = await short.lease('a');
+      expect(first.token).toMatch(/^[0-9a-f]{32}$/);
+      expect(second).toEqual({ blobId: 'a', refused: 'lease_held' });
+      events.length = 0;
+      await short.set(blob('a', 10), { lease: second });
+      expect(await short.get('a')).toBeUndefined();
+      await short.release(first);
+      const third = await short.lease('a');
+      await short.set(blob('a', 10), { lease: first }); // given back: not the id's lease now
+      expect(await short.get('a')).toBeUndefined();
+      await short.set(blob('a', 10), { lease: third });
+      expect(await short.get('a')).toBeDefined();
+      expect(await short.lease('a')).toEqual({ blobId: 'a' }); // cached since the miss
+      const late = await short.lease('b');
+      const raw = new Redis(redis.url);
+      await raw.pexpire('lease:lease:b', 1); // expired: lost (liveness only)
+      await until(async () => (await raw.exists('lease:lease:b')) === 0);
+      raw.disconnect();
+      await short.set(blob('b', 10), { lease: late });
+      expect(await short.get('b')).toBeUndefined();
+      const revoked = await short.lease('b');
+      expect(revoked.token).toBeDefined();
+      await short.set(blob('b', 10, 2), { fresh: true });
+      await short.set(blob('b', 10, 1), { lease: revoked });
+      expect((await short.get('b'))?.data[0]).toBe(2);
+      expect(events).toEqual(['lease_held', 'lease_lost', 'lease_lost', 'lease_lost']);
+    } finally {
+      await short.close();
+    }
   });
 
   it('shares the highest commit index between gateways, never lowering it', async () => {
@@ -170,6 +234,19 @@ describe('RedisBlobCache on a real redis-server', () => {
     await cache.get('anything'); // every lookup refreshes it
     expect(cache.sharedCommitIndex()).toBe(42n);
     await other.close();
+  });
+
+  it('hands back the shared commit index with the lease (the read then asks for every delete before it)', async () => {
+    const other = new RedisBlobCache(cacheOptions(redis, { log }));
+    try {
+      await until(() => other.available());
+      await other.publishCommitIndex(5_000n);
+      expect(cache.sharedCommitIndex()).toBeLessThan(5_000n);
+      await cache.lease('idx');
+      expect(cache.sharedCommitIndex()).toBe(5_000n);
+    } finally {
+      await other.close();
+    }
   });
 
   it('sets the TTL on entries', async () => {
@@ -249,7 +326,7 @@ describe('RedisBlobCache epoch fence (issue 14: no resurrection when Redis loses
   /** Waits until a fill of a read begun now lands (the cache knows the current epoch). */
   async function fillLands(id: string): Promise<void> {
     await until(async () => {
-      await cache.set(blob(id, 10), { readAgeMs: 0 });
+      await fill(cache, blob(id, 10));
       return (await cache.get(id)) !== undefined;
     });
   }
@@ -260,8 +337,8 @@ describe('RedisBlobCache epoch fence (issue 14: no resurrection when Redis loses
       cacheOptions(redis, {
         log: pino({ level: 'silent' }),
         observe: (e, reason) => seen.push(reason ? `${e}:${reason}` : e),
-        // Long: the read-age limit must not be what drops the fills here.
-        tombstoneMs: 600_000,
+        // Long: the fence, not an expired lease, must be what drops the fills here.
+        leaseMs: 600_000,
       }),
     );
     admin = new Redis(redis.adminUrl);
@@ -282,7 +359,8 @@ describe('RedisBlobCache epoch fence (issue 14: no resurrection when Redis loses
   });
 
   it('drops a fill whose read began before a delete when Redis restarted empty in between', async () => {
-    const began = performance.now();
+    const lease = await cache.lease('r1');
+    expect(lease.token).toBeDefined();
     await cache.set(blob('r1', 10), { fresh: true });
     await cache.invalidate('r1'); // the delete, acknowledged: tombstone written
     const before = await admin.get(EPOCH);
@@ -294,7 +372,7 @@ describe('RedisBlobCache epoch fence (issue 14: no resurrection when Redis loses
     await fillLands('after-restart'); // the epoch is re-learned (a new one) and fills resume
     expect(await admin.exists('haystack:deleted:r1')).toBe(0);
     const n = seen.length;
-    await cache.set(blob('r1', 10), { readAgeMs: performance.now() - began });
+    await cache.set(blob('r1', 10), { lease });
     expect(await cache.get('r1')).toBeUndefined();
     expect(seen.slice(n)).toContain('fill_dropped:before_epoch');
     expect(await admin.get(EPOCH)).not.toBe(before);
@@ -302,27 +380,42 @@ describe('RedisBlobCache epoch fence (issue 14: no resurrection when Redis loses
 
   it('refuses a fill when the epoch is missing or another (state lost without a reconnection), then re-learns it', async () => {
     await fillLands('f0');
-    const began = performance.now();
-    await cache.set(blob('f1', 10), { fresh: true });
-    await cache.invalidate('f1');
-    await admin.flushall(); // tombstone and epoch gone, the connection stays up
+    const lease = await cache.lease('f1');
+    expect(lease.token).toBeDefined();
+    await admin.flushall(); // epoch and lease gone, the connection stays up
     let n = seen.length;
-    await cache.set(blob('f1', 10), { readAgeMs: performance.now() - began });
+    await cache.set(blob('f1', 10), { lease });
     expect(await cache.get('f1')).toBeUndefined();
     expect(seen.slice(n)).toContain('fill_dropped:epoch_changed');
     await until(async () => (await admin.get(EPOCH)) !== null); // re-learned: a new epoch
     // Another epoch under the cache (e.g. a failover to a replica that had its own).
     await fillLands('f2');
-    await cache.invalidate('f3');
-    const began3 = performance.now();
+    const lease3 = await cache.lease('f3');
+    expect(lease3.token).toBeDefined();
     await admin.set(EPOCH, 'another');
-    await admin.del('haystack:deleted:f3');
     n = seen.length;
-    await cache.set(blob('f3', 10), { readAgeMs: performance.now() - began3 });
+    await cache.set(blob('f3', 10), { lease: lease3 });
     expect(await cache.get('f3')).toBeUndefined();
     expect(seen.slice(n)).toContain('fill_dropped:epoch_changed');
     await fillLands('f4'); // learns 'another' and fills again
     expect(await admin.get(EPOCH)).toBe('another');
+  });
+
+  it('drops a fill whose lease predates a re-learned epoch, though the lease key survived (a failover that lost the revocation)', async () => {
+    await fillLands('g0');
+    const lease = await cache.lease('g1');
+    expect(lease.token).toBeDefined();
+    // The delete's revocation is lost (a replica promoted without it): the lease is still
+    // there, but the failover broke the connection and the gateway re-learned the epoch.
+    await admin.client('KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
+    await until(() => !cache.available()); // reconnects after 100 ms at the earliest
+    await until(() => cache.available());
+    await fillLands('g2');
+    expect(await admin.get('haystack:lease:g1')).toBe(lease.token);
+    const n = seen.length;
+    await cache.set(blob('g1', 10), { lease });
+    expect(await cache.get('g1')).toBeUndefined();
+    expect(seen.slice(n)).toContain('fill_dropped:before_epoch');
   });
 
   it('lands a fresh write when the epoch is missing (and re-learns it)', async () => {

@@ -27,6 +27,12 @@ function setup(opts: { maxUpload?: number; cacheMax?: number; storeTimeoutMs?: n
   return { ...c, cache, gw, failovers };
 }
 
+/** A gateway on the same directory and stores without a cache (another gateway). */
+function fresh(gw: BlobGateway): BlobGateway {
+  const o = (gw as unknown as { o: ConstructorParameters<typeof BlobGateway>[0] }).o;
+  return new BlobGateway({ ...o, cache: new MemoryBlobCache({ ttlMs: 1, maxBlobSize: 0, maxBytes: 0 }) });
+}
+
 async function* chunked(data: Uint8Array, size = 777) {
   for (let i = 0; i < data.length; i += size) yield data.subarray(i, i + size);
 }
@@ -208,6 +214,27 @@ describe('BlobGateway reads', () => {
     expect(b.fromCache).toBe(true);
     expect(b.data.equals(data)).toBe(true);
     expect((await cache.stats()).local).toEqual({ hits: 1, misses: 1 });
+  });
+
+  it('a read under way when the blob is deleted does not fill the cache (its lease is revoked)', async () => {
+    const { gw, cache } = setup();
+    const data = bytes(5000, 4);
+    await fresh(gw).write(header(5000, { blobId: 'ld' }), chunked(data)); // not in gw's cache
+    const o = await gw.open('ld'); // misses, takes the lease
+    expect(o.fromCache).toBe(false);
+    const it = o.chunks[Symbol.asyncIterator]();
+    await it.next(); // the read has begun
+    expect(await gw.delete('ld')).toBe(true);
+    for (let m = await it.next(); !m.done; m = await it.next()) {} // the slow reader finishes after it
+    expect(await cache.get('ld')).toBeUndefined();
+  });
+
+  it('a read that will not fill (a range) gives its lease back: the next whole read fills', async () => {
+    const { gw } = setup();
+    await fresh(gw).write(header(3000, { blobId: 'lr' }), chunked(bytes(3000, 3))); // not in gw's cache
+    expect((await readAll(gw, 'lr', 100, 10)).fromCache).toBe(false);
+    expect((await readAll(gw, 'lr')).fromCache).toBe(false);
+    expect((await readAll(gw, 'lr')).fromCache).toBe(true);
   });
 
   it('fails over to the next replica when a store is down or stalls, without the client noticing', async () => {
