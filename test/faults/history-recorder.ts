@@ -121,10 +121,43 @@ export interface HistorySummary {
   ops: number;
   keys: number;
   anomalies: string[];
+  /**
+   * Per anomaly (same order): when its first offending operation started (ms, the
+   * earliest start among the operations the search could not place), so each can be
+   * attributed to the fault window it began in (attributeAnomalies, run.ts).
+   */
+  anomalyStarts: number[];
 }
 
 /** The linearizability check of everything `sdk` recorded, anomalies as describeAnomaly prints them. */
 export function checkRecorded(sdk: RecordingClient): HistorySummary {
   const h = checkHistory(sdk.history);
-  return { ops: h.ops, keys: h.keys, anomalies: h.anomalies.map(describeAnomaly) };
+  return {
+    ops: h.ops,
+    keys: h.keys,
+    anomalies: h.anomalies.map(describeAnomaly),
+    anomalyStarts: h.anomalies.map((v) =>
+      Math.min(...(v.stuckAt?.length ? v.stuckAt : v.ops).map((o) => o.start)),
+    ),
+  };
+}
+
+/**
+ * Counts each anomaly in the report of the fault window its first offending operation
+ * started in (`starts`: HistorySummary.anomalyStarts; `windows[i]` starts reports[i],
+ * as in windowStats, run.ts); returns how many started before the first fault.
+ */
+export function attributeAnomalies(
+  reports: { anomalies: number }[],
+  windows: number[],
+  starts: number[],
+): number {
+  let before = 0;
+  for (const r of reports) r.anomalies = 0;
+  for (const t of starts) {
+    const r = reports[windows.findLastIndex((w) => w <= t)];
+    if (r) r.anomalies++;
+    else before++;
+  }
+  return before;
 }

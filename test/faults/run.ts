@@ -8,7 +8,13 @@ import { httpsGet } from '../helpers/pki.js';
 import { readBlob } from '../helpers/store-client.js';
 import { fullCheck, quickCheck, type Violation, waitReplicated } from './check.js';
 import { FAULTS, type Fault, type FaultCluster, flipBytesOnDisk, sleep } from './harness.js';
-import { checkRecorded, type HistorySummary, type RecordingClient, startProber } from './history-recorder.js';
+import {
+  attributeAnomalies,
+  checkRecorded,
+  type HistorySummary,
+  type RecordingClient,
+  startProber,
+} from './history-recorder.js';
 import { MixedLoad, type MixedLoadOptions, type OpSample } from './load.js';
 import { locateAll } from './locate.js';
 import { OpLog, sha256hex, store } from './oplog.js';
@@ -32,6 +38,8 @@ export interface FaultReport {
   /** Acknowledged writes or deletes found violated after this fault (must be 0). */
   dataLost: number;
   violations: Violation[];
+  /** Non-linearizable blobs whose first offending operation started in this fault's window (attributeAnomalies). */
+  anomalies: number;
 }
 
 export interface SequenceOptions {
@@ -55,6 +63,8 @@ export interface SequenceResult {
   sdk: RecordingClient;
   /** The slow reader's figures, when it ran. */
   slowReads?: SlowReaderStats;
+  /** When each fault's window starts (its kill): reports[i] covers windows[i] .. windows[i + 1]. */
+  windows: number[];
 }
 
 export function windowStats(samples: OpSample[], from: number, to: number) {
@@ -171,6 +181,7 @@ export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Pr
         recoveryMs: 0,
         dataLost: fresh.length,
         violations: fresh,
+        anomalies: 0,
       });
       o.log?.(
         `${fault.name}: recovered; ${violations.length} violations so far (quick check of ${oplog.blobs.size} blobs: ${((Date.now() - checkedAt) / 1000).toFixed(1)} s)`,
@@ -197,6 +208,7 @@ export async function runFaultSequence(fc: FaultCluster, o: SequenceOptions): Pr
     wrongReads: load.wrongReads,
     sdk,
     ...(slowReads ? { slowReads } : {}),
+    windows: kills.map((k) => k.at),
   };
 }
 
@@ -261,9 +273,10 @@ export async function runAndVerify(
   });
   const counts = res.oplog.counts();
   const history = checkRecorded(res.sdk);
+  const early = attributeAnomalies(res.reports, res.windows, history.anomalyStarts);
   log(
     `\n${faultTable(res.reports)}\n\nacknowledged: ${JSON.stringify(counts)}; replicas at target after ${v.replicatedMs} ms; full check ${(v.checkMs / 1000).toFixed(1)} s; ` +
-      `history: ${history.ops} ops on ${history.keys} blobs, ${history.anomalies.length} not linearizable` +
+      `history: ${history.ops} ops on ${history.keys} blobs, ${history.anomalies.length} not linearizable (${early} before the first fault)` +
       (res.slowReads ? `; ${describeSlowReads(res.slowReads)}` : ''),
   );
   // The first ten in full (each prints the blob's whole history); all are in the report.
@@ -536,11 +549,11 @@ export async function fillDisk(
 export function faultTable(reports: FaultReport[]): string {
   const s = (ms: number) => (Number.isFinite(ms) ? `${(ms / 1000).toFixed(1)} s` : '–');
   return [
-    '| fault | killed | failed (w/r/d) | ok (w/r/d) | restarted | healthy | first write | recovery | data lost |',
-    '|---|---|---|---|---:|---:|---:|---:|---:|',
+    '| fault | killed | failed (w/r/d) | ok (w/r/d) | restarted | healthy | first write | recovery | data lost | anomalies |',
+    '|---|---|---|---|---:|---:|---:|---:|---:|---:|',
     ...reports.map(
       (r) =>
-        `| ${r.fault} | ${r.killed} | ${r.failed.write}/${r.failed.read}/${r.failed.delete} | ${r.ok.write}/${r.ok.read}/${r.ok.delete} | ${s(r.restartedAtMs)} | ${s(r.healthyAtMs)} | ${s(r.firstWriteMs)} | ${s(r.recoveryMs)} | ${r.dataLost} |`,
+        `| ${r.fault} | ${r.killed} | ${r.failed.write}/${r.failed.read}/${r.failed.delete} | ${r.ok.write}/${r.ok.read}/${r.ok.delete} | ${s(r.restartedAtMs)} | ${s(r.healthyAtMs)} | ${s(r.firstWriteMs)} | ${s(r.recoveryMs)} | ${r.dataLost} | ${r.anomalies} |`,
     ),
   ].join('\n');
 }

@@ -5,7 +5,8 @@ import { expectClean, log, useNetnsCluster } from './suite.js';
 /**
  * The full network-fault suite (`npm run test:faults`): every partition of issue 14
  * twice, longer outages and more load than the reduced test/netns/partitions.test.ts;
- * then ±30 s clock skew of the leader directory and a store, and 200 ms fsyncs on a store.
+ * each round ends with ±30 s clock skew of a directory made leader and of a store
+ * (the signs swapped in the second), then 200 ms fsyncs on a store.
  */
 describe('network partitions between namespaces (full)', () => {
   const nc = useNetnsCluster();
@@ -13,8 +14,8 @@ describe('network partitions between namespaces (full)', () => {
   it('every partition twice, two stale leaders, clock skew, a slow disk: 0 lost, linearizable, back at target', async () => {
     const once = ['leader-peers', 'leader-redis', 'gateway-store', 'majority-minority', 'stale-leader'];
     const r = await runPartitions(nc(), 'netns-partitions-full', {
-      // Then restarts under a skewed clock and a slow disk (and back).
-      partitions: [...once, ...once, 'clock-skew', 'slow-disk'],
+      // Restarts under a skewed clock (and back) in each round, then a slow disk.
+      partitions: [...once, 'clock-skew', ...once, 'clock-skew-reversed', 'slow-disk'],
       load: { writers: 3, readers: 3, deleters: 1, seed: 31, maxOps: 500_000 },
       steadyMs: 3000,
       outageMs: 10_000,
@@ -24,6 +25,6 @@ describe('network partitions between namespaces (full)', () => {
       log,
     });
     expect(r.slowReads).toBeDefined();
-    expectClean(r, { staleLeaders: 2, writesAcked: 100 });
+    expectClean(r, { audits: 5, writesAcked: 100 });
   }, 1_800_000);
 });

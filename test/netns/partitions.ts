@@ -1,16 +1,39 @@
 import { fullCheck, quickCheck, type Violation, waitReplicated } from '../faults/check.js';
+import type { HistoryOp } from '../faults/history.js';
 import {
+  attributeAnomalies,
   checkRecorded,
   type HistorySummary,
   RecordingClient,
   startProber,
 } from '../faults/history-recorder.js';
 import { MixedLoad, type MixedLoadOptions } from '../faults/load.js';
+import { locateAll } from '../faults/locate.js';
 import { OpLog } from '../faults/oplog.js';
 import { type FaultReport, faultTable, saveReport, windowStats } from '../faults/run.js';
 import { describeSlowReads, type SlowReaderStats, startSlowReader } from '../faults/slow-reader.js';
 import { type NetnsCluster, PORTS, skewedClockEnv, sleep } from './cluster.js';
 import { readLog, staleLeader } from './stale-leader.js';
+
+/** What a fault's audit sees of its own window, after the run (the windows final). */
+export interface FaultWindow {
+  report: FaultReport;
+  /** Every call the load and the prober made (RecordingClient.history). */
+  history: HistoryOp[];
+  /** The steady load before the fault began, apply returned (the window's start), healing began (ms). */
+  steadyFrom: number;
+  appliedAt: number;
+  healAt: number;
+  /** When apply started (the steady load's end). */
+  applyFrom: number;
+}
+
+/** A fault's own audit: problems (must be none), detail for the report, a note for the table's "killed" column. */
+export interface FaultAudit {
+  problems: string[];
+  detail: unknown;
+  note?: string;
+}
 
 /** A network fault: cuts links (net.ts), says what it cut; healing removes every cut. */
 export interface Partition {
@@ -19,7 +42,10 @@ export interface Partition {
   /** Undoes the fault (default: remove every cut). */
   heal?(nc: NetnsCluster): Promise<void>;
   /** After the run: what this fault's own audit found wrong (default: nothing to audit). */
-  audit?(nc: NetnsCluster): Promise<{ problems: string[]; detail: unknown }>;
+  audit?(nc: NetnsCluster, w: FaultWindow): Promise<FaultAudit>;
+  /** Held at least this long (ms) whatever the run's outageMs; the steady load before it, too (minSteadyMs). */
+  minOutageMs?: number;
+  minSteadyMs?: number;
 }
 
 const dirName = (nc: NetnsCluster, i: number) => nc.names.directories[i] as string;
@@ -91,36 +117,187 @@ export const PARTITIONS: Record<string, () => Partition> = {
     },
   }),
   'stale-leader': staleLeader,
-  'clock-skew': () => {
-    let dir = '';
-    const store = 'store2';
-    return {
-      name: "clock skew: the leader directory's wall clock +30 s, a store's −30 s (restarted under libfaketime)",
-      async apply(nc) {
-        dir = dirName(nc, await nc.leaderIndex(120_000));
-        await nc.restartWith(dir, skewedClockEnv('+30s'));
-        await nc.restartWith(store, skewedClockEnv('-30s'));
-        const seen = [await clockOffset(nc, dir, 30_000), await clockOffset(nc, store, -30_000)];
-        return `${dir} +30 s, ${store} −30 s (their log stamps: ${seen.map((ms) => `${Math.round(ms / 1000)} s`).join(', ')})`;
-      },
-      // Restarted on the true clock: the store reloads its volumes (stamp-ordered merge).
-      async heal(nc) {
-        await nc.restartWith(dir);
-        await nc.restartWith(store);
-      },
-    };
-  },
+  'clock-skew': clockSkew('+30s'),
+  // The second round's signs are the opposite: a directory behind, a store ahead.
+  'clock-skew-reversed': clockSkew('-30s'),
   'slow-disk': () => ({
     name: 'slow disk: every fdatasync of one store 200 ms late (FAULT_FSYNC_DELAY)',
+    // Enough writes either side for the medians: on two loaded cores a write takes ~1 s.
+    minSteadyMs: 20_000,
+    minOutageMs: 20_000,
     async apply(nc) {
-      await nc.restartWith('store1', { FAULT_FSYNC_DELAY: '200ms' });
+      await nc.restartWith('store1', { FAULT_FSYNC_DELAY: `${FSYNC_DELAY_MS}ms` });
       return 'store1 fsync +200 ms';
     },
     async heal(nc) {
       await nc.restartWith('store1');
     },
+    // A slow disk slows writes and fails none. Before → during is what the table shows
+    // and must rise, but on two cores loaded by other runs the medians of two 20 s windows
+    // moved by 400 ms with FAULT_FSYNC_DELAY=0 too. So the fault is also judged within its
+    // own window: writes with a replica on store1 against those without, under the same
+    // load. Each group commit has two fdatasyncs and a write waits for every replica, so
+    // those on store1 should be about 2 × the delay slower; at least one delay is required
+    // (a comparison, not a bound).
+    async audit(nc, w) {
+      const writes = (from: number, to: number) =>
+        w.history.filter(
+          (o) => o.input.op === 'write' && o.output.result === 'ok' && o.start >= from && o.end < to,
+        );
+      const during = writes(w.appliedAt, w.healAt);
+      const where = await locateAll(
+        nc.directory,
+        during.map((o) => o.key),
+      );
+      const onStore1 = (o: HistoryOp) =>
+        where.get(o.key)?.replicas.some((r) => r.storeId === 'store-1') ?? false;
+      const m = {
+        before: p50(writes(w.steadyFrom, w.applyFrom)),
+        during: p50(during),
+        onStore1: p50(during.filter(onStore1)),
+        elsewhere: p50(during.filter((o) => !onStore1(o) && where.get(o.key)?.replicas.length)),
+      };
+      const problems: string[] = [];
+      const { write, delete: del } = w.report.failed;
+      if (write + del > 0) problems.push(`slow disk: ${write} writes and ${del} deletes failed`);
+      for (const [k, v] of Object.entries(m))
+        if (v.n < 5) problems.push(`slow disk: only ${v.n} acknowledged writes (${k}) to compare`);
+      if (!(m.during.ms > m.before.ms))
+        problems.push(
+          `slow disk not in effect: write p50 ${m.before.ms} ms before, ${m.during.ms} ms during`,
+        );
+      if (!(m.onStore1.ms - m.elsewhere.ms >= FSYNC_DELAY_MS))
+        problems.push(
+          `slow disk not in effect: during it, write p50 ${m.onStore1.ms} ms with a replica on store1, ${m.elsewhere.ms} ms without (not ${FSYNC_DELAY_MS} ms more)`,
+        );
+      return {
+        problems,
+        detail: m,
+        note: `write p50 ${m.before.ms} → ${m.during.ms} ms; during: ${m.onStore1.ms} ms on store1, ${m.elsewhere.ms} ms elsewhere (${m.onStore1.n}, ${m.elsewhere.n} writes)`,
+      };
+    },
   }),
 };
+
+/** The slow disk's FAULT_FSYNC_DELAY (ms). */
+const FSYNC_DELAY_MS = 200;
+
+/** Median latency (ms) of `ops`, and how many. */
+function p50(ops: HistoryOp[]): { ms: number; n: number } {
+  const d = ops.map((o) => o.end - o.start).sort((x, y) => x - y);
+  return { ms: d.length ? (d[Math.floor(d.length / 2)] as number) : Number.NaN, n: d.length };
+}
+
+const READY = 'leader ready: serving writes';
+/** The netns cluster's LEADER_TIMEOUT (cluster.ts): the lease the skewed leader must outlast. */
+const LEASE_MS = 4000;
+/**
+ * How long the clock skew is held: past the longest wall-clock period the netns cluster
+ * runs with (the managers' EXTRA_REMOVAL_GRACE, 30 s; the lease 4 s, GC_INTERVAL 1 s with
+ * GC_GRACE_PERIOD 2 s, SCRUB_INTERVAL 2 s), plus margin. ANTI_ENTROPY_INTERVAL (10 min)
+ * is not waited for: a full round is run on demand inside the skew.
+ */
+const SKEW_HOLD_MS = 40_000;
+
+/**
+ * Clock skew: the leader directory restarted with its wall clock `dirOffset` away and
+ * store2 the opposite way (libfaketime), then the skewed directory made leader again
+ * (its peers cut from Redis until it holds the lease: restarting it deposed it), held
+ * SKEW_HOLD_MS with a full anti-entropy round inside, then both restarted on the true clock.
+ * The audit: the skewed directory took office and committed in its term for longer
+ * than a lease while skewed.
+ */
+function clockSkew(dirOffset: '+30s' | '-30s'): () => Partition {
+  const storeOffset = dirOffset === '+30s' ? '-30s' : '+30s';
+  const ms = (o: string) => (o.startsWith('-') ? -30_000 : 30_000);
+  const pretty = (o: string) => o.replace('-', '−').replace('s', ' s');
+  return () => {
+    let di = -1;
+    let dir = '';
+    let logFrom = 0;
+    const store = 'store2';
+    let led: { term: number; afterMs: number } | undefined;
+    let seen: { commits: number; spanMs: number; stillLeading: boolean; auditMs: number } | undefined;
+    return {
+      name: `clock skew: a directory's wall clock ${pretty(dirOffset)}, a store's ${pretty(storeOffset)} (libfaketime), the skewed directory made leader`,
+      minOutageMs: SKEW_HOLD_MS,
+      async apply(nc) {
+        di = await nc.leaderIndex(120_000);
+        dir = dirName(nc, di);
+        logFrom = (await readLog(nc, dir)).length;
+        await nc.restartWith(dir, skewedClockEnv(dirOffset));
+        await nc.restartWith(store, skewedClockEnv(storeOffset));
+        const offsets = [
+          await clockOffset(nc, dir, ms(dirOffset)),
+          await clockOffset(nc, store, ms(storeOffset)),
+        ];
+        led = await makeLeader(nc, di, logFrom);
+        return `${dir} ${pretty(dirOffset)}, ${store} ${pretty(storeOffset)} (their log stamps: ${offsets.map((x) => `${Math.round(x / 1000)} s`).join(', ')}); ${dir} leads term ${led.term} after ${led.afterMs} ms`;
+      },
+      // A full anti-entropy round under the skew (its stamp comparisons see the skewed
+      // stamps), then back on the true clock: the store reloads its volumes (stamp-ordered merge).
+      async heal(nc) {
+        const t0 = Date.now();
+        await nc.audit();
+        const auditMs = Date.now() - t0;
+        const lines = (await readLog(nc, dir)).slice(logFrom);
+        const term = led?.term ?? -1;
+        const ready = lines.find((l) => l.msg === READY && Number(l.term) === term);
+        const commits = lines.filter((l) => l.msg === 'committed' && Number(l.term) === term);
+        // Both stamps from the skewed process: the offset cancels.
+        const spanMs = ready && commits.length ? (commits.at(-1)?.time ?? 0) - ready.time : 0;
+        const s = await nc.statusOf(di, 2000).catch(() => undefined);
+        seen = { commits: commits.length, spanMs, stillLeading: s?.leaderId === `directory-${di}`, auditMs };
+        await nc.restartWith(dir);
+        await nc.restartWith(store);
+      },
+      async audit() {
+        if (!led || !seen) throw new Error('the clock-skew fault did not run');
+        const problems: string[] = [];
+        if (seen.commits === 0) problems.push(`${dir} committed nothing in term ${led.term} under skew`);
+        else if (seen.spanMs <= LEASE_MS)
+          problems.push(
+            `${dir} committed in term ${led.term} for ${seen.spanMs} ms under skew, not past a ${LEASE_MS} ms lease`,
+          );
+        return {
+          problems,
+          detail: { dir, store, dirOffset, storeOffset, ...led, ...seen },
+          note: `${dir} committed ${seen.commits}× in term ${led.term} over ${(seen.spanMs / 1000).toFixed(1)} s skewed${seen.stillLeading ? '' : ' (deposed before healing)'}`,
+        };
+      },
+    };
+  };
+}
+
+/**
+ * Makes directory `di` (just restarted: a follower) the leader: its peers are cut from
+ * Redis, so only it can take the lease once the current one runs out, until it logs
+ * "leader ready" (after `logFrom`) and reports itself leader; then the cuts are healed
+ * (it keeps the lease by renewing). 120 s at most.
+ */
+async function makeLeader(
+  nc: NetnsCluster,
+  di: number,
+  logFrom: number,
+): Promise<{ term: number; afterMs: number }> {
+  const dir = dirName(nc, di);
+  const t0 = Date.now();
+  for (const d of nc.names.directories) if (d !== dir) await nc.net.cut(d, 'redis');
+  try {
+    while (Date.now() - t0 < 120_000) {
+      const ready = (await readLog(nc, dir)).slice(logFrom).findLast((l) => l.msg === READY);
+      const s = ready ? await nc.statusOf(di, 1000).catch(() => undefined) : undefined;
+      if (ready && s?.leaderId === `directory-${di}`)
+        return { term: Number(ready.term), afterMs: Date.now() - t0 };
+      await sleep(200);
+    }
+  } finally {
+    await nc.net.heal();
+  }
+  throw new Error(
+    `${dir} did not take office within 120 s with its peers cut from Redis; logs in ${nc.dataDir}`,
+  );
+}
 
 export interface PartitionRunOptions {
   partitions: string[];
@@ -162,7 +339,7 @@ export interface PartitionRun {
   /** The slow reader's figures, when it ran. */
   slowReads?: SlowReaderStats;
   /** What each fault's own audit found (the stale leader's detail: StaleLeaderResult). */
-  audits: { problems: string[]; detail: unknown }[];
+  audits: FaultAudit[];
 }
 
 /**
@@ -200,6 +377,7 @@ export async function runPartitions(
   let slowReads: SlowReaderStats | undefined;
   const reports: FaultReport[] = [];
   const windows: number[] = [];
+  const times: Omit<FaultWindow, 'report' | 'history'>[] = [];
   const applied: Partition[] = [];
   const seen = new Set<string>();
   try {
@@ -208,12 +386,16 @@ export async function runPartitions(
       if (!make) throw new Error(`unknown partition ${key}`);
       const p = make();
       applied.push(p);
-      await sleep(o.steadyMs);
+      const steadyFrom = Date.now();
+      await sleep(Math.max(o.steadyMs, p.minSteadyMs ?? 0));
+      const applyFrom = Date.now();
       const cut = await p.apply(nc);
       const at = Date.now();
       windows.push(at);
       o.log(`partition: ${cut}`);
-      await sleep(o.outageMs);
+      await sleep(Math.max(o.outageMs, p.minOutageMs ?? 0));
+      const healAt = Date.now();
+      times.push({ steadyFrom, applyFrom, appliedAt: at, healAt });
       await (p.heal ? p.heal(nc) : nc.net.heal());
       const healedAt = Date.now();
       await nc.waitHealthy(180_000);
@@ -240,6 +422,7 @@ export async function runPartitions(
         recoveryMs: 0,
         dataLost: violations.length,
         violations,
+        anomalies: 0,
       });
       o.log(
         `${p.name}: healed after ${healedAt - at} ms, healthy after ${healthyAt - at} ms; ${violations.length} violations`,
@@ -269,10 +452,18 @@ export async function runPartitions(
     const res = await nc.storeClient(i).scrub({ volumeId: 0 }, { timeoutMs: 60_000 });
     for (const c of res.corrupt) corruptNeedles.push(`store-${i}: ${c.blobId} (${c.reason ?? ''})`);
   }
-  const audits: { problems: string[]; detail: unknown }[] = [];
-  for (const p of applied) if (p.audit) audits.push(await p.audit(nc));
+  const audits: FaultAudit[] = [];
+  for (const [i, p] of applied.entries()) {
+    const report = reports[i];
+    const t = times[i];
+    if (!p.audit || !report || !t) continue;
+    const a = await p.audit(nc, { report, history: sdk.history, ...t });
+    if (a.note) report.killed += `; ${a.note}`;
+    audits.push(a);
+  }
   const h = checkRecorded(sdk);
   const anomalies = h.anomalies;
+  const early = attributeAnomalies(reports, windows, h.anomalyStarts);
   const run: PartitionRun = {
     reports,
     oplog,
@@ -286,7 +477,7 @@ export async function runPartitions(
   };
   o.log(
     `\n${faultTable(reports)}\n\nacknowledged: ${JSON.stringify(oplog.counts())}; replicas at target after ${rep.ms} ms; ` +
-      `history: ${h.ops} ops on ${h.keys} blobs, ${anomalies.length} not linearizable` +
+      `history: ${h.ops} ops on ${h.keys} blobs, ${anomalies.length} not linearizable (${early} before the first fault)` +
       (slowReads ? `; ${describeSlowReads(slowReads)}` : ''),
   );
   for (const a of anomalies.slice(0, 5)) o.log(a);
