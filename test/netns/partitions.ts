@@ -132,10 +132,9 @@ export const PARTITIONS: Record<string, () => Partition> = {
     async heal(nc) {
       await nc.restartWith('store1');
     },
-    // A slow disk slows writes and fails none. Before → during is what the table shows
-    // and must rise, but on two cores loaded by other runs the medians of two 20 s windows
-    // moved by 400 ms with FAULT_FSYNC_DELAY=0 too. So the fault is also judged within its
-    // own window: writes with a replica on store1 against those without, under the same
+    // A slow disk slows writes and fails none. Before → during is what the table shows,
+    // but on two cores loaded by other runs the medians of two 20 s windows moved by
+    // 400 ms with FAULT_FSYNC_DELAY=0 too. So the fault is judged within its own window: writes with a replica on store1 against those without, under the same
     // load. Each group commit has two fdatasyncs and a write waits for every replica, so
     // those on store1 should be about 2 × the delay slower; at least one delay is required
     // (a comparison, not a bound).
@@ -160,12 +159,9 @@ export const PARTITIONS: Record<string, () => Partition> = {
       const problems: string[] = [];
       const { write, delete: del } = w.report.failed;
       if (write + del > 0) problems.push(`slow disk: ${write} writes and ${del} deletes failed`);
-      for (const [k, v] of Object.entries(m))
-        if (v.n < 5) problems.push(`slow disk: only ${v.n} acknowledged writes (${k}) to compare`);
-      if (!(m.during.ms > m.before.ms))
-        problems.push(
-          `slow disk not in effect: write p50 ${m.before.ms} ms before, ${m.during.ms} ms during`,
-        );
+      // Before → during is shown, not required: other runs' load moves it either way.
+      for (const k of ['onStore1', 'elsewhere'] as const)
+        if (m[k].n < 5) problems.push(`slow disk: only ${m[k].n} acknowledged writes (${k}) to compare`);
       if (!(m.onStore1.ms - m.elsewhere.ms >= FSYNC_DELAY_MS))
         problems.push(
           `slow disk not in effect: during it, write p50 ${m.onStore1.ms} ms with a replica on store1, ${m.elsewhere.ms} ms without (not ${FSYNC_DELAY_MS} ms more)`,
