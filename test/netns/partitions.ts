@@ -9,6 +9,7 @@ import { MixedLoad, type MixedLoadOptions } from '../faults/load.js';
 import { OpLog } from '../faults/oplog.js';
 import { type FaultReport, faultTable, saveReport, windowStats } from '../faults/run.js';
 import { type NetnsCluster, skewedClockEnv, sleep } from './cluster.js';
+import { slowStore } from './slow-link.js';
 import { readLog, staleLeader } from './stale-leader.js';
 
 /** A network fault: cuts links (net.ts), says what it cut; healing removes every cut. */
@@ -73,6 +74,7 @@ export const PARTITIONS: Record<string, () => Partition> = {
       return 'gw0 ✂ store1';
     },
   }),
+  'slow-store': slowStore,
   'majority-minority': () => ({
     name: 'majority/minority split (the leader directory, a store and a gateway on the minority side)',
     async apply(nc) {
