@@ -13,6 +13,7 @@ import { OpLog } from '../faults/oplog.js';
 import { type FaultReport, faultTable, saveReport, windowStats } from '../faults/run.js';
 import { describeSlowReads, type SlowReaderStats, startSlowReader } from '../faults/slow-reader.js';
 import { type NetnsCluster, PORTS, skewedClockEnv, sleep } from './cluster.js';
+import { slowStore } from './slow-link.js';
 import { readLog, staleLeader } from './stale-leader.js';
 
 /** What a fault's audit sees of its own window, after the run (the windows final). */
@@ -100,6 +101,7 @@ export const PARTITIONS: Record<string, () => Partition> = {
       return 'gw0 ✂ store1';
     },
   }),
+  'slow-store': slowStore,
   'majority-minority': () => ({
     name: 'majority/minority split (the leader directory, a store and a gateway on the minority side)',
     async apply(nc) {
