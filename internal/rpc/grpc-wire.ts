@@ -120,6 +120,8 @@ export class FrameError extends Error {
   constructor(
     message: string,
     readonly code: Code,
+    /** For a message over the size limit: the length its prefix declared (bytes, prefix excluded). */
+    readonly declaredBytes?: number,
   ) {
     super(message);
   }
@@ -190,6 +192,7 @@ export class FrameParser {
       throw new FrameError(
         `message of ${len} bytes is larger than the limit of ${this.maxMessageBytes} bytes`,
         Code.ResourceExhausted,
+        len,
       );
     }
     return len;

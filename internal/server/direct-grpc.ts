@@ -77,6 +77,9 @@ const PROTOCOL_TRAILERS = new Set([
 /** Inbound messages buffered before the stream is paused (HTTP/2 flow control then holds the client). */
 const HIGH_WATER = 16;
 
+/** Bytes past an oversized message's declared end still read before answering anyway (a few frames). */
+const DRAIN_SLACK = 64 * 1024;
+
 export class DirectGrpcServer {
   private readonly methods = new Map<string, MethodImplSpec>();
 
@@ -118,6 +121,10 @@ class DirectCall {
   private responseHeader: Headers | undefined;
   private responseTrailer: Headers | undefined;
   private readonly ctx: HandlerContext;
+  /** Bytes still to discard before answering an oversized message (drainFirst); undefined: none. */
+  private drainBudget: number | undefined;
+  /** Set once the answer waits for the request's end (drainFirst): called when it may go. */
+  private drained: (() => void) | undefined;
 
   constructor(
     private readonly stream: http2.ServerHttp2Stream,
@@ -247,13 +254,21 @@ class DirectCall {
 
   private onData(chunk: Buffer): void {
     this.lastInput = performance.now();
-    if (this.inputError) return;
+    if (this.inputError) {
+      if (this.drainBudget !== undefined) {
+        this.drainBudget -= chunk.length;
+        if (this.drainBudget < 0) this.drained?.();
+      }
+      return;
+    }
     try {
       for (const m of this.parser.push(chunk)) this.queue.push(m);
     } catch (err) {
       const fe = err as FrameError;
       const advice = fe.code === Code.ResourceExhausted ? this.limit?.advice : undefined;
       this.inputError = new ConnectError(advice ? `${fe.message}: ${advice}` : fe.message, fe.code);
+      // Counted from this chunk, which held the prefix: an upper bound on what is left.
+      if (fe.declaredBytes !== undefined) this.drainBudget = fe.declaredBytes + DRAIN_SLACK;
     }
     if (this.queue.length >= HIGH_WATER) this.stream.pause();
     this.notify();
@@ -386,8 +401,46 @@ class DirectCall {
     this.end(reason);
   }
 
+  /**
+   * Holds the answer to an oversized message until the request has ended, reading
+   * and discarding the rest (nothing kept: memory stays bounded). RFC 9113 §8.1
+   * allows answering first, but then the client's remaining DATA arrives on a
+   * closed stream: Node's HTTP/2 server counts those frames invalid and resets the
+   * session (ENHANCE_YOUR_CALM), and Envoy turns the early answer into a reset
+   * (envoyproxy/envoy#30149) — either way the caller never saw RESOURCE_EXHAUSTED.
+   * Bounded by the declared length (+ DRAIN_SLACK), the request idle limit and the
+   * call's deadline; past any of them the answer goes as before. True: deferred.
+   */
+  private drainFirst(err: unknown): boolean {
+    if (this.drained || this.drainBudget === undefined || err !== this.inputError) return false;
+    const { stream } = this;
+    if (this.finished || stream.readableEnded || stream.destroyed || stream.closed) return false;
+    let idle: NodeJS.Timeout | undefined;
+    const go = () => {
+      clearTimeout(idle);
+      stream.off('end', go);
+      stream.off('close', go);
+      this.end(err);
+    };
+    this.drained = go;
+    stream.once('end', go);
+    stream.once('close', go);
+    const ms = this.o.requestIdleMs;
+    if (ms !== undefined) {
+      const check = () => {
+        const quiet = performance.now() - this.lastInput;
+        if (quiet >= ms) go();
+        else idle = setTimeout(check, Math.ceil(ms - quiet));
+      };
+      idle = setTimeout(check, ms);
+    }
+    stream.resume();
+    return true;
+  }
+
   /** Sends the status in trailers. */
   private end(err: unknown): void {
+    if (this.drainFirst(err)) return;
     if (this.finished || this.stream.destroyed || this.stream.closed) {
       this.finished = true;
       return;
