@@ -22,9 +22,10 @@ export interface CachedBlobMeta {
 /**
  * A right to fill one blob id from a read, granted on a miss before the read
  * begins: the lease of Nishtala et al., "Scaling Memcache at Facebook" (NSDI 2013,
- * §3.2.1). A delete of the id (or a fresh write of it) revokes it, so a fill that
+ * §3.2.1). A delete of the id (or a write lease of it) revokes it, so a fill that
  * still holds its lease began its read after every delete of the id that the cache
  * saw: the ordering rests on the lease, never on a clock. Opaque to callers.
+ * The same token also carries a write's push (WriteLease, BlobCache.writeLease).
  */
 export type FillLease =
   | {
@@ -41,12 +42,21 @@ export type FillLease =
       readonly refused?: FillDropReason;
     };
 
-/** How a blob reaches the cache: a fresh write, or a read-through fill under its lease. */
-export type CacheFill = { fresh: true } | { lease: FillLease };
+/**
+ * The lease of a write's push-on-write (BlobCache.writeLease): taken before the write
+ * can commit, so a delete acknowledged after the commit has revoked it.
+ */
+export type WriteLease = FillLease;
+
+/** How a blob reaches the cache: a write's push under its write lease, or a read-through fill under its lease. */
+export type CacheFill = { push: WriteLease } | { lease: FillLease };
 
 /**
- * Why a read-through fill was not cached (BlobCache.set):
- * - `lease_lost`: its lease is gone or another (revoked by a delete or a fresh write,
+ * Why a read-through fill or a write's push was not cached (BlobCache.set):
+ * - `lease_lost`: a fill's lease is gone or another (revoked by a delete or a write,
+ *   expired, evicted, or lost with the cache's state);
+ * - `write_lease_lost`: a push's write lease is gone or another (revoked by a delete
+ *   acknowledged after the write committed, taken over by another write of the id,
  *   expired, evicted, or lost with the cache's state);
  * - `lease_held`: no lease was granted, another read of the id holds it;
  * - `tombstone`: no lease was granted, the id was deleted moments ago;
@@ -54,7 +64,13 @@ export type CacheFill = { fresh: true } | { lease: FillLease };
  *   cache's current epoch, or no epoch is known (the cache's state may have been lost since);
  * - `epoch_changed`: the shared cache's epoch is missing or not the one this process holds.
  */
-export type FillDropReason = 'lease_lost' | 'lease_held' | 'tombstone' | 'before_epoch' | 'epoch_changed';
+export type FillDropReason =
+  | 'lease_lost'
+  | 'write_lease_lost'
+  | 'lease_held'
+  | 'tombstone'
+  | 'before_epoch'
+  | 'epoch_changed';
 
 export interface CachedBlob {
   meta: CachedBlobMeta;
@@ -87,18 +103,33 @@ export interface BlobCache {
   /**
    * After a miss, before the read of the blob begins: a lease to fill the cache
    * with what the read returns (FillLease; Nishtala et al., NSDI 2013, §3.2.1). One
-   * lease per id at a time: while another read holds it, or a delete of the id left
+   * lease per id at a time: while another read (or a write) holds it, or a delete of the id left
    * its tombstone, none is granted (the read still goes on, it just will not fill).
    * A shared cache also hands back the shared commit index (see sharedCommitIndex),
    * so the read asks the directory for every delete acknowledged before the grant.
    */
   lease(blobId: string): Promise<FillLease>;
-  /** Gives back a lease the read will not use (a range, too large, failed): others may fill. */
+  /**
+   * Before a write of the id can commit (the gateway awaits it before ending the
+   * stores' stream): the lease its push-on-write will land under. It replaces any lease
+   * of the id (a fill's read may predate the write) and is granted over a tombstone:
+   * a delete leaves its tombstone only once it was applied (stores, directory), so a
+   * tombstone present at the grant is of a delete complete before this write could
+   * commit anywhere, and a write committed after a delete stands (a re-upload): once
+   * acknowledged, it is the id's content. Refusing would only cost the push.
+   * A delete acknowledged after the commit deletes the lease (its invalidation runs
+   * after its store deletes, so after the commit, so after this grant): the push is
+   * then dropped (`write_lease_lost`), never landing after the delete. No token (the
+   * cache down or slow, no epoch known): the write goes on without a push.
+   */
+  writeLease(blobId: string): Promise<WriteLease>;
+  /** Gives back a lease that will not be used (a range, too large, a failed read or write): others may fill. */
   release(lease: FillLease): Promise<void>;
   /**
    * Caches a blob (dropped when larger than maxBlobSize).
-   * - `{ fresh: true }`: a blob just written; it replaces a recent deletion of the id
-   *   and revokes any lease of it.
+   * - `{ push }`: a blob just written, under its write lease: it lands only if that lease
+   *   is still the id's lease (the same check as a fill's, in the same script), and then
+   *   clears the id's tombstone.
    * - `{ lease }`: a read-through fill. It lands only if its lease is still the id's
    *   lease, atomically with setting the entry (which ends the lease). A delete revokes
    *   the lease (and leaves a tombstone refusing new ones for a while), so a read that
@@ -106,7 +137,7 @@ export interface BlobCache {
    *   before the fill took: issue 14, no resurrection by a cache fill. A lost lease
    *   (deleted, expired, evicted, lost with the cache's state) means no fill; time
    *   decides only whether a fill happens, never whether it is safe.
-   *   A shared cache also fences fills by an epoch, for a cache that loses writes
+   *   A shared cache also fences fills (pushes alike) by an epoch, for a cache that loses writes
    *   without losing every lease (a failover to a replica missing the delete's revocation):
    *   it holds a random epoch value (created when missing); this process learns it on
    *   every (re)connection and whenever a fill or lease finds it missing or changed,
@@ -115,7 +146,7 @@ export interface BlobCache {
    *   missing there or differs (atomically with the lease check); a refusal makes this
    *   process re-learn it. A failover breaks every connection, so every lease granted
    *   before it is dropped.
-   *   Dropped fills are reported to the observer as 'fill_dropped' with a reason.
+   *   Dropped fills and pushes are reported to the observer as 'fill_dropped' with a reason.
    */
   set(blob: CachedBlob, how: CacheFill): Promise<void>;
   /** Forgets a blob (on delete). */
@@ -136,7 +167,7 @@ export interface BlobCache {
 /**
  * Called on every lookup and every dropped fill; the gateway feeds its Prometheus counters from it.
  * 'integrity_failure': an entry whose HMAC did not match (also counted as a miss).
- * 'fill_dropped': a read-through fill not cached, with its reason (not a lookup).
+ * 'fill_dropped': a read-through fill or a write's push not cached, with its reason (not a lookup).
  */
 export type CacheObserver = (
   event: 'hit' | 'miss' | 'integrity_failure' | 'fill_dropped',
@@ -162,6 +193,9 @@ export class NoCache implements BlobCache {
     return undefined;
   }
   async lease(blobId: string): Promise<FillLease> {
+    return { blobId };
+  }
+  async writeLease(blobId: string): Promise<WriteLease> {
     return { blobId };
   }
   async release(): Promise<void> {}

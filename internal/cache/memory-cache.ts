@@ -6,6 +6,7 @@ import type {
   CacheObserver,
   CacheStatsSnapshot,
   FillLease,
+  WriteLease,
 } from './blob-cache.js';
 
 export interface MemoryCacheOptions {
@@ -79,6 +80,15 @@ export class MemoryBlobCache implements BlobCache {
     return { blobId, token, generation: 0 };
   }
 
+  async writeLease(blobId: string): Promise<WriteLease> {
+    // Replaces any lease, granted over a tombstone (BlobCache.writeLease).
+    const now = this.now();
+    const token = String(++this.lastToken);
+    this.leases.set(blobId, { token, until: now + (this.opts.leaseMs ?? 10_000) });
+    prune(this.leases, (l) => l.until, now);
+    return { blobId, token, generation: 0 };
+  }
+
   async release(lease: FillLease): Promise<void> {
     if (lease.token !== undefined && this.leases.get(lease.blobId)?.token === lease.token)
       this.leases.delete(lease.blobId);
@@ -87,19 +97,16 @@ export class MemoryBlobCache implements BlobCache {
   async set(blob: CachedBlob, how: CacheFill): Promise<void> {
     const id = blob.meta.blobId;
     if (blob.data.length > this.maxBlobSize || blob.data.length !== blob.meta.size) return;
-    if ('lease' in how) {
-      const { lease } = how;
-      if (lease.token === undefined) {
-        if (lease.refused) this.opts.observe?.('fill_dropped', lease.refused);
-        return;
-      }
-      const held = this.leases.get(id);
-      if (lease.blobId !== id || held?.token !== lease.token || held.until <= this.now())
-        return this.opts.observe?.('fill_dropped', 'lease_lost');
-    } else {
-      this.tombstones.delete(id);
+    const lease = 'push' in how ? how.push : how.lease;
+    if (lease.token === undefined) {
+      if (lease.refused) this.opts.observe?.('fill_dropped', lease.refused);
+      return;
     }
-    // A fill ends its lease; a fresh write revokes any (the read it stands for may predate the write).
+    const held = this.leases.get(id);
+    if (lease.blobId !== id || held?.token !== lease.token || held.until <= this.now())
+      return this.opts.observe?.('fill_dropped', 'push' in how ? 'write_lease_lost' : 'lease_lost');
+    // Landing ends the lease; a push's write stands over an earlier delete's tombstone.
+    this.tombstones.delete(id);
     this.leases.delete(id);
     this.remove(id);
     this.entries.set(id, { blob, expiresAt: this.now() + this.opts.ttlMs });

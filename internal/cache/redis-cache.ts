@@ -11,6 +11,7 @@ import type {
   CacheStatsSnapshot,
   FillDropReason,
   FillLease,
+  WriteLease,
 } from './blob-cache.js';
 import { MAC_BYTES, sealInPlace, unseal } from './integrity.js';
 
@@ -18,8 +19,6 @@ import { MAC_BYTES, sealInPlace, unseal } from './integrity.js';
 const SET_CACHED = 1;
 const SET_REFUSED_LEASE = 0;
 const SET_REFUSED_EPOCH = -1;
-/** A fresh write cached, but the epoch was missing or another: the gateway re-learns it. */
-const SET_CACHED_EPOCH_CHANGED = 2;
 
 /** TAKE_LEASE's answers (the first element; the second is the shared commit index). */
 const LEASE_GRANTED = 1;
@@ -69,23 +68,30 @@ if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return {${L
 return {${LEASE_GRANTED}, index}
 `;
 
-// KEYS[1] blob key, KEYS[2] tombstone key, KEYS[3] epoch key, KEYS[4] lease key; ARGV
-// value, ttl ms, fresh (1|0), the epoch the gateway holds ('' for none), the fill's lease
-// token. A fill lands only while its lease stands (no tombstone check: a delete after the
-// grant deleted the lease with it, one before it refused the grant), and only in the cache
-// whose epoch the gateway holds (BlobCache.set). A fresh write revokes the lease.
-const SET_BLOB = `
-local same = redis.call('GET', KEYS[3]) == ARGV[4]
-if ARGV[3] == '1' then
-  redis.call('DEL', KEYS[2], KEYS[4])
-else
-  if not same then return ${SET_REFUSED_EPOCH} end
-  if redis.call('GET', KEYS[4]) ~= ARGV[5] then return ${SET_REFUSED_LEASE} end
-  redis.call('DEL', KEYS[4])
-end
+// Push-on-write is ordered after deletes the same way: the write takes the id's lease
+// (TAKE_WRITE_LEASE, replacing any) before the stores can commit it, and its push is a fill
+// under that lease. A delete acknowledged after the commit deleted it; one acknowledged
+// before the grant was applied before the commit, and the write stands over it.
+
+// KEYS[1] lease key, KEYS[2] epoch key; ARGV a new random token, lease ms, the epoch the
+// gateway holds. No NX, no entry or tombstone check (BlobCache.writeLease).
+const TAKE_WRITE_LEASE = `
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return ${LEASE_REFUSED_EPOCH} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if same then return ${SET_CACHED} end
-return ${SET_CACHED_EPOCH_CHANGED}
+return ${LEASE_GRANTED}
+`;
+
+// KEYS[1] blob key, KEYS[2] tombstone key, KEYS[3] epoch key, KEYS[4] lease key; ARGV
+// value, ttl ms, the epoch the gateway holds, the lease token (a fill's or a write's).
+// Lands only while its lease stands (no tombstone check: a delete after the grant deleted
+// the lease with it; one before it refused a fill's grant, and a write stands over it), and
+// only in the cache whose epoch the gateway holds (BlobCache.set). Ends the lease.
+const SET_BLOB = `
+if redis.call('GET', KEYS[3]) ~= ARGV[3] then return ${SET_REFUSED_EPOCH} end
+if redis.call('GET', KEYS[4]) ~= ARGV[4] then return ${SET_REFUSED_LEASE} end
+redis.call('DEL', KEYS[2], KEYS[4])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ${SET_CACHED}
 `;
 
 // KEYS[1] lease key; ARGV token. Deletes the lease if it is still this one.
@@ -118,9 +124,15 @@ type SetBlobCommand = (
   leaseKey: string,
   value: Buffer,
   ttl: number,
-  fresh: string,
   epoch: string,
   token: string,
+) => Promise<number>;
+type TakeWriteLeaseCommand = (
+  leaseKey: string,
+  epochKey: string,
+  token: string,
+  leaseMs: number,
+  epoch: string,
 ) => Promise<number>;
 type TakeLeaseCommand = (
   blobKey: string,
@@ -136,6 +148,7 @@ type ReleaseLeaseCommand = (leaseKey: string, token: string) => Promise<number>;
 type Commands = {
   hsSetBlob: SetBlobCommand;
   hsTakeLease: TakeLeaseCommand;
+  hsTakeWriteLease: TakeWriteLeaseCommand;
   hsReleaseLease: ReleaseLeaseCommand;
   hsRaiseIndex: RaiseIndexCommand;
   hsLearnEpoch: LearnEpochCommand;
@@ -195,6 +208,7 @@ export class RedisBlobCache implements BlobCache {
     redis.defineCommand('hsLearnEpoch', { numberOfKeys: 1, lua: LEARN_EPOCH });
     redis.defineCommand('hsSetBlob', { numberOfKeys: 4, lua: SET_BLOB });
     redis.defineCommand('hsTakeLease', { numberOfKeys: 5, lua: TAKE_LEASE });
+    redis.defineCommand('hsTakeWriteLease', { numberOfKeys: 2, lua: TAKE_WRITE_LEASE });
     redis.defineCommand('hsReleaseLease', { numberOfKeys: 1, lua: RELEASE_LEASE });
     this.redis = redis as Redis & Commands;
     this.redis.on('error', (err: Error) => this.unavailable(err));
@@ -373,16 +387,24 @@ export class RedisBlobCache implements BlobCache {
     }
   }
 
-  async lease(blobId: string): Promise<FillLease> {
-    if (!this.available()) return { blobId };
+  /** A new lease's token with the epoch it is asked under, or why none can be asked for now. */
+  private leaseRequest(
+    blobId: string,
+  ): { held: string; generation: number; token: string } | { refusal: FillLease } {
+    if (!this.available()) return { refusal: { blobId } };
     const held = this.epoch;
     if (held === undefined) {
       void this.learnEpoch();
-      return { blobId, refused: 'before_epoch' };
+      return { refusal: { blobId, refused: 'before_epoch' } };
     }
     // Captured before asking: a learn landing meanwhile makes this lease an earlier generation's.
-    const generation = this.generation;
-    const token = randomBytes(16).toString('hex');
+    return { held, generation: this.generation, token: randomBytes(16).toString('hex') };
+  }
+
+  async lease(blobId: string): Promise<FillLease> {
+    const req = this.leaseRequest(blobId);
+    if ('refusal' in req) return req.refusal;
+    const { held, generation, token } = req;
     try {
       const [answer, index] = await this.redis.hsTakeLease(
         this.key(blobId),
@@ -414,6 +436,28 @@ export class RedisBlobCache implements BlobCache {
     }
   }
 
+  async writeLease(blobId: string): Promise<WriteLease> {
+    const req = this.leaseRequest(blobId);
+    if ('refusal' in req) return req.refusal;
+    const { held, generation, token } = req;
+    try {
+      const answer = await this.redis.hsTakeWriteLease(
+        this.leaseKey(blobId),
+        this.epochKey,
+        token,
+        this.opts.leaseMs ?? 10_000,
+        held,
+      );
+      if (answer === LEASE_GRANTED) return { blobId, token, generation };
+      this.epochRefused(held);
+      return { blobId, refused: 'epoch_changed' };
+    } catch (err) {
+      // Timed out or failed: the SET may still land, but unconfirmed it orders nothing, so no push.
+      this.unavailable(err);
+      return { blobId };
+    }
+  }
+
   async release(lease: FillLease): Promise<void> {
     if (lease.token === undefined || !this.available()) return;
     try {
@@ -434,24 +478,21 @@ export class RedisBlobCache implements BlobCache {
     const id = blob.meta.blobId;
     if (blob.data.length > this.maxBlobSize || blob.data.length !== blob.meta.size) return;
     if (!this.available()) return;
-    let token = '';
-    if ('lease' in how) {
-      const { lease } = how;
-      if (lease.token === undefined) {
-        if (lease.refused) this.dropFill(lease.refused);
-        return;
-      }
-      if (lease.blobId !== id) return this.dropFill('lease_lost');
-      // Granted before this process (re)learned the epoch: the cache may have lost the
-      // delete that revoked it (a failover to a replica missing it) while keeping the lease.
-      if (this.epoch === undefined || lease.generation !== this.generation) {
-        this.dropFill('before_epoch');
-        if (this.epoch === undefined) void this.learnEpoch();
-        return;
-      }
-      token = lease.token;
+    const lease = 'push' in how ? how.push : how.lease;
+    const lost: FillDropReason = 'push' in how ? 'write_lease_lost' : 'lease_lost';
+    if (lease.token === undefined) {
+      if (lease.refused) this.dropFill(lease.refused);
+      return;
     }
+    if (lease.blobId !== id) return this.dropFill(lost);
+    // Granted before this process (re)learned the epoch: the cache may have lost the
+    // delete that revoked it (a failover to a replica missing it) while keeping the lease.
     const held = this.epoch;
+    if (held === undefined || lease.generation !== this.generation) {
+      this.dropFill('before_epoch');
+      if (held === undefined) void this.learnEpoch();
+      return;
+    }
     try {
       const r = await this.redis.hsSetBlob(
         this.key(id),
@@ -460,13 +501,14 @@ export class RedisBlobCache implements BlobCache {
         this.leaseKey(id),
         encodeSealed(this.opts.integrityKey, this.key(id), blob),
         this.opts.ttlMs,
-        'fresh' in how ? '1' : '0',
-        held ?? '',
-        token,
+        held,
+        lease.token,
       );
-      if (r === SET_REFUSED_LEASE) this.dropFill('lease_lost');
-      if (r === SET_REFUSED_EPOCH) this.dropFill('epoch_changed');
-      if (r === SET_REFUSED_EPOCH || r === SET_CACHED_EPOCH_CHANGED) this.epochRefused(held);
+      if (r === SET_REFUSED_LEASE) this.dropFill(lost);
+      if (r === SET_REFUSED_EPOCH) {
+        this.dropFill('epoch_changed');
+        this.epochRefused(held);
+      }
     } catch (err) {
       this.unavailable(err);
     }

@@ -239,6 +239,10 @@ export class BlobGateway {
 
     const hash = createHash('sha256');
     const keep: Uint8Array[] | undefined = size <= this.o.cache.maxBlobSize ? [] : undefined;
+    // The push's write lease, asked now (beside the upload) and awaited before the stores'
+    // stream ends: it is in the cache before the write can commit, so a delete acknowledged
+    // after the commit revokes it and the push cannot land after that delete (BlobCache.writeLease).
+    const leasing = keep ? this.o.cache.writeLease(blobId) : undefined;
     let received = 0;
     try {
       await pipe.push(
@@ -284,6 +288,7 @@ export class BlobGateway {
           ),
         );
       }
+      const lease = await leasing;
       pipe.end();
       const written = await writing;
       if (written.replicas.length < plan.targets.length) {
@@ -301,9 +306,12 @@ export class BlobGateway {
         written,
         plan,
       });
-      if (keep) await this.o.cache.set({ meta: cacheMeta(info), data: Buffer.concat(keep) }, { fresh: true });
+      if (keep && lease)
+        await this.o.cache.set({ meta: cacheMeta(info), data: Buffer.concat(keep) }, { push: lease });
       return info;
     } catch (e) {
+      // No push: fills of the id need not wait for the lease to expire.
+      if (leasing) void leasing.then((l) => this.o.cache.release(l));
       pipe.fail(e);
       abort.abort();
       throw ConnectError.from(e);

@@ -66,8 +66,8 @@ export const GATEWAY_ENV_HELP = `${COMMON_ENV_HELP}
   CACHE_TOMBSTONE_TTL    a delete refuses read-through fill leases of the id this long (default 60s);
                          fills are ordered after deletes by their leases, not by this
   CACHE_LEASE_TTL        a cache miss's fill lease lasts at most this long: a read slower than it
-                         does not fill, one whose gateway died blocks fills of the id this long
-                         (default 10s)
+                         does not fill, one whose gateway died blocks fills of the id this long;
+                         so does a write's push lease, taken when its upload starts (default 10s)
   MAX_UPLOAD_SIZE        larger uploads are refused (default 100MiB)
   MAX_PUT_SIZE           largest blob in one unary Put, which the gateway holds in memory
                          whole; larger: RESOURCE_EXHAUSTED, use the Upload stream (default 16MiB)

@@ -98,7 +98,7 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
     });
     const fillsDropped = new Counter({
       name: 'haystack_gateway_cache_fills_dropped_total',
-      help: 'Read-through cache fills not cached, by reason (lease_lost, lease_held, tombstone, before_epoch, epoch_changed)',
+      help: 'Read-through cache fills and write pushes not cached, by reason (lease_lost, write_lease_lost, lease_held, tombstone, before_epoch, epoch_changed)',
       labelNames: ['reason'],
       registers: reg,
     });

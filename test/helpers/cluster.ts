@@ -251,7 +251,8 @@ export class Cluster {
     return this.replication;
   }
 
-  async startGateway(i: number): Promise<ServerProcess> {
+  /** Starts gateway `i` (again, after a kill) on its port; `env` on top of the cluster's (this one gateway only). */
+  async startGateway(i: number, env: Record<string, string> = {}): Promise<ServerProcess> {
     const p = await this.spawn(`gateway-${i}`, ['gateway', '--listen', `127.0.0.1:${this.gatewayPorts[i]}`], {
       GATEWAY_ID: `gateway-${i}`,
       DIRECTORY_ADDRS: this.directoryAddrs,
@@ -260,6 +261,7 @@ export class Cluster {
       // One key for all gateways: an entry one seals, another verifies (the cache is shared).
       CACHE_INTEGRITY_KEY: this.cacheKey,
       ...this.opts.gatewayEnv,
+      ...env,
     });
     this.gateways[i] = p;
     return p;

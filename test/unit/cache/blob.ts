@@ -20,3 +20,8 @@ export function blob(id: string, size: number, fill = 1): CachedBlob {
 export async function fill(c: BlobCache, b: CachedBlob): Promise<void> {
   await c.set(b, { lease: await c.lease(b.meta.blobId) });
 }
+
+/** A push-on-write as the gateway does it: the write lease before the commit, then the push under it. */
+export async function push(c: BlobCache, b: CachedBlob): Promise<void> {
+  await c.set(b, { push: await c.writeLease(b.meta.blobId) });
+}

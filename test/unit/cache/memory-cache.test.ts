@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { hitRate, NoCache } from '../../../internal/cache/blob-cache.js';
 import { MemoryBlobCache, type MemoryCacheOptions } from '../../../internal/cache/memory-cache.js';
-import { blob, fill } from './blob.js';
+import { blob, fill, push } from './blob.js';
 
 /** A cache on a clock the test sets (`at(ms)`), recording the reasons of dropped fills. */
 function clocked(more: Partial<MemoryCacheOptions> = {}) {
@@ -65,7 +65,7 @@ describe('MemoryBlobCache', () => {
     expect(c.size().bytes).toBe(200);
   });
 
-  it('keeps a read-through fill from resurrecting a just-deleted blob; a fresh write replaces it', async () => {
+  it('keeps a read-through fill from resurrecting a just-deleted blob; a new write replaces it', async () => {
     const { c, dropped, at } = clocked({ tombstoneMs: 500 });
     await fill(c, blob('a', 10));
     const lease = await c.lease('b'); // a read that started before the delete
@@ -77,7 +77,7 @@ describe('MemoryBlobCache', () => {
     await fill(c, blob('a', 10)); // a read begun after it: no lease while the tombstone stands
     expect(await c.get('a')).toBeUndefined();
     expect(dropped).toEqual(['lease_lost', 'tombstone']);
-    await c.set(blob('a', 10, 2), { fresh: true }); // a new upload of the id
+    await push(c, blob('a', 10, 2)); // a new upload of the id
     expect((await c.get('a'))?.data[0]).toBe(2);
     await c.invalidate('a');
     at(501);
@@ -124,12 +124,34 @@ describe('MemoryBlobCache', () => {
     expect(dropped).toEqual(['lease_held', 'lease_lost', 'lease_lost']);
   });
 
-  it('a fresh write revokes a lease taken before it', async () => {
-    const c = new MemoryBlobCache({ ttlMs: 10_000, maxBlobSize: 100, maxBytes: 1000 });
+  it('a write lease revokes a fill lease taken before it and refuses those asked after it', async () => {
+    const { c, dropped } = clocked();
     const lease = await c.lease('a');
-    await c.set(blob('a', 10, 2), { fresh: true });
+    const write = await c.writeLease('a');
+    expect(await c.lease('a')).toEqual({ blobId: 'a', refused: 'lease_held' });
     await c.set(blob('a', 10, 1), { lease });
+    await c.set(blob('a', 10, 2), { push: write });
     expect((await c.get('a'))?.data[0]).toBe(2);
+    expect(dropped).toEqual(['lease_lost']);
+  });
+
+  it('drops a push whose write lease a delete revoked (write_lease_lost), or another write took over', async () => {
+    const { c, dropped, at } = clocked({ leaseMs: 100 });
+    const write = await c.writeLease('a');
+    await c.invalidate('a'); // acknowledged between the write's commit and its push
+    await c.set(blob('a', 10), { push: write });
+    expect(await c.get('a')).toBeUndefined();
+    const first = await c.writeLease('b');
+    const second = await c.writeLease('b');
+    await c.set(blob('b', 10, 1), { push: first });
+    expect(await c.get('b')).toBeUndefined();
+    await c.set(blob('b', 10, 2), { push: second });
+    expect((await c.get('b'))?.data[0]).toBe(2);
+    const expired = await c.writeLease('c');
+    at(100); // a write slower than the lease: no push (liveness only)
+    await c.set(blob('c', 10), { push: expired });
+    expect(await c.get('c')).toBeUndefined();
+    expect(dropped).toEqual(['write_lease_lost', 'write_lease_lost', 'write_lease_lost']);
   });
 
   it('reports every lookup to its observer', async () => {

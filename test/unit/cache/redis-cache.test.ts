@@ -2,6 +2,7 @@ import { Writable } from 'node:stream';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { CacheObserver } from '../../../internal/cache/blob-cache.js';
 import { seal, unseal } from '../../../internal/cache/integrity.js';
 import {
   decode,
@@ -11,7 +12,7 @@ import {
   type RedisCacheOptions,
 } from '../../../internal/cache/redis-cache.js';
 import { RedisProcess } from '../../helpers/redis.js';
-import { blob, fill } from './blob.js';
+import { blob, fill, push } from './blob.js';
 
 function captureLogger() {
   const lines: Array<{ level: number; msg: string }> = [];
@@ -54,6 +55,15 @@ describe('RedisBlobCache entry codec', () => {
   });
 });
 
+/** Until `c` knows the cache's epoch (learned after each connection, asynchronously): leases are granted. */
+async function epochLearned(c: RedisBlobCache): Promise<void> {
+  await until(async () => {
+    const l = await c.writeLease('warm');
+    await c.release(l);
+    return l.token !== undefined;
+  });
+}
+
 /** The gateways' shared HMAC key (Redis never sees it). */
 const KEY = Buffer.alloc(32, 7);
 const events: string[] = [];
@@ -93,7 +103,7 @@ describe('RedisBlobCache on a real redis-server', () => {
         statsFlushMs: 100,
       }),
     );
-    await until(() => cache.available());
+    await epochLearned(cache);
   });
   afterAll(async () => {
     await cache?.close();
@@ -102,14 +112,14 @@ describe('RedisBlobCache on a real redis-server', () => {
 
   it('misses, then hits after a push-on-write, keeping metadata and bytes', async () => {
     expect(await cache.get('p1')).toBeUndefined();
-    await cache.set(blob('p1', 512, 9), { fresh: true });
+    await push(cache, blob('p1', 512, 9));
     const got = await cache.get('p1');
     expect(got?.meta).toEqual(blob('p1', 512).meta);
     expect(Buffer.from(got!.data)).toEqual(Buffer.alloc(512, 9));
   });
 
   it('never serves an entry planted in Redis: a forged or moved entry is a miss, counted as an integrity failure', async () => {
-    await cache.set(blob('genuine', 100, 1), { fresh: true });
+    await push(cache, blob('genuine', 100, 1));
     const raw = new Redis(redis.url);
     try {
       // Planted: well-formed, but without the MAC (the attacker does not have the key).
@@ -137,7 +147,7 @@ describe('RedisBlobCache on a real redis-server', () => {
   });
 
   it('invalidates on delete and keeps racing read-through fills out', async () => {
-    await cache.set(blob('d1', 10), { fresh: true });
+    await push(cache, blob('d1', 10));
     const lease = await cache.lease('d2'); // a read under way when the deletes come
     expect(lease.token).toBeDefined();
     await cache.invalidate('d1');
@@ -153,7 +163,7 @@ describe('RedisBlobCache on a real redis-server', () => {
       'fill_dropped:lease_lost',
       'fill_dropped:tombstone',
     ]);
-    await cache.set(blob('d1', 10), { fresh: true });
+    await push(cache, blob('d1', 10));
     expect(await cache.get('d1')).toBeDefined();
   });
 
@@ -179,7 +189,56 @@ describe('RedisBlobCache on a real redis-server', () => {
     }
   });
 
-  it('grants one lease per id at a time; a released or expired one frees it; a fresh write revokes it', async () => {
+  it('lands a push under its write lease, ending the lease; over a tombstone too (a re-upload after a delete)', async () => {
+    const raw = new Redis(redis.url);
+    try {
+      await cache.invalidate('w-re'); // deleted moments ago: the tombstone refuses fill leases
+      expect(await cache.lease('w-re')).toEqual({ blobId: 'w-re', refused: 'tombstone' });
+      const lease = await cache.writeLease('w-re');
+      expect(lease.token).toMatch(/^[0-9a-f]{32}$/);
+      expect(await raw.get('haystack:lease:w-re')).toBe(lease.token);
+      events.length = 0;
+      await cache.set(blob('w-re', 10, 4), { push: lease });
+      expect((await cache.get('w-re'))?.data[0]).toBe(4);
+      expect(events.filter((e) => e.startsWith('fill_dropped'))).toEqual([]);
+      expect(await raw.exists('haystack:lease:w-re', 'haystack:deleted:w-re')).toBe(0);
+    } finally {
+      raw.disconnect();
+    }
+  });
+
+  it('drops a push whose write lease a delete revoked (acknowledged between the commit and the push): write_lease_lost', async () => {
+    const lease = await cache.writeLease('w-del'); // before the stores' stream ends
+    expect(lease.token).toBeDefined();
+    await cache.invalidate('w-del'); // the delete, acknowledged after the write committed
+    events.length = 0;
+    await cache.set(blob('w-del', 10), { push: lease }); // the push, late
+    expect(await cache.get('w-del')).toBeUndefined();
+    expect(events.filter((e) => e.startsWith('fill_dropped'))).toEqual(['fill_dropped:write_lease_lost']);
+    // A read begun after the delete gets no lease while the tombstone stands, so no fill either.
+    expect(await cache.lease('w-del')).toEqual({ blobId: 'w-del', refused: 'tombstone' });
+  });
+
+  it('a write lease supersedes a fill lease, refuses fill leases asked after it, and the later of two writes pushes', async () => {
+    const before = await cache.lease('w-f'); // a read under way when the write starts
+    expect(before.token).toBeDefined();
+    const first = await cache.writeLease('w-f');
+    expect(await cache.lease('w-f')).toEqual({ blobId: 'w-f', refused: 'lease_held' }); // a read during the write
+    const second = await cache.writeLease('w-f'); // a second upload of the id (same content)
+    events.length = 0;
+    await cache.set(blob('w-f', 10, 1), { lease: before });
+    await cache.set(blob('w-f', 10, 2), { push: first });
+    expect(await cache.get('w-f')).toBeUndefined();
+    await cache.set(blob('w-f', 10, 3), { push: second });
+    expect((await cache.get('w-f'))?.data[0]).toBe(3);
+    expect(events.filter((e) => e.startsWith('fill_dropped'))).toEqual([
+      'fill_dropped:lease_lost',
+      'fill_dropped:write_lease_lost',
+    ]);
+    expect(await cache.lease('w-f')).toEqual({ blobId: 'w-f' }); // cached: nothing to fill
+  });
+
+  it('grants one lease per id at a time; a released or expired one frees it; a write lease revokes it', async () => {
     const short = new RedisBlobCache(
       cacheOptions(redis, { log, prefix: 'lease:', observe: (_e, r) => r && events.push(r) }),
     );
@@ -209,7 +268,7 @@ describe('RedisBlobCache on a real redis-server', () => {
       expect(await short.get('b')).toBeUndefined();
       const revoked = await short.lease('b');
       expect(revoked.token).toBeDefined();
-      await short.set(blob('b', 10, 2), { fresh: true });
+      await push(short, blob('b', 10, 2));
       await short.set(blob('b', 10, 1), { lease: revoked });
       expect((await short.get('b'))?.data[0]).toBe(2);
       expect(events).toEqual(['lease_held', 'lease_lost', 'lease_lost', 'lease_lost']);
@@ -259,8 +318,8 @@ describe('RedisBlobCache on a real redis-server', () => {
       log,
       prefix: 'ttl:',
     });
-    await until(() => short.available());
-    await short.set(blob('ttl', 10), { fresh: true });
+    await epochLearned(short);
+    await push(short, blob('ttl', 10));
     expect(await short.get('ttl')).toBeDefined();
     await new Promise((r) => setTimeout(r, 400));
     expect(await short.get('ttl')).toBeUndefined();
@@ -294,14 +353,15 @@ describe('RedisBlobCache on a real redis-server', () => {
   });
 
   it('bypasses a dead Redis quickly with one warning, replays deletions and resumes when it is back', async () => {
-    await cache.set(blob('keep', 10), { fresh: true });
-    await cache.set(blob('gone', 10), { fresh: true });
+    await push(cache, blob('keep', 10));
+    await push(cache, blob('gone', 10));
     const before = lines.length; // warnings of this outage only (not of an earlier stall)
     await redis.kill();
     await until(() => !cache.available());
     const t0 = Date.now();
     for (let i = 0; i < 50; i++) expect(await cache.get('keep')).toBeUndefined();
-    await cache.set(blob('x', 10), { fresh: true });
+    expect(await cache.writeLease('x')).toEqual({ blobId: 'x' }); // no push, the write goes on
+    await push(cache, blob('x', 10));
     await cache.invalidate('gone');
     expect(Date.now() - t0).toBeLessThan(1000);
     const warnings = lines.slice(before).filter((l) => l.msg.startsWith('redis cache unavailable'));
@@ -309,10 +369,46 @@ describe('RedisBlobCache on a real redis-server', () => {
 
     // A restarted Redis (same data would come back from a partition; here it is empty).
     await redis.restart();
-    await until(() => cache.available());
-    await cache.set(blob('keep', 10), { fresh: true });
+    await epochLearned(cache);
+    await push(cache, blob('keep', 10));
     expect(await cache.get('keep')).toBeDefined();
     expect(lines.some((l) => l.msg.startsWith('redis cache available again'))).toBe(true);
+  });
+});
+
+// Its own redis-server: pausing writes there must not disturb the other tests' Redis.
+describe('RedisBlobCache write lease timing out', () => {
+  it('gives no write lease when its SET times out (the write goes on without a push), and its late SET lands nothing', async () => {
+    const redis = await RedisProcess.start();
+    const dropped: string[] = [];
+    const observe: CacheObserver = (e, reason) => e === 'fill_dropped' && dropped.push(reason ?? '');
+    const slow = new RedisBlobCache({
+      ...cacheOptions(redis, { log: pino({ level: 'silent' }), observe }),
+      commandTimeoutMs: 200,
+    });
+    const admin = new Redis(redis.adminUrl);
+    try {
+      await epochLearned(slow);
+      // Scripts that write wait while clients are paused for writes; the 200 ms timeout ends the wait.
+      await admin.client('PAUSE', 60_000, 'WRITE');
+      let lease: Awaited<ReturnType<RedisBlobCache['writeLease']>>;
+      try {
+        lease = await slow.writeLease('late');
+      } finally {
+        await admin.client('UNPAUSE');
+      }
+      expect(lease).toEqual({ blobId: 'late' });
+      // The SET was sent: it runs once the pause ends, unconfirmed (it only blocks fills until it expires).
+      await until(async () => (await admin.exists('haystack:lease:late')) === 1);
+      await slow.set(blob('late', 10), { push: lease });
+      expect(await slow.get('late')).toBeUndefined();
+      expect(await admin.exists('haystack:blob:late')).toBe(0);
+      expect(dropped).toEqual([]); // not counted: the cache had nothing to say
+    } finally {
+      admin.disconnect();
+      await slow.close();
+      await redis.stop();
+    }
   });
 });
 
@@ -361,7 +457,7 @@ describe('RedisBlobCache epoch fence (issue 14: no resurrection when Redis loses
   it('drops a fill whose read began before a delete when Redis restarted empty in between', async () => {
     const lease = await cache.lease('r1');
     expect(lease.token).toBeDefined();
-    await cache.set(blob('r1', 10), { fresh: true });
+    await push(cache, blob('r1', 10));
     await cache.invalidate('r1'); // the delete, acknowledged: tombstone written
     const before = await admin.get(EPOCH);
     admin.disconnect();
@@ -418,11 +514,28 @@ describe('RedisBlobCache epoch fence (issue 14: no resurrection when Redis loses
     expect(seen.slice(n)).toContain('fill_dropped:before_epoch');
   });
 
-  it('lands a fresh write when the epoch is missing (and re-learns it)', async () => {
-    await admin.del(EPOCH);
-    await cache.set(blob('w1', 10), { fresh: true });
-    expect(await cache.get('w1')).toBeDefined();
-    await until(async () => (await admin.get(EPOCH)) !== null);
-    await fillLands('w2');
+  it('fences pushes as fills: a write lease from before a re-learned epoch, or none while the epoch is missing, pushes nothing', async () => {
+    await fillLands('h0');
+    const lease = await cache.writeLease('h1');
+    expect(lease.token).toBeDefined();
+    await admin.client('KILL', 'TYPE', 'normal', 'SKIPME', 'yes');
+    await until(() => !cache.available());
+    await until(() => cache.available());
+    await fillLands('h2');
+    expect(await admin.get('haystack:lease:h1')).toBe(lease.token);
+    let n = seen.length;
+    await cache.set(blob('h1', 10), { push: lease });
+    expect(await cache.get('h1')).toBeUndefined();
+    expect(seen.slice(n)).toEqual(['fill_dropped:before_epoch', 'miss']);
+    await admin.del(EPOCH); // state lost without a reconnection
+    n = seen.length;
+    await push(cache, blob('w1', 10));
+    expect(await cache.get('w1')).toBeUndefined();
+    expect(seen.slice(n)).toEqual(['fill_dropped:epoch_changed', 'miss']);
+    await until(async () => (await admin.get(EPOCH)) !== null); // re-learned: pushes land again
+    await until(async () => {
+      await push(cache, blob('w1', 10));
+      return (await cache.get('w1')) !== undefined;
+    });
   });
 });
