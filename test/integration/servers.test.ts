@@ -207,7 +207,7 @@ describe('configuration is validated at start', () => {
   ])('haystack %s exits non-zero naming %s', async (sub, name, value) => {
     const res = await exec(process.execPath, [HAYSTACK_BIN, sub], {
       env: { ...process.env, [name]: value, DATA_DIR: tmpName('cfg') },
-      timeoutMs: 15_000,
+      timeoutMs: 50_000, // a config error exits at once; at load average 30 node alone took over 15 s to get there
     });
     expect(res.code).not.toBe(0);
     expect(res.stderr).toContain(name);
