@@ -62,7 +62,9 @@ export type CacheFill = { push: WriteLease } | { lease: FillLease };
  * - `tombstone`: no lease was granted, the id was deleted moments ago;
  * - `before_epoch`: its lease was granted before this process learned the shared
  *   cache's current epoch, or no epoch is known (the cache's state may have been lost since);
- * - `epoch_changed`: the shared cache's epoch is missing or not the one this process holds.
+ * - `epoch_changed`: the shared cache's epoch is missing or not the one this process holds;
+ * - `index_missing`: no lease was granted, the shared commit index is missing (the cache
+ *   lost its state) and not yet restored from the directory leader's.
  */
 export type FillDropReason =
   | 'lease_lost'
@@ -70,7 +72,24 @@ export type FillDropReason =
   | 'lease_held'
   | 'tombstone'
   | 'before_epoch'
-  | 'epoch_changed';
+  | 'epoch_changed'
+  | 'index_missing';
+
+/**
+ * A shared cache could not be told of a delete (not connected, or the command failed or
+ * timed out): UNAVAILABLE (rpc/errors.ts maps it), so the delete is not acknowledged and
+ * its retry tells the cache. `where` names the cache without credentials.
+ */
+export class CacheUnreachableError extends Error {
+  readonly code = 'UNAVAILABLE' as const;
+  constructor(
+    readonly where: string,
+    readonly why: string,
+    message = `the blob cache at ${where} could not be reached (${why})`,
+  ) {
+    super(message);
+  }
+}
 
 export interface CachedBlob {
   meta: CachedBlobMeta;
@@ -149,7 +168,11 @@ export interface BlobCache {
    *   Dropped fills and pushes are reported to the observer as 'fill_dropped' with a reason.
    */
   set(blob: CachedBlob, how: CacheFill): Promise<void>;
-  /** Forgets a blob (on delete). */
+  /**
+   * Forgets a blob (on delete): the entry and its lease go, a tombstone is left. A shared
+   * cache rejects with CacheUnreachableError when this did not reach it, so the delete is
+   * not acknowledged (other gateways would still serve the entry); in-process ones never reject.
+   */
   invalidate(blobId: string): Promise<void>;
   available(): boolean;
   /**

@@ -1,17 +1,18 @@
 import { randomBytes } from 'node:crypto';
-import { Redis } from 'ioredis';
+import { type ChainableCommander, Redis } from 'ioredis';
 import type { Logger } from '../server/logger.js';
-import type {
-  BlobCache,
-  CacheCounts,
-  CachedBlob,
-  CachedBlobMeta,
-  CacheFill,
-  CacheObserver,
-  CacheStatsSnapshot,
-  FillDropReason,
-  FillLease,
-  WriteLease,
+import {
+  type BlobCache,
+  type CacheCounts,
+  type CachedBlob,
+  type CachedBlobMeta,
+  type CacheFill,
+  type CacheObserver,
+  type CacheStatsSnapshot,
+  CacheUnreachableError,
+  type FillDropReason,
+  type FillLease,
+  type WriteLease,
 } from './blob-cache.js';
 import { MAC_BYTES, sealInPlace, unseal } from './integrity.js';
 
@@ -26,6 +27,7 @@ const LEASE_CACHED = 2;
 const LEASE_REFUSED_HELD = 0;
 const LEASE_REFUSED_TOMBSTONE = -2;
 const LEASE_REFUSED_EPOCH = -1;
+const LEASE_REFUSED_INDEX = -3;
 
 export interface RedisCacheOptions {
   url: string;
@@ -46,6 +48,11 @@ export interface RedisCacheOptions {
   leaseMs?: number;
   /** How often this process adds its hit/miss counts to the shared counters. */
   statsFlushMs?: number;
+  /**
+   * The directory leader's commit index (at or above every acknowledged delete's): what
+   * restores the shared commit index when the cache lost it. Rejects when it is unknown.
+   */
+  leaderCommitIndex: () => Promise<bigint>;
   observe?: CacheObserver;
 }
 
@@ -58,10 +65,13 @@ export interface RedisCacheOptions {
 // KEYS[1] blob key, KEYS[2] tombstone key, KEYS[3] lease key, KEYS[4] epoch key,
 // KEYS[5] commit index key; ARGV a new random token, lease ms, the epoch the gateway
 // holds. {answer, commit index}: the index as of the grant, so the read's Locate asks
-// for every delete acknowledged before it (a delete publishes its index first).
+// for every delete acknowledged before it (a delete raises it with its invalidation).
+// No index, no lease: the cache lost it, and a read Locating below a recent delete may
+// reach a follower that has not applied it (restoreIndex puts it back).
 const TAKE_LEASE = `
 local index = redis.call('GET', KEYS[5])
 if redis.call('GET', KEYS[4]) ~= ARGV[3] then return {${LEASE_REFUSED_EPOCH}, index} end
+if not index then return {${LEASE_REFUSED_INDEX}, index} end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {${LEASE_CACHED}, index} end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {${LEASE_REFUSED_TOMBSTONE}, index} end
 if not redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[2]) then return {${LEASE_REFUSED_HELD}, index} end
@@ -100,23 +110,47 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 `;
 
-// KEYS[1] epoch key; ARGV a new random value, stored when the key is missing. The epoch.
+// KEYS[1] epoch key, KEYS[2] commit index key; ARGV a new random value, stored when the
+// key is missing. {the epoch, 1 when the commit index is there}.
 const LEARN_EPOCH = `
 local e = redis.call('GET', KEYS[1])
-if e then return e end
-redis.call('SET', KEYS[1], ARGV[1])
-return ARGV[1]
+if not e then
+  e = ARGV[1]
+  redis.call('SET', KEYS[1], e)
+end
+return {e, redis.call('EXISTS', KEYS[2])}
 `;
 
-// KEYS[1] commit index key; ARGV index. Only ever raised.
+// KEYS[1] commit index key, KEYS[2] its floor; ARGV index. Only ever raised, and never
+// created: an index below a delete acknowledged before the cache lost its state would
+// send reads to followers that missed it. While it is missing the floor keeps the
+// highest index raised (deletes acknowledged meanwhile), for RESTORE_INDEX.
 const RAISE_INDEX = `
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1]) end
+local cur = redis.call('GET', KEYS[1])
+local key = KEYS[1]
+if not cur then
+  key = KEYS[2]
+  cur = redis.call('GET', key)
+end
+if tonumber(ARGV[1]) > tonumber(cur or '0') then redis.call('SET', key, ARGV[1]) end
 return 1
 `;
 
-type RaiseIndexCommand = (key: string, index: string) => Promise<number>;
-type LearnEpochCommand = (key: string, candidate: string) => Promise<string>;
+// KEYS[1] commit index key, KEYS[2] its floor; ARGV the leader's commit index. Sets the
+// index to the highest of the three. The index.
+const RESTORE_INDEX = `
+local v = tonumber(ARGV[1])
+for _, k in ipairs(KEYS) do
+  local x = tonumber(redis.call('GET', k) or '0')
+  if x > v then v = x end
+end
+redis.call('SET', KEYS[1], string.format('%d', v))
+return string.format('%d', v)
+`;
+
+type RaiseIndexCommand = (key: string, floorKey: string, index: string) => Promise<number>;
+type RestoreIndexCommand = (key: string, floorKey: string, index: string) => Promise<string>;
+type LearnEpochCommand = (key: string, indexKey: string, candidate: string) => Promise<[string, number]>;
 type SetBlobCommand = (
   blobKey: string,
   tombKey: string,
@@ -151,18 +185,22 @@ type Commands = {
   hsTakeWriteLease: TakeWriteLeaseCommand;
   hsReleaseLease: ReleaseLeaseCommand;
   hsRaiseIndex: RaiseIndexCommand;
+  hsRestoreIndex: RestoreIndexCommand;
   hsLearnEpoch: LearnEpochCommand;
 };
 
 /** Largest number of ids whose invalidation is remembered while Redis is away. */
 const MAX_PENDING_INVALIDATIONS = 10_000;
+/** Least time between two restores of a missing commit index (each asks the directory). */
+const RESTORE_INTERVAL_MS = 1_000;
 
 /**
  * The blob cache on Redis (shared by every gateway). Each value is a 4-byte
  * header length, a JSON header with the metadata, then the content. While Redis
- * is unreachable every call bypasses it at once (no queueing), one warning is
- * logged per interval, and deletions are remembered and replayed when Redis is
- * back, so a blob deleted during the outage is not served from a stale entry.
+ * is unreachable every call bypasses it at once (no queueing) and one warning is
+ * logged per interval, except invalidate, which rejects (the delete is then not
+ * acknowledged and its retry tells the cache). Such deletions are also remembered
+ * and replayed when Redis is back, at best effort, for a client that never retries.
  */
 export class RedisBlobCache implements BlobCache {
   readonly backend = 'redis' as const;
@@ -182,7 +220,13 @@ export class RedisBlobCache implements BlobCache {
   private readonly counts: CacheCounts = { hits: 0, misses: 0 };
   private readonly unflushed: CacheCounts = { hits: 0, misses: 0 };
   private cluster: CacheCounts = { hits: 0, misses: 0 };
+  /** Ids of deletes answered UNAVAILABLE because the cache was not told: replayed on reconnection. */
   private readonly pendingInvalidations = new Set<string>();
+  /** The restore of a missing commit index under way, and when the last one began. */
+  private restoring: Promise<void> | undefined;
+  private lastRestoreAt = 0;
+  /** The cache's address for messages (no credentials). */
+  private readonly where: string;
   private flushAllOnReconnect = false;
   private lastWarnAt = 0;
   private suppressed = 0;
@@ -194,6 +238,7 @@ export class RedisBlobCache implements BlobCache {
     this.maxBlobSize = opts.maxBlobSize;
     this.prefix = opts.prefix ?? 'haystack:';
     this.log = opts.log;
+    this.where = redisAddress(opts.url);
     const redis = new Redis(opts.url, {
       // Fail fast while disconnected: a read must not wait for the cache.
       enableOfflineQueue: false,
@@ -204,8 +249,9 @@ export class RedisBlobCache implements BlobCache {
       retryStrategy: (times) => Math.min(100 * times, 2_000),
       lazyConnect: false,
     });
-    redis.defineCommand('hsRaiseIndex', { numberOfKeys: 1, lua: RAISE_INDEX });
-    redis.defineCommand('hsLearnEpoch', { numberOfKeys: 1, lua: LEARN_EPOCH });
+    redis.defineCommand('hsRaiseIndex', { numberOfKeys: 2, lua: RAISE_INDEX });
+    redis.defineCommand('hsRestoreIndex', { numberOfKeys: 2, lua: RESTORE_INDEX });
+    redis.defineCommand('hsLearnEpoch', { numberOfKeys: 2, lua: LEARN_EPOCH });
     redis.defineCommand('hsSetBlob', { numberOfKeys: 4, lua: SET_BLOB });
     redis.defineCommand('hsTakeLease', { numberOfKeys: 5, lua: TAKE_LEASE });
     redis.defineCommand('hsTakeWriteLease', { numberOfKeys: 2, lua: TAKE_WRITE_LEASE });
@@ -238,6 +284,9 @@ export class RedisBlobCache implements BlobCache {
   private get indexKey(): string {
     return `${this.prefix}commit-index`;
   }
+  private get indexFloorKey(): string {
+    return `${this.prefix}commit-index-floor`;
+  }
   private get epochKey(): string {
     return `${this.prefix}cache:epoch`;
   }
@@ -260,11 +309,17 @@ export class RedisBlobCache implements BlobCache {
 
   private async askEpoch(connection: number): Promise<void> {
     try {
-      const epoch = await this.redis.hsLearnEpoch(this.epochKey, randomBytes(16).toString('hex'));
+      const [epoch, indexThere] = await this.redis.hsLearnEpoch(
+        this.epochKey,
+        this.indexKey,
+        randomBytes(16).toString('hex'),
+      );
       if (connection === this.connection) {
         this.epoch = epoch;
         this.generation++;
       }
+      // The cache lost its state (or was never used): leases wait for the restored index.
+      if (indexThere !== 1) void this.restoreIndex();
     } catch (err) {
       this.unavailable(err);
     }
@@ -287,7 +342,7 @@ export class RedisBlobCache implements BlobCache {
     if (index > this.commitIndex) this.commitIndex = index;
     if (!this.available()) return;
     try {
-      await this.redis.hsRaiseIndex(this.indexKey, index.toString());
+      await this.redis.hsRaiseIndex(this.indexKey, this.indexFloorKey, index.toString());
     } catch (err) {
       this.unavailable(err);
     }
@@ -295,6 +350,41 @@ export class RedisBlobCache implements BlobCache {
 
   available(): boolean {
     return this.redis.status === 'ready';
+  }
+
+  /**
+   * Puts back a missing shared commit index: the directory leader's (at or above every
+   * acknowledged delete's), or higher. At most one at a time, one per RESTORE_INTERVAL_MS.
+   */
+  private restoreIndex(): Promise<void> {
+    if (this.restoring || Date.now() - this.lastRestoreAt < RESTORE_INTERVAL_MS)
+      return this.restoring ?? Promise.resolve();
+    this.lastRestoreAt = Date.now();
+    const done = this.askRestore().finally(() => {
+      if (this.restoring === done) this.restoring = undefined;
+    });
+    this.restoring = done;
+    return done;
+  }
+
+  private async askRestore(): Promise<void> {
+    let index: bigint;
+    try {
+      index = await this.opts.leaderCommitIndex();
+    } catch (err) {
+      this.log.warn(
+        { err: err instanceof Error ? err.message : String(err) },
+        'cannot restore the cache commit index (the directory leader did not answer): no read fills the cache until it is',
+      );
+      return;
+    }
+    if (this.commitIndex > index) index = this.commitIndex;
+    try {
+      this.sawIndex(await this.redis.hsRestoreIndex(this.indexKey, this.indexFloorKey, index.toString()));
+      this.log.info({ index: index.toString() }, 'cache commit index restored: fills resume');
+    } catch (err) {
+      this.unavailable(err);
+    }
   }
 
   /** Logs at most one warning per interval while Redis is unreachable. */
@@ -335,18 +425,16 @@ export class RedisBlobCache implements BlobCache {
 
   /** Too many deletions were missed: drop every cached blob rather than serve a stale one. */
   private async dropAllBlobs(): Promise<void> {
-    let cursor = '0';
-    do {
-      const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${this.prefix}blob:*`, 'COUNT', 1000);
-      if (keys.length > 0) await this.redis.del(...keys);
-      cursor = next;
-    } while (cursor !== '0');
-    // And every lease: a read that began before one of those deletions must not fill now.
-    do {
-      const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${this.prefix}lease:*`, 'COUNT', 1000);
-      if (keys.length > 0) await this.redis.del(...keys);
-      cursor = next;
-    } while (cursor !== '0');
+    // Leases first: a read that began before one of those deletions must not fill once its
+    // entry is dropped (blobs first left it a window between the two passes).
+    for (const pattern of [`${this.prefix}lease:*`, `${this.prefix}blob:*`]) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await this.redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+        if (keys.length > 0) await this.redis.del(...keys);
+        cursor = next;
+      } while (cursor !== '0');
+    }
     this.log.warn('dropped every cached blob after missing deletions during a Redis outage');
   }
 
@@ -427,6 +515,9 @@ export class RedisBlobCache implements BlobCache {
         case LEASE_REFUSED_EPOCH:
           this.epochRefused(held);
           return { blobId, refused: 'epoch_changed' };
+        case LEASE_REFUSED_INDEX:
+          void this.restoreIndex();
+          return { blobId, refused: 'index_missing' };
         default:
           return { blobId }; // LEASE_CACHED: filled since the miss
       }
@@ -515,26 +606,36 @@ export class RedisBlobCache implements BlobCache {
   }
 
   async invalidate(blobId: string): Promise<void> {
+    let why = 'not connected';
     if (this.available()) {
       try {
         await this.writeInvalidation(blobId);
         return;
       } catch (err) {
         this.unavailable(err);
+        why = err instanceof Error ? err.message : String(err);
       }
     }
-    // Replayed once Redis is back; a flood of them drops the whole cache instead.
+    // Replayed once Redis is back (best effort: the delete's retry is what counts); a flood
+    // of them drops the whole cache instead.
     if (this.pendingInvalidations.size < MAX_PENDING_INVALIDATIONS) this.pendingInvalidations.add(blobId);
     else this.flushAllOnReconnect = true;
+    throw new CacheUnreachableError(this.where, why);
   }
 
   private async writeInvalidation(blobId: string): Promise<void> {
-    // One transaction: the lease goes with the entry, so no fill of a read begun before lands.
-    await this.redis
-      .multi()
-      .del(this.key(blobId), this.leaseKey(blobId))
-      .set(this.tombKey(blobId), '1', 'PX', this.opts.tombstoneMs ?? 60_000)
-      .exec();
+    // One transaction: the lease goes with the entry, so no fill of a read begun before lands;
+    // and the delete's commit index (publishCommitIndex ran first) is raised with it.
+    // defineCommand adds the scripts to transactions too; ioredis's types do not say so.
+    const multi = this.redis.multi() as ChainableCommander & {
+      hsRaiseIndex(key: string, floorKey: string, index: string): ChainableCommander;
+    };
+    multi.del(this.key(blobId), this.leaseKey(blobId));
+    multi.set(this.tombKey(blobId), '1', 'PX', this.opts.tombstoneMs ?? 60_000);
+    multi.hsRaiseIndex(this.indexKey, this.indexFloorKey, this.commitIndex.toString());
+    const res = await multi.exec();
+    const failed = res === null ? new Error('transaction discarded') : res.find(([err]) => err)?.[0];
+    if (failed) throw failed;
   }
 
   private async flushStats(): Promise<void> {
@@ -574,6 +675,15 @@ export class RedisBlobCache implements BlobCache {
     await this.flushStats();
     this.closed = true;
     this.redis.disconnect();
+  }
+}
+
+/** host:port of a redis:// URL (never its credentials), or "Redis" when it does not parse. */
+function redisAddress(url: string): string {
+  try {
+    return new URL(url).host || 'Redis';
+  } catch {
+    return 'Redis';
   }
 }
 

@@ -10,7 +10,7 @@ import {
   WriteRequestSchema,
 } from '../../gen/haystack/v1/store_pb.js';
 import { contentIdProblem, isContentId } from '../auth/content-id.js';
-import type { BlobCache } from '../cache/blob-cache.js';
+import { type BlobCache, CacheUnreachableError } from '../cache/blob-cache.js';
 import type { StoreAt } from '../rpc/clients.js';
 import { fencedTerm } from '../rpc/errors.js';
 import { AsyncPipe } from '../rpc/pipe.js';
@@ -593,10 +593,22 @@ export class BlobGateway {
     })();
   }
 
+  /**
+   * Acknowledged only once the shared cache was told (else other gateways keep serving the
+   * blob): UNAVAILABLE otherwise. The retry, whose stores answer not found, tells it again.
+   */
   async delete(blobId: string): Promise<boolean> {
     checkId(blobId);
     const found = await (await this.path()).delete(blobId);
-    await this.o.cache.invalidate(blobId);
+    await this.o.cache.invalidate(blobId).catch((e: unknown) => {
+      if (!(e instanceof CacheUnreachableError)) throw e;
+      throw new CacheUnreachableError(
+        e.where,
+        e.why,
+        `blob ${blobId} is deleted on the stores, but the blob cache at ${e.where} could not be told (${e.why}), ` +
+          'so other gateways may still serve it; retry: deletes are idempotent',
+      );
+    });
     return found;
   }
 

@@ -13,6 +13,7 @@ import type {
   UpdateReplicasRequestSchema,
   UpdateReplicasResponse,
 } from '../../gen/haystack/v1/directory_pb.js';
+import { DirectoryRole } from '../../gen/haystack/v1/directory_pb.js';
 import type { DirectoryClient } from '../directory/client.js';
 
 /** The DirectoryService calls a gateway makes (the seam its unit tests fake). */
@@ -44,4 +45,18 @@ export function directoryApi(client: DirectoryClient): DirectoryApi {
     getClusterStatus: () => client.getClusterStatus(),
     updateReplicas: (req) => client.updateReplicas(req),
   };
+}
+
+/**
+ * The directory leader's commit index: at or above every change acknowledged so far (a
+ * leader reports LEADER only once its term's first entry, after all earlier ones, is
+ * committed). The highest any reachable instance knows; rejects when no leader answers.
+ */
+export async function leaderCommitIndex(directory: DirectoryApi): Promise<bigint> {
+  const s = await directory.getClusterStatus({});
+  if (!s.directories.some((d) => d.reachable && d.role === DirectoryRole.LEADER))
+    throw new Error('no directory leader is reachable');
+  let index = 0n;
+  for (const d of s.directories) if (d.reachable && d.commitIndex > index) index = d.commitIndex;
+  return index;
 }

@@ -20,7 +20,7 @@ import type { HttpRoute } from '../server/server.js';
 import { GatewayAccess } from './access.js';
 import { BlobGateway } from './blobs.js';
 import type { GatewayConfig } from './config.js';
-import { directoryApi } from './directory.js';
+import { directoryApi, leaderCommitIndex } from './directory.js';
 import { blobRoute, staticRoute } from './http.js';
 import { jwksRoute } from './http-jwks.js';
 import type { ReadAccess } from './http-read-access.js';
@@ -30,7 +30,12 @@ import { putHandlerOptions, putMessageLimit } from './put-limit.js';
 import { blobService } from './service.js';
 import { UrlSigner } from './url-signer.js';
 
-export function createCache(cfg: GatewayConfig, log: Logger, observe?: CacheObserver): BlobCache {
+export function createCache(
+  cfg: GatewayConfig,
+  log: Logger,
+  observe: CacheObserver | undefined,
+  leaderCommitIndex: () => Promise<bigint>,
+): BlobCache {
   const backend = cfg.cacheBackend === 'auto' ? (cfg.redisUrl ? 'redis' : 'memory') : cfg.cacheBackend;
   switch (backend) {
     case 'redis':
@@ -43,6 +48,7 @@ export function createCache(cfg: GatewayConfig, log: Logger, observe?: CacheObse
         warnIntervalMs: cfg.cacheWarnIntervalMs,
         commandTimeoutMs: cfg.cacheCommandTimeoutMs,
         integrityKey: cfg.cacheIntegrityKey,
+        leaderCommitIndex,
         log,
         ...(observe ? { observe } : {}),
       });
@@ -98,12 +104,22 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
     });
     const fillsDropped = new Counter({
       name: 'haystack_gateway_cache_fills_dropped_total',
-      help: 'Read-through cache fills and write pushes not cached, by reason (lease_lost, write_lease_lost, lease_held, tombstone, before_epoch, epoch_changed)',
+      help: 'Read-through cache fills and write pushes not cached, by reason (lease_lost, write_lease_lost, lease_held, tombstone, before_epoch, epoch_changed, index_missing)',
       labelNames: ['reason'],
       registers: reg,
     });
-    const cache = createCache(cfg, log, (e, reason) =>
-      e === 'fill_dropped' ? fillsDropped.inc({ reason: reason ?? 'unknown' }) : lookups.inc({ result: e }),
+    const directoryClient = new DirectoryClient({
+      addresses: cfg.directories,
+      attemptTimeoutMs: cfg.directoryTimeoutMs,
+      deadlineMs: cfg.directoryRetryMs,
+    });
+    const directory = directoryApi(directoryClient);
+    const cache = createCache(
+      cfg,
+      log,
+      (e, reason) =>
+        e === 'fill_dropped' ? fillsDropped.inc({ reason: reason ?? 'unknown' }) : lookups.inc({ result: e }),
+      () => leaderCommitIndex(directory),
     );
     new Gauge({
       name: 'haystack_gateway_cache_hit_ratio',
@@ -136,12 +152,6 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
           })
         : undefined;
     reporter?.start();
-    const directoryClient = new DirectoryClient({
-      addresses: cfg.directories,
-      attemptTimeoutMs: cfg.directoryTimeoutMs,
-      deadlineMs: cfg.directoryRetryMs,
-    });
-    const directory = directoryApi(directoryClient);
     // The placement map, followed so reads and writes need no directory call.
     const view = new PlacementView(
       (req, signal) => directoryClient.watchMetadata(req, signal),

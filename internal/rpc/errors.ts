@@ -8,7 +8,8 @@ interface CodedError {
     | 'DATA_LOSS'
     | 'RESOURCE_EXHAUSTED'
     | 'INVALID_ARGUMENT'
-    | 'FAILED_PRECONDITION';
+    | 'FAILED_PRECONDITION'
+    | 'UNAVAILABLE';
   message: string;
 }
 
@@ -19,6 +20,7 @@ const CODES: Record<CodedError['code'], Code> = {
   RESOURCE_EXHAUSTED: Code.ResourceExhausted,
   INVALID_ARGUMENT: Code.InvalidArgument,
   FAILED_PRECONDITION: Code.FailedPrecondition,
+  UNAVAILABLE: Code.Unavailable,
 };
 
 function isCoded(err: unknown): err is CodedError {
@@ -30,7 +32,11 @@ function isCoded(err: unknown): err is CodedError {
 /** Maps domain errors to ConnectErrors; anything unknown becomes INTERNAL (with the message kept). */
 export function toConnectError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
-  if (isCoded(err)) return new ConnectError(err.message, CODES[err.code], undefined, undefined, err);
+  if (isCoded(err)) {
+    // RFC 9110 §10.2.3: the Connect protocol (HTTP callers) sends error metadata as headers.
+    const meta = err.code === 'UNAVAILABLE' ? { 'retry-after': '1' } : undefined;
+    return new ConnectError(err.message, CODES[err.code], meta, undefined, err);
+  }
   const errno = (err as { code?: unknown } | null)?.code;
   if (errno === 'ENOSPC' || errno === 'EDQUOT') {
     return new ConnectError(

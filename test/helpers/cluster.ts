@@ -35,6 +35,8 @@ export interface ClusterOptions {
   env?: Record<string, string>;
   /** Extra environment per component. */
   gatewayEnv?: Record<string, string>;
+  /** Environment of gateway i alone (after gatewayEnv), asked when it starts. */
+  gatewayEnvOf?: (i: number, cluster: Cluster) => Record<string, string>;
   storeEnv?: Record<string, string>;
   replicationEnv?: Record<string, string>;
   directoryEnv?: Record<string, string>;
@@ -261,6 +263,7 @@ export class Cluster {
       // One key for all gateways: an entry one seals, another verifies (the cache is shared).
       CACHE_INTEGRITY_KEY: this.cacheKey,
       ...this.opts.gatewayEnv,
+      ...this.opts.gatewayEnvOf?.(i, this),
       ...env,
     });
     this.gateways[i] = p;

@@ -70,6 +70,15 @@ export class RedisProcess {
     await waitForPort('127.0.0.1', this.port, 10_000);
   }
 
+  /** SIGSTOP: connections stay open, commands get no answer (a stalled Redis) until resume(). */
+  pause(): void {
+    this.child?.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    this.child?.kill('SIGCONT');
+  }
+
   /** kill -9. */
   async kill(): Promise<void> {
     const c = this.child;

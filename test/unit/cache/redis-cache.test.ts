@@ -2,7 +2,7 @@ import { Writable } from 'node:stream';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { CacheObserver } from '../../../internal/cache/blob-cache.js';
+import { type CacheObserver, CacheUnreachableError } from '../../../internal/cache/blob-cache.js';
 import { seal, unseal } from '../../../internal/cache/integrity.js';
 import {
   decode,
@@ -11,7 +11,9 @@ import {
   RedisBlobCache,
   type RedisCacheOptions,
 } from '../../../internal/cache/redis-cache.js';
+import { redisUrl } from '../../../internal/security/redis-acl.js';
 import { RedisProcess } from '../../helpers/redis.js';
+import { TcpProxy } from '../../helpers/tcp-proxy.js';
 import { blob, fill, push } from './blob.js';
 
 function captureLogger() {
@@ -83,8 +85,21 @@ function cacheOptions(
     maxBlobSize: 1024,
     integrityKey: KEY,
     commandTimeoutMs: COMMAND_TIMEOUT_MS,
+    // No directory here: the index a cache that lost it is restored to.
+    leaderCommitIndex: async () => 0n,
     ...more,
   };
+}
+
+/** A quiet cache on `redis` whose observed events (`fill_dropped:<reason>`, …) go to `seen`. */
+function observedCache(redis: RedisProcess, seen: string[], more: Partial<RedisCacheOptions> = {}) {
+  return new RedisBlobCache(
+    cacheOptions(redis, {
+      log: pino({ level: 'silent' }),
+      observe: (e, reason) => seen.push(reason ? `${e}:${reason}` : e),
+      ...more,
+    }),
+  );
 }
 
 describe('RedisBlobCache on a real redis-server', () => {
@@ -104,6 +119,9 @@ describe('RedisBlobCache on a real redis-server', () => {
       }),
     );
     await epochLearned(cache);
+    await until(() => cache.available());
+    // The commit index is restored on the first connection: leases are granted from then on.
+    await until(async () => (await cache.lease('warm')).token !== undefined);
   });
   afterAll(async () => {
     await cache?.close();
@@ -284,6 +302,7 @@ describe('RedisBlobCache on a real redis-server', () => {
       maxBlobSize: 1024,
       integrityKey: KEY,
       commandTimeoutMs: COMMAND_TIMEOUT_MS,
+      leaderCommitIndex: async () => 0n,
       log,
     });
     await until(() => other.available());
@@ -315,6 +334,7 @@ describe('RedisBlobCache on a real redis-server', () => {
       maxBlobSize: 1024,
       integrityKey: KEY,
       commandTimeoutMs: COMMAND_TIMEOUT_MS,
+      leaderCommitIndex: async () => 0n,
       log,
       prefix: 'ttl:',
     });
@@ -333,6 +353,7 @@ describe('RedisBlobCache on a real redis-server', () => {
       maxBlobSize: 1024,
       integrityKey: KEY,
       commandTimeoutMs: COMMAND_TIMEOUT_MS,
+      leaderCommitIndex: async () => 0n,
       log,
     });
     await until(() => other.available());
@@ -352,7 +373,7 @@ describe('RedisBlobCache on a real redis-server', () => {
     await other.close();
   });
 
-  it('bypasses a dead Redis quickly with one warning, replays deletions and resumes when it is back', async () => {
+  it('bypasses a dead Redis quickly with one warning, refuses deletions and resumes when it is back', async () => {
     await push(cache, blob('keep', 10));
     await push(cache, blob('gone', 10));
     const before = lines.length; // warnings of this outage only (not of an earlier stall)
@@ -362,8 +383,9 @@ describe('RedisBlobCache on a real redis-server', () => {
     for (let i = 0; i < 50; i++) expect(await cache.get('keep')).toBeUndefined();
     expect(await cache.writeLease('x')).toEqual({ blobId: 'x' }); // no push, the write goes on
     await push(cache, blob('x', 10));
-    await cache.invalidate('gone');
-    expect(Date.now() - t0).toBeLessThan(1000);
+    await expect(cache.invalidate('gone')).rejects.toBeInstanceOf(CacheUnreachableError);
+    // No call waited for a command timeout (53 calls would take minutes); a bound, not a speed figure.
+    expect(Date.now() - t0).toBeLessThan(COMMAND_TIMEOUT_MS);
     const warnings = lines.slice(before).filter((l) => l.msg.startsWith('redis cache unavailable'));
     expect(warnings.length, JSON.stringify(warnings)).toBe(1);
 
@@ -429,14 +451,8 @@ describe('RedisBlobCache epoch fence (issue 14: no resurrection when Redis loses
 
   beforeAll(async () => {
     redis = await RedisProcess.start();
-    cache = new RedisBlobCache(
-      cacheOptions(redis, {
-        log: pino({ level: 'silent' }),
-        observe: (e, reason) => seen.push(reason ? `${e}:${reason}` : e),
-        // Long: the fence, not an expired lease, must be what drops the fills here.
-        leaseMs: 600_000,
-      }),
-    );
+    // Long lease: the fence, not an expired lease, must be what drops the fills here.
+    cache = observedCache(redis, seen, { leaseMs: 600_000 });
     admin = new Redis(redis.adminUrl);
     await until(() => cache.available());
     await fillLands('warm');
@@ -537,5 +553,163 @@ describe('RedisBlobCache epoch fence (issue 14: no resurrection when Redis loses
       await push(cache, blob('w1', 10));
       return (await cache.get('w1')) !== undefined;
     });
+  });
+});
+
+describe('RedisBlobCache: a delete is acknowledged only once the cache was told', () => {
+  let redis: RedisProcess;
+  let proxy: TcpProxy;
+  let cache: RedisBlobCache;
+  let admin: Redis;
+
+  beforeAll(async () => {
+    redis = await RedisProcess.start();
+    proxy = await TcpProxy.start(redis.port);
+    cache = new RedisBlobCache(
+      cacheOptions(redis, {
+        url: redisUrl(redis.user, '127.0.0.1', proxy.port),
+        log: pino({ level: 'silent' }),
+        // Short: a stalled Redis must fail the invalidation quickly.
+        commandTimeoutMs: 1_000,
+      }),
+    );
+    admin = new Redis(redis.adminUrl);
+    await until(() => cache.available());
+    await until(async () => (await cache.lease('warm')).token !== undefined);
+  });
+  /** Whether an invalidation of `id` reached Redis (a retry loop's condition). */
+  const told = (id: string) =>
+    cache.invalidate(id).then(
+      () => true,
+      () => false,
+    );
+
+  afterAll(async () => {
+    redis?.resume();
+    admin?.disconnect();
+    await cache?.close();
+    await proxy?.close();
+    await redis?.stop();
+  });
+
+  it('rejects an invalidation while Redis is unreachable, naming it without credentials', async () => {
+    proxy.cut();
+    await until(() => !cache.available());
+    const err = await cache.invalidate('cut1').then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(CacheUnreachableError);
+    expect((err as CacheUnreachableError).code).toBe('UNAVAILABLE');
+    expect((err as Error).message).toContain(`127.0.0.1:${proxy.port}`);
+    expect((err as Error).message).not.toContain(redis.user.password);
+    proxy.heal();
+    await until(() => cache.available());
+    // Told once it is back: the retry succeeds.
+    await until(() => told('cut1'));
+    expect(await admin.exists('haystack:deleted:cut1')).toBe(1);
+  });
+
+  it('rejects an invalidation whose transaction timed out on a live connection', async () => {
+    await admin.set('haystack:blob:stall', 'entry');
+    redis.pause();
+    try {
+      await expect(cache.invalidate('stall')).rejects.toBeInstanceOf(CacheUnreachableError);
+    } finally {
+      redis.resume();
+    }
+    await until(() => told('stall')); // the retry
+    expect(await admin.exists('haystack:blob:stall')).toBe(0);
+  });
+
+  it('drops lease keys before blob keys when too many deletions were missed', async () => {
+    await admin.set('haystack:blob:kept', 'entry');
+    await admin.set('haystack:lease:reading', 'token');
+    proxy.cut();
+    await until(() => !cache.available());
+    for (let i = 0; i <= 10_000; i++) await cache.invalidate(`missed${i}`).catch(() => {});
+    const monitor = await new Redis(redis.adminUrl).monitor();
+    const dels: string[] = [];
+    monitor.on('monitor', (_time: string, args: string[]) => {
+      if (args[0]?.toLowerCase() === 'del') dels.push(...args.slice(1));
+    });
+    try {
+      proxy.heal();
+      await until(async () => (await admin.exists('haystack:blob:kept')) === 0);
+      const lease = dels.indexOf('haystack:lease:reading');
+      const entry = dels.indexOf('haystack:blob:kept');
+      expect(lease, JSON.stringify(dels)).toBeGreaterThanOrEqual(0);
+      expect(lease).toBeLessThan(entry);
+    } finally {
+      monitor.disconnect();
+    }
+  });
+});
+
+describe('RedisBlobCache: no fill lease while the shared commit index is missing', () => {
+  let redis: RedisProcess;
+  let cache: RedisBlobCache;
+  let admin: Redis;
+  const seen: string[] = [];
+  /** What the directory leader answers (undefined: no leader). */
+  let leader: bigint | undefined = 900n;
+  const INDEX = 'haystack:commit-index';
+
+  beforeAll(async () => {
+    redis = await RedisProcess.start();
+    cache = observedCache(redis, seen, {
+      leaderCommitIndex: async () => {
+        if (leader === undefined) throw new Error('no directory leader is reachable');
+        return leader;
+      },
+    });
+    admin = new Redis(redis.adminUrl);
+    await until(() => cache.available());
+  });
+  afterAll(async () => {
+    admin?.disconnect();
+    await cache?.close();
+    await redis?.stop();
+  });
+
+  it('restores the index to the leader commit index on a new cache, then grants leases', async () => {
+    await until(async () => (await admin.get(INDEX)) !== null);
+    expect(await admin.get(INDEX)).toBe('900');
+    const lease = await cache.lease('a');
+    expect(lease.token).toBeDefined();
+    expect(cache.sharedCommitIndex()).toBe(900n);
+  });
+
+  it('refuses leases while the index is missing (index_missing), and resumes once it is restored', async () => {
+    leader = undefined; // the directory cannot say: the index stays missing
+    await admin.del(INDEX);
+    const n = seen.length;
+    await fill(cache, blob('m1', 10));
+    expect(await cache.get('m1')).toBeUndefined();
+    expect(seen.slice(n)).toContain('fill_dropped:index_missing');
+    expect(await admin.get(INDEX)).toBeNull();
+    // A delete acknowledged meanwhile raises the floor, never creates the index.
+    await cache.publishCommitIndex(1_000n);
+    await cache.invalidate('m0');
+    expect(await admin.get(INDEX)).toBeNull();
+    expect(await admin.get('haystack:commit-index-floor')).toBe('1000');
+    expect(await cache.lease('m1')).toEqual({ blobId: 'm1', refused: 'index_missing' });
+
+    leader = 950n; // below the floor: the highest wins
+    await until(async () => (await cache.lease('m2')).token !== undefined);
+    expect(await admin.get(INDEX)).toBe('1000');
+    await fill(cache, blob('m3', 10));
+    expect(await cache.get('m3')).toBeDefined();
+  });
+
+  it('restores the index after Redis restarts empty before any lease', async () => {
+    leader = 2_000n;
+    await redis.kill();
+    await redis.restart();
+    admin.disconnect();
+    admin = new Redis(redis.adminUrl);
+    await until(() => cache.available());
+    await until(async () => (await cache.lease('r1')).token !== undefined);
+    expect(await admin.get(INDEX)).toBe('2000');
   });
 });
