@@ -136,12 +136,16 @@ if tonumber(ARGV[1]) > tonumber(cur or '0') then redis.call('SET', key, ARGV[1])
 return 1
 `;
 
-// KEYS[1] commit index key, KEYS[2] its floor; ARGV the leader's commit index. Sets the
-// index to the highest of the three. The index.
+// KEYS[1] commit index key, KEYS[2] its floor, KEYS[3] epoch key; ARGV the leader's
+// commit index, the epoch the gateway held when it asked for it. Sets the index to the
+// highest of the three, unless the epoch changed meanwhile: then the cache lost its state
+// again after the leader's index was read, and a delete acknowledged in between may be
+// above it (its raise went with that state). The index, or '' when refused.
 const RESTORE_INDEX = `
+if redis.call('GET', KEYS[3]) ~= ARGV[2] then return '' end
 local v = tonumber(ARGV[1])
-for _, k in ipairs(KEYS) do
-  local x = tonumber(redis.call('GET', k) or '0')
+for i = 1, 2 do
+  local x = tonumber(redis.call('GET', KEYS[i]) or '0')
   if x > v then v = x end
 end
 redis.call('SET', KEYS[1], string.format('%d', v))
@@ -149,7 +153,13 @@ return string.format('%d', v)
 `;
 
 type RaiseIndexCommand = (key: string, floorKey: string, index: string) => Promise<number>;
-type RestoreIndexCommand = (key: string, floorKey: string, index: string) => Promise<string>;
+type RestoreIndexCommand = (
+  key: string,
+  floorKey: string,
+  epochKey: string,
+  index: string,
+  epoch: string,
+) => Promise<string>;
 type LearnEpochCommand = (key: string, indexKey: string, candidate: string) => Promise<[string, number]>;
 type SetBlobCommand = (
   blobKey: string,
@@ -250,7 +260,7 @@ export class RedisBlobCache implements BlobCache {
       lazyConnect: false,
     });
     redis.defineCommand('hsRaiseIndex', { numberOfKeys: 2, lua: RAISE_INDEX });
-    redis.defineCommand('hsRestoreIndex', { numberOfKeys: 2, lua: RESTORE_INDEX });
+    redis.defineCommand('hsRestoreIndex', { numberOfKeys: 3, lua: RESTORE_INDEX });
     redis.defineCommand('hsLearnEpoch', { numberOfKeys: 2, lua: LEARN_EPOCH });
     redis.defineCommand('hsSetBlob', { numberOfKeys: 4, lua: SET_BLOB });
     redis.defineCommand('hsTakeLease', { numberOfKeys: 5, lua: TAKE_LEASE });
@@ -368,6 +378,10 @@ export class RedisBlobCache implements BlobCache {
   }
 
   private async askRestore(): Promise<void> {
+    // The epoch this restore is for: the leader's index read below orders nothing in a
+    // cache that lost its state again before the restore lands (RESTORE_INDEX checks).
+    const held = this.epoch;
+    if (held === undefined) return; // learning the epoch restores once it knows it
     let index: bigint;
     try {
       index = await this.opts.leaderCommitIndex();
@@ -380,8 +394,19 @@ export class RedisBlobCache implements BlobCache {
     }
     if (this.commitIndex > index) index = this.commitIndex;
     try {
-      this.sawIndex(await this.redis.hsRestoreIndex(this.indexKey, this.indexFloorKey, index.toString()));
-      this.log.info({ index: index.toString() }, 'cache commit index restored: fills resume');
+      const restored = await this.redis.hsRestoreIndex(
+        this.indexKey,
+        this.indexFloorKey,
+        this.epochKey,
+        index.toString(),
+        held,
+      );
+      if (restored === '') {
+        this.epochRefused(held);
+        return;
+      }
+      this.sawIndex(restored);
+      this.log.info({ index: restored }, 'cache commit index restored: fills resume');
     } catch (err) {
       this.unavailable(err);
     }
@@ -581,6 +606,7 @@ export class RedisBlobCache implements BlobCache {
     const held = this.epoch;
     if (held === undefined || lease.generation !== this.generation) {
       this.dropFill('before_epoch');
+      void this.release(lease); // so later reads of the id need not wait for it to expire
       if (held === undefined) void this.learnEpoch();
       return;
     }
@@ -598,6 +624,7 @@ export class RedisBlobCache implements BlobCache {
       if (r === SET_REFUSED_LEASE) this.dropFill(lost);
       if (r === SET_REFUSED_EPOCH) {
         this.dropFill('epoch_changed');
+        void this.release(lease);
         this.epochRefused(held);
       }
     } catch (err) {

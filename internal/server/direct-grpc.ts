@@ -80,6 +80,9 @@ const HIGH_WATER = 16;
 /** Bytes past an oversized message's declared end still read before answering anyway (a few frames). */
 const DRAIN_SLACK = 64 * 1024;
 
+/** Longest an oversized message is read for (drainFirst): a declared 4 GiB dribbled in does not hold the stream. */
+const DRAIN_MAX_MS = 60_000;
+
 export class DirectGrpcServer {
   private readonly methods = new Map<string, MethodImplSpec>();
 
@@ -408,16 +411,21 @@ class DirectCall {
    * closed stream: Node's HTTP/2 server counts those frames invalid and resets the
    * session (ENHANCE_YOUR_CALM), and Envoy turns the early answer into a reset
    * (envoyproxy/envoy#30149) — either way the caller never saw RESOURCE_EXHAUSTED.
-   * Bounded by the declared length (+ DRAIN_SLACK), the request idle limit and the
-   * call's deadline; past any of them the answer goes as before. True: deferred.
+   * Bounded by the declared length (+ DRAIN_SLACK), the request idle limit,
+   * DRAIN_MAX_MS and the call's deadline; past any of them the answer goes as
+   * before. True: deferred.
    */
   private drainFirst(err: unknown): boolean {
     if (this.drained || this.drainBudget === undefined || err !== this.inputError) return false;
     const { stream } = this;
-    if (this.finished || stream.readableEnded || stream.destroyed || stream.closed) return false;
+    if (this.drainBudget < 0 || this.finished || stream.readableEnded || stream.destroyed || stream.closed)
+      return false;
+    this.queue.length = 0; // messages before the oversized one: not needed for the answer
     let idle: NodeJS.Timeout | undefined;
+    const cap = setTimeout(() => go(), DRAIN_MAX_MS);
     const go = () => {
       clearTimeout(idle);
+      clearTimeout(cap);
       stream.off('end', go);
       stream.off('close', go);
       this.end(err);

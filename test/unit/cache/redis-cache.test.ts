@@ -653,14 +653,20 @@ describe('RedisBlobCache: no fill lease while the shared commit index is missing
   const seen: string[] = [];
   /** What the directory leader answers (undefined: no leader). */
   let leader: bigint | undefined = 900n;
+  /** While set, the leader's answer (read when asked) waits for it. */
+  let hold: Promise<void> | undefined;
+  let asked = 0;
   const INDEX = 'haystack:commit-index';
 
   beforeAll(async () => {
     redis = await RedisProcess.start();
     cache = observedCache(redis, seen, {
       leaderCommitIndex: async () => {
-        if (leader === undefined) throw new Error('no directory leader is reachable');
-        return leader;
+        asked++;
+        const answer = leader;
+        await hold;
+        if (answer === undefined) throw new Error('no directory leader is reachable');
+        return answer;
       },
     });
     admin = new Redis(redis.adminUrl);
@@ -702,14 +708,41 @@ describe('RedisBlobCache: no fill lease while the shared commit index is missing
     expect(await cache.get('m3')).toBeDefined();
   });
 
+  it('a restore whose leader index was read before the cache lost its state again lands nothing', async () => {
+    let open = () => {};
+    hold = new Promise<void>((r) => {
+      open = r;
+    });
+    try {
+      leader = 2_500n; // read by the restore below, stale once a delete at 2600 is acknowledged
+      await admin.del(INDEX);
+      const before = asked;
+      await until(async () => {
+        await cache.lease('s1'); // refused index_missing: starts a restore, which waits in `hold`
+        return asked > before;
+      });
+      // A delete (through another gateway) is acknowledged at 2600, then the cache loses its
+      // state again, its raise with it; the leader has the delete.
+      await admin.set(INDEX, '2600');
+      await admin.flushall();
+      leader = 2_600n;
+    } finally {
+      hold = undefined;
+      open();
+    }
+    // The stale restore is refused (the epoch changed); a later one restores the leader's.
+    await until(async () => (await cache.lease('s2')).token !== undefined);
+    expect(await admin.get(INDEX)).toBe('2600');
+  });
+
   it('restores the index after Redis restarts empty before any lease', async () => {
-    leader = 2_000n;
+    leader = 3_000n; // above what this gateway knows (2600): the leader's wins
     await redis.kill();
     await redis.restart();
     admin.disconnect();
     admin = new Redis(redis.adminUrl);
     await until(() => cache.available());
     await until(async () => (await cache.lease('r1')).token !== undefined);
-    expect(await admin.get(INDEX)).toBe('2000');
+    expect(await admin.get(INDEX)).toBe('3000');
   });
 });
