@@ -235,6 +235,9 @@ export class RedisBlobCache implements BlobCache {
   /** The restore of a missing commit index under way, and when the last one began. */
   private restoring: Promise<void> | undefined;
   private lastRestoreAt = 0;
+  /** The retry of a restore the leader did not answer; one warning per outage, not per retry. */
+  private restoreRetry: NodeJS.Timeout | undefined;
+  private restoreFailing = false;
   /** The cache's address for messages (no credentials). */
   private readonly where: string;
   private flushAllOnReconnect = false;
@@ -367,8 +370,11 @@ export class RedisBlobCache implements BlobCache {
    * acknowledged delete's), or higher. At most one at a time, one per RESTORE_INTERVAL_MS.
    */
   private restoreIndex(): Promise<void> {
-    if (this.restoring || Date.now() - this.lastRestoreAt < RESTORE_INTERVAL_MS)
-      return this.restoring ?? Promise.resolve();
+    if (this.restoring) return this.restoring;
+    if (Date.now() - this.lastRestoreAt < RESTORE_INTERVAL_MS) {
+      this.retryRestore(); // asked too soon after the last one: still done, a little later
+      return Promise.resolve();
+    }
     this.lastRestoreAt = Date.now();
     const done = this.askRestore().finally(() => {
       if (this.restoring === done) this.restoring = undefined;
@@ -386,12 +392,16 @@ export class RedisBlobCache implements BlobCache {
     try {
       index = await this.opts.leaderCommitIndex();
     } catch (err) {
-      this.log.warn(
-        { err: err instanceof Error ? err.message : String(err) },
-        'cannot restore the cache commit index (the directory leader did not answer): no read fills the cache until it is',
-      );
+      if (!this.restoreFailing)
+        this.log.warn(
+          { err: err instanceof Error ? err.message : String(err) },
+          'cannot restore the cache commit index (the directory leader did not answer): no read fills the cache until it is; retrying every second',
+        );
+      this.restoreFailing = true;
+      this.retryRestore();
       return;
     }
+    this.restoreFailing = false;
     if (this.commitIndex > index) index = this.commitIndex;
     try {
       const restored = await this.redis.hsRestoreIndex(
@@ -410,6 +420,16 @@ export class RedisBlobCache implements BlobCache {
     } catch (err) {
       this.unavailable(err);
     }
+  }
+
+  /** Tries the restore again in RESTORE_INTERVAL_MS, without waiting for a fill to ask. */
+  private retryRestore(): void {
+    if (this.closed || this.restoreRetry) return;
+    this.restoreRetry = setTimeout(() => {
+      this.restoreRetry = undefined;
+      if (!this.closed && this.epoch !== undefined) void this.restoreIndex();
+    }, RESTORE_INTERVAL_MS + 50); // past restoreIndex's own once-a-second gate
+    this.restoreRetry.unref();
   }
 
   /** Logs at most one warning per interval while Redis is unreachable. */
@@ -699,6 +719,7 @@ export class RedisBlobCache implements BlobCache {
 
   async close(): Promise<void> {
     clearInterval(this.flushTimer);
+    clearTimeout(this.restoreRetry);
     await this.flushStats();
     this.closed = true;
     this.redis.disconnect();

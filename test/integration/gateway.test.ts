@@ -342,6 +342,11 @@ describe('the blob cache (Redis)', () => {
     for (let i = 0; i < 2; i++) {
       await expect.poll(async () => (await gatewayCache(i)).available, { timeout: 10_000 }).toBe(true);
     }
+    // Redis came back empty: no fill is leased until a gateway has put the shared commit
+    // index back from the directory leader's (docs/edge.md, Cache), which takes an RPC.
+    const redis = new Redis(cluster.cacheRedis!.url);
+    await expect.poll(() => redis.exists('haystack:commit-index'), { timeout: 10_000 }).toBe(1);
+    await redis.quit();
     await client.download(c.id); // fill
     const before = await totalHits();
     expect(Buffer.from((await client.download(c.id)).data).equals(during)).toBe(true);

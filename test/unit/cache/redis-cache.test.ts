@@ -745,4 +745,19 @@ describe('RedisBlobCache: no fill lease while the shared commit index is missing
     await until(async () => (await cache.lease('r1')).token !== undefined);
     expect(await admin.get(INDEX)).toBe('3000');
   });
+
+  it('keeps retrying a restore the leader did not answer, without waiting for a read to ask', async () => {
+    leader = undefined; // no leader when the cache comes back empty
+    await redis.kill();
+    await redis.restart();
+    admin.disconnect();
+    admin = new Redis(redis.adminUrl);
+    await until(() => cache.available());
+    const before = asked;
+    await until(() => asked >= before + 2); // asked again with no lease requested
+    expect(await admin.get(INDEX)).toBeNull();
+    leader = 3_100n; // a leader is back: the next retry restores, still without any lease
+    await until(async () => (await admin.get(INDEX)) !== null);
+    expect(await admin.get(INDEX)).toBe('3100');
+  });
 });
