@@ -122,8 +122,11 @@ export function cluster(
         },
       ],
     },
-    // Only ever routed to hosts the health checker has seen SERVING.
-    common_lb_config: { healthy_panic_threshold: { value: 0 } },
+    // Routed only to hosts the health checker has seen SERVING while any is; when none
+    // is (below 1 %: every check timed out, as on a CPU-starved host), to all of them
+    // rather than answering "no healthy upstream" to everything: a host really down
+    // fails the request as it would have anyway, one merely slow serves it.
+    common_lb_config: { healthy_panic_threshold: { value: 1 } },
   };
 }
 

@@ -25,9 +25,10 @@ import {
   toInfo,
 } from './blob-info.js';
 import { ColdReader } from './cold-read.js';
-import type { DirectoryApi } from './directory.js';
+import { DEFAULT_MAP_STALE_AFTER_MS } from './config.js';
+import { type DirectoryApi, leaderCommitIndex } from './directory.js';
 import { DirectoryPath } from './directory-path.js';
-import { GroupPath, type PlacementStoreApi } from './group-path.js';
+import { type AckRefusal, GroupPath, type PlacementStoreApi } from './group-path.js';
 import type { MetadataPath } from './metadata-path.js';
 import type { PlacementView } from './placement-view.js';
 
@@ -54,6 +55,10 @@ export interface GatewayOptions {
     readyTimeoutMs: number;
     /** MIN_REPLICA_COUNT: members that must hold a write before it is acknowledged. */
     minReplicas: number;
+    /** MAP_STALE_AFTER (ms; default DEFAULT_MAP_STALE_AFTER_MS): see GroupPath's ack check. */
+    mapStaleAfterMs?: number;
+    /** A write or delete that did not reach every member was refused at ack time. */
+    onAckRefused?: (reason: AckRefusal) => void;
   };
   /** Hooks for metrics. */
   onFailover?: (storeId: string, err: ConnectError) => void;
@@ -153,6 +158,11 @@ export class BlobGateway {
         o.log,
         o.storeTimeoutMs,
         o.placement.minReplicas,
+        {
+          mapStaleAfterMs: o.placement.mapStaleAfterMs ?? DEFAULT_MAP_STALE_AFTER_MS,
+          leaderIndex: () => leaderCommitIndex(o.directory),
+          ...(o.placement.onAckRefused ? { onRefused: o.placement.onAckRefused } : {}),
+        },
       );
     }
   }

@@ -5,6 +5,9 @@ import type { Env } from '../config/env.js';
 import { list } from '../store/config.js';
 import { MAX_PUT_SIZE_LIMIT } from './put-limit.js';
 
+/** MAP_STALE_AFTER's default (ms); BACKFILL_SETTLE's default (replication/config.ts) is twice it. */
+export const DEFAULT_MAP_STALE_AFTER_MS = 5_000;
+
 /** Configuration of a gateway process (`haystack gateway`). */
 export interface GatewayConfig extends ServerConfig {
   gatewayId: string;
@@ -43,6 +46,12 @@ export interface GatewayConfig extends ServerConfig {
   statsReportIntervalMs: number;
   /** Placement groups: members that must hold a write before it is acknowledged. */
   minReplicaCount: number;
+  /**
+   * Placement groups: a write or delete that did not reach every member of its group is
+   * acknowledged only on a placement map confirmed current by the directory leader at
+   * most this long ago (ms). The managers' BACKFILL_SETTLE must exceed it.
+   */
+  mapStaleAfterMs: number;
   /** Public keys that verify bearer tokens (AUTH_JWKS_FILE); undefined: only operator certificates. */
   authJwks: Jwks | undefined;
   /** The AUTH_JWKS_FILE path ('' when unset), re-read every authJwksReloadMs (0: never). */
@@ -84,6 +93,11 @@ export const GATEWAY_ENV_HELP = `${COMMON_ENV_HELP}
   STATS_REPORT_INTERVAL  access report period (default 60s)
   MIN_REPLICA_COUNT      placement groups: a write is acknowledged once at least this many
                          members hold it durably (every member that is up must; default 2)
+  MAP_STALE_AFTER        placement groups: a write or delete that skipped a member (JOINING and
+                         DOWN) is acknowledged only if the member still is in a placement map the
+                         directory leader confirmed current at most this long ago, else UNAVAILABLE
+                         (the retry includes it); the replication managers' BACKFILL_SETTLE must be
+                         longer (default 5s)
   AUTH_JWKS_FILE         JWKS (JSON) of the 1-4 public ES256 keys that verify bearer tokens
                          (haystack token keygen); unset: only operator certificates are accepted
   AUTH_JWKS_RELOAD_INTERVAL  re-read AUTH_JWKS_FILE this often: a key added or removed takes
@@ -137,6 +151,10 @@ export function readGatewayConfig(flags: { listen?: string }, env: Env = process
     replicationAddrs: list(r.string('REPLICATION_ADDRS', '')),
     statsReportIntervalMs: r.duration('STATS_REPORT_INTERVAL', 60_000, { minMs: 100 }),
     minReplicaCount: r.int('MIN_REPLICA_COUNT', 2, { min: 1, max: 16 }),
+    mapStaleAfterMs: r.duration('MAP_STALE_AFTER', DEFAULT_MAP_STALE_AFTER_MS, {
+      minMs: 100,
+      maxMs: 600_000,
+    }),
     authJwks: jwks(r),
     authJwksFile: r.string('AUTH_JWKS_FILE', ''),
     authJwksReloadMs: r.duration('AUTH_JWKS_RELOAD_INTERVAL', 10_000, { minMs: 0, maxMs: 86_400_000 }),

@@ -31,6 +31,18 @@ export type PlacementStoreApi = Pick<
 
 const token = (group: number, inner: string) => `${group}.${Buffer.from(inner).toString('base64url')}`;
 
+/** Why a write or delete that did not reach every member was refused at ack time (metrics label). */
+export type AckRefusal = 'group_changed' | 'map_stale';
+
+/** The ack-time check of writes and deletes that did not reach every member of their group. */
+export interface AckCheck {
+  /** MAP_STALE_AFTER: the oldest confirmation of the map such an ack may rely on (ms). */
+  mapStaleAfterMs: number;
+  /** The directory leader's commit index (leaderCommitIndex): what confirms the map current. */
+  leaderIndex(): Promise<bigint>;
+  onRefused?(reason: AckRefusal): void;
+}
+
 /** Placement groups a List call visits at most before it answers (a page may be short). */
 const GROUPS_PER_LIST_CALL = 64;
 
@@ -45,6 +57,13 @@ const GROUPS_PER_LIST_CALL = 64;
  *   durably — at least MIN_REPLICA_COUNT of them, one ACTIVE. The directory
  *   demotes a DOWN member to JOINING within a second, and a JOINING member serves
  *   no reads until it has been caught up, so a write it missed is never hidden.
+ * - Such a write (or delete) that did not reach every member is acknowledged only
+ *   if, in a map the directory leader confirmed current within MAP_STALE_AFTER,
+ *   every member it missed is still JOINING and DOWN; else UNAVAILABLE, and the
+ *   retry reaches the member. The manager compares a JOINING member only once its
+ *   store has been HEALTHY (and it a member) for BACKFILL_SETTLE > MAP_STALE_AFTER,
+ *   so every write it missed and that is acknowledged is on the ACTIVE members by
+ *   then (rule 2 of docs/design/metadata-at-scale.md).
  * - A read goes to ACTIVE members and extra replicas, healthiest first. A blob is
  *   NOT_FOUND only when every store asked answered NOT_FOUND: one member that
  *   missed a write (a gateway's stale map) never hides it while another has it.
@@ -61,6 +80,7 @@ export class GroupPath implements MetadataPath {
     private readonly storeTimeoutMs: number,
     /** MIN_REPLICA_COUNT: members that must hold a write before it is acknowledged. */
     private readonly minReplicas: number,
+    private readonly ack: AckCheck,
   ) {}
 
   private group(blobId: string): PlacementGroup {
@@ -86,6 +106,12 @@ export class GroupPath implements MetadataPath {
     };
   }
 
+  /** A member no write or delete is sent to when it is JOINING: its store is DOWN or has no address. */
+  private down(storeId: string): boolean {
+    const t = this.target(storeId);
+    return t.health === StoreHealth.DOWN || !t.address;
+  }
+
   /**
    * The stores a write or delete of the blob goes to: every member except JOINING
    * ones that are DOWN (the directory demoted them, so they serve no reads until
@@ -96,7 +122,7 @@ export class GroupPath implements MetadataPath {
   private targets(blobId: string): { group: PlacementGroup; targets: (StoreTarget & { active: boolean })[] } {
     const g = this.group(blobId);
     const members = g.members.map((m) => ({ m, t: this.target(m.storeId) }));
-    const isDown = (x: (typeof members)[number]) => x.t.health === StoreHealth.DOWN || !x.t.address;
+    const isDown = (x: (typeof members)[number]) => this.down(x.m.storeId);
     const active = (x: (typeof members)[number]) => x.m.state === PlacementMemberState.ACTIVE;
     const activeDown = members.filter((x) => active(x) && isDown(x));
     const live = members.filter((x) => !isDown(x));
@@ -158,18 +184,78 @@ export class GroupPath implements MetadataPath {
         Code.FailedPrecondition,
       );
     }
-    const { targets } = this.targets(blobId);
+    const { group, targets } = this.targets(blobId);
     let cookie = 0n;
     while (cookie === 0n) cookie = randomBytes(8).readBigUInt64BE();
+    const reached = new Set(targets.map((t) => t.storeId));
     return {
       cookie,
       targets: targets.map(({ active: _, ...t }) => t as StoreTarget),
       term: this.view.leaderTerm,
       replicaCount,
+      skipped: group.members.map((m) => m.storeId).filter((id) => !reached.has(id)),
     };
   }
 
+  /**
+   * The ack-time check (rules above): every member of the blob's group the write or
+   * delete did not reach must still be JOINING and DOWN, in a map confirmed current
+   * within MAP_STALE_AFTER. Members the plan skipped that are back, and members added
+   * meanwhile, would be caught up by a backfill that may already have compared them
+   * without this write: UNAVAILABLE, and the retry (idempotent) reaches them.
+   */
+  private async checkMissed(
+    what: 'write' | 'delete',
+    blobId: string,
+    reached: ReadonlySet<string>,
+    skipped: readonly string[],
+  ): Promise<void> {
+    const missed = () => this.group(blobId).members.filter((m) => !reached.has(m.storeId));
+    if (missed().length === 0) return;
+    if (!(await this.view.confirmedWithin(this.ack.mapStaleAfterMs, this.ack.leaderIndex))) {
+      const g = this.group(blobId);
+      this.ack.onRefused?.('map_stale');
+      this.log.warn(
+        { blobId, group: g.group, missed: missed().map((m) => m.storeId) },
+        `${what} not acknowledged: the placement map could not be confirmed current`,
+      );
+      throw new ConnectError(
+        `placement group ${g.group}: the ${what} of ${blobId} did not reach ` +
+          `${missed()
+            .map((m) => m.storeId)
+            .join(', ')}, and this gateway could not confirm its placement map current within ` +
+          `MAP_STALE_AFTER (${this.ack.mapStaleAfterMs} ms: no directory leader answered, or the map lags it); retry`,
+        Code.Unavailable,
+      );
+    }
+    const g = this.group(blobId);
+    const changed = missed().filter((m) => m.state !== PlacementMemberState.JOINING || !this.down(m.storeId));
+    if (changed.length === 0) return;
+    const why = changed.map((m) =>
+      !skipped.includes(m.storeId)
+        ? `${m.storeId} joined it`
+        : this.down(m.storeId)
+          ? `${m.storeId} is ${PlacementMemberState[m.state]}`
+          : `${m.storeId} is back`,
+    );
+    this.ack.onRefused?.('group_changed');
+    this.log.warn(
+      { blobId, group: g.group, stores: changed.map((m) => m.storeId) },
+      `${what} not acknowledged: its placement group changed while it was in flight`,
+    );
+    throw new ConnectError(
+      `placement group ${g.group} changed while the ${what} was in flight: ${why.join(', ')}; retry`,
+      Code.Unavailable,
+    );
+  }
+
   async finishWrite(w: DoneWrite): Promise<BlobInfo> {
+    await this.checkMissed(
+      'write',
+      w.blobId,
+      new Set(w.plan.targets.map((t) => t.storeId)),
+      w.plan.skipped ?? [],
+    );
     const g = this.group(w.blobId);
     const extras = this.view.state.placement.extras.get(w.blobId);
     const members = g.members.length;
@@ -270,7 +356,9 @@ export class GroupPath implements MetadataPath {
 
   async delete(blobId: string): Promise<boolean> {
     checkId(blobId);
-    const members = this.targets(blobId).targets;
+    const { group, targets: members } = this.targets(blobId);
+    const reached = new Set(members.map((m) => m.storeId));
+    const skipped = group.members.map((m) => m.storeId).filter((id) => !reached.has(id));
     // The directory drops the blob's extra replicas first and names them.
     const res = await this.directory.delete({ blobId });
     const targets = new Map<string, string>();
@@ -308,6 +396,8 @@ export class GroupPath implements MetadataPath {
         misplaced ? Code.FailedPrecondition : Code.Unavailable,
       );
     }
+    // A member that missed the tombstone and is caught up meanwhile could keep the blob live.
+    await this.checkMissed('delete', blobId, reached, skipped);
     return res.found || results.some((r) => r.status === 'fulfilled' && r.value);
   }
 

@@ -108,6 +108,12 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
       labelNames: ['reason'],
       registers: reg,
     });
+    const ackRefusals = new Counter({
+      name: 'haystack_gateway_ack_refusals_total',
+      help: 'Placement-group writes and deletes that did not reach every member, refused at ack time (UNAVAILABLE, retried by clients), by reason (group_changed: a member they missed is back or joined; map_stale: the map could not be confirmed current within MAP_STALE_AFTER)',
+      labelNames: ['reason'],
+      registers: reg,
+    });
     const directoryClient = new DirectoryClient({
       addresses: cfg.directories,
       attemptTimeoutMs: cfg.directoryTimeoutMs,
@@ -166,6 +172,8 @@ export async function runGateway(cfg: GatewayConfig): Promise<void> {
         stores: (s) => pool.store(s),
         readyTimeoutMs: cfg.directoryRetryMs,
         minReplicas: cfg.minReplicaCount,
+        mapStaleAfterMs: cfg.mapStaleAfterMs,
+        onAckRefused: (reason) => ackRefusals.inc({ reason }),
       },
       store: (s) => pool.store(s),
       cache,

@@ -10,6 +10,8 @@ export interface WritePlan {
   term: bigint;
   /** Replicas the client asked for (0: the cluster default). */
   replicaCount: number;
+  /** Placement groups: members left out of `targets` (JOINING and DOWN), re-checked at ack time. */
+  skipped?: string[];
 }
 
 /** A write the stores acknowledged, to be recorded (or not) by the metadata path. */

@@ -44,10 +44,12 @@ export function sourceIsBehind(
  * v1 cluster are not kept (MetadataState with perBlob off): the view's memory does
  * not grow with the number of blobs.
  *
- * Staleness: the view lags the leader by one push (milliseconds). A write aimed at
- * a group that changed meanwhile still reaches every store that was a member, and
- * a new member is JOINING (backfilled) before it serves reads, so no acknowledged
- * write is missed; see docs/design/metadata-at-scale.md.
+ * Staleness: the view lags the leader by one push (milliseconds) normally, but
+ * without bound when its directory is cut off (N5). A write aimed at a group that
+ * changed meanwhile still reaches every store that was a member; one that did not
+ * reach every current member is acknowledged only on a map confirmed current within
+ * MAP_STALE_AFTER (confirmedWithin, GroupPath's ack check); see
+ * docs/design/metadata-at-scale.md.
  */
 export class PlacementView {
   state = new MetadataState({ perBlob: false });
@@ -63,6 +65,16 @@ export class PlacementView {
   /** The newest directory term a store reported above the view's. */
   private reported: ReportedTerm | undefined;
   private behindTimer: NodeJS.Timeout | undefined;
+  /**
+   * When the view was last confirmed to hold every entry the directory leader had
+   * committed (performance.now() of asking; -Infinity: never). The stream carries
+   * no keepalive and a directory cut off from its peers keeps serving it (N5), so
+   * only a leader's answer confirms the view current.
+   */
+  private confirmedAt = Number.NEGATIVE_INFINITY;
+  private confirming: Promise<void> | undefined;
+  /** Woken after entries or a snapshot are applied (whenApplied). */
+  private readonly appliedWaiters = new Set<() => void>();
 
   constructor(
     private readonly watch: MetadataWatch,
@@ -128,6 +140,66 @@ export class PlacementView {
     return leaderTerm > appliedTerm ? leaderTerm : appliedTerm;
   }
 
+  /**
+   * Whether the view is known to hold every entry the directory leader had committed
+   * at most `maxAgeMs` ago. When the last confirmation is older, asks the leader's
+   * commit index once (`leaderIndex`; concurrent callers share the question) and
+   * waits for the view to apply it, both within `maxAgeMs`. False when no leader
+   * answered or the view did not catch up in time.
+   */
+  async confirmedWithin(maxAgeMs: number, leaderIndex: () => Promise<bigint>): Promise<boolean> {
+    if (performance.now() - this.confirmedAt <= maxAgeMs) return true;
+    this.confirming ??= this.confirm(maxAgeMs, leaderIndex).finally(() => {
+      this.confirming = undefined;
+    });
+    await this.confirming;
+    return performance.now() - this.confirmedAt <= maxAgeMs;
+  }
+
+  private async confirm(budgetMs: number, leaderIndex: () => Promise<bigint>): Promise<void> {
+    const asked = performance.now();
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const index = await Promise.race([
+        leaderIndex(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`no answer within ${budgetMs} ms`)), budgetMs);
+        }),
+      ]);
+      // The leader answered after `asked`: a view at its index holds all committed before then.
+      if (await this.whenApplied(index, asked + budgetMs - performance.now())) {
+        this.confirmedAt = Math.max(this.confirmedAt, asked);
+      }
+    } catch (err) {
+      this.log.debug({ err: (err as Error).message }, 'placement view: could not confirm the map current');
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Resolves true once the view has applied `index`, false after `timeoutMs`. */
+  private whenApplied(index: bigint, timeoutMs: number): Promise<boolean> {
+    if (this.state.appliedIndex >= index) return Promise.resolve(true);
+    if (timeoutMs <= 0) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const check = () => {
+        if (this.state.appliedIndex < index) return;
+        done(true);
+      };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        this.appliedWaiters.delete(check);
+        resolve(ok);
+      };
+      this.appliedWaiters.add(check);
+    });
+  }
+
+  private notifyApplied(): void {
+    for (const w of [...this.appliedWaiters]) w();
+  }
+
   /** True once a snapshot (or the log from its start) has been applied. */
   get ready(): boolean {
     return this.loaded;
@@ -187,6 +259,7 @@ export class PlacementView {
             fresh = false;
             this.reload = false;
             this.markLoaded();
+            this.notifyApplied();
           } else if (msg.msg.case === 'entries') {
             if (fresh) {
               // The log from its first entry, no snapshot: start from an empty state.
@@ -202,6 +275,7 @@ export class PlacementView {
               this.state.apply(e);
               if (e.index === 1n) this.markLoaded();
             }
+            this.notifyApplied();
           }
         }
       } catch (err) {

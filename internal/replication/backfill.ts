@@ -43,28 +43,104 @@ export const BACKFILL_GROUPS_AT_ONCE = 4;
  * or a store added by an operator) gets every needle of the group, then becomes
  * ACTIVE (UpdatePlacement, compare-and-set on the group's epoch).
  *
- * Why one pass plus a final comparison suffices: gateways send every write and
- * delete of the group to every member, JOINING ones included, from the moment the
- * member is in the map. So a needle is on the joining store unless it was written
- * before that (or its write failed there). The pass copies everything an ACTIVE
- * member held when its listing was read: live needles with Replicate keep_stamp,
- * tombstones with Delete written_at_ms, only where the joining store lacks the id
- * or holds an older stamp (it may already have a newer write). What the pass can
- * miss is what landed on the ACTIVE members but not on the joining one during the
- * pass — writes whose delivery to it failed. The final comparison catches those:
- * equal digests over all members promote at once; otherwise the group is synced
- * (every member listed, the newest needle per id copied where missing) and the
- * member is promoted when every needle the listings held reached it. That sync
- * does not wait for needles to settle (anti-entropy does): a write in flight may be
- * copied as well as delivered by its gateway, which stamp order makes harmless.
- * Anything a failure leaves out keeps the member JOINING for the next round.
+ * Why one pass plus a final comparison suffices. Gateways send every write and
+ * delete of the group to every member in their map, JOINING ones included, except
+ * JOINING members that are DOWN; and a write or delete that missed a member is
+ * acknowledged only if, in a map the directory leader confirmed current within the
+ * gateway's MAP_STALE_AFTER, that member is still JOINING and DOWN (GroupPath).
+ * Nothing is compared here before the member's store has been HEALTHY, and it a
+ * member, for BACKFILL_SETTLE > MAP_STALE_AFTER in the mirror (settleLeft). So a
+ * write that missed the member and is acknowledged was acknowledged on a map
+ * confirmed before the member came back (or joined): it was durable on the members
+ * it reached before BACKFILL_SETTLE ran out, before the first digests are read;
+ * and any later ack is refused (the retry reaches the member). What remains to
+ * copy is on the ACTIVE members when this starts, or arrives at the joining member
+ * directly. The pass copies everything an ACTIVE member held when its listing was
+ * read: live needles with Replicate keep_stamp, tombstones with Delete
+ * written_at_ms, only where the joining store lacks the id or holds an older stamp
+ * (it may already have a newer write). What the pass can miss is what landed on
+ * the ACTIVE members but not on the joining one during the pass — writes whose
+ * delivery to it failed. The final comparison catches those: equal digests over
+ * all members promote at once; otherwise the group is synced (every member listed,
+ * the newest needle per id copied where missing) and the member is promoted when
+ * every needle the listings held reached it. That sync does not wait for needles
+ * to settle (anti-entropy does): a write in flight may be copied as well as
+ * delivered by its gateway, which stamp order makes harmless. Anything a failure
+ * leaves out keeps the member JOINING for the next round.
  */
 export class Backfill {
   readonly progress = new Map<number, BackfillProgress>();
   promotedTotal = 0;
   private running: Promise<number> | undefined;
+  /** Since when (env.now()) each store has been HEALTHY in the mirror, as far as seen. */
+  private readonly healthySince = new Map<string, number>();
+  /** Since when (env.now()) each `group/store` has been a member, as far as seen. */
+  private readonly memberSince = new Map<string, number>();
+  private settleTimer: { at: number; timer: NodeJS.Timeout } | undefined;
 
   constructor(private readonly env: PlacementEnv) {}
+
+  /** A store's health changed in the mirror: the settle time runs from its return to HEALTHY. */
+  noteHealth(storeId: string, health: number, previous: number | undefined): void {
+    if (health !== StoreHealth.HEALTHY) this.healthySince.delete(storeId);
+    else if (previous !== StoreHealth.HEALTHY) this.healthySince.set(storeId, this.env.now());
+  }
+
+  /** Groups changed in the mirror: the settle time of a new member runs from now. */
+  noteMembers(groups: number[]): void {
+    const now = this.env.now();
+    for (const group of groups) {
+      const members = new Set(membersIn(this.env.mirror.placement.groups[group]));
+      for (const key of [...this.memberSince.keys()]) {
+        if (key.startsWith(`${group}/`) && !members.has(key.slice(key.indexOf('/') + 1)))
+          this.memberSince.delete(key);
+      }
+      for (const id of members)
+        if (!this.memberSince.has(`${group}/${id}`)) this.memberSince.set(`${group}/${id}`, now);
+    }
+  }
+
+  /** A snapshot replaced the mirror: what happened in between is unknown, so every wait starts again. */
+  forgetTimes(): void {
+    this.healthySince.clear();
+    this.memberSince.clear();
+  }
+
+  /**
+   * Milliseconds before the member may be compared: BACKFILL_SETTLE after the later of
+   * its store's return to HEALTHY and its joining the group (first seen now when this
+   * instance did not see it happen: a takeover waits once more).
+   */
+  private settleLeft(group: number, storeId: string): number {
+    const now = this.env.now();
+    const first = (m: Map<string, number>, key: string) => {
+      const at = m.get(key);
+      if (at !== undefined) return at;
+      m.set(key, now);
+      return now;
+    };
+    const since = Math.max(first(this.healthySince, storeId), first(this.memberSince, `${group}/${storeId}`));
+    return since + this.env.cfg.backfillSettleMs - now;
+  }
+
+  /** Runs the backfill again once the earliest waiting member has settled. */
+  private recheckIn(ms: number): void {
+    const at = this.env.now() + ms;
+    if (this.settleTimer && this.settleTimer.at <= at) return;
+    if (this.settleTimer) clearTimeout(this.settleTimer.timer);
+    const timer = setTimeout(() => {
+      this.settleTimer = undefined;
+      if (!this.env.acting()) return;
+      // After a run under way (it may have passed the member already), not merged into it.
+      const after = this.running ?? Promise.resolve(0);
+      void after
+        .catch(() => 0)
+        .then(() => this.runAll())
+        .catch((err: unknown) => this.env.log.warn({ err: String(err) }, 'backfill run failed'));
+    }, ms + 5);
+    timer.unref();
+    this.settleTimer = { at, timer };
+  }
 
   /** (group, store) of every JOINING member. */
   joining(): { group: number; storeId: string }[] {
@@ -121,6 +197,14 @@ export class Backfill {
     const target = env.mirror.stores.get(storeId);
     if (!g || !target || target.health !== StoreHealth.HEALTHY) return false;
     if (!membersIn(g, PlacementMemberState.JOINING).includes(storeId)) return false;
+    // A write a gateway planned without this member may still be acknowledged until
+    // the settle time has run (see above): comparing before then could miss it.
+    const left = this.settleLeft(group, storeId);
+    if (left > 0) {
+      env.log.debug({ group, store: storeId, waitMs: left }, 'joining member settling before backfill');
+      this.recheckIn(left);
+      return false;
+    }
     const [source] = activeSources(g, env.ctx(env.now()), new Set([storeId]));
     if (!source) return false;
     // A member demoted while its store was briefly DOWN (a restart, a heartbeat

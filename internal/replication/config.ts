@@ -56,6 +56,13 @@ export interface ReplicationConfig extends ServerConfig {
   antiEntropyGroupsPerRound: number;
   /** Placement mode: needles younger than this are left to the next round (writes in flight). */
   antiEntropySettleMs: number;
+  /**
+   * Placement mode: a JOINING member is compared (and promoted) only once its store has
+   * been HEALTHY, and it a member, this long in the manager's mirror (ms). Longer than the
+   * gateways' MAP_STALE_AFTER, so a write that skipped it and is acknowledged is already on
+   * the ACTIVE members when the comparison runs (docs/design/metadata-at-scale.md rule 2).
+   */
+  backfillSettleMs: number;
   /** The cold tier (EC_*, docs/design/ec-tier.md). */
   ec: EcConfig;
 }
@@ -97,6 +104,10 @@ export const REPLICATION_ENV_HELP = `${COMMON_ENV_HELP}
   ANTI_ENTROPY_INTERVAL  placement groups: period of the digest comparison of every group (default 10m)
   ANTI_ENTROPY_GROUPS    placement groups: differing groups one periodic round repairs at most (default 4)
   ANTI_ENTROPY_SETTLE    placement groups: needles younger than this wait for the next round (default 30s)
+  BACKFILL_SETTLE        placement groups: a JOINING member is compared and promoted only after its
+                         store has been HEALTHY and it a member this long; must exceed the gateways'
+                         MAP_STALE_AFTER plus message delays (default 10s, twice MAP_STALE_AFTER's
+                         default; 0 only where no gateway writes, e.g. tests)
 ${EC_ENV_HELP}`;
 
 export function readReplicationConfig(flags: { listen?: string }, env: Env = process.env): ReplicationConfig {
@@ -150,6 +161,7 @@ export function readReplicationConfig(flags: { listen?: string }, env: Env = pro
     antiEntropyIntervalMs: r.duration('ANTI_ENTROPY_INTERVAL', 600_000, { minMs: 100 }),
     antiEntropyGroupsPerRound: r.int('ANTI_ENTROPY_GROUPS', 4, { min: 1, max: 65_536 }),
     antiEntropySettleMs: r.duration('ANTI_ENTROPY_SETTLE', 30_000, { minMs: 0, maxMs: 3_600_000 }),
+    backfillSettleMs: r.duration('BACKFILL_SETTLE', 10_000, { minMs: 0, maxMs: 3_600_000 }),
     ec: readEcConfig(r),
   };
   if (!(cfg.minReplicaCount <= cfg.defaultReplicaCount && cfg.defaultReplicaCount <= cfg.maxReplicaCount)) {

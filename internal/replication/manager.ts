@@ -148,6 +148,7 @@ export class ReplicationManager {
       stop: this.stopCtl.signal,
       onSnapshot: () => {
         this.blobs.planner.onSnapshot();
+        this.backfill.forgetTimes();
         if (this.active) this.monitor.pass('snapshot');
       },
       onChange: (c) => this.onChange(c),
@@ -187,11 +188,15 @@ export class ReplicationManager {
       this.heat.forget(c.blobId);
       this.blobs.forget(c.blobId);
     } else if (c.type === 'placement') {
+      this.backfill.noteMembers(c.groups);
       if (this.active && this.backfill.joining().length > 0) this.monitor.kickBackfill();
     } else if (c.type === 'extras') {
       this.hot.onExtrasChanged(c.blobId);
       if (this.active) this.monitor.markDirty(c.blobId);
-    } else if (c.type === 'store' && this.active && c.previous !== c.health) {
+    } else if (c.type === 'store' && c.previous !== c.health) {
+      // Tracked on a standby too: a takeover then waits only what is left of the settle time.
+      this.backfill.noteHealth(c.storeId, c.health, c.previous);
+      if (!this.active) return;
       if (!this.placementMode) {
         this.blobs.planner.onStoreHealth(c.storeId, c.health, c.previous, (id) => this.monitor.markDirty(id));
       } else if (c.health === StoreHealth.HEALTHY && this.backfill.joining().length > 0) {

@@ -67,6 +67,8 @@ const TOTALS_EVERY_MS = 2_000;
 export class ShardStore {
   private totalsCache: { at: number; value: ShardTotals } | undefined;
   private dirty = true;
+  /** The recount under way: one at a time, so an older one never lands after a newer one. */
+  private recounting: Promise<ShardTotals> | undefined;
 
   private constructor(readonly engine: Store) {}
 
@@ -151,11 +153,24 @@ export class ShardStore {
   async totals(now = performance.now()): Promise<ShardTotals> {
     const c = this.totalsCache;
     if (c && (!this.dirty || now - c.at < TOTALS_EVERY_MS)) return c.value;
+    // Concurrent recounts (a heartbeat and a metrics scrape) used to land in any order:
+    // an older one landing last left a stale count cached until the next change.
+    this.recounting ??= this.recount(now).finally(() => {
+      this.recounting = undefined;
+    });
+    return this.recounting;
+  }
+
+  private async recount(now: number): Promise<ShardTotals> {
+    // Cleared before reading: a change during the pass marks it dirty again.
     this.dirty = false;
     const value: ShardTotals = { count: 0, bytes: 0, bytesByIndex: [] };
     let after: string | undefined;
     for (;;) {
-      const page = await this.engine.listNeedles(after, 1000);
+      const page = await this.engine.listNeedles(after, 1000).catch((err: unknown) => {
+        this.dirty = true; // not counted: the next call tries again
+        throw err;
+      });
       for (const n of page) {
         const k = parseShardKey(n.blobId);
         if (!k) continue;

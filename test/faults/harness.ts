@@ -88,7 +88,7 @@ export class FaultCluster {
     const fc = new FaultCluster(cluster, managerPorts, env);
     try {
       await Promise.all(managerPorts.map((_, i) => fc.startManager(i)));
-      await fc.activeManager();
+      await fc.activeManager(90_000); // first election of processes just started, under whatever load the box has
     } catch (err) {
       await fc.stop();
       throw err;
@@ -135,7 +135,7 @@ export class FaultCluster {
   }
 
   /** Index of the active replication manager (waits for one). */
-  async activeManager(timeoutMs = 20_000): Promise<number> {
+  async activeManager(timeoutMs = 60_000): Promise<number> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       for (let i = 0; i < this.managerPorts.length; i++) {

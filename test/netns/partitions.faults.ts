@@ -28,5 +28,7 @@ describe('network partitions between namespaces (full)', () => {
     });
     expect(r.slowReads).toBeDefined();
     expectClean(r, { audits: 5, writesAcked: 100 });
-  }, 1_800_000);
+    // 13 min on a quiet box; at load ~20 (a CI beside it) every window passed and the
+    // final full check of ~5,000 blobs was still reading when 30 min ran out.
+  }, 3_600_000);
 });

@@ -5,6 +5,7 @@ import { type BlobMeta, BlobMetaSchema, BlobState, StoreHealth } from '../../../
 import {
   AllocateWriteResponseSchema,
   CommitWriteResponseSchema,
+  DirectoryRole,
   DirectoryServiceDeleteResponseSchema,
   DirectoryServiceListResponseSchema,
   GetClusterStatusResponseSchema,
@@ -32,6 +33,10 @@ export class FakeStore {
   /** 'deposed': refuse the write's directory term as a store that has seen term 99 does. */
   writeMode: 'ok' | 'fail' | 'deposed' = 'ok';
   reads = 0;
+  /** Write streams fully received (their answer may still be held). */
+  writesReceived = 0;
+  /** Set: a write's answer (its ack) waits for it, after the whole stream was received. */
+  hold: Promise<void> | undefined;
   /** The cookie of every Read asked of this store (0: none sent). */
   readonly readCookies: bigint[] = [];
   chunkSize = 1000;
@@ -52,6 +57,8 @@ export class FakeStore {
           if (r.msg.case === 'header') header = r.msg.value;
           else if (r.msg.case === 'chunk') parts.push(r.msg.value);
         }
+        self.writesReceived++;
+        await self.hold;
         if (self.writeMode === 'fail') throw new ConnectError(`${self.storeId} is broken`, Code.Unavailable);
         if (self.writeMode === 'deposed') {
           throw new ConnectError(
@@ -124,6 +131,8 @@ export class FakeDirectory implements DirectoryApi {
   readonly minIndexes: bigint[] = [];
   /** Offer no replica in Locate answers (a leader that has heard no heartbeat yet). */
   hideReplicas = false;
+  /** Set: GetClusterStatus names a reachable leader at this commit index (leaderCommitIndex). */
+  leaderCommit: bigint | undefined;
 
   constructor(
     readonly stores: FakeStore[],
@@ -208,6 +217,17 @@ export class FakeDirectory implements DirectoryApi {
 
   async getClusterStatus() {
     return create(GetClusterStatusResponseSchema, {
+      directories:
+        this.leaderCommit === undefined
+          ? []
+          : [
+              {
+                directoryId: 'd0',
+                reachable: true,
+                role: DirectoryRole.LEADER,
+                commitIndex: this.leaderCommit,
+              },
+            ],
       stores: this.stores.map((s) => ({
         storeId: s.storeId,
         address: s.storeId,

@@ -202,6 +202,7 @@ describe('GroupPath tells the view the newer term a store named on a Delete', ()
         log,
         200,
         1,
+        { mapStaleAfterMs: 1_000, leaderIndex: async () => view.state.appliedIndex },
       );
       const err = await path.delete('a').catch((e: unknown) => ConnectError.from(e));
       expect(err).toMatchObject({ code: Code.Unavailable });

@@ -173,4 +173,49 @@ describe('backfill of JOINING placement-group members', () => {
     }
     for (let g = 0; g < 8; g++) expect(fs.live('s4', idInGroup(g, 8, 0))).toBe(true);
   });
+
+  it('compares a member only once its store has been HEALTHY for BACKFILL_SETTLE: a write that skipped it and was acknowledged meanwhile is copied', async () => {
+    // Gateways acknowledge a write that skipped s4 (JOINING and DOWN when planned) only on
+    // a map confirmed current within MAP_STALE_AFTER: here at most ~100 ms after s4 is
+    // back. BACKFILL_SETTLE (400 ms) is longer.
+    const { dir, fs, m, state } = setup([S4_JOINING], { BACKFILL_SETTLE: '400ms' });
+    const [early, late] = [idInGroup(0, 1, 0), idInGroup(0, 1, 1)];
+    fs.write(['s1', 's2', 's4'], early);
+    dir.setHealth('s4', StoreHealth.DOWN);
+    m.start();
+    await until(() => m.active && m.mirror.loaded);
+    // The write planned without s4 lands on s1 and s2 just after the members' digests are
+    // read (or ~100 ms after s4 is back, if nothing reads them before).
+    let landed = false;
+    const land = () => {
+      if (landed) return;
+      landed = true;
+      fs.write(['s1', 's2'], late);
+    };
+    const back = Date.now();
+    let reads = 0;
+    let comparedAfter: number | undefined;
+    fs.afterDigests = () => {
+      comparedAfter ??= Date.now() - back;
+      if (++reads === 3) land();
+    };
+    let promotedAfter: number | undefined;
+    dir.beforePlacementUpdate = () => {
+      promotedAfter ??= Date.now() - back;
+    };
+    dir.setHealth('s4', StoreHealth.HEALTHY);
+    const timer = setTimeout(land, 100);
+    try {
+      await until(() => state(0, 's4') === PlacementMemberState.ACTIVE, 5_000, 's4 ACTIVE');
+      expect(landed).toBe(true);
+      // ACTIVE with the acknowledged write (without the settle time: promoted on equal digests without it).
+      expect(fs.get('s4', late)).toEqual(fs.get('s1', late));
+      expect(fs.get('s4', early)).toEqual(fs.get('s1', early));
+      // Neither compared nor promoted before the settle time.
+      expect(comparedAfter).toBeGreaterThanOrEqual(400);
+      expect(promotedAfter).toBeGreaterThanOrEqual(400);
+    } finally {
+      clearTimeout(timer);
+    }
+  });
 });

@@ -44,6 +44,8 @@ export function testConfig(env: Record<string, string> = {}): ReplicationConfig 
       SCRUB_INTERVAL: '0',
       RETRY_BACKOFF: '30ms',
       RETRY_BACKOFF_MAX: '100ms',
+      // No gateway writes here: a JOINING member is compared at once (the settle test sets it).
+      BACKFILL_SETTLE: '0',
       ...env,
     },
   );

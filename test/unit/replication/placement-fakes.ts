@@ -32,6 +32,8 @@ export class FakePlacementStores {
   private clock = 1_000_000;
   /** Runs after a Replicate applied, before it answers. */
   afterReplicate?: (storeId: string, blobId: string) => Promise<void>;
+  /** Runs after a GetPlacementDigests was computed, before it answers. */
+  afterDigests?: (storeId: string) => void;
   /** An error a target answers Replicate with before it reads the source (its own needle is damaged…). */
   refuseReplicate?: (storeId: string, blobId: string) => ConnectError | undefined;
 
@@ -167,6 +169,7 @@ export class FakePlacementStores {
             .readBigUInt64BE(0);
           by.set(g, { needles: d.needles + 1n, digest: d.digest ^ mix });
         }
+        this.afterDigests?.(address);
         return {
           digests: [...by.entries()].sort(([a], [b]) => a - b).map(([group, d]) => ({ group, ...d })),
         };

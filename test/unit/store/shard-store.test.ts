@@ -81,3 +81,42 @@ describe('shard engine', () => {
     await expect(again.openRead('cold-1', 2)).rejects.toThrow(NotFoundError);
   });
 });
+
+describe('shard totals', () => {
+  it('never leave an older recount cached over a newer one (two callers at once, a delete between)', async () => {
+    const s = await openShards(await tempDir());
+    for (const index of [1, 2]) {
+      const b = blob(1000, index);
+      await s.write({ ...shard(b), index }, chunks(b));
+    }
+    // The first recount reads the index before the delete and answers after the second.
+    const list = s.engine.listNeedles.bind(s.engine);
+    let release = () => {};
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    let calls = 0;
+    let firstRead = () => {};
+    const read = new Promise<void>((r) => {
+      firstRead = r;
+    });
+    s.engine.listNeedles = async (after, limit) => {
+      const page = await list(after, limit);
+      if (calls++ === 0) {
+        firstRead();
+        await held;
+      }
+      return page;
+    };
+    const t0 = performance.now();
+    const first = s.totals(t0);
+    await read; // the first recount has read its page
+    expect(await s.delete('cold-1', 1)).toBe(true);
+    const second = s.totals(t0 + 10_000);
+    // Let the second answer first if it does not wait for the first (it must not land after it).
+    await Promise.race([second, new Promise((r) => setTimeout(r, 300))]);
+    release();
+    await Promise.all([first, second]);
+    expect((await s.totals(t0 + 20_000)).count).toBe(1);
+  });
+});
