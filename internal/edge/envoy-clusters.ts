@@ -46,7 +46,10 @@ function upstreamTlsSocket(tls: UpstreamTls, role: string): Json {
 /**
  * An upstream cluster of gateways, directories or replication managers: HTTP/2 (mTLS when
  * `o.upstreamTls`), least-request balancing, active gRPC health checks of `healthService`,
- * outlier detection; routed only to hosts seen SERVING.
+ * outlier detection; routed only to hosts seen SERVING while any is. `panicWhenNoneServing`:
+ * when none is, route to all of them (gateways, directories: a host every check timed out
+ * on is usually just slow) rather than answer "no healthy upstream" (replication: a standby
+ * is NOT_SERVING by design and would refuse with FAILED_PRECONDITION, which no one retries).
  */
 export function cluster(
   name: string,
@@ -54,6 +57,7 @@ export function cluster(
   healthService: string,
   o: Pick<EnvoyOptions, 'healthCheckIntervalMs' | 'upstreamTls' | 'dns'>,
   role: string,
+  panicWhenNoneServing = true,
 ): Json {
   const interval = o.healthCheckIntervalMs ?? 2000;
   return {
@@ -122,11 +126,10 @@ export function cluster(
         },
       ],
     },
-    // Routed only to hosts the health checker has seen SERVING while any is; when none
-    // is (below 1 %: every check timed out, as on a CPU-starved host), to all of them
-    // rather than answering "no healthy upstream" to everything: a host really down
-    // fails the request as it would have anyway, one merely slow serves it.
-    common_lb_config: { healthy_panic_threshold: { value: 1 } },
+    // Panic below 1 % healthy, i.e. only when no host is (every check timed out, as on a
+    // CPU-starved box): a host really down fails the request as it would have anyway, one
+    // merely slow serves it.
+    common_lb_config: { healthy_panic_threshold: { value: panicWhenNoneServing ? 1 : 0 } },
   };
 }
 

@@ -295,7 +295,7 @@ export function renderEnvoyConfig(o: EnvoyOptions): Json {
       clusters: [
         cluster('gateways', o.gateways, 'haystack.v1.BlobService', o, 'gateway'),
         cluster('directories', o.directories, 'haystack.v1.DirectoryService', o, 'directory'),
-        cluster('replication', o.replication, 'haystack.v1.ReplicationService', o, 'replication'),
+        cluster('replication', o.replication, 'haystack.v1.ReplicationService', o, 'replication', false),
         ...(o.stats ? [singleHostCluster('envoy_admin', 'STATIC', o.admin)] : []),
         ...(o.tracing ? [singleHostCluster('otel_collector', 'STRICT_DNS', o.tracing.collector)] : []),
       ],

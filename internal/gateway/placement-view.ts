@@ -72,6 +72,11 @@ export class PlacementView {
    * only a leader's answer confirms the view current.
    */
   private confirmedAt = Number.NEGATIVE_INFINITY;
+  /**
+   * The leader's commit index that confirmation was for: a view reloaded from an older
+   * snapshot since (appliedIndex below it) is not confirmed, however recent confirmedAt.
+   */
+  private confirmedIndex = 0n;
   private confirming: Promise<void> | undefined;
   /** Woken after entries or a snapshot are applied (whenApplied). */
   private readonly appliedWaiters = new Set<() => void>();
@@ -148,12 +153,16 @@ export class PlacementView {
    * answered or the view did not catch up in time.
    */
   async confirmedWithin(maxAgeMs: number, leaderIndex: () => Promise<bigint>): Promise<boolean> {
-    if (performance.now() - this.confirmedAt <= maxAgeMs) return true;
+    if (this.confirmed(maxAgeMs)) return true;
     this.confirming ??= this.confirm(maxAgeMs, leaderIndex).finally(() => {
       this.confirming = undefined;
     });
     await this.confirming;
-    return performance.now() - this.confirmedAt <= maxAgeMs;
+    return this.confirmed(maxAgeMs);
+  }
+
+  private confirmed(maxAgeMs: number): boolean {
+    return performance.now() - this.confirmedAt <= maxAgeMs && this.state.appliedIndex >= this.confirmedIndex;
   }
 
   private async confirm(budgetMs: number, leaderIndex: () => Promise<bigint>): Promise<void> {
@@ -169,9 +178,13 @@ export class PlacementView {
       // The leader answered after `asked`: a view at its index holds all committed before then.
       if (await this.whenApplied(index, asked + budgetMs - performance.now())) {
         this.confirmedAt = Math.max(this.confirmedAt, asked);
+        if (index > this.confirmedIndex) this.confirmedIndex = index;
       }
     } catch (err) {
-      this.log.debug({ err: (err as Error).message }, 'placement view: could not confirm the map current');
+      this.log.debug(
+        { err: err instanceof Error ? err.message : String(err) },
+        'placement view: could not confirm the map current',
+      );
     } finally {
       clearTimeout(timer);
     }

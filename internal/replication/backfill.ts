@@ -210,9 +210,10 @@ export class Backfill {
     // A member demoted while its store was briefly DOWN (a restart, a heartbeat
     // stream that broke under load) usually missed nothing: equal digests over the
     // members promote it without listing the group.
+    const comparedAt = env.now();
     if (await this.digestsEqual(group, this.upMembers(group))) {
       env.log.info({ group, store: storeId }, 'joining member already holds the group');
-      return this.promote(group, storeId);
+      return this.promote(group, storeId, comparedAt);
     }
     const p: BackfillProgress = { group, storeId, listed: 0, copied: 0, startedAt: env.now() };
     this.progress.set(group, p);
@@ -240,8 +241,9 @@ export class Backfill {
       { group, store: storeId, listed: p.listed, copied: p.copied, failures },
       'backfill pass done',
     );
+    const finalAt = env.now();
     if (!(await this.complete(group, storeId))) return false;
-    return this.promote(group, storeId);
+    return this.promote(group, storeId, finalAt);
   }
 
   /** The final comparison (see above): true when the joining member holds every listed needle. */
@@ -250,6 +252,8 @@ export class Backfill {
     const g = env.mirror.placement.groups[group];
     if (!g) return false;
     const members = this.upMembers(group);
+    // DOWN now: not compared, so not known to hold anything (promote checks again).
+    if (!members.includes(storeId)) return false;
     if (await this.digestsEqual(group, members)) return true;
     const sync = await syncGroup(env, g, {
       members,
@@ -272,13 +276,38 @@ export class Backfill {
     return mismatchedGroups([g], digests, () => members).length === 0;
   }
 
+  /**
+   * Whether the member's store has been HEALTHY, and it a member, without a break since
+   * BACKFILL_SETTLE before `comparedAt` (the final comparison's start). A store that went
+   * DOWN during the comparison missed the writes gateways made without it meanwhile,
+   * which the comparison may not have seen: its settle time starts again.
+   */
+  private settledAt(group: number, storeId: string, comparedAt: number): boolean {
+    const healthy = this.healthySince.get(storeId);
+    const member = this.memberSince.get(`${group}/${storeId}`);
+    const settle = this.env.cfg.backfillSettleMs;
+    return (
+      this.env.mirror.stores.get(storeId)?.health === StoreHealth.HEALTHY &&
+      healthy !== undefined &&
+      member !== undefined &&
+      Math.max(healthy, member) + settle <= comparedAt
+    );
+  }
+
   /** UpdatePlacement making the member ACTIVE; a moved epoch is re-read and retried. */
-  private async promote(group: number, storeId: string): Promise<boolean> {
+  private async promote(group: number, storeId: string, comparedAt: number): Promise<boolean> {
     const env = this.env;
     for (let attempt = 0; attempt < CAS_ATTEMPTS; attempt++) {
       const g = env.mirror.placement.groups[group];
       const members = g && promoted(g, storeId);
       if (!g || !members) return false; // changed by someone else: nothing to promote
+      if (!this.settledAt(group, storeId, comparedAt)) {
+        env.log.info(
+          { group, store: storeId },
+          'joining member was not HEALTHY throughout its comparison: not promoted',
+        );
+        return false;
+      }
       env.ensureActing();
       try {
         await env.directory.updatePlacement({ group, expectedEpoch: g.epoch, members });

@@ -161,6 +161,8 @@ describe('faults (cold tier): kill -9 of m shard stores under load', () => {
       `load: ${writes} uploads acknowledged, ${reads} verified reads (${readsUnavailable} refused UNAVAILABLE/DEADLINE_EXCEEDED); ${acked.size} blobs verified at the end; ${rebuilt}; first write errors: ${errors.join(' | ') || 'none'}`,
     );
     expect(reads).toBeGreaterThan(0);
+    // Reads go on with m shard stores down: refusals are the exception, not the rule.
+    expect(readsUnavailable).toBeLessThan(reads);
     expect(rebuilt).toBeDefined();
   });
 });

@@ -213,3 +213,41 @@ describe('GroupPath tells the view the newer term a store named on a Delete', ()
     }
   });
 });
+
+describe('PlacementView.confirmedWithin', () => {
+  it('does not count a confirmation once the view was reloaded below the index it confirmed', async () => {
+    let calls = 0;
+    let gap = () => {};
+    const gapped = new Promise<void>((r) => {
+      gap = r;
+    });
+    const watch: MetadataWatch = async function* (_req, signal) {
+      calls++;
+      if (calls === 1) {
+        for (const i of [1n, 2n, 3n]) yield leaderEntry(i, 5n, 'directory-0');
+        await Promise.race([gapped, aborted(signal)]);
+        yield leaderEntry(10n, 5n, 'directory-0'); // a gap: the view reloads from index 0
+      } else {
+        yield leaderEntry(1n, 5n, 'directory-0'); // an older source: only its first entry so far
+      }
+      await aborted(signal);
+    };
+    const view = new PlacementView(watch, 'gw-test', log, 1_000);
+    view.start();
+    try {
+      await until(() => view.state.appliedIndex === 3n, 'entries 1-3 applied');
+      const leader = async () => 3n;
+      expect(await view.confirmedWithin(60_000, leader)).toBe(true);
+      gap();
+      await until(() => calls === 2 && view.state.appliedIndex === 1n, 'the view reloaded to index 1');
+      // Confirmed a moment ago, but for index 3, which this view no longer holds (and no
+      // leader answers now, so nothing confirms it again).
+      const noLeader = async (): Promise<bigint> => {
+        throw new Error('no directory leader is reachable');
+      };
+      expect(await view.confirmedWithin(60_000, noLeader)).toBe(false);
+    } finally {
+      view.stop();
+    }
+  });
+});

@@ -218,4 +218,24 @@ describe('backfill of JOINING placement-group members', () => {
       clearTimeout(timer);
     }
   });
+
+  it('does not promote a member whose store went DOWN (and came back) during its final comparison: a write made without it meanwhile is copied first', async () => {
+    const { dir, fs, m, state } = setup([S4_JOINING], { BACKFILL_SETTLE: '200ms' });
+    const [early, late] = [idInGroup(0, 1, 0), idInGroup(0, 1, 1)];
+    fs.write(['s1', 's2', 's4'], early);
+    let reads = 0;
+    fs.afterDigests = async () => {
+      if (++reads !== 3) return;
+      // Every member's digest read (equal). s4's heartbeat lapses: gateways write without
+      // it (it is JOINING and DOWN, their check passes), then it is back.
+      dir.setHealth('s4', StoreHealth.DOWN);
+      fs.write(['s1', 's2'], late);
+      dir.setHealth('s4', StoreHealth.HEALTHY);
+      await until(() => m.mirror.appliedIndex === dir.state.appliedIndex, 2_000, 'the mirror has the flap');
+    };
+    m.start();
+    await until(() => state(0, 's4') === PlacementMemberState.ACTIVE, 5_000, 's4 ACTIVE');
+    expect(fs.get('s4', late)).toEqual(fs.get('s1', late));
+    expect(reads).toBeGreaterThan(3); // compared again after the flap's settle time
+  });
 });

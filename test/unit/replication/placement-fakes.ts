@@ -33,7 +33,7 @@ export class FakePlacementStores {
   /** Runs after a Replicate applied, before it answers. */
   afterReplicate?: (storeId: string, blobId: string) => Promise<void>;
   /** Runs after a GetPlacementDigests was computed, before it answers. */
-  afterDigests?: (storeId: string) => void;
+  afterDigests?: (storeId: string) => void | Promise<void>;
   /** An error a target answers Replicate with before it reads the source (its own needle is damaged…). */
   refuseReplicate?: (storeId: string, blobId: string) => ConnectError | undefined;
 
@@ -169,7 +169,7 @@ export class FakePlacementStores {
             .readBigUInt64BE(0);
           by.set(g, { needles: d.needles + 1n, digest: d.digest ^ mix });
         }
-        this.afterDigests?.(address);
+        await this.afterDigests?.(address);
         return {
           digests: [...by.entries()].sort(([a], [b]) => a - b).map(([group, d]) => ({ group, ...d })),
         };
