@@ -86,7 +86,7 @@ export class ShardStore {
    */
   async write(w: ShardWrite, chunks: AsyncIterable<Uint8Array>): Promise<ShardWriteResult> {
     const key = shardKey(w.stripeId, w.index);
-    if (w.replace && !(await this.intact(key, w))) await this.engine.delete(key);
+    if (w.replace && !(await this.intact(key, w))) await this.deleted(this.engine.delete(key));
     const writer = await this.engine.beginWrite(key, 0n, w.size);
     try {
       const crc = new Crc32c();
@@ -129,8 +129,20 @@ export class ShardStore {
 
   /** Appends a durable tombstone for the shard; true when it superseded a live one. */
   delete(stripeId: string, index: number): Promise<boolean> {
-    this.dirty = true;
-    return this.engine.delete(shardKey(stripeId, index));
+    return this.deleted(this.engine.delete(shardKey(stripeId, index)));
+  }
+
+  /**
+   * Marks the totals dirty once `deleting` has landed, whatever its outcome. Marking before
+   * it lands let a recount in between clear the mark and count the shard still there,
+   * which stayed cached until the next change.
+   */
+  private async deleted<T>(deleting: Promise<T>): Promise<T> {
+    try {
+      return await deleting;
+    } finally {
+      this.dirty = true;
+    }
   }
 
   /**

@@ -120,3 +120,29 @@ describe('shard totals', () => {
     expect((await s.totals(t0 + 20_000)).count).toBe(1);
   });
 });
+
+describe('shard totals and a delete that lands during a recount', () => {
+  it('recount once the delete has landed, not only when it began', async () => {
+    const s = await openShards(await tempDir());
+    for (const index of [1, 2]) {
+      const b = blob(1000, index);
+      await s.write({ ...shard(b), index }, chunks(b));
+    }
+    // The delete is slow to land: a recount runs after it began and before it landed.
+    const del = s.engine.delete.bind(s.engine);
+    let release = () => {};
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    s.engine.delete = async (key) => {
+      await held;
+      return del(key);
+    };
+    const t0 = performance.now();
+    const deleting = s.delete('cold-1', 1);
+    expect((await s.totals(t0)).count).toBe(2); // the shard is still there
+    release();
+    expect(await deleting).toBe(true);
+    expect((await s.totals(t0 + 10_000)).count).toBe(1);
+  });
+});
