@@ -3,6 +3,7 @@ import { createGrpcTransport, type Http2SessionOptions } from '@connectrpc/conne
 import type { Role } from '../security/identity.js';
 import type { TransportSecurity } from '../security/tls-config.js';
 import { unreachableAsUnavailable } from './errors.js';
+import { retryRefusedUnary } from './retry-refused.js';
 import { clientSessionOptions, schemeOf } from './session.js';
 import { GuardedHttp2SessionManager } from './session-manager.js';
 
@@ -29,7 +30,9 @@ export function clientSecurity(): TransportSecurity {
 /**
  * A connect-node gRPC transport to a peer at host:port that must prove one of
  * `serverRoles` (e.g. a directory), with this process's certificate. A call
- * that cannot reach the peer fails UNAVAILABLE naming it (rpc/errors.ts).
+ * that cannot reach the peer fails UNAVAILABLE naming it (rpc/errors.ts); a
+ * unary call whose stream the peer refused unprocessed is retried once
+ * (retry-refused.ts).
  */
 export function peerTransport(
   address: string,
@@ -40,7 +43,8 @@ export function peerTransport(
   const baseUrl = `${schemeOf(security)}://${address}`;
   return createGrpcTransport({
     baseUrl,
-    interceptors: [unreachableAsUnavailable(`${serverRoles.join('/')} at ${address}`)],
+    // Outer first: a refused unary call is retried before its error is mapped.
+    interceptors: [unreachableAsUnavailable(`${serverRoles.join('/')} at ${address}`), retryRefusedUnary()],
     sessionManager: new GuardedHttp2SessionManager(
       baseUrl,
       session,
