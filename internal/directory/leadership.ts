@@ -5,10 +5,16 @@ import type { Logger } from '../server/logger.js';
 import type { DirectoryConfig } from './config.js';
 import { UnavailableError } from './errors.js';
 import type { Follower, StreamSession } from './follower.js';
+import { gatherAnswers } from './gather.js';
 import type { LeaderCommit } from './leader-commit.js';
 import { mostAdvancedPeer } from './log-rules.js';
 import type { NodeContext } from './node-context.js';
 import { CATCHUP_TERM_HEADER } from './peers.js';
+
+/** The lease's safety margin (ms): LEADER_TIMEOUT/5 clamped to 50 ms..1 s. */
+export function leaseMarginMs(leaderTimeoutMs: number): number {
+  return Math.min(1000, Math.max(50, Math.round(leaderTimeoutMs / 5)));
+}
 
 /**
  * The leader lease of one instance (docs/directory.md "Leadership: lease + term"):
@@ -28,7 +34,7 @@ export function createLeaseKeeper(o: {
   const { cfg, selfAddress, log } = o;
   const memoryLease = cfg.redisUrl === '';
   const staticLeader = cfg.peers[0] ?? selfAddress;
-  const margin = Math.min(1000, Math.max(50, Math.round(cfg.leaderTimeoutMs / 5)));
+  const margin = leaseMarginMs(cfg.leaderTimeoutMs);
   return new LeaseKeeper({
     store: o.leaseStore,
     clock: o.clock,
@@ -103,15 +109,19 @@ export class Leadership {
     try {
       await store.setCurrentTerm(term, ctx.id);
       // Gather log positions from a majority; each one that answers promises to
-      // refuse lower terms from now on (like a Raft vote).
-      const states = await Promise.all(
+      // refuse lower terms from now on (like a Raft vote). A call may take as long as
+      // the lease stays valid; once a majority has answered, the rest get a third of
+      // a lease (gather.ts).
+      const validityMs = ctx.cfg.leaderTimeoutMs - leaseMarginMs(ctx.cfg.leaderTimeoutMs);
+      const graceMs = Math.max(300, Math.round(ctx.cfg.leaderTimeoutMs / 3));
+      const states = await gatherAnswers(
         ctx.peers.map(async (address) => {
           try {
             const res = await ctx
               .client(address)
               .getLogState(
                 { term, candidateId: ctx.id, candidateAddress: ctx.selfAddress },
-                { timeoutMs: Math.max(300, Math.round(ctx.cfg.leaderTimeoutMs / 3)) },
+                { timeoutMs: validityMs },
               );
             ctx.peerIds.set(address, res.directoryId);
             return { address, res };
@@ -123,6 +133,8 @@ export class Leadership {
             return null;
           }
         }),
+        ctx.majority - 1,
+        graceMs,
       );
       if (epoch !== ctx.epoch) return;
       const answered = states.filter((s): s is NonNullable<typeof s> => s !== null);

@@ -4,6 +4,7 @@ import { RedisLeaseStore } from '../lease/redis-lease-store.js';
 import { Metrics } from '../server/metrics.js';
 import { runServerProcess } from '../server/run.js';
 import type { DirectoryConfig } from './config.js';
+import { leaseMarginMs } from './leadership.js';
 import { DirectoryMetrics } from './metrics.js';
 import { DirectoryNode } from './node.js';
 import { PlacementKeeper } from './placement-keeper.js';
@@ -35,7 +36,8 @@ export async function runDirectory(cfg: DirectoryConfig): Promise<void> {
         ? new MemoryLeaseStore()
         : new RedisLeaseStore({
             url: cfg.redisUrl,
-            commandTimeoutMs: Math.max(100, Math.round(cfg.leaderHeartbeatIntervalMs * 0.8)),
+            // As long as a renewal can still help: the lease's validity.
+            commandTimeoutMs: cfg.leaderTimeoutMs - leaseMarginMs(cfg.leaderTimeoutMs),
           });
     let handlers: DirectoryHandlers | undefined;
     node = await DirectoryNode.create({

@@ -31,7 +31,9 @@ export type LeaseEvent =
 
 /**
  * Keeps (or tries to take) one lease. Pure logic over a LeaseStore and a Clock:
- * the holder renews every renewIntervalMs; its lease counts as valid only until
+ * the holder renews every renewIntervalMs (from each send; a renewal slower than
+ * that is followed by the next at once, so the lease holds while answers take
+ * under half its validity); its lease counts as valid only until
  * `sent + ttl - margin` of the last successful SET/renewal, by the local monotonic
  * clock, so when the store becomes unreachable the holder stops acting on the
  * lease before anybody else can win it. `isValid()` is what callers check before
@@ -213,9 +215,17 @@ export class LeaseKeeper {
   private async loop(): Promise<void> {
     const { clock } = this.opts;
     while (!this.stopCtl.signal.aborted) {
+      const started = clock.now();
       await this.step();
       if (this.stopCtl.signal.aborted) break;
-      const wait = this.held ? this.opts.renewIntervalMs : this.opts.retryIntervalMs;
+      // A holder renews every renewIntervalMs from each *send*, not after each answer:
+      // on a loaded host (or lease store) answers slower than the interval still keep
+      // the lease, since each success extends validity from its own send. Waiting a
+      // full interval after a slow answer lost the lease under CPU starvation (netns
+      // clock-skew window at load ~37, docs/faults.md).
+      const wait = this.held
+        ? Math.max(0, this.opts.renewIntervalMs - (clock.now() - started))
+        : this.opts.retryIntervalMs;
       this.wake = new AbortController();
       await clock.sleep(wait, AbortSignal.any([this.wake.signal, this.stopCtl.signal]));
     }

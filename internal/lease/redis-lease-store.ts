@@ -43,7 +43,12 @@ return 0
 
 export interface RedisLeaseStoreOptions {
   url: string;
-  /** Longest a single command may take before it counts as failed. */
+  /**
+   * Longest a single command may take before it counts as failed (ms). For a
+   * holder, the lease's validity (ttl − margin): a renewal answered within it keeps
+   * the lease (validity runs from its send), one answered later cannot. Shorter
+   * timeouts lost leases under CPU starvation while Redis still answered.
+   */
   commandTimeoutMs: number;
 }
 

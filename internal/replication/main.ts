@@ -21,7 +21,8 @@ export async function runReplication(cfg: ReplicationConfig): Promise<void> {
     const metrics = new Metrics({ service: 'replication', instance: cfg.managerId });
     const leaseStore = new RedisLeaseStore({
       url: cfg.redisUrl,
-      commandTimeoutMs: Math.max(100, Math.floor(cfg.leaderHeartbeatIntervalMs / 2)),
+      // As long as a renewal can still help: the lease's validity (ttl − margin below).
+      commandTimeoutMs: cfg.leaderTimeoutMs - Math.floor(cfg.leaderTimeoutMs / 5),
     });
     const lease = new LeaseKeeper({
       store: leaseStore,

@@ -284,7 +284,8 @@ async function makeLeader(
   try {
     while (Date.now() - t0 < 120_000) {
       const ready = (await readLog(nc, dir)).slice(logFrom).findLast((l) => l.msg === READY);
-      const s = ready ? await nc.statusOf(di, 1000).catch(() => undefined) : undefined;
+      // 5 s: a status call at load ~40 can take more than a second.
+      const s = ready ? await nc.statusOf(di, 5000).catch(() => undefined) : undefined;
       if (ready && s?.leaderId === `directory-${di}`)
         return { term: Number(ready.term), afterMs: Date.now() - t0 };
       await sleep(200);

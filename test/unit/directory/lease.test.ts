@@ -72,6 +72,28 @@ describe('lease keeper (in-process lease store, fake clock)', () => {
     expect(a.k.validForMs()).toBe(300 + 800 - 700);
   });
 
+  // The netns clock-skew window at load ~37: the leader's renewals were answered in
+  // more than a renewal interval, and waiting a full interval after each answer let
+  // the validity run out though every renewal succeeded (docs/faults.md).
+  it('keeps the lease when every renewal is answered later than the renewal interval', async () => {
+    const clock = new FakeClock();
+    const store = new MemoryLeaseStore(clock);
+    const a = keeper(store, clock, 'a');
+    await a.k.step(); // valid until 800
+    const origRenew = store.renew.bind(store);
+    store.renew = async (...args) => {
+      // Slower than renewIntervalMs (300), within half the validity (800): one renewal
+      // in flight at a time keeps the lease while answers take < validity / 2.
+      await clock.sleep(350);
+      return origRenew(...args);
+    };
+    a.k.start();
+    for (let t = 0; t < 60; t++) await clock.advance(100);
+    const lost = a.events.filter((e) => e.type === 'lost');
+    await a.k.stop();
+    expect(lost).toEqual([]);
+  });
+
   it('stops being valid before the lease store could give the lease to another, when the store is unreachable', async () => {
     const clock = new FakeClock();
     const store = new MemoryLeaseStore(clock);
