@@ -1,7 +1,8 @@
 /**
  * Collects answers from peers asked at once (a candidate's GetLogState, like
- * Raft's RequestVote): resolves when every call has settled, or once `need` of
- * them have answered and `graceMs` has passed since the start — whichever comes
+ * Raft's RequestVote): resolves when every call has settled, once `need` of
+ * them have answered and `graceMs` has passed since the start, or as soon as
+ * so many have failed that `need` answers can no longer come — whichever is
  * first. Each call bounds itself (its own deadline); a call still running when
  * this resolves is left to finish and its answer is not counted.
  *
@@ -45,7 +46,14 @@ export async function gatherAnswers<T>(
             out[i] = v;
             answered++;
           }
-          if (settled === calls.length || (graceOver && answered >= need)) finish();
+          const failed = settled - answered;
+          if (
+            settled === calls.length ||
+            (graceOver && answered >= need) ||
+            // A majority is out of reach: give the lease back now, not at the deadline.
+            failed > calls.length - need
+          )
+            finish();
         });
     });
   });

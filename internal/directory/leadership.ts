@@ -110,8 +110,8 @@ export class Leadership {
       await store.setCurrentTerm(term, ctx.id);
       // Gather log positions from a majority; each one that answers promises to
       // refuse lower terms from now on (like a Raft vote). A call may take as long as
-      // the lease stays valid; once a majority has answered, the rest get a third of
-      // a lease (gather.ts).
+      // the lease stays valid; past a third of a lease, a majority that has answered
+      // is enough (gather.ts).
       const validityMs = ctx.cfg.leaderTimeoutMs - leaseMarginMs(ctx.cfg.leaderTimeoutMs);
       const graceMs = Math.max(300, Math.round(ctx.cfg.leaderTimeoutMs / 3));
       const states = await gatherAnswers(

@@ -38,6 +38,7 @@ export async function runDirectory(cfg: DirectoryConfig): Promise<void> {
             url: cfg.redisUrl,
             // As long as a renewal can still help: the lease's validity.
             commandTimeoutMs: cfg.leaderTimeoutMs - leaseMarginMs(cfg.leaderTimeoutMs),
+            connectTimeoutMs: Math.round(cfg.leaderHeartbeatIntervalMs * 0.8),
           });
     let handlers: DirectoryHandlers | undefined;
     node = await DirectoryNode.create({

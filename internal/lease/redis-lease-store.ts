@@ -50,6 +50,12 @@ export interface RedisLeaseStoreOptions {
    * timeouts lost leases under CPU starvation while Redis still answered.
    */
   commandTimeoutMs: number;
+  /**
+   * Longest a connection attempt may take (ms), kept short apart from the command
+   * timeout: a SYN lost to a partition is retried soon, so a healed network is
+   * noticed within about this long.
+   */
+  connectTimeoutMs: number;
 }
 
 /** LeaseStore on Redis: SET NX PX + INCR in one Lua script, CAS renew/release scripts. */
@@ -64,7 +70,7 @@ export class RedisLeaseStore implements LeaseStore {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       commandTimeout: opts.commandTimeoutMs,
-      connectTimeout: Math.max(200, opts.commandTimeoutMs),
+      connectTimeout: Math.max(200, opts.connectTimeoutMs),
       retryStrategy: (times) => Math.min(50 * times, 500),
       enableReadyCheck: false,
     });

@@ -23,6 +23,7 @@ export async function runReplication(cfg: ReplicationConfig): Promise<void> {
       url: cfg.redisUrl,
       // As long as a renewal can still help: the lease's validity (ttl − margin below).
       commandTimeoutMs: cfg.leaderTimeoutMs - Math.floor(cfg.leaderTimeoutMs / 5),
+      connectTimeoutMs: Math.floor(cfg.leaderHeartbeatIntervalMs / 2),
     });
     const lease = new LeaseKeeper({
       store: leaseStore,

@@ -1,12 +1,14 @@
 import { ConnectError, type Interceptor } from '@connectrpc/connect';
 
 /**
- * Node's and connect-node's wording of an HTTP/2 stream reset with
- * REFUSED_STREAM (0x7): "Stream closed with error code NGHTTP2_REFUSED_STREAM"
- * (ERR_HTTP2_STREAM_ERROR) and "http/2 stream closed with error code
- * REFUSED_STREAM (0x7)".
+ * A stream reset with REFUSED_STREAM (0x7), as this client saw it: Node's
+ * ERR_HTTP2_STREAM_ERROR "Stream closed with error code NGHTTP2_REFUSED_STREAM",
+ * or connect-node's own error for the reset code, word for word. Only errors made
+ * on this side count: an error a peer answered with carries the peer's text
+ * (which may quote another call's failure), and that call was processed.
  */
-const REFUSED = /REFUSED_STREAM/;
+const NODE_REFUSED = /^Stream closed with error code NGHTTP2_REFUSED_STREAM$/;
+const CONNECT_REFUSED = 'http/2 stream closed with error code REFUSED_STREAM (0x7)';
 
 /**
  * Whether `err` (or an error in its cause chain) is a stream the peer refused
@@ -18,8 +20,12 @@ const REFUSED = /REFUSED_STREAM/;
 export function isRefusedStream(err: unknown): boolean {
   let e: unknown = err;
   for (let depth = 0; depth < 8 && e instanceof Error; depth++) {
-    const message = e instanceof ConnectError ? e.rawMessage : e.message;
-    if (REFUSED.test(message)) return true;
+    if (e instanceof ConnectError) {
+      // A peer's answer carries its trailers (grpc-status); the transport's own error none.
+      if (e.rawMessage === CONNECT_REFUSED && !e.metadata.has('grpc-status')) return true;
+    } else if ((e as { code?: unknown }).code === 'ERR_HTTP2_STREAM_ERROR' && NODE_REFUSED.test(e.message)) {
+      return true;
+    }
     e = e.cause;
   }
   return false;

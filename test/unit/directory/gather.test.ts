@@ -26,6 +26,14 @@ describe('gatherAnswers (a candidate collecting GetLogState answers)', () => {
     expect(performance.now() - t0).toBeLessThan(10_000);
   });
 
+  it('stops as soon as a majority is out of reach, not at the slowest deadline', async () => {
+    const t0 = performance.now();
+    // Two of three needed; two fail at once: the third cannot make a majority.
+    const out = await gatherAnswers([failIn(5), answerIn(20_000, 'b'), failIn(5)], 2, 20_000);
+    expect(out).toEqual([null, null, null]);
+    expect(performance.now() - t0).toBeLessThan(10_000);
+  });
+
   it('handles no peers (a single instance)', async () => {
     expect(await gatherAnswers([], 0, 10)).toEqual([]);
   });

@@ -58,6 +58,31 @@ describe('a unary call whose stream the peer refused', () => {
     expect(streams()).toBe(2);
   });
 
+  it('is not retried when the peer answered, even with a message naming a refused stream', async () => {
+    server = http2.createServer();
+    let streams = 0;
+    server.on('session', (s) => sessions.push(s));
+    server.on('stream', (stream) => {
+      streams++;
+      stream.respond(
+        {
+          ':status': 200,
+          'content-type': 'application/grpc',
+          'grpc-status': '14',
+          'grpc-message': 'http/2 stream closed with error code REFUSED_STREAM (0x7)',
+        },
+        { endStream: true },
+      );
+    });
+    await new Promise<void>((r) => server?.listen(0, '127.0.0.1', r));
+    const address = `127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const err = await directory(address)
+      .delete({ blobId: 'b' }, { timeoutMs: 5000 })
+      .catch((e: unknown) => e);
+    expect((err as ConnectError).code).toBe(Code.Unavailable);
+    expect(streams).toBe(1);
+  });
+
   it('is retried only once: refused twice, it fails UNAVAILABLE naming the peer', async () => {
     const { address, streams } = await serve(2);
     const err = await directory(address)
@@ -86,5 +111,11 @@ describe('isRefusedStream', () => {
     });
     expect(isRefusedStream(cancelled)).toBe(false);
     expect(isRefusedStream('REFUSED_STREAM')).toBe(false);
+    // A peer's answer quoting a refused stream elsewhere: that call was processed.
+    expect(
+      isRefusedStream(
+        new ConnectError('forward failed: http/2 stream closed with error code REFUSED_STREAM (0x7)', 14),
+      ),
+    ).toBe(false);
   });
 });
