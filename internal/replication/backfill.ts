@@ -72,9 +72,11 @@ export class Backfill {
   readonly progress = new Map<number, BackfillProgress>();
   promotedTotal = 0;
   private running: Promise<number> | undefined;
-  /** Since when (env.now()) each store has been HEALTHY in the mirror, as far as seen. */
+  // Settle times are on env.monotonic(): a wall-clock step forward (NTP, a skewed
+  // host) must not let a member be compared before BACKFILL_SETTLE really elapsed.
+  /** Since when (env.monotonic()) each store has been HEALTHY in the mirror, as far as seen. */
   private readonly healthySince = new Map<string, number>();
-  /** Since when (env.now()) each `group/store` has been a member, as far as seen. */
+  /** Since when (env.monotonic()) each `group/store` has been a member, as far as seen. */
   private readonly memberSince = new Map<string, number>();
   private settleTimer: { at: number; timer: NodeJS.Timeout } | undefined;
 
@@ -83,12 +85,12 @@ export class Backfill {
   /** A store's health changed in the mirror: the settle time runs from its return to HEALTHY. */
   noteHealth(storeId: string, health: number, previous: number | undefined): void {
     if (health !== StoreHealth.HEALTHY) this.healthySince.delete(storeId);
-    else if (previous !== StoreHealth.HEALTHY) this.healthySince.set(storeId, this.env.now());
+    else if (previous !== StoreHealth.HEALTHY) this.healthySince.set(storeId, this.env.monotonic());
   }
 
   /** Groups changed in the mirror: the settle time of a new member runs from now. */
   noteMembers(groups: number[]): void {
-    const now = this.env.now();
+    const now = this.env.monotonic();
     for (const group of groups) {
       const members = new Set(membersIn(this.env.mirror.placement.groups[group]));
       for (const key of [...this.memberSince.keys()]) {
@@ -112,7 +114,7 @@ export class Backfill {
    * instance did not see it happen: a takeover waits once more).
    */
   private settleLeft(group: number, storeId: string): number {
-    const now = this.env.now();
+    const now = this.env.monotonic();
     const first = (m: Map<string, number>, key: string) => {
       const at = m.get(key);
       if (at !== undefined) return at;
@@ -125,7 +127,7 @@ export class Backfill {
 
   /** Runs the backfill again once the earliest waiting member has settled. */
   private recheckIn(ms: number): void {
-    const at = this.env.now() + ms;
+    const at = this.env.monotonic() + ms;
     if (this.settleTimer && this.settleTimer.at <= at) return;
     if (this.settleTimer) clearTimeout(this.settleTimer.timer);
     const timer = setTimeout(() => {
@@ -140,6 +142,12 @@ export class Backfill {
     }, ms + 5);
     timer.unref();
     this.settleTimer = { at, timer };
+  }
+
+  /** The manager stops: no settle timer outlives it. */
+  stop(): void {
+    if (this.settleTimer) clearTimeout(this.settleTimer.timer);
+    this.settleTimer = undefined;
   }
 
   /** (group, store) of every JOINING member. */
@@ -210,7 +218,7 @@ export class Backfill {
     // A member demoted while its store was briefly DOWN (a restart, a heartbeat
     // stream that broke under load) usually missed nothing: equal digests over the
     // members promote it without listing the group.
-    const comparedAt = env.now();
+    const comparedAt = env.monotonic();
     if (await this.digestsEqual(group, this.upMembers(group))) {
       env.log.info({ group, store: storeId }, 'joining member already holds the group');
       return this.promote(group, storeId, comparedAt);
@@ -241,7 +249,7 @@ export class Backfill {
       { group, store: storeId, listed: p.listed, copied: p.copied, failures },
       'backfill pass done',
     );
-    const finalAt = env.now();
+    const finalAt = env.monotonic();
     if (!(await this.complete(group, storeId))) return false;
     return this.promote(group, storeId, finalAt);
   }
@@ -319,8 +327,8 @@ export class Backfill {
         if (ce.code !== Code.FailedPrecondition)
           throw storeCallError(`UpdatePlacement of group ${group}`, ce);
         // The group moved on: wait until the mirror shows the newer epoch, then re-read.
-        const deadline = env.now() + 5_000;
-        while (env.mirror.placement.groups[group]?.epoch === g.epoch && env.now() < deadline) {
+        const deadline = env.monotonic() + 5_000;
+        while (env.mirror.placement.groups[group]?.epoch === g.epoch && env.monotonic() < deadline) {
           await sleep(50, env.signal());
         }
       }

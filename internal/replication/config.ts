@@ -74,7 +74,8 @@ export const REPLICATION_ENV_HELP = `${COMMON_ENV_HELP}
   REDIS_URL              Redis for the manager lease (default redis://127.0.0.1:6379)
   REPLICATION_LEASE_KEY  Redis key of the manager lease (default haystack:replication:lease)
   LEADER_TIMEOUT         manager lease time-to-live (default 10s)
-  LEADER_HEARTBEAT_INTERVAL  lease renewal period (default 3s)
+  LEADER_HEARTBEAT_INTERVAL  lease renewal period (default 3s; shorter than LEADER_TIMEOUT less a fifth,
+                         the lease's validity)
   DEFAULT_REPLICA_COUNT / MIN_REPLICA_COUNT / MAX_REPLICA_COUNT   (default 3 / 2 / 5)
   ACCESS_RATE_THRESHOLD  reads/min at which a blob gains a replica (default 60)
   HIGH_ACCESS_THRESHOLD  reads/min at which a blob goes to MAX_REPLICA_COUNT (default 150)

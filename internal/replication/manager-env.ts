@@ -24,7 +24,13 @@ export interface ManagerDeps {
   /** The lease keeper; undefined runs always active (single instance without Redis). */
   lease: LeaseKeeper | undefined;
   events?: ManagerEvents;
+  /** Wall clock (ms since the epoch): stamps, heat, task times. Default Date.now. */
   now?: () => number;
+  /**
+   * Monotonic clock (ms, any origin): durations that guard safety, such as
+   * BACKFILL_SETTLE, which a wall-clock step must not shorten. Default performance.now.
+   */
+  monotonic?: () => number;
 }
 
 /** Hooks a host (tests, metrics) may set to watch the manager act. */

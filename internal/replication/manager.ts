@@ -127,6 +127,7 @@ export class ReplicationManager {
       term: () => this.lead.term,
       signal: () => this.lead.signal(),
       now: () => this.now(),
+      monotonic: this.deps.monotonic ?? (() => performance.now()),
       ctx: (now) => ({
         stores: this.mirror.stores,
         load: (id) => this.runner.queue.runningOn(id),
@@ -158,6 +159,7 @@ export class ReplicationManager {
 
   async stop(): Promise<void> {
     this.stopCtl.abort();
+    this.backfill.stop();
     await this.lead.stop();
   }
 

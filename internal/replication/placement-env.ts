@@ -32,7 +32,10 @@ export interface PlacementEnv {
   term(): bigint;
   /** Aborted when this instance stops being active. */
   signal(): AbortSignal;
+  /** Wall clock (ms since the epoch). */
   now(): number;
+  /** Monotonic clock (ms, any origin): for waits a wall-clock step must not shorten. */
+  monotonic(): number;
   ctx(now: number): PlacementContext;
   /** Runs fn alone on the (blob, store) pair: no copy and tombstone there interleave. */
   exclusive<T>(blobId: string, storeId: string, fn: () => Promise<T>): Promise<T>;

@@ -10,8 +10,12 @@ afterEach(async () => {
   for (const m of managers.splice(0)) await m.stop();
 });
 
-function setup(groups: [string, 'A' | 'J'][][], env: Record<string, string> = {}) {
-  const t = placementSetup(groups, env);
+function setup(
+  groups: [string, 'A' | 'J'][][],
+  env: Record<string, string> = {},
+  clocks: { now?: () => number } = {},
+) {
+  const t = placementSetup(groups, env, undefined, clocks);
   managers.push(t.m);
   const state = (group: number, storeId: string) =>
     t.dir.state.placement.groups[group]?.members.find((m) => m.storeId === storeId)?.state;
@@ -217,6 +221,40 @@ describe('backfill of JOINING placement-group members', () => {
     } finally {
       clearTimeout(timer);
     }
+  });
+
+  it.each([
+    ['back an hour: the promotion does not stall', -3_600_000],
+    ['forward an hour: no compare before the settle time', 3_600_000],
+  ])('times BACKFILL_SETTLE on a monotonic clock, the wall clock stepped %s', async (_what, step) => {
+    let stepMs = 0;
+    const { dir, fs, m, state } = setup(
+      [S4_JOINING],
+      { BACKFILL_SETTLE: '400ms' },
+      { now: () => Date.now() + stepMs },
+    );
+    fs.write(['s1', 's2', 's4'], idInGroup(0, 1, 0));
+    dir.setHealth('s4', StoreHealth.DOWN);
+    m.start();
+    await until(() => m.active && m.mirror.loaded);
+    let comparedAfter: number | undefined;
+    const back = performance.now();
+    fs.afterDigests = () => {
+      comparedAfter ??= performance.now() - back;
+    };
+    dir.setHealth('s4', StoreHealth.HEALTHY);
+    await until(
+      () => m.mirror.stores.get('s4')?.health === StoreHealth.HEALTHY,
+      5_000,
+      's4 HEALTHY in the mirror',
+    );
+    // NTP (or an operator) steps the manager's wall clock while s4 settles, and something
+    // (a heartbeat, a pass) looks at the joining member again.
+    stepMs = step;
+    m.monitor.kickBackfill();
+    // On the wall clock the settle time would have an hour left, or be over already.
+    await until(() => state(0, 's4') === PlacementMemberState.ACTIVE, 5_000, 's4 ACTIVE');
+    expect(comparedAfter).toBeGreaterThanOrEqual(400);
   });
 
   it('does not promote a member whose store went DOWN (and came back) during its final comparison: a write made without it meanwhile is copied first', async () => {

@@ -189,6 +189,7 @@ export function placementSetup(
   groups: [string, 'A' | 'J'][][],
   env: Record<string, string> = {},
   stores = ['s1', 's2', 's3', 's4', 's5'],
+  clocks: { now?: () => number } = {},
 ) {
   const cfg = testConfig({
     EXTRA_REMOVAL_GRACE: '150ms',
@@ -207,6 +208,7 @@ export function placementSetup(
     directory: dir,
     stores: (s) => fs.client(s.address),
     lease: undefined,
+    ...clocks,
   });
   return { cfg, dir, fs, m };
 }
