@@ -111,6 +111,20 @@ export const REPLICATION_ENV_HELP = `${COMMON_ENV_HELP}
                          default; 0 only where no gateway writes, e.g. tests)
 ${EC_ENV_HELP}`;
 
+/**
+ * The manager lease's safety margin (ms): LEADER_TIMEOUT / 5, rounded down. A lease
+ * counts valid until `sent + LEADER_TIMEOUT - margin` (LeaseKeeper), which covers
+ * clock drift between this process and Redis.
+ */
+export function managerLeaseMarginMs(leaderTimeoutMs: number): number {
+  return Math.floor(leaderTimeoutMs / 5);
+}
+
+/** How long a won or renewed manager lease counts valid (ms): LEADER_TIMEOUT less its margin. */
+export function managerLeaseValidityMs(leaderTimeoutMs: number): number {
+  return leaderTimeoutMs - managerLeaseMarginMs(leaderTimeoutMs);
+}
+
 export function readReplicationConfig(flags: { listen?: string }, env: Env = process.env): ReplicationConfig {
   const r = envReader(env);
   const server = readServerConfig(r, '127.0.0.1:9003', flags);
@@ -174,8 +188,10 @@ export function readReplicationConfig(flags: { listen?: string }, env: Env = pro
   if (cfg.coolDownThreshold > cfg.accessRateThreshold) {
     r.problem('COOL_DOWN_THRESHOLD must not exceed ACCESS_RATE_THRESHOLD (a blob would flap)');
   }
-  if (cfg.leaderHeartbeatIntervalMs >= cfg.leaderTimeoutMs) {
-    r.problem('LEADER_HEARTBEAT_INTERVAL must be shorter than LEADER_TIMEOUT');
+  if (cfg.leaderHeartbeatIntervalMs >= managerLeaseValidityMs(cfg.leaderTimeoutMs)) {
+    r.problem(
+      `LEADER_HEARTBEAT_INTERVAL must be shorter than the lease's validity, LEADER_TIMEOUT less a fifth (${managerLeaseValidityMs(cfg.leaderTimeoutMs)} ms): a renewal must get through before it runs out`,
+    );
   }
   if (cfg.retryBackoffMaxMs < cfg.retryBackoffMs)
     r.problem('RETRY_BACKOFF_MAX must be at least RETRY_BACKOFF');

@@ -6,7 +6,7 @@ import { ClientPool } from '../rpc/clients.js';
 import { ServingStatus } from '../server/health.js';
 import { Metrics } from '../server/metrics.js';
 import { runServerProcess } from '../server/run.js';
-import type { ReplicationConfig } from './config.js';
+import { managerLeaseMarginMs, managerLeaseValidityMs, type ReplicationConfig } from './config.js';
 import { DirectoryApi } from './directory-api.js';
 import { ReplicationManager } from './manager.js';
 import { replicationMetrics } from './metrics.js';
@@ -21,8 +21,8 @@ export async function runReplication(cfg: ReplicationConfig): Promise<void> {
     const metrics = new Metrics({ service: 'replication', instance: cfg.managerId });
     const leaseStore = new RedisLeaseStore({
       url: cfg.redisUrl,
-      // As long as a renewal can still help: the lease's validity (ttl − margin below).
-      commandTimeoutMs: cfg.leaderTimeoutMs - Math.floor(cfg.leaderTimeoutMs / 5),
+      // As long as a renewal can still help: the lease's validity.
+      commandTimeoutMs: managerLeaseValidityMs(cfg.leaderTimeoutMs),
       connectTimeoutMs: Math.floor(cfg.leaderHeartbeatIntervalMs / 2),
     });
     const lease = new LeaseKeeper({
@@ -33,7 +33,7 @@ export async function runReplication(cfg: ReplicationConfig): Promise<void> {
       ttlMs: cfg.leaderTimeoutMs,
       renewIntervalMs: cfg.leaderHeartbeatIntervalMs,
       retryIntervalMs: cfg.leaderHeartbeatIntervalMs,
-      safetyMarginMs: Math.floor(cfg.leaderTimeoutMs / 5),
+      safetyMarginMs: managerLeaseMarginMs(cfg.leaderTimeoutMs),
       onError: (op, err) =>
         log.debug({ op, err: err instanceof Error ? err.message : String(err) }, 'lease store call failed'),
     });

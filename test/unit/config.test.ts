@@ -106,6 +106,14 @@ describe('env parsing', () => {
       /LEADER_HEARTBEAT_INTERVAL/,
     );
     expect(() => readReplicationConfig({}, { MIN_REPLICA_COUNT: '4' })).toThrow(/MIN_REPLICA_COUNT/);
+    // A manager renewing every 9 s holds a lease valid for 8 s after each renewal: it would lapse.
+    expect(() =>
+      readReplicationConfig({}, { ...PLAIN, LEADER_TIMEOUT: '10s', LEADER_HEARTBEAT_INTERVAL: '9s' }),
+    ).toThrow(/LEADER_HEARTBEAT_INTERVAL must be shorter than the lease's validity.*8000 ms/);
+    expect(
+      readReplicationConfig({}, { ...PLAIN, LEADER_TIMEOUT: '10s', LEADER_HEARTBEAT_INTERVAL: '7s' })
+        .leaderHeartbeatIntervalMs,
+    ).toBe(7_000);
     // The bench's old 3 s / 6 s beside the default 5 s heartbeat: every store DEGRADED between beats.
     expect(() =>
       readDirectoryConfig({}, { ...PLAIN, STORE_DEGRADED_AFTER: '3s', STORE_DOWN_AFTER: '6s' }),
