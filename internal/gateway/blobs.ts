@@ -612,10 +612,15 @@ export class BlobGateway {
     const found = await (await this.path()).delete(blobId);
     await this.o.cache.invalidate(blobId).catch((e: unknown) => {
       if (!(e instanceof CacheUnreachableError)) throw e;
+      // The cache's address and Redis's own words go to the log, not to the caller.
+      this.o.log.warn(
+        { blobId, cache: e.where, err: e.why },
+        'delete not acknowledged: the blob cache could not be told',
+      );
       throw new CacheUnreachableError(
         e.where,
         e.why,
-        `blob ${blobId} is deleted on the stores, but the blob cache at ${e.where} could not be told (${e.why}), ` +
+        `blob ${blobId} is deleted on the stores, but the shared blob cache could not be told, ` +
           'so other gateways may still serve it; retry: deletes are idempotent',
       );
     });
