@@ -210,26 +210,27 @@ export class GroupPath implements MetadataPath {
     reached: ReadonlySet<string>,
     skipped: readonly string[],
   ): Promise<void> {
-    const missed = () => this.group(blobId).members.filter((m) => !reached.has(m.storeId));
-    if (missed().length === 0) return;
-    if (!(await this.view.confirmedWithin(this.ack.mapStaleAfterMs, this.ack.leaderIndex))) {
-      const g = this.group(blobId);
+    const missedIn = (g: PlacementGroup) => g.members.filter((m) => !reached.has(m.storeId));
+    if (missedIn(this.group(blobId)).length === 0) return;
+    // The map may move while the confirmation is awaited: what was missed is read after it.
+    const confirmed = await this.view.confirmedWithin(this.ack.mapStaleAfterMs, this.ack.leaderIndex);
+    const g = this.group(blobId);
+    const missed = missedIn(g);
+    if (!confirmed) {
+      const ids = missed.map((m) => m.storeId);
       this.ack.onRefused?.('map_stale');
       this.log.warn(
-        { blobId, group: g.group, missed: missed().map((m) => m.storeId) },
+        { blobId, group: g.group, missed: ids },
         `${what} not acknowledged: the placement map could not be confirmed current`,
       );
       throw new ConnectError(
-        `placement group ${g.group}: the ${what} of ${blobId} did not reach ` +
-          `${missed()
-            .map((m) => m.storeId)
-            .join(', ')}, and this gateway could not confirm its placement map current within ` +
-          `MAP_STALE_AFTER (${this.ack.mapStaleAfterMs} ms: no directory leader answered, or the map lags it); retry`,
+        `placement group ${g.group}: the ${what} of ${blobId} did not reach ${ids.join(', ')}, and this ` +
+          `gateway could not confirm its placement map current within MAP_STALE_AFTER ` +
+          `(${this.ack.mapStaleAfterMs} ms: no directory leader answered, or the map lags it); retry`,
         Code.Unavailable,
       );
     }
-    const g = this.group(blobId);
-    const changed = missed().filter((m) => m.state !== PlacementMemberState.JOINING || !this.down(m.storeId));
+    const changed = missed.filter((m) => m.state !== PlacementMemberState.JOINING || !this.down(m.storeId));
     if (changed.length === 0) return;
     const why = changed.map((m) =>
       !skipped.includes(m.storeId)
