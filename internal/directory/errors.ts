@@ -12,7 +12,7 @@
  * | StaleTermError          | FAILED_PRECONDITION (a newer term exists)     |
  * | VersionMismatchError    | FAILED_PRECONDITION (re-read, then retry)     |
  * | TombstonesPendingError  | FAILED_PRECONDITION (wait for the tombstones) |
- * | WrongModeError          | FAILED_PRECONDITION (placement groups on/off) |
+ * | WrongModeError          | FAILED_PRECONDITION (placement groups on/off), mode in metadata |
  * | NoPlacementError        | UNAVAILABLE or RESOURCE_EXHAUSTED             |
  *
  * Any other error is a bug or an I/O failure and leaves as UNKNOWN.
@@ -94,9 +94,19 @@ export class TombstonesPendingError extends DirectoryError {
   readonly code = 'FAILED_PRECONDITION' as const;
 }
 
-/** The call has no meaning in this cluster's mode (per-blob records vs placement groups). */
+/**
+ * The call has no meaning in this cluster's mode (per-blob records vs placement
+ * groups). `placement`: the mode the cluster is in (the mapping puts it in
+ * `haystack-cluster-mode`, so a gateway whose followed map lags can tell).
+ */
 export class WrongModeError extends DirectoryError {
   readonly code = 'FAILED_PRECONDITION' as const;
+  constructor(
+    message: string,
+    readonly placement: boolean,
+  ) {
+    super(message);
+  }
 }
 
 /**

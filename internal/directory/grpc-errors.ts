@@ -1,7 +1,7 @@
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from '@connectrpc/connect';
 import type { DirectoryService } from '../../gen/haystack/v1/directory_pb.js';
-import { DirectoryError, NotLeaderError } from './errors.js';
-import { LEADER_ADDRESS_HEADER, LEADER_ID_HEADER } from './peers.js';
+import { DirectoryError, NotLeaderError, WrongModeError } from './errors.js';
+import { CLUSTER_MODE_HEADER, LEADER_ADDRESS_HEADER, LEADER_ID_HEADER } from './peers.js';
 
 const CODES: Record<DirectoryError['code'], Code> = {
   FAILED_PRECONDITION: Code.FailedPrecondition,
@@ -14,7 +14,7 @@ const CODES: Record<DirectoryError['code'], Code> = {
 /**
  * The one mapping of the directory's domain errors (errors.ts) to gRPC statuses.
  * NotLeaderError also carries the leader in `haystack-leader-address` /
- * `haystack-leader-id`. ConnectErrors (edge validation, a forwarded call's
+ * `haystack-leader-id`; WrongModeError the cluster's mode in `haystack-cluster-mode`. ConnectErrors (edge validation, a forwarded call's
  * answer) pass unchanged; anything else is what connect makes of it (UNKNOWN).
  */
 export function toConnectError(err: unknown): ConnectError {
@@ -24,6 +24,8 @@ export function toConnectError(err: unknown): ConnectError {
     ce.metadata.set(LEADER_ADDRESS_HEADER, err.leader.address);
     ce.metadata.set(LEADER_ID_HEADER, err.leader.id);
   }
+  if (err instanceof WrongModeError)
+    ce.metadata.set(CLUSTER_MODE_HEADER, err.placement ? 'placement' : 'per-blob');
   return ce;
 }
 

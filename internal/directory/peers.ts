@@ -11,6 +11,11 @@ export const CATCHUP_TERM_HEADER = 'haystack-catchup-term';
 /** Error/response metadata naming the leader's address, when known. */
 export const LEADER_ADDRESS_HEADER = 'haystack-leader-address';
 export const LEADER_ID_HEADER = 'haystack-leader-id';
+/**
+ * Error metadata of a call the cluster's mode refuses (WrongModeError): `placement`
+ * or `per-blob`, the mode the directory is in.
+ */
+export const CLUSTER_MODE_HEADER = 'haystack-cluster-mode';
 
 export type DirectoryClientStub = Client<typeof DirectoryService>;
 

@@ -54,6 +54,7 @@ export class PlacementAdmin {
     if (!this.node.state.placement.enabled) {
       throw new WrongModeError(
         `${method} moves placement-group memberships; this cluster has none (PLACEMENT_GROUPS=0 keeps per-blob records)`,
+        false,
       );
     }
   }

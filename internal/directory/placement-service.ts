@@ -37,12 +37,13 @@ export class PlacementHandlers {
     return new WrongModeError(
       `${method} is not used on a cluster with placement groups: a blob's stores follow from its id ` +
         '(gateways write to and read from them directly; see docs/design/metadata-at-scale.md)',
+      true,
     );
   }
 
   async updatePlacement(req: UpdatePlacementRequest): Promise<UpdatePlacementResponse> {
     const p = this.node.state.placement;
-    if (!p.enabled) throw new WrongModeError('this cluster has no placement groups');
+    if (!p.enabled) throw new WrongModeError('this cluster has no placement groups', false);
     if (req.group >= p.groupCount) {
       throw new ConnectError(`group ${req.group} is outside 0..${p.groupCount - 1}`, Code.InvalidArgument);
     }

@@ -11,6 +11,7 @@ import {
 } from '../../gen/haystack/v1/store_pb.js';
 import { contentIdProblem, isContentId } from '../auth/content-id.js';
 import { type BlobCache, CacheUnreachableError } from '../cache/blob-cache.js';
+import { CLUSTER_MODE_HEADER } from '../directory/peers.js';
 import type { StoreAt } from '../rpc/clients.js';
 import { fencedTerm } from '../rpc/errors.js';
 import { AsyncPipe } from '../rpc/pipe.js';
@@ -175,6 +176,34 @@ export class BlobGateway {
     return p.view.state.placement.enabled ? this.groupPath : this.directoryPath;
   }
 
+  /**
+   * Runs `op` on this cluster's metadata path. A new cluster's leader creates the
+   * placement groups seconds after it starts, and this gateway learns of them from the
+   * push stream; a directory-path call made before its view applied them is refused
+   * before anything is done (FAILED_PRECONDITION, `haystack-cluster-mode: placement`).
+   * Then the view catches up with the leader's commit index and `op` runs again by
+   * group; UNAVAILABLE (retry) when it cannot catch up within readyTimeoutMs.
+   */
+  private async onPath<T>(op: (path: MetadataPath) => Promise<T>): Promise<T> {
+    const path = await this.path();
+    const p = this.o.placement;
+    if (path !== this.directoryPath || !p || !this.groupPath) return op(path);
+    try {
+      return await op(path);
+    } catch (err) {
+      if (!(err instanceof ConnectError) || err.metadata.get(CLUSTER_MODE_HEADER) !== 'placement') throw err;
+      const caughtUp = await p.view.catchUp(p.readyTimeoutMs, () => leaderCommitIndex(this.o.directory));
+      if (!caughtUp || !p.view.state.placement.enabled) {
+        throw new ConnectError(
+          `the directory has placement groups and this gateway's placement map has not applied them within ${p.readyTimeoutMs} ms: retry`,
+          Code.Unavailable,
+        );
+      }
+      this.o.log.info('placement view caught up with the directory: calls go by placement group');
+      return op(this.groupPath);
+    }
+  }
+
   get maxUploadSize(): number {
     return this.o.maxUploadSize;
   }
@@ -218,8 +247,10 @@ export class BlobGateway {
     const sha256 = h.sha256 || (isContentId(blobId) ? blobId : '');
     const contentType = h.contentType || DEFAULT_CONTENT_TYPE;
 
-    const path = await this.path();
-    const plan = await path.planWrite(blobId, h.size, h.replicaCount);
+    const { path, plan } = await this.onPath(async (path) => ({
+      path,
+      plan: await path.planWrite(blobId, h.size, h.replicaCount),
+    }));
     const [first, ...rest] = plan.targets;
     if (!first) throw new ConnectError('no store to write to', Code.Internal);
 
@@ -333,7 +364,7 @@ export class BlobGateway {
   /** Blob metadata and its replicas, best first; NOT_FOUND for unknown or deleted ids. */
   async locate(blobId: string): Promise<{ meta: BlobMeta; replicas: ReplicaLocation[] }> {
     checkId(blobId);
-    return (await this.path()).locate(blobId);
+    return this.onPath((path) => path.locate(blobId));
   }
 
   async stat(blobId: string): Promise<BlobInfo> {
@@ -393,16 +424,17 @@ export class BlobGateway {
     /** Whether the chunks generator owns the lease (fills under it or gives it back). */
     let handedOver = false;
     try {
-      const path = await this.path();
       // Placement groups: the store's Read header carries the facts, so a whole-blob
       // read is one store call (with a capability's cookie, checked by the store); the
       // directory path, and a signed URL (its cookie is checked before any read), locate first.
-      const found: { meta: BlobMeta; replicas: ReplicaLocation[]; opened?: StoreStream } =
-        path instanceof GroupPath && proof.kind !== 'check'
-          ? await this.openFirst(path, blobId, signal, proof.kind === 'cookie' ? proof.cookie : 0n)
-          : await path.locate(blobId).catch((e: unknown) => {
-              throw ConnectError.from(e).code === Code.NotFound ? notFound(blobId) : e;
-            });
+      const found: { meta: BlobMeta; replicas: ReplicaLocation[]; opened?: StoreStream } = await this.onPath(
+        (path) =>
+          path instanceof GroupPath && proof.kind !== 'check'
+            ? this.openFirst(path, blobId, signal, proof.kind === 'cookie' ? proof.cookie : 0n)
+            : path.locate(blobId).catch((e: unknown) => {
+                throw ConnectError.from(e).code === Code.NotFound ? notFound(blobId) : e;
+              }),
+      );
       if (!proves(proof, found.meta.cookie)) {
         found.opened?.cancel();
         throw notFound(blobId);
@@ -609,7 +641,7 @@ export class BlobGateway {
    */
   async delete(blobId: string): Promise<boolean> {
     checkId(blobId);
-    const found = await (await this.path()).delete(blobId);
+    const found = await this.onPath((path) => path.delete(blobId));
     await this.o.cache.invalidate(blobId).catch((e: unknown) => {
       if (!(e instanceof CacheUnreachableError)) throw e;
       // The cache's address and Redis's own words go to the log, not to the caller.
@@ -632,7 +664,7 @@ export class BlobGateway {
     pageToken: string,
     prefix: string,
   ): Promise<{ blobs: BlobInfo[]; next: string }> {
-    return (await this.path()).list(pageSize, pageToken, prefix);
+    return this.onPath((path) => path.list(pageSize, pageToken, prefix));
   }
 }
 

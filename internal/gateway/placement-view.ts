@@ -161,6 +161,17 @@ export class PlacementView {
     return this.confirmed(maxAgeMs);
   }
 
+  /**
+   * Asks the leader's commit index now (a question of its own, not one already in
+   * flight) and waits for the view to apply it, all within `budgetMs`. True once it
+   * has; false when no leader answered or the view did not catch up in time.
+   */
+  async catchUp(budgetMs: number, leaderIndex: () => Promise<bigint>): Promise<boolean> {
+    const asked = performance.now();
+    await this.confirm(budgetMs, leaderIndex);
+    return this.confirmedAt >= asked && this.state.appliedIndex >= this.confirmedIndex;
+  }
+
   private confirmed(maxAgeMs: number): boolean {
     return performance.now() - this.confirmedAt <= maxAgeMs && this.state.appliedIndex >= this.confirmedIndex;
   }

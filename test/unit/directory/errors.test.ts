@@ -13,7 +13,12 @@ import {
   WrongModeError,
 } from '../../../internal/directory/errors.js';
 import { toConnectError, withMappedErrors } from '../../../internal/directory/grpc-errors.js';
-import { LEADER_ADDRESS_HEADER, LEADER_ID_HEADER, leaderHintOf } from '../../../internal/directory/peers.js';
+import {
+  CLUSTER_MODE_HEADER,
+  LEADER_ADDRESS_HEADER,
+  LEADER_ID_HEADER,
+  leaderHintOf,
+} from '../../../internal/directory/peers.js';
 
 describe('directory domain errors → gRPC (grpc-errors.ts)', () => {
   it('maps each error to its status and keeps the message', () => {
@@ -24,7 +29,7 @@ describe('directory domain errors → gRPC (grpc-errors.ts)', () => {
       [new StaleTermError('candidate term 3 is stale: current term 5'), Code.FailedPrecondition],
       [new VersionMismatchError('blob b is at version 4'), Code.FailedPrecondition],
       [new TombstonesPendingError('tombstones pending'), Code.FailedPrecondition],
-      [new WrongModeError('no placement groups'), Code.FailedPrecondition],
+      [new WrongModeError('no placement groups', false), Code.FailedPrecondition],
       [new NoPlacementError('need 3 healthy writable stores', 'unavailable'), Code.Unavailable],
       [new NoPlacementError('need 3 stores with room', 'exhausted'), Code.ResourceExhausted],
     ];
@@ -33,6 +38,16 @@ describe('directory domain errors → gRPC (grpc-errors.ts)', () => {
       expect(ce.code, err.name).toBe(code);
       expect(ce.rawMessage).toBe(err.message);
     }
+  });
+
+  it("WrongModeError names the cluster's mode in the metadata, so a gateway whose map lags can tell", () => {
+    const on = toConnectError(
+      new WrongModeError('AllocateWrite is not used on a cluster with placement groups', true),
+    );
+    expect(on.metadata.get(CLUSTER_MODE_HEADER)).toBe('placement');
+    const off = toConnectError(new WrongModeError('this cluster has no placement groups', false));
+    expect(off.metadata.get(CLUSTER_MODE_HEADER)).toBe('per-blob');
+    expect(toConnectError(new VersionMismatchError('re-read')).metadata.get(CLUSTER_MODE_HEADER)).toBeNull();
   });
 
   it('NotLeaderError names the leader in the message and the metadata, so clients follow it', () => {

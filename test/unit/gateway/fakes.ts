@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { create } from '@bufbuild/protobuf';
 import { Code, ConnectError } from '@connectrpc/connect';
+import { pino } from 'pino';
 import { type BlobMeta, BlobMetaSchema, BlobState, StoreHealth } from '../../../gen/haystack/v1/common_pb.js';
 import {
   AllocateWriteResponseSchema,
@@ -22,6 +23,7 @@ import {
 } from '../../../gen/haystack/v1/store_pb.js';
 import type { StoreApi } from '../../../internal/gateway/blobs.js';
 import type { DirectoryApi } from '../../../internal/gateway/directory.js';
+import { PlacementView } from '../../../internal/gateway/placement-view.js';
 import { FENCED_TERM_HEADER } from '../../../internal/rpc/errors.js';
 
 export type Mode = { kind: 'ok' } | { kind: 'down' } | { kind: 'stall' } | { kind: 'cut'; after: number };
@@ -253,4 +255,39 @@ export function leaderEntry(index: bigint, term: bigint, leaderId: string): Watc
     change: { case: 'leaderChanged', value: { leaderId } },
   });
   return create(WatchMetadataResponseSchema, { msg: { case: 'entries', value: { entries: [entry] } } });
+}
+
+/**
+ * A PlacementView fed by a queue: `deliver` hands it the next push (the view applies
+ * pushes in order, as from WatchMetadata); nothing arrives until delivered.
+ */
+export function queuedView(first: WatchMetadataResponse[]): {
+  view: PlacementView;
+  deliver: (m: WatchMetadataResponse) => void;
+} {
+  const queue = [...first];
+  let wake = () => {};
+  const view = new PlacementView(
+    async function* (_req, signal) {
+      while (!signal?.aborted) {
+        const next = queue.shift();
+        if (next) yield next;
+        else
+          await new Promise<void>((r) => {
+            wake = r;
+            signal?.addEventListener('abort', () => r(), { once: true });
+          });
+      }
+    },
+    'gw-test',
+    pino({ level: 'silent' }),
+    10,
+  );
+  return {
+    view,
+    deliver: (m) => {
+      queue.push(m);
+      wake();
+    },
+  };
 }

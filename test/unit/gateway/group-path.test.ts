@@ -3,16 +3,13 @@ import { Code, ConnectError } from '@connectrpc/connect';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { StoreHealth } from '../../../gen/haystack/v1/common_pb.js';
-import {
-  type WatchMetadataResponse,
-  WatchMetadataResponseSchema,
-} from '../../../gen/haystack/v1/directory_pb.js';
+import { WatchMetadataResponseSchema } from '../../../gen/haystack/v1/directory_pb.js';
 import { LogEntrySchema, PlacementMemberState } from '../../../gen/haystack/v1/metadata_pb.js';
 import { MemoryBlobCache } from '../../../internal/cache/memory-cache.js';
 import { BlobGateway } from '../../../internal/gateway/blobs.js';
 import { type AckRefusal, GroupPath, type PlacementStoreApi } from '../../../internal/gateway/group-path.js';
 import { PlacementView } from '../../../internal/gateway/placement-view.js';
-import { FakeDirectory, FakeStore, leaderEntry } from './fakes.js';
+import { FakeDirectory, FakeStore, leaderEntry, queuedView } from './fakes.js';
 
 /**
  * The answer to a write whose placement group has too few members up (issue 14,
@@ -165,8 +162,7 @@ describe('GroupPath acknowledges a write or delete that skipped a member only wh
   /** s1, s2 ACTIVE and s4 JOINING and DOWN in group 0 of 1; the view follows `push`ed entries. */
   async function cluster() {
     let index = 1n;
-    const queue: WatchMetadataResponse[] = [leaderEntry(1n, 5n, 'directory-0')];
-    let wake = () => {};
+    const { view, deliver: deliverPush } = queuedView([leaderEntry(1n, 5n, 'directory-0')]);
     const entry = (change: MessageInitShape<typeof LogEntrySchema>['change']) =>
       create(LogEntrySchema, { index: ++index, term: 5n, change });
     /** Appends entries to the log; `deliver` false: the view's stream does not bring them (it lags). */
@@ -174,25 +170,8 @@ describe('GroupPath acknowledges a write or delete that skipped a member only wh
       const entries = changes.map(entry);
       directory.leaderCommit = index;
       if (!deliver) return;
-      queue.push(create(WatchMetadataResponseSchema, { msg: { case: 'entries', value: { entries } } }));
-      wake();
+      deliverPush(create(WatchMetadataResponseSchema, { msg: { case: 'entries', value: { entries } } }));
     };
-    const view = new PlacementView(
-      async function* (_req, signal) {
-        while (!signal?.aborted) {
-          const next = queue.shift();
-          if (next) yield next;
-          else
-            await new Promise<void>((r) => {
-              wake = r;
-              signal?.addEventListener('abort', () => r(), { once: true });
-            });
-        }
-      },
-      'gw-test',
-      log,
-      10,
-    );
     const peers = new Map<string, FakeStore>();
     const stores = ['s1', 's2', 's4'].map((id) => new FakeStore(id, peers));
     for (const s of stores) peers.set(s.storeId, s);
