@@ -15,13 +15,20 @@ import { CONNECTION_WINDOW } from '../server/listener-limits.js';
  * event, killing the process (seen in a gateway following a directory that was
  * killed -9 under CPU load). Streams and the manager still see the failure; only
  * the process-level crash is prevented. Pings on destroyed sessions are
- * answered, not thrown (PingGuardedSessionManager). It also widens each session's
- * connection-level window as it is first used: Node starts sessions with 64 KiB,
- * so 32 concurrent blob streams would share 64 KiB per round trip (the stream
- * window is a SETTINGS value, passed in the session options, rpc/session.ts).
+ * answered, not thrown, and each session's connection window is CONNECTION_WINDOW
+ * (PingGuardedSessionManager; the stream window is in the session options,
+ * rpc/session.ts).
  */
 export class GuardedHttp2SessionManager extends PingGuardedSessionManager {
   private readonly guarded = new WeakSet<Http2Session>();
+
+  constructor(
+    url: string | URL,
+    pingOptions?: ConstructorParameters<typeof PingGuardedSessionManager>[1],
+    http2SessionOptions?: ConstructorParameters<typeof PingGuardedSessionManager>[2],
+  ) {
+    super(url, pingOptions, http2SessionOptions, CONNECTION_WINDOW);
+  }
 
   override async request(
     method: string,
@@ -34,7 +41,6 @@ export class GuardedHttp2SessionManager extends PingGuardedSessionManager {
     if (session && !this.guarded.has(session)) {
       this.guarded.add(session);
       session.on('error', () => {});
-      if (!session.destroyed) session.setLocalWindowSize(CONNECTION_WINDOW);
     }
     return stream;
   }

@@ -47,6 +47,16 @@ export function clientTlsFromEnv(
 }
 
 /**
+ * HTTP/2 flow control of the SDK's sessions (bytes): a download's stream may have
+ * 4 MiB in flight and all streams of a connection 64 MiB (Node's default is 64 KiB
+ * for each, which serialises concurrent blob downloads on round trips); DATA frames
+ * up to 1 MiB. The cluster's own clients use the same values (server/listener-limits.ts).
+ */
+const SDK_STREAM_WINDOW = 4 * 1024 * 1024;
+const SDK_CONNECTION_WINDOW = 64 * 1024 * 1024;
+const SDK_MAX_FRAME_SIZE = 1 << 20;
+
+/**
  * A gRPC transport to `url` (host:port, http://host:port or https://host:port),
  * over one HTTP/2 connection: `session.abort()` closes it. A bare host:port is a
  * cluster member: over mTLS when HAYSTACK_TLS_* name a client certificate
@@ -55,11 +65,15 @@ export function clientTlsFromEnv(
 export function grpcTransport(url: string): Transport & { session: Http2SessionManager } {
   const tls = clientTlsFromEnv();
   const baseUrl = url.includes('://') ? url : `${tls ? 'https' : 'http'}://${url}`;
+  const settings = { initialWindowSize: SDK_STREAM_WINDOW, maxFrameSize: SDK_MAX_FRAME_SIZE };
   const session = new PingGuardedSessionManager(
     baseUrl,
     { pingIntervalMs: 10_000, idleConnectionTimeoutMs: 60_000 },
     // Cluster members prove their SPIFFE identity via the CA, not a hostname (dev certs name 127.0.0.1).
-    tls && baseUrl.startsWith('https:') ? { ...tls, checkServerIdentity: () => undefined } : undefined,
+    tls && baseUrl.startsWith('https:')
+      ? { settings, ...tls, checkServerIdentity: () => undefined }
+      : { settings },
+    SDK_CONNECTION_WINDOW,
   );
   return Object.assign(createGrpcTransport({ baseUrl, sessionManager: session }), { session });
 }

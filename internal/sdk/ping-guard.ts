@@ -17,6 +17,21 @@ import { Http2SessionManager } from '@connectrpc/connect-node';
 export class PingGuardedSessionManager extends Http2SessionManager {
   private readonly pingGuarded = new WeakSet<Http2Session>();
 
+  /**
+   * `connectionWindow` (bytes, 0 = Node's 64 KiB): each session's connection-level
+   * receive window, widened as the session is first used. Node starts every session
+   * at 64 KiB, so 16 concurrent 64 KiB downloads would share one window per round
+   * trip; the stream window is a SETTINGS value, passed in `http2SessionOptions`.
+   */
+  constructor(
+    url: string | URL,
+    pingOptions?: ConstructorParameters<typeof Http2SessionManager>[1],
+    http2SessionOptions?: ConstructorParameters<typeof Http2SessionManager>[2],
+    private readonly connectionWindow = 0,
+  ) {
+    super(url, pingOptions, http2SessionOptions);
+  }
+
   override async request(
     method: string,
     path: string,
@@ -28,6 +43,7 @@ export class PingGuardedSessionManager extends Http2SessionManager {
     if (session && !this.pingGuarded.has(session)) {
       this.pingGuarded.add(session);
       guardPing(session);
+      if (this.connectionWindow > 0 && !session.destroyed) session.setLocalWindowSize(this.connectionWindow);
     }
     return stream;
   }
