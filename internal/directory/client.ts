@@ -105,8 +105,9 @@ export class DirectoryClient {
     return this.write((c, opt) => c.commitWrite(req, opt), o);
   }
 
-  delete(blobId: string, o?: CallOptions): Promise<DirectoryServiceDeleteResponse> {
-    return this.write((c, opt) => c.delete({ blobId }, opt), o);
+  /** `perBlob`: the caller deletes a per-blob record (DirectoryServiceDeleteRequest.per_blob). */
+  delete(blobId: string, o?: CallOptions, perBlob = false): Promise<DirectoryServiceDeleteResponse> {
+    return this.write((c, opt) => c.delete({ blobId, perBlob }, opt), o);
   }
 
   updateReplicas(

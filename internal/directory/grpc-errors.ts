@@ -14,11 +14,12 @@ const CODES: Record<DirectoryError['code'], Code> = {
 /**
  * The one mapping of the directory's domain errors (errors.ts) to gRPC statuses.
  * NotLeaderError also carries the leader in `haystack-leader-address` /
- * `haystack-leader-id`; WrongModeError the cluster's mode in `haystack-cluster-mode`. ConnectErrors (edge validation, a forwarded call's
- * answer) pass unchanged; anything else is what connect makes of it (UNKNOWN).
+ * `haystack-leader-id`; WrongModeError the cluster's mode in `haystack-cluster-mode`.
+ * ConnectErrors (edge validation) pass unchanged, a forwarded call's answer with its
+ * metadata (relayable); anything else is what connect makes of it (UNKNOWN).
  */
 export function toConnectError(err: unknown): ConnectError {
-  if (!(err instanceof DirectoryError)) return ConnectError.from(err);
+  if (!(err instanceof DirectoryError)) return relayable(ConnectError.from(err));
   const ce = new ConnectError(err.message, CODES[err.code], undefined, undefined, err);
   if (err instanceof NotLeaderError && err.leader) {
     ce.metadata.set(LEADER_ADDRESS_HEADER, err.leader.address);
@@ -27,6 +28,19 @@ export function toConnectError(err: unknown): ConnectError {
   if (err instanceof WrongModeError)
     ce.metadata.set(CLUSTER_MODE_HEADER, err.placement ? 'placement' : 'per-blob');
   return ce;
+}
+
+/**
+ * A ConnectError received from a peer (a forwarded call's answer), made fit to answer
+ * our own caller with: connect relays a wire error's code, message and details but not
+ * its metadata (setTrailerStatus), and the metadata carries the leader's address and
+ * the cluster's mode. Errors raised here pass unchanged.
+ */
+function relayable(ce: ConnectError): ConnectError {
+  if (!ce.isWireError) return ce;
+  const out = new ConnectError(ce.rawMessage, ce.code, ce.metadata, undefined, ce);
+  out.details.push(...ce.details);
+  return out;
 }
 
 type Impl = ServiceImpl<typeof DirectoryService>;

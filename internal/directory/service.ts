@@ -334,7 +334,11 @@ export class DirectoryHandlers {
   private async remove(req: DirectoryServiceDeleteRequest): Promise<DirectoryServiceDeleteResponse> {
     checkBlobId(req.blobId);
     return this.withBlobLock(req.blobId, async () => {
-      if (this.placement.enabled) return this.placement.deleteExtras(req.blobId);
+      if (this.placement.enabled) {
+        // A caller that meant a per-blob record has a map that lags: it must delete by group.
+        if (req.perBlob) throw PlacementHandlers.perBlobRefused('Delete');
+        return this.placement.deleteExtras(req.blobId);
+      }
       this.pending.delete(req.blobId);
       if (!this.node.state.active(req.blobId)) {
         return create(DirectoryServiceDeleteResponseSchema, {

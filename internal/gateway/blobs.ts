@@ -195,7 +195,7 @@ export class BlobGateway {
       const caughtUp = await p.view.catchUp(p.readyTimeoutMs, () => leaderCommitIndex(this.o.directory));
       if (!caughtUp || !p.view.state.placement.enabled) {
         throw new ConnectError(
-          `the directory has placement groups and this gateway's placement map has not applied them within ${p.readyTimeoutMs} ms: retry`,
+          `the directory has placement groups and this gateway's placement map did not catch up with the leader within ${p.readyTimeoutMs} ms (no leader answered, or the push stream lags): retry`,
           Code.Unavailable,
         );
       }

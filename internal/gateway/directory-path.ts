@@ -123,7 +123,8 @@ export class DirectoryPath implements MetadataPath {
   }
 
   async delete(blobId: string): Promise<boolean> {
-    const res = await this.directory.delete({ blobId });
+    // per_blob: a directory that has placement groups refuses it before doing anything.
+    const res = await this.directory.delete({ blobId, perBlob: true });
     this.sawIndex(res.commitIndex);
     return res.found;
   }

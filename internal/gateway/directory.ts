@@ -21,7 +21,8 @@ export interface DirectoryApi {
   allocateWrite(req: MessageInitShape<typeof AllocateWriteRequestSchema>): Promise<AllocateWriteResponse>;
   commitWrite(req: MessageInitShape<typeof CommitWriteRequestSchema>): Promise<CommitWriteResponse>;
   locate(req: MessageInitShape<typeof LocateRequestSchema>): Promise<LocateResponse>;
-  delete(req: { blobId: string }): Promise<DirectoryServiceDeleteResponse>;
+  /** `perBlob`: see DirectoryServiceDeleteRequest.per_blob. */
+  delete(req: { blobId: string; perBlob?: boolean }): Promise<DirectoryServiceDeleteResponse>;
   list(
     req: MessageInitShape<typeof DirectoryServiceListRequestSchema>,
   ): Promise<DirectoryServiceListResponse>;
@@ -40,7 +41,7 @@ export function directoryApi(client: DirectoryClient): DirectoryApi {
     allocateWrite: (req) => client.allocateWrite(req),
     commitWrite: (req) => client.commitWrite(req),
     locate: (req) => client.locate(req.blobIds ?? [], req.minIndex ?? 0n),
-    delete: (req) => client.delete(req.blobId),
+    delete: (req) => client.delete(req.blobId, undefined, req.perBlob ?? false),
     list: (req) => client.list(req),
     getClusterStatus: () => client.getClusterStatus(),
     updateReplicas: (req) => client.updateReplicas(req),

@@ -77,7 +77,7 @@ export class PlacementView {
    * snapshot since (appliedIndex below it) is not confirmed, however recent confirmedAt.
    */
   private confirmedIndex = 0n;
-  private confirming: Promise<void> | undefined;
+  private confirming: Promise<boolean> | undefined;
   /** Woken after entries or a snapshot are applied (whenApplied). */
   private readonly appliedWaiters = new Set<() => void>();
 
@@ -166,17 +166,16 @@ export class PlacementView {
    * flight) and waits for the view to apply it, all within `budgetMs`. True once it
    * has; false when no leader answered or the view did not catch up in time.
    */
-  async catchUp(budgetMs: number, leaderIndex: () => Promise<bigint>): Promise<boolean> {
-    const asked = performance.now();
-    await this.confirm(budgetMs, leaderIndex);
-    return this.confirmedAt >= asked && this.state.appliedIndex >= this.confirmedIndex;
+  catchUp(budgetMs: number, leaderIndex: () => Promise<bigint>): Promise<boolean> {
+    return this.confirm(budgetMs, leaderIndex);
   }
 
   private confirmed(maxAgeMs: number): boolean {
     return performance.now() - this.confirmedAt <= maxAgeMs && this.state.appliedIndex >= this.confirmedIndex;
   }
 
-  private async confirm(budgetMs: number, leaderIndex: () => Promise<bigint>): Promise<void> {
+  /** True when the leader answered and the view applied its index within `budgetMs`. */
+  private async confirm(budgetMs: number, leaderIndex: () => Promise<bigint>): Promise<boolean> {
     const asked = performance.now();
     let timer: NodeJS.Timeout | undefined;
     try {
@@ -187,15 +186,16 @@ export class PlacementView {
         }),
       ]);
       // The leader answered after `asked`: a view at its index holds all committed before then.
-      if (await this.whenApplied(index, asked + budgetMs - performance.now())) {
-        this.confirmedAt = Math.max(this.confirmedAt, asked);
-        if (index > this.confirmedIndex) this.confirmedIndex = index;
-      }
+      if (!(await this.whenApplied(index, asked + budgetMs - performance.now()))) return false;
+      this.confirmedAt = Math.max(this.confirmedAt, asked);
+      if (index > this.confirmedIndex) this.confirmedIndex = index;
+      return true;
     } catch (err) {
       this.log.debug(
         { err: err instanceof Error ? err.message : String(err) },
         'placement view: could not confirm the map current',
       );
+      return false;
     } finally {
       clearTimeout(timer);
     }

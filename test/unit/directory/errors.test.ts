@@ -50,6 +50,22 @@ describe('directory domain errors → gRPC (grpc-errors.ts)', () => {
     expect(toConnectError(new VersionMismatchError('re-read')).metadata.get(CLUSTER_MODE_HEADER)).toBeNull();
   });
 
+  it("a forwarded call's answer (an error received from the leader) is answered on with its metadata", () => {
+    const received = new ConnectError(
+      'Delete is not used on a cluster with placement groups',
+      Code.FailedPrecondition,
+      {
+        [CLUSTER_MODE_HEADER]: 'placement',
+      },
+    );
+    received.isWireError = true; // as connect marks an error read from trailers: it would not re-send its metadata
+    const out = toConnectError(received);
+    expect(out.isWireError).toBe(false);
+    expect(out.code).toBe(Code.FailedPrecondition);
+    expect(out.rawMessage).toBe(received.rawMessage);
+    expect(out.metadata.get(CLUSTER_MODE_HEADER)).toBe('placement');
+  });
+
   it('NotLeaderError names the leader in the message and the metadata, so clients follow it', () => {
     const ce = toConnectError(
       new NotLeaderError('directory d1 is not the leader', { id: 'd0', address: '10.0.0.1:7000' }),

@@ -80,6 +80,12 @@ async function lagging(readyTimeoutMs: number) {
   directory.locate = async () => {
     throw refuse('Locate');
   };
+  // A delete by group (extra replicas only) is answered; a per-blob delete is refused.
+  const deleteExtras = directory.delete.bind(directory);
+  directory.delete = async (req: { blobId: string; perBlob?: boolean }) => {
+    if (req.perBlob) throw refuse('Delete');
+    return deleteExtras(req);
+  };
   view.start();
   await view.whenReady(5_000);
   for (let i = 0; i < 500 && view.state.stores.size < 3; i++) await new Promise((r) => setTimeout(r, 10));
@@ -92,7 +98,12 @@ async function lagging(readyTimeoutMs: number) {
     storeTimeoutMs: 2_000,
     placement: {
       view,
-      stores: () => ({}) as PlacementStoreApi,
+      stores: (s) =>
+        ({
+          delete: async (req: { blobId: string }) => ({
+            found: peers.get(s.storeId)!.blobs.delete(req.blobId),
+          }),
+        }) as unknown as PlacementStoreApi,
       readyTimeoutMs,
       minReplicas: 2,
       mapStaleAfterMs: 1_000,
@@ -133,13 +144,42 @@ describe('a gateway whose placement map lags the directory that just created the
     }
   });
 
+  it('a delete refused on the directory path deletes on every member of the group once the view has caught up', async () => {
+    const c = await lagging(5_000);
+    try {
+      for (const st of c.stores)
+        st.blobs.set('b', { cookie: 1n, data: Buffer.from('written by another gateway') });
+      setTimeout(c.deliverGroups, 50);
+      expect(await c.gw.delete('b')).toBe(true);
+      expect(c.refused).toEqual(['Delete']);
+      expect(c.stores.filter((s) => s.blobs.has('b'))).toEqual([]);
+    } finally {
+      c.view.stop();
+    }
+  });
+
+  it('a FAILED_PRECONDITION without the placement mode is the answer, not a reason to catch up', async () => {
+    const c = await lagging(5_000);
+    try {
+      c.directory.allocateWrite = async () => {
+        c.refused.push('AllocateWrite');
+        throw new ConnectError('some other precondition', Code.FailedPrecondition);
+      };
+      const err = ConnectError.from(await upload(c.gw, 'c', Buffer.from('x')).catch((e: unknown) => e));
+      expect(`${Code[err.code]}: ${err.rawMessage}`).toBe('FailedPrecondition: some other precondition');
+      expect(c.refused).toEqual(['AllocateWrite']);
+    } finally {
+      c.view.stop();
+    }
+  });
+
   it('a read refused on the directory path whose view does not catch up: UNAVAILABLE (retry), not FAILED_PRECONDITION', async () => {
     const c = await lagging(300);
     try {
       const err = ConnectError.from(await c.gw.stat('a').catch((e: unknown) => e));
       expect(Code[err.code]).toBe('Unavailable');
       expect(err.rawMessage).toContain(
-        "this gateway's placement map has not applied them within 300 ms: retry",
+        "this gateway's placement map did not catch up with the leader within 300 ms",
       );
       expect(c.refused).toEqual(['Locate']);
     } finally {
