@@ -1,7 +1,12 @@
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from '@connectrpc/connect';
 import type { DirectoryService } from '../../gen/haystack/v1/directory_pb.js';
 import { DirectoryError, NotLeaderError, WrongModeError } from './errors.js';
-import { CLUSTER_MODE_HEADER, LEADER_ADDRESS_HEADER, LEADER_ID_HEADER } from './peers.js';
+import {
+  CLUSTER_MODE_HEADER,
+  HAYSTACK_HEADER_PREFIX,
+  LEADER_ADDRESS_HEADER,
+  LEADER_ID_HEADER,
+} from './peers.js';
 
 const CODES: Record<DirectoryError['code'], Code> = {
   FAILED_PRECONDITION: Code.FailedPrecondition,
@@ -16,7 +21,7 @@ const CODES: Record<DirectoryError['code'], Code> = {
  * NotLeaderError also carries the leader in `haystack-leader-address` /
  * `haystack-leader-id`; WrongModeError the cluster's mode in `haystack-cluster-mode`.
  * ConnectErrors (edge validation) pass unchanged, a forwarded call's answer with its
- * metadata (relayable); anything else is what connect makes of it (UNKNOWN).
+ * `haystack-` metadata (relayable); anything else is what connect makes of it (UNKNOWN).
  */
 export function toConnectError(err: unknown): ConnectError {
   if (!(err instanceof DirectoryError)) return relayable(ConnectError.from(err));
@@ -34,12 +39,24 @@ export function toConnectError(err: unknown): ConnectError {
  * A ConnectError received from a peer (a forwarded call's answer), made fit to answer
  * our own caller with: connect relays a wire error's code, message and details but not
  * its metadata (setTrailerStatus), and the metadata carries the leader's address and
- * the cluster's mode. Errors raised here pass unchanged.
+ * the cluster's mode. Only those keys go on (relayedMetadata), not the peer's other
+ * headers and trailers. Errors raised here pass unchanged.
  */
 function relayable(ce: ConnectError): ConnectError {
   if (!ce.isWireError) return ce;
-  const out = new ConnectError(ce.rawMessage, ce.code, ce.metadata, undefined, ce);
+  const out = new ConnectError(ce.rawMessage, ce.code, relayedMetadata(ce.metadata), undefined, ce);
   out.details.push(...ce.details);
+  return out;
+}
+
+/**
+ * The part of a peer's error metadata (its response headers and trailers) to answer
+ * on: the keys this project defines (`haystack-`: the leader hint, the cluster's
+ * mode), so a peer cannot put arbitrary headers in our answers.
+ */
+export function relayedMetadata(received: Headers): Headers {
+  const out = new Headers();
+  for (const [key, value] of received) if (key.startsWith(HAYSTACK_HEADER_PREFIX)) out.append(key, value);
   return out;
 }
 

@@ -4,6 +4,13 @@ import { peerTransport } from '../rpc/transport.js';
 import type { TransportSecurity } from '../security/tls-config.js';
 import { tracedTransport } from '../server/tracing.js';
 
+/**
+ * The prefix of every header this project defines. Of an error a directory received
+ * from a peer only these keys are answered on (grpc-errors.ts): the leader hint and
+ * the cluster's mode below, never a header a peer made up.
+ */
+export const HAYSTACK_HEADER_PREFIX = 'haystack-';
+
 /** Header on a request a directory forwarded to the leader (never forwarded again). */
 export const FORWARDED_HEADER = 'haystack-forwarded';
 /** Header (request) of a candidate fetching a peer's raw log while it catches up: its term. */

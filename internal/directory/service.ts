@@ -54,7 +54,7 @@ import {
   UnavailableError,
   VersionMismatchError,
 } from './errors.js';
-import { withMappedErrors } from './grpc-errors.js';
+import { relayedMetadata, withMappedErrors } from './grpc-errors.js';
 import { readOrder } from './health.js';
 import type { DirectoryNode } from './node.js';
 import { CATCHUP_TERM_HEADER, FORWARDED_HEADER, LEADER_ADDRESS_HEADER } from './peers.js';
@@ -191,7 +191,7 @@ export class DirectoryHandlers {
         throw new ConnectError(
           `forwarding to the leader ${leader.id} at ${leader.address} failed: ${ce.rawMessage}`,
           Code.Unavailable,
-          ce.metadata,
+          relayedMetadata(ce.metadata),
         );
       }
       throw ce;

@@ -12,9 +12,14 @@ import {
   VersionMismatchError,
   WrongModeError,
 } from '../../../internal/directory/errors.js';
-import { toConnectError, withMappedErrors } from '../../../internal/directory/grpc-errors.js';
+import {
+  relayedMetadata,
+  toConnectError,
+  withMappedErrors,
+} from '../../../internal/directory/grpc-errors.js';
 import {
   CLUSTER_MODE_HEADER,
+  HAYSTACK_HEADER_PREFIX,
   LEADER_ADDRESS_HEADER,
   LEADER_ID_HEADER,
   leaderHintOf,
@@ -64,6 +69,43 @@ describe('directory domain errors → gRPC (grpc-errors.ts)', () => {
     expect(out.code).toBe(Code.FailedPrecondition);
     expect(out.rawMessage).toBe(received.rawMessage);
     expect(out.metadata.get(CLUSTER_MODE_HEADER)).toBe('placement');
+  });
+
+  it("relays only the project's own keys of a received error: the leader hint and the mode, nothing a peer made up", () => {
+    // Every header the directory sets on an error, as a follower receives it from the leader.
+    const sent = [
+      toConnectError(new NotLeaderError('not the leader', { id: 'd0', address: '10.0.0.1:7000' })),
+      toConnectError(new WrongModeError('List is not used on a cluster with placement groups', true)),
+    ];
+    for (const ce of sent) {
+      const keys = [...ce.metadata.keys()];
+      expect(keys.length).toBeGreaterThan(0);
+      for (const k of keys) expect(k.startsWith(HAYSTACK_HEADER_PREFIX), k).toBe(true);
+      const received = new ConnectError(ce.rawMessage, ce.code, ce.metadata);
+      received.isWireError = true;
+      expect([...toConnectError(received).metadata]).toEqual([...ce.metadata]);
+    }
+    // A received error's metadata is the peer's response headers and trailers, whatever they hold.
+    const received = new ConnectError('not the leader', Code.FailedPrecondition, {
+      [LEADER_ADDRESS_HEADER]: '10.0.0.1:7000',
+      [LEADER_ID_HEADER]: 'd0',
+      [CLUSTER_MODE_HEADER]: 'placement',
+      'content-type': 'application/grpc',
+      'set-cookie': 'session=evil',
+      'x-injected': 'yes',
+      location: 'https://elsewhere.example',
+      'www-authenticate': 'Basic',
+    });
+    received.isWireError = true;
+    const out = toConnectError(received);
+    expect(Object.fromEntries(out.metadata)).toEqual({
+      [CLUSTER_MODE_HEADER]: 'placement',
+      [LEADER_ADDRESS_HEADER]: '10.0.0.1:7000',
+      [LEADER_ID_HEADER]: 'd0',
+    });
+    expect(
+      relayedMetadata(new Headers({ 'x-haystack-rate-limited': 'upload' })).has('x-haystack-rate-limited'),
+    ).toBe(false);
   });
 
   it('NotLeaderError names the leader in the message and the metadata, so clients follow it', () => {
