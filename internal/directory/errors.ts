@@ -13,6 +13,7 @@
  * | VersionMismatchError    | FAILED_PRECONDITION (re-read, then retry)     |
  * | TombstonesPendingError  | FAILED_PRECONDITION (wait for the tombstones) |
  * | WrongModeError          | FAILED_PRECONDITION (placement groups on/off), mode in metadata |
+ * | PlacementPendingError   | UNAVAILABLE (groups not applied yet: retry)   |
  * | NoPlacementError        | UNAVAILABLE or RESOURCE_EXHAUSTED             |
  *
  * Any other error is a bug or an I/O failure and leaves as UNKNOWN.
@@ -107,6 +108,18 @@ export class WrongModeError extends DirectoryError {
   ) {
     super(message);
   }
+}
+
+/**
+ * A directory configured for placement groups (PLACEMENT_GROUPS > 0) whose state
+ * has neither the groups nor a per-blob record: the leader has not created them
+ * yet (it waits for the stores to settle), or this instance has not applied them
+ * yet (a follower that lags at a cluster's birth). Its state would answer a
+ * per-blob call as an empty cluster of per-blob records (NOT_FOUND, an empty
+ * page), so it answers UNAVAILABLE: retry, here or on the leader.
+ */
+export class PlacementPendingError extends DirectoryError {
+  readonly code = 'UNAVAILABLE' as const;
 }
 
 /**

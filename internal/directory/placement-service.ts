@@ -12,7 +12,7 @@ import {
   UpdateReplicasResponseSchema,
 } from '../../gen/haystack/v1/directory_pb.js';
 import { PlacementGroupSchema, type StoreRecord } from '../../gen/haystack/v1/metadata_pb.js';
-import { VersionMismatchError, WrongModeError } from './errors.js';
+import { PlacementPendingError, VersionMismatchError, WrongModeError } from './errors.js';
 import type { DirectoryNode } from './node.js';
 import { checkEcMembers, checkMembers, withEcMembers, withMembers } from './placement-plan.js';
 import type { StoreRegistry } from './stores.js';
@@ -38,6 +38,33 @@ export class PlacementHandlers {
       `${method} is not used on a cluster with placement groups: a blob's stores follow from its id ` +
         '(gateways write to and read from them directly; see docs/design/metadata-at-scale.md)',
       true,
+    );
+  }
+
+  /**
+   * Throws unless `method` (a per-blob call) may be answered from this instance's
+   * state: WrongModeError once the placement groups exist; PlacementPendingError
+   * (UNAVAILABLE) while this directory is configured for them (PLACEMENT_GROUPS > 0)
+   * but its state holds neither them nor a per-blob record, as at a new cluster's
+   * birth: before the leader created them, or on a follower that has not applied
+   * them yet. That state looks like an empty cluster of per-blob records and would
+   * answer NOT_FOUND or an empty page.
+   */
+  requirePerBlob(method: string): void {
+    if (this.enabled) throw PlacementHandlers.perBlobRefused(method);
+    const { cfg, state, id } = this.node;
+    if (cfg.placementGroups === 0 || state.blobs.size > 0) return;
+    if (this.node.role === 'leader') {
+      throw new PlacementPendingError(
+        `${method}: the placement groups of this new cluster are not created yet (directory ${id} leads and creates them once the stores have settled, about 3 s after they register): retry`,
+      );
+    }
+    const leader = this.node.leader();
+    throw new PlacementPendingError(
+      `${method}: directory ${id} has not yet applied the placement groups (applied index ${state.appliedIndex}): ` +
+        (leader
+          ? `retry, or ask the leader ${leader.id} at ${leader.address}`
+          : 'retry (no leader is known here)'),
     );
   }
 

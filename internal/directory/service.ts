@@ -213,16 +213,10 @@ export class DirectoryHandlers {
 
   private async allocate(req: AllocateWriteRequest): Promise<AllocateWriteResponse> {
     checkBlobId(req.blobId);
-    if (this.placement.enabled) throw PlacementHandlers.perBlobRefused('AllocateWrite');
-    if (this.node.cfg.placementGroups > 0 && this.node.state.blobs.size === 0) {
-      // A new cluster that will have placement groups, before the leader has created
-      // them (it waits for the stores to settle): a per-blob write now would be refused
-      // at CommitWrite once they exist. Retryable.
-      throw new ConnectError(
-        'the placement groups of this new cluster are being created (the leader waits until the stores have settled, about 3 s): retry',
-        Code.Unavailable,
-      );
-    }
+    // Before the leader has created a new cluster's placement groups (it waits for the
+    // stores to settle), a per-blob write would be refused at CommitWrite once they
+    // exist: UNAVAILABLE, retry.
+    this.placement.requirePerBlob('AllocateWrite');
     const existing = this.node.state.blobs.get(req.blobId);
     if (existing?.state === BlobState.ACTIVE) {
       throw new AlreadyExistsError(`blob ${req.blobId} already exists`);
@@ -395,7 +389,8 @@ export class DirectoryHandlers {
   }
 
   private verify(req: VerifyBlobsRequest) {
-    if (this.placement.enabled) throw PlacementHandlers.perBlobRefused('VerifyBlobs');
+    // Not from an empty state that only awaits the groups: it would call every needle unreferenced.
+    this.placement.requirePerBlob('VerifyBlobs');
     if (req.blobIds.length > MAX_VERIFY) {
       throw new ConnectError(
         `at most ${MAX_VERIFY} ids per call, got ${req.blobIds.length}`,
@@ -450,6 +445,8 @@ export class DirectoryHandlers {
         return res;
       }
     }
+    // Again after the wait: the groups may have been applied meanwhile, or may be due.
+    this.placement.requirePerBlob('Locate');
     const state = this.node.state;
     const leading = this.node.isServingLeader();
     const locations = req.blobIds.map((id) => {
@@ -481,7 +478,7 @@ export class DirectoryHandlers {
     if (req.prefix && !/^[A-Za-z0-9._~-]*$/.test(req.prefix)) {
       throw new ConnectError('prefix may only contain letters, digits and . _ ~ -', Code.InvalidArgument);
     }
-    if (this.placement.enabled) throw PlacementHandlers.perBlobRefused('List');
+    this.placement.requirePerBlob('List');
     const page = this.node.state.list(req.prefix, req.pageToken, size);
     const last = page.blobs[page.blobs.length - 1];
     return create(DirectoryServiceListResponseSchema, {

@@ -6,6 +6,7 @@ import {
   NoPlacementError,
   NotFoundError,
   NotLeaderError,
+  PlacementPendingError,
   StaleTermError,
   TombstonesPendingError,
   UnavailableError,
@@ -35,6 +36,7 @@ describe('directory domain errors → gRPC (grpc-errors.ts)', () => {
       [new VersionMismatchError('blob b is at version 4'), Code.FailedPrecondition],
       [new TombstonesPendingError('tombstones pending'), Code.FailedPrecondition],
       [new WrongModeError('no placement groups', false), Code.FailedPrecondition],
+      [new PlacementPendingError('placement groups not applied here yet'), Code.Unavailable],
       [new NoPlacementError('need 3 healthy writable stores', 'unavailable'), Code.Unavailable],
       [new NoPlacementError('need 3 stores with room', 'exhausted'), Code.ResourceExhausted],
     ];
