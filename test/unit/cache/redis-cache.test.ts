@@ -434,6 +434,44 @@ describe('RedisBlobCache write lease timing out', () => {
   });
 });
 
+// Its own redis-server: stopped (SIGSTOP) here.
+describe('RedisBlobCache on a stalled Redis', () => {
+  it('misses within the command timeout, then bypasses the cache at once until Redis answers again', async () => {
+    const redis = await RedisProcess.start();
+    const TIMEOUT_MS = 300;
+    const SLACK_MS = 1_500; // what a loaded two-core box may add to a timer
+    const cache = new RedisBlobCache(
+      cacheOptions(redis, { log: pino({ level: 'silent' }), commandTimeoutMs: TIMEOUT_MS }),
+    );
+    try {
+      await epochLearned(cache);
+      await until(async () => {
+        await fill(cache, blob('s1', 10));
+        return (await cache.get('s1')) !== undefined;
+      });
+      redis.pause(); // the connection stays open; nothing answers
+      try {
+        let t0 = performance.now();
+        expect(await cache.get('s1')).toBeUndefined(); // timed out: a miss
+        expect(performance.now() - t0).toBeLessThanOrEqual(TIMEOUT_MS + SLACK_MS);
+        // The silent connection is dropped (after twice the timeout, at least 1 s), and the
+        // new one is not ready while Redis says nothing: reads stop waiting for it.
+        await until(() => !cache.available(), 1_000 + SLACK_MS);
+        t0 = performance.now();
+        expect(await cache.get('s1')).toBeUndefined();
+        expect(performance.now() - t0).toBeLessThan(TIMEOUT_MS);
+      } finally {
+        redis.resume();
+      }
+      // Served again (until: a loaded box can still time one get out at 300 ms).
+      await until(async () => (await cache.get('s1')) !== undefined);
+    } finally {
+      await cache.close();
+      await redis.stop();
+    }
+  });
+});
+
 describe('RedisBlobCache epoch fence (issue 14: no resurrection when Redis loses its state)', () => {
   let redis: RedisProcess;
   let cache: RedisBlobCache;
