@@ -1,8 +1,8 @@
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { RedisLeaseStore } from '../../../internal/lease/redis-lease-store.js';
 import { redisUrl } from '../../../internal/security/redis-acl.js';
-import { RedisProcess } from '../../helpers/redis.js';
+import { RedisProcess, redisClient } from '../../helpers/redis.js';
 import { RedisHoldProxy } from '../../helpers/redis-hold-proxy.js';
 
 /**
@@ -61,8 +61,7 @@ describe('RedisLeaseStore on a real redis-server', () => {
 
   beforeAll(async () => {
     redis = await RedisProcess.start();
-    admin = new Redis(redis.adminUrl);
-    admin.on('error', () => {}); // the tests below stop Redis
+    admin = redisClient(redis.adminUrl);
   });
   afterEach(async () => {
     redis.resume();
