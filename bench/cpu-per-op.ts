@@ -40,7 +40,7 @@ import { Load } from './load.js';
 import { SeaweedCluster } from './seaweedfs.js';
 import { localTarget, parseEnvFlags } from './target.js';
 import { parseSizes, payload, sizeLabel } from './workload.js';
-import { wrk } from './wrk.js';
+import { ensureWrk, wrk } from './wrk.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -430,6 +430,7 @@ async function seaweed(): Promise<void> {
   }
 }
 
+if (PHASES.has('http-get')) ensureWrk();
 const load0 = os.loadavg();
 if (flags.ours) await ours();
 if (flags.seaweedfs) await seaweed();

@@ -25,7 +25,7 @@
 // weed benchmark counts), --out (bench/results), --keep (keep SeaweedFS data),
 // --env KEY=VALUE (repeatable; environment for our servers, e.g. PLACEMENT_GROUPS=256).
 // weed: bench/seaweedfs-build.sh finds or builds it (WEED_BIN, PERF_BIN,
-// HAYSTACK_BENCH_CACHE). Needs wrk and a built checkout (the npm script builds).
+// HAYSTACK_BENCH_CACHE). Needs a built checkout (the npm script builds); installs wrk when missing.
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync } from 'node:fs';
@@ -40,7 +40,7 @@ import { writeRunFiles } from './run-files.js';
 import { SeaweedCluster } from './seaweedfs.js';
 import { localTarget, parseEnvFlags, type Target } from './target.js';
 import { parseSizes, sizeLabel } from './workload.js';
-import { wrk } from './wrk.js';
+import { ensureWrk, wrk } from './wrk.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -417,10 +417,10 @@ function markdown(rs: Row[], rssOurs: RssFigure[], rssWeed: RssFigure[], weedVer
 }
 
 const started = Date.now();
+ensureWrk(); // before weed, which may take ~20 min to build
 const weed = findWeed();
 const weedVersion = execFileSync(weed, ['version'], { encoding: 'utf8' }).trim().split('\n')[0] ?? '';
 log(`weed: ${weed} (${weedVersion})`);
-execFileSync('sh', ['-c', 'command -v wrk'], { stdio: 'ignore' }); // fails loudly when wrk is missing
 const host = machine();
 for (let round = 1; round <= cfg.rounds; round++) {
   for (const system of ['ours', 'seaweedfs'] as const) {

@@ -1,7 +1,24 @@
 // The neutral HTTP read: `wrk --latency` against one URL (the same tool for both
 // systems), parsed into requests/s and latency percentiles. wrk is a C load
 // generator (https://github.com/wg/wrk); its --latency report gives 50/75/90/99 %.
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+/**
+ * Installs wrk when it is missing (apt, via test/env/bootstrap.sh as `npm test` installs
+ * its tools; a few stat calls when it is there) and puts test/env/bin first on PATH.
+ * Throws when it cannot be installed.
+ */
+export function ensureWrk(): void {
+  execFileSync('bash', [path.join(root, 'test/env/bootstrap.sh'), 'wrk'], { stdio: 'inherit' });
+  const bin = path.join(root, 'test/env/bin');
+  if (!process.env.PATH?.split(path.delimiter).includes(bin)) {
+    process.env.PATH = `${bin}${path.delimiter}${process.env.PATH ?? ''}`;
+  }
+}
 
 export interface WrkResult {
   opsPerSec: number;

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { type ChainableCommander, Redis } from 'ioredis';
+import { clearSocketTimeoutOnClose } from '../common/redis-socket-timeout.js';
 import type { Logger } from '../server/logger.js';
 import {
   type BlobCache,
@@ -36,7 +37,12 @@ export interface RedisCacheOptions {
   prefix?: string;
   /** HMAC key of every entry (integrity.ts); gateways sharing the cache share it, Redis never sees it. */
   integrityKey: Buffer;
-  /** Longest a cache command may take before the read or write goes on without it. */
+  /**
+   * Longest a cache command may take before the read or write goes on without it (a
+   * get is then a miss; default 500 ms). A connection silent for twice that (at least
+   * a second) with a command outstanding is dropped: until it is dialled again every
+   * call bypasses the cache at once.
+   */
   commandTimeoutMs?: number;
   /** At most one "cache unavailable" warning per this interval. */
   warnIntervalMs?: number;
@@ -66,6 +72,8 @@ const RESTORE_INTERVAL_MS = 1_000;
  * logged per interval, except invalidate, which rejects (the delete is then not
  * acknowledged and its retry tells the cache). Such deletions are also remembered
  * and replayed when Redis is back, at best effort, for a client that never retries.
+ * Every command a call sends is bounded by the command timeout, so no call hangs
+ * when Redis is stalled or cut off: a get that times out is a miss.
  */
 export class RedisBlobCache implements BlobCache {
   readonly backend = 'redis' as const;
@@ -107,16 +115,23 @@ export class RedisBlobCache implements BlobCache {
     this.prefix = opts.prefix ?? 'haystack:';
     this.log = opts.log;
     this.where = redisAddress(opts.url);
+    const commandTimeout = opts.commandTimeoutMs ?? 500;
     const redis = new Redis(opts.url, {
       // Fail fast while disconnected: a read must not wait for the cache.
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
-      commandTimeout: opts.commandTimeoutMs ?? 500,
+      commandTimeout,
+      // A stalled Redis or a half-open socket (peer gone without FIN/RST) would otherwise
+      // stay "ready" and cost every read the command timeout until the kernel gives up
+      // (many minutes). Longer than the command timeout: a slow answer is a miss, not a
+      // dropped connection (which forgets the epoch, so fills wait for it).
+      socketTimeout: Math.max(2 * commandTimeout, 1_000),
       connectTimeout: 2_000,
       // Reconnect forever, at most every 2 s: caching resumes by itself.
       retryStrategy: (times) => Math.min(100 * times, 2_000),
       lazyConnect: false,
     });
+    clearSocketTimeoutOnClose(redis);
     this.redis = withCacheScripts(redis);
     this.redis.on('error', (err: Error) => this.unavailable(err));
     this.redis.on('close', () => {

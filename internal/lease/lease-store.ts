@@ -14,6 +14,14 @@ export interface LeaseInfo {
 
 export type AcquireResult = { acquired: true; term: bigint } | { acquired: false; current: LeaseInfo | null };
 
+/**
+ * Every call settles (resolves or rejects) within a bound, whatever the store's host
+ * or the network does: none hangs. MemoryLeaseStore answers at once; RedisLeaseStore
+ * within its command timeout, which the services set to the lease's validity (ttl −
+ * safety margin), so a renewal that can no longer keep the lease fails rather than
+ * waits. A call that rejected may still take effect later (sent, but not answered in
+ * time).
+ */
 export interface LeaseStore {
   /**
    * Takes the lease when nobody holds it (SET NX PX) and draws a new term: the

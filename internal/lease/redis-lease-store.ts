@@ -1,4 +1,5 @@
 import { Redis } from 'ioredis';
+import { clearSocketTimeoutOnClose } from '../common/redis-socket-timeout.js';
 import {
   type AcquireResult,
   encodeLeaseValue,
@@ -44,10 +45,12 @@ return 0
 export interface RedisLeaseStoreOptions {
   url: string;
   /**
-   * Longest a single command may take before it counts as failed (ms). For a
-   * holder, the lease's validity (ttl − margin): a renewal answered within it keeps
-   * the lease (validity runs from its send), one answered later cannot. Shorter
-   * timeouts lost leases under CPU starvation while Redis still answered.
+   * Longest a single command may take before it counts as failed (ms): the bound on
+   * every call (each is one command). For a holder, the lease's validity (ttl −
+   * margin): a renewal answered within it keeps the lease (validity runs from its
+   * send), one answered later cannot. Shorter timeouts lost leases under CPU
+   * starvation while Redis still answered. Also how long the connection may stay
+   * silent with a command outstanding before it is dropped and dialled again.
    */
   commandTimeoutMs: number;
   /**
@@ -58,11 +61,26 @@ export interface RedisLeaseStoreOptions {
   connectTimeoutMs: number;
 }
 
-/** LeaseStore on Redis: SET NX PX + INCR in one Lua script, CAS renew/release scripts. */
+/**
+ * LeaseStore on Redis: SET NX PX + INCR in one Lua script, CAS renew/release scripts.
+ *
+ * Every call settles within `commandTimeoutMs` (the LeaseStore bound), and fails at
+ * once while disconnected: a Redis that stops answering (SIGSTOP, a partition) fails
+ * renewals rather than holding them. A call that timed out may still run later, when
+ * Redis answers again. A connection silent that long with a command outstanding (a
+ * half-open socket whose peer is gone) is dropped and dialled again, not kept until
+ * the kernel gives up on it (many minutes of timed-out calls).
+ */
 export class RedisLeaseStore implements LeaseStore {
   private readonly redis: Redis;
 
   constructor(opts: RedisLeaseStoreOptions) {
+    if (!Number.isFinite(opts.commandTimeoutMs) || opts.commandTimeoutMs <= 0) {
+      // 0 would fail every call at once; no timeout at all would leave calls unbounded.
+      throw new RangeError(
+        `RedisLeaseStore: commandTimeoutMs must be a positive number of ms, not ${opts.commandTimeoutMs}`,
+      );
+    }
     this.redis = new Redis(opts.url, {
       lazyConnect: false,
       // Fail at once while disconnected instead of queueing: a queued renewal that
@@ -70,10 +88,12 @@ export class RedisLeaseStore implements LeaseStore {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
       commandTimeout: opts.commandTimeoutMs,
+      socketTimeout: opts.commandTimeoutMs,
       connectTimeout: Math.max(200, opts.connectTimeoutMs),
       retryStrategy: (times) => Math.min(50 * times, 500),
       enableReadyCheck: false,
     });
+    clearSocketTimeoutOnClose(this.redis);
     // Errors surface through the failing commands; keep ioredis from logging them.
     this.redis.on('error', () => {});
   }

@@ -7,7 +7,9 @@
 #
 # Binaries land in (or are linked into) test/env/bin, which scripts put first on PATH.
 # libfaketime (apt faketime) skews one process's wall clock in the network-fault suite.
-# Usage: test/env/bootstrap.sh [redis] [envoy] [grpcurl] [chromium] [promtool] [kubevalidate] [faketime]   (default: all)
+# wrk (apt), the HTTP load generator of the benchmarks, only when asked for: no test runs it.
+# Usage: test/env/bootstrap.sh [redis] [envoy] [grpcurl] [chromium] [promtool] [kubevalidate] [faketime] [wrk]
+#        (default: all but wrk)
 set -euo pipefail
 
 ENVOY_VERSION="1.40.0"
@@ -59,6 +61,13 @@ for w in "${want[@]}"; do
         apt_install chromium
       fi
       link "$(command -v chromium)" chromium
+      ;;
+    wrk)
+      if ! command -v wrk >/dev/null 2>&1; then
+        log "installing wrk (apt)"
+        apt_install wrk
+      fi
+      link "$(command -v wrk)" wrk
       ;;
     promtool)
       # Checks and unit-tests deploy/observability's alert rules (Debian's package

@@ -1,10 +1,10 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Code, ConnectError } from '@connectrpc/connect';
-import { Redis } from 'ioredis';
 import { payload } from '../../bench/workload.js';
 import { HaystackClient, ResourceExhaustedError } from '../../internal/sdk/index.js';
 import { httpsGet } from '../helpers/pki.js';
+import { redisClient } from '../helpers/redis.js';
 import { readBlob } from '../helpers/store-client.js';
 import { fullCheck, quickCheck, type Violation, waitReplicated } from './check.js';
 import { FAULTS, type Fault, type FaultCluster, flipBytesOnDisk, sleep } from './harness.js';
@@ -349,7 +349,7 @@ export async function corruptAndRepair(
       `${r.storeId}: ${byScrub ? 'found by a scrub and rewritten before the read: DataLoss' : code}`,
     );
   }
-  const redis = new Redis(fc.cluster.redis?.url ?? '', { maxRetriesPerRequest: 1 });
+  const redis = redisClient(fc.cluster.redis?.url ?? '', { maxRetriesPerRequest: 1 });
   let served = 0;
   const reads = 5;
   try {

@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createClient } from '@connectrpc/connect';
-import { Redis } from 'ioredis';
 import { BlobService } from '../../gen/haystack/v1/blob_pb.js';
 import { createDirectGrpcTransport } from '../../internal/rpc/direct-transport.js';
 import { NotFoundError } from '../../internal/sdk/index.js';
 import type { TransportSecurity } from '../../internal/security/tls-config.js';
+import { redisClient } from '../helpers/redis.js';
 import type { RecordingClient } from './history-recorder.js';
 import { type OpLog, sha256hex } from './oplog.js';
 
@@ -55,7 +55,7 @@ export function startSlowReader(
   o: { pauseMs?: number; log?: (line: string) => void } = {},
 ): { done: Promise<SlowReaderStats> } {
   const stats: SlowReaderStats = { raced: 0, completed: 0, resurrected: [] };
-  const redis = new Redis(target.cacheRedisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  const redis = redisClient(target.cacheRedisUrl, { lazyConnect: true, maxRetriesPerRequest: 1 });
   let n = 0;
   const cycle = async () => {
     const data = randomBytes(SLOW_READ_BYTES);

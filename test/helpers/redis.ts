@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
+import { Redis, type RedisOptions } from 'ioredis';
 import { waitForPort } from '../../internal/cli/tools.js';
 import { killOnExit } from '../../internal/common/child-reaper.js';
 import { newRedisUser, redisAclArgs, redisUrl } from '../../internal/security/redis-acl.js';
@@ -8,6 +9,21 @@ import { tmpName, tool } from './tools.js';
 export { freePort } from './ports.js';
 
 import { freePort } from './ports.js';
+
+/**
+ * `client` with a listener for its 'error' events, which ioredis otherwise prints to stderr
+ * ("[ioredis] Unhandled error event") on every failed reconnection once a test has stopped
+ * or killed Redis. Nothing is lost: a command that meets the error still rejects with it.
+ */
+export function quiet<C extends Redis>(client: C): C {
+  client.on('error', () => {});
+  return client;
+}
+
+/** An ioredis client of a test's own (its checks, an operator's view), quiet as above. */
+export function redisClient(url: string, opts: RedisOptions = {}): Redis {
+  return quiet(new Redis(url, opts));
+}
 
 /** A real redis-server child process on a free loopback port; restartable on the same port. */
 export class RedisProcess {

@@ -1,5 +1,5 @@
 import { Code, ConnectError, createClient } from '@connectrpc/connect';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobService } from '../../gen/haystack/v1/blob_pb.js';
 import { DirectoryRole } from '../../gen/haystack/v1/directory_pb.js';
@@ -7,6 +7,7 @@ import { HaystackClient } from '../../internal/sdk/index.js';
 import { redisUrl } from '../../internal/security/redis-acl.js';
 import { Cluster } from '../helpers/cluster.js';
 import { httpsGet, httpsRequest, testTransport } from '../helpers/pki.js';
+import { redisClient } from '../helpers/redis.js';
 import { bytes } from '../helpers/store-client.js';
 import { TcpProxy } from '../helpers/tcp-proxy.js';
 
@@ -33,7 +34,7 @@ beforeAll(async () => {
       return i === 0 ? { REDIS_URL: redisUrl(r.user, '127.0.0.1', proxy.port) } : {};
     },
   });
-  admin = new Redis(cluster.cacheRedis!.adminUrl);
+  admin = redisClient(cluster.cacheRedis!.adminUrl);
 });
 afterAll(async () => {
   admin?.disconnect();
@@ -183,7 +184,7 @@ describe('a cache Redis that restarts empty', () => {
     admin.disconnect();
     await cluster.cacheRedis!.kill();
     await cluster.cacheRedis!.restart();
-    admin = new Redis(cluster.cacheRedis!.adminUrl);
+    admin = redisClient(cluster.cacheRedis!.adminUrl);
     await cacheAvailable(0, true);
     await cacheAvailable(1, true);
     for (const i of [0, 1]) expect(await readVia(i, gone)).toBe('NotFound');

@@ -1,11 +1,12 @@
 import { createClient } from '@connectrpc/connect';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobService } from '../../gen/haystack/v1/blob_pb.js';
 import { createDirectGrpcTransport } from '../../internal/rpc/direct-transport.js';
 import { HaystackClient, NotFoundError } from '../../internal/sdk/index.js';
 import { Cluster } from '../helpers/cluster.js';
 import { httpsGet, securityOf, TEST_ADMIN } from '../helpers/pki.js';
+import { redisClient } from '../helpers/redis.js';
 import { bytes } from '../helpers/store-client.js';
 import { authFetch as fetch } from '../helpers/tokens.js';
 
@@ -119,7 +120,7 @@ async function deleteDuringRead(
   meanwhile: (redis: Redis, blobId: string) => Promise<void>,
 ): Promise<void> {
   const writer = new HaystackClient({ url: cluster.url });
-  const redis = new Redis(cluster.cacheRedis?.url ?? '');
+  const redis = redisClient(cluster.cacheRedis?.url ?? '');
   try {
     const data = bytes(BLOB_BYTES, seed);
     const b = await writer.upload(data);
@@ -171,7 +172,7 @@ describe('cache fills are ordered after deletes', () => {
     try {
       const data = bytes(BLOB_BYTES, 78);
       const b = await writer.upload(data);
-      const redis = new Redis(cacheRedis.url);
+      const redis = redisClient(cacheRedis.url);
       await redis.del(`haystack:blob:${b.id}`);
       const read = await slowDownload(b.id);
       expect(await writer.delete(b.id)).toBe(true);
@@ -191,7 +192,7 @@ describe('cache fills are ordered after deletes', () => {
 
       // Reads begun after the restart fill the cache again.
       const small = await writer.upload(bytes(4096, 79));
-      const check = new Redis(cacheRedis.url);
+      const check = redisClient(cacheRedis.url);
       try {
         await check.del(`haystack:blob:${small.id}`);
         expect((await fetch(`${cluster.url}/blobs/${small.id}`)).status).toBe(200);

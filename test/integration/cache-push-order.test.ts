@@ -1,11 +1,12 @@
 import { type Client, Code, ConnectError, createClient } from '@connectrpc/connect';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobService } from '../../gen/haystack/v1/blob_pb.js';
 import { createDirectGrpcTransport } from '../../internal/rpc/direct-transport.js';
 import { redisUrl } from '../../internal/security/redis-acl.js';
 import { Cluster } from '../helpers/cluster.js';
 import { httpsGet, securityOf, TEST_ADMIN } from '../helpers/pki.js';
+import { redisClient } from '../helpers/redis.js';
 import { RedisHoldProxy } from '../helpers/redis-hold-proxy.js';
 import { bytes } from '../helpers/store-client.js';
 
@@ -78,7 +79,7 @@ beforeAll(async () => {
     REDIS_URL: redisUrl(cache.user, '127.0.0.1', proxy.port),
     CACHE_COMMAND_TIMEOUT: '60s',
   });
-  redis = new Redis(cache.url);
+  redis = redisClient(cache.url);
   const security = await securityOf(TEST_ADMIN);
   blobs = cluster.gateways.map((g) =>
     createClient(

@@ -1,13 +1,13 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createClient } from '@connectrpc/connect';
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlobService } from '../../gen/haystack/v1/blob_pb.js';
 import { HAYSTACK_BIN } from '../../internal/cli/processes.js';
 import { HaystackClient, NotFoundError, UnavailableError } from '../../internal/sdk/index.js';
 import { Cluster } from '../helpers/cluster.js';
 import { adminTlsEnv, httpsGet } from '../helpers/pki.js';
+import { redisClient } from '../helpers/redis.js';
 import { bytes } from '../helpers/store-client.js';
 import { authFetch } from '../helpers/tokens.js';
 import { exec, tmpName } from '../helpers/tools.js';
@@ -292,7 +292,7 @@ describe('the blob cache (Redis)', () => {
     const data = bytes(200_000, 41);
     const b = await client.upload(data);
     // Push-on-write cached it; evict it as Redis would under memory pressure.
-    const redis = new Redis(cluster.cacheRedis!.url);
+    const redis = redisClient(cluster.cacheRedis!.url);
     expect(await redis.del(`haystack:blob:${b.id}`)).toBe(1);
     await redis.quit();
     const before = await totalHits();
@@ -344,7 +344,7 @@ describe('the blob cache (Redis)', () => {
     }
     // Redis came back empty: no fill is leased until a gateway has put the shared commit
     // index back from the directory leader's (docs/edge.md, Cache), which takes an RPC.
-    const redis = new Redis(cluster.cacheRedis!.url);
+    const redis = redisClient(cluster.cacheRedis!.url);
     await expect.poll(() => redis.exists('haystack:commit-index'), { timeout: 10_000 }).toBe(1);
     await redis.quit();
     await client.download(c.id); // fill

@@ -469,14 +469,16 @@ describe('cipher suites: every TLS hop settles on AES-128-GCM (docs/security.md)
 describe('Redis: ACL users with passwords', () => {
   it('the lease and cache Redis refuse a client without credentials and forbid administration to the service user', async () => {
     const { Redis } = await import('ioredis');
-    const anon = new Redis(cluster.redis!.anonymousUrl, { maxRetriesPerRequest: 0, lazyConnect: true });
-    anon.on('error', () => {});
+    const { quiet } = await import('../helpers/redis.js');
+    const anon = quiet(
+      new Redis(cluster.redis!.anonymousUrl, { maxRetriesPerRequest: 0, lazyConnect: true }),
+    );
     await anon.connect().catch(() => {});
     expect(
       String(await anon.set('haystack:directory:leader', 'stranger').catch((e: Error) => e.message)),
     ).toMatch(/NOAUTH|NOPERM|WRONGPASS/);
     anon.disconnect();
-    const user = new Redis(cluster.redis!.url, { maxRetriesPerRequest: 0 });
+    const user = quiet(new Redis(cluster.redis!.url, { maxRetriesPerRequest: 0 }));
     expect(await user.ping()).toBe('PONG');
     expect(String(await user.config('GET', '*').catch((e: Error) => e.message))).toMatch(/NOPERM/);
     expect(String(await user.flushall().catch((e: Error) => e.message))).toMatch(/NOPERM/);
@@ -488,13 +490,13 @@ describe('Redis: ACL users with passwords', () => {
 
 describe('cache poisoning', () => {
   it('a value planted under a blob cache key is never served by GET /blobs/{id}; the mismatch is counted', async () => {
-    const { Redis } = await import('ioredis');
+    const { redisClient } = await import('../helpers/redis.js');
     const { encode } = await import('../../internal/cache/redis-cache.js');
     const data = bytes(3000, 4242);
     const b = await sdk.upload(data);
     const evil = Buffer.alloc(3000, 0x41);
     // Even with the service's own Redis credentials, the attacker lacks the HMAC key.
-    const r = new Redis(cluster.redis!.url);
+    const r = redisClient(cluster.redis!.url);
     await r.set(
       `haystack:blob:${b.id}`,
       encode({

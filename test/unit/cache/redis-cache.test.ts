@@ -1,5 +1,5 @@
 import { Writable } from 'node:stream';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type CacheObserver, CacheUnreachableError } from '../../../internal/cache/blob-cache.js';
@@ -12,7 +12,7 @@ import {
   type RedisCacheOptions,
 } from '../../../internal/cache/redis-cache.js';
 import { redisUrl } from '../../../internal/security/redis-acl.js';
-import { RedisProcess } from '../../helpers/redis.js';
+import { quiet, RedisProcess, redisClient } from '../../helpers/redis.js';
 import { TcpProxy } from '../../helpers/tcp-proxy.js';
 import { blob, fill, push } from './blob.js';
 
@@ -138,7 +138,7 @@ describe('RedisBlobCache on a real redis-server', () => {
 
   it('never serves an entry planted in Redis: a forged or moved entry is a miss, counted as an integrity failure', async () => {
     await push(cache, blob('genuine', 100, 1));
-    const raw = new Redis(redis.url);
+    const raw = redisClient(redis.url);
     try {
       // Planted: well-formed, but without the MAC (the attacker does not have the key).
       await raw.set('haystack:blob:planted', encode(blob('planted', 100, 6)));
@@ -188,7 +188,7 @@ describe('RedisBlobCache on a real redis-server', () => {
   it('refuses a fill whose lease a delete revoked after the tombstone expired (a gateway paused before its fill)', async () => {
     // The reviewer's case: the read took its lease, a delete came, the gateway stalled
     // past the tombstone's 2 s before sending the fill. Nothing but the lease refuses it.
-    const raw = new Redis(redis.url);
+    const raw = redisClient(redis.url);
     try {
       const lease = await cache.lease('paused');
       expect(await raw.get('haystack:lease:paused')).toBe(lease.token);
@@ -208,7 +208,7 @@ describe('RedisBlobCache on a real redis-server', () => {
   });
 
   it('lands a push under its write lease, ending the lease; over a tombstone too (a re-upload after a delete)', async () => {
-    const raw = new Redis(redis.url);
+    const raw = redisClient(redis.url);
     try {
       await cache.invalidate('w-re'); // deleted moments ago: the tombstone refuses fill leases
       expect(await cache.lease('w-re')).toEqual({ blobId: 'w-re', refused: 'tombstone' });
@@ -278,7 +278,7 @@ describe('RedisBlobCache on a real redis-server', () => {
       expect(await short.get('a')).toBeDefined();
       expect(await short.lease('a')).toEqual({ blobId: 'a' }); // cached since the miss
       const late = await short.lease('b');
-      const raw = new Redis(redis.url);
+      const raw = redisClient(redis.url);
       await raw.pexpire('lease:lease:b', 1); // expired: lost (liveness only)
       await until(async () => (await raw.exists('lease:lease:b')) === 0);
       raw.disconnect();
@@ -408,7 +408,7 @@ describe('RedisBlobCache write lease timing out', () => {
       ...cacheOptions(redis, { log: pino({ level: 'silent' }), observe }),
       commandTimeoutMs: 200,
     });
-    const admin = new Redis(redis.adminUrl);
+    const admin = redisClient(redis.adminUrl);
     try {
       await epochLearned(slow);
       // Scripts that write wait while clients are paused for writes; the 200 ms timeout ends the wait.
@@ -434,6 +434,44 @@ describe('RedisBlobCache write lease timing out', () => {
   });
 });
 
+// Its own redis-server: stopped (SIGSTOP) here.
+describe('RedisBlobCache on a stalled Redis', () => {
+  it('misses within the command timeout, then bypasses the cache at once until Redis answers again', async () => {
+    const redis = await RedisProcess.start();
+    const TIMEOUT_MS = 300;
+    const SLACK_MS = 1_500; // what a loaded two-core box may add to a timer
+    const cache = new RedisBlobCache(
+      cacheOptions(redis, { log: pino({ level: 'silent' }), commandTimeoutMs: TIMEOUT_MS }),
+    );
+    try {
+      await epochLearned(cache);
+      await until(async () => {
+        await fill(cache, blob('s1', 10));
+        return (await cache.get('s1')) !== undefined;
+      });
+      redis.pause(); // the connection stays open; nothing answers
+      try {
+        let t0 = performance.now();
+        expect(await cache.get('s1')).toBeUndefined(); // timed out: a miss
+        expect(performance.now() - t0).toBeLessThanOrEqual(TIMEOUT_MS + SLACK_MS);
+        // The silent connection is dropped (after twice the timeout, at least 1 s), and the
+        // new one is not ready while Redis says nothing: reads stop waiting for it.
+        await until(() => !cache.available(), 1_000 + SLACK_MS);
+        t0 = performance.now();
+        expect(await cache.get('s1')).toBeUndefined();
+        expect(performance.now() - t0).toBeLessThan(TIMEOUT_MS);
+      } finally {
+        redis.resume();
+      }
+      // Served again (until: a loaded box can still time one get out at 300 ms).
+      await until(async () => (await cache.get('s1')) !== undefined);
+    } finally {
+      await cache.close();
+      await redis.stop();
+    }
+  });
+});
+
 describe('RedisBlobCache epoch fence (issue 14: no resurrection when Redis loses its state)', () => {
   let redis: RedisProcess;
   let cache: RedisBlobCache;
@@ -453,7 +491,7 @@ describe('RedisBlobCache epoch fence (issue 14: no resurrection when Redis loses
     redis = await RedisProcess.start();
     // Long lease: the fence, not an expired lease, must be what drops the fills here.
     cache = observedCache(redis, seen, { leaseMs: 600_000 });
-    admin = new Redis(redis.adminUrl);
+    admin = redisClient(redis.adminUrl);
     await until(() => cache.available());
     await fillLands('warm');
   });
@@ -479,7 +517,7 @@ describe('RedisBlobCache epoch fence (issue 14: no resurrection when Redis loses
     admin.disconnect();
     await redis.kill();
     await redis.restart(); // empty: tombstone and epoch gone
-    admin = new Redis(redis.adminUrl);
+    admin = redisClient(redis.adminUrl);
     await until(() => cache.available());
     await fillLands('after-restart'); // the epoch is re-learned (a new one) and fills resume
     expect(await admin.exists('haystack:deleted:r1')).toBe(0);
@@ -573,7 +611,7 @@ describe('RedisBlobCache: a delete is acknowledged only once the cache was told'
         commandTimeoutMs: 1_000,
       }),
     );
-    admin = new Redis(redis.adminUrl);
+    admin = redisClient(redis.adminUrl);
     await until(() => cache.available());
     await until(async () => (await cache.lease('warm')).token !== undefined);
   });
@@ -628,7 +666,7 @@ describe('RedisBlobCache: a delete is acknowledged only once the cache was told'
     proxy.cut();
     await until(() => !cache.available());
     for (let i = 0; i <= 10_000; i++) await cache.invalidate(`missed${i}`).catch(() => {});
-    const monitor = await new Redis(redis.adminUrl).monitor();
+    const monitor = quiet(await admin.monitor());
     const dels: string[] = [];
     monitor.on('monitor', (_time: string, args: string[]) => {
       if (args[0]?.toLowerCase() === 'del') dels.push(...args.slice(1));
@@ -669,7 +707,7 @@ describe('RedisBlobCache: no fill lease while the shared commit index is missing
         return answer;
       },
     });
-    admin = new Redis(redis.adminUrl);
+    admin = redisClient(redis.adminUrl);
     await until(() => cache.available());
   });
   afterAll(async () => {
@@ -740,7 +778,7 @@ describe('RedisBlobCache: no fill lease while the shared commit index is missing
     await redis.kill();
     await redis.restart();
     admin.disconnect();
-    admin = new Redis(redis.adminUrl);
+    admin = redisClient(redis.adminUrl);
     await until(() => cache.available());
     await until(async () => (await cache.lease('r1')).token !== undefined);
     expect(await admin.get(INDEX)).toBe('3000');
@@ -751,7 +789,7 @@ describe('RedisBlobCache: no fill lease while the shared commit index is missing
     await redis.kill();
     await redis.restart();
     admin.disconnect();
-    admin = new Redis(redis.adminUrl);
+    admin = redisClient(redis.adminUrl);
     await until(() => cache.available());
     const before = asked;
     await until(() => asked >= before + 2); // asked again with no lease requested
