@@ -4,8 +4,8 @@ import type {
   Http2Session,
   OutgoingHttpHeaders,
 } from 'node:http2';
-import { PingGuardedSessionManager } from '../sdk/ping-guard.js';
 import { CONNECTION_WINDOW } from '../server/listener-limits.js';
+import { PingGuardedSessionManager } from './ping-guard.js';
 
 /**
  * connect-node's HTTP/2 session manager, with a lasting 'error' listener on every

@@ -1,6 +1,6 @@
 import { Code, ConnectError } from '@connectrpc/connect';
 import type { UniversalHandler, UniversalServerRequest } from '@connectrpc/connect/protocol';
-import { decodeRequest, FrameError, FrameParser } from '../rpc/grpc-wire.js';
+import { decodeRequest, FrameError, FrameParser } from '../sdk/grpc-wire.js';
 
 /**
  * Request bodies connect-node decodes (Connect, gRPC-Web, and gRPC for the

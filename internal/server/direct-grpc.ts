@@ -16,7 +16,7 @@ import {
   FrameParser,
   parseTimeout,
   toHeaders,
-} from '../rpc/grpc-wire.js';
+} from '../sdk/grpc-wire.js';
 import type { Caller } from '../security/identity.js';
 import { callerKey } from '../security/identity.js';
 

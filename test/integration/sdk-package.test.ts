@@ -78,7 +78,6 @@ describe('the SDK package (packages/sdk)', () => {
     expect(Object.keys(manifest.dependencies).sort()).toEqual([
       '@bufbuild/protobuf',
       '@connectrpc/connect',
-      '@connectrpc/connect-node',
       '@connectrpc/connect-web',
     ]);
     const lock = JSON.parse(readFileSync(path.join(ROOT, 'package-lock.json'), 'utf8')) as {

@@ -13,7 +13,7 @@ import {
   formatTimeout,
   frameMessage,
   parseTimeout,
-} from '../../internal/rpc/grpc-wire.js';
+} from '../../internal/sdk/grpc-wire.js';
 
 describe('FrameParser', () => {
   it('returns the same messages however the stream is cut into chunks', () => {

@@ -7,8 +7,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DirectoryService } from '../../../gen/haystack/v1/directory_pb.js';
 import { StoreService } from '../../../gen/haystack/v1/store_pb.js';
 import { createDirectGrpcTransport } from '../../../internal/rpc/direct-transport.js';
-import { peerCallError, unreachableCode } from '../../../internal/rpc/errors.js';
+import { peerCallError } from '../../../internal/rpc/errors.js';
 import { peerTransport } from '../../../internal/rpc/transport.js';
+import { unreachableCode } from '../../../internal/sdk/unreachable.js';
 
 /** What connect-node makes of a Node error under a call: its code, the Node error as cause. */
 function fromNode(code: string, message: string, as: Code): ConnectError {

@@ -1,6 +1,8 @@
 import http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createClient } from '@connectrpc/connect';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { Health } from '../../../gen/grpc/health/v1/health_pb.js';
 import { grpcTransport } from '../../../internal/sdk/index.js';
 
 // Node starts an HTTP/2 session with 64 KiB windows for the connection and each
@@ -10,9 +12,21 @@ describe("the SDK's HTTP/2 sessions", () => {
   let server: http2.Http2Server;
   let url: string;
   const announced: http2.Settings[] = [];
+  const sessions: http2.ServerHttp2Session[] = [];
+  const paths: string[] = [];
   beforeAll(async () => {
-    server = http2.createServer((_req, res) => res.end('ok'));
-    server.on('session', (s) => s.on('remoteSettings', (settings) => announced.push(settings)));
+    server = http2.createServer();
+    server.on('stream', (stream, headers) => {
+      paths.push(String(headers[':path']));
+      stream.respond(
+        { ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '12' },
+        { endStream: true },
+      );
+    });
+    server.on('session', (s) => {
+      sessions.push(s);
+      s.on('remoteSettings', (settings) => announced.push(settings));
+    });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   });
@@ -21,14 +35,27 @@ describe("the SDK's HTTP/2 sessions", () => {
   it('announce a 4 MiB stream window and 1 MiB frames, and open a 64 MiB connection window', async () => {
     const transport = grpcTransport(url);
     try {
-      const stream = await transport.session.request('GET', '/', {}, {});
-      stream.resume();
-      stream.on('error', () => {}); // the abort below ends the session with an error
-      await new Promise((r) => stream.on('end', r));
+      // The server answers UNIMPLEMENTED; the session and its settings are what is checked.
+      await expect(createClient(Health, transport).check({})).rejects.toMatchObject({ code: 12 });
       expect(announced.at(-1)).toMatchObject({ initialWindowSize: 4 * 1024 * 1024, maxFrameSize: 1 << 20 });
-      expect(stream.session?.state.localWindowSize).toBeGreaterThanOrEqual(64 * 1024 * 1024 - 1024);
+      // The server's view of how much it may send on the connection (the WINDOW_UPDATE
+      // follows the server's SETTINGS ack, so it may land after the first call).
+      await vi.waitFor(
+        () => expect(sessions.at(-1)?.state.remoteWindowSize).toBeGreaterThanOrEqual(64 * 1024 * 1024 - 1024),
+        { timeout: 5000 },
+      );
     } finally {
-      transport.session.abort();
+      transport.close();
+    }
+  });
+
+  it('put a path in the URL before every call path', async () => {
+    const transport = grpcTransport(`${url}/api/`);
+    try {
+      await expect(createClient(Health, transport).check({})).rejects.toMatchObject({ code: 12 });
+      expect(paths.at(-1)).toBe('/api/grpc.health.v1.Health/Check');
+    } finally {
+      transport.close();
     }
   });
 });

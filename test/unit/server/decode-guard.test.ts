@@ -3,7 +3,7 @@ import { Code, ConnectError } from '@connectrpc/connect';
 import type { UniversalHandler, UniversalServerRequest } from '@connectrpc/connect/protocol';
 import { describe, expect, it } from 'vitest';
 import { BlobService, StatRequestSchema } from '../../../gen/haystack/v1/blob_pb.js';
-import { frameMessage } from '../../../internal/rpc/grpc-wire.js';
+import { frameMessage } from '../../../internal/sdk/grpc-wire.js';
 import { guardDecoding } from '../../../internal/server/decode-guard.js';
 
 /** A handler that reads the whole body (as connect-node does) and reports what it saw. */
