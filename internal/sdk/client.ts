@@ -397,6 +397,13 @@ export class HaystackClient {
     let received = 0;
     let info: StoredBlob | undefined;
     let length = 0;
+    // The calls' own signal: the caller's, and aborted when the reader stops early (connect's
+    // stream iterators have no return(), so a signal is the only way to cancel a call).
+    const stop = new AbortController();
+    const follow = () => stop.abort(opts.signal?.reason);
+    if (opts.signal?.aborted) follow();
+    else opts.signal?.addEventListener('abort', follow, { once: true });
+    const release = () => opts.signal?.removeEventListener('abort', follow);
     const openAt = async (from: number) => {
       const it = this.blobs
         .download(
@@ -405,7 +412,7 @@ export class HaystackClient {
             offset: BigInt(from),
             length: BigInt(opts.length ? opts.length - (from - start) : 0),
           },
-          this.callOptions(opts, false),
+          this.callOptions({ ...opts, signal: stop.signal }, false),
         )
         [Symbol.asyncIterator]();
       const first = await it.next();
@@ -418,10 +425,16 @@ export class HaystackClient {
       }
       return { it, got };
     };
-    let { it, got } = await this.retry(true, opts.signal, () => openAt(start));
+    let { it, got } = await this.retry(true, opts.signal, () => openAt(start)).catch((err: unknown) => {
+      release();
+      throw err;
+    });
     info = got;
-    if (start > info.size)
+    if (start > info.size) {
+      stop.abort();
+      release();
       throw new InvalidArgumentError(`offset ${start} is past the end (${info.size})`, Code.OutOfRange);
+    }
     length = opts.length ? Math.min(opts.length, info.size - start) : info.size - start;
     const whole = start === 0 && length === info.size;
     const hasher = whole ? this.o.hasher() : undefined;
@@ -429,6 +442,15 @@ export class HaystackClient {
     const total = length;
     const blobInfo = info;
     async function* chunks(): AsyncGenerator<Uint8Array> {
+      try {
+        yield* pieces();
+      } finally {
+        // A reader that stopped early (break, error) would leave the call open: cancel it.
+        if (received < total) stop.abort();
+        release();
+      }
+    }
+    async function* pieces(): AsyncGenerator<Uint8Array> {
       let failures = 0;
       while (received < total) {
         try {

@@ -32,11 +32,13 @@ import { unreachableCode } from './unreachable.js';
 /*
  * A connect Transport that speaks plain gRPC (PROTOCOL-HTTP2.md) over one Node HTTP/2
  * session, without connect-node's universal client layer, which costs about twice the
- * CPU per call (docs/benchmarks.md, "RPC stacks" and "The SDK's transport"). The SDK
- * (grpcTransport) and the mesh's direct path (rpc/direct-transport.ts, which adds the
- * peer-identity checks) both use it. Clients made with createClient() over it behave as
- * over connect-node's createGrpcTransport(): same errors, headers, trailers, signals,
- * timeouts.
+ * CPU per call (docs/rpc.md; docs/benchmarks.md, "RPC stacks"). The SDK (grpcTransport)
+ * and the mesh's direct path (rpc/direct-transport.ts, which adds mTLS and the identity
+ * the peer must prove) both use it. Clients made with createClient() over it get
+ * ConnectErrors with the server's code, message and metadata (grpc-status-details-bin is
+ * not decoded), headers, trailers, signals and deadlines as over connect-node's
+ * createGrpcTransport(); a connection failure is transportError's, a server's reset
+ * transportError's or its own code (resetCodes), a non-gRPC answer UNKNOWN.
  */
 
 /**
@@ -85,6 +87,15 @@ export interface H2TransportOptions {
   idleTimeoutMs?: number;
   /** Largest response message accepted, bytes (default 256 MiB); larger fails RESOURCE_EXHAUSTED. */
   maxMessageBytes?: number;
+  /**
+   * A server's RST_STREAM of one call as its own code (codeFromRstCode: CANCEL → CANCELED,
+   * ENHANCE_YOUR_CALM → RESOURCE_EXHAUSTED, REFUSED_STREAM → UNAVAILABLE, else INTERNAL),
+   * as connect-node reports it: the SDK, which retries by code. Default false: a reset
+   * is a transportError (the mesh, whose callers retry an unreachable peer).
+   */
+  resetCodes?: boolean;
+  /** user-agent of every call (default: none). */
+  userAgent?: string;
   /**
    * A session's or stream's own failure as the call's error (default: unreachable
    * peer → UNAVAILABLE naming it, anything else INTERNAL).
@@ -170,16 +181,21 @@ async function* single<T>(value: T): AsyncGenerator<T> {
 /** One HTTP/2 session to the server, reopened after it closes or fails. */
 class SessionHolder {
   private session: http2.ClientHttp2Session | undefined;
-  private active = 0;
+  /** Open calls per session: each session is ref'd while it carries one (a GOAWAY'd session's calls finish on it). */
+  private readonly active = new WeakMap<http2.ClientHttp2Session, number>();
   private pinger: NodeJS.Timeout | undefined;
   /** Who this session reaches, for error messages ("store at 10.0.0.5:8080"). */
   readonly peer: string;
   readonly transportError: (err: unknown, peer: string) => ConnectError;
   readonly pathPrefix: string;
+  readonly resetCodes: boolean;
+  readonly userAgent: string | undefined;
 
   constructor(private readonly o: H2TransportOptions) {
     this.peer = o.peer;
     this.pathPrefix = o.pathPrefix ?? '';
+    this.resetCodes = o.resetCodes ?? false;
+    this.userAgent = o.userAgent;
     this.transportError = o.transportError ?? unreachableError;
   }
 
@@ -228,13 +244,19 @@ class SessionHolder {
   request(headers: http2.OutgoingHttpHeaders): http2.ClientHttp2Stream {
     const session = this.get();
     const stream = session.request(headers, { endStream: false });
-    this.active++;
-    if (this.active === 1) session.ref();
+    const open = this.calls(session) + 1;
+    this.active.set(session, open);
+    if (open === 1) session.ref();
     stream.once('close', () => {
-      this.active--;
-      if (this.active === 0 && !session.destroyed) session.unref();
+      const left = this.calls(session) - 1;
+      this.active.set(session, left);
+      if (left === 0 && !session.destroyed) session.unref();
     });
     return stream;
+  }
+
+  private calls(s: http2.ClientHttp2Session): number {
+    return this.active.get(s) ?? 0;
   }
 
   private get(): http2.ClientHttp2Session {
@@ -257,12 +279,12 @@ class SessionHolder {
     };
     s.on('goaway', forget);
     s.on('close', forget);
-    if (this.o.idleTimeoutMs) s.setTimeout(this.o.idleTimeoutMs, () => this.active === 0 && s.close());
+    if (this.o.idleTimeoutMs) s.setTimeout(this.o.idleTimeoutMs, () => this.calls(s) === 0 && s.close());
     if (this.o.pingIntervalMs) {
       clearInterval(this.pinger);
       const interval = this.o.pingIntervalMs;
       this.pinger = setInterval(() => {
-        if (this.active === 0 || s.destroyed) return;
+        if (this.calls(s) === 0 || s.destroyed) return;
         // Every call on the session fails with it: the peer is unreachable (hung, cut off), retryable.
         const unanswered = new ConnectError(
           `${this.peer} unreachable: keepalive ping not answered within ${interval} ms; retry`,
@@ -295,6 +317,8 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
   private timer: NodeJS.Timeout | undefined;
   private readonly onAbort: () => void;
   readonly trailer = new Headers();
+  private readonly peer: string;
+  private readonly resetCodes: boolean;
 
   constructor(
     holder: SessionHolder,
@@ -305,12 +329,15 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
     header: ConstructorParameters<typeof Headers>[0] | undefined,
   ) {
     this.parser = new FrameParser(maxMessageBytes);
+    this.peer = holder.peer;
+    this.resetCodes = holder.resetCodes;
     const h: http2.OutgoingHttpHeaders = {
       ':method': 'POST',
       ':path': `${holder.pathPrefix}/${method.parent.typeName}/${method.name}`,
       'content-type': 'application/grpc+proto',
       te: 'trailers',
     };
+    if (holder.userAgent) h['user-agent'] = holder.userAgent;
     if (timeoutMs !== undefined) h['grpc-timeout'] = formatTimeout(timeoutMs);
     if (header) {
       new Headers(header).forEach((v, k) => {
@@ -366,6 +393,12 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
       this.notify();
     });
     stream.on('error', (err) => {
+      const rst = stream.rstCode;
+      if (this.resetCodes && (err as { code?: unknown }).code === 'ERR_HTTP2_STREAM_ERROR' && rst) {
+        // The server reset this stream (its session lives on): the reset's own code.
+        this.fail(resetError(holder.peer, rst, err));
+        return;
+      }
       this.fail(holder.transportError(err, holder.peer));
     });
     stream.on('close', () => {
@@ -376,7 +409,7 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
         this.fail(
           new ConnectError(
             code === http2.constants.NGHTTP2_CANCEL
-              ? 'the server cancelled the call'
+              ? 'the server reset the stream with CANCEL'
               : `the stream was reset (HTTP/2 error ${code})`,
             codeFromRstCode(code ?? http2.constants.NGHTTP2_INTERNAL_ERROR),
           ),
@@ -462,12 +495,25 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
       this.fail(err, http2.constants.NGHTTP2_CANCEL);
       throw err;
     }
+    const type = String(h['content-type'] ?? '');
+    if (!/^application\/grpc(\+proto)?(;|$)/.test(type)) {
+      // Not a gRPC answer (an HTML error page, a misrouted request): its bytes are no messages.
+      const err = new ConnectError(
+        `${this.peer} answered with content-type "${type}", not application/grpc: is the URL a Haystack gateway or Envoy?`,
+        Code.Unknown,
+      );
+      this.fail(err, http2.constants.NGHTTP2_CANCEL);
+      throw err;
+    }
     return toHeaders(h);
   }
 
   /** The status in the trailers as an error; undefined for OK. */
   private statusError(): ConnectError | undefined {
     const t = this.trailers;
+    const rst = this.stream?.rstCode;
+    // The server reset the stream after its headers (its end came before the reset's error).
+    if (!t && rst && this.resetCodes) return resetError(this.peer, rst);
     if (!t) return new ConnectError('the server closed the stream without a status', Code.Internal);
     for (const [k, v] of Object.entries(t)) {
       if (!k.startsWith(':') && v !== undefined)
@@ -506,6 +552,17 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
       this.signal?.removeEventListener('abort', this.onAbort);
     }
   }
+}
+
+/** A server's RST_STREAM as its gRPC code (the resetCodes option). */
+function resetError(peer: string, rst: number, cause?: unknown): ConnectError {
+  return new ConnectError(
+    `${peer} reset the stream (HTTP/2 error ${rst})`,
+    codeFromRstCode(rst),
+    undefined,
+    undefined,
+    cause,
+  );
 }
 
 /** The default transportError: UNAVAILABLE naming the peer when it was unreachable (unreachable.ts), else INTERNAL. */

@@ -78,6 +78,9 @@ export function grpcTransport(url: string): H2Transport {
     },
     connectionWindow: SDK_CONNECTION_WINDOW,
     peer: base.host,
+    // A reset keeps its own code, as under connect-node: the client retries by code (errors.ts).
+    resetCodes: true,
+    userAgent: 'haystack-sdk',
     pingIntervalMs: 10_000,
     idleTimeoutMs: 60_000,
   });
