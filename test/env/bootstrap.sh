@@ -19,6 +19,9 @@ KUBERNETES_VALIDATE_VERSION="1.37.0"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin="$here/bin"
 mkdir -p "$bin"
+# The system's binaries, not our own links to them: with $bin on PATH, `command -v` would
+# name $bin/<tool> and link() would point it at itself (a symlink loop: spawn ELOOP).
+PATH="$(printf '%s' "$PATH" | tr ':' '\n' | grep -vxF "$bin" | paste -sd: -)"
 
 want=("$@")
 [ ${#want[@]} -eq 0 ] && want=(redis envoy grpcurl chromium promtool kubevalidate faketime)
