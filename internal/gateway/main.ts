@@ -13,6 +13,7 @@ import { DirectoryClient } from '../directory/client.js';
 import { AccessReporter, ReporterKind } from '../heat-client/access-reporter.js';
 import { ClientPool } from '../rpc/clients.js';
 import { callerOfRequest } from '../server/caller.js';
+import { setHeapGrowingPercent } from '../server/heap-growing.js';
 import type { Logger } from '../server/logger.js';
 import { Metrics } from '../server/metrics.js';
 import { runServerProcess } from '../server/run.js';
@@ -71,6 +72,7 @@ export function createCache(
 /** `haystack gateway`: a stateless BlobService process. */
 export async function runGateway(cfg: GatewayConfig): Promise<void> {
   await runServerProcess('gateway', cfg.gatewayId, cfg, async (log) => {
+    setHeapGrowingPercent(cfg.heapGrowingPercent, log);
     const metrics = new Metrics({ service: 'gateway', instance: cfg.gatewayId });
     const reg = [metrics.registry];
     const lookups = new Counter({

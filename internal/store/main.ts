@@ -5,6 +5,7 @@ import { checkGroupCount } from '../common/placement.js';
 import { startStoreHeartbeat } from '../directory/heartbeat-client.js';
 import { AccessReporter, ReporterKind } from '../heat-client/access-reporter.js';
 import { ClientPool } from '../rpc/clients.js';
+import { setHeapGrowingPercent } from '../server/heap-growing.js';
 import { Metrics } from '../server/metrics.js';
 import { runServerProcess } from '../server/run.js';
 import type { StoreConfig } from './config.js';
@@ -18,6 +19,7 @@ import { Store } from './store.js';
 /** `haystack store`: serves StoreService over this store's volumes. */
 export async function runStore(cfg: StoreConfig): Promise<void> {
   await runServerProcess('store', cfg.storeId, cfg, async (log) => {
+    setHeapGrowingPercent(cfg.heapGrowingPercent, log);
     const t0 = performance.now();
     const metrics = new Metrics({ service: 'store', instance: cfg.storeId });
     const storeMetrics = new StoreMetrics(metrics.registry);

@@ -164,4 +164,16 @@ describe('env parsing', () => {
     expect(() => readGatewayConfig({}, { ...PLAIN, MAX_PUT_SIZE: '1GiB' })).toThrow(/MAX_PUT_SIZE/);
     expect(() => readGatewayConfig({}, { ...PLAIN, MAX_PUT_SIZE: 'big' })).toThrow(/MAX_PUT_SIZE/);
   });
+
+  it('reads HEAP_GROWING_PERCENT of stores and gateways (default 300, 0 = V8 own) and refuses a bad one', () => {
+    const store = (env: Record<string, string>) => readStoreConfig({}, { ...PLAIN, ...env });
+    const gateway = (env: Record<string, string>) => readGatewayConfig({}, { ...PLAIN, ...env });
+    for (const read of [store, gateway]) {
+      expect(read({}).heapGrowingPercent).toBe(300);
+      expect(read({ HEAP_GROWING_PERCENT: '0' }).heapGrowingPercent).toBe(0);
+      expect(read({ HEAP_GROWING_PERCENT: '150' }).heapGrowingPercent).toBe(150);
+      for (const bad of ['-1', '1001', 'lots', '2.5'])
+        expect(() => read({ HEAP_GROWING_PERCENT: bad }), bad).toThrow(/HEAP_GROWING_PERCENT/);
+    }
+  });
 });
