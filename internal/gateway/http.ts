@@ -1,6 +1,7 @@
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
+import { drained } from '../sdk/drain.js';
 import type { Logger } from '../server/logger.js';
 import type { HttpRequest, HttpResponse, HttpRoute } from '../server/server.js';
 import type { BlobGateway } from './blobs.js';
@@ -50,15 +51,7 @@ export async function answerErrors(
 
 async function write(res: HttpResponse, chunk: Uint8Array): Promise<void> {
   if ((res as { write(c: Uint8Array): boolean }).write(chunk)) return;
-  await new Promise<void>((resolve) => {
-    const done = () => {
-      res.off('drain', done);
-      res.off('close', done);
-      resolve();
-    };
-    res.on('drain', done);
-    res.on('close', done);
-  });
+  await drained(res);
 }
 
 /**

@@ -17,6 +17,7 @@ import {
   type Transport,
   type UnaryResponse,
 } from '@connectrpc/connect';
+import { drained } from './drain.js';
 import {
   codeFromHttpStatus,
   codeFromRstCode,
@@ -451,17 +452,7 @@ class ClientCall<I extends DescMessage, O extends DescMessage> {
         for await (const m of input) {
           if (this.failure || stream.destroyed) return;
           const msg = isMessage(m, schema) ? m : create(schema, m as MessageInitShape<I>);
-          if (!stream.write(encodeFrame(schema, msg))) {
-            await new Promise<void>((resolve) => {
-              const done = () => {
-                stream.off('drain', done);
-                stream.off('close', done);
-                resolve();
-              };
-              stream.on('drain', done);
-              stream.on('close', done);
-            });
-          }
+          if (!stream.write(encodeFrame(schema, msg))) await drained(stream);
         }
         if (!stream.destroyed) stream.end();
       } catch (err) {

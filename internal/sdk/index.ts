@@ -16,6 +16,7 @@ import {
   type StoredBlob,
   type UploadOptions,
 } from './client.js';
+import { drained } from './drain.js';
 import { createH2GrpcTransport, type H2Transport } from './h2-grpc-transport.js';
 import type { Hasher } from './sha256.js';
 
@@ -194,17 +195,7 @@ export class HaystackClient extends CoreClient {
       const d = await this.downloadStream(id, opts);
       for await (const c of d.chunks) {
         if (failure) throw failure;
-        if (!out.write(c)) {
-          await new Promise<void>((r) => {
-            const done = () => {
-              out.off('drain', done);
-              out.off('close', done);
-              r();
-            };
-            out.on('drain', done);
-            out.on('close', done);
-          });
-        }
+        if (!out.write(c)) await drained(out);
       }
       out.end();
       await finished(out);
