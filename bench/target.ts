@@ -2,6 +2,10 @@
 // (Redis ×2, 3 directories, 3 stores, the replication manager, 2 gateways and
 // Envoy, from test/helpers/cluster.ts) that it can kill and restart, or an
 // existing deployment at HAYSTACK_URL (throughput and hit rate only).
+import { mkdtempSync, rmSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { Redis } from 'ioredis';
 import type { EnvoyOptions } from '../internal/edge/envoy-config.js';
 import { type GatewayStats, HaystackClient } from '../internal/sdk/index.js';
@@ -52,6 +56,25 @@ export function parseEnvFlags(list: string[]): Record<string, string> {
   );
 }
 
+const keepData = () => process.env.HAYSTACK_KEEP_TEST_DATA === '1';
+
+/**
+ * Puts every file a bench cluster makes (volumes, Redis, certificates, tokens) under one
+ * folder of this process, removed when it exits; HAYSTACK_KEEP_TEST_DATA=1 keeps it. The test
+ * helpers name their folders under TMPDIR (tests get theirs from test/helpers/global-tmp.ts);
+ * a bench left them in /tmp, about 430 MB per cluster, until the disk filled.
+ */
+function useBenchTmpDir(): void {
+  if (process.env.HAYSTACK_BENCH_TMP) return;
+  const dir = mkdtempSync(path.join(process.env.TMPDIR ?? os.tmpdir(), 'haystack-bench-'));
+  process.env.HAYSTACK_BENCH_TMP = dir;
+  process.env.TMPDIR = dir;
+  process.on('exit', () => {
+    if (keepData()) console.error(`bench data kept in ${dir}`);
+    else rmSync(dir, { recursive: true, force: true });
+  });
+}
+
 export async function localTarget(
   opts: {
     echo?: boolean;
@@ -60,6 +83,7 @@ export async function localTarget(
     nodeArgs?: ClusterOptions['nodeArgs'];
   } = {},
 ): Promise<Target> {
+  useBenchTmpDir();
   const unlimited = { maxTokens: 1_000_000, tokensPerFill: 1_000_000, fillIntervalMs: 1000 };
   const env = { LOG_LEVEL: 'warn', ...DEFAULT_TIMINGS, ...opts.env };
   // BENCH_MTLS=0 measures the same cluster with INSECURE_PLAINTEXT=1 (the cost of mTLS, issue 12).
@@ -139,6 +163,8 @@ export async function localTarget(
     close: async () => {
       redis.disconnect();
       await cluster.stop();
+      // Volumes of a bench are hundreds of MB: a multi-round bench must not keep each round's.
+      if (!keepData()) await rm(cluster.dataDir, { recursive: true, force: true });
     },
   };
 }
