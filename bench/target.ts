@@ -3,7 +3,7 @@
 // Envoy, from test/helpers/cluster.ts) that it can kill and restart, or an
 // existing deployment at HAYSTACK_URL (throughput and hit rate only).
 import { mkdtempSync, rmSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
@@ -64,6 +64,15 @@ const keepData = () => process.env.HAYSTACK_KEEP_TEST_DATA === '1';
  * helpers name their folders under TMPDIR (tests get theirs from test/helpers/global-tmp.ts);
  * a bench left them in /tmp, about 430 MB per cluster, until the disk filled.
  */
+async function removeDataKeepLogs(dir: string): Promise<void> {
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  await Promise.all(
+    entries
+      .filter((e) => e.isDirectory())
+      .map((e) => rm(path.join(dir, e.name), { recursive: true, force: true, maxRetries: 3 })),
+  );
+}
+
 function useBenchTmpDir(): void {
   if (process.env.HAYSTACK_BENCH_TMP) return;
   const dir = mkdtempSync(path.join(process.env.TMPDIR ?? os.tmpdir(), 'haystack-bench-'));
@@ -71,7 +80,13 @@ function useBenchTmpDir(): void {
   process.env.TMPDIR = dir;
   process.on('exit', () => {
     if (keepData()) console.error(`bench data kept in ${dir}`);
-    else rmSync(dir, { recursive: true, force: true });
+    else {
+      try {
+        rmSync(dir, { recursive: true, force: true, maxRetries: 3 });
+      } catch (err) {
+        console.error(`could not remove ${dir}: ${(err as Error).message}`);
+      }
+    }
   });
 }
 
@@ -164,7 +179,8 @@ export async function localTarget(
       redis.disconnect();
       await cluster.stop();
       // Volumes of a bench are hundreds of MB: a multi-round bench must not keep each round's.
-      if (!keepData()) await rm(cluster.dataDir, { recursive: true, force: true });
+      // The servers' logs (<name>.log) stay until the bench exits, for a round that failed.
+      if (!keepData()) await removeDataKeepLogs(cluster.dataDir);
     },
   };
 }

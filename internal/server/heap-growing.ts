@@ -12,9 +12,10 @@ export const DEFAULT_HEAP_GROWING_PERCENT = 300;
  * tens of MB of Buffers per second. Node 20's V8 (11.3) counts the external bytes allocated
  * since the last mark-compact against an old-generation limit of only 1.1–1.7× the live heap,
  * less the new space's capacity, so it ran a full mark-compact every 0.3–0.5 s under 64 KiB
- * writes. With a factor of 4 it runs one every 10–20 s, and the processes spend about a fifth
+ * writes. With a factor of 4 it runs one every 10–20 s, and the processes spend about a quarter
  * less CPU per 64 KiB write. The cost: the heap may grow to about 4× what is live (tens of
- * MB here). Not for the directory, whose live heap can be gigabytes in per-blob mode.
+ * MB here). V8 then uses this factor in every case, also near the heap's limit (where it would
+ * grow more cautiously). Not for the directory, whose live heap can be gigabytes in per-blob mode.
  *
  * `setFlags` is a parameter for tests only.
  */
