@@ -4,6 +4,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { envReader } from '../config/common.js';
 import { parseSize } from '../config/env.js';
+import { GATEWAYS_HTTP1 } from '../edge/envoy-clusters.js';
 import { type EnvoyProcess, startEnvoy } from '../edge/envoy-process.js';
 import { readRateLimits } from '../edge/rate-limit-spec.js';
 import { buildWeb } from '../edge/web-build.js';
@@ -271,6 +272,7 @@ export async function runDev(opts: DevOptions): Promise<void> {
         },
       });
       await envoy.waitHealthy('gateways', 1, 30_000);
+      await envoy.waitHealthy(GATEWAYS_HTTP1, 1, 30_000);
       void envoy.exited.then((code) => {
         if (!stopping) process.stderr.write(`envoy exited (${code})\n`);
       });

@@ -18,7 +18,13 @@ import {
   TOKEN_HINT,
   type TokenRule,
 } from './envoy-auth.js';
-import { cluster, singleHostCluster, type Upstream, type UpstreamTls } from './envoy-clusters.js';
+import {
+  cluster,
+  GATEWAYS_HTTP1,
+  singleHostCluster,
+  type Upstream,
+  type UpstreamTls,
+} from './envoy-clusters.js';
 import { CORS, HCM, type Json, RATE } from './envoy-json.js';
 import { ACCESS_LOG_FORMAT, type EdgeTracing, statsListener, tracingConfig } from './envoy-listeners.js';
 import {
@@ -156,7 +162,7 @@ export function renderEnvoyConfig(o: EnvoyOptions): Json {
       g(
         route(
           { [kind]: value, headers: [{ name: ':method', string_match: { exact: method } }] },
-          'gateways',
+          GATEWAYS_HTTP1,
           { retry: CONNECT_RETRY, idle_timeout: '120s' },
           limit('upload_rate_limit', o.uploadRateLimit),
         ),
@@ -164,9 +170,9 @@ export function renderEnvoyConfig(o: EnvoyOptions): Json {
       ),
     ),
     // GET /blobs/{id}: a token when sent must be valid; signed URLs and PUBLIC_READS are the gateway's.
-    g(route({ prefix: '/blobs/' }, 'gateways', { retry: IDEMPOTENT_RETRY }, read), 'optional'),
+    g(route({ prefix: '/blobs/' }, GATEWAYS_HTTP1, { retry: IDEMPOTENT_RETRY }, read), 'optional'),
     g({ match: { path: '/' }, redirect: { path_redirect: '/ui/' } }, 'none'),
-    g(route({ prefix: '/ui' }, 'gateways', { retry: IDEMPOTENT_RETRY, timeout: '30s' }), 'none'),
+    g(route({ prefix: '/ui' }, GATEWAYS_HTTP1, { retry: IDEMPOTENT_RETRY, timeout: '30s' }), 'none'),
     g(
       route(exact('/.well-known/jwks.json'), 'gateways', { retry: IDEMPOTENT_RETRY, timeout: '10s' }),
       'none',
@@ -294,6 +300,7 @@ export function renderEnvoyConfig(o: EnvoyOptions): Json {
       ],
       clusters: [
         cluster('gateways', o.gateways, 'haystack.v1.BlobService', o, 'gateway'),
+        cluster(GATEWAYS_HTTP1, o.gateways, '', o, 'gateway', true, 'http1'),
         cluster('directories', o.directories, 'haystack.v1.DirectoryService', o, 'directory'),
         cluster('replication', o.replication, 'haystack.v1.ReplicationService', o, 'replication', false),
         ...(o.stats ? [singleHostCluster('envoy_admin', 'STATIC', o.admin)] : []),

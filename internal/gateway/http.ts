@@ -77,7 +77,11 @@ export function blobRoute(
       return true;
     }
     const abort = new AbortController();
-    res.once('close', () => abort.abort());
+    // Only a response cut short cancels the store read: aborting one that finished would
+    // build a DOMException (a stack trace) per request for nothing.
+    res.once('close', () => {
+      if (!res.writableFinished) abort.abort();
+    });
     return answerErrors(res, log, 'GET /blobs', async () => {
       const [rawPath = '', query = ''] = url.slice('/blobs/'.length).split('?', 2);
       // /blobs/{id}, or the capability URL /blobs/{id}/{cookie}.

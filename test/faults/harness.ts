@@ -4,6 +4,7 @@ import { type Client, createClient } from '@connectrpc/connect';
 import { ReplicationService } from '../../gen/haystack/v1/replication_pb.js';
 import { StoreService } from '../../gen/haystack/v1/store_pb.js';
 import { DirectoryClient } from '../../internal/directory/client.js';
+import { GATEWAYS_HTTP1 } from '../../internal/edge/envoy-clusters.js';
 import type { EnvoyOptions } from '../../internal/edge/envoy-config.js';
 import { HaystackClient } from '../../internal/sdk/index.js';
 import { Cluster, type ClusterOptions } from '../helpers/cluster.js';
@@ -198,6 +199,7 @@ export class FaultCluster {
     await this.cluster.waitReady(timeoutMs);
     await this.activeManager(timeoutMs);
     await this.cluster.envoy?.waitHealthy('gateways', this.cluster.gateways.length, timeoutMs);
+    await this.cluster.envoy?.waitHealthy(GATEWAYS_HTTP1, this.cluster.gateways.length, timeoutMs);
   }
 
   logs(): string {

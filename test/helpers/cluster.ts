@@ -3,6 +3,7 @@ import { mkdirSync } from 'node:fs';
 import { type Client, createClient } from '@connectrpc/connect';
 import { StoreHealth } from '../../gen/haystack/v1/common_pb.js';
 import { DirectoryService, type GetClusterStatusResponse } from '../../gen/haystack/v1/directory_pb.js';
+import { GATEWAYS_HTTP1 } from '../../internal/edge/envoy-clusters.js';
 import type { EnvoyOptions } from '../../internal/edge/envoy-config.js';
 import { type EnvoyProcess, startEnvoy } from '../../internal/edge/envoy-process.js';
 import {
@@ -187,6 +188,7 @@ export class Cluster {
       config: this.envoyConfig,
     });
     await this.envoy.waitHealthy('gateways', this.gateways.length);
+    await this.envoy.waitHealthy(GATEWAYS_HTTP1, this.gateways.length);
     await this.envoy.waitHealthy('directories', this.directories.length);
   }
 

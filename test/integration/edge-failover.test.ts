@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { GATEWAYS_HTTP1 } from '../../internal/edge/envoy-clusters.js';
 import { HaystackClient } from '../../internal/sdk/index.js';
 import { Cluster } from '../helpers/cluster.js';
 import { bytes } from '../helpers/store-client.js';
@@ -71,6 +72,7 @@ describe('failover behind Envoy under a read load', () => {
     await expect.poll(() => cluster.envoy!.healthyHosts('gateways'), { timeout: 5000 }).toBe(1);
     await cluster.startGateway(0);
     await cluster.envoy!.waitHealthy('gateways', 2);
+    await cluster.envoy!.waitHealthy(GATEWAYS_HTTP1, 2);
   });
 
   it('loses no read when the leader directory is killed, and writes resume under the new leader', async () => {

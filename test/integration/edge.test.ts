@@ -237,6 +237,41 @@ describe('the edge: real Envoy in front of real gateways, directories and stores
     expect((await fetch(url)).status).toBe(404);
   });
 
+  it('plain HTTP GET and PUT /blobs reach the gateways over HTTP/1.1 (gateways_http1), gRPC over HTTP/2', async () => {
+    const stats = async () => {
+      const text = await (await fetch(`${cluster.envoy!.adminUrl}/stats?filter=^cluster\\.gateways`)).text();
+      const m = new Map<string, number>();
+      for (const line of text.split('\n')) {
+        const [k, v] = line.split(': ');
+        if (k && v !== undefined && /^\d+$/.test(v)) m.set(k, Number(v));
+      }
+      return (name: string) => m.get(name) ?? 0;
+    };
+    const client = new HaystackClient({ url: cluster.url });
+    const data = bytes(3000, 71);
+    const was = await stats();
+    const b = await client.upload(data);
+    const get = await fetch(`${cluster.url}/blobs/${b.id}`);
+    expect(Buffer.from(await get.arrayBuffer()).equals(data)).toBe(true);
+    const put = await fetch(`${cluster.url}/blobs/h1-route-1`, {
+      method: 'PUT',
+      headers: { authorization: `Bearer ${process.env.HAYSTACK_TOKEN}` },
+      body: data,
+    });
+    expect(put.status).toBe(201);
+    const now = await stats();
+    const delta = (name: string) => now(name) - was(name);
+    // The GET and the PUT (Envoy retries none of them here: exactly two).
+    expect(delta('cluster.gateways_http1.upstream_rq_total')).toBe(2);
+    expect(now('cluster.gateways_http1.upstream_cx_http1_total')).toBeGreaterThan(0);
+    expect(now('cluster.gateways_http1.upstream_cx_http2_total')).toBe(0);
+    // The SDK's upload is gRPC: the HTTP/2 cluster.
+    expect(delta('cluster.gateways.upstream_rq_total')).toBeGreaterThanOrEqual(1);
+    expect(now('cluster.gateways.upstream_cx_http1_total')).toBe(0);
+    await client.delete(b.id);
+    await client.delete('h1-route-1');
+  });
+
   it('speaks gRPC-Web and Connect (HTTP/1.1) to browsers, with CORS', async () => {
     for (const transport of [
       createGrpcWebTransport({ baseUrl: cluster.url, httpVersion: '1.1' }),

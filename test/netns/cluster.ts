@@ -11,6 +11,7 @@ import { PROJECT_ROOT } from '../../internal/cli/processes.js';
 import { waitForPort } from '../../internal/cli/tools.js';
 import { killOnExit } from '../../internal/common/child-reaper.js';
 import { DirectoryClient } from '../../internal/directory/client.js';
+import { GATEWAYS_HTTP1 } from '../../internal/edge/envoy-clusters.js';
 import type { EnvoyOptions } from '../../internal/edge/envoy-config.js';
 import { type EnvoyProcess, startEnvoy } from '../../internal/edge/envoy-process.js';
 import { peerTransport } from '../../internal/rpc/transport.js';
@@ -171,6 +172,7 @@ export class NetnsCluster {
     };
     this.envoy = await startEnvoy({ bin: tool('envoy'), dir: `${this.dataDir}/envoy`, config });
     await this.envoy.waitHealthy('gateways', n.gateways.length, 60_000);
+    await this.envoy.waitHealthy(GATEWAYS_HTTP1, n.gateways.length, 60_000);
     this.sdk = new HaystackClient({
       url: this.url,
       retries: 6,
@@ -418,6 +420,7 @@ export class NetnsCluster {
     await this.waitReady(timeoutMs);
     await this.activeManager(timeoutMs);
     await this.envoy?.waitHealthy('gateways', this.names.gateways.length, timeoutMs);
+    await this.envoy?.waitHealthy(GATEWAYS_HTTP1, this.names.gateways.length, timeoutMs);
   }
 
   /** A StoreService client to store `i` (as the test admin). */
