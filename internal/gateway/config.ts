@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { type Jwks, readJwksFile } from '../auth/keys.js';
 import { COMMON_ENV_HELP, envReader, readServerConfig, type ServerConfig } from '../config/common.js';
 import type { Env } from '../config/env.js';
-import { DEFAULT_HEAP_GROWING_PERCENT } from '../server/heap-growing.js';
+import { HEAP_GROWING_ENV_HELP, readHeapGrowingPercent } from '../server/heap-growing.js';
 import { list } from '../store/config.js';
 import { MAX_PUT_SIZE_LIMIT } from './put-limit.js';
 
@@ -110,8 +110,7 @@ export const GATEWAY_ENV_HELP = `${COMMON_ENV_HELP}
                          read URLs; the first signs, every one verifies (rotation); every gateway
                          needs the same (default: random per process)
   PUBLIC_READS           1: GET /blobs/{id} without a token or signature is served (default 0)
-  HEAP_GROWING_PERCENT   V8 lets the JS heap grow to (1 + this/100) × what is live before a full GC
-                         (default 300; 0: V8's own heuristic, which ran one every 0.3-0.5 s here)`;
+${HEAP_GROWING_ENV_HELP}`;
 
 export function readGatewayConfig(flags: { listen?: string }, env: Env = process.env): GatewayConfig {
   const r = envReader(env);
@@ -165,7 +164,7 @@ export function readGatewayConfig(flags: { listen?: string }, env: Env = process
     authJwksReloadMs: r.duration('AUTH_JWKS_RELOAD_INTERVAL', 10_000, { minMs: 0, maxMs: 86_400_000 }),
     urlSigningKeys: urlKeys(r),
     publicReads: r.bool('PUBLIC_READS', false),
-    heapGrowingPercent: r.int('HEAP_GROWING_PERCENT', DEFAULT_HEAP_GROWING_PERCENT, { min: 0, max: 1000 }),
+    heapGrowingPercent: readHeapGrowingPercent(r),
   };
   if (cfg.cacheBackend === 'redis' && !cfg.redisUrl) r.problem('CACHE_BACKEND=redis needs REDIS_URL');
   r.done();

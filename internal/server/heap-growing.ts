@@ -1,8 +1,18 @@
 import v8 from 'node:v8';
+import type { EnvReader } from '../config/env.js';
 import type { Logger } from './logger.js';
 
 /** HEAP_GROWING_PERCENT of a store or gateway when unset: V8's old-generation limit is 4× the live heap. */
 export const DEFAULT_HEAP_GROWING_PERCENT = 300;
+
+/** HEAP_GROWING_PERCENT's line in the --help of the roles that read it (store, gateway). */
+export const HEAP_GROWING_ENV_HELP = `  HEAP_GROWING_PERCENT   V8 lets the JS heap grow to (1 + this/100) × what is live before a full GC
+                         (default 300; 0: V8's own heuristic, which ran one every 0.3-0.5 s here)`;
+
+/** Reads HEAP_GROWING_PERCENT: 0..1000, default DEFAULT_HEAP_GROWING_PERCENT. */
+export function readHeapGrowingPercent(r: Pick<EnvReader, 'int'>): number {
+  return r.int('HEAP_GROWING_PERCENT', DEFAULT_HEAP_GROWING_PERCENT, { min: 0, max: 1000 });
+}
 
 /**
  * Sets V8's heap growing factor (1 + percent/100) for this process; 0 keeps V8's own heuristic.

@@ -1,6 +1,6 @@
 import { COMMON_ENV_HELP, envReader, readServerConfig, type ServerConfig } from '../config/common.js';
 import type { Env, EnvReader } from '../config/env.js';
-import { DEFAULT_HEAP_GROWING_PERCENT } from '../server/heap-growing.js';
+import { HEAP_GROWING_ENV_HELP, readHeapGrowingPercent } from '../server/heap-growing.js';
 import { type Keyring, loadKekFile, parseKeks } from './crypto/kek.js';
 
 /** Configuration of a store process (`haystack store`). */
@@ -50,8 +50,7 @@ export const STORE_ENV_HELP = `${COMMON_ENV_HELP}
   KEK_FILE               file of key-encryption keys, one "<id> <base64 32 bytes>" per line, the last the
                          newest (a mounted Secret): needles are encrypted at rest (AES-256-GCM); default none
   KEKS                   the same keys inline (lines or ';'-separated), instead of KEK_FILE
-  HEAP_GROWING_PERCENT   V8 lets the JS heap grow to (1 + this/100) × what is live before a full GC
-                         (default 300; 0: V8's own heuristic, which ran one every 0.3-0.5 s here)`;
+${HEAP_GROWING_ENV_HELP}`;
 
 export function readStoreConfig(
   flags: { listen?: string; data?: string },
@@ -85,7 +84,7 @@ export function readStoreConfig(
     kekFile: r.string('KEK_FILE', '') || undefined,
     // Fault injection (test/netns slow disk): each group commit's fdatasyncs wait this long first.
     faultFsyncDelayMs: r.duration('FAULT_FSYNC_DELAY', 0, { minMs: 0, maxMs: 10_000 }),
-    heapGrowingPercent: r.int('HEAP_GROWING_PERCENT', DEFAULT_HEAP_GROWING_PERCENT, { min: 0, max: 1000 }),
+    heapGrowingPercent: readHeapGrowingPercent(r),
   };
   r.done();
   return cfg;
