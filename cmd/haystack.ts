@@ -3,6 +3,7 @@
 import path from 'node:path';
 import { Command } from 'commander';
 import { registerAdminCommands } from '../internal/cli/admin.js';
+import { registerCertsCommands } from '../internal/cli/certs.js';
 import { registerClientCommands } from '../internal/cli/client.js';
 import { runDev } from '../internal/cli/dev.js';
 import { stopDev } from '../internal/cli/dev-pidfile.js';
@@ -102,6 +103,7 @@ dev
 
 registerClientCommands(program);
 registerTokenCommands(program);
+registerCertsCommands(program);
 registerAdminCommands(program);
 registerKeysCommands(program);
 registerPlacementCommands(program);

@@ -43,6 +43,8 @@ export interface StoreHeartbeatOptions {
    * the bytes per group without waiting an interval.
    */
   onGroupCount?(groupCount: number): void;
+  /** The term of every answer from the leader (a directory that proved its role over mTLS). */
+  onTerm?(term: bigint): void;
   log: Logger;
   /** The store's certificate (default: this process's own, see rpc/transport.ts). */
   security?: TransportSecurity;
@@ -156,6 +158,7 @@ export function startStoreHeartbeat(opts: StoreHeartbeatOptions): StoreHeartbeat
           break;
         }
         highestTerm = resp.term;
+        opts.onTerm?.(resp.term);
         if (resp.heartbeatIntervalMs > 0) interval = resp.heartbeatIntervalMs;
         if (resp.placementGroupCount !== 0 && resp.placementGroupCount !== groupCount && opts.onGroupCount) {
           groupCount = resp.placementGroupCount;

@@ -26,7 +26,13 @@ import {
   type UpstreamTls,
 } from './envoy-clusters.js';
 import { CORS, HCM, type Json, RATE } from './envoy-json.js';
-import { ACCESS_LOG_FORMAT, type EdgeTracing, statsListener, tracingConfig } from './envoy-listeners.js';
+import {
+  ACCESS_LOG_FORMAT,
+  type EdgeTracing,
+  REQUEST_HEADERS_TIMEOUT,
+  statsListener,
+  tracingConfig,
+} from './envoy-listeners.js';
 import {
   DEFAULT_RATE_LIMIT_CLIENTS,
   DEFAULT_READ_RATE_LIMIT,
@@ -209,8 +215,11 @@ export function renderEnvoyConfig(o: EnvoyOptions): Json {
     merge_slashes: true,
     path_with_escaped_slashes_action: 'REJECT_REQUEST',
     max_request_headers_kb: 64,
-    // Uploads and downloads may be long: no overall deadline, but idle streams end.
+    // Uploads and downloads may be long: no overall deadline, but idle streams end, and a
+    // request's headers must be in within REQUEST_HEADERS_TIMEOUT (slowloris: a client
+    // dribbling headers a byte at a time never goes idle).
     request_timeout: '0s',
+    request_headers_timeout: REQUEST_HEADERS_TIMEOUT,
     stream_idle_timeout: '120s',
     // After a response with Connection: close, Envoy waits this long for the client to read
     // and close. The 1 s default cut slow readers off mid-body (a 200 with Content-Length

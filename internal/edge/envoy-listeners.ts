@@ -57,6 +57,9 @@ export function tracingConfig(t: EdgeTracing): Json {
 }
 
 /** GET /stats/prometheus from the admin; anything else 404 (the admin can quit Envoy, dump config...). */
+/** How long a listener waits for a request's headers once its first byte came (Envoy's default: forever). */
+export const REQUEST_HEADERS_TIMEOUT = '10s';
+
 export function statsListener(stats: Upstream): Json {
   return {
     name: 'stats',
@@ -71,6 +74,11 @@ export function statsListener(stats: Upstream): Json {
               stat_prefix: 'stats',
               codec_type: 'AUTO',
               normalize_path: true,
+              // Scrapes are small and quick: bounded headers, requests and idle connections.
+              request_headers_timeout: REQUEST_HEADERS_TIMEOUT,
+              request_timeout: '30s',
+              stream_idle_timeout: '30s',
+              common_http_protocol_options: { idle_timeout: '120s' },
               route_config: {
                 name: 'stats',
                 virtual_hosts: [

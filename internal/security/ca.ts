@@ -122,18 +122,27 @@ export async function writeIdentity(
   identity: Identity,
   hosts?: string[],
 ): Promise<IdentityFiles> {
-  const d = path.join(dir, `${identity.role}-${identity.id}`);
-  await mkdir(d, { recursive: true, mode: 0o700 });
-  const { certPem, keyPem } = await issueCertificate(ca, identity, hosts);
-  const files = {
+  const d = await writeIdentityPems(ca, dir, identity, await issueCertificate(ca, identity, hosts));
+  return {
     certFile: path.join(d, 'tls.crt'),
     keyFile: path.join(d, 'tls.key'),
     caFile: path.join(d, 'ca.crt'),
   };
-  await writeFile(files.certFile, certPem);
-  await writeFile(files.keyFile, keyPem, { mode: 0o600 });
-  await writeFile(files.caFile, ca.certPem);
-  return files;
+}
+
+/** Writes an issued certificate and key (mode 0600) and the CA certificate to <dir>/<role>-<id>/; returns that folder. */
+export async function writeIdentityPems(
+  ca: CertificateAuthority,
+  dir: string,
+  identity: Identity,
+  pems: { certPem: string; keyPem: string },
+): Promise<string> {
+  const d = path.join(dir, `${identity.role}-${identity.id}`);
+  await mkdir(d, { recursive: true, mode: 0o700 });
+  await writeFile(path.join(d, 'tls.crt'), pems.certPem);
+  await writeFile(path.join(d, 'tls.key'), pems.keyPem, { mode: 0o600 });
+  await writeFile(path.join(d, 'ca.crt'), ca.certPem);
+  return d;
 }
 
 /** The environment a process reads its identity from (see tls-config.ts). */

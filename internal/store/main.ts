@@ -1,5 +1,6 @@
 import { createServiceImplSpec } from '@connectrpc/connect';
 import { Counter } from 'prom-client';
+import { DirectoryService } from '../../gen/haystack/v1/directory_pb.js';
 import { StoreService } from '../../gen/haystack/v1/store_pb.js';
 import { checkGroupCount } from '../common/placement.js';
 import { startStoreHeartbeat } from '../directory/heartbeat-client.js';
@@ -15,6 +16,7 @@ import { StoreMetrics } from './metrics.js';
 import { StoreServiceImpl, volumeStatsMessage } from './service.js';
 import { ShardStore } from './shard-store.js';
 import { Store } from './store.js';
+import { askDirectoryTerms, DirectoryTermWitness } from './term-witness.js';
 
 /** `haystack store`: serves StoreService over this store's volumes. */
 export async function runStore(cfg: StoreConfig): Promise<void> {
@@ -78,6 +80,14 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
       'volumes loaded',
     );
     const peers = new ClientPool();
+    // Relayed directory terms are acted on once a directory states them (term-witness.ts).
+    const directoryClients = cfg.directories.map((a) => peers.client(DirectoryService, a));
+    const witness =
+      directoryClients.length > 0
+        ? new DirectoryTermWitness(fencing.highest('directory'), (wanted) =>
+            askDirectoryTerms(directoryClients, wanted),
+          )
+        : undefined;
     // Reads feed the replication manager's heat map; corrupt replicas go to it for repair.
     const reporter = new AccessReporter({
       reporterId: cfg.storeId,
@@ -96,6 +106,7 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
       readChunkSize: cfg.readChunkSize,
       shards,
       fencing,
+      ...(witness ? { witness } : {}),
       // RewrapKeys: KEK rotation without a restart (both engines' volume keys).
       ...(cfg.keyring
         ? { rewrapper: new KeyRewrapper(cfg.kekFile, cfg.keyring, [store, shards.engine]) }
@@ -135,6 +146,7 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
             directories: cfg.directories,
             intervalMs: cfg.heartbeatIntervalMs,
             log,
+            onTerm: (term) => witness?.observe(term),
             state: async () => {
               const s = await store.stats();
               const t = await shards.totals();

@@ -42,6 +42,7 @@ import type { NeedleFactsInfo, NeedleWriter, Store, VolumeStatsInfo } from './st
 import { type GroupCursor, MAX_GROUP_PAGE } from './store-list.js';
 import { pinnedStore, wrongPeer } from './store-peers.js';
 import { checkMetaField } from './store-write.js';
+import type { DirectoryTermWitness } from './term-witness.js';
 
 /** Largest chunk a client may send in one Write message. */
 const MAX_CHUNK = 4 * 1024 * 1024;
@@ -75,6 +76,13 @@ export interface StoreServiceOptions {
    * draw terms from different counters.
    */
   fencing: FencingTerms;
+  /**
+   * Directory terms as the directories state them (term-witness.ts): a relayed
+   * directory term above the highest stated is acted on only once a directory
+   * confirms it. Without it (a store with no directories configured) relayed
+   * terms are only bounded.
+   */
+  witness?: DirectoryTermWitness;
 }
 
 /** A volume's statistics as the contract's VolumeStats message. */
@@ -345,12 +353,15 @@ export class StoreServiceImpl {
       return;
     }
     this.refuseDeposed(issuer, term, ctx);
+    if (issuer === 'directory' && this.o.witness && term > this.o.witness.highest()) {
+      await this.requireStated(term, ctx);
+      // Other calls ran while the directories were asked: a newer term may be accepted now.
+      this.refuseDeposed(issuer, term, ctx);
+    }
     if (term <= fencing.persisted(issuer)) return;
-    if (term > seen)
-      this.o.log.info(
-        { issuer, term, previous: seen, caller: callerIdentity(ctx)?.id },
-        'fencing term advanced',
-      );
+    const previous = fencing.highest(issuer);
+    if (term > previous)
+      this.o.log.info({ issuer, term, previous, caller: callerIdentity(ctx)?.id }, 'fencing term advanced');
     try {
       await fencing.raise(issuer, term);
     } catch (err) {
@@ -362,6 +373,40 @@ export class StoreServiceImpl {
     }
     // A newer term may have been accepted while this one was written.
     this.refuseDeposed(issuer, term, ctx);
+  }
+
+  /**
+   * A directory term reaches a store second-hand (a gateway's or a store's call): one
+   * above what the directories have stated is acted on only once one of them states
+   * it (term-witness.ts). PERMISSION_DENIED when every directory answers lower (no
+   * directory holds the term: forged), UNAVAILABLE when too few answered to tell.
+   */
+  private async requireStated(term: bigint, ctx: HandlerContext): Promise<void> {
+    const witness = this.o.witness;
+    if (!witness || term <= witness.highest()) return;
+    const v = await witness.confirm(term);
+    if (v.ok) return;
+    const { answer } = v;
+    this.o.log.warn(
+      {
+        term,
+        stated: answer.term,
+        answered: answer.answered,
+        of: answer.of,
+        caller: callerIdentity(ctx)?.id,
+      },
+      'refused a directory term no directory stated',
+    );
+    if (v.reason === 'not-stated') {
+      throw new ConnectError(
+        `directory term ${term} was never issued: all ${answer.of} directories hold term ${answer.term} or lower. A gateway relays its directory leader's term; it cannot choose one`,
+        Code.PermissionDenied,
+      );
+    }
+    throw new ConnectError(
+      `directory term ${term} is not confirmed yet: ${answer.answered} of ${answer.of} directories answered (highest term ${answer.term}); retry shortly`,
+      Code.Unavailable,
+    );
   }
 
   /** FAILED_PRECONDITION naming the newer term (FENCED_TERM_HEADER) when `term` is older than one accepted. */

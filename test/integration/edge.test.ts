@@ -20,6 +20,7 @@ import {
 import { HaystackClient } from '../../internal/sdk/index.js';
 import { Cluster } from '../helpers/cluster.js';
 import { identityFiles } from '../helpers/pki.js';
+import { dribbleHeaders } from '../helpers/slow-client.js';
 import { bytes } from '../helpers/store-client.js';
 import { authInterceptor, authFetch as fetch } from '../helpers/tokens.js';
 import { exec, grpcurlPlaintext as grpcurl, tmpName, tool } from '../helpers/tools.js';
@@ -538,6 +539,26 @@ describe('HTTP semantics of /blobs through Envoy (RFC 9110 §13-15)', () => {
     expect(tooBig.status).toBe(413);
     expect(await tooBig.text()).toContain('MAX_UPLOAD_SIZE');
   });
+
+  it('a client dribbling HTTP/1.1 headers a byte at a time gets 408 before they are complete (request_headers_timeout); Envoy keeps serving', async () => {
+    const [host, port] = cluster.envoy!.address.split(':');
+    const sock = net.connect(Number(port), host);
+    const answer = new Promise<string>((resolve) => {
+      let got = '';
+      sock.on('data', (d: Buffer) => {
+        got += d.toString('latin1');
+        if (got.includes('\r\n')) resolve(got);
+      });
+      sock.on('close', () => resolve(got));
+      sock.on('error', () => {});
+    });
+    const r = await dribbleHeaders(sock, 40_000, answer);
+    expect(r.answer).toMatch(/^HTTP\/1\.1 408 /);
+    expect(r.sent).toBeLessThan(r.of);
+    sock.destroy();
+    const b = await client.upload(bytes(1000, 37));
+    expect((await client.download(b.id)).data.length).toBe(1000);
+  }, 60_000);
 
   it('a slow reader with Connection: close gets every byte of a 200 with Content-Length', async () => {
     const data = bytes(7 * 1024 * 1024, 36);

@@ -4,6 +4,7 @@ import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cluster } from '../helpers/cluster.js';
 import { tlsNodeOptions } from '../helpers/pki.js';
+import { closedByServer, dribbleHeaders } from '../helpers/slow-client.js';
 import type { ServerProcess } from '../helpers/tools.js';
 
 /**
@@ -49,39 +50,6 @@ function processOf(c: Cluster, kind: Kind): { host: string; port: number } {
   if (!p) throw new Error(`the cluster has no ${kind}`);
   const [host, port] = p.address.split(':');
   return { host: host as string, port: Number(port) };
-}
-
-/**
- * Resolves true when the server closes `socket`, false when it is still open after
- * a deadline far beyond the shortened limits (a generous bound, not a timing assertion).
- */
-function closedByServer(socket: net.Socket): Promise<boolean> {
-  return new Promise((resolve) => {
-    const t = setTimeout(() => {
-      socket.destroy();
-      resolve(false);
-    }, 30_000);
-    socket.on('close', () => {
-      clearTimeout(t);
-      resolve(true);
-    });
-    socket.on('error', () => {});
-    // Read whatever comes (a GOAWAY), so the server's close is seen at all.
-    socket.on('data', () => {});
-  });
-}
-
-/** HTTP/1.1 request headers sent a byte every 200 ms; how many bytes went before the server cut it. */
-async function dribbleHeaders(socket: net.Socket): Promise<{ closed: boolean; sent: number; of: number }> {
-  const request = `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ${'a'.repeat(200)}`;
-  let sent = 0;
-  const drip = setInterval(() => {
-    if (socket.destroyed || sent >= request.length) return;
-    socket.write(request[sent++] as string);
-  }, 200);
-  const closed = await closedByServer(socket);
-  clearInterval(drip);
-  return { closed, sent, of: request.length };
 }
 
 /** The SETTINGS_MAX_CONCURRENT_STREAMS the server announces on a new HTTP/2 session. */

@@ -195,6 +195,39 @@ describe('store fencing: term 0 never skips the check', () => {
   });
 });
 
+describe('store fencing: only a directory issues a directory term', () => {
+  it("a gateway's Delete or forwarding Write with a term ahead of every directory's is refused PERMISSION_DENIED on every store, which keeps serving the real term", async () => {
+    const forged = (await cluster.status()).term + 1000n;
+    for (let i = 0; i < 3; i++) {
+      const gateway = await store(i, as('gateway', 'gateway-9'));
+      const refused = await gateway
+        .delete({ blobId, term: forged })
+        .catch((e: unknown) => ConnectError.from(e));
+      expect(refused).toBeInstanceOf(ConnectError);
+      expect((refused as ConnectError).code).toBe(Code.PermissionDenied);
+      expect((refused as ConnectError).rawMessage).toMatch(/was never issued/);
+      const next = (i + 1) % 3;
+      const write = writeBlob(
+        storeClient(cluster.stores[i]!.address, { direct: true }),
+        `forged-${i}`,
+        blob,
+        {
+          term: forged,
+          forwardTo: [{ storeId: `store-${next}`, address: cluster.stores[next]!.address }],
+        },
+      );
+      expect(await codeOf(write)).toBe('PermissionDenied');
+    }
+    for (let i = 0; i < 3; i++) {
+      const c = storeClient(cluster.stores[i]!.address, { direct: true });
+      expect(sameBytes(await readBlob(c, blobId), blob)).toBe('identical');
+      expect(await codeOf(readBlob(c, `forged-${i}`))).toBe('NotFound');
+    }
+    // Had a store taken the forged term, every real gateway's write would now be "deposed".
+    await clusterIsHealthy();
+  });
+});
+
 describe('store identities: a store heartbeats only as itself', () => {
   it('a heartbeat as another store, with no certificate or from a gateway is refused; Puts keep succeeding', async () => {
     const li = await cluster.leaderIndex();

@@ -176,9 +176,10 @@ export async function auditLeadership(
     storeTerms[s] = { accepted, refused };
     if (accepted.length === 0)
       problems.push(`${s} logged no "fencing term advanced": the audit sees none of its fencing`);
-    // A restarted store starts from term 0 (the fence is in memory: "store serving"
-    // comes before its first "fencing term advanced"): across a restart it may accept
-    // the term it had again, never an older one; within one run, only higher ones.
+    // The fence is durable (fencing-terms.ts), but the line is logged before the term is
+    // on disk: a store killed between the two logs the same term again after its restart
+    // ("store serving" comes first). So across a restart the same term may appear again,
+    // never an older one; within one run, only higher ones.
     let restarted = false;
     let last = 0;
     for (const l of lines) {
