@@ -448,7 +448,9 @@ export async function runPartitions(
   const violations = await fullCheck(oplog, sdk, nc.directory, nc.storeAddresses());
   const corruptNeedles: string[] = [];
   for (let i = 0; i < nc.names.stores.length; i++) {
-    const res = await nc.storeClient(i).scrub({ volumeId: 0 }, { timeoutMs: 60_000 });
+    // A whole volume hashed: over a minute at load 35 (a 60 s bound failed the full
+    // suite's final check after every fault had passed); the kill suite's scrubAll allows 600 s.
+    const res = await nc.storeClient(i).scrub({ volumeId: 0 }, { timeoutMs: 600_000 });
     for (const c of res.corrupt) corruptNeedles.push(`store-${i}: ${c.blobId} (${c.reason ?? ''})`);
   }
   const audits: FaultAudit[] = [];
