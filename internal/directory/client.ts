@@ -18,8 +18,10 @@ import type {
   WatchMetadataResponse,
 } from '../../gen/haystack/v1/directory_pb.js';
 import { sleep } from '../common/sleep.js';
+import { StallWatch } from '../rpc/stall-watch.js';
 import type { TransportSecurity } from '../security/tls-config.js';
 import { type DirectoryClientStub, LEADER_ADDRESS_HEADER, leaderHintOf, PeerClients } from './peers.js';
+import { WATCHER_STALL_MS } from './watch-liveness.js';
 
 export interface DirectoryClientOptions {
   /** Directory instances (host:port). */
@@ -169,25 +171,32 @@ export class DirectoryClient {
     while (!signal?.aborted) {
       const address = this.pickRead();
       this.watchAddress = address;
+      // Directories write at least a keepalive a second: silence means a stuck stream.
+      const stall = new StallWatch(WATCHER_STALL_MS, signal ?? new AbortController().signal);
       try {
         for await (const msg of this.clients
           .get(address)
           .watchMetadata(
             { fromIndex: from, watcherId: req.watcherId ?? '', includeUncommitted: false },
-            { signal },
+            { signal: stall.signal },
           )) {
+          stall.heard();
           backoff = this.backoffMs;
           if (msg.msg.case === 'snapshot') from = msg.msg.value.index + 1n;
           else if (msg.msg.case === 'entries') {
             const last = msg.msg.value.entries.at(-1);
             if (last) from = last.index + 1n;
           }
+          stall.hold(); // the caller's time with a message is not the stream's silence
           yield msg;
+          stall.heard();
         }
       } catch (err) {
         if (signal?.aborted) return;
         this.failRead(address);
-        if (!retriable(ConnectError.from(err))) throw err;
+        if (!stall.stalled && !retriable(ConnectError.from(err))) throw err;
+      } finally {
+        stall.stop();
       }
       await sleep(jitter(backoff), signal);
       backoff = Math.min(backoff * 2, this.maxBackoffMs);

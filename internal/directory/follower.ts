@@ -1,11 +1,13 @@
 import { ConnectError } from '@connectrpc/connect';
 import type { WatchMetadataResponse } from '../../gen/haystack/v1/directory_pb.js';
 import { systemClock } from '../lease/lease-store.js';
+import { StallWatch } from '../rpc/stall-watch.js';
 import type { LeaderCommit } from './leader-commit.js';
 import { followerCommitIndex, matchEntry } from './log-rules.js';
 import { TruncatedError } from './log-store.js';
 import { minBig, type NodeContext } from './node-context.js';
 import { MetadataState } from './state-machine.js';
+import { watchStallMs } from './watch-liveness.js';
 
 /** How far this instance verified its log against one leader stream. */
 export interface StreamSession {
@@ -75,8 +77,13 @@ export class Follower {
   private async followLoop(address: string, signal: AbortSignal): Promise<void> {
     const { ctx } = this;
     let backoff = 20;
+    const stallMs = watchStallMs(ctx.cfg.followerSyncIntervalMs);
     while (!signal.aborted && ctx.role === 'follower') {
       const session: StreamSession = { match: 0n };
+      // The leader sends at least a keepalive every watchKeepaliveMs: a stream silent
+      // for stallMs is stuck (seen after an HTTP/2 PING timeout under load: the new
+      // stream never delivered and the follower fell behind for good), so drop it.
+      const stall = new StallWatch(stallMs, signal);
       try {
         const from = ctx.commitIndex + 1n;
         session.match = from - 1n;
@@ -84,11 +91,13 @@ export class Follower {
           .client(address)
           .watchMetadata(
             { fromIndex: from, watcherId: `directory:${ctx.id}`, includeUncommitted: true },
-            { signal },
+            { signal: stall.signal },
           );
         for await (const msg of stream) {
+          stall.hold(); // absorbing (a snapshot, a truncation) is not silence
           if (ctx.role !== 'follower') return;
           if (!(await this.absorb(msg, session, true))) break;
+          stall.heard();
           backoff = 20;
           this.scheduleAck(address, msg.term, session);
         }
@@ -96,7 +105,10 @@ export class Follower {
         if (signal.aborted) return;
         if (err instanceof TruncatedError) continue;
         const ce = ConnectError.from(err);
-        ctx.log.debug({ leader: address, err: ce.message }, 'follow stream ended');
+        if (stall.stalled) ctx.log.warn({ leader: address, stallMs }, 'follow stream stuck: reconnecting');
+        else ctx.log.debug({ leader: address, err: ce.message }, 'follow stream ended');
+      } finally {
+        stall.stop();
       }
       if (signal.aborted) return;
       await systemClock.sleep(backoff, signal);

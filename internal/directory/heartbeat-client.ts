@@ -6,6 +6,7 @@ import {
   HeartbeatRequestSchema,
   type StoreCommand,
 } from '../../gen/haystack/v1/directory_pb.js';
+import { StallWatch } from '../rpc/stall-watch.js';
 import type { TransportSecurity } from '../security/tls-config.js';
 import type { Logger } from '../server/logger.js';
 import { leaderHintOf, PeerClients } from './peers.js';
@@ -85,7 +86,14 @@ export function startStoreHeartbeat(opts: StoreHeartbeatOptions): StoreHeartbeat
 
   async function runStream(target: string): Promise<void> {
     const streamCtl = new AbortController();
-    const signal = AbortSignal.any([stop.signal, streamCtl.signal]);
+    // The leader answers every heartbeat: an answer missing for three intervals (at
+    // least 2 s) means the stream is stuck below HTTP/2 and the directory already
+    // counts this store DOWN, so drop it and open another.
+    const stall = new StallWatch(
+      () => Math.max(2000, 3 * interval),
+      AbortSignal.any([stop.signal, streamCtl.signal]),
+    );
+    const signal = stall.signal;
     let wake: (() => void) | null = null;
     const sendNow = () => wake?.();
     async function* requests(): AsyncGenerator<HeartbeatRequest> {
@@ -147,6 +155,7 @@ export function startStoreHeartbeat(opts: StoreHeartbeatOptions): StoreHeartbeat
       const stream = clients.get(target).heartbeat(requests(), { signal });
       let first = true;
       for await (const resp of stream) {
+        stall.heard();
         if (first) {
           log.info({ directory: target, term: resp.term }, 'heartbeat stream to the directory leader open');
           first = false;
@@ -177,7 +186,17 @@ export function startStoreHeartbeat(opts: StoreHeartbeatOptions): StoreHeartbeat
         }
         void runCommands();
       }
+    } catch (err) {
+      if (stall.stalled && !stop.signal.aborted) {
+        log.warn(
+          { directory: target, err: String(stall.signal.reason) },
+          'heartbeat stream stuck: reconnecting',
+        );
+        throw new ConnectError(`no heartbeat answer from ${target} in time`, Code.Unavailable);
+      }
+      throw err;
     } finally {
+      stall.stop();
       streamCtl.abort();
     }
   }

@@ -18,6 +18,7 @@ import type { LeaderCommit } from './leader-commit.js';
 import type { Leadership } from './leadership.js';
 import type { NodeContext } from './node-context.js';
 import { CATCHUP_TERM_HEADER } from './peers.js';
+import { watchKeepaliveMs } from './watch-liveness.js';
 
 /** Entries per WatchMetadata message. */
 const BATCH = 500;
@@ -99,6 +100,8 @@ export class LogRpc {
     const limit = () => (raw ? store.lastIndex : ctx.state.appliedIndex);
     let next = req.fromIndex === 0n ? 0n : req.fromIndex;
     let sentCommit = -1n;
+    let sentAt = performance.now();
+    const keepaliveMs = watchKeepaliveMs(ctx.cfg.followerSyncIntervalMs);
     const signal = hctx.signal;
     while (!signal.aborted && !ctx.stopped.signal.aborted) {
       if (asLeader && (ctx.epoch !== epoch || ctx.role !== 'leader')) return;
@@ -122,6 +125,7 @@ export class LogRpc {
         const entries = store.slice(next, Math.min(BATCH, n));
         next += BigInt(entries.length);
         sentCommit = ctx.commitIndex;
+        sentAt = performance.now();
         yield create(WatchMetadataResponseSchema, {
           term: term(),
           commitIndex: ctx.commitIndex,
@@ -129,8 +133,11 @@ export class LogRpc {
         });
         continue;
       }
-      if (ctx.commitIndex !== sentCommit) {
+      // A changed commit index, or an idle stream's keepalive: the watcher tells a
+      // live stream from one stuck below HTTP/2 (see Follower's stall check).
+      if (ctx.commitIndex !== sentCommit || performance.now() - sentAt >= keepaliveMs) {
         sentCommit = ctx.commitIndex;
+        sentAt = performance.now();
         yield create(WatchMetadataResponseSchema, {
           term: term(),
           commitIndex: ctx.commitIndex,
@@ -138,7 +145,7 @@ export class LogRpc {
         });
         continue;
       }
-      await ctx.waitChange(signal, 1000);
+      await ctx.waitChange(signal, keepaliveMs - (performance.now() - sentAt));
     }
   }
 

@@ -340,6 +340,14 @@ export class StoreRegistry {
       Date.now() - (l.loggedAtMs ?? Number(rec.lastHeartbeatMs)) >
         Math.max(10_000, 2 * this.cfg.heartbeatIntervalMs);
     if (!changed || this.proposing.has(l.storeId)) return;
+    const health = this.liveHealth(l);
+    if (rec && rec.health !== health) {
+      // A registration carries the health too: say so, as evaluate() does for its changes.
+      this.node.log.info(
+        { store: l.storeId, from: StoreHealth[rec.health], to: StoreHealth[health], via: 'registration' },
+        'store health changed',
+      );
+    }
     const logged = l.freeBytes;
     const loggedVolumes = l.volumes.length;
     const at = Date.now();
@@ -354,7 +362,7 @@ export class StoreRegistry {
             zone: l.zone,
             capacityBytes: l.capacityBytes,
             freeBytes: l.freeBytes,
-            health: this.liveHealth(l),
+            health,
             lastHeartbeatMs: BigInt(at),
             volumes: l.volumes,
             shards: l.shards,

@@ -67,9 +67,9 @@ export class PlacementView {
   private behindTimer: NodeJS.Timeout | undefined;
   /**
    * When the view was last confirmed to hold every entry the directory leader had
-   * committed (performance.now() of asking; -Infinity: never). The stream carries
-   * no keepalive and a directory cut off from its peers keeps serving it (N5), so
-   * only a leader's answer confirms the view current.
+   * committed (performance.now() of asking; -Infinity: never). A directory cut off
+   * from its peers keeps serving the stream, keepalives included (N5), so only a
+   * leader's answer confirms the view current.
    */
   private confirmedAt = Number.NEGATIVE_INFINITY;
   /**
@@ -186,7 +186,15 @@ export class PlacementView {
         }),
       ]);
       // The leader answered after `asked`: a view at its index holds all committed before then.
-      if (!(await this.whenApplied(index, asked + budgetMs - performance.now()))) return false;
+      const before = this.state.appliedIndex;
+      const waitMs = asked + budgetMs - performance.now();
+      if (!(await this.whenApplied(index, waitMs))) {
+        // Nothing applied for a second or more while the leader is ahead: the followed
+        // directory is stuck behind (a follower that stopped following serves its old
+        // state and keepalives), so follow another one.
+        if (waitMs >= 1000 && this.state.appliedIndex === before) this.leaveSource(index);
+        return false;
+      }
       this.confirmedAt = Math.max(this.confirmedAt, asked);
       if (index > this.confirmedIndex) this.confirmedIndex = index;
       return true;
@@ -199,6 +207,16 @@ export class PlacementView {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  private leaveSource(leaderIndex: bigint): void {
+    if (this.stopCtl.signal.aborted) return;
+    this.log.warn(
+      { viewIndex: String(this.state.appliedIndex), leaderIndex: String(leaderIndex) },
+      'placement view: the followed directory applies nothing while the leader is ahead; following another directory',
+    );
+    this.nextSource = true;
+    this.streamCtl.abort();
   }
 
   /** Resolves true once the view has applied `index`, false after `timeoutMs`. */

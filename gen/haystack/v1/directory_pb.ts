@@ -1789,7 +1789,9 @@ export const DirectoryService: GenService<{
   /**
    * Every metadata change in log order from a given index (a snapshot first when
    * that index is no longer in the log). Used by follower directories and the
-   * replication manager.
+   * replication manager. An idle stream gets an empty message (commit_index only)
+   * at least every FOLLOWER_SYNC_INTERVAL, capped at 1 s: a watcher that hears
+   * nothing for several of them should drop the stream and open another.
    *
    * @generated from rpc haystack.v1.DirectoryService.WatchMetadata
    */

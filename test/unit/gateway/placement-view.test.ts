@@ -30,6 +30,28 @@ const until = async (cond: () => boolean, what: string) => {
   if (!cond()) throw new Error(`never: ${what}`);
 };
 
+/**
+ * A watch over two directories: each stream starts at `first` until a request asks
+ * for the next source (then `second`, and so on alternately); `entry` gives what a
+ * directory sends for a request (nothing: an open, silent stream). Records the calls.
+ */
+function twoDirectories(
+  names: [string, string],
+  entry: (name: string, fromIndex: bigint) => WatchMetadataResponse | undefined,
+) {
+  const calls: { source: string; fromIndex?: bigint; nextSource?: boolean }[] = [];
+  let source = 0;
+  const watch: MetadataWatch = async function* (req, signal) {
+    if (req.nextSource) source++;
+    const name = names[source % 2] as string;
+    calls.push({ source: name, fromIndex: req.fromIndex, nextSource: req.nextSource });
+    const msg = entry(name, req.fromIndex ?? 0n);
+    if (msg) yield msg;
+    await aborted(signal);
+  };
+  return { calls, watch };
+}
+
 describe('sourceIsBehind (pure)', () => {
   const reported = { term: 13n, sinceMs: 1_000 };
   it('is behind once a store has seen a newer term for the grace', () => {
@@ -49,19 +71,13 @@ describe('PlacementView leaves a directory that is behind a term a store has see
   it('follows another directory, resuming after its applied index', async () => {
     // Directory A, cut off from its peers: term 12, then an open stream with nothing new.
     // Directory B: the new leader's term 13.
-    const calls: { source: string; fromIndex?: bigint; nextSource?: boolean }[] = [];
-    let source = 0;
-    const watch: MetadataWatch = async function* (req, signal) {
-      if (req.nextSource) source++;
-      const name = source % 2 === 0 ? 'A' : 'B';
-      calls.push({ source: name, fromIndex: req.fromIndex, nextSource: req.nextSource });
-      if (name === 'A') {
-        if (req.fromIndex === 0n) yield leaderEntry(1n, 12n, 'directory-2');
-      } else {
-        yield leaderEntry(2n, 13n, 'directory-1');
-      }
-      await aborted(signal);
-    };
+    const { calls, watch } = twoDirectories(['A', 'B'], (name, from) =>
+      name === 'B'
+        ? leaderEntry(2n, 13n, 'directory-1')
+        : from === 0n
+          ? leaderEntry(1n, 12n, 'directory-2')
+          : undefined,
+    );
     const view = new PlacementView(watch, 'gw-test', log, 20);
     view.start();
     try {
@@ -246,6 +262,63 @@ describe('PlacementView.confirmedWithin', () => {
         throw new Error('no directory leader is reachable');
       };
       expect(await view.confirmedWithin(60_000, noLeader)).toBe(false);
+    } finally {
+      view.stop();
+    }
+  });
+});
+
+// Network faults, 2026-12-03: a gateway followed a follower directory that had stopped
+// following (stuck at index 57 while the leader was at 166). Every write that missed a
+// DOWN member needed the map confirmed current, the leader answered 166, the view
+// never got there, and writes were refused for the rest of the run.
+describe('PlacementView leaves a directory that applies nothing while the leader is ahead', () => {
+  it('follows another directory after a confirmation the view could not catch up with', async () => {
+    const { calls, watch } = twoDirectories(['stuck', 'live'], (name, from) =>
+      name === 'live'
+        ? leaderEntry(2n, 4n, 'directory-0')
+        : from === 0n
+          ? leaderEntry(1n, 4n, 'directory-0')
+          : undefined,
+    );
+    const view = new PlacementView(watch, 'gw-test', log, 20);
+    view.start();
+    try {
+      await until(() => view.state.appliedIndex === 1n, 'the view at index 1');
+      // The leader is at 2; the stuck directory never sends it.
+      expect(await view.confirmedWithin(1_200, async () => 2n)).toBe(false);
+      await until(() => view.state.appliedIndex === 2n, 'the view at index 2');
+      expect(calls).toEqual([
+        { source: 'stuck', fromIndex: 0n, nextSource: false },
+        { source: 'live', fromIndex: 2n, nextSource: true },
+      ]);
+      expect(await view.confirmedWithin(1_200, async () => 2n)).toBe(true);
+    } finally {
+      view.stop();
+    }
+  });
+
+  it('stays when the view moves during the wait (a slow directory, not a stuck one)', async () => {
+    const calls: (boolean | undefined)[] = [];
+    let deliver: (() => void) | undefined;
+    const watch: MetadataWatch = async function* (req, signal) {
+      calls.push(req.nextSource);
+      yield leaderEntry(1n, 4n, 'directory-0');
+      await new Promise<void>((r) => {
+        deliver = r;
+      });
+      yield leaderEntry(2n, 4n, 'directory-0');
+      await aborted(signal);
+    };
+    const view = new PlacementView(watch, 'gw-test', log, 20);
+    view.start();
+    try {
+      await until(() => view.state.appliedIndex === 1n, 'the view at index 1');
+      setTimeout(() => deliver?.(), 300);
+      // The leader is at 3: index 2 arrives during the wait, 3 does not.
+      expect(await view.confirmedWithin(1_200, async () => 3n)).toBe(false);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(calls).toEqual([false]);
     } finally {
       view.stop();
     }
