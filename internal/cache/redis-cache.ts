@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import type { ConnectionOptions } from 'node:tls';
 import { type ChainableCommander, Redis } from 'ioredis';
 import { clearSocketTimeoutOnClose } from '../common/redis-socket-timeout.js';
 import type { Logger } from '../server/logger.js';
@@ -30,6 +31,8 @@ import {
 
 export interface RedisCacheOptions {
   url: string;
+  /** TLS for a rediss:// URL (security/redis-tls.ts); none for redis://. */
+  tls?: ConnectionOptions | undefined;
   ttlMs: number;
   maxBlobSize: number;
   log: Logger;
@@ -117,6 +120,7 @@ export class RedisBlobCache implements BlobCache {
     this.where = redisAddress(opts.url);
     const commandTimeout = opts.commandTimeoutMs ?? 500;
     const redis = new Redis(opts.url, {
+      ...(opts.tls ? { tls: opts.tls } : {}),
       // Fail fast while disconnected: a read must not wait for the cache.
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,

@@ -9,6 +9,7 @@ import { type EnvoyProcess, startEnvoy } from '../edge/envoy-process.js';
 import { readRateLimits } from '../edge/rate-limit-spec.js';
 import { buildWeb } from '../edge/web-build.js';
 import { newRedisUser, redisAclArgs, redisUrl as userRedisUrl } from '../security/redis-acl.js';
+import { redisTlsServerArgs } from '../security/redis-tls.js';
 import { devAuth } from './dev-auth.js';
 import { devKek } from './dev-kek.js';
 import { claimPidfile, DevAlreadyRunning, pidfilePath, releasePidfile } from './dev-pidfile.js';
@@ -28,7 +29,7 @@ export const DEV_STORES = 5;
  * only `haystack dev` needs the certificate library.
  */
 async function devPki(dir: string, host: string) {
-  const { createCa, tlsEnv, writeIdentity } = await import('../security/ca.js');
+  const { createCa, tlsEnv, writeIdentity, writeServerCertificate } = await import('../security/ca.js');
   const ca = await createCa(30);
   const hosts = [...new Set(['localhost', '127.0.0.1', host])];
   type Id = Parameters<typeof writeIdentity>[2];
@@ -37,6 +38,8 @@ async function devPki(dir: string, host: string) {
     files,
     env: async (id: Id) => tlsEnv(await files(id)),
     admin: await files({ role: 'admin', id: 'dev' }),
+    /** A TLS server certificate for one of dev's Redis servers (no mesh identity). */
+    server: (name: string) => writeServerCertificate(ca, dir, name, hosts),
   };
 }
 
@@ -129,13 +132,16 @@ export async function runDev(opts: DevOptions): Promise<void> {
     const user = newRedisUser(`haystack-${name}`);
     const dir = path.join(dataDir, name);
     await mkdir(dir, { recursive: true });
+    // TLS only, client certificates from dev's CA, when the mesh runs mTLS.
+    const listen = pki
+      ? redisTlsServerArgs(port, await pki.server(`redis-server-${name}`))
+      : ['--port', String(port)];
     const child = spawn(
       redisBin,
       [
         '--bind',
         host,
-        '--port',
-        String(port),
+        ...listen,
         '--dir',
         dir,
         '--maxmemory',
@@ -150,7 +156,7 @@ export async function runDev(opts: DevOptions): Promise<void> {
     );
     redisChildren.push(child);
     await waitForPort(host, port, 10_000);
-    return userRedisUrl(user, host, port);
+    return userRedisUrl(user, host, port, pki !== undefined);
   };
   let redisUrl = process.env.REDIS_URL ?? '';
   let cacheRedisUrl = process.env.CACHE_REDIS_URL ?? redisUrl;

@@ -1,6 +1,7 @@
 import { DirectoryService } from '../../gen/haystack/v1/directory_pb.js';
 import { MemoryLeaseStore } from '../lease/memory-lease-store.js';
 import { RedisLeaseStore } from '../lease/redis-lease-store.js';
+import { redisTls } from '../security/redis-tls.js';
 import { Metrics } from '../server/metrics.js';
 import { runServerProcess } from '../server/run.js';
 import type { DirectoryConfig } from './config.js';
@@ -36,6 +37,7 @@ export async function runDirectory(cfg: DirectoryConfig): Promise<void> {
         ? new MemoryLeaseStore()
         : new RedisLeaseStore({
             url: cfg.redisUrl,
+            tls: redisTls(cfg.redisUrl, cfg.security),
             // As long as a renewal can still help: the lease's validity.
             commandTimeoutMs: cfg.leaderTimeoutMs - leaseMarginMs(cfg.leaderTimeoutMs),
             connectTimeoutMs: Math.round(cfg.leaderHeartbeatIntervalMs * 0.8),

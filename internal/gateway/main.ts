@@ -12,6 +12,7 @@ import { PROJECT_ROOT } from '../cli/processes.js';
 import { DirectoryClient } from '../directory/client.js';
 import { AccessReporter, ReporterKind } from '../heat-client/access-reporter.js';
 import { ClientPool } from '../rpc/clients.js';
+import { redisTls } from '../security/redis-tls.js';
 import { callerOfRequest } from '../server/caller.js';
 import { setHeapGrowingPercent } from '../server/heap-growing.js';
 import type { Logger } from '../server/logger.js';
@@ -42,6 +43,7 @@ export function createCache(
     case 'redis':
       return new RedisBlobCache({
         url: cfg.redisUrl,
+        tls: redisTls(cfg.redisUrl, cfg.security),
         ttlMs: cfg.cacheTtlMs,
         tombstoneMs: cfg.cacheTombstoneMs,
         leaseMs: cfg.cacheLeaseMs,

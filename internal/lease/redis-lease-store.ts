@@ -1,3 +1,4 @@
+import type { ConnectionOptions } from 'node:tls';
 import { Redis } from 'ioredis';
 import { clearSocketTimeoutOnClose } from '../common/redis-socket-timeout.js';
 import {
@@ -44,6 +45,8 @@ return 0
 
 export interface RedisLeaseStoreOptions {
   url: string;
+  /** TLS for a rediss:// URL (security/redis-tls.ts); none for redis://. */
+  tls?: ConnectionOptions | undefined;
   /**
    * Longest a single command may take before it counts as failed (ms): the bound on
    * every call (each is one command). For a holder, the lease's validity (ttl −
@@ -82,6 +85,7 @@ export class RedisLeaseStore implements LeaseStore {
       );
     }
     this.redis = new Redis(opts.url, {
+      ...(opts.tls ? { tls: opts.tls } : {}),
       lazyConnect: false,
       // Fail at once while disconnected instead of queueing: a queued renewal that
       // runs late would be worse than a failed one.

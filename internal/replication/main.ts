@@ -3,6 +3,7 @@ import { LeaseKeeper } from '../lease/lease-keeper.js';
 import { systemClock } from '../lease/lease-store.js';
 import { RedisLeaseStore } from '../lease/redis-lease-store.js';
 import { ClientPool } from '../rpc/clients.js';
+import { redisTls } from '../security/redis-tls.js';
 import { ServingStatus } from '../server/health.js';
 import { Metrics } from '../server/metrics.js';
 import { runServerProcess } from '../server/run.js';
@@ -21,6 +22,7 @@ export async function runReplication(cfg: ReplicationConfig): Promise<void> {
     const metrics = new Metrics({ service: 'replication', instance: cfg.managerId });
     const leaseStore = new RedisLeaseStore({
       url: cfg.redisUrl,
+      tls: redisTls(cfg.redisUrl, cfg.security),
       // As long as a renewal can still help: the lease's validity.
       commandTimeoutMs: managerLeaseValidityMs(cfg.leaderTimeoutMs),
       connectTimeoutMs: Math.floor(cfg.leaderHeartbeatIntervalMs / 2),

@@ -51,6 +51,13 @@ async function keyPem(keys: CryptoKeyPair): Promise<string> {
   return x509.PemConverter.encode(der, 'PRIVATE KEY');
 }
 
+/** `hosts` as subjectAltName entries: IP addresses as iPAddress, the rest as dNSName. */
+function hostNames(hosts: string[]): x509.JsonGeneralName[] {
+  return hosts.map((h) =>
+    net.isIP(h) ? { type: 'ip' as const, value: h } : { type: 'dns' as const, value: h },
+  );
+}
+
 export async function createCa(validDays = 30): Promise<CertificateAuthority> {
   const keys = await keyPair();
   const now = Date.now();
@@ -74,23 +81,48 @@ export async function createCa(validDays = 30): Promise<CertificateAuthority> {
  * A leaf certificate for `identity`, valid as TLS server and client, with
  * `hosts` (DNS names or IPs) as extra SANs; returns PEMs of cert and key.
  */
-export async function issueCertificate(
+export function issueCertificate(
   ca: CertificateAuthority,
   identity: Identity,
   hosts: string[] = ['localhost', '127.0.0.1'],
   validDays = 30,
 ): Promise<{ certPem: string; keyPem: string }> {
+  return issueLeaf(
+    ca,
+    `CN=${identity.role}/${identity.id}`,
+    [{ type: 'url', value: spiffeId(identity) }, ...hostNames(hosts)],
+    validDays,
+  );
+}
+
+/**
+ * A TLS server certificate for a service outside the mesh's roles (Redis): CN
+ * `name`, `hosts` as its only SANs. It names no Haystack identity, so no RPC
+ * accepts it as a caller (authz.ts); clients check it by host name, as for any
+ * TLS server (RFC 9525). Client use too, for the server's own tools (redis-cli in
+ * a health check, which must present a certificate to a Redis that requires one).
+ */
+export function issueServerCertificate(
+  ca: CertificateAuthority,
+  name: string,
+  hosts: string[] = ['localhost', '127.0.0.1'],
+  validDays = 30,
+): Promise<{ certPem: string; keyPem: string }> {
+  return issueLeaf(ca, `CN=${name}`, hostNames(hosts), validDays);
+}
+
+/** An ECDSA P-256 leaf signed by `ca`: TLS server and client use, `names` as its subjectAltName. */
+async function issueLeaf(
+  ca: CertificateAuthority,
+  subject: string,
+  names: x509.JsonGeneralName[],
+  validDays: number,
+): Promise<{ certPem: string; keyPem: string }> {
   const keys = await keyPair();
   const now = Date.now();
-  const names: x509.JsonGeneralName[] = [
-    { type: 'url', value: spiffeId(identity) },
-    ...hosts.map((h) =>
-      net.isIP(h) ? { type: 'ip' as const, value: h } : { type: 'dns' as const, value: h },
-    ),
-  ];
   const cert = await x509.X509CertificateGenerator.create({
     serialNumber: serial(),
-    subject: `CN=${identity.role}/${identity.id}`,
+    subject,
     issuer: ca.cert.subject,
     notBefore: new Date(now - 60_000),
     notAfter: new Date(now + validDays * DAY_MS),
@@ -111,6 +143,19 @@ export async function issueCertificate(
   return { certPem: cert.toString('pem'), keyPem: await keyPem(keys) };
 }
 
+/** Writes a server certificate (issueServerCertificate) in cert-manager's layout under <dir>/<name>/. */
+export async function writeServerCertificate(
+  ca: CertificateAuthority,
+  dir: string,
+  name: string,
+  hosts?: string[],
+  validDays?: number,
+): Promise<IdentityFiles> {
+  return tlsFolderFiles(
+    await writeTlsFolder(ca, path.join(dir, name), await issueServerCertificate(ca, name, hosts, validDays)),
+  );
+}
+
 /**
  * Writes `identity`'s certificate and key (mode 0600) and the CA certificate
  * under `dir`, in cert-manager's layout (tls.crt, tls.key, ca.crt) in a
@@ -122,27 +167,40 @@ export async function writeIdentity(
   identity: Identity,
   hosts?: string[],
 ): Promise<IdentityFiles> {
-  const d = await writeIdentityPems(ca, dir, identity, await issueCertificate(ca, identity, hosts));
-  return {
-    certFile: path.join(d, 'tls.crt'),
-    keyFile: path.join(d, 'tls.key'),
-    caFile: path.join(d, 'ca.crt'),
-  };
+  return tlsFolderFiles(
+    await writeIdentityPems(ca, dir, identity, await issueCertificate(ca, identity, hosts)),
+  );
 }
 
 /** Writes an issued certificate and key (mode 0600) and the CA certificate to <dir>/<role>-<id>/; returns that folder. */
-export async function writeIdentityPems(
+export function writeIdentityPems(
   ca: CertificateAuthority,
   dir: string,
   identity: Identity,
   pems: { certPem: string; keyPem: string },
 ): Promise<string> {
-  const d = path.join(dir, `${identity.role}-${identity.id}`);
+  return writeTlsFolder(ca, path.join(dir, `${identity.role}-${identity.id}`), pems);
+}
+
+/** cert-manager's layout in folder `d`: tls.crt, tls.key (mode 0600), ca.crt; returns `d`. */
+async function writeTlsFolder(
+  ca: CertificateAuthority,
+  d: string,
+  pems: { certPem: string; keyPem: string },
+): Promise<string> {
   await mkdir(d, { recursive: true, mode: 0o700 });
   await writeFile(path.join(d, 'tls.crt'), pems.certPem);
   await writeFile(path.join(d, 'tls.key'), pems.keyPem, { mode: 0o600 });
   await writeFile(path.join(d, 'ca.crt'), ca.certPem);
   return d;
+}
+
+function tlsFolderFiles(d: string): IdentityFiles {
+  return {
+    certFile: path.join(d, 'tls.crt'),
+    keyFile: path.join(d, 'tls.key'),
+    caFile: path.join(d, 'ca.crt'),
+  };
 }
 
 /** The environment a process reads its identity from (see tls-config.ts). */

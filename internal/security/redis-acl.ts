@@ -23,7 +23,7 @@ export function redisAclArgs(user: RedisUser): string[] {
   return ['--user', 'default', 'off', '--user', user.name, ...REDIS_USER_RULES, `>${user.password}`];
 }
 
-/** The REDIS_URL a client of `user` uses. */
-export function redisUrl(user: RedisUser, host: string, port: number): string {
-  return `redis://${encodeURIComponent(user.name)}:${encodeURIComponent(user.password)}@${host}:${port}`;
+/** The REDIS_URL a client of `user` uses (rediss:// when Redis serves TLS). */
+export function redisUrl(user: RedisUser, host: string, port: number, tls = false): string {
+  return `${tls ? 'rediss' : 'redis'}://${encodeURIComponent(user.name)}:${encodeURIComponent(user.password)}@${host}:${port}`;
 }

@@ -30,6 +30,8 @@ export interface ClusterOptions {
    * allkeys-lru cache must not share an instance with the directory's lease).
    */
   cacheRedis?: boolean;
+  /** Both Redis servers serve TLS only, with client certificates (REDIS_URL rediss://). */
+  redisTls?: boolean;
   /** Start the real Envoy in front (default true); overrides of its options. */
   envoy?: boolean | Partial<EnvoyOptions>;
   /** Environment for every server (after the fast test defaults). */
@@ -127,8 +129,9 @@ export class Cluster {
   private async boot(): Promise<void> {
     const o = this.opts;
     mkdirSync(this.dataDir, { recursive: true });
-    if (o.redis !== false) this.redis = await RedisProcess.start();
-    if (o.cacheRedis) this.cacheRedis = await RedisProcess.start();
+    const tls = { tls: o.redisTls === true };
+    if (o.redis !== false) this.redis = await RedisProcess.start(tls);
+    if (o.cacheRedis) this.cacheRedis = await RedisProcess.start(tls);
     const nd = o.directories ?? 3;
     const ns = o.stores ?? 3;
     const ng = o.gateways ?? 2;

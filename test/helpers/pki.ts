@@ -9,6 +9,7 @@ import {
   type IdentityFiles,
   tlsEnv,
   writeIdentity,
+  writeServerCertificate,
 } from '../../internal/security/ca.js';
 import type { Identity, Role } from '../../internal/security/identity.js';
 import type { TransportSecurity } from '../../internal/security/tls-config.js';
@@ -55,6 +56,18 @@ export async function identityFilesAt(identity: Identity, hosts: string[]): Prom
   let f = p.issued.get(key);
   if (!f) {
     f = writeIdentity(p.ca, path.join(p.dir, hosts.join('_')), identity, hosts);
+    p.issued.set(key, f);
+  }
+  return f;
+}
+
+/** A TLS server certificate for `name` on loopback, from the test file's CA, with no mesh identity (a Redis's). */
+export async function serverCertificateFiles(name: string): Promise<IdentityFiles> {
+  const p = await thePki();
+  const key = `server:${name}`;
+  let f = p.issued.get(key);
+  if (!f) {
+    f = writeServerCertificate(p.ca, path.join(p.dir, 'servers'), name);
     p.issued.set(key, f);
   }
   return f;

@@ -4,6 +4,8 @@ import { Redis, type RedisOptions } from 'ioredis';
 import { waitForPort } from '../../internal/cli/tools.js';
 import { killOnExit } from '../../internal/common/child-reaper.js';
 import { newRedisUser, redisAclArgs, redisUrl } from '../../internal/security/redis-acl.js';
+import { type RedisTlsFiles, redisTlsServerArgs } from '../../internal/security/redis-tls.js';
+import { securityOf, serverCertificateFiles } from './pki.js';
 import { tmpName, tool } from './tools.js';
 
 export { freePort } from './ports.js';
@@ -34,22 +36,39 @@ export class RedisProcess {
   /** An operator with every command (CONFIG, FLUSHDB): for test and bench tooling only. */
   readonly admin = newRedisUser('admin');
 
-  private constructor(readonly port: number) {}
+  private constructor(
+    readonly port: number,
+    /** Its TLS server certificate when it serves TLS only (start({ tls: true })). */
+    readonly tls: RedisTlsFiles | undefined,
+  ) {}
 
-  static async start(): Promise<RedisProcess> {
-    const r = new RedisProcess(await freePort());
+  /** `tls`: serve TLS only (the plain port closed), client certificates from the test file's CA required. */
+  static async start(opts: { tls?: boolean } = {}): Promise<RedisProcess> {
+    const port = await freePort();
+    const r = new RedisProcess(port, opts.tls ? await serverCertificateFiles(`redis-${port}`) : undefined);
     mkdirSync(r.dir, { recursive: true });
     await r.restart();
     return r;
   }
 
   get url(): string {
-    return redisUrl(this.user, '127.0.0.1', this.port);
+    return redisUrl(this.user, '127.0.0.1', this.port, this.tls !== undefined);
   }
 
   /** The operator's URL (every command). */
   get adminUrl(): string {
-    return redisUrl(this.admin, '127.0.0.1', this.port);
+    return redisUrl(this.admin, '127.0.0.1', this.port, this.tls !== undefined);
+  }
+
+  /**
+   * ioredis options a test's own client needs: when this Redis serves TLS, the CA and
+   * an operator's certificate from the test file's CA (as the services present theirs).
+   */
+  async clientOptions(): Promise<RedisOptions> {
+    if (!this.tls) return {};
+    const s = await securityOf({ role: 'admin', id: 'redis-client' });
+    if (s.mode !== 'mtls') return {};
+    return { tls: { ca: s.ca, cert: s.cert, key: s.key } };
   }
 
   /** The URL without credentials (to show the default user is refused). */
@@ -63,8 +82,7 @@ export class RedisProcess {
       [
         '--bind',
         '127.0.0.1',
-        '--port',
-        String(this.port),
+        ...(this.tls ? redisTlsServerArgs(this.port, this.tls) : ['--port', String(this.port)]),
         '--dir',
         this.dir,
         '--save',

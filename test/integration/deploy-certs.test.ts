@@ -46,16 +46,32 @@ describe('deploy/docker-compose.yml: `haystack certs compose` issues the identit
         .filter((v) => v.startsWith('./pki/'))
         .map((v) => ({ name, s, dir: path.join(out, v.split(':')[0]!.slice('./pki/'.length)) })),
     );
-    // directories 3, stores 5, replication, gateway, envoy
-    expect(mounted.length).toBe(11);
+    // directories 3, stores 5, replication, gateway, envoy; the two Redis servers
+    expect(mounted.length).toBe(13);
     for (const { name, s, dir } of mounted) {
       const cert = new X509Certificate(readFileSync(path.join(dir, 'tls.crt')));
       const ca = new X509Certificate(readFileSync(path.join(dir, 'ca.crt')));
       const id = identityOfCertificate(cert);
-      expect(id && spiffeId(id), name).toBe(expectedIdentity(name, s));
+      const key = statSync(path.join(dir, 'tls.key'));
+      if (s.command?.[0] === 'redis-server') {
+        // A TLS server certificate for the service's host name, no mesh identity; owned
+        // by the redis image's uid (999) when the command could give it (run as root).
+        expect(id, name).toBeUndefined();
+        expect(cert.subjectAltName, name).toContain(`DNS:${name}`);
+        expect(s.command, name).toContain('--tls-auth-clients');
+        if (process.getuid?.() === 0) expect(key.uid, name).toBe(999);
+      } else {
+        expect(id && spiffeId(id), name).toBe(expectedIdentity(name, s));
+        if (process.getuid?.() === 0) expect(key.uid, name).toBe(1000);
+      }
       expect(cert.verify(ca.publicKey), name).toBe(true);
-      expect(statSync(path.join(dir, 'tls.key')).mode & 0o777, name).toBe(0o600);
+      expect(key.mode & 0o777, name).toBe(0o600);
       expect(new Date(cert.validTo).getTime() - Date.now(), name).toBeGreaterThan(364 * 86_400_000);
+    }
+    // Every service reaches Redis over TLS.
+    for (const [name, s] of Object.entries(services)) {
+      const url = s.environment?.REDIS_URL;
+      if (url) expect(url, name).toMatch(/^rediss:\/\//);
     }
     // and an operator's identity for grpcurl and the CLI
     const admin = new X509Certificate(readFileSync(path.join(out, 'admin-operator', 'tls.crt')));
