@@ -21,7 +21,7 @@ import { sleep } from '../common/sleep.js';
 import { StallWatch } from '../rpc/stall-watch.js';
 import type { TransportSecurity } from '../security/tls-config.js';
 import { type DirectoryClientStub, LEADER_ADDRESS_HEADER, leaderHintOf, PeerClients } from './peers.js';
-import { WATCHER_STALL_MS } from './watch-liveness.js';
+import { DEFAULT_WATCH_STALL_MS, firstMessageStallMs } from './watch-liveness.js';
 
 export interface DirectoryClientOptions {
   /** Directory instances (host:port). */
@@ -36,6 +36,8 @@ export interface DirectoryClientOptions {
   maxBackoffMs?: number;
   /** Whose certificate to show (default: this process's own, see rpc/transport.ts). */
   security?: TransportSecurity;
+  /** A metadata watch silent this long is dropped and opened again (default 15 s; watch-liveness.ts). */
+  watchStallMs?: number;
 }
 
 export interface CallOptions {
@@ -171,8 +173,13 @@ export class DirectoryClient {
     while (!signal?.aborted) {
       const address = this.pickRead();
       this.watchAddress = address;
-      // Directories write at least a keepalive a second: silence means a stuck stream.
-      const stall = new StallWatch(WATCHER_STALL_MS, signal ?? new AbortController().signal);
+      // Directories write at least a keepalive a second: long silence means a stuck stream.
+      const stallMs = this.opts.watchStallMs ?? DEFAULT_WATCH_STALL_MS;
+      const stall = new StallWatch(
+        stallMs,
+        signal ?? new AbortController().signal,
+        firstMessageStallMs(stallMs),
+      );
       try {
         for await (const msg of this.clients
           .get(address)

@@ -2,6 +2,7 @@ import { MAX_PLACEMENT_GROUPS } from '../common/placement.js';
 import { COMMON_ENV_HELP, envReader, readServerConfig, type ServerConfig } from '../config/common.js';
 import type { Env } from '../config/env.js';
 import { list } from '../store/config.js';
+import { DEFAULT_WATCH_STALL_MS } from './watch-liveness.js';
 
 /** Configuration of a directory instance (`haystack directory`). */
 export interface DirectoryConfig extends ServerConfig {
@@ -19,6 +20,8 @@ export interface DirectoryConfig extends ServerConfig {
   storeDegradedAfterMs: number;
   storeDownAfterMs: number;
   followerSyncIntervalMs: number;
+  /** WATCH_STALL_TIMEOUT: a follower drops a leader stream silent this long (watch-liveness.ts). */
+  watchStallMs: number;
   snapshotIntervalMs: number;
   logRetainEntries: number;
   readIndexWaitMs: number;
@@ -60,7 +63,10 @@ export const DIRECTORY_ENV_HELP = `${COMMON_ENV_HELP}
                          (default 2 x HEARTBEAT_INTERVAL)
   STORE_DOWN_AFTER       heartbeat age that marks a store DOWN (default 3 x HEARTBEAT_INTERVAL)
   FOLLOWER_SYNC_INTERVAL how often a follower re-reports its durable index when idle (default 0.5s);
-                         it acknowledges new entries as soon as they are fsync'd
+                         it acknowledges new entries as soon as they are fsync'd; also the keepalive
+                         period of idle WatchMetadata streams (within 250ms..1s)
+  WATCH_STALL_TIMEOUT    a follower drops a leader stream silent this long and opens another
+                         (default 15s; four times it before the stream's first message)
   SNAPSHOT_INTERVAL      how often the metadata is snapshotted and the log truncated (default 60s)
   LOG_RETAIN_ENTRIES     entries kept in the log behind a snapshot, so briefly lagging
                          followers catch up without a snapshot transfer (default 10000)
@@ -126,6 +132,7 @@ export function readDirectoryConfig(
     storeDegradedAfterMs: r.duration('STORE_DEGRADED_AFTER', heartbeatIntervalMs * 2, { minMs: 50 }),
     storeDownAfterMs: r.duration('STORE_DOWN_AFTER', heartbeatIntervalMs * 3, { minMs: 50 }),
     followerSyncIntervalMs: r.duration('FOLLOWER_SYNC_INTERVAL', 500, { minMs: 1, maxMs: 60_000 }),
+    watchStallMs: r.duration('WATCH_STALL_TIMEOUT', DEFAULT_WATCH_STALL_MS, { minMs: 2_000, maxMs: 600_000 }),
     snapshotIntervalMs: r.duration('SNAPSHOT_INTERVAL', 60_000, { minMs: 100 }),
     logRetainEntries: r.int('LOG_RETAIN_ENTRIES', 10_000, { min: 0, max: 10_000_000 }),
     readIndexWaitMs: r.duration('READ_INDEX_WAIT', 500, { minMs: 0, maxMs: 60_000 }),

@@ -7,7 +7,7 @@ import { followerCommitIndex, matchEntry } from './log-rules.js';
 import { TruncatedError } from './log-store.js';
 import { minBig, type NodeContext } from './node-context.js';
 import { MetadataState } from './state-machine.js';
-import { watchStallMs } from './watch-liveness.js';
+import { firstMessageStallMs } from './watch-liveness.js';
 
 /** How far this instance verified its log against one leader stream. */
 export interface StreamSession {
@@ -77,13 +77,13 @@ export class Follower {
   private async followLoop(address: string, signal: AbortSignal): Promise<void> {
     const { ctx } = this;
     let backoff = 20;
-    const stallMs = watchStallMs(ctx.cfg.followerSyncIntervalMs);
+    const stallMs = ctx.cfg.watchStallMs;
     while (!signal.aborted && ctx.role === 'follower') {
       const session: StreamSession = { match: 0n };
-      // The leader sends at least a keepalive every watchKeepaliveMs: a stream silent
-      // for stallMs is stuck (seen after an HTTP/2 PING timeout under load: the new
-      // stream never delivered and the follower fell behind for good), so drop it.
-      const stall = new StallWatch(stallMs, signal);
+      // The leader sends at least a keepalive a second: a stream silent for
+      // WATCH_STALL_TIMEOUT is stuck (seen after an HTTP/2 PING timeout under load: the
+      // new stream never delivered and the follower fell behind for good), so drop it.
+      const stall = new StallWatch(stallMs, signal, firstMessageStallMs(stallMs));
       try {
         const from = ctx.commitIndex + 1n;
         session.match = from - 1n;

@@ -44,6 +44,11 @@ export interface StoreHeartbeatOptions {
    * the bytes per group without waiting an interval.
    */
   onGroupCount?(groupCount: number): void;
+  /**
+   * No answer for this long (ms) drops the stream and opens another (default: 15 s or
+   * five intervals, whichever is longer).
+   */
+  answerTimeoutMs?: number;
   /** The term of every answer from the leader (a directory that proved its role over mTLS). */
   onTerm?(term: bigint): void;
   log: Logger;
@@ -86,11 +91,11 @@ export function startStoreHeartbeat(opts: StoreHeartbeatOptions): StoreHeartbeat
 
   async function runStream(target: string): Promise<void> {
     const streamCtl = new AbortController();
-    // The leader answers every heartbeat: an answer missing for three intervals (at
-    // least 2 s) means the stream is stuck below HTTP/2 and the directory already
-    // counts this store DOWN, so drop it and open another.
+    // The leader answers every heartbeat: no answer for answerTimeoutMs (beyond
+    // STORE_DOWN_AFTER's defaults, so a slow leader is not cut off before it would
+    // count this store DOWN anyway) means the stream is stuck below HTTP/2: drop it.
     const stall = new StallWatch(
-      () => Math.max(2000, 3 * interval),
+      () => opts.answerTimeoutMs ?? Math.max(15_000, 5 * interval),
       AbortSignal.any([stop.signal, streamCtl.signal]),
     );
     const signal = stall.signal;
@@ -98,7 +103,10 @@ export function startStoreHeartbeat(opts: StoreHeartbeatOptions): StoreHeartbeat
     const sendNow = () => wake?.();
     async function* requests(): AsyncGenerator<HeartbeatRequest> {
       while (!signal.aborted) {
+        // Collecting the state (a shard recount may page through volumes) is not the directory's silence.
+        stall.hold();
         const st = await opts.state();
+        stall.release();
         const ids = completed.splice(0, completed.length);
         yield create(HeartbeatRequestSchema, {
           storeId: opts.storeId,

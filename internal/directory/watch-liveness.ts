@@ -8,24 +8,26 @@
 
 /**
  * How long a WatchMetadata stream may stay silent (ms): an idle stream gets an
- * empty message this often: FOLLOWER_SYNC_INTERVAL within [100 ms, 1 s].
+ * empty message this often: FOLLOWER_SYNC_INTERVAL within [250 ms, 1 s].
  */
 export function watchKeepaliveMs(followerSyncIntervalMs: number): number {
-  return Math.max(100, Math.min(1000, followerSyncIntervalMs));
+  return Math.max(250, Math.min(1000, followerSyncIntervalMs));
 }
 
 /**
  * A watcher that heard nothing on its stream for this long (ms) drops it and opens
- * another: four keepalives missed, and never under two seconds (a busy event loop
- * delays a keepalive; a needless reconnect only costs a resend from the commit index).
+ * another (WATCH_STALL_TIMEOUT of the directories; DirectoryClient's watchStallMs
+ * option): fifteen keepalives and more, so a loaded box's late keepalive never looks
+ * like a stuck stream; a stuck one costs at most this, where it used to cost forever.
  */
-export function watchStallMs(followerSyncIntervalMs: number): number {
-  return Math.max(2000, 4 * watchKeepaliveMs(followerSyncIntervalMs));
-}
+export const DEFAULT_WATCH_STALL_MS = 15_000;
 
 /**
- * The stall time for watchers outside the directory group (gateways, the
- * replication manager), which do not know FOLLOWER_SYNC_INTERVAL: the longest
- * keepalive (1 s) missed four times.
+ * The silence allowed before a stream's first message: four times the stall time,
+ * since the first message may be a snapshot the sender needs seconds to build and
+ * send (2–11 s for a 7 MiB placement map under load, 31 s for 320 k per-blob records:
+ * docs/benchmarks.md).
  */
-export const WATCHER_STALL_MS = watchStallMs(1000);
+export function firstMessageStallMs(stallMs: number): number {
+  return 4 * stallMs;
+}

@@ -60,6 +60,8 @@ export class PlacementView {
   private readonly stopCtl = new AbortController();
   /** Aborts the current stream alone (its directory is behind). */
   private streamCtl = new AbortController();
+  /** The current stream delivered a message (a stream still waiting for its first is not judged behind). */
+  private streamHeard = false;
   /** The next stream is to come from another directory. */
   private nextSource = false;
   /** The newest directory term a store reported above the view's. */
@@ -187,12 +189,23 @@ export class PlacementView {
       ]);
       // The leader answered after `asked`: a view at its index holds all committed before then.
       const before = this.state.appliedIndex;
+      // The stream judged: one that replaced it meanwhile (or a reload) is not left.
+      const judged = this.streamCtl;
+      const judgeable = this.streamHeard && !this.reload;
       const waitMs = asked + budgetMs - performance.now();
       if (!(await this.whenApplied(index, waitMs))) {
         // Nothing applied for a second or more while the leader is ahead: the followed
         // directory is stuck behind (a follower that stopped following serves its old
         // state and keepalives), so follow another one.
-        if (waitMs >= 1000 && this.state.appliedIndex === before) this.leaveSource(index);
+        if (
+          waitMs >= 1000 &&
+          judgeable &&
+          judged === this.streamCtl &&
+          !this.reload &&
+          this.state.appliedIndex === before
+        ) {
+          this.leaveSource(index);
+        }
         return false;
       }
       this.confirmedAt = Math.max(this.confirmedAt, asked);
@@ -290,12 +303,14 @@ export class PlacementView {
       const from = this.loaded && !this.reload ? this.state.appliedIndex + 1n : 0n;
       let fresh = from === 0n;
       this.streamCtl = new AbortController();
+      this.streamHeard = false;
       const streamSignal = AbortSignal.any([signal, this.streamCtl.signal]);
       const req = { fromIndex: from, watcherId: this.watcherId, nextSource: this.nextSource };
       this.nextSource = false;
       try {
         for await (const msg of this.watch(req, streamSignal)) {
           if (streamSignal.aborted) break;
+          this.streamHeard = true;
           if (msg.msg.case === 'snapshot') {
             this.state = MetadataState.fromSnapshot(msg.msg.value, { perBlob: false });
             fresh = false;

@@ -96,6 +96,8 @@ describe('a follower directory whose stream from the leader stays open and silen
         REDIS_URL: '',
         DIRECTORY_PEERS: `${leader.address},${self}`,
         FOLLOWER_SYNC_INTERVAL: '200ms',
+        // 2 s between messages, 8 s before the first (the silent stream here).
+        WATCH_STALL_TIMEOUT: '2s',
         PLACEMENT_GROUPS: '0',
         LOG_LEVEL: 'debug',
       },

@@ -1790,8 +1790,8 @@ export const DirectoryService: GenService<{
    * Every metadata change in log order from a given index (a snapshot first when
    * that index is no longer in the log). Used by follower directories and the
    * replication manager. An idle stream gets an empty message (commit_index only)
-   * at least every FOLLOWER_SYNC_INTERVAL, capped at 1 s: a watcher that hears
-   * nothing for several of them should drop the stream and open another.
+   * at least every FOLLOWER_SYNC_INTERVAL (within 250 ms and 1 s): a watcher that
+   * hears nothing for many of them should drop the stream and open another.
    *
    * @generated from rpc haystack.v1.DirectoryService.WatchMetadata
    */
