@@ -19,20 +19,27 @@ export function clientSessionOptions(
   security: TransportSecurity,
   server: ServerExpectation,
 ): http2.SecureClientSessionOptions {
-  return {
+  const o: http2.SecureClientSessionOptions = {
     settings: { initialWindowSize: STREAM_WINDOW, maxFrameSize: MAX_FRAME_SIZE },
     // Handed on to net.connect / tls.connect by http2.connect.
     ...({ noDelay: true } as object),
-    ...(security.mode === 'mtls'
-      ? {
-          ca: security.ca,
-          ciphers: MESH_CIPHERS,
-          // Empty only for tests that show a server a client without a certificate.
-          ...(security.cert ? { cert: security.cert, key: security.key } : {}),
-          checkServerIdentity: checkServerFor(server),
-        }
-      : {}),
   };
+  if (security.mode === 'mtls') {
+    o.ciphers = MESH_CIPHERS;
+    o.checkServerIdentity = checkServerFor(server);
+    // Getters over `security`, read when a session connects (http2.connect copies the
+    // options per connection; never spread this object), so a certificate renewed in
+    // place (security/cert-reload.ts) is what every later connection shows.
+    const live = (name: 'ca' | 'cert' | 'key') =>
+      Object.defineProperty(o, name, { enumerable: true, get: () => security[name] });
+    live('ca');
+    // Empty only for tests that show a server a client without a certificate.
+    if (security.cert) {
+      live('cert');
+      live('key');
+    }
+  }
+  return o;
 }
 
 /** The URL scheme peers are reached with. */

@@ -12,13 +12,13 @@ import { MESH_CIPHERS, type TransportSecurity } from './tls-config.js';
 export function redisTls(url: string, security: TransportSecurity): ConnectionOptions | undefined {
   if (!url.startsWith('rediss://')) return undefined;
   if (security.mode === 'plaintext') return { minVersion: 'TLSv1.2' };
-  return {
-    ca: security.ca,
-    cert: security.cert,
-    key: security.key,
-    minVersion: 'TLSv1.2',
-    ciphers: MESH_CIPHERS,
-  };
+  const o: ConnectionOptions = { minVersion: 'TLSv1.2', ciphers: MESH_CIPHERS };
+  // Read at each (re)connect (ioredis copies the options into tls.connect), so a
+  // renewed certificate (cert-reload.ts) is shown from the next connection on.
+  for (const name of ['ca', 'cert', 'key'] as const) {
+    Object.defineProperty(o, name, { enumerable: true, get: () => security[name] });
+  }
+  return o;
 }
 
 /** PEM files of a Redis server's TLS certificate (cert-manager's layout). */

@@ -26,6 +26,12 @@ export type TransportSecurity =
       identity: Identity;
       /** Directory ids allowed to make directory peer calls (empty: any directory identity). */
       directoryPeerIds: string[];
+      /**
+       * Where the PEMs came from and how often to read them again (ms; 0: never), for
+       * renewed certificates (cert-reload.ts). Absent for securities made in memory.
+       * `cert`, `key` and `ca` above change in place when a reload succeeds.
+       */
+      reload?: { certFile: string; keyFile: string; caFile: string; intervalMs: number };
     }
   | { mode: 'plaintext' };
 
@@ -33,6 +39,8 @@ export const SECURITY_ENV_HELP = `
   TLS_CERT_FILE          this process's certificate (PEM; URI SAN spiffe://haystack/<role>/<id>)
   TLS_KEY_FILE           its private key (PEM)
   TLS_CA_FILE            the CA certificate(s) every peer must chain to (PEM)
+  TLS_RELOAD_INTERVAL    how often the three files are read again (default 60s; 0 = never): a renewed
+                         certificate of the same identity is used for new connections without a restart
   DIRECTORY_PEER_IDS     comma-separated directory ids allowed to make directory peer calls
                          (default: any certificate with role directory)
   INSECURE_PLAINTEXT     1: no TLS, no identities, no authorization (never in production)`;
@@ -62,6 +70,8 @@ export function readTransportSecurity(r: EnvReader, role: Role | undefined): Tra
   const cert = read('TLS_CERT_FILE');
   const key = read('TLS_KEY_FILE');
   const ca = read('TLS_CA_FILE');
+  const intervalMs = r.duration('TLS_RELOAD_INTERVAL', 60_000, { maxMs: 86_400_000 });
+  if (intervalMs > 0 && intervalMs < 1000) r.problem('TLS_RELOAD_INTERVAL: 0 (never) or at least 1s');
   const directoryPeerIds = r
     .string('DIRECTORY_PEER_IDS', '')
     .split(',')
@@ -82,7 +92,13 @@ export function readTransportSecurity(r: EnvReader, role: Role | undefined): Tra
     }
   }
   if (!identity) return { mode: 'plaintext' }; // never used: r.done() throws first
-  return { mode: 'mtls', cert, key, ca, identity, directoryPeerIds };
+  const reload = {
+    certFile: r.string('TLS_CERT_FILE', ''),
+    keyFile: r.string('TLS_KEY_FILE', ''),
+    caFile: r.string('TLS_CA_FILE', ''),
+    intervalMs,
+  };
+  return { mode: 'mtls', cert, key, ca, identity, directoryPeerIds, reload };
 }
 
 /** The TLS 1.3 suites every hop offers, cheapest first (all AEAD, all with forward secrecy). */

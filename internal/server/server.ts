@@ -12,6 +12,7 @@ import { authorizeCall, authorizeHttp, authzInterceptor } from '../security/auth
 import { callerKey } from '../security/identity.js';
 import type { TransportSecurity } from '../security/tls-config.js';
 import { callerOfConnection, callerOfRequest } from './caller.js';
+import { startCertificateRenewal } from './cert-renewal.js';
 import { guardDecoding } from './decode-guard.js';
 import { DirectGrpcServer } from './direct-grpc.js';
 import { HealthRegistry, ServingStatus } from './health.js';
@@ -226,11 +227,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       stream.once('close', callEnded);
       return true;
     });
-  const listener: Listener =
-    opts.security.mode === 'mtls'
-      ? new TlsListener(onRequest, onStream, opts.security, limits)
-      : new DualProtocolListener(onRequest, onStream, limits);
+  const tls =
+    opts.security.mode === 'mtls' ? new TlsListener(onRequest, onStream, opts.security, limits) : undefined;
+  const listener: Listener = tls ?? new DualProtocolListener(onRequest, onStream, limits);
   const bound = await listener.listen(addr.host, addr.port);
+  const stopRenewal = startCertificateRenewal(opts.security, tls, log, metrics);
   log.info(
     { listen: `${bound.host}:${bound.port}`, services: serviceNames, transport: opts.security.mode },
     `${opts.component} serving`,
@@ -240,6 +241,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const close = (): Promise<void> => {
     closing ??= (async () => {
       log.info({ inFlight }, 'shutting down: draining');
+      stopRenewal();
       health.setAll(ServingStatus.NOT_SERVING);
       listener.stopAccepting();
       await opts.onDrain?.();

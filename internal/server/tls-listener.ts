@@ -80,6 +80,18 @@ export class TlsListener implements Listener {
     this.server.on('tlsClientError', (_err, socket) => socket.destroy());
   }
 
+  /** A renewed certificate for every handshake from now on (open connections keep theirs). */
+  reloadCertificate(pem: TlsFilesPem): void {
+    this.server.setSecureContext({
+      cert: pem.cert,
+      key: pem.key,
+      ca: pem.ca,
+      minVersion: 'TLSv1.2',
+      ciphers: MESH_CIPHERS,
+      honorCipherOrder: true,
+    });
+  }
+
   listen(host: string, port: number): Promise<{ host: string; port: number }> {
     return new Promise((resolve, reject) => {
       this.server.once('error', reject);
