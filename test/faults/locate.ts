@@ -54,11 +54,14 @@ async function withPlacement<T>(
   view.start();
   try {
     await view.whenReady(20_000);
-    const deadline = Date.now() + 20_000;
-    while (view.state.appliedIndex < minIndex) {
+    const deadline = Date.now() + 60_000;
+    // As a gateway does: a view that applies nothing while the commit index is ahead
+    // follows another directory (a directory cut off from its peers keeps serving its
+    // old state, keepalives included). A network-fault run on 26a5be6 failed here with
+    // the view following the cut-off directory-2 for the whole 20 s.
+    while (!(await view.catchUp(5_000, async () => minIndex))) {
       if (Date.now() > deadline)
         throw new Error(`placement view stuck at ${view.state.appliedIndex} < ${minIndex}`);
-      await new Promise((r) => setTimeout(r, 50));
     }
     return await fn(view.state);
   } finally {
