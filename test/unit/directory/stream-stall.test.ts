@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { create } from '@bufbuild/protobuf';
 import type { ServiceImpl } from '@connectrpc/connect';
 import { connectNodeAdapter } from '@connectrpc/connect-node';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   DirectoryService,
   type HeartbeatRequest,
@@ -73,6 +73,52 @@ describe('StallWatch', () => {
     expect(w.signal.aborted).toBe(false);
     w.heard();
     w.stop();
+  });
+
+  // The heartbeat client passes its limit as a function (read on every check). A lowered
+  // limit applies from the next check, which the old limit scheduled (a quarter of it
+  // later, at most), and that check counts at most twice the new period of silence: so
+  // the watch aborts within old limit / 4 + about 1.25 × the new limit, not after the
+  // old limit. Fake timers: the bounds are the class's, not the machine's load.
+  it('applies a stall limit lowered while the stream is open from its next check', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'performance'] });
+    try {
+      let limit = 10_000;
+      const w = new StallWatch(() => limit, new AbortController().signal);
+      await vi.advanceTimersByTimeAsync(1_000);
+      w.heard();
+      limit = 80; // t = 1 000
+      await vi.advanceTimersByTimeAsync(50);
+      expect(w.signal.aborted).toBe(false); // 50 ms of silence: below either limit
+      // t = 1 000 + 10 000 / 4 + 4 × 80: the old limit would run to t = 11 000.
+      await vi.advanceTimersByTimeAsync(2_500 + 4 * 80 - 50);
+      expect(w.signal.aborted).toBe(true);
+      expect(w.stalled).toBe(true);
+      expect(String(w.signal.reason)).toMatch(/no message for \d+ ms/);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('does not abort at the old limit once the stall limit was raised while the stream is open', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setImmediate', 'performance'] });
+    try {
+      let limit = 80;
+      const w = new StallWatch(() => limit, new AbortController().signal);
+      await vi.advanceTimersByTimeAsync(50);
+      w.heard();
+      limit = 10_000; // t = 50
+      await vi.advanceTimersByTimeAsync(1_000);
+      expect(w.signal.aborted).toBe(false); // over twelve times the old limit
+      await vi.advanceTimersByTimeAsync(8_000);
+      expect(w.signal.aborted).toBe(false); // 9 s of silence: below the new limit
+      // Noticed within about 1.25 × the new limit: t = 50 + 12 500 + some.
+      await vi.advanceTimersByTimeAsync(4_000);
+      expect(w.signal.aborted).toBe(true);
+      expect(w.stalled).toBe(true);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('follows the parent signal without calling it a stall', () => {
