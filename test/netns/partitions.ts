@@ -7,7 +7,7 @@ import {
   RecordingClient,
   startProber,
 } from '../faults/history-recorder.js';
-import { MixedLoad, type MixedLoadOptions } from '../faults/load.js';
+import { MixedLoad, type MixedLoadOptions, type OpSample } from '../faults/load.js';
 import { locateAll } from '../faults/locate.js';
 import { OpLog } from '../faults/oplog.js';
 import { type FaultReport, faultTable, saveReport, windowStats } from '../faults/run.js';
@@ -21,6 +21,8 @@ export interface FaultWindow {
   report: FaultReport;
   /** Every call the load and the prober made (RecordingClient.history). */
   history: HistoryOp[];
+  /** Every call of the load, failures with their error (MixedLoad.samples). */
+  samples: readonly OpSample[];
   /** The steady load before the fault began, apply returned (the window's start), healing began (ms). */
   steadyFrom: number;
   appliedAt: number;
@@ -159,8 +161,17 @@ export const PARTITIONS: Record<string, () => Partition> = {
         elsewhere: p50(during.filter((o) => !onStore1(o) && where.get(o.key)?.replicas.length)),
       };
       const problems: string[] = [];
-      const { write, delete: del } = w.report.failed;
-      if (write + del > 0) problems.push(`slow disk: ${write} writes and ${del} deletes failed`);
+      // Judged while the disk was slow: calls begun after the restart that applied it and
+      // ended before the restart that heals it. Both restarts are kill -9 (the kill suite's
+      // fault): a call in flight to store1 then can fail, and the table counts it.
+      const failed = w.samples.filter(
+        (s) => !s.ok && s.kind !== 'read' && s.start >= w.appliedAt && s.end < w.healAt,
+      );
+      if (failed.length > 0)
+        problems.push(
+          `slow disk: ${failed.length} writes/deletes failed while it was slow (${[...new Set(failed.map((s) => s.error))].join('; ')})`,
+        );
+      const restarts = Math.max(0, w.report.failed.write + w.report.failed.delete - failed.length);
       // Before → during is shown, not required: other runs' load moves it either way.
       for (const k of ['onStore1', 'elsewhere'] as const)
         if (m[k].n < 5) problems.push(`slow disk: only ${m[k].n} acknowledged writes (${k}) to compare`);
@@ -171,7 +182,9 @@ export const PARTITIONS: Record<string, () => Partition> = {
       return {
         problems,
         detail: m,
-        note: `write p50 ${m.before.ms} → ${m.during.ms} ms; during: ${m.onStore1.ms} ms on store1, ${m.elsewhere.ms} ms elsewhere (${m.onStore1.n}, ${m.elsewhere.n} writes)`,
+        note:
+          `write p50 ${m.before.ms} → ${m.during.ms} ms; during: ${m.onStore1.ms} ms on store1, ${m.elsewhere.ms} ms elsewhere (${m.onStore1.n}, ${m.elsewhere.n} writes)` +
+          (restarts > 0 ? `; ${restarts} failed around the restarts` : ''),
       };
     },
   }),
@@ -376,7 +389,7 @@ export async function runPartitions(
   let slowReads: SlowReaderStats | undefined;
   const reports: FaultReport[] = [];
   const windows: number[] = [];
-  const times: Omit<FaultWindow, 'report' | 'history'>[] = [];
+  const times: Omit<FaultWindow, 'report' | 'history' | 'samples'>[] = [];
   const applied: Partition[] = [];
   const seen = new Set<string>();
   try {
@@ -458,7 +471,7 @@ export async function runPartitions(
     const report = reports[i];
     const t = times[i];
     if (!p.audit || !report || !t) continue;
-    const a = await p.audit(nc, { report, history: sdk.history, ...t });
+    const a = await p.audit(nc, { report, history: sdk.history, samples: load.samples, ...t });
     if (a.note) report.killed += `; ${a.note}`;
     audits.push(a);
   }
