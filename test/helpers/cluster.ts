@@ -291,8 +291,7 @@ export class Cluster {
       const d = this.directories[i];
       if (!d || d.child.exitCode !== null || d.child.signalCode !== null) continue;
       try {
-        // localOnly: its own view, without waiting up to 1 s on each stopped or cut-off peer.
-        return await this.directoryClient(i).getClusterStatus({ localOnly: true }, { timeoutMs: 2000 });
+        return await this.directoryClient(i).getClusterStatus({}, { timeoutMs: 2000 });
       } catch (err) {
         last = err;
       }
