@@ -265,10 +265,33 @@ export function queuedView(first: WatchMetadataResponse[]): {
   view: PlacementView;
   deliver: (m: WatchMetadataResponse) => void;
 } {
+  const s = pushedStream(first);
+  const view = new PlacementView(
+    (_req, signal) => s.stream(signal),
+    'gw-test',
+    pino({ level: 'silent' }),
+    10,
+  );
+  return { view, deliver: s.push };
+}
+
+/**
+ * A WatchMetadata stream fed by `push`: yields what was pushed, in order, stays open and
+ * silent until then, and ends when the call's signal aborts. Each `stream()` call reads
+ * the same queue (a reopened stream goes on where the last one stopped).
+ */
+export function pushedStream(first: WatchMetadataResponse[] = []): {
+  push: (m: WatchMetadataResponse) => void;
+  stream: (signal: AbortSignal | undefined) => AsyncGenerator<WatchMetadataResponse>;
+} {
   const queue = [...first];
   let wake = () => {};
-  const view = new PlacementView(
-    async function* (_req, signal) {
+  return {
+    push: (m) => {
+      queue.push(m);
+      wake();
+    },
+    async *stream(signal) {
       while (!signal?.aborted) {
         const next = queue.shift();
         if (next) yield next;
@@ -278,16 +301,6 @@ export function queuedView(first: WatchMetadataResponse[]): {
             signal?.addEventListener('abort', () => r(), { once: true });
           });
       }
-    },
-    'gw-test',
-    pino({ level: 'silent' }),
-    10,
-  );
-  return {
-    view,
-    deliver: (m) => {
-      queue.push(m);
-      wake();
     },
   };
 }

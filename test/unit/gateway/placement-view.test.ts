@@ -15,7 +15,7 @@ import {
   sourceIsBehind,
 } from '../../../internal/gateway/placement-view.js';
 import { FENCED_TERM_HEADER } from '../../../internal/rpc/errors.js';
-import { leaderEntry } from './fakes.js';
+import { leaderEntry, pushedStream } from './fakes.js';
 
 const log = pino({ level: 'silent' });
 
@@ -335,28 +335,29 @@ function drivenWatch() {
     signal: AbortSignal | undefined;
     push: (m: WatchMetadataResponse) => void;
   }[] = [];
-  const watch: MetadataWatch = async function* (req, signal) {
-    const queue: WatchMetadataResponse[] = [];
-    let wake = () => {};
-    streams.push({
-      req,
-      signal,
-      push: (m) => {
-        queue.push(m);
-        wake();
-      },
-    });
-    while (!signal?.aborted) {
-      const next = queue.shift();
-      if (next) yield next;
-      else
-        await new Promise<void>((r) => {
-          wake = r;
-          signal?.addEventListener('abort', () => r(), { once: true });
-        });
-    }
+  const watch: MetadataWatch = (req, signal) => {
+    const s = pushedStream();
+    streams.push({ req, signal, push: s.push });
+    return s.stream(signal);
   };
   return { streams, watch };
+}
+
+/** Runs `fn` on a started view over drivenWatch, under fake timers (the waits are the view's, not the load's). */
+async function withDrivenView(
+  waitMs: number,
+  fn: (d: ReturnType<typeof drivenWatch> & { view: PlacementView }) => Promise<void>,
+): Promise<void> {
+  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+  const driven = drivenWatch();
+  const view = new PlacementView(driven.watch, 'gw-test', log, waitMs);
+  view.start();
+  try {
+    await fn({ ...driven, view });
+  } finally {
+    view.stop();
+    vi.useRealTimers();
+  }
 }
 
 /** An idle stream's keepalive: an empty message. */
@@ -367,160 +368,114 @@ const keepalive = () => create(WatchMetadataResponseSchema, { term: 4n, commitIn
 // delivered a message and was not reloading when the leader answered, and no reload
 // began during the wait. Fake timers: the waits are the view's, not the machine's load.
 describe('PlacementView leaves only the stream it judged, never before its first message or during a reload', () => {
-  const fake = () => vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+  it('does not leave a directory whose stream has not delivered its first message', () =>
+    withDrivenView(1_000, async ({ streams, view }) => {
+      await vi.advanceTimersByTimeAsync(1);
+      streams[0]?.push(leaderEntry(1n, 4n, 'directory-0'));
+      await vi.advanceTimersByTimeAsync(1);
+      expect(view.state.appliedIndex).toBe(1n);
+      // The leader is at 2 and this directory never sends it: the view leaves it.
+      const first = view.confirmedWithin(1_200, async () => 2n);
+      await vi.advanceTimersByTimeAsync(1_200);
+      expect(await first).toBe(false);
+      expect(streams[0]?.signal?.aborted).toBe(true);
+      await vi.advanceTimersByTimeAsync(200);
+      expect(streams.map((s) => s.req.nextSource)).toEqual([false, true]);
+      expect(streams[1]?.req.fromIndex).toBe(2n);
+      // The next directory has sent nothing yet (a slow start is not a stuck one).
+      const second = view.confirmedWithin(1_200, async () => 2n);
+      await vi.advanceTimersByTimeAsync(1_200);
+      expect(await second).toBe(false);
+      expect(streams[1]?.signal?.aborted).toBe(false);
+      await vi.advanceTimersByTimeAsync(400);
+      expect(streams).toHaveLength(2);
+      streams[1]?.push(leaderEntry(2n, 4n, 'directory-0'));
+      await vi.advanceTimersByTimeAsync(1);
+      expect(await view.confirmedWithin(1_200, async () => 2n)).toBe(true);
+    }));
 
-  it('does not leave a directory whose stream has not delivered its first message', async () => {
-    fake();
-    try {
-      const { streams, watch } = drivenWatch();
-      const view = new PlacementView(watch, 'gw-test', log, 1_000);
-      view.start();
-      try {
-        await vi.advanceTimersByTimeAsync(1);
-        streams[0]?.push(leaderEntry(1n, 4n, 'directory-0'));
-        await vi.advanceTimersByTimeAsync(1);
-        expect(view.state.appliedIndex).toBe(1n);
-        // The leader is at 2 and this directory never sends it: the view leaves it.
-        const first = view.confirmedWithin(1_200, async () => 2n);
-        await vi.advanceTimersByTimeAsync(1_200);
-        expect(await first).toBe(false);
-        expect(streams[0]?.signal?.aborted).toBe(true);
-        await vi.advanceTimersByTimeAsync(200);
-        expect(streams.map((s) => s.req.nextSource)).toEqual([false, true]);
-        expect(streams[1]?.req.fromIndex).toBe(2n);
-        // The next directory has sent nothing yet (a slow start is not a stuck one).
-        const second = view.confirmedWithin(1_200, async () => 2n);
-        await vi.advanceTimersByTimeAsync(1_200);
-        expect(await second).toBe(false);
-        expect(streams[1]?.signal?.aborted).toBe(false);
-        await vi.advanceTimersByTimeAsync(400);
-        expect(streams).toHaveLength(2);
-        streams[1]?.push(leaderEntry(2n, 4n, 'directory-0'));
-        await vi.advanceTimersByTimeAsync(1);
-        expect(await view.confirmedWithin(1_200, async () => 2n)).toBe(true);
-      } finally {
-        view.stop();
-      }
-    } finally {
-      vi.useRealTimers();
-    }
-  });
+  it('does not leave a directory while reloading a snapshot, keepalives or not', () =>
+    withDrivenView(1_000, async ({ streams, view }) => {
+      await vi.advanceTimersByTimeAsync(1);
+      streams[0]?.push(leaderEntry(1n, 4n, 'directory-0'));
+      streams[0]?.push(leaderEntry(2n, 4n, 'directory-0'));
+      await vi.advanceTimersByTimeAsync(1);
+      expect(view.state.appliedIndex).toBe(2n);
+      const snapshot = view.state.toSnapshot();
+      // A gap: the view asks for everything again, keeping its old state meanwhile.
+      streams[0]?.push(leaderEntry(5n, 4n, 'directory-0'));
+      await vi.advanceTimersByTimeAsync(200);
+      expect(streams.map((s) => [s.req.fromIndex, s.req.nextSource])).toEqual([
+        [0n, false],
+        [0n, false],
+      ]);
+      // The directory builds the snapshot, sending keepalives: the stream is heard.
+      streams[1]?.push(keepalive());
+      await vi.advanceTimersByTimeAsync(1);
+      const during = view.confirmedWithin(1_200, async () => 3n);
+      await vi.advanceTimersByTimeAsync(1_200);
+      expect(await during).toBe(false);
+      expect(streams[1]?.signal?.aborted).toBe(false);
+      // Reloading when the leader answered; the snapshot (at 2, the view's index before
+      // the wait) arrives during the wait: still not judged.
+      const across = view.confirmedWithin(1_200, async () => 3n);
+      await vi.advanceTimersByTimeAsync(600);
+      streams[1]?.push(create(WatchMetadataResponseSchema, { msg: { case: 'snapshot', value: snapshot } }));
+      await vi.advanceTimersByTimeAsync(600);
+      expect(await across).toBe(false);
+      expect(view.state.appliedIndex).toBe(2n);
+      expect(streams[1]?.signal?.aborted).toBe(false);
+      await vi.advanceTimersByTimeAsync(400);
+      expect(streams).toHaveLength(2);
+      streams[1]?.push(leaderEntry(3n, 4n, 'directory-0'));
+      await vi.advanceTimersByTimeAsync(1);
+      expect(await view.confirmedWithin(1_200, async () => 3n)).toBe(true);
+    }));
 
-  it('does not leave a directory while reloading a snapshot, keepalives or not', async () => {
-    fake();
-    try {
-      const { streams, watch } = drivenWatch();
-      const view = new PlacementView(watch, 'gw-test', log, 1_000);
-      view.start();
-      try {
-        await vi.advanceTimersByTimeAsync(1);
-        streams[0]?.push(leaderEntry(1n, 4n, 'directory-0'));
-        streams[0]?.push(leaderEntry(2n, 4n, 'directory-0'));
-        await vi.advanceTimersByTimeAsync(1);
-        expect(view.state.appliedIndex).toBe(2n);
-        const snapshot = view.state.toSnapshot();
-        // A gap: the view asks for everything again, keeping its old state meanwhile.
-        streams[0]?.push(leaderEntry(5n, 4n, 'directory-0'));
-        await vi.advanceTimersByTimeAsync(200);
-        expect(streams.map((s) => [s.req.fromIndex, s.req.nextSource])).toEqual([
-          [0n, false],
-          [0n, false],
-        ]);
-        // The directory builds the snapshot, sending keepalives: the stream is heard.
-        streams[1]?.push(keepalive());
-        await vi.advanceTimersByTimeAsync(1);
-        const during = view.confirmedWithin(1_200, async () => 3n);
-        await vi.advanceTimersByTimeAsync(1_200);
-        expect(await during).toBe(false);
-        expect(streams[1]?.signal?.aborted).toBe(false);
-        // Reloading when the leader answered; the snapshot (at 2, the view's index before
-        // the wait) arrives during the wait: still not judged.
-        const across = view.confirmedWithin(1_200, async () => 3n);
-        await vi.advanceTimersByTimeAsync(600);
-        streams[1]?.push(create(WatchMetadataResponseSchema, { msg: { case: 'snapshot', value: snapshot } }));
-        await vi.advanceTimersByTimeAsync(600);
-        expect(await across).toBe(false);
-        expect(view.state.appliedIndex).toBe(2n);
-        expect(streams[1]?.signal?.aborted).toBe(false);
-        await vi.advanceTimersByTimeAsync(400);
-        expect(streams).toHaveLength(2);
-        streams[1]?.push(leaderEntry(3n, 4n, 'directory-0'));
-        await vi.advanceTimersByTimeAsync(1);
-        expect(await view.confirmedWithin(1_200, async () => 3n)).toBe(true);
-      } finally {
-        view.stop();
-      }
-    } finally {
-      vi.useRealTimers();
-    }
-  });
+  it('does not leave a directory when a reload begins during the wait', () =>
+    withDrivenView(1_000, async ({ streams, view }) => {
+      await vi.advanceTimersByTimeAsync(1);
+      streams[0]?.push(leaderEntry(1n, 4n, 'directory-0'));
+      streams[0]?.push(leaderEntry(2n, 4n, 'directory-0'));
+      await vi.advanceTimersByTimeAsync(1);
+      const p = view.confirmedWithin(1_200, async () => 3n);
+      await vi.advanceTimersByTimeAsync(1_100);
+      // A gap 100 ms before the wait ends: the stream judged is over, its successor
+      // (a reload) opens 200 ms later, after the verdict.
+      streams[0]?.push(leaderEntry(5n, 4n, 'directory-0'));
+      await vi.advanceTimersByTimeAsync(100);
+      expect(await p).toBe(false);
+      expect(streams).toHaveLength(1);
+      await vi.advanceTimersByTimeAsync(200);
+      expect(streams.map((s) => [s.req.fromIndex, s.req.nextSource])).toEqual([
+        [0n, false],
+        [0n, false],
+      ]);
+    }));
 
-  it('does not leave a directory when a reload begins during the wait', async () => {
-    fake();
-    try {
-      const { streams, watch } = drivenWatch();
-      const view = new PlacementView(watch, 'gw-test', log, 1_000);
-      view.start();
-      try {
-        await vi.advanceTimersByTimeAsync(1);
-        streams[0]?.push(leaderEntry(1n, 4n, 'directory-0'));
-        streams[0]?.push(leaderEntry(2n, 4n, 'directory-0'));
-        await vi.advanceTimersByTimeAsync(1);
-        const p = view.confirmedWithin(1_200, async () => 3n);
-        await vi.advanceTimersByTimeAsync(1_100);
-        // A gap 100 ms before the wait ends: the stream judged is over, its successor
-        // (a reload) opens 200 ms later, after the verdict.
-        streams[0]?.push(leaderEntry(5n, 4n, 'directory-0'));
-        await vi.advanceTimersByTimeAsync(100);
-        expect(await p).toBe(false);
-        expect(streams).toHaveLength(1);
-        await vi.advanceTimersByTimeAsync(200);
-        expect(streams.map((s) => [s.req.fromIndex, s.req.nextSource])).toEqual([
-          [0n, false],
-          [0n, false],
-        ]);
-      } finally {
-        view.stop();
-      }
-    } finally {
-      vi.useRealTimers();
-    }
-  });
-
-  it('does not drop the newer stream that replaced the one it judged', async () => {
-    fake();
-    try {
-      const { streams, watch } = drivenWatch();
-      const view = new PlacementView(watch, 'gw-test', log, 100);
-      view.start();
-      try {
-        await vi.advanceTimersByTimeAsync(1);
-        streams[0]?.push(leaderEntry(1n, 4n, 'directory-0'));
-        await vi.advanceTimersByTimeAsync(1);
-        // The leader is at 2; meanwhile a store names term 5, so after the 100 ms grace
-        // the view leaves stream 0 for another directory, which starts slowly.
-        const p = view.confirmedWithin(1_200, async () => 2n);
-        view.noteStoreTerm(5n);
-        await vi.advanceTimersByTimeAsync(300);
-        expect(streams[0]?.signal?.aborted).toBe(true);
-        expect(streams.map((s) => s.req.nextSource)).toEqual([false, true]);
-        streams[1]?.push(keepalive());
-        await vi.advanceTimersByTimeAsync(900);
-        // The verdict on stream 0 (nothing applied while the leader was ahead) is not
-        // held against stream 1: leaving again would bounce off the new directory.
-        expect(await p).toBe(false);
-        expect(streams[1]?.signal?.aborted).toBe(false);
-        await vi.advanceTimersByTimeAsync(400);
-        expect(streams).toHaveLength(2);
-        streams[1]?.push(leaderEntry(2n, 5n, 'directory-1'));
-        await vi.advanceTimersByTimeAsync(1);
-        expect(view.leaderTerm).toBe(5n);
-        expect(await view.confirmedWithin(1_200, async () => 2n)).toBe(true);
-      } finally {
-        view.stop();
-      }
-    } finally {
-      vi.useRealTimers();
-    }
-  });
+  it('does not drop the newer stream that replaced the one it judged', () =>
+    withDrivenView(100, async ({ streams, view }) => {
+      await vi.advanceTimersByTimeAsync(1);
+      streams[0]?.push(leaderEntry(1n, 4n, 'directory-0'));
+      await vi.advanceTimersByTimeAsync(1);
+      // The leader is at 2; meanwhile a store names term 5, so after the 100 ms grace
+      // the view leaves stream 0 for another directory, which starts slowly.
+      const p = view.confirmedWithin(1_200, async () => 2n);
+      view.noteStoreTerm(5n);
+      await vi.advanceTimersByTimeAsync(300);
+      expect(streams[0]?.signal?.aborted).toBe(true);
+      expect(streams.map((s) => s.req.nextSource)).toEqual([false, true]);
+      streams[1]?.push(keepalive());
+      await vi.advanceTimersByTimeAsync(900);
+      // The verdict on stream 0 (nothing applied while the leader was ahead) is not
+      // held against stream 1: leaving again would bounce off the new directory.
+      expect(await p).toBe(false);
+      expect(streams[1]?.signal?.aborted).toBe(false);
+      await vi.advanceTimersByTimeAsync(400);
+      expect(streams).toHaveLength(2);
+      streams[1]?.push(leaderEntry(2n, 5n, 'directory-1'));
+      await vi.advanceTimersByTimeAsync(1);
+      expect(view.leaderTerm).toBe(5n);
+      expect(await view.confirmedWithin(1_200, async () => 2n)).toBe(true);
+    }));
 });
