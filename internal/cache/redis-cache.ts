@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { ConnectionOptions } from 'node:tls';
-import { type ChainableCommander, Redis } from 'ioredis';
-import { clearSocketTimeoutOnClose } from '../common/redis-socket-timeout.js';
+import type { ChainableCommander, Redis } from 'ioredis';
+import { newRedisClient } from '../common/redis-client.js';
 import type { Logger } from '../server/logger.js';
 import {
   type BlobCache,
@@ -119,7 +119,7 @@ export class RedisBlobCache implements BlobCache {
     this.log = opts.log;
     this.where = redisAddress(opts.url);
     const commandTimeout = opts.commandTimeoutMs ?? 500;
-    const redis = new Redis(opts.url, {
+    const redis = newRedisClient(opts.url, {
       ...(opts.tls ? { tls: opts.tls } : {}),
       // Fail fast while disconnected: a read must not wait for the cache.
       enableOfflineQueue: false,
@@ -135,7 +135,6 @@ export class RedisBlobCache implements BlobCache {
       retryStrategy: (times) => Math.min(100 * times, 2_000),
       lazyConnect: false,
     });
-    clearSocketTimeoutOnClose(redis);
     this.redis = withCacheScripts(redis);
     this.redis.on('error', (err: Error) => this.unavailable(err));
     this.redis.on('close', () => {

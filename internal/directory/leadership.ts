@@ -1,6 +1,7 @@
 import { ConnectError } from '@connectrpc/connect';
 import { LeaseKeeper } from '../lease/lease-keeper.js';
 import type { Clock, LeaseInfo, LeaseStore } from '../lease/lease-store.js';
+import { leaseStoreLogging } from '../lease/lease-store-log.js';
 import type { Logger } from '../server/logger.js';
 import type { DirectoryConfig } from './config.js';
 import { UnavailableError } from './errors.js';
@@ -49,8 +50,7 @@ export function createLeaseKeeper(o: {
     safetyMarginMs: margin,
     // An in-process lease cannot see other processes: only one instance may ever lead.
     mayAcquire: () => (!memoryLease || staticLeader === selfAddress) && (o.mayAcquire?.() ?? true),
-    onError: (op, err) =>
-      log.debug({ op, err: err instanceof Error ? err.message : String(err) }, 'lease store call failed'),
+    ...leaseStoreLogging(log),
   });
 }
 

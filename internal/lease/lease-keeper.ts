@@ -20,8 +20,10 @@ export interface LeaseKeeperOptions {
   safetyMarginMs: number;
   /** When false the keeper never tries to take the lease (it only watches the holder). */
   mayAcquire?: () => boolean;
-  /** Diagnostics. */
+  /** Diagnostics: every failed store call. */
   onError?: (op: string, err: unknown) => void;
+  /** Diagnostics: the first successful store call after failed ones; `downMs` since the first failure. */
+  onRecovered?: (downMs: number) => void;
 }
 
 export type LeaseEvent =
@@ -53,6 +55,8 @@ export class LeaseKeeper {
   lastError: string | null = null;
   /** Monotonic time of the last successful store call. */
   lastStoreContact = Number.NEGATIVE_INFINITY;
+  /** Monotonic time of the first failed call since the last success (null: none failed). */
+  private failingSince: number | null = null;
 
   constructor(private readonly opts: LeaseKeeperOptions) {}
 
@@ -110,11 +114,9 @@ export class LeaseKeeper {
       let ok: boolean;
       try {
         ok = await store.renew(key, holder, term, ttlMs);
-        this.lastError = null;
-        this.lastStoreContact = clock.now();
+        this.reached();
       } catch (err) {
-        this.lastError = errText(err);
-        this.opts.onError?.('renew', err);
+        this.failed('renew', err);
         this.checkExpiry();
         return;
       }
@@ -142,8 +144,7 @@ export class LeaseKeeper {
     }
     try {
       const res = await store.acquire(key, holder, ttlMs, this.knownTerm + 1n);
-      this.lastError = null;
-      this.lastStoreContact = clock.now();
+      this.reached();
       if (res.acquired) {
         this.observeTerm(res.term);
         this.held = { term: res.term, validUntil: sent + validity };
@@ -155,8 +156,7 @@ export class LeaseKeeper {
         this.setHolder(res.current);
       }
     } catch (err) {
-      this.lastError = errText(err);
-      this.opts.onError?.('acquire', err);
+      this.failed('acquire', err);
     }
   }
 
@@ -164,16 +164,31 @@ export class LeaseKeeper {
   async readHolder(): Promise<LeaseInfo | null> {
     try {
       const cur = await this.opts.store.read(this.opts.key);
-      this.lastError = null;
-      this.lastStoreContact = this.opts.clock.now();
+      this.reached();
       if (cur) this.observeTerm(cur.term);
       this.setHolder(cur);
       return cur;
     } catch (err) {
-      this.lastError = errText(err);
-      this.opts.onError?.('read', err);
+      this.failed('read', err);
       return this.holderInfo;
     }
+  }
+
+  private reached(): void {
+    const now = this.opts.clock.now();
+    this.lastError = null;
+    this.lastStoreContact = now;
+    if (this.failingSince !== null) {
+      const downMs = now - this.failingSince;
+      this.failingSince = null;
+      this.opts.onRecovered?.(downMs);
+    }
+  }
+
+  private failed(op: string, err: unknown): void {
+    this.lastError = errText(err);
+    this.failingSince ??= this.opts.clock.now();
+    this.opts.onError?.(op, err);
   }
 
   private setHolder(cur: LeaseInfo | null): void {

@@ -1,6 +1,6 @@
 import type { ConnectionOptions } from 'node:tls';
-import { Redis } from 'ioredis';
-import { clearSocketTimeoutOnClose } from '../common/redis-socket-timeout.js';
+import type { Redis } from 'ioredis';
+import { newRedisClient } from '../common/redis-client.js';
 import {
   type AcquireResult,
   encodeLeaseValue,
@@ -84,7 +84,7 @@ export class RedisLeaseStore implements LeaseStore {
         `RedisLeaseStore: commandTimeoutMs must be a positive number of ms, not ${opts.commandTimeoutMs}`,
       );
     }
-    this.redis = new Redis(opts.url, {
+    this.redis = newRedisClient(opts.url, {
       ...(opts.tls ? { tls: opts.tls } : {}),
       lazyConnect: false,
       // Fail at once while disconnected instead of queueing: a queued renewal that
@@ -97,7 +97,6 @@ export class RedisLeaseStore implements LeaseStore {
       retryStrategy: (times) => Math.min(50 * times, 500),
       enableReadyCheck: false,
     });
-    clearSocketTimeoutOnClose(this.redis);
     // Errors surface through the failing commands; keep ioredis from logging them.
     this.redis.on('error', () => {});
   }

@@ -1,6 +1,7 @@
 import { ReplicationService } from '../../gen/haystack/v1/replication_pb.js';
 import { LeaseKeeper } from '../lease/lease-keeper.js';
 import { systemClock } from '../lease/lease-store.js';
+import { leaseStoreLogging } from '../lease/lease-store-log.js';
 import { RedisLeaseStore } from '../lease/redis-lease-store.js';
 import { ClientPool } from '../rpc/clients.js';
 import { redisTls } from '../security/redis-tls.js';
@@ -36,8 +37,7 @@ export async function runReplication(cfg: ReplicationConfig): Promise<void> {
       renewIntervalMs: cfg.leaderHeartbeatIntervalMs,
       retryIntervalMs: cfg.leaderHeartbeatIntervalMs,
       safetyMarginMs: managerLeaseMarginMs(cfg.leaderTimeoutMs),
-      onError: (op, err) =>
-        log.debug({ op, err: err instanceof Error ? err.message : String(err) }, 'lease store call failed'),
+      ...leaseStoreLogging(log),
     });
     const pool = new ClientPool();
     const events = {

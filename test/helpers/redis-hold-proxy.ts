@@ -47,6 +47,12 @@ export class RedisHoldProxy {
     c?.resume();
   }
 
+  /** Drops every client connection now (as a Redis that died would); a held command is dropped with its connection. */
+  dropConnections(): void {
+    this.holding = undefined;
+    for (const c of this.conns) c.destroy();
+  }
+
   private shouldHold(args: string[], conn: Conn): boolean {
     const a = this.armed;
     if (!a?.match(args)) return false;

@@ -1,8 +1,9 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
-import { Redis, type RedisOptions } from 'ioredis';
+import type { Redis, RedisOptions } from 'ioredis';
 import { waitForPort } from '../../internal/cli/tools.js';
 import { killOnExit } from '../../internal/common/child-reaper.js';
+import { newRedisClient } from '../../internal/common/redis-client.js';
 import { newRedisUser, redisAclArgs, redisUrl } from '../../internal/security/redis-acl.js';
 import { type RedisTlsFiles, redisTlsServerArgs } from '../../internal/security/redis-tls.js';
 import { securityOf, serverCertificateFiles } from './pki.js';
@@ -22,9 +23,13 @@ export function quiet<C extends Redis>(client: C): C {
   return client;
 }
 
-/** An ioredis client of a test's own (its checks, an operator's view), quiet as above. */
+/**
+ * An ioredis client of a test's own (its checks, an operator's view), quiet as above, with the
+ * services' workarounds (internal/common/redis-client.ts): a fault test's client outlives Redis
+ * restarts too.
+ */
 export function redisClient(url: string, opts: RedisOptions = {}): Redis {
-  return quiet(new Redis(url, opts));
+  return quiet(newRedisClient(url, opts));
 }
 
 /** A real redis-server child process on a free loopback port; restartable on the same port. */

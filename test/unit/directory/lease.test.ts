@@ -2,7 +2,9 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { FakeClock } from '../../../internal/lease/fake-clock.js';
 import { type LeaseEvent, LeaseKeeper } from '../../../internal/lease/lease-keeper.js';
+import { leaseStoreLogging } from '../../../internal/lease/lease-store-log.js';
 import { MemoryLeaseStore } from '../../../internal/lease/memory-lease-store.js';
+import type { Logger } from '../../../internal/server/logger.js';
 
 function keeper(store: MemoryLeaseStore, clock: FakeClock, holder: string) {
   const k = new LeaseKeeper({
@@ -110,6 +112,58 @@ describe('lease keeper (in-process lease store, fake clock)', () => {
     store.unreachable = false;
     await b.k.step();
     expect(b.k.heldTerm).toBe(2n);
+  });
+
+  it('reports an outage of the lease store once: each failure, then the recovery with its length', async () => {
+    const clock = new FakeClock();
+    const store = new MemoryLeaseStore(clock);
+    const seen: string[] = [];
+    const k = new LeaseKeeper({
+      store,
+      clock,
+      key: 'leader',
+      holder: 'a',
+      ttlMs: 1000,
+      renewIntervalMs: 300,
+      retryIntervalMs: 100,
+      safetyMarginMs: 200,
+      onError: (op) => seen.push(`error ${op}`),
+      onRecovered: (downMs) => seen.push(`recovered after ${downMs} ms`),
+    });
+    await k.step();
+    store.unreachable = true;
+    await clock.advance(300);
+    await k.step(); // renew fails at 300
+    await clock.advance(300);
+    await k.step(); // renew fails at 600
+    await clock.advance(300);
+    await k.step(); // lost by now (valid until 800): acquire fails at 900
+    store.unreachable = false;
+    await clock.advance(100);
+    await k.step(); // acquire succeeds at 1000
+    await k.step(); // renew: no outage to report
+    expect(seen).toEqual(['error renew', 'error renew', 'error acquire', 'recovered after 700 ms']);
+  });
+
+  it('logs an outage at warn once per repeat interval, each other failure at debug, the recovery at info', () => {
+    const lines: [string, string][] = [];
+    const at = (level: string) => (_o: unknown, msg: string) => lines.push([level, msg]);
+    const log = { warn: at('warn'), debug: at('debug'), info: at('info') } as unknown as Logger;
+    const hooks = leaseStoreLogging(log, 60_000);
+    for (let i = 0; i < 5; i++) hooks.onError?.('renew', new Error('Stream is not writeable'));
+    hooks.onRecovered?.(1234);
+    hooks.onError?.('acquire', new Error('again'));
+    expect(lines.map(([level]) => level)).toEqual([
+      'warn',
+      'debug',
+      'debug',
+      'debug',
+      'debug',
+      'info',
+      'warn',
+    ]);
+    expect(lines[0]?.[1]).toMatch(/lease store unreachable/);
+    expect(lines[5]?.[1]).toMatch(/reachable again/);
   });
 
   it('a deposed holder learns on its next renewal', async () => {

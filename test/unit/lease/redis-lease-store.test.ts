@@ -136,6 +136,25 @@ describe('RedisLeaseStore on a real redis-server', () => {
     }
   });
 
+  it('dials again after a connection lost during its handshake (ioredis#2099 left it "ready" on the dead socket, failing every call)', async () => {
+    const proxy = await RedisHoldProxy.start({ host: '127.0.0.1', port: redis.port });
+    try {
+      const s = await open(redisUrl(redis.user, '127.0.0.1', proxy.port));
+      // The next connection is accepted but its handshake (AUTH, and all after it) never
+      // answered: a Redis killed, or still starting, just as the store redials.
+      const held = proxy.hold((args) => args[0]?.toLowerCase() === 'auth');
+      proxy.dropConnections();
+      await held;
+      proxy.dropConnections();
+      // Redis is reachable again through the proxy: the store serves within a few redials.
+      await until(async () => (await s.read('lease')) === null, 10_000);
+      const won = await s.acquire('lease', 'a', TTL_MS, 0n);
+      expect(won.acquired).toBe(true);
+    } finally {
+      await proxy.close();
+    }
+  });
+
   it("keeps the connection dialled after one lost with a call in flight (the old connection's deadline does not end it)", async () => {
     const s = await open(redis.url);
     const mine = async () =>
