@@ -22,8 +22,13 @@ import { Redis, type RedisOptions } from 'ioredis';
  *   connection dialled in its place (failing whatever that one had in flight) and, until
  *   then, no deadline watched the new connection. Cleared on every close, before the
  *   reconnection is dialled.
+ *
+ * Throws RangeError for a URL with a query string: ioredis reads options from it
+ * (`?connectionName=…&disableClientInfo=`) and lets them override the ones given here, which
+ * would bring the first bug back.
  */
 export function newRedisClient(url: string, options: RedisOptions): Redis {
+  if (!REDIS_URL.test(url)) throw new RangeError(`not ${REDIS_URL_SHAPE}: ${redactedRedisUrl(url)}`);
   const redis = new Redis(url, { ...options, disableClientInfo: true });
   const client = redis as unknown as { socketTimeoutTimer?: ReturnType<typeof setTimeout> };
   redis.on('close', () => {
@@ -31,4 +36,16 @@ export function newRedisClient(url: string, options: RedisOptions): Redis {
     client.socketTimeoutTimer = undefined;
   });
   return redis;
+}
+
+/** A redis:// or rediss:// URL without a query string or fragment (REDIS_URL's shape). */
+export const REDIS_URL = /^rediss?:\/\/[^?#\s]*$/;
+/** REDIS_URL where empty is allowed (the gateway: no cache). */
+export const REDIS_URL_OR_EMPTY = /^(rediss?:\/\/[^?#\s]*)?$/;
+export const REDIS_URL_SHAPE =
+  'a redis:// or rediss:// URL without "?" options (ioredis would let them override the client settings)';
+
+/** `url` with its password replaced, for messages. */
+function redactedRedisUrl(url: string): string {
+  return url.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:***@');
 }

@@ -22,7 +22,7 @@ export interface LeaseKeeperOptions {
   mayAcquire?: () => boolean;
   /** Diagnostics: every failed store call. */
   onError?: (op: string, err: unknown) => void;
-  /** Diagnostics: the first successful store call after failed ones; `downMs` since the first failure. */
+  /** Diagnostics: the first successful store call after failed ones; `downMs` since the first of them failed. */
   onRecovered?: (downMs: number) => void;
 }
 
@@ -210,7 +210,7 @@ export class LeaseKeeper {
     try {
       await this.opts.store.release(this.opts.key, this.opts.holder, h.term);
     } catch (err) {
-      this.opts.onError?.('release', err);
+      this.failed('release', err);
     }
   }
 

@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { newRedisClient } from '../../internal/common/redis-client.js';
 import {
   ConfigError,
   EnvReader,
@@ -99,6 +100,27 @@ describe('env parsing', () => {
     const env = await identityEnv({ role: 'store', id: 'store-7' });
     const s = readStoreConfig({}, { ...env, STORE_ID: 'store-7' });
     expect(s.security.mode === 'mtls' && s.security.identity).toEqual({ role: 'store', id: 'store-7' });
+  });
+
+  // ioredis reads client options from a URL's query string and lets them override the services'
+  // own (internal/common/redis-client.ts): `?connectionName=x` brought back redis/ioredis#2099.
+  it('refuses a REDIS_URL with "?" options in every service, naming it', () => {
+    const url = 'redis://haystack:secret@127.0.0.1:6379/?connectionName=x';
+    expect(() => readDirectoryConfig({}, { ...PLAIN, REDIS_URL: url })).toThrow(
+      /REDIS_URL.*without "\?" options/,
+    );
+    expect(() => readReplicationConfig({}, { ...PLAIN, REDIS_URL: url })).toThrow(
+      /REDIS_URL.*without "\?" options/,
+    );
+    expect(() => readGatewayConfig({}, { ...PLAIN, REDIS_URL: url })).toThrow(
+      /REDIS_URL.*without "\?" options/,
+    );
+    expect(() => newRedisClient(url, { lazyConnect: true })).toThrow(RangeError);
+    expect(() => newRedisClient(url, { lazyConnect: true })).not.toThrow(/secret/);
+    expect(readDirectoryConfig({}, { ...PLAIN, REDIS_URL: 'rediss://u:p@redis:6379' }).redisUrl).toBe(
+      'rediss://u:p@redis:6379',
+    );
+    expect(readGatewayConfig({}, { ...PLAIN, REDIS_URL: '' }).redisUrl).toBe('');
   });
 
   it('checks relations between variables', () => {
