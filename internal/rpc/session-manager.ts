@@ -1,64 +1,291 @@
-import type {
-  ClientHttp2Stream,
-  ClientSessionRequestOptions,
-  Http2Session,
-  OutgoingHttpHeaders,
-} from 'node:http2';
-import { Http2SessionManager } from '@connectrpc/connect-node';
+import http2 from 'node:http2';
+import { Code, ConnectError } from '@connectrpc/connect';
+import type { Http2SessionOptions } from '@connectrpc/connect-node';
 import { CONNECTION_WINDOW } from '../server/listener-limits.js';
 
 /**
- * connect-node's HTTP/2 session manager, made safe for a long-lived process. On every
- * session it hands a stream out of, once:
- * - a lasting 'error' listener. Its keepalive can destroy a session with an error
- *   ("PING timed out") after its own listeners are gone, and Node then throws the
- *   unhandled 'error' event, killing the process (seen in a gateway following a
- *   directory that was killed -9 under CPU load). Streams and the manager still see
- *   the failure.
- * - pings that cannot throw (guardPing): the ping timer can fire on a session
- *   destroyed a tick earlier, before the close handler stops the timer
- *   (connectrpc/connect-es#1795, fix pending in #1797), and Node's `ping` throws
- *   ERR_HTTP2_INVALID_SESSION synchronously from the timer (seen in a directory).
- * - a connection-level receive window of CONNECTION_WINDOW. Node starts every session
- *   at 64 KiB, so concurrent streams would share one window per round trip; the stream
- *   window is a SETTINGS value, in the session options (rpc/session.ts).
+ * The HTTP/2 connection behind connect-node's gRPC transport to one peer (the
+ * `sessionManager` option of createGrpcTransport; connect-node's
+ * NodeHttp2ClientSessionManager: `authority`, `request`, `notifyResponseByteRead`).
+ *
+ * It replaces connect-node's Http2SessionManager (2.2.0), whose state machine can
+ * orphan a session: when a keepalive PING verifying an idle session fails while
+ * another request has already started a new connection, the failed verification
+ * starts yet another one, dropping the listeners of the first ("connecting") without
+ * destroying it. That connection then has no 'error' listener, so the first reset of
+ * it kills the process (two directories at once in the network-fault suite: "read
+ * ECONNRESET … Emitted 'error' event on ClientHttp2Session"), and the request that
+ * dialled it waits forever (test/unit/rpc/session-manager.test.ts reproduces both).
+ *
+ * Guarantees:
+ * - every session has a lasting 'error' listener from the moment it is created
+ *   (failures reach its streams and the request that dialled it instead);
+ * - one session serves new streams at a time; a session that is closed, destroyed
+ *   or received GOAWAY serves none, and the next request dials a new one (the old
+ *   one's streams finish on it);
+ * - keepalive (gRPC A8, "Basic Keepalive"; Http2SessionOptions): a PING every
+ *   `pingIntervalMs` while streams are open (idle too with `pingIdleConnection`),
+ *   reset by response bytes; one unanswered within `pingTimeoutMs` destroys the
+ *   session UNAVAILABLE "PING timed out", failing its streams. A request on a
+ *   session silent for longer than `pingIntervalMs` PINGs it first and dials anew
+ *   if that fails;
+ * - a dial whose TCP and TLS handshakes do not finish within HANDSHAKE_TIMEOUT_MS
+ *   fails the requests waiting on it UNAVAILABLE (Node sets no limit: a SYN into a
+ *   partition would hold them for the kernel's two minutes);
+ * - a session without streams is unref'd (it does not keep the process alive)
+ *   and closed after `idleConnectionTimeoutMs` (15 min by default);
+ * - the connection-level receive window is CONNECTION_WINDOW: Node starts every
+ *   session at 64 KiB, so concurrent streams would share one window per round trip
+ *   (the stream window is a SETTINGS value, in the session options, rpc/session.ts).
  */
-export class GuardedHttp2SessionManager extends Http2SessionManager {
-  private readonly guarded = new WeakSet<Http2Session>();
+export class PeerSessionManager {
+  /** The origin requests go to ("https://10.0.0.5:9000"); connect-node checks each call's URL against it. */
+  readonly authority: string;
+  private current: PeerSession | undefined;
+  private readonly sessions = new Set<PeerSession>();
+  private readonly keepalive: Keepalive;
 
-  override async request(
+  /**
+   * `url`: the peer's base URL; `options`: keepalive (Http2SessionOptions, times in ms);
+   * `sessionOptions`: handed to http2.connect for every session (TLS, SETTINGS).
+   */
+  constructor(
+    url: string,
+    options: Http2SessionOptions = {},
+    private readonly sessionOptions: http2.SecureClientSessionOptions = {},
+  ) {
+    this.authority = new URL(url).origin;
+    this.keepalive = {
+      pingIntervalMs: options.pingIntervalMs ?? Number.POSITIVE_INFINITY,
+      pingTimeoutMs: options.pingTimeoutMs ?? 15_000,
+      pingIdleConnection: options.pingIdleConnection ?? false,
+      idleConnectionTimeoutMs: options.idleConnectionTimeoutMs ?? 15 * 60_000,
+    };
+  }
+
+  /**
+   * Opens a stream for one call on a usable session, dialling or verifying first
+   * as needed. Rejects with the dial's error (connect-node maps it to a
+   * ConnectError) or with Node's error from `ClientHttp2Session.request`.
+   */
+  async request(
     method: string,
     path: string,
-    headers: OutgoingHttpHeaders,
-    options: Omit<ClientSessionRequestOptions, 'signal'>,
-  ): Promise<ClientHttp2Stream> {
-    const stream = await super.request(method, path, headers, options);
-    const session = stream.session;
-    if (session && !this.guarded.has(session)) {
-      this.guarded.add(session);
-      session.on('error', () => {});
-      guardPing(session);
-      if (!session.destroyed) session.setLocalWindowSize(CONNECTION_WINDOW);
+    headers: http2.OutgoingHttpHeaders,
+    options: Omit<http2.ClientSessionRequestOptions, 'signal'>,
+  ): Promise<http2.ClientHttp2Stream> {
+    // A session can close between its check and the request (nodejs/help#2105): at most
+    // one more try, on a new session.
+    for (let attempt = 0; ; attempt++) {
+      const s = await this.usable();
+      try {
+        return s.open({ ...headers, ':method': method, ':path': path }, options);
+      } catch (err) {
+        if (attempt === 0 && !s.usable()) continue;
+        throw err;
+      }
     }
-    return stream;
+  }
+
+  /** A response byte arrived on `stream`: its session is alive, no PING needed yet. */
+  notifyResponseByteRead(stream: http2.ClientHttp2Stream): void {
+    for (const s of this.sessions) if (s.session === stream.session) s.alive();
+  }
+
+  /** Destroys every session (their streams fail with `reason`, CANCELED by default). */
+  abort(reason: Error = new ConnectError('connection aborted', Code.Canceled)): void {
+    this.current = undefined;
+    for (const s of this.sessions) s.session.destroy(reason, http2.constants.NGHTTP2_CANCEL);
+  }
+
+  private async usable(): Promise<PeerSession> {
+    for (;;) {
+      let s = this.current;
+      if (!s?.usable()) {
+        s = new PeerSession(this.authority, this.sessionOptions, this.keepalive, (gone) => {
+          this.sessions.delete(gone);
+          if (this.current === gone) this.current = undefined;
+        });
+        this.sessions.add(s);
+        this.current = s;
+      }
+      await s.handshake;
+      if (await s.verified()) return s;
+      // The PING failed and destroyed the session: dial a new one.
+    }
   }
 }
 
-/**
- * Makes `session.ping` on a destroyed or closed session call back with an error
- * (code ERR_HTTP2_INVALID_SESSION, on the next tick) instead of throwing, on this
- * one session object; connect-node ignores errors in its ping callback.
- */
-export function guardPing(session: Http2Session): void {
-  const ping = session.ping.bind(session) as (...args: unknown[]) => boolean;
-  const guarded = (...args: unknown[]): boolean => {
-    if (!session.destroyed && !session.closed) return ping(...args);
-    const callback = args.find((a) => typeof a === 'function') as ((err: Error) => void) | undefined;
-    const err = Object.assign(new Error('ping on a closed HTTP/2 session'), {
-      code: 'ERR_HTTP2_INVALID_SESSION',
+/** How long a dial may take (TCP + TLS): generous, a handshake at load 60 takes seconds. */
+export const HANDSHAKE_TIMEOUT_MS = 20_000;
+
+interface Keepalive {
+  pingIntervalMs: number;
+  pingTimeoutMs: number;
+  pingIdleConnection: boolean;
+  idleConnectionTimeoutMs: number;
+}
+
+/** One HTTP/2 session and its keepalive; see PeerSessionManager for the rules. */
+class PeerSession {
+  readonly session: http2.ClientHttp2Session;
+  /** Settles when the session is connected (TLS done) or has failed to. */
+  readonly handshake: Promise<void>;
+  private streams = 0;
+  private lastAliveAt = Date.now();
+  private goaway = false;
+  private pingTimer: NodeJS.Timeout | undefined;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private verifying: Promise<boolean> | undefined;
+
+  constructor(
+    authority: string,
+    options: http2.SecureClientSessionOptions,
+    private readonly k: Keepalive,
+    onGone: (s: PeerSession) => void,
+  ) {
+    const s = http2.connect(authority, options);
+    this.session = s;
+    // Failures reach the streams and the handshake's waiters; without a listener
+    // Node would throw the session's 'error' event and end the process.
+    s.on('error', () => {});
+    s.on('goaway', () => {
+      this.goaway = true;
+      // Node closes a GOAWAY'd session only once its streams are done; one without
+      // streams would linger.
+      if (this.streams === 0) s.destroy();
     });
-    if (callback) process.nextTick(callback, err);
-    return false;
-  };
-  session.ping = guarded as Http2Session['ping'];
+    s.once('close', () => {
+      this.stopTimers();
+      onGone(this);
+    });
+    this.handshake = new Promise<void>((resolve, reject) => {
+      const done = (err?: unknown) => {
+        clearTimeout(timer);
+        s.off('connect', onConnect);
+        s.off('error', done);
+        s.off('close', onClose);
+        if (err === undefined) resolve();
+        else reject(err);
+      };
+      const onConnect = () => {
+        if (!s.destroyed) s.setLocalWindowSize(CONNECTION_WINDOW);
+        // Ref'd while it dials (a caller is waiting); from now on only while it carries streams.
+        if (this.streams === 0) s.unref();
+        this.lastAliveAt = Date.now();
+        this.armPing();
+        this.armIdle();
+        done();
+      };
+      const onClose = () =>
+        done(new ConnectError('the connection closed during its handshake', Code.Unavailable));
+      const timer = safeTimeout(() => {
+        s.destroy(
+          new ConnectError(
+            `the connection's handshake did not finish within ${HANDSHAKE_TIMEOUT_MS} ms`,
+            Code.Unavailable,
+          ),
+        );
+      }, HANDSHAKE_TIMEOUT_MS);
+      s.once('connect', onConnect);
+      s.once('error', done);
+      s.once('close', onClose);
+    });
+    // Waiters see the rejection; this copy only keeps an unwaited one from being unhandled.
+    this.handshake.catch(() => {});
+  }
+
+  /** Open for new streams: connected or connecting, not closing, no GOAWAY. */
+  usable(): boolean {
+    return !this.session.closed && !this.session.destroyed && !this.goaway;
+  }
+
+  /** True at once if the session was heard from within pingIntervalMs; else after a PING, false if it failed. */
+  verified(): Promise<boolean> {
+    if (!this.usable()) return Promise.resolve(false);
+    if (Date.now() - this.lastAliveAt <= this.k.pingIntervalMs) return Promise.resolve(true);
+    this.verifying ??= this.ping().finally(() => {
+      this.verifying = undefined;
+    });
+    return this.verifying;
+  }
+
+  /** Opens a stream (throws as ClientHttp2Session.request does) and counts it. */
+  open(
+    headers: http2.OutgoingHttpHeaders,
+    options: Omit<http2.ClientSessionRequestOptions, 'signal'>,
+  ): http2.ClientHttp2Stream {
+    const stream = this.session.request(headers, options);
+    if (++this.streams === 1) {
+      this.session.ref();
+      clearTimeout(this.idleTimer);
+      this.armPing();
+    }
+    stream.once('response', () => this.alive());
+    stream.once('close', () => {
+      if (--this.streams > 0) return;
+      if (this.goaway && !this.session.destroyed) this.session.destroy();
+      if (this.session.destroyed) return;
+      this.session.unref();
+      this.armPing();
+      this.armIdle();
+    });
+    return stream;
+  }
+
+  alive(): void {
+    this.lastAliveAt = Date.now();
+    this.armPing();
+  }
+
+  /** Sends a PING; false (and the session destroyed) if it fails or is not answered in time. */
+  private ping(): Promise<boolean> {
+    const s = this.session;
+    return new Promise<boolean>((resolve) => {
+      if (s.destroyed || s.closed) return resolve(false);
+      const timer = safeTimeout(() => {
+        s.destroy(new ConnectError('PING timed out', Code.Unavailable), http2.constants.NGHTTP2_CANCEL);
+        resolve(false);
+      }, this.k.pingTimeoutMs);
+      try {
+        s.ping((err) => {
+          clearTimeout(timer);
+          if (err) return resolve(false);
+          this.lastAliveAt = Date.now();
+          resolve(true);
+        });
+      } catch {
+        // Node throws when the session was destroyed a moment ago (connect-es#1795).
+        clearTimeout(timer);
+        resolve(false);
+      }
+    });
+  }
+
+  private armPing(): void {
+    clearTimeout(this.pingTimer);
+    if (this.session.destroyed || this.session.connecting) return;
+    if (this.streams === 0 && !this.k.pingIdleConnection) return;
+    this.pingTimer = safeTimeout(() => {
+      void this.ping().then((ok) => ok && this.armPing());
+    }, this.k.pingIntervalMs);
+  }
+
+  private armIdle(): void {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = safeTimeout(() => {
+      if (this.streams === 0) this.session.close();
+    }, this.k.idleConnectionTimeoutMs);
+  }
+
+  private stopTimers(): void {
+    clearTimeout(this.pingTimer);
+    clearTimeout(this.idleTimer);
+  }
+}
+
+/** An unref'd setTimeout; none for a delay setTimeout cannot hold (infinite, or over 2³¹−1 ms). */
+function safeTimeout(fn: () => void, ms: number): NodeJS.Timeout | undefined {
+  if (!(ms <= 0x7fffffff)) return undefined;
+  return setTimeout(fn, ms).unref();
 }

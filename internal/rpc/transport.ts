@@ -5,7 +5,7 @@ import type { TransportSecurity } from '../security/tls-config.js';
 import { unreachableAsUnavailable } from './errors.js';
 import { retryRefusedUnary } from './retry-refused.js';
 import { clientSessionOptions, schemeOf } from './session.js';
-import { GuardedHttp2SessionManager } from './session-manager.js';
+import { PeerSessionManager } from './session-manager.js';
 
 let processSecurity: TransportSecurity | undefined;
 
@@ -45,10 +45,6 @@ export function peerTransport(
     baseUrl,
     // Outer first: a refused unary call is retried before its error is mapped.
     interceptors: [unreachableAsUnavailable(`${serverRoles.join('/')} at ${address}`), retryRefusedUnary()],
-    sessionManager: new GuardedHttp2SessionManager(
-      baseUrl,
-      session,
-      clientSessionOptions(security, serverRoles),
-    ),
+    sessionManager: new PeerSessionManager(baseUrl, session, clientSessionOptions(security, serverRoles)),
   });
 }
