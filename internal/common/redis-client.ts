@@ -45,7 +45,7 @@ export const REDIS_URL_OR_EMPTY = /^(rediss?:\/\/[^?#\s]*)?$/;
 export const REDIS_URL_SHAPE =
   'a redis:// or rediss:// URL without "?" options (ioredis would let them override the client settings)';
 
-/** `url` with its password replaced, for messages. */
-function redactedRedisUrl(url: string): string {
+/** `url` with its password replaced, for messages (config errors, logs). */
+export function redactedRedisUrl(url: string): string {
   return url.replace(/\/\/([^:@/]*):[^@/]*@/, '//$1:***@');
 }

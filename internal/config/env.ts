@@ -53,11 +53,20 @@ export class EnvReader {
     return this.raw(name) ?? fallback;
   }
 
-  /** A string that must match `pattern`; `describe` says what that means to a person. */
-  matching(name: string, fallback: string, pattern: RegExp, describe: string): string {
+  /**
+   * A string that must match `pattern`; `describe` says what that means to a person.
+   * `shown` is how a bad value appears in the error (a URL's password redacted).
+   */
+  matching(
+    name: string,
+    fallback: string,
+    pattern: RegExp,
+    describe: string,
+    shown: (value: string) => string = (v) => v,
+  ): string {
     const v = this.raw(name);
     if (v === undefined) return fallback;
-    return pattern.test(v) ? v : this.fail(name, v, describe, fallback);
+    return pattern.test(v) ? v : this.fail(name, shown(v), describe, fallback);
   }
 
   int(name: string, fallback: number, opts: { min?: number; max?: number } = {}): number {

@@ -1,5 +1,5 @@
 import { MAX_PLACEMENT_GROUPS } from '../common/placement.js';
-import { REDIS_URL, REDIS_URL_SHAPE } from '../common/redis-client.js';
+import { REDIS_URL, REDIS_URL_SHAPE, redactedRedisUrl } from '../common/redis-client.js';
 import { COMMON_ENV_HELP, envReader, readServerConfig, type ServerConfig } from '../config/common.js';
 import type { Env } from '../config/env.js';
 import { list } from '../store/config.js';
@@ -120,7 +120,7 @@ export function readDirectoryConfig(
     redisUrl:
       env.REDIS_URL !== undefined && env.REDIS_URL.trim() === ''
         ? ''
-        : r.matching('REDIS_URL', 'redis://127.0.0.1:6379', REDIS_URL, REDIS_URL_SHAPE),
+        : r.matching('REDIS_URL', 'redis://127.0.0.1:6379', REDIS_URL, REDIS_URL_SHAPE, redactedRedisUrl),
     leaseKey: r.matching(
       'LEASE_KEY',
       'haystack:directory:leader',

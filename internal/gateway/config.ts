@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { type Jwks, readJwksFile } from '../auth/keys.js';
-import { REDIS_URL_OR_EMPTY, REDIS_URL_SHAPE } from '../common/redis-client.js';
+import { REDIS_URL_OR_EMPTY, REDIS_URL_SHAPE, redactedRedisUrl } from '../common/redis-client.js';
 import { COMMON_ENV_HELP, envReader, readServerConfig, type ServerConfig } from '../config/common.js';
 import type { Env } from '../config/env.js';
 import { HEAP_GROWING_ENV_HELP, readHeapGrowingPercent } from '../server/heap-growing.js';
@@ -126,7 +126,13 @@ export function readGatewayConfig(flags: { listen?: string }, env: Env = process
       'an id of 1-64 characters [A-Za-z0-9._-]',
     ),
     directories: list(r.string('DIRECTORY_ADDRS', '')),
-    redisUrl: r.matching('REDIS_URL', '', REDIS_URL_OR_EMPTY, `${REDIS_URL_SHAPE}, or empty`),
+    redisUrl: r.matching(
+      'REDIS_URL',
+      '',
+      REDIS_URL_OR_EMPTY,
+      `${REDIS_URL_SHAPE}, or empty`,
+      redactedRedisUrl,
+    ),
     cacheIntegrityKey: integrityKey(r),
     cacheTtlMs: r.duration('CACHE_TTL', 3_600_000, { minMs: 1000 }),
     cacheTombstoneMs: r.duration('CACHE_TOMBSTONE_TTL', 60_000, { minMs: 200, maxMs: 86_400_000 }),

@@ -1,4 +1,4 @@
-import { REDIS_URL, REDIS_URL_SHAPE } from '../common/redis-client.js';
+import { REDIS_URL, REDIS_URL_SHAPE, redactedRedisUrl } from '../common/redis-client.js';
 import { COMMON_ENV_HELP, envReader, readServerConfig, type ServerConfig } from '../config/common.js';
 import type { Env } from '../config/env.js';
 import { EC_ENV_HELP, type EcConfig, readEcConfig } from '../ec/config.js';
@@ -140,7 +140,7 @@ export function readReplicationConfig(flags: { listen?: string }, env: Env = pro
     ),
     advertise: r.hostPort('REPLICATION_ADVERTISE', server.listen),
     directories: list(r.string('DIRECTORY_ADDRS', '')),
-    redisUrl: r.matching('REDIS_URL', 'redis://127.0.0.1:6379', REDIS_URL, REDIS_URL_SHAPE),
+    redisUrl: r.matching('REDIS_URL', 'redis://127.0.0.1:6379', REDIS_URL, REDIS_URL_SHAPE, redactedRedisUrl),
     leaseKey: r.string('REPLICATION_LEASE_KEY', 'haystack:replication:lease'),
     leaderTimeoutMs: r.duration('LEADER_TIMEOUT', 10_000, { minMs: 200, maxMs: 600_000 }),
     leaderHeartbeatIntervalMs: r.duration('LEADER_HEARTBEAT_INTERVAL', 3_000, { minMs: 50, maxMs: 300_000 }),
