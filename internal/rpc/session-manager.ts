@@ -29,11 +29,15 @@ import { CONNECTION_WINDOW } from '../server/listener-limits.js';
  *   session UNAVAILABLE "PING timed out", failing its streams. A request on a
  *   session silent for longer than `pingIntervalMs` PINGs it first and dials anew
  *   if that fails;
- * - a dial whose TCP and TLS handshakes do not finish within HANDSHAKE_TIMEOUT_MS
- *   fails the requests waiting on it UNAVAILABLE (Node sets no limit: a SYN into a
- *   partition would hold them for the kernel's two minutes);
- * - a session without streams is unref'd (it does not keep the process alive)
- *   and closed after `idleConnectionTimeoutMs` (15 min by default);
+ * - a dial whose TCP and TLS handshakes do not finish within `handshakeTimeoutMs`
+ *   (HANDSHAKE_TIMEOUT_MS by default) fails the requests waiting on it UNAVAILABLE at
+ *   once (Node sets no limit, and a socket still sending SYNs closes only when the
+ *   kernel gives up, about two minutes later); abort() fails them at once too;
+ * - a session without streams is unref'd (it does not keep the process alive, except
+ *   while a request waits on its verification PING) and closed after
+ *   `idleConnectionTimeoutMs` (15 min by default); a destroyed one is forgotten at
+ *   once (its 'close' waits for the socket to flush, never to a peer that stopped
+ *   reading);
  * - the connection-level receive window is CONNECTION_WINDOW: Node starts every
  *   session at 64 KiB, so concurrent streams would share one window per round trip
  *   (the stream window is a SETTINGS value, in the session options, rpc/session.ts).
@@ -46,12 +50,13 @@ export class PeerSessionManager {
   private readonly keepalive: Keepalive;
 
   /**
-   * `url`: the peer's base URL; `options`: keepalive (Http2SessionOptions, times in ms);
-   * `sessionOptions`: handed to http2.connect for every session (TLS, SETTINGS).
+   * `url`: the peer's base URL; `options`: keepalive (Http2SessionOptions) and the dial
+   * limit, times in ms; `sessionOptions`: handed to http2.connect for every session (TLS,
+   * SETTINGS).
    */
   constructor(
     url: string,
-    options: Http2SessionOptions = {},
+    options: Http2SessionOptions & { handshakeTimeoutMs?: number } = {},
     private readonly sessionOptions: http2.SecureClientSessionOptions = {},
   ) {
     this.authority = new URL(url).origin;
@@ -60,6 +65,7 @@ export class PeerSessionManager {
       pingTimeoutMs: options.pingTimeoutMs ?? 15_000,
       pingIdleConnection: options.pingIdleConnection ?? false,
       idleConnectionTimeoutMs: options.idleConnectionTimeoutMs ?? 15 * 60_000,
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS,
     };
   }
 
@@ -92,10 +98,15 @@ export class PeerSessionManager {
     for (const s of this.sessions) if (s.session === stream.session) s.alive();
   }
 
-  /** Destroys every session (their streams fail with `reason`, CANCELED by default). */
+  /** Sessions still open or closing (the current one and those finishing streams after a GOAWAY). */
+  sessionCount(): number {
+    return this.sessions.size;
+  }
+
+  /** Destroys every session: their streams and the requests waiting on a dial fail with `reason` (CANCELED by default). */
   abort(reason: Error = new ConnectError('connection aborted', Code.Canceled)): void {
     this.current = undefined;
-    for (const s of this.sessions) s.session.destroy(reason, http2.constants.NGHTTP2_CANCEL);
+    for (const s of [...this.sessions]) s.destroy(reason, http2.constants.NGHTTP2_CANCEL);
   }
 
   private async usable(): Promise<PeerSession> {
@@ -124,6 +135,7 @@ interface Keepalive {
   pingTimeoutMs: number;
   pingIdleConnection: boolean;
   idleConnectionTimeoutMs: number;
+  handshakeTimeoutMs: number;
 }
 
 /** One HTTP/2 session and its keepalive; see PeerSessionManager for the rules. */
@@ -137,12 +149,15 @@ class PeerSession {
   private pingTimer: NodeJS.Timeout | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
   private verifying: Promise<boolean> | undefined;
+  private gone = false;
+  /** Rejects the handshake's waiters (a no-op once it settled). */
+  private failHandshake: (err: Error) => void = () => {};
 
   constructor(
     authority: string,
     options: http2.SecureClientSessionOptions,
     private readonly k: Keepalive,
-    onGone: (s: PeerSession) => void,
+    private readonly onGone: (s: PeerSession) => void,
   ) {
     const s = http2.connect(authority, options);
     this.session = s;
@@ -153,12 +168,9 @@ class PeerSession {
       this.goaway = true;
       // Node closes a GOAWAY'd session only once its streams are done; one without
       // streams would linger.
-      if (this.streams === 0) s.destroy();
+      if (this.streams === 0) this.destroy();
     });
-    s.once('close', () => {
-      this.stopTimers();
-      onGone(this);
-    });
+    s.once('close', () => this.forget());
     this.handshake = new Promise<void>((resolve, reject) => {
       const done = (err?: unknown) => {
         clearTimeout(timer);
@@ -180,19 +192,41 @@ class PeerSession {
       const onClose = () =>
         done(new ConnectError('the connection closed during its handshake', Code.Unavailable));
       const timer = safeTimeout(() => {
-        s.destroy(
+        this.destroy(
           new ConnectError(
-            `the connection's handshake did not finish within ${HANDSHAKE_TIMEOUT_MS} ms`,
+            `the connection's handshake did not finish within ${this.k.handshakeTimeoutMs} ms`,
             Code.Unavailable,
           ),
         );
-      }, HANDSHAKE_TIMEOUT_MS);
+      }, this.k.handshakeTimeoutMs);
+      this.failHandshake = done;
       s.once('connect', onConnect);
       s.once('error', done);
       s.once('close', onClose);
     });
     // Waiters see the rejection; this copy only keeps an unwaited one from being unhandled.
     this.handshake.catch(() => {});
+  }
+
+  /**
+   * Destroys the session (see ClientHttp2Session.destroy), fails a dial in progress at
+   * once and forgets the session: its 'close' comes only when the socket has flushed or,
+   * while TCP is still connecting, when the kernel gives up.
+   */
+  destroy(err?: Error, code?: number): void {
+    this.session.destroy(err, code);
+    this.failHandshake(
+      err ?? new ConnectError('the connection was closed during its handshake', Code.Unavailable),
+    );
+    this.forget();
+  }
+
+  private forget(): void {
+    if (this.gone) return;
+    this.gone = true;
+    this.stopTimers();
+    this.session.unref();
+    this.onGone(this);
   }
 
   /** Open for new streams: connected or connecting, not closing, no GOAWAY. */
@@ -204,8 +238,11 @@ class PeerSession {
   verified(): Promise<boolean> {
     if (!this.usable()) return Promise.resolve(false);
     if (Date.now() - this.lastAliveAt <= this.k.pingIntervalMs) return Promise.resolve(true);
+    // Ref'd while the PING is out: a request is waiting on it (connect-node does the same).
+    this.session.ref();
     this.verifying ??= this.ping().finally(() => {
       this.verifying = undefined;
+      if (this.streams === 0 && !this.session.destroyed) this.session.unref();
     });
     return this.verifying;
   }
@@ -224,9 +261,9 @@ class PeerSession {
     stream.once('response', () => this.alive());
     stream.once('close', () => {
       if (--this.streams > 0) return;
-      if (this.goaway && !this.session.destroyed) this.session.destroy();
-      if (this.session.destroyed) return;
+      if (this.goaway && !this.session.destroyed) this.destroy();
       this.session.unref();
+      if (this.session.destroyed) return;
       this.armPing();
       this.armIdle();
     });
@@ -244,7 +281,7 @@ class PeerSession {
     return new Promise<boolean>((resolve) => {
       if (s.destroyed || s.closed) return resolve(false);
       const timer = safeTimeout(() => {
-        s.destroy(new ConnectError('PING timed out', Code.Unavailable), http2.constants.NGHTTP2_CANCEL);
+        this.destroy(new ConnectError('PING timed out', Code.Unavailable), http2.constants.NGHTTP2_CANCEL);
         resolve(false);
       }, this.k.pingTimeoutMs);
       try {

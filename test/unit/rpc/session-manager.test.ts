@@ -1,5 +1,9 @@
+import { spawn } from 'node:child_process';
+import { rmSync, writeFileSync } from 'node:fs';
 import http2 from 'node:http2';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { PeerSessionManager } from '../../../internal/rpc/session-manager.js';
 
@@ -38,6 +42,45 @@ class Relay {
     this.resetAll();
     return new Promise((r) => this.server.close(() => r()));
   }
+}
+
+/**
+ * A loopback port whose SYNs the kernel drops, as in a partition: a listener with
+ * backlog 0 that never accepts (Python's: Node accepts by itself), its one queue slot
+ * taken by a first connection.
+ */
+async function synDroppingPort(): Promise<{ port: number; close: () => void }> {
+  const py = spawn('python3', [
+    '-u',
+    '-c',
+    "import socket,time\ns=socket.socket();s.bind(('127.0.0.1',0));s.listen(0)\nprint(s.getsockname()[1],flush=True)\ntime.sleep(600)",
+  ]);
+  const port = Number(await new Promise<string>((r) => py.stdout.once('data', (d) => r(String(d)))));
+  const filler = net.connect(port, '127.0.0.1');
+  filler.on('error', () => {});
+  await new Promise((r) => filler.once('connect', r));
+  return {
+    port,
+    close: () => {
+      filler.destroy();
+      py.kill();
+    },
+  };
+}
+
+/** How `p` settled, with the time from `t0`; 'pending' if not within `ms`. */
+async function settled(
+  p: Promise<unknown>,
+  ms: number,
+  t0: number,
+): Promise<{ error: string; ms: number } | 'resolved' | 'pending'> {
+  return Promise.race([
+    p.then(
+      () => 'resolved' as const,
+      (e: unknown) => ({ error: String(e), ms: Date.now() - t0 }),
+    ),
+    new Promise<'pending'>((r) => setTimeout(() => r('pending'), ms)),
+  ]);
 }
 
 /** A GET that resolves when its stream closes, with the stream. */
@@ -161,6 +204,88 @@ describe('PeerSessionManager', () => {
     } finally {
       server.off('session', onSession);
     }
+  });
+
+  // Node closes a session whose socket is still sending SYNs only when the kernel gives
+  // up (about two minutes): destroying it is not enough to release the request.
+  it('fails a dial whose SYNs are dropped after handshakeTimeoutMs, and at once on abort()', async () => {
+    const peer = await synDroppingPort();
+    try {
+      const url = `http://127.0.0.1:${peer.port}`;
+      const timed = new PeerSessionManager(url, { handshakeTimeoutMs: 300 });
+      let t0 = Date.now();
+      const first = await settled(timed.request('GET', '/', {}, {}), 10_000, t0);
+      expect(first).toMatchObject({
+        error: expect.stringMatching(/unavailable.*handshake did not finish within 300 ms/),
+      });
+      expect(timed.sessionCount()).toBe(0);
+      const aborted = new PeerSessionManager(url);
+      t0 = Date.now();
+      const req = aborted.request('GET', '/', {}, {});
+      await new Promise((r) => setTimeout(r, 100));
+      aborted.abort();
+      expect(await settled(req, 10_000, t0)).toMatchObject({ error: expect.stringMatching(/canceled/) });
+      expect(aborted.sessionCount()).toBe(0);
+    } finally {
+      peer.close();
+    }
+  });
+
+  // A request waiting on a verification PING is the process's only work when, e.g., a
+  // CLI makes its second call: the unref'd idle session must not let the process exit.
+  it('keeps the process alive while a request waits on its verification PING', async () => {
+    relay = new Relay(port);
+    url = await relay.listen();
+    const file = join(tmpdir(), `haystack-verify-child-${process.pid}.mts`);
+    writeFileSync(
+      file,
+      `import { PeerSessionManager } from ${JSON.stringify(join(process.cwd(), 'internal/rpc/session-manager.ts'))};
+      const m = new PeerSessionManager(${JSON.stringify(url)}, { pingIntervalMs: 50 });
+      async function get() {
+        const s = await m.request('GET', '/', {}, {});
+        s.resume(); s.end();
+        await new Promise((r) => s.once('close', r));
+      }
+      await get();
+      await new Promise((r) => setTimeout(r, 200));
+      await get();
+      console.log('both served');
+      m.abort();`,
+    );
+    try {
+      const child = spawn(process.execPath, ['--import', 'tsx', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout.on('data', (d) => {
+        out += d;
+      });
+      child.stderr.on('data', (d) => {
+        out += d;
+      });
+      const status = await new Promise<number | null>((r) => child.once('close', r));
+      expect({ status, out: out.trim() }).toEqual({ status: 0, out: 'both served' });
+    } finally {
+      rmSync(file, { force: true });
+    }
+  });
+
+  // Node emits a destroyed session's 'close' only once its socket has flushed: to a
+  // peer that stopped reading, never. The manager forgets it when it destroys it.
+  it('forgets a session its keepalive destroyed even when the socket cannot flush', async () => {
+    relay = new Relay(port);
+    url = await relay.listen();
+    const m = new PeerSessionManager(url, { pingIntervalMs: 100, pingTimeoutMs: 200 });
+    const open = await m.request('POST', '/', {}, {});
+    const failed = new Promise<Error>((r) => open.once('error', r));
+    const [c1] = relay.conns;
+    if (!c1) throw new Error('no connection');
+    relay.freeze(c1);
+    c1.pause(); // and stop reading: the client's writes fill the socket
+    const chunk = Buffer.alloc(1 << 20);
+    for (let i = 0; i < 16; i++) open.write(chunk);
+    expect((await failed).message).toMatch(/PING timed out/);
+    expect(open.session).toBeUndefined();
+    expect(m.sessionCount()).toBe(0);
+    m.abort();
   });
 
   it('rejects a request whose dial fails, with the dial error', async () => {
