@@ -18,6 +18,13 @@ export const CATCHUP_TERM_HEADER = 'haystack-catchup-term';
 /** Error/response metadata naming the leader's address, when known. */
 export const LEADER_ADDRESS_HEADER = 'haystack-leader-address';
 export const LEADER_ID_HEADER = 'haystack-leader-id';
+
+/**
+ * How long (ms) a keepalive PING to a directory may go unanswered, with no response
+ * bytes meanwhile, before the connection is dropped (gRPC A8's keepalive timeout;
+ * gRPC's default is 20 s).
+ */
+export const PEER_PING_TIMEOUT_MS = 5_000;
 /**
  * Error metadata of a call the cluster's mode refuses (WrongModeError): `placement`
  * or `per-blob`, the mode the directory is in.
@@ -44,9 +51,12 @@ export class PeerClients {
             address,
             ['directory'],
             {
-              // Notice a dead peer on an idle stream too.
+              // Notice a dead peer on an idle stream too. The answer may take seconds
+              // at load 30–40 on two cores (a 1 s limit failed UpdatePlacement calls
+              // that were 1.1–2.8 s from done, so backfills stalled): a dead peer is
+              // noticed within 6 s, and calls and streams have their own deadlines.
               pingIntervalMs: 1000,
-              pingTimeoutMs: 1000,
+              pingTimeoutMs: PEER_PING_TIMEOUT_MS,
               pingIdleConnection: true,
               idleConnectionTimeoutMs: 60_000,
             },

@@ -25,8 +25,11 @@ import { CONNECTION_WINDOW } from '../server/listener-limits.js';
  *   one's streams finish on it);
  * - keepalive (gRPC A8, "Basic Keepalive"; Http2SessionOptions): a PING every
  *   `pingIntervalMs` while streams are open (idle too with `pingIdleConnection`),
- *   reset by response bytes; one unanswered within `pingTimeoutMs` destroys the
- *   session UNAVAILABLE "PING timed out", failing its streams. A request on a
+ *   reset by response bytes, one outstanding at a time; one unanswered for
+ *   `pingTimeoutMs` with no response bytes in that time destroys the session
+ *   UNAVAILABLE "PING timed out", failing its streams. Bytes meanwhile give it
+ *   another `pingTimeoutMs`: the peer is alive, only slow to answer (a loaded box),
+ *   as grpc-go's keepalive judges it (internal/transport/http2_client.go). A request on a
  *   session silent for longer than `pingIntervalMs` PINGs it first and dials anew
  *   if that fails;
  * - a dial whose TCP and TLS handshakes do not finish within `handshakeTimeoutMs`
@@ -145,10 +148,14 @@ class PeerSession {
   readonly handshake: Promise<void>;
   private streams = 0;
   private lastAliveAt = Date.now();
+  /** Times the peer was heard from (response headers or bytes): an outstanding PING gets more time. */
+  private heard = 0;
   private goaway = false;
   private pingTimer: NodeJS.Timeout | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
   private verifying: Promise<boolean> | undefined;
+  /** The PING outstanding, if any. */
+  private pinging: Promise<boolean> | undefined;
   private gone = false;
   /** Rejects the handshake's waiters (a no-op once it settled). */
   private failHandshake: (err: Error) => void = () => {};
@@ -271,32 +278,51 @@ class PeerSession {
   }
 
   alive(): void {
+    this.heard++;
     this.lastAliveAt = Date.now();
     this.armPing();
   }
 
-  /** Sends a PING; false (and the session destroyed) if it fails or is not answered in time. */
+  /**
+   * Sends a PING, or joins the one outstanding (one at a time: a peer slow to answer
+   * would otherwise collect them, and Node refuses more than 10). True when answered.
+   * False, with the session destroyed, when it fails or goes unanswered for
+   * pingTimeoutMs with nothing heard from the peer; each pingTimeoutMs in which
+   * response bytes arrived gives it another.
+   */
   private ping(): Promise<boolean> {
-    const s = this.session;
-    return new Promise<boolean>((resolve) => {
+    this.pinging ??= new Promise<boolean>((resolve) => {
+      const s = this.session;
       if (s.destroyed || s.closed) return resolve(false);
-      const timer = safeTimeout(() => {
-        this.destroy(new ConnectError('PING timed out', Code.Unavailable), http2.constants.NGHTTP2_CANCEL);
+      const fail = (why: string) => {
+        clearTimeout(timer);
+        this.destroy(new ConnectError(why, Code.Unavailable), http2.constants.NGHTTP2_CANCEL);
         resolve(false);
-      }, this.k.pingTimeoutMs);
+      };
+      let heardBefore = this.heard;
+      const check = () => {
+        if (!this.usable()) return resolve(false);
+        // Response bytes meanwhile: the connection works, only the answer is late.
+        if (this.heard === heardBefore) return fail('PING timed out');
+        heardBefore = this.heard;
+        timer = safeTimeout(check, this.k.pingTimeoutMs);
+      };
+      let timer = safeTimeout(check, this.k.pingTimeoutMs);
       try {
         s.ping((err) => {
+          if (err) return fail(`PING failed: ${err.message}`);
           clearTimeout(timer);
-          if (err) return resolve(false);
           this.lastAliveAt = Date.now();
           resolve(true);
         });
-      } catch {
+      } catch (err) {
         // Node throws when the session was destroyed a moment ago (connect-es#1795).
-        clearTimeout(timer);
-        resolve(false);
+        fail(`PING failed: ${err instanceof Error ? err.message : String(err)}`);
       }
+    }).finally(() => {
+      this.pinging = undefined;
     });
+    return this.pinging;
   }
 
   private armPing(): void {

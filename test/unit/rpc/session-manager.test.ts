@@ -15,6 +15,7 @@ import { PeerSessionManager } from '../../../internal/rpc/session-manager.js';
 class Relay {
   readonly conns: net.Socket[] = [];
   private readonly frozen = new Set<net.Socket>();
+  private readonly deaf = new Set<net.Socket>();
   private readonly server: net.Server;
   constructor(target: number) {
     this.server = net.createServer((c) => {
@@ -22,7 +23,21 @@ class Relay {
       c.on('error', () => {});
       u.on('error', () => {});
       c.on('data', (d) => this.frozen.has(c) || u.write(d));
-      u.on('data', (d) => this.frozen.has(c) || c.write(d));
+      // The server's side is cut into HTTP/2 frames (9-byte header, RFC 9113 §4.1), so
+      // PING acknowledgements can be dropped one by one.
+      let pending = Buffer.alloc(0);
+      u.on('data', (d) => {
+        if (this.frozen.has(c)) return;
+        pending = Buffer.concat([pending, d]);
+        while (pending.length >= 9) {
+          const size = 9 + pending.readUIntBE(0, 3);
+          if (pending.length < size) break;
+          const frame = pending.subarray(0, size);
+          pending = pending.subarray(size);
+          const pingAck = frame[3] === 0x6 && ((frame[4] ?? 0) & 0x1) === 1;
+          if (!(pingAck && this.deaf.has(c))) c.write(frame);
+        }
+      });
       c.on('close', () => u.destroy());
       u.on('close', () => c.destroy());
       this.conns.push(c);
@@ -34,6 +49,10 @@ class Relay {
   }
   freeze(c: net.Socket): void {
     this.frozen.add(c);
+  }
+  /** Drops the server's PING acknowledgements on `c`; every other frame still flows. */
+  dropPingAcks(c: net.Socket): void {
+    this.deaf.add(c);
   }
   resetAll(): void {
     for (const c of this.conns) if (!c.destroyed) c.resetAndDestroy();
@@ -109,7 +128,19 @@ describe('PeerSessionManager', () => {
   const serverSockets = new Set<net.Socket>();
   const onUncaught = (e: unknown) => uncaught.push(e);
   beforeAll(async () => {
-    server = http2.createServer((_req, res) => res.end('ok'));
+    server = http2.createServer((req, res) => {
+      if (req.url !== '/drip') return void res.end('ok');
+      // 20 chunks, one every 50 ms: a response that keeps arriving for a second.
+      let n = 0;
+      const t = setInterval(() => {
+        res.write(Buffer.alloc(100));
+        if (++n === 20) {
+          clearInterval(t);
+          res.end();
+        }
+      }, 50);
+      res.on('close', () => clearInterval(t));
+    });
     server.on('sessionError', () => {});
     server.on('connection', (s: net.Socket) => {
       s.on('error', () => {});
@@ -180,6 +211,38 @@ describe('PeerSessionManager', () => {
     expect(open.session).toBeUndefined();
     expect((await get(m)).rstCode).toBe(http2.constants.NGHTTP2_NO_ERROR);
     expect(relay.conns.length).toBe(2);
+    m.abort();
+  });
+
+  // At load 30–40 a peer can take seconds to answer a PING while its responses keep
+  // flowing: that connection works (grpc-go's keepalive judges it the same way).
+  it('keeps a session whose PINGs go unanswered while response bytes keep arriving', async () => {
+    relay = new Relay(port);
+    url = await relay.listen();
+    const m = new PeerSessionManager(url, { pingIntervalMs: 50, pingTimeoutMs: 200 });
+    await get(m);
+    const [c1] = relay.conns;
+    if (!c1) throw new Error('no connection');
+    relay.dropPingAcks(c1);
+    const drip = await m.request('GET', '/drip', {}, {});
+    drip.end();
+    let bytes = 0;
+    drip.on('data', (d: Buffer) => {
+      bytes += d.length;
+      m.notifyResponseByteRead(drip); // as connect-node's client does
+    });
+    const outcome = await new Promise<string>((r) => {
+      drip.once('error', (e) => r(e.message));
+      drip.once('close', () => r(`closed, rst ${drip.rstCode}`));
+    });
+    expect(outcome).toBe(`closed, rst ${http2.constants.NGHTTP2_NO_ERROR}`);
+    expect(bytes).toBe(2000);
+    expect(relay.conns.length).toBe(1);
+    // Silent again, the unanswered PING ends it.
+    const open = await m.request('POST', '/', {}, {});
+    open.on('error', () => {});
+    await until(() => open.destroyed);
+    expect(m.sessionCount()).toBe(0);
     m.abort();
   });
 
