@@ -25,11 +25,13 @@ import { CONNECTION_WINDOW } from '../server/listener-limits.js';
  *   one's streams finish on it);
  * - keepalive (gRPC A8, "Basic Keepalive"; Http2SessionOptions): a PING every
  *   `pingIntervalMs` while streams are open (idle too with `pingIdleConnection`),
- *   reset by response bytes, one outstanding at a time; one unanswered for
- *   `pingTimeoutMs` with no response bytes in that time destroys the session
- *   UNAVAILABLE "PING timed out", failing its streams. Bytes meanwhile give it
- *   another `pingTimeoutMs`: the peer is alive, only slow to answer (a loaded box),
- *   as grpc-go's keepalive judges it (internal/transport/http2_client.go). A request on a
+ *   reset by response bytes, one outstanding at a time; when neither its answer nor
+ *   response bytes have come for `pingTimeoutMs` (after the PING or the last byte,
+ *   as grpc-go's keepalive bounds it, internal/transport/http2_client.go), the
+ *   session is destroyed UNAVAILABLE "PING timed out", failing its streams: bytes
+ *   meanwhile mean the peer is alive, only slow to answer (a loaded box). A session
+ *   that received GOAWAY is not PINGed again (Node cannot PING a closing session);
+ *   one PING already out is still judged. A request on a
  *   session silent for longer than `pingIntervalMs` PINGs it first and dials anew
  *   if that fails;
  * - a dial whose TCP and TLS handshakes do not finish within `handshakeTimeoutMs`
@@ -148,8 +150,6 @@ class PeerSession {
   readonly handshake: Promise<void>;
   private streams = 0;
   private lastAliveAt = Date.now();
-  /** Times the peer was heard from (response headers or bytes): an outstanding PING gets more time. */
-  private heard = 0;
   private goaway = false;
   private pingTimer: NodeJS.Timeout | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
@@ -278,42 +278,54 @@ class PeerSession {
   }
 
   alive(): void {
-    this.heard++;
     this.lastAliveAt = Date.now();
     this.armPing();
   }
 
   /**
    * Sends a PING, or joins the one outstanding (one at a time: a peer slow to answer
-   * would otherwise collect them, and Node refuses more than 10). True when answered.
-   * False, with the session destroyed, when it fails or goes unanswered for
-   * pingTimeoutMs with nothing heard from the peer; each pingTimeoutMs in which
-   * response bytes arrived gives it another.
+   * would otherwise collect them, and Node refuses more than 10). True when answered;
+   * false at once for a closing or destroyed session (Node cannot PING one). Else false,
+   * with the session destroyed, when the PING fails or when the peer was silent (no
+   * answer, no response bytes) for pingTimeoutMs: bytes keep it waiting, until
+   * pingTimeoutMs after the last of them (grpc-go's bound). The verdict waits until the
+   * event loop has read what is in the socket, so a stall of this process is not taken
+   * for silence of the peer.
    */
   private ping(): Promise<boolean> {
     this.pinging ??= new Promise<boolean>((resolve) => {
       const s = this.session;
       if (s.destroyed || s.closed) return resolve(false);
-      const fail = (why: string) => {
+      let settled = false;
+      const settle = (ok: boolean) => {
+        settled = true;
         clearTimeout(timer);
-        this.destroy(new ConnectError(why, Code.Unavailable), http2.constants.NGHTTP2_CANCEL);
-        resolve(false);
+        resolve(ok);
       };
-      let heardBefore = this.heard;
+      const fail = (why: string) => {
+        if (settled) return;
+        settle(false);
+        this.destroy(new ConnectError(why, Code.Unavailable), http2.constants.NGHTTP2_CANCEL);
+      };
+      const sentAt = Date.now();
       const check = () => {
-        if (!this.usable()) return resolve(false);
-        // Response bytes meanwhile: the connection works, only the answer is late.
-        if (this.heard === heardBefore) return fail('PING timed out');
-        heardBefore = this.heard;
-        timer = safeTimeout(check, this.k.pingTimeoutMs);
+        // Timers run before the poll phase: read the socket first (setImmediate runs after it).
+        setImmediate(() => {
+          if (settled) return;
+          if (s.destroyed) return settle(false);
+          // A GOAWAY'd session is judged too: its streams are finishing on it.
+          const quietMs = Date.now() - Math.max(this.lastAliveAt, sentAt);
+          if (quietMs >= this.k.pingTimeoutMs) return fail('PING timed out');
+          timer = safeTimeout(check, this.k.pingTimeoutMs - quietMs);
+        });
       };
       let timer = safeTimeout(check, this.k.pingTimeoutMs);
       try {
         s.ping((err) => {
+          if (settled) return;
           if (err) return fail(`PING failed: ${err.message}`);
-          clearTimeout(timer);
           this.lastAliveAt = Date.now();
-          resolve(true);
+          settle(true);
         });
       } catch (err) {
         // Node throws when the session was destroyed a moment ago (connect-es#1795).

@@ -87,6 +87,23 @@ async function synDroppingPort(): Promise<{ port: number; close: () => void }> {
   };
 }
 
+/** Runs a TypeScript file in a child Node (killed after 30 s): its exit status and output. */
+async function runScript(file: string): Promise<{ status: number | null; out: string }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', file], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    timeout: 30_000,
+  });
+  let out = '';
+  child.stdout.on('data', (d) => {
+    out += d;
+  });
+  child.stderr.on('data', (d) => {
+    out += d;
+  });
+  const status = await new Promise<number | null>((r) => child.once('close', r));
+  return { status, out: out.trim() };
+}
+
 /** How `p` settled, with the time from `t0`; 'pending' if not within `ms`. */
 async function settled(
   p: Promise<unknown>,
@@ -129,12 +146,18 @@ describe('PeerSessionManager', () => {
   const onUncaught = (e: unknown) => uncaught.push(e);
   beforeAll(async () => {
     server = http2.createServer((req, res) => {
+      if (req.url === '/hold') {
+        // Answers once the request has ended: the stream stays open until the client ends it.
+        req.resume();
+        req.on('end', () => res.end('done'));
+        return;
+      }
       if (req.url !== '/drip') return void res.end('ok');
-      // 20 chunks, one every 50 ms: a response that keeps arriving for a second.
+      // 40 chunks, one every 50 ms: a response that keeps arriving for two seconds.
       let n = 0;
       const t = setInterval(() => {
         res.write(Buffer.alloc(100));
-        if (++n === 20) {
+        if (++n === 40) {
           clearInterval(t);
           res.end();
         }
@@ -219,7 +242,7 @@ describe('PeerSessionManager', () => {
   it('keeps a session whose PINGs go unanswered while response bytes keep arriving', async () => {
     relay = new Relay(port);
     url = await relay.listen();
-    const m = new PeerSessionManager(url, { pingIntervalMs: 50, pingTimeoutMs: 200 });
+    const m = new PeerSessionManager(url, { pingIntervalMs: 50, pingTimeoutMs: 700 });
     await get(m);
     const [c1] = relay.conns;
     if (!c1) throw new Error('no connection');
@@ -236,14 +259,85 @@ describe('PeerSessionManager', () => {
       drip.once('close', () => r(`closed, rst ${drip.rstCode}`));
     });
     expect(outcome).toBe(`closed, rst ${http2.constants.NGHTTP2_NO_ERROR}`);
-    expect(bytes).toBe(2000);
+    expect(bytes).toBe(4000);
     expect(relay.conns.length).toBe(1);
     // Silent again, the unanswered PING ends it.
-    const open = await m.request('POST', '/', {}, {});
-    open.on('error', () => {});
-    await until(() => open.destroyed);
+    const open = await m.request('POST', '/hold', {}, {});
+    const failed = await new Promise<Error>((r) => open.once('error', r));
+    expect(failed.message).toMatch(/PING timed out/);
     expect(m.sessionCount()).toBe(0);
     m.abort();
+  });
+
+  // Node closes a session when GOAWAY arrives and cannot PING it any more; a PING already
+  // out must still be judged, or the streams finishing on it would wait on a dead peer.
+  it("fails the streams finishing on a GOAWAY'd session whose outstanding PING goes unanswered", async () => {
+    relay = new Relay(port);
+    url = await relay.listen();
+    const sessions: http2.ServerHttp2Session[] = [];
+    const onSession = (s: http2.ServerHttp2Session) => sessions.push(s);
+    server.on('session', onSession);
+    try {
+      const m = new PeerSessionManager(url, { pingIntervalMs: 50, pingTimeoutMs: 300 });
+      const open = await m.request('POST', '/hold', {}, {}); // open until the client ends it
+      const failed = new Promise<Error>((r) => open.once('error', r));
+      await until(() => open.id !== undefined && sessions.length === 1);
+      const [c1] = relay.conns;
+      if (!c1) throw new Error('no connection');
+      relay.dropPingAcks(c1); // the next PING stays out
+      await new Promise((r) => setTimeout(r, 100));
+      let goaway = false;
+      open.session?.once('goaway', () => {
+        goaway = true;
+      });
+      sessions[0]?.goaway(http2.constants.NGHTTP2_NO_ERROR, open.id); // graceful: open may finish
+      await until(() => goaway);
+      relay.freeze(c1); // then the peer goes silent
+      expect((await failed).message).toMatch(/PING timed out/);
+      expect(m.sessionCount()).toBe(0);
+      m.abort();
+    } finally {
+      server.off('session', onSession);
+    }
+  });
+
+  // After this process stalls, timers run before the socket is read: a PING answered
+  // during the stall must not be judged unanswered. The manager runs in a child process,
+  // which stalls; this process answers.
+  it('does not take a stall of its own process for an unanswered PING', async () => {
+    relay = new Relay(port);
+    url = await relay.listen();
+    const file = join(tmpdir(), `haystack-stall-child-${process.pid}.mts`);
+    writeFileSync(
+      file,
+      `import { PeerSessionManager } from ${JSON.stringify(join(process.cwd(), 'internal/rpc/session-manager.ts'))};
+      const m = new PeerSessionManager(${JSON.stringify(url)}, { pingIntervalMs: 50, pingTimeoutMs: 200 });
+      const open = await m.request('POST', '/hold', {}, {});
+      let failure = '';
+      open.on('error', (e) => { failure = e.message; });
+      open.resume();
+      await new Promise((r) => setTimeout(r, 100)); // the stream is open (its answer waits for its end)
+      const session = open.session;
+      const ping = session.ping.bind(session);
+      let stalls = 0;
+      session.ping = (cb) => {
+        const sent = ping(cb);
+        // Once the PING is on the wire, block the event loop past pingTimeoutMs.
+        if (stalls++ < 3) setImmediate(() => { const until = Date.now() + 500; while (Date.now() < until); });
+        return sent;
+      };
+      await new Promise((r) => setTimeout(r, 2000));
+      console.log(failure || (open.destroyed ? 'destroyed' : 'open after ' + stalls + ' stalls'));
+      m.abort();`,
+    );
+    try {
+      expect(await runScript(file)).toMatchObject({
+        status: 0,
+        out: expect.stringMatching(/^open after \d+ stalls$/),
+      });
+    } finally {
+      rmSync(file, { force: true });
+    }
   });
 
   it('opens a new session after a GOAWAY and closes one idle past idleConnectionTimeoutMs', async () => {
@@ -316,16 +410,7 @@ describe('PeerSessionManager', () => {
       m.abort();`,
     );
     try {
-      const child = spawn(process.execPath, ['--import', 'tsx', file], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let out = '';
-      child.stdout.on('data', (d) => {
-        out += d;
-      });
-      child.stderr.on('data', (d) => {
-        out += d;
-      });
-      const status = await new Promise<number | null>((r) => child.once('close', r));
-      expect({ status, out: out.trim() }).toEqual({ status: 0, out: 'both served' });
+      expect(await runScript(file)).toEqual({ status: 0, out: 'both served' });
     } finally {
       rmSync(file, { force: true });
     }
