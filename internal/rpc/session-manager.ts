@@ -26,9 +26,9 @@ import { CONNECTION_WINDOW } from '../server/listener-limits.js';
  * - keepalive (gRPC A8, "Basic Keepalive"; Http2SessionOptions): a PING every
  *   `pingIntervalMs` while streams are open (idle too with `pingIdleConnection`),
  *   reset by response bytes, one outstanding at a time; when neither its answer nor
- *   response bytes have come for `pingTimeoutMs` (after the PING or the last byte,
- *   as grpc-go's keepalive bounds it, internal/transport/http2_client.go), the
- *   session is destroyed UNAVAILABLE "PING timed out", failing its streams: bytes
+ *   any byte from the peer has come for `pingTimeoutMs` (after the PING or the last
+ *   response byte, as grpc-go's keepalive bounds it, internal/transport/http2_client.go),
+ *   the session is destroyed UNAVAILABLE "PING timed out", failing its streams: bytes
  *   meanwhile mean the peer is alive, only slow to answer (a loaded box). A session
  *   that received GOAWAY is not PINGed again (Node cannot PING a closing session);
  *   one PING already out is still judged. A request on a
@@ -52,6 +52,9 @@ export class PeerSessionManager {
   readonly authority: string;
   private current: PeerSession | undefined;
   private readonly sessions = new Set<PeerSession>();
+  /** Why the manager was last aborted, and how many times: a request waiting across an abort fails with it. */
+  private aborts = 0;
+  private abortReason: Error | undefined;
   private readonly keepalive: Keepalive;
 
   /**
@@ -110,11 +113,14 @@ export class PeerSessionManager {
 
   /** Destroys every session: their streams and the requests waiting on a dial fail with `reason` (CANCELED by default). */
   abort(reason: Error = new ConnectError('connection aborted', Code.Canceled)): void {
+    this.aborts++;
+    this.abortReason = reason;
     this.current = undefined;
     for (const s of [...this.sessions]) s.destroy(reason, http2.constants.NGHTTP2_CANCEL);
   }
 
   private async usable(): Promise<PeerSession> {
+    const aborts = this.aborts;
     for (;;) {
       let s = this.current;
       if (!s?.usable()) {
@@ -127,6 +133,8 @@ export class PeerSessionManager {
       }
       await s.handshake;
       if (await s.verified()) return s;
+      // Aborted meanwhile (the PING was cancelled): fail as the dial's waiters do.
+      if (this.aborts !== aborts) throw this.abortReason;
       // The PING failed and destroyed the session: dial a new one.
     }
   }
@@ -269,8 +277,10 @@ class PeerSession {
     stream.once('close', () => {
       if (--this.streams > 0) return;
       if (this.goaway && !this.session.destroyed) this.destroy();
-      this.session.unref();
-      if (this.session.destroyed) return;
+      // Node destroys a GOAWAY'd session itself after its last stream: forget it now too.
+      if (this.session.destroyed) return this.forget();
+      // A request waiting on a verification PING keeps the process alive until it is answered.
+      if (!this.verifying) this.session.unref();
       this.armPing();
       this.armIdle();
     });
@@ -287,10 +297,11 @@ class PeerSession {
    * would otherwise collect them, and Node refuses more than 10). True when answered;
    * false at once for a closing or destroyed session (Node cannot PING one). Else false,
    * with the session destroyed, when the PING fails or when the peer was silent (no
-   * answer, no response bytes) for pingTimeoutMs: bytes keep it waiting, until
-   * pingTimeoutMs after the last of them (grpc-go's bound). The verdict waits until the
-   * event loop has read what is in the socket, so a stall of this process is not taken
-   * for silence of the peer.
+   * answer, no response bytes, no frame at all) for pingTimeoutMs after the PING went
+   * out: response bytes keep it waiting until pingTimeoutMs after the last of them
+   * (grpc-go's bound), other frames until pingTimeoutMs after the check that saw them
+   * (at most twice that). The verdict waits until the event loop has read what is in
+   * the socket, so a stall of this process is not taken for silence of the peer.
    */
   private ping(): Promise<boolean> {
     this.pinging ??= new Promise<boolean>((resolve) => {
@@ -307,19 +318,36 @@ class PeerSession {
         settle(false);
         this.destroy(new ConnectError(why, Code.Unavailable), http2.constants.NGHTTP2_CANCEL);
       };
-      const sentAt = Date.now();
+      // Node writes the PING in an immediate of its own: the clock starts after it, so a
+      // stall of this process before the PING is on the wire is not the peer's silence.
+      let sentAt = Number.POSITIVE_INFINITY;
+      // Any frame the peer sends (WINDOW_UPDATEs for an upload it is reading, say) shows it
+      // alive, not only response bytes: the socket's byte count, sampled at each check.
+      let bytesSeen = socketBytesRead(s);
+      let bytesAt = 0;
       const check = () => {
         // Timers run before the poll phase: read the socket first (setImmediate runs after it).
         setImmediate(() => {
           if (settled) return;
           if (s.destroyed) return settle(false);
+          const bytes = socketBytesRead(s);
+          if (bytes > bytesSeen) {
+            bytesSeen = bytes;
+            bytesAt = Date.now();
+          }
           // A GOAWAY'd session is judged too: its streams are finishing on it.
-          const quietMs = Date.now() - Math.max(this.lastAliveAt, sentAt);
+          const quietMs = Date.now() - Math.max(this.lastAliveAt, sentAt, bytesAt);
           if (quietMs >= this.k.pingTimeoutMs) return fail('PING timed out');
           timer = safeTimeout(check, this.k.pingTimeoutMs - quietMs);
         });
       };
-      let timer = safeTimeout(check, this.k.pingTimeoutMs);
+      let timer: NodeJS.Timeout | undefined;
+      setImmediate(() => {
+        if (settled) return;
+        sentAt = Date.now();
+        bytesSeen = socketBytesRead(s);
+        timer = safeTimeout(check, this.k.pingTimeoutMs);
+      });
       try {
         s.ping((err) => {
           if (settled) return;
@@ -349,7 +377,11 @@ class PeerSession {
   private armIdle(): void {
     clearTimeout(this.idleTimer);
     this.idleTimer = safeTimeout(() => {
-      if (this.streams === 0) this.session.close();
+      if (this.streams > 0) return;
+      // Closed gracefully (GOAWAY to the peer); it serves nothing more, so it is forgotten
+      // now, not when the peer's FIN comes (never, from a dead one).
+      this.session.close();
+      this.forget();
     }, this.k.idleConnectionTimeoutMs);
   }
 
@@ -357,6 +389,11 @@ class PeerSession {
     clearTimeout(this.pingTimer);
     clearTimeout(this.idleTimer);
   }
+}
+
+/** Bytes the session's socket has read (0 once it is gone). */
+function socketBytesRead(s: http2.ClientHttp2Session): number {
+  return s.socket?.bytesRead ?? 0;
 }
 
 /** An unref'd setTimeout; none for a delay setTimeout cannot hold (infinite, or over 2³¹−1 ms). */

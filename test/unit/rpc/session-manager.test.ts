@@ -15,7 +15,8 @@ import { PeerSessionManager } from '../../../internal/rpc/session-manager.js';
 class Relay {
   readonly conns: net.Socket[] = [];
   private readonly frozen = new Set<net.Socket>();
-  private readonly deaf = new Set<net.Socket>();
+  /** Connections whose PING acknowledgements are held this long (ms; Infinity: dropped). */
+  private readonly ackDelay = new Map<net.Socket, number>();
   private readonly server: net.Server;
   constructor(target: number) {
     this.server = net.createServer((c) => {
@@ -35,7 +36,9 @@ class Relay {
           const frame = pending.subarray(0, size);
           pending = pending.subarray(size);
           const pingAck = frame[3] === 0x6 && ((frame[4] ?? 0) & 0x1) === 1;
-          if (!(pingAck && this.deaf.has(c))) c.write(frame);
+          const delay = pingAck ? (this.ackDelay.get(c) ?? 0) : 0;
+          if (delay === 0) c.write(frame);
+          else if (delay !== Number.POSITIVE_INFINITY) setTimeout(() => c.write(frame), delay);
         }
       });
       c.on('close', () => u.destroy());
@@ -52,7 +55,11 @@ class Relay {
   }
   /** Drops the server's PING acknowledgements on `c`; every other frame still flows. */
   dropPingAcks(c: net.Socket): void {
-    this.deaf.add(c);
+    this.ackDelay.set(c, Number.POSITIVE_INFINITY);
+  }
+  /** Holds the server's PING acknowledgements on `c` for `ms`. */
+  delayPingAcks(c: net.Socket, ms: number): void {
+    this.ackDelay.set(c, ms);
   }
   resetAll(): void {
     for (const c of this.conns) if (!c.destroyed) c.resetAndDestroy();
@@ -182,6 +189,18 @@ describe('PeerSessionManager', () => {
     await new Promise<void>((r) => server.close(() => r()));
   });
 
+  /** A manager with one session, through a new relay that drops its PING acknowledgements. */
+  async function deafSession(options: ConstructorParameters<typeof PeerSessionManager>[1]) {
+    relay = new Relay(port);
+    url = await relay.listen();
+    const m = new PeerSessionManager(url, options);
+    await get(m);
+    const [c1] = relay.conns;
+    if (!c1) throw new Error('no connection');
+    relay.dropPingAcks(c1);
+    return m;
+  }
+
   // The network-fault suite lost two directories at once to this: connect-node's
   // Http2SessionManager, on a failed verification PING, dialled a second session over
   // the one a concurrent request had just dialled, leaving that one without listeners
@@ -240,13 +259,7 @@ describe('PeerSessionManager', () => {
   // At load 30–40 a peer can take seconds to answer a PING while its responses keep
   // flowing: that connection works (grpc-go's keepalive judges it the same way).
   it('keeps a session whose PINGs go unanswered while response bytes keep arriving', async () => {
-    relay = new Relay(port);
-    url = await relay.listen();
-    const m = new PeerSessionManager(url, { pingIntervalMs: 50, pingTimeoutMs: 700 });
-    await get(m);
-    const [c1] = relay.conns;
-    if (!c1) throw new Error('no connection');
-    relay.dropPingAcks(c1);
+    const m = await deafSession({ pingIntervalMs: 50, pingTimeoutMs: 700 });
     const drip = await m.request('GET', '/drip', {}, {});
     drip.end();
     let bytes = 0;
@@ -320,13 +333,17 @@ describe('PeerSessionManager', () => {
       const session = open.session;
       const ping = session.ping.bind(session);
       let stalls = 0;
+      const stall = () => { const until = Date.now() + 500; while (Date.now() < until); };
       session.ping = (cb) => {
         const sent = ping(cb);
-        // Once the PING is on the wire, block the event loop past pingTimeoutMs.
-        if (stalls++ < 3) setImmediate(() => { const until = Date.now() + 500; while (Date.now() < until); });
+        // Block the event loop past pingTimeoutMs: three times once the PING is on the
+        // wire, twice before Node has written it (in the same tick).
+        if (stalls < 3) setImmediate(stall);
+        else if (stalls < 5) stall();
+        stalls++;
         return sent;
       };
-      await new Promise((r) => setTimeout(r, 2000));
+      await new Promise((r) => setTimeout(r, 3000));
       console.log(failure || (open.destroyed ? 'destroyed' : 'open after ' + stalls + ' stalls'));
       m.abort();`,
     );
@@ -338,6 +355,51 @@ describe('PeerSessionManager', () => {
     } finally {
       rmSync(file, { force: true });
     }
+  });
+
+  // A peer reading a large upload sends no response yet, only WINDOW_UPDATEs: alive.
+  it('keeps a session whose PINGs go unanswered while the peer reads an upload and answers nothing yet', async () => {
+    const m = await deafSession({ pingIntervalMs: 50, pingTimeoutMs: 400 });
+    const up = await m.request('POST', '/hold', {}, {});
+    up.resume();
+    const outcome = new Promise<string>((r) => {
+      up.once('error', (e) => r(e.message));
+      up.once('close', () => r(`closed, rst ${up.rstCode}`));
+    });
+    // 16 KiB every 20 ms for 2 s: each needs the server's WINDOW_UPDATEs to go on.
+    for (let i = 0; i < 100 && !up.destroyed; i++) {
+      up.write(Buffer.alloc(16 * 1024));
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    up.end();
+    expect(await outcome).toBe(`closed, rst ${http2.constants.NGHTTP2_NO_ERROR}`);
+    expect(relay.conns.length).toBe(1);
+    m.abort();
+  });
+
+  it('fails a request waiting on a verification PING with the reason of an abort(), without dialling again', async () => {
+    const m = await deafSession({ pingIntervalMs: 50, pingTimeoutMs: 5_000 });
+    await new Promise((r) => setTimeout(r, 100)); // silent past pingIntervalMs: the next request PINGs first
+    const waiting = m.request('GET', '/', {}, {});
+    await new Promise((r) => setTimeout(r, 50));
+    m.abort(new Error('shutting down'));
+    await expect(waiting).rejects.toThrow('shutting down');
+    expect(relay.conns.length).toBe(1);
+    expect(m.sessionCount()).toBe(0);
+  });
+
+  it('forgets a session it closed for idleness at once, even when the peer never acknowledges the close', async () => {
+    relay = new Relay(port);
+    url = await relay.listen();
+    const m = new PeerSessionManager(url, { idleConnectionTimeoutMs: 200 });
+    await get(m);
+    const [c1] = relay.conns;
+    if (!c1) throw new Error('no connection');
+    relay.freeze(c1);
+    c1.pause(); // the close never gets through
+    await until(() => m.sessionCount() === 0);
+    expect(c1.destroyed).toBe(false);
+    m.abort();
   });
 
   it('opens a new session after a GOAWAY and closes one idle past idleConnectionTimeoutMs', async () => {
@@ -406,11 +468,24 @@ describe('PeerSessionManager', () => {
       await get();
       await new Promise((r) => setTimeout(r, 200));
       await get();
-      console.log('both served');
+      // Again, with another call on the session ending while the verification PING waits.
+      const other = await m.request('POST', '/hold', {}, {});
+      other.on('error', () => {});
+      other.resume();
+      await new Promise((r) => setTimeout(r, 200));
+      const waiting = get();
+      await new Promise((r) => setImmediate(r));
+      other.close();
+      await waiting;
+      console.log('all served');
       m.abort();`,
     );
     try {
-      expect(await runScript(file)).toEqual({ status: 0, out: 'both served' });
+      const run = runScript(file);
+      // PINGs answered 300 ms late: the requests wait on their verification that long.
+      while (relay.conns.length === 0) await new Promise((r) => setTimeout(r, 10));
+      relay.delayPingAcks(relay.conns[0] as net.Socket, 300);
+      expect(await run).toEqual({ status: 0, out: 'all served' });
     } finally {
       rmSync(file, { force: true });
     }
