@@ -20,9 +20,9 @@ export const LEADER_ADDRESS_HEADER = 'haystack-leader-address';
 export const LEADER_ID_HEADER = 'haystack-leader-id';
 
 /**
- * How long (ms) a keepalive PING to a directory may go unanswered, with no response
- * bytes meanwhile, before the connection is dropped (gRPC A8's keepalive timeout;
- * gRPC's default is 20 s).
+ * How long (ms) a keepalive PING to a directory may go unanswered, with no byte read
+ * from the connection meanwhile, before the connection is dropped (gRPC A8's keepalive
+ * timeout; gRPC's default is 20 s).
  */
 export const PEER_PING_TIMEOUT_MS = 5_000;
 /**

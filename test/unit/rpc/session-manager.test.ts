@@ -201,6 +201,20 @@ describe('PeerSessionManager', () => {
     return m;
   }
 
+  /** Runs `body` through a new relay, with the server sessions opened meanwhile, in order. */
+  async function viaRelayWithServerSessions(body: (sessions: http2.ServerHttp2Session[]) => Promise<void>) {
+    relay = new Relay(port);
+    url = await relay.listen();
+    const sessions: http2.ServerHttp2Session[] = [];
+    const onSession = (s: http2.ServerHttp2Session) => sessions.push(s);
+    server.on('session', onSession);
+    try {
+      await body(sessions);
+    } finally {
+      server.off('session', onSession);
+    }
+  }
+
   // The network-fault suite lost two directories at once to this: connect-node's
   // Http2SessionManager, on a failed verification PING, dialled a second session over
   // the one a concurrent request had just dialled, leaving that one without listeners
@@ -285,12 +299,7 @@ describe('PeerSessionManager', () => {
   // Node closes a session when GOAWAY arrives and cannot PING it any more; a PING already
   // out must still be judged, or the streams finishing on it would wait on a dead peer.
   it("fails the streams finishing on a GOAWAY'd session whose outstanding PING goes unanswered", async () => {
-    relay = new Relay(port);
-    url = await relay.listen();
-    const sessions: http2.ServerHttp2Session[] = [];
-    const onSession = (s: http2.ServerHttp2Session) => sessions.push(s);
-    server.on('session', onSession);
-    try {
+    await viaRelayWithServerSessions(async (sessions) => {
       const m = new PeerSessionManager(url, { pingIntervalMs: 50, pingTimeoutMs: 300 });
       const open = await m.request('POST', '/hold', {}, {}); // open until the client ends it
       const failed = new Promise<Error>((r) => open.once('error', r));
@@ -309,9 +318,7 @@ describe('PeerSessionManager', () => {
       expect((await failed).message).toMatch(/PING timed out/);
       expect(m.sessionCount()).toBe(0);
       m.abort();
-    } finally {
-      server.off('session', onSession);
-    }
+    });
   });
 
   // After this process stalls, timers run before the socket is read: a PING answered
@@ -403,12 +410,7 @@ describe('PeerSessionManager', () => {
   });
 
   it('opens a new session after a GOAWAY and closes one idle past idleConnectionTimeoutMs', async () => {
-    relay = new Relay(port);
-    url = await relay.listen();
-    const sessions: http2.ServerHttp2Session[] = [];
-    const onSession = (s: http2.ServerHttp2Session) => sessions.push(s);
-    server.on('session', onSession);
-    try {
+    await viaRelayWithServerSessions(async (sessions) => {
       const m = new PeerSessionManager(url, { idleConnectionTimeoutMs: 200 });
       await get(m);
       sessions[0]?.goaway(http2.constants.NGHTTP2_NO_ERROR);
@@ -420,9 +422,7 @@ describe('PeerSessionManager', () => {
       await get(m);
       expect(relay.conns.length).toBe(3);
       m.abort();
-    } finally {
-      server.off('session', onSession);
-    }
+    });
   });
 
   // Node closes a session whose socket is still sending SYNs only when the kernel gives
