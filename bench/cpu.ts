@@ -20,6 +20,11 @@ function statOf(pid: number): { ppid: number; cpu: number } | undefined {
   return { ppid: Number(rest[1]), cpu: (Number(rest[11]) + Number(rest[12])) / TICKS };
 }
 
+/** user + system CPU seconds of `pid` alone; undefined once it is gone. */
+export function processCpuSeconds(pid: number): number | undefined {
+  return statOf(pid)?.cpu;
+}
+
 /**
  * CPU seconds used so far by `root` and every live descendant (a process that
  * exited is no longer counted: take differences over periods in which none exits).

@@ -20,9 +20,17 @@
 // processes) during each round: peak and mean.
 // Goals (ours / SeaweedFS ops/s): writes ≥ 1.0, cache-miss reads ≥ 0.5, plain GET ≥ 0.5.
 //
+// Soak: a round starts fresh processes, and V8 compiles our hot paths for the first few
+// thousand operations (the cluster spends ~20 % more CPU per 1 KiB write after 1,000 warm-up
+// writes than after 8,000: bench/cpu-per-op.ts --warmup, docs/benchmarks.md run 13). A
+// service runs for weeks, so by default each round first runs --soak seconds of the same
+// phases, not counted (ours: every size's write, cache-hit and cache-miss phases and a short
+// wrk; SeaweedFS, compiled ahead of time: one uncounted pass of its write-fsync and read
+// phases per size). --soak 0 measures cold processes, as runs 1–12 in docs/benchmarks.md did.
+//
 // Flags: --rounds (2), --sizes (1KiB,64KiB), --concurrency (16), --duration s per ours
-// phase (10), --warmup s (1), --wrk-duration s (10), --weed-scale (1: multiplies the
-// weed benchmark counts), --out (bench/results), --keep (keep SeaweedFS data),
+// phase (10), --warmup s (1), --soak s (60, above), --wrk-duration s (10), --weed-scale (1:
+// multiplies the weed benchmark counts), --out (bench/results), --keep (keep SeaweedFS data),
 // --env KEY=VALUE (repeatable; environment for our servers, e.g. PLACEMENT_GROUPS=256).
 // weed: bench/seaweedfs-build.sh finds or builds it (WEED_BIN, PERF_BIN,
 // HAYSTACK_BENCH_CACHE). Needs a built checkout (the npm script builds); installs wrk when missing.
@@ -49,6 +57,7 @@ const { values: flags } = parseArgs({
     concurrency: { type: 'string', default: '16' },
     duration: { type: 'string', default: '10' },
     warmup: { type: 'string', default: '1' },
+    soak: { type: 'string', default: '60' },
     'wrk-duration': { type: 'string', default: '10' },
     'weed-scale': { type: 'string', default: '1' },
     out: { type: 'string', default: 'bench/results' },
@@ -64,12 +73,19 @@ const positive = (name: string, v: string) => {
     throw new Error(`--${name}: expected a positive number, got ${JSON.stringify(v)}`);
   return n;
 };
+const nonNegative = (name: string, v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0)
+    throw new Error(`--${name}: expected a number ≥ 0, got ${JSON.stringify(v)}`);
+  return n;
+};
 const cfg = {
   rounds: positive('rounds', flags.rounds as string),
   sizes: parseSizes(flags.sizes as string),
   concurrency: positive('concurrency', flags.concurrency as string),
   durationS: positive('duration', flags.duration as string),
   warmupS: positive('warmup', flags.warmup as string),
+  soakS: nonNegative('soak', flags.soak as string),
   wrkS: positive('wrk-duration', flags['wrk-duration'] as string),
   weedScale: positive('weed-scale', flags['weed-scale'] as string),
 };
@@ -122,6 +138,27 @@ function findWeed(): string {
   return out.trim().split('\n').pop() as string;
 }
 
+/** --soak: our phases for every size, nothing counted (see the header). */
+async function soakOurs(t: Target, round: number): Promise<void> {
+  const perPhaseMs = Math.max(1000, (cfg.soakS * 1000) / (cfg.sizes.length * 4));
+  log(`ours r${round}: soak ${cfg.soakS} s (not counted)`);
+  for (const size of cfg.sizes) {
+    await sizeRun(t, size, 1000 + round, {
+      concurrency: cfg.concurrency,
+      durationMs: perPhaseMs,
+      warmupMs: 0,
+      seed: 7,
+    });
+    const b = await t.client.upload(randomBytes(size), { timeoutMs: 60_000 });
+    await wrk(`${t.url}/blobs/${b.id}`, {
+      threads: 2,
+      connections: cfg.concurrency,
+      seconds: Math.max(1, Math.round(perPhaseMs / 1000)),
+      headers: { authorization: `Bearer ${process.env.HAYSTACK_TOKEN ?? ''}` },
+    });
+  }
+}
+
 async function oursRound(round: number): Promise<void> {
   let t: Target | undefined;
   stopCurrent = async () => {
@@ -141,6 +178,7 @@ async function oursRound(round: number): Promise<void> {
       ).flatMap(([role, ps]) =>
         ps.flatMap((p) => (p.child.pid === undefined ? [] : [{ role, name: p.name, pid: p.child.pid }])),
       );
+    if (cfg.soakS > 0) await soakOurs(t, round);
     const sampler = new RssSampler(watched);
     try {
       for (const size of cfg.sizes) {
@@ -234,6 +272,20 @@ async function seaweedRound(weed: string, round: number): Promise<void> {
         `-n=${cfg.concurrency * 50}`,
         `-list=${path.join(dir, 'list-warmup.txt')}`,
       ]);
+      if (cfg.soakS > 0) {
+        log(`seaweedfs r${round}: soak, one uncounted write-fsync and read pass per size`);
+        for (const size of cfg.sizes) {
+          const n = weedCounts(size);
+          const list = path.join(dir, `list-soak-${size}.txt`);
+          await cl.benchmark(size, cfg.concurrency, [
+            '-writeOnly',
+            '-fsync',
+            `-n=${n.fsync}`,
+            `-list=${list}`,
+          ]);
+          await cl.benchmark(size, cfg.concurrency, ['-readOnly', `-n=${n.read}`, `-list=${list}`]);
+        }
+      }
       for (const size of cfg.sizes) {
         const n = weedCounts(size);
         const list = path.join(dir, `list-${size}.txt`);
@@ -361,6 +413,7 @@ function markdown(rs: Row[], rssOurs: RssFigure[], rssWeed: RssFigure[], weedVer
   l.push(
     `${os.cpus().length} CPUs (${os.cpus()[0]?.model.trim()}), ${Math.round(os.totalmem() / 1024 ** 3)} GiB; ` +
       `sizes ${cfg.sizes.map(sizeLabel).join(', ')}, concurrency ${cfg.concurrency}, ${cfg.rounds} rounds; ` +
+      `${cfg.soakS > 0 ? `each round soaked first (${cfg.soakS} s of our phases; a pass of SeaweedFS's), not counted; ` : 'cold processes (no soak); '}` +
       `ours ${cfg.warmupS} s warm-up + ${cfg.durationS} s per phase; wrk ${cfg.wrkS} s; SeaweedFS ${weedVersion}` +
       `${
         Object.keys(serverEnv).length
