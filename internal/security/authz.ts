@@ -26,6 +26,8 @@ export const METHOD_ROLES: Readonly<Record<string, readonly Role[]>> = {
   // (a gateway's is the directory leader's it follows, the manager's its lease's).
   // The manager writes cold stubs (Write with `cold`, its lease term; docs/design/ec-tier.md).
   'haystack.v1.StoreService/Write': ['gateway', 'store', 'replication'],
+  // A store forwarding small writes to the other replicas (forward_to) on one stream per replica.
+  'haystack.v1.StoreService/ForwardWrites': ['store'],
   'haystack.v1.StoreService/Read': ['gateway', 'store', 'replication', 'admin'],
   'haystack.v1.StoreService/Stat': ['gateway', 'store', 'replication', 'admin'],
   'haystack.v1.StoreService/Delete': ['gateway', 'replication'],

@@ -2,6 +2,7 @@ import { COMMON_ENV_HELP, envReader, readServerConfig, type ServerConfig } from 
 import type { Env, EnvReader } from '../config/env.js';
 import { HEAP_GROWING_ENV_HELP, readHeapGrowingPercent } from '../server/heap-growing.js';
 import { type Keyring, loadKekFile, parseKeks } from './crypto/kek.js';
+import { FORWARD_INLINE_MAX } from './forward-writes.js';
 
 /** Configuration of a store process (`haystack store`). */
 export interface StoreConfig extends ServerConfig {
@@ -20,6 +21,8 @@ export interface StoreConfig extends ServerConfig {
   heartbeatIntervalMs: number;
   /** Bytes per chunk on Read streams. */
   readChunkSize: number;
+  /** Blobs up to this size reach forward_to replicas on one ForwardWrites stream per replica (0: a Write stream each). */
+  forwardInlineMax: number;
   /** Replication manager instances to stream access counts to (empty: none). */
   managers: string[];
   statsReportIntervalMs: number;
@@ -45,6 +48,9 @@ export const STORE_ENV_HELP = `${COMMON_ENV_HELP}
   DIRECTORY_ADDRS        comma-separated directory host:port list for heartbeats
   HEARTBEAT_INTERVAL     heartbeat period (default 5s; the directories' STORE_DEGRADED_AFTER must exceed it)
   READ_CHUNK_SIZE        bytes per chunk on Read streams (default 256KiB)
+  FORWARD_INLINE_MAX     blobs up to this size reach the other replicas of a write on one long-lived
+                         ForwardWrites stream per replica store, larger ones on a Write stream each;
+                         0 sends every blob on its own streams (default and maximum 64KiB)
   REPLICATION_ADDRS      comma-separated replication manager host:port list (access counts, corruption reports)
   STATS_REPORT_INTERVAL  how often access counts are sent (default 60s)
   KEK_FILE               file of key-encryption keys, one "<id> <base64 32 bytes>" per line, the last the
@@ -78,6 +84,7 @@ export function readStoreConfig(
     directories: list(r.string('DIRECTORY_ADDRS', '')),
     heartbeatIntervalMs: r.duration('HEARTBEAT_INTERVAL', 5_000, { minMs: 50, maxMs: 600_000 }),
     readChunkSize: r.size('READ_CHUNK_SIZE', 256 * 1024, { min: 4096, max: 4 * 1024 * 1024 }),
+    forwardInlineMax: r.size('FORWARD_INLINE_MAX', FORWARD_INLINE_MAX, { min: 0, max: FORWARD_INLINE_MAX }),
     managers: list(r.string('REPLICATION_ADDRS', '')),
     statsReportIntervalMs: r.duration('STATS_REPORT_INTERVAL', 60_000, { minMs: 100, maxMs: 3_600_000 }),
     keyring: readKeyring(r),

@@ -12,6 +12,7 @@ import { runServerProcess } from '../server/run.js';
 import type { StoreConfig } from './config.js';
 import { KeyRewrapper } from './crypto/rewrap.js';
 import { FencingTerms } from './fencing-terms.js';
+import { FORWARD_MESSAGE_LIMIT } from './forward-writes.js';
 import { StoreMetrics } from './metrics.js';
 import { StoreServiceImpl, volumeStatsMessage } from './service.js';
 import { ShardStore } from './shard-store.js';
@@ -104,6 +105,7 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
       peers,
       log,
       readChunkSize: cfg.readChunkSize,
+      forwardInlineMax: cfg.forwardInlineMax,
       shards,
       fencing,
       ...(witness ? { witness } : {}),
@@ -196,13 +198,16 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
           register: (router) => service.register(router),
           // Blob bytes: every call's CPU counts (see internal/server/direct-grpc.ts).
           direct: createServiceImplSpec<typeof StoreService>(StoreService, service.impl()),
+          messageLimits: { ForwardWrites: FORWARD_MESSAGE_LIMIT },
         },
       ],
       onDrain: async () => {
         clearInterval(compactTimer);
+        service.drain();
         await Promise.all([heartbeat?.stop(), reporter.stop()]);
       },
       onClose: async () => {
+        service.close();
         await Promise.all([store.close(), shards.close()]);
       },
     };

@@ -35,6 +35,8 @@ import { coldFacts, isStub, STUB_CONTENT_TYPE, writeStub } from './cold-stub.js'
 import type { KeyRewrapper } from './crypto/rewrap.js';
 import { FailedPreconditionError, NotFoundError } from './errors.js';
 import type { FencingTerms, Issuer } from './fencing-terms.js';
+import { FORWARD_INLINE_MAX, FORWARD_MESSAGE_MAX, serveForwardWrites } from './forward-writes.js';
+import { ForwardWritesClient } from './forward-writes-client.js';
 import { decodeGroupCursor, encodeGroupCursor } from './group-cursor.js';
 import { shardHandlers } from './shard-service.js';
 import type { ShardStore } from './shard-store.js';
@@ -83,6 +85,13 @@ export interface StoreServiceOptions {
    * terms are only bounded.
    */
   witness?: DirectoryTermWitness;
+  /**
+   * Blobs of at most this many bytes reach forward_to replicas on a long-lived
+   * ForwardWrites stream per replica (forward-writes.ts), larger ones on a Write
+   * stream each; 0 sends every blob on Write streams. At most FORWARD_INLINE_MAX
+   * (the default).
+   */
+  forwardInlineMax?: number;
 }
 
 /** A volume's statistics as the contract's VolumeStats message. */
@@ -149,10 +158,37 @@ export function factsMessage(f: NeedleFactsInfo): NeedleFacts {
 
 /** The StoreService handlers over a Store engine. */
 export class StoreServiceImpl {
-  constructor(private readonly o: StoreServiceOptions) {}
+  /** Small writes' replicas: one ForwardWrites stream per replica store. */
+  private readonly forwards: ForwardWritesClient;
+  private readonly inlineMax: number;
+  /** Aborted by drain(): ForwardWrites streams served here take no more writes. */
+  private readonly draining = new AbortController();
+
+  constructor(private readonly o: StoreServiceOptions) {
+    this.inlineMax = Math.min(o.forwardInlineMax ?? FORWARD_INLINE_MAX, FORWARD_INLINE_MAX);
+    this.forwards = new ForwardWritesClient((target, requests, signal) =>
+      o.peers
+        .client(StoreService, target.address, pinnedStore('forward_to entry', target))
+        .forwardWrites(requests, { signal }),
+    );
+  }
+
+  /** The store is shutting down: streams of forwarded writes here end once their writes in flight are answered. */
+  drain(): void {
+    this.draining.abort();
+  }
+
+  /** After the last call: ends this store's own ForwardWrites streams. */
+  close(): void {
+    this.forwards.close();
+  }
 
   register(router: ConnectRouter): void {
-    router.service(StoreService, this.impl());
+    const impl = this.impl();
+    router
+      .service(StoreService, impl)
+      // ForwardWrites again with its own limit: the router keeps the last handler of a path.
+      .rpc(StoreService.method.forwardWrites, impl.forwardWrites, { readMaxBytes: FORWARD_MESSAGE_MAX });
   }
 
   /** The handlers, for connect-node and the direct gRPC path alike. */
@@ -165,6 +201,8 @@ export class StoreServiceImpl {
         readChunkSize: this.o.readChunkSize,
       }),
       write: (reqs, ctx) => this.write(reqs, ctx),
+      forwardWrites: (reqs, ctx) =>
+        serveForwardWrites(reqs, (messages) => this.write(messages, ctx), this.draining.signal),
       stat: (req) =>
         mapErrors(async () => {
           checkId(req.blobId);
@@ -474,19 +512,13 @@ export class StoreServiceImpl {
       ),
     );
 
+    if (targets.length > 0 && size <= this.inlineMax)
+      return this.writeInline(h, it, size, stamp, targets, ctx);
+
     let writer: NeedleWriter | undefined;
     let forwards: ReturnType<StoreServiceImpl['forward']>[] = [];
     try {
-      const w = await mapErrors(() =>
-        this.o.store.beginWrite(h.blobId, h.cookie, size, {
-          contentType: h.contentType,
-          fileName: h.fileName,
-          // A forwarded write carries the first store's stamp: stamp order decides
-          // (an older needle here, e.g. an unacknowledged earlier attempt, is
-          // superseded), so every replica ends with the first store's cookie.
-          ...(stamp === undefined ? {} : { stamp, keepStamp: true }),
-        }),
-      );
+      const w = await this.beginWrite(h, size, stamp);
       writer = w;
       const fwd: WriteHeader = { ...h, cookie: w.cookie, writtenAtMs: BigInt(w.writtenAtMs), forwardTo: [] };
       forwards = targets.map((t) => this.forward(t, fwd, ctx));
@@ -506,24 +538,7 @@ export class StoreServiceImpl {
         local = await mapErrors(() => w.commit(sha));
         writer = undefined;
       }
-      const remote = await Promise.all(forwards.map((f) => f.result));
-      const replicas: WrittenReplica[] = [
-        create(WrittenReplicaSchema, {
-          storeId: this.o.storeId,
-          volumeId: local.volumeId,
-          offset: BigInt(local.offset),
-        }),
-        ...remote.flatMap((r) => r.replicas),
-      ];
-      return create(WriteResponseSchema, {
-        blobId: h.blobId,
-        size: h.size,
-        sha256: local.sha256,
-        crc32c: local.crc32c,
-        replicas,
-        cookie: local.cookie,
-        writtenAtMs: BigInt(local.writtenAtMs),
-      });
+      return this.answerWrite(h, local, await Promise.all(forwards.map((f) => f.result)));
     } catch (err) {
       for (const f of forwards) f.abort(err);
       await writer?.abort().catch(() => {});
@@ -531,6 +546,96 @@ export class StoreServiceImpl {
       await Promise.allSettled(forwards.map((f) => f.result));
       throw toConnectError(err);
     }
+  }
+
+  /**
+   * A Write with forward_to of a blob small enough for one message: the content is
+   * read whole (inlineMax bytes at most), buffered into the needle, then sent to each
+   * replica on this store's ForwardWrites stream to it while the needle commits here
+   * (after the commit when an identical needle is already here, as on a Write stream).
+   * Answers once every replica holds it durably, as write() does.
+   */
+  private async writeInline(
+    h: WriteHeader,
+    it: AsyncIterator<WriteRequest>,
+    size: number,
+    stamp: number | undefined,
+    targets: StoreTarget[],
+    ctx: HandlerContext,
+  ): Promise<WriteResponse> {
+    const parts: Uint8Array[] = [];
+    for await (const chunk of boundedChunks(it, size, MAX_CHUNK)) parts.push(chunk);
+    const content = parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
+    let writer: NeedleWriter | undefined;
+    let remote: Promise<WriteResponse>[] = [];
+    try {
+      const w = await this.beginWrite(h, size, stamp);
+      writer = w;
+      const fwd: WriteHeader = { ...h, cookie: w.cookie, writtenAtMs: BigInt(w.writtenAtMs), forwardTo: [] };
+      const send = () =>
+        targets.map((t) =>
+          this.forwards.write(t, fwd, content, ctx.signal).catch((err: unknown) => {
+            throw this.replicaError(t, err);
+          }),
+        );
+      await w.write(content);
+      const sha = h.sha256.length === 32 ? h.sha256 : undefined;
+      let local: Awaited<ReturnType<NeedleWriter['commit']>>;
+      if (w.existing) {
+        // Only identical content may reach the replicas under the original cookie and stamp.
+        local = await mapErrors(() => w.commit(sha));
+        writer = undefined;
+        remote = send();
+      } else {
+        remote = send();
+        local = await mapErrors(() => w.commit(sha));
+        writer = undefined;
+      }
+      return this.answerWrite(h, local, await Promise.all(remote));
+    } catch (err) {
+      await writer?.abort().catch(() => {});
+      // Settle the replicas' answers so none is left unhandled.
+      await Promise.allSettled(remote);
+      throw toConnectError(err);
+    }
+  }
+
+  private beginWrite(h: WriteHeader, size: number, stamp: number | undefined): Promise<NeedleWriter> {
+    return mapErrors(() =>
+      this.o.store.beginWrite(h.blobId, h.cookie, size, {
+        contentType: h.contentType,
+        fileName: h.fileName,
+        // A forwarded write carries the first store's stamp: stamp order decides
+        // (an older needle here, e.g. an unacknowledged earlier attempt, is
+        // superseded), so every replica ends with the first store's cookie.
+        ...(stamp === undefined ? {} : { stamp, keepStamp: true }),
+      }),
+    );
+  }
+
+  /** A Write's answer: this store's needle first, then every replica's. */
+  private answerWrite(
+    h: WriteHeader,
+    local: Awaited<ReturnType<NeedleWriter['commit']>>,
+    remote: readonly WriteResponse[],
+  ): WriteResponse {
+    const replicas: WrittenReplica[] = [
+      create(WrittenReplicaSchema, {
+        storeId: this.o.storeId,
+        volumeId: local.volumeId,
+        offset: BigInt(local.offset),
+      }),
+      ...remote.flatMap((r) => r.replicas),
+    ];
+    return create(WriteResponseSchema, {
+      blobId: h.blobId,
+      size: h.size,
+      sha256: local.sha256,
+      crc32c: local.crc32c,
+      replicas,
+      cookie: local.cookie,
+      writtenAtMs: BigInt(local.writtenAtMs),
+    });
   }
 
   /** A Write with `cold`: the replication manager replaces this store's full needle with a stub (cold-stub.ts). */

@@ -55,6 +55,9 @@ const store: ServiceImpl<typeof StoreService> = {
   readShard: () => {
     throw new ConnectError('not in this fake', Code.Unimplemented);
   },
+  forwardWrites: () => {
+    throw new ConnectError('not in this fake', Code.Unimplemented);
+  },
   async write(reqs, ctx) {
     let blobId = '';
     let size = 0n;

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file haystack/v1/store.proto.
  */
 export const file_haystack_v1_store: GenFile = /*@__PURE__*/
-  fileDesc("ChdoYXlzdGFjay92MS9zdG9yZS5wcm90bxILaGF5c3RhY2sudjEi5AEKC05lZWRsZUZhY3RzEg8KB2Jsb2JfaWQYASABKAkSDgoGY29va2llGAIgASgGEgwKBHNpemUYAyABKAQSDgoGc2hhMjU2GAQgASgMEhQKDGNvbnRlbnRfdHlwZRgFIAEoCRIRCglmaWxlX25hbWUYBiABKAkSFQoNd3JpdHRlbl9hdF9tcxgHIAEoAxIPCgdkZWxldGVkGAggASgIEg4KBmNyYzMyYxgJIAEoBxIRCgl2b2x1bWVfaWQYCiABKA0SIgoEY29sZBgLIAEoCzIULmhheXN0YWNrLnYxLkNvbGRSZWYiUwoXU3RvcmVTZXJ2aWNlU3RhdFJlcXVlc3QSDwoHYmxvYl9pZBgBIAEoCRIOCgZjb29raWUYAiABKAYSFwoPaW5jbHVkZV9kZWxldGVkGAMgASgIIkQKGFN0b3JlU2VydmljZVN0YXRSZXNwb25zZRIoCgZuZWVkbGUYASABKAsyGC5oYXlzdGFjay52MS5OZWVkbGVGYWN0cyKPAQoZTGlzdFBsYWNlbWVudEdyb3VwUmVxdWVzdBITCgtncm91cF9jb3VudBgBIAEoDRINCgVncm91cBgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJEhEKCXBhZ2Vfc2l6ZRgEIAEoDRIXCg9pbmNsdWRlX2RlbGV0ZWQYBSABKAgSDgoGcHJlZml4GAYgASgJImAKGkxpc3RQbGFjZW1lbnRHcm91cFJlc3BvbnNlEikKB25lZWRsZXMYASADKAsyGC5oYXlzdGFjay52MS5OZWVkbGVGYWN0cxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMQoaR2V0UGxhY2VtZW50RGlnZXN0c1JlcXVlc3QSEwoLZ3JvdXBfY291bnQYASABKA0iQQoPUGxhY2VtZW50RGlnZXN0Eg0KBWdyb3VwGAEgASgNEg8KB25lZWRsZXMYAiABKAQSDgoGZGlnZXN0GAMgASgGIkwKG0dldFBsYWNlbWVudERpZ2VzdHNSZXNwb25zZRItCgdkaWdlc3RzGAEgAygLMhwuaGF5c3RhY2sudjEuUGxhY2VtZW50RGlnZXN0IuwBCgtXcml0ZUhlYWRlchIPCgdibG9iX2lkGAEgASgJEg4KBmNvb2tpZRgCIAEoBhIMCgRzaXplGAMgASgEEg4KBnNoYTI1NhgEIAEoDBIsCgpmb3J3YXJkX3RvGAUgAygLMhguaGF5c3RhY2sudjEuU3RvcmVUYXJnZXQSDAoEdGVybRgGIAEoBBIUCgxjb250ZW50X3R5cGUYByABKAkSEQoJZmlsZV9uYW1lGAggASgJEhUKDXdyaXR0ZW5fYXRfbXMYCSABKAMSIgoEY29sZBgKIAEoCzIULmhheXN0YWNrLnYxLkNvbGRSZWYiUgoMV3JpdGVSZXF1ZXN0EioKBmhlYWRlchgBIAEoCzIYLmhheXN0YWNrLnYxLldyaXRlSGVhZGVySAASDwoFY2h1bmsYAiABKAxIAEIFCgNtc2ciRQoOV3JpdHRlblJlcGxpY2ESEAoIc3RvcmVfaWQYASABKAkSEQoJdm9sdW1lX2lkGAIgASgNEg4KBm9mZnNldBgDIAEoBCKkAQoNV3JpdGVSZXNwb25zZRIPCgdibG9iX2lkGAEgASgJEgwKBHNpemUYAiABKAQSDgoGc2hhMjU2GAMgASgMEg4KBmNyYzMyYxgEIAEoBxItCghyZXBsaWNhcxgFIAMoCzIbLmhheXN0YWNrLnYxLldyaXR0ZW5SZXBsaWNhEg4KBmNvb2tpZRgGIAEoBhIVCg13cml0dGVuX2F0X21zGAcgASgDInIKC1JlYWRSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkSDgoGY29va2llGAIgASgGEg4KBm9mZnNldBgDIAEoBBIOCgZsZW5ndGgYBCABKAQSEAoIcmF3X3N0dWIYBSABKAgSEAoIaW50ZXJuYWwYBiABKAgidAoIQ29sZFN0dWISIQoDcmVmGAEgASgLMhQuaGF5c3RhY2sudjEuQ29sZFJlZhIMCgRzaXplGAIgASgEEg4KBnNoYTI1NhgDIAEoDBIUCgxjb250ZW50X3R5cGUYBCABKAkSEQoJZmlsZV9uYW1lGAUgASgJIocBCgpSZWFkSGVhZGVyEgwKBHNpemUYASABKAQSDgoGb2Zmc2V0GAIgASgEEg4KBmxlbmd0aBgDIAEoBBIOCgZjcmMzMmMYBCABKAcSEQoJdm9sdW1lX2lkGAUgASgNEigKBm5lZWRsZRgGIAEoCzIYLmhheXN0YWNrLnYxLk5lZWRsZUZhY3RzIlEKDFJlYWRSZXNwb25zZRIpCgZoZWFkZXIYASABKAsyFy5oYXlzdGFjay52MS5SZWFkSGVhZGVySAASDwoFY2h1bmsYAiABKAxIAEIFCgNtc2ciUQoZU3RvcmVTZXJ2aWNlRGVsZXRlUmVxdWVzdBIPCgdibG9iX2lkGAEgASgJEgwKBHRlcm0YAiABKAQSFQoNd3JpdHRlbl9hdF9tcxgDIAEoAyIrChpTdG9yZVNlcnZpY2VEZWxldGVSZXNwb25zZRINCgVmb3VuZBgBIAEoCCKPAQoQUmVwbGljYXRlUmVxdWVzdBIPCgdibG9iX2lkGAEgASgJEg4KBmNvb2tpZRgCIAEoBhIoCgZzb3VyY2UYAyABKAsyGC5oYXlzdGFjay52MS5TdG9yZVRhcmdldBIOCgZzaGEyNTYYBCABKAwSDAoEdGVybRgFIAEoBBISCgprZWVwX3N0YW1wGAYgASgIIk8KEVJlcGxpY2F0ZVJlc3BvbnNlEiwKB3JlcGxpY2EYASABKAsyGy5oYXlzdGFjay52MS5Xcml0dGVuUmVwbGljYRIMCgRzaXplGAIgASgEIjIKDkNvbXBhY3RSZXF1ZXN0EhEKCXZvbHVtZV9pZBgBIAEoDRINCgVmb3JjZRgCIAEoCCJ7ChBWb2x1bWVDb21wYWN0aW9uEhEKCXZvbHVtZV9pZBgBIAEoDRIUCgxieXRlc19iZWZvcmUYAiABKAQSEwoLYnl0ZXNfYWZ0ZXIYAyABKAQSFAoMbmVlZGxlc19rZXB0GAQgASgEEhMKC2R1cmF0aW9uX21zGAUgASgEIkUKD0NvbXBhY3RSZXNwb25zZRIyCgtjb21wYWN0aW9ucxgBIAMoCzIdLmhheXN0YWNrLnYxLlZvbHVtZUNvbXBhY3Rpb24iIQoMU2NydWJSZXF1ZXN0EhEKCXZvbHVtZV9pZBgBIAEoDSJnCg1Db3JydXB0TmVlZGxlEg8KB2Jsb2JfaWQYASABKAkSEQoJdm9sdW1lX2lkGAIgASgNEg4KBm9mZnNldBgDIAEoBBIOCgZyZWFzb24YBCABKAkSEgoKc3VwZXJzZWRlZBgFIAEoCCJsCg1TY3J1YlJlc3BvbnNlEhcKD25lZWRsZXNfY2hlY2tlZBgBIAEoBBIVCg1ieXRlc19jaGVja2VkGAIgASgEEisKB2NvcnJ1cHQYAyADKAsyGi5oYXlzdGFjay52MS5Db3JydXB0TmVlZGxlIh0KG1N0b3JlU2VydmljZUdldFN0YXRzUmVxdWVzdCKxAQocU3RvcmVTZXJ2aWNlR2V0U3RhdHNSZXNwb25zZRIQCghzdG9yZV9pZBgBIAEoCRIWCg5jYXBhY2l0eV9ieXRlcxgCIAEoBBISCgpmcmVlX2J5dGVzGAMgASgEEhIKCnVzZWRfYnl0ZXMYBCABKAQSKQoHdm9sdW1lcxgFIAMoCzIYLmhheXN0YWNrLnYxLlZvbHVtZVN0YXRzEhQKDG5lZWRsZV9jb3VudBgGIAEoBCI7ChJMaXN0TmVlZGxlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkiVQoKTmVlZGxlSW5mbxIPCgdibG9iX2lkGAEgASgJEhEKCXZvbHVtZV9pZBgCIAEoDRIMCgRzaXplGAMgASgEEhUKDXdyaXR0ZW5fYXRfbXMYBCABKAMiWAoTTGlzdE5lZWRsZXNSZXNwb25zZRIoCgduZWVkbGVzGAEgAygLMhcuaGF5c3RhY2sudjEuTmVlZGxlSW5mbxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkicQoQU2hhcmRXcml0ZUhlYWRlchIRCglzdHJpcGVfaWQYASABKAkSDQoFaW5kZXgYAiABKA0SDAoEc2l6ZRgDIAEoBBIOCgZjcmMzMmMYBCABKAcSDAoEdGVybRgFIAEoBBIPCgdyZXBsYWNlGAYgASgIIlwKEVdyaXRlU2hhcmRSZXF1ZXN0Ei8KBmhlYWRlchgBIAEoCzIdLmhheXN0YWNrLnYxLlNoYXJkV3JpdGVIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAQgUKA21zZyJTChJXcml0ZVNoYXJkUmVzcG9uc2USLAoHcmVwbGljYRgBIAEoCzIbLmhheXN0YWNrLnYxLldyaXR0ZW5SZXBsaWNhEg8KB3dyaXR0ZW4YAiABKAgiVAoQUmVhZFNoYXJkUmVxdWVzdBIRCglzdHJpcGVfaWQYASABKAkSDQoFaW5kZXgYAiABKA0SDgoGb2Zmc2V0GAMgASgEEg4KBmxlbmd0aBgEIAEoBCJPCg9SZWFkU2hhcmRIZWFkZXISDAoEc2l6ZRgBIAEoBBIOCgZvZmZzZXQYAiABKAQSDgoGbGVuZ3RoGAMgASgEEg4KBmNyYzMyYxgEIAEoByJbChFSZWFkU2hhcmRSZXNwb25zZRIuCgZoZWFkZXIYASABKAsyHC5oYXlzdGFjay52MS5SZWFkU2hhcmRIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAQgUKA21zZyJEChJEZWxldGVTaGFyZFJlcXVlc3QSEQoJc3RyaXBlX2lkGAEgASgJEg0KBWluZGV4GAIgASgNEgwKBHRlcm0YAyABKAQiJAoTRGVsZXRlU2hhcmRSZXNwb25zZRINCgVmb3VuZBgBIAEoCCITChFSZXdyYXBLZXlzUmVxdWVzdCKTAQoSUmV3cmFwS2V5c1Jlc3BvbnNlEhAKCHN0b3JlX2lkGAEgASgJEhIKCm5ld2VzdF9rZWsYAiABKAkSFQoNdm9sdW1lc190b3RhbBgDIAEoDRIZChF2b2x1bWVzX3Jld3JhcHBlZBgEIAEoDRITCgtrZWtzX2luX3VzZRgFIAMoCRIQCghyZWxvYWRlZBgGIAEoCCI6ChFMaXN0U2hhcmRzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJSCglTaGFyZEluZm8SEQoJc3RyaXBlX2lkGAEgASgJEg0KBWluZGV4GAIgASgNEgwKBHNpemUYAyABKAQSFQoNd3JpdHRlbl9hdF9tcxgEIAEoAyJVChJMaXN0U2hhcmRzUmVzcG9uc2USJgoGc2hhcmRzGAEgAygLMhYuaGF5c3RhY2sudjEuU2hhcmRJbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCTKkCgoMU3RvcmVTZXJ2aWNlEkAKBVdyaXRlEhkuaGF5c3RhY2sudjEuV3JpdGVSZXF1ZXN0GhouaGF5c3RhY2sudjEuV3JpdGVSZXNwb25zZSgBEj0KBFJlYWQSGC5oYXlzdGFjay52MS5SZWFkUmVxdWVzdBoZLmhheXN0YWNrLnYxLlJlYWRSZXNwb25zZTABElkKBkRlbGV0ZRImLmhheXN0YWNrLnYxLlN0b3JlU2VydmljZURlbGV0ZVJlcXVlc3QaJy5oYXlzdGFjay52MS5TdG9yZVNlcnZpY2VEZWxldGVSZXNwb25zZRJKCglSZXBsaWNhdGUSHS5oYXlzdGFjay52MS5SZXBsaWNhdGVSZXF1ZXN0Gh4uaGF5c3RhY2sudjEuUmVwbGljYXRlUmVzcG9uc2USRAoHQ29tcGFjdBIbLmhheXN0YWNrLnYxLkNvbXBhY3RSZXF1ZXN0GhwuaGF5c3RhY2sudjEuQ29tcGFjdFJlc3BvbnNlEj4KBVNjcnViEhkuaGF5c3RhY2sudjEuU2NydWJSZXF1ZXN0GhouaGF5c3RhY2sudjEuU2NydWJSZXNwb25zZRJfCghHZXRTdGF0cxIoLmhheXN0YWNrLnYxLlN0b3JlU2VydmljZUdldFN0YXRzUmVxdWVzdBopLmhheXN0YWNrLnYxLlN0b3JlU2VydmljZUdldFN0YXRzUmVzcG9uc2USUAoLTGlzdE5lZWRsZXMSHy5oYXlzdGFjay52MS5MaXN0TmVlZGxlc1JlcXVlc3QaIC5oYXlzdGFjay52MS5MaXN0TmVlZGxlc1Jlc3BvbnNlElMKBFN0YXQSJC5oYXlzdGFjay52MS5TdG9yZVNlcnZpY2VTdGF0UmVxdWVzdBolLmhheXN0YWNrLnYxLlN0b3JlU2VydmljZVN0YXRSZXNwb25zZRJlChJMaXN0UGxhY2VtZW50R3JvdXASJi5oYXlzdGFjay52MS5MaXN0UGxhY2VtZW50R3JvdXBSZXF1ZXN0GicuaGF5c3RhY2sudjEuTGlzdFBsYWNlbWVudEdyb3VwUmVzcG9uc2USaAoTR2V0UGxhY2VtZW50RGlnZXN0cxInLmhheXN0YWNrLnYxLkdldFBsYWNlbWVudERpZ2VzdHNSZXF1ZXN0GiguaGF5c3RhY2sudjEuR2V0UGxhY2VtZW50RGlnZXN0c1Jlc3BvbnNlEk8KCldyaXRlU2hhcmQSHi5oYXlzdGFjay52MS5Xcml0ZVNoYXJkUmVxdWVzdBofLmhheXN0YWNrLnYxLldyaXRlU2hhcmRSZXNwb25zZSgBEkwKCVJlYWRTaGFyZBIdLmhheXN0YWNrLnYxLlJlYWRTaGFyZFJlcXVlc3QaHi5oYXlzdGFjay52MS5SZWFkU2hhcmRSZXNwb25zZTABElAKC0RlbGV0ZVNoYXJkEh8uaGF5c3RhY2sudjEuRGVsZXRlU2hhcmRSZXF1ZXN0GiAuaGF5c3RhY2sudjEuRGVsZXRlU2hhcmRSZXNwb25zZRJNCgpSZXdyYXBLZXlzEh4uaGF5c3RhY2sudjEuUmV3cmFwS2V5c1JlcXVlc3QaHy5oYXlzdGFjay52MS5SZXdyYXBLZXlzUmVzcG9uc2USTQoKTGlzdFNoYXJkcxIeLmhheXN0YWNrLnYxLkxpc3RTaGFyZHNSZXF1ZXN0Gh8uaGF5c3RhY2sudjEuTGlzdFNoYXJkc1Jlc3BvbnNlYgZwcm90bzM", [file_haystack_v1_common]);
+  fileDesc("ChdoYXlzdGFjay92MS9zdG9yZS5wcm90bxILaGF5c3RhY2sudjEi5AEKC05lZWRsZUZhY3RzEg8KB2Jsb2JfaWQYASABKAkSDgoGY29va2llGAIgASgGEgwKBHNpemUYAyABKAQSDgoGc2hhMjU2GAQgASgMEhQKDGNvbnRlbnRfdHlwZRgFIAEoCRIRCglmaWxlX25hbWUYBiABKAkSFQoNd3JpdHRlbl9hdF9tcxgHIAEoAxIPCgdkZWxldGVkGAggASgIEg4KBmNyYzMyYxgJIAEoBxIRCgl2b2x1bWVfaWQYCiABKA0SIgoEY29sZBgLIAEoCzIULmhheXN0YWNrLnYxLkNvbGRSZWYiUwoXU3RvcmVTZXJ2aWNlU3RhdFJlcXVlc3QSDwoHYmxvYl9pZBgBIAEoCRIOCgZjb29raWUYAiABKAYSFwoPaW5jbHVkZV9kZWxldGVkGAMgASgIIkQKGFN0b3JlU2VydmljZVN0YXRSZXNwb25zZRIoCgZuZWVkbGUYASABKAsyGC5oYXlzdGFjay52MS5OZWVkbGVGYWN0cyKPAQoZTGlzdFBsYWNlbWVudEdyb3VwUmVxdWVzdBITCgtncm91cF9jb3VudBgBIAEoDRINCgVncm91cBgCIAEoDRISCgpwYWdlX3Rva2VuGAMgASgJEhEKCXBhZ2Vfc2l6ZRgEIAEoDRIXCg9pbmNsdWRlX2RlbGV0ZWQYBSABKAgSDgoGcHJlZml4GAYgASgJImAKGkxpc3RQbGFjZW1lbnRHcm91cFJlc3BvbnNlEikKB25lZWRsZXMYASADKAsyGC5oYXlzdGFjay52MS5OZWVkbGVGYWN0cxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiMQoaR2V0UGxhY2VtZW50RGlnZXN0c1JlcXVlc3QSEwoLZ3JvdXBfY291bnQYASABKA0iQQoPUGxhY2VtZW50RGlnZXN0Eg0KBWdyb3VwGAEgASgNEg8KB25lZWRsZXMYAiABKAQSDgoGZGlnZXN0GAMgASgGIkwKG0dldFBsYWNlbWVudERpZ2VzdHNSZXNwb25zZRItCgdkaWdlc3RzGAEgAygLMhwuaGF5c3RhY2sudjEuUGxhY2VtZW50RGlnZXN0IuwBCgtXcml0ZUhlYWRlchIPCgdibG9iX2lkGAEgASgJEg4KBmNvb2tpZRgCIAEoBhIMCgRzaXplGAMgASgEEg4KBnNoYTI1NhgEIAEoDBIsCgpmb3J3YXJkX3RvGAUgAygLMhguaGF5c3RhY2sudjEuU3RvcmVUYXJnZXQSDAoEdGVybRgGIAEoBBIUCgxjb250ZW50X3R5cGUYByABKAkSEQoJZmlsZV9uYW1lGAggASgJEhUKDXdyaXR0ZW5fYXRfbXMYCSABKAMSIgoEY29sZBgKIAEoCzIULmhheXN0YWNrLnYxLkNvbGRSZWYiUgoMV3JpdGVSZXF1ZXN0EioKBmhlYWRlchgBIAEoCzIYLmhheXN0YWNrLnYxLldyaXRlSGVhZGVySAASDwoFY2h1bmsYAiABKAxIAEIFCgNtc2ciXgoURm9yd2FyZFdyaXRlc1JlcXVlc3QSCwoDc2VxGAEgASgEEigKBmhlYWRlchgCIAEoCzIYLmhheXN0YWNrLnYxLldyaXRlSGVhZGVyEg8KB2NvbnRlbnQYAyABKAwijgEKFUZvcndhcmRXcml0ZXNSZXNwb25zZRILCgNzZXEYASABKAQSLQoHd3JpdHRlbhgCIAEoCzIaLmhheXN0YWNrLnYxLldyaXRlUmVzcG9uc2VIABIvCgVlcnJvchgDIAEoCzIeLmhheXN0YWNrLnYxLkZvcndhcmRXcml0ZUVycm9ySABCCAoGcmVzdWx0IjIKEUZvcndhcmRXcml0ZUVycm9yEgwKBGNvZGUYASABKA0SDwoHbWVzc2FnZRgCIAEoCSJFCg5Xcml0dGVuUmVwbGljYRIQCghzdG9yZV9pZBgBIAEoCRIRCgl2b2x1bWVfaWQYAiABKA0SDgoGb2Zmc2V0GAMgASgEIqQBCg1Xcml0ZVJlc3BvbnNlEg8KB2Jsb2JfaWQYASABKAkSDAoEc2l6ZRgCIAEoBBIOCgZzaGEyNTYYAyABKAwSDgoGY3JjMzJjGAQgASgHEi0KCHJlcGxpY2FzGAUgAygLMhsuaGF5c3RhY2sudjEuV3JpdHRlblJlcGxpY2ESDgoGY29va2llGAYgASgGEhUKDXdyaXR0ZW5fYXRfbXMYByABKAMicgoLUmVhZFJlcXVlc3QSDwoHYmxvYl9pZBgBIAEoCRIOCgZjb29raWUYAiABKAYSDgoGb2Zmc2V0GAMgASgEEg4KBmxlbmd0aBgEIAEoBBIQCghyYXdfc3R1YhgFIAEoCBIQCghpbnRlcm5hbBgGIAEoCCJ0CghDb2xkU3R1YhIhCgNyZWYYASABKAsyFC5oYXlzdGFjay52MS5Db2xkUmVmEgwKBHNpemUYAiABKAQSDgoGc2hhMjU2GAMgASgMEhQKDGNvbnRlbnRfdHlwZRgEIAEoCRIRCglmaWxlX25hbWUYBSABKAkihwEKClJlYWRIZWFkZXISDAoEc2l6ZRgBIAEoBBIOCgZvZmZzZXQYAiABKAQSDgoGbGVuZ3RoGAMgASgEEg4KBmNyYzMyYxgEIAEoBxIRCgl2b2x1bWVfaWQYBSABKA0SKAoGbmVlZGxlGAYgASgLMhguaGF5c3RhY2sudjEuTmVlZGxlRmFjdHMiUQoMUmVhZFJlc3BvbnNlEikKBmhlYWRlchgBIAEoCzIXLmhheXN0YWNrLnYxLlJlYWRIZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAQgUKA21zZyJRChlTdG9yZVNlcnZpY2VEZWxldGVSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkSDAoEdGVybRgCIAEoBBIVCg13cml0dGVuX2F0X21zGAMgASgDIisKGlN0b3JlU2VydmljZURlbGV0ZVJlc3BvbnNlEg0KBWZvdW5kGAEgASgIIo8BChBSZXBsaWNhdGVSZXF1ZXN0Eg8KB2Jsb2JfaWQYASABKAkSDgoGY29va2llGAIgASgGEigKBnNvdXJjZRgDIAEoCzIYLmhheXN0YWNrLnYxLlN0b3JlVGFyZ2V0Eg4KBnNoYTI1NhgEIAEoDBIMCgR0ZXJtGAUgASgEEhIKCmtlZXBfc3RhbXAYBiABKAgiTwoRUmVwbGljYXRlUmVzcG9uc2USLAoHcmVwbGljYRgBIAEoCzIbLmhheXN0YWNrLnYxLldyaXR0ZW5SZXBsaWNhEgwKBHNpemUYAiABKAQiMgoOQ29tcGFjdFJlcXVlc3QSEQoJdm9sdW1lX2lkGAEgASgNEg0KBWZvcmNlGAIgASgIInsKEFZvbHVtZUNvbXBhY3Rpb24SEQoJdm9sdW1lX2lkGAEgASgNEhQKDGJ5dGVzX2JlZm9yZRgCIAEoBBITCgtieXRlc19hZnRlchgDIAEoBBIUCgxuZWVkbGVzX2tlcHQYBCABKAQSEwoLZHVyYXRpb25fbXMYBSABKAQiRQoPQ29tcGFjdFJlc3BvbnNlEjIKC2NvbXBhY3Rpb25zGAEgAygLMh0uaGF5c3RhY2sudjEuVm9sdW1lQ29tcGFjdGlvbiIhCgxTY3J1YlJlcXVlc3QSEQoJdm9sdW1lX2lkGAEgASgNImcKDUNvcnJ1cHROZWVkbGUSDwoHYmxvYl9pZBgBIAEoCRIRCgl2b2x1bWVfaWQYAiABKA0SDgoGb2Zmc2V0GAMgASgEEg4KBnJlYXNvbhgEIAEoCRISCgpzdXBlcnNlZGVkGAUgASgIImwKDVNjcnViUmVzcG9uc2USFwoPbmVlZGxlc19jaGVja2VkGAEgASgEEhUKDWJ5dGVzX2NoZWNrZWQYAiABKAQSKwoHY29ycnVwdBgDIAMoCzIaLmhheXN0YWNrLnYxLkNvcnJ1cHROZWVkbGUiHQobU3RvcmVTZXJ2aWNlR2V0U3RhdHNSZXF1ZXN0IrEBChxTdG9yZVNlcnZpY2VHZXRTdGF0c1Jlc3BvbnNlEhAKCHN0b3JlX2lkGAEgASgJEhYKDmNhcGFjaXR5X2J5dGVzGAIgASgEEhIKCmZyZWVfYnl0ZXMYAyABKAQSEgoKdXNlZF9ieXRlcxgEIAEoBBIpCgd2b2x1bWVzGAUgAygLMhguaGF5c3RhY2sudjEuVm9sdW1lU3RhdHMSFAoMbmVlZGxlX2NvdW50GAYgASgEIjsKEkxpc3ROZWVkbGVzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJVCgpOZWVkbGVJbmZvEg8KB2Jsb2JfaWQYASABKAkSEQoJdm9sdW1lX2lkGAIgASgNEgwKBHNpemUYAyABKAQSFQoNd3JpdHRlbl9hdF9tcxgEIAEoAyJYChNMaXN0TmVlZGxlc1Jlc3BvbnNlEigKB25lZWRsZXMYASADKAsyFy5oYXlzdGFjay52MS5OZWVkbGVJbmZvEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJxChBTaGFyZFdyaXRlSGVhZGVyEhEKCXN0cmlwZV9pZBgBIAEoCRINCgVpbmRleBgCIAEoDRIMCgRzaXplGAMgASgEEg4KBmNyYzMyYxgEIAEoBxIMCgR0ZXJtGAUgASgEEg8KB3JlcGxhY2UYBiABKAgiXAoRV3JpdGVTaGFyZFJlcXVlc3QSLwoGaGVhZGVyGAEgASgLMh0uaGF5c3RhY2sudjEuU2hhcmRXcml0ZUhlYWRlckgAEg8KBWNodW5rGAIgASgMSABCBQoDbXNnIlMKEldyaXRlU2hhcmRSZXNwb25zZRIsCgdyZXBsaWNhGAEgASgLMhsuaGF5c3RhY2sudjEuV3JpdHRlblJlcGxpY2ESDwoHd3JpdHRlbhgCIAEoCCJUChBSZWFkU2hhcmRSZXF1ZXN0EhEKCXN0cmlwZV9pZBgBIAEoCRINCgVpbmRleBgCIAEoDRIOCgZvZmZzZXQYAyABKAQSDgoGbGVuZ3RoGAQgASgEIk8KD1JlYWRTaGFyZEhlYWRlchIMCgRzaXplGAEgASgEEg4KBm9mZnNldBgCIAEoBBIOCgZsZW5ndGgYAyABKAQSDgoGY3JjMzJjGAQgASgHIlsKEVJlYWRTaGFyZFJlc3BvbnNlEi4KBmhlYWRlchgBIAEoCzIcLmhheXN0YWNrLnYxLlJlYWRTaGFyZEhlYWRlckgAEg8KBWNodW5rGAIgASgMSABCBQoDbXNnIkQKEkRlbGV0ZVNoYXJkUmVxdWVzdBIRCglzdHJpcGVfaWQYASABKAkSDQoFaW5kZXgYAiABKA0SDAoEdGVybRgDIAEoBCIkChNEZWxldGVTaGFyZFJlc3BvbnNlEg0KBWZvdW5kGAEgASgIIhMKEVJld3JhcEtleXNSZXF1ZXN0IpMBChJSZXdyYXBLZXlzUmVzcG9uc2USEAoIc3RvcmVfaWQYASABKAkSEgoKbmV3ZXN0X2tlaxgCIAEoCRIVCg12b2x1bWVzX3RvdGFsGAMgASgNEhkKEXZvbHVtZXNfcmV3cmFwcGVkGAQgASgNEhMKC2tla3NfaW5fdXNlGAUgAygJEhAKCHJlbG9hZGVkGAYgASgIIjoKEUxpc3RTaGFyZHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJIlIKCVNoYXJkSW5mbxIRCglzdHJpcGVfaWQYASABKAkSDQoFaW5kZXgYAiABKA0SDAoEc2l6ZRgDIAEoBBIVCg13cml0dGVuX2F0X21zGAQgASgDIlUKEkxpc3RTaGFyZHNSZXNwb25zZRImCgZzaGFyZHMYASADKAsyFi5oYXlzdGFjay52MS5TaGFyZEluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJMoALCgxTdG9yZVNlcnZpY2USQAoFV3JpdGUSGS5oYXlzdGFjay52MS5Xcml0ZVJlcXVlc3QaGi5oYXlzdGFjay52MS5Xcml0ZVJlc3BvbnNlKAESWgoNRm9yd2FyZFdyaXRlcxIhLmhheXN0YWNrLnYxLkZvcndhcmRXcml0ZXNSZXF1ZXN0GiIuaGF5c3RhY2sudjEuRm9yd2FyZFdyaXRlc1Jlc3BvbnNlKAEwARI9CgRSZWFkEhguaGF5c3RhY2sudjEuUmVhZFJlcXVlc3QaGS5oYXlzdGFjay52MS5SZWFkUmVzcG9uc2UwARJZCgZEZWxldGUSJi5oYXlzdGFjay52MS5TdG9yZVNlcnZpY2VEZWxldGVSZXF1ZXN0GicuaGF5c3RhY2sudjEuU3RvcmVTZXJ2aWNlRGVsZXRlUmVzcG9uc2USSgoJUmVwbGljYXRlEh0uaGF5c3RhY2sudjEuUmVwbGljYXRlUmVxdWVzdBoeLmhheXN0YWNrLnYxLlJlcGxpY2F0ZVJlc3BvbnNlEkQKB0NvbXBhY3QSGy5oYXlzdGFjay52MS5Db21wYWN0UmVxdWVzdBocLmhheXN0YWNrLnYxLkNvbXBhY3RSZXNwb25zZRI+CgVTY3J1YhIZLmhheXN0YWNrLnYxLlNjcnViUmVxdWVzdBoaLmhheXN0YWNrLnYxLlNjcnViUmVzcG9uc2USXwoIR2V0U3RhdHMSKC5oYXlzdGFjay52MS5TdG9yZVNlcnZpY2VHZXRTdGF0c1JlcXVlc3QaKS5oYXlzdGFjay52MS5TdG9yZVNlcnZpY2VHZXRTdGF0c1Jlc3BvbnNlElAKC0xpc3ROZWVkbGVzEh8uaGF5c3RhY2sudjEuTGlzdE5lZWRsZXNSZXF1ZXN0GiAuaGF5c3RhY2sudjEuTGlzdE5lZWRsZXNSZXNwb25zZRJTCgRTdGF0EiQuaGF5c3RhY2sudjEuU3RvcmVTZXJ2aWNlU3RhdFJlcXVlc3QaJS5oYXlzdGFjay52MS5TdG9yZVNlcnZpY2VTdGF0UmVzcG9uc2USZQoSTGlzdFBsYWNlbWVudEdyb3VwEiYuaGF5c3RhY2sudjEuTGlzdFBsYWNlbWVudEdyb3VwUmVxdWVzdBonLmhheXN0YWNrLnYxLkxpc3RQbGFjZW1lbnRHcm91cFJlc3BvbnNlEmgKE0dldFBsYWNlbWVudERpZ2VzdHMSJy5oYXlzdGFjay52MS5HZXRQbGFjZW1lbnREaWdlc3RzUmVxdWVzdBooLmhheXN0YWNrLnYxLkdldFBsYWNlbWVudERpZ2VzdHNSZXNwb25zZRJPCgpXcml0ZVNoYXJkEh4uaGF5c3RhY2sudjEuV3JpdGVTaGFyZFJlcXVlc3QaHy5oYXlzdGFjay52MS5Xcml0ZVNoYXJkUmVzcG9uc2UoARJMCglSZWFkU2hhcmQSHS5oYXlzdGFjay52MS5SZWFkU2hhcmRSZXF1ZXN0Gh4uaGF5c3RhY2sudjEuUmVhZFNoYXJkUmVzcG9uc2UwARJQCgtEZWxldGVTaGFyZBIfLmhheXN0YWNrLnYxLkRlbGV0ZVNoYXJkUmVxdWVzdBogLmhheXN0YWNrLnYxLkRlbGV0ZVNoYXJkUmVzcG9uc2USTQoKUmV3cmFwS2V5cxIeLmhheXN0YWNrLnYxLlJld3JhcEtleXNSZXF1ZXN0Gh8uaGF5c3RhY2sudjEuUmV3cmFwS2V5c1Jlc3BvbnNlEk0KCkxpc3RTaGFyZHMSHi5oYXlzdGFjay52MS5MaXN0U2hhcmRzUmVxdWVzdBofLmhheXN0YWNrLnYxLkxpc3RTaGFyZHNSZXNwb25zZWIGcHJvdG8z", [file_haystack_v1_common]);
 
 /**
  * What a store knows of one needle.
@@ -465,6 +465,113 @@ export const WriteRequestSchema: GenMessage<WriteRequest> = /*@__PURE__*/
   messageDesc(file_haystack_v1_store, 9);
 
 /**
+ * One write on a ForwardWrites stream.
+ *
+ * @generated from message haystack.v1.ForwardWritesRequest
+ */
+export type ForwardWritesRequest = Message<"haystack.v1.ForwardWritesRequest"> & {
+  /**
+   * The sender's number for this write, unique among its writes in flight on the stream.
+   *
+   * @generated from field: uint64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * As a Write's header; forward_to must be empty (a replica forwards nothing).
+   *
+   * @generated from field: haystack.v1.WriteHeader header = 2;
+   */
+  header?: WriteHeader | undefined;
+
+  /**
+   * The whole content: exactly header.size bytes, at most 64 KiB.
+   *
+   * @generated from field: bytes content = 3;
+   */
+  content: Uint8Array;
+};
+
+/**
+ * Describes the message haystack.v1.ForwardWritesRequest.
+ * Use `create(ForwardWritesRequestSchema)` to create a new message.
+ */
+export const ForwardWritesRequestSchema: GenMessage<ForwardWritesRequest> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 10);
+
+/**
+ * The answer to one ForwardWritesRequest.
+ *
+ * @generated from message haystack.v1.ForwardWritesResponse
+ */
+export type ForwardWritesResponse = Message<"haystack.v1.ForwardWritesResponse"> & {
+  /**
+   * The request's seq.
+   *
+   * @generated from field: uint64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * How the write ended.
+   *
+   * @generated from oneof haystack.v1.ForwardWritesResponse.result
+   */
+  result: {
+    /**
+     * Durable here: what a Write would have answered.
+     *
+     * @generated from field: haystack.v1.WriteResponse written = 2;
+     */
+    value: WriteResponse;
+    case: "written";
+  } | {
+    /**
+     * Refused or failed: the status a Write would have ended with.
+     *
+     * @generated from field: haystack.v1.ForwardWriteError error = 3;
+     */
+    value: ForwardWriteError;
+    case: "error";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message haystack.v1.ForwardWritesResponse.
+ * Use `create(ForwardWritesResponseSchema)` to create a new message.
+ */
+export const ForwardWritesResponseSchema: GenMessage<ForwardWritesResponse> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 11);
+
+/**
+ * A failed write on a ForwardWrites stream.
+ *
+ * @generated from message haystack.v1.ForwardWriteError
+ */
+export type ForwardWriteError = Message<"haystack.v1.ForwardWriteError"> & {
+  /**
+   * The gRPC status code (google.rpc.Code), never 0.
+   *
+   * @generated from field: uint32 code = 1;
+   */
+  code: number;
+
+  /**
+   * What went wrong, for a person.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message haystack.v1.ForwardWriteError.
+ * Use `create(ForwardWriteErrorSchema)` to create a new message.
+ */
+export const ForwardWriteErrorSchema: GenMessage<ForwardWriteError> = /*@__PURE__*/
+  messageDesc(file_haystack_v1_store, 12);
+
+/**
  * Where a replica of a written blob landed.
  *
  * @generated from message haystack.v1.WrittenReplica
@@ -497,7 +604,7 @@ export type WrittenReplica = Message<"haystack.v1.WrittenReplica"> & {
  * Use `create(WrittenReplicaSchema)` to create a new message.
  */
 export const WrittenReplicaSchema: GenMessage<WrittenReplica> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 10);
+  messageDesc(file_haystack_v1_store, 13);
 
 /**
  * The answer to a Write, sent once every replica has the blob durably.
@@ -561,7 +668,7 @@ export type WriteResponse = Message<"haystack.v1.WriteResponse"> & {
  * Use `create(WriteResponseSchema)` to create a new message.
  */
 export const WriteResponseSchema: GenMessage<WriteResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 11);
+  messageDesc(file_haystack_v1_store, 14);
 
 /**
  * Which blob (or part of it) to read.
@@ -626,7 +733,7 @@ export type ReadRequest = Message<"haystack.v1.ReadRequest"> & {
  * Use `create(ReadRequestSchema)` to create a new message.
  */
 export const ReadRequestSchema: GenMessage<ReadRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 12);
+  messageDesc(file_haystack_v1_store, 15);
 
 /**
  * The content of a cold stub needle: where the blob's bytes are, and the facts
@@ -676,7 +783,7 @@ export type ColdStub = Message<"haystack.v1.ColdStub"> & {
  * Use `create(ColdStubSchema)` to create a new message.
  */
 export const ColdStubSchema: GenMessage<ColdStub> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 13);
+  messageDesc(file_haystack_v1_store, 16);
 
 /**
  * Facts about the blob, sent first on a Read stream.
@@ -733,7 +840,7 @@ export type ReadHeader = Message<"haystack.v1.ReadHeader"> & {
  * Use `create(ReadHeaderSchema)` to create a new message.
  */
 export const ReadHeaderSchema: GenMessage<ReadHeader> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 14);
+  messageDesc(file_haystack_v1_store, 17);
 
 /**
  * One message of a Read stream: the header, then chunks.
@@ -770,7 +877,7 @@ export type ReadResponse = Message<"haystack.v1.ReadResponse"> & {
  * Use `create(ReadResponseSchema)` to create a new message.
  */
 export const ReadResponseSchema: GenMessage<ReadResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 15);
+  messageDesc(file_haystack_v1_store, 18);
 
 /**
  * Delete a blob on this store.
@@ -810,7 +917,7 @@ export type StoreServiceDeleteRequest = Message<"haystack.v1.StoreServiceDeleteR
  * Use `create(StoreServiceDeleteRequestSchema)` to create a new message.
  */
 export const StoreServiceDeleteRequestSchema: GenMessage<StoreServiceDeleteRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 16);
+  messageDesc(file_haystack_v1_store, 19);
 
 /**
  * The answer to a store Delete.
@@ -832,7 +939,7 @@ export type StoreServiceDeleteResponse = Message<"haystack.v1.StoreServiceDelete
  * Use `create(StoreServiceDeleteResponseSchema)` to create a new message.
  */
 export const StoreServiceDeleteResponseSchema: GenMessage<StoreServiceDeleteResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 17);
+  messageDesc(file_haystack_v1_store, 20);
 
 /**
  * Copy a blob from another store.
@@ -893,7 +1000,7 @@ export type ReplicateRequest = Message<"haystack.v1.ReplicateRequest"> & {
  * Use `create(ReplicateRequestSchema)` to create a new message.
  */
 export const ReplicateRequestSchema: GenMessage<ReplicateRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 18);
+  messageDesc(file_haystack_v1_store, 21);
 
 /**
  * The answer to Replicate.
@@ -921,7 +1028,7 @@ export type ReplicateResponse = Message<"haystack.v1.ReplicateResponse"> & {
  * Use `create(ReplicateResponseSchema)` to create a new message.
  */
 export const ReplicateResponseSchema: GenMessage<ReplicateResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 19);
+  messageDesc(file_haystack_v1_store, 22);
 
 /**
  * Which volumes to compact.
@@ -949,7 +1056,7 @@ export type CompactRequest = Message<"haystack.v1.CompactRequest"> & {
  * Use `create(CompactRequestSchema)` to create a new message.
  */
 export const CompactRequestSchema: GenMessage<CompactRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 20);
+  messageDesc(file_haystack_v1_store, 23);
 
 /**
  * What one compaction did.
@@ -998,7 +1105,7 @@ export type VolumeCompaction = Message<"haystack.v1.VolumeCompaction"> & {
  * Use `create(VolumeCompactionSchema)` to create a new message.
  */
 export const VolumeCompactionSchema: GenMessage<VolumeCompaction> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 21);
+  messageDesc(file_haystack_v1_store, 24);
 
 /**
  * The answer to Compact.
@@ -1019,7 +1126,7 @@ export type CompactResponse = Message<"haystack.v1.CompactResponse"> & {
  * Use `create(CompactResponseSchema)` to create a new message.
  */
 export const CompactResponseSchema: GenMessage<CompactResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 22);
+  messageDesc(file_haystack_v1_store, 25);
 
 /**
  * Which volumes to scrub.
@@ -1040,7 +1147,7 @@ export type ScrubRequest = Message<"haystack.v1.ScrubRequest"> & {
  * Use `create(ScrubRequestSchema)` to create a new message.
  */
 export const ScrubRequestSchema: GenMessage<ScrubRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 23);
+  messageDesc(file_haystack_v1_store, 26);
 
 /**
  * A needle whose bytes do not match its checksum or framing.
@@ -1090,7 +1197,7 @@ export type CorruptNeedle = Message<"haystack.v1.CorruptNeedle"> & {
  * Use `create(CorruptNeedleSchema)` to create a new message.
  */
 export const CorruptNeedleSchema: GenMessage<CorruptNeedle> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 24);
+  messageDesc(file_haystack_v1_store, 27);
 
 /**
  * The answer to Scrub.
@@ -1125,7 +1232,7 @@ export type ScrubResponse = Message<"haystack.v1.ScrubResponse"> & {
  * Use `create(ScrubResponseSchema)` to create a new message.
  */
 export const ScrubResponseSchema: GenMessage<ScrubResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 25);
+  messageDesc(file_haystack_v1_store, 28);
 
 /**
  * Ask for store statistics.
@@ -1140,7 +1247,7 @@ export type StoreServiceGetStatsRequest = Message<"haystack.v1.StoreServiceGetSt
  * Use `create(StoreServiceGetStatsRequestSchema)` to create a new message.
  */
 export const StoreServiceGetStatsRequestSchema: GenMessage<StoreServiceGetStatsRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 26);
+  messageDesc(file_haystack_v1_store, 29);
 
 /**
  * Store statistics.
@@ -1196,7 +1303,7 @@ export type StoreServiceGetStatsResponse = Message<"haystack.v1.StoreServiceGetS
  * Use `create(StoreServiceGetStatsResponseSchema)` to create a new message.
  */
 export const StoreServiceGetStatsResponseSchema: GenMessage<StoreServiceGetStatsResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 27);
+  messageDesc(file_haystack_v1_store, 30);
 
 /**
  * Page through live needles, in blob id order.
@@ -1224,7 +1331,7 @@ export type ListNeedlesRequest = Message<"haystack.v1.ListNeedlesRequest"> & {
  * Use `create(ListNeedlesRequestSchema)` to create a new message.
  */
 export const ListNeedlesRequestSchema: GenMessage<ListNeedlesRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 28);
+  messageDesc(file_haystack_v1_store, 31);
 
 /**
  * A live needle on this store.
@@ -1266,7 +1373,7 @@ export type NeedleInfo = Message<"haystack.v1.NeedleInfo"> & {
  * Use `create(NeedleInfoSchema)` to create a new message.
  */
 export const NeedleInfoSchema: GenMessage<NeedleInfo> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 29);
+  messageDesc(file_haystack_v1_store, 32);
 
 /**
  * A page of needles.
@@ -1294,7 +1401,7 @@ export type ListNeedlesResponse = Message<"haystack.v1.ListNeedlesResponse"> & {
  * Use `create(ListNeedlesResponseSchema)` to create a new message.
  */
 export const ListNeedlesResponseSchema: GenMessage<ListNeedlesResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 30);
+  messageDesc(file_haystack_v1_store, 33);
 
 /**
  * The first message of a WriteShard stream.
@@ -1352,7 +1459,7 @@ export type ShardWriteHeader = Message<"haystack.v1.ShardWriteHeader"> & {
  * Use `create(ShardWriteHeaderSchema)` to create a new message.
  */
 export const ShardWriteHeaderSchema: GenMessage<ShardWriteHeader> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 31);
+  messageDesc(file_haystack_v1_store, 34);
 
 /**
  * One message of a WriteShard stream: the header, then chunks.
@@ -1389,7 +1496,7 @@ export type WriteShardRequest = Message<"haystack.v1.WriteShardRequest"> & {
  * Use `create(WriteShardRequestSchema)` to create a new message.
  */
 export const WriteShardRequestSchema: GenMessage<WriteShardRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 32);
+  messageDesc(file_haystack_v1_store, 35);
 
 /**
  * The answer to WriteShard, once the shard is durable.
@@ -1417,7 +1524,7 @@ export type WriteShardResponse = Message<"haystack.v1.WriteShardResponse"> & {
  * Use `create(WriteShardResponseSchema)` to create a new message.
  */
 export const WriteShardResponseSchema: GenMessage<WriteShardResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 33);
+  messageDesc(file_haystack_v1_store, 36);
 
 /**
  * Which shard (or part of it) to read.
@@ -1459,7 +1566,7 @@ export type ReadShardRequest = Message<"haystack.v1.ReadShardRequest"> & {
  * Use `create(ReadShardRequestSchema)` to create a new message.
  */
 export const ReadShardRequestSchema: GenMessage<ReadShardRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 34);
+  messageDesc(file_haystack_v1_store, 37);
 
 /**
  * Facts about the shard, sent first on a ReadShard stream.
@@ -1501,7 +1608,7 @@ export type ReadShardHeader = Message<"haystack.v1.ReadShardHeader"> & {
  * Use `create(ReadShardHeaderSchema)` to create a new message.
  */
 export const ReadShardHeaderSchema: GenMessage<ReadShardHeader> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 35);
+  messageDesc(file_haystack_v1_store, 38);
 
 /**
  * One message of a ReadShard stream: the header, then chunks.
@@ -1538,7 +1645,7 @@ export type ReadShardResponse = Message<"haystack.v1.ReadShardResponse"> & {
  * Use `create(ReadShardResponseSchema)` to create a new message.
  */
 export const ReadShardResponseSchema: GenMessage<ReadShardResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 36);
+  messageDesc(file_haystack_v1_store, 39);
 
 /**
  * Delete one shard on this store.
@@ -1573,7 +1680,7 @@ export type DeleteShardRequest = Message<"haystack.v1.DeleteShardRequest"> & {
  * Use `create(DeleteShardRequestSchema)` to create a new message.
  */
 export const DeleteShardRequestSchema: GenMessage<DeleteShardRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 37);
+  messageDesc(file_haystack_v1_store, 40);
 
 /**
  * The answer to DeleteShard.
@@ -1594,7 +1701,7 @@ export type DeleteShardResponse = Message<"haystack.v1.DeleteShardResponse"> & {
  * Use `create(DeleteShardResponseSchema)` to create a new message.
  */
 export const DeleteShardResponseSchema: GenMessage<DeleteShardResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 38);
+  messageDesc(file_haystack_v1_store, 41);
 
 /**
  * Re-wrap every volume's data keys under the newest KEK (no fields yet).
@@ -1609,7 +1716,7 @@ export type RewrapKeysRequest = Message<"haystack.v1.RewrapKeysRequest"> & {
  * Use `create(RewrapKeysRequestSchema)` to create a new message.
  */
 export const RewrapKeysRequestSchema: GenMessage<RewrapKeysRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 39);
+  messageDesc(file_haystack_v1_store, 42);
 
 /**
  * What a re-wrap did on one store.
@@ -1667,7 +1774,7 @@ export type RewrapKeysResponse = Message<"haystack.v1.RewrapKeysResponse"> & {
  * Use `create(RewrapKeysResponseSchema)` to create a new message.
  */
 export const RewrapKeysResponseSchema: GenMessage<RewrapKeysResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 40);
+  messageDesc(file_haystack_v1_store, 43);
 
 /**
  * Page through the live shards on this store.
@@ -1695,7 +1802,7 @@ export type ListShardsRequest = Message<"haystack.v1.ListShardsRequest"> & {
  * Use `create(ListShardsRequestSchema)` to create a new message.
  */
 export const ListShardsRequestSchema: GenMessage<ListShardsRequest> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 41);
+  messageDesc(file_haystack_v1_store, 44);
 
 /**
  * A live shard on this store.
@@ -1737,7 +1844,7 @@ export type ShardInfo = Message<"haystack.v1.ShardInfo"> & {
  * Use `create(ShardInfoSchema)` to create a new message.
  */
 export const ShardInfoSchema: GenMessage<ShardInfo> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 42);
+  messageDesc(file_haystack_v1_store, 45);
 
 /**
  * A page of shards.
@@ -1765,7 +1872,7 @@ export type ListShardsResponse = Message<"haystack.v1.ListShardsResponse"> & {
  * Use `create(ListShardsResponseSchema)` to create a new message.
  */
 export const ListShardsResponseSchema: GenMessage<ListShardsResponse> = /*@__PURE__*/
-  messageDesc(file_haystack_v1_store, 43);
+  messageDesc(file_haystack_v1_store, 46);
 
 /**
  * StoreService is one Haystack store machine: volumes of needles on local disk with
@@ -1792,6 +1899,25 @@ export const StoreService: GenService<{
     methodKind: "client_streaming";
     input: typeof WriteRequestSchema;
     output: typeof WriteResponseSchema;
+  },
+  /**
+   * A long-lived stream of small writes one store forwards to another (the
+   * replicas of a Write with forward_to whose content fits one message: at most
+   * 64 KiB), instead of a Write stream per replica per blob. Each request is
+   * written exactly as a Write of its header (forward_to empty) and content would
+   * be, concurrently with the others, and answered once durable (fsync'd) with
+   * the seq it carried, in completion order: the Write's answer, or the status
+   * the Write would have ended with. Ending the stream fails the writes not yet
+   * answered on the sender's side; their outcome is unknown (a retry is
+   * idempotent). Stores only. At most 64 writes are taken in flight per stream;
+   * the rest wait in flow control.
+   *
+   * @generated from rpc haystack.v1.StoreService.ForwardWrites
+   */
+  forwardWrites: {
+    methodKind: "bidi_streaming";
+    input: typeof ForwardWritesRequestSchema;
+    output: typeof ForwardWritesResponseSchema;
   },
   /**
    * Streams a blob's content, optionally a byte range; the checksum is verified.

@@ -1,0 +1,201 @@
+import { create } from '@bufbuild/protobuf';
+import { Code, ConnectError } from '@connectrpc/connect';
+import type { StoreTarget } from '../../gen/haystack/v1/common_pb.js';
+import {
+  type ForwardWritesRequest,
+  ForwardWritesRequestSchema,
+  type ForwardWritesResponse,
+  type WriteHeader,
+  type WriteResponse,
+} from '../../gen/haystack/v1/store_pb.js';
+import { FORWARD_IN_FLIGHT } from './forward-writes.js';
+
+/**
+ * StoreService.ForwardWrites, the forwarding store's side: one long-lived stream per
+ * replica store (per store id and address) carrying every small write this store
+ * forwards there, matched to answers by seq. A stream that fails or ends fails the
+ * writes it has not answered (their outcome is unknown, like a Write stream cut
+ * short: the gateway's retry is idempotent) and the next write opens a new one. A
+ * stream with nothing in flight for `idleMs` is ended.
+ */
+
+/** Opens a ForwardWrites call to `target`: a pinned client's forwardWrites. */
+export type OpenForwardWrites = (
+  target: StoreTarget,
+  requests: AsyncIterable<ForwardWritesRequest>,
+  signal: AbortSignal,
+) => AsyncIterable<ForwardWritesResponse>;
+
+/** Ends a stream after this long with nothing in flight (below the servers' request idle limit, 60 s by default). */
+const IDLE_MS = 15_000;
+
+export class ForwardWritesClient {
+  private readonly streams = new Map<string, ForwardStream>();
+
+  constructor(
+    private readonly open: OpenForwardWrites,
+    private readonly idleMs = IDLE_MS,
+  ) {}
+
+  /**
+   * Writes `content` (the whole blob, FORWARD_INLINE_MAX bytes at most) on `target`
+   * under `header` (forward_to empty): the replica's Write answer, or its refusal as
+   * a ConnectError with the replica's code; the stream's own failure as its error.
+   * Aborting `signal` rejects at once (CANCELED); the replica may still write the blob.
+   */
+  write(
+    target: StoreTarget,
+    header: WriteHeader,
+    content: Uint8Array,
+    signal: AbortSignal,
+  ): Promise<WriteResponse> {
+    const key = `${target.storeId}@${target.address}`;
+    let s = this.streams.get(key);
+    if (!s?.open) {
+      const stream: ForwardStream = new ForwardStream(
+        (requests, abort) => this.open(target, requests, abort),
+        () => {
+          if (this.streams.get(key) === stream) this.streams.delete(key);
+        },
+        this.idleMs,
+      );
+      this.streams.set(key, stream);
+      s = stream;
+    }
+    return s.write(header, content, signal);
+  }
+
+  /** Ends every stream; writes not yet answered fail UNAVAILABLE. */
+  close(): void {
+    for (const s of [...this.streams.values()]) {
+      s.fail(new ConnectError('this store is shutting down', Code.Unavailable));
+    }
+  }
+}
+
+interface Pending {
+  resolve(r: WriteResponse): void;
+  reject(err: unknown): void;
+}
+
+/** One ForwardWrites call and the writes waiting for its answers. */
+class ForwardStream {
+  open = true;
+  private seq = 0n;
+  private readonly pending = new Map<bigint, Pending>();
+  private readonly queue: ForwardWritesRequest[] = [];
+  /** Writes waiting for a slot (FORWARD_IN_FLIGHT are in flight). */
+  private readonly waiting: (() => void)[] = [];
+  private wakeRequests: (() => void) | undefined;
+  private idle: NodeJS.Timeout | undefined;
+  private failure: unknown;
+  private readonly abort = new AbortController();
+
+  constructor(
+    open: (
+      requests: AsyncIterable<ForwardWritesRequest>,
+      signal: AbortSignal,
+    ) => AsyncIterable<ForwardWritesResponse>,
+    private readonly onClosed: () => void,
+    private readonly idleMs: number,
+  ) {
+    void this.readAnswers(open(this.requests(), this.abort.signal));
+  }
+
+  async write(header: WriteHeader, content: Uint8Array, signal: AbortSignal): Promise<WriteResponse> {
+    while (this.open && this.pending.size >= FORWARD_IN_FLIGHT) {
+      await new Promise<void>((r) => this.waiting.push(r));
+    }
+    if (!this.open) throw this.failure;
+    if (signal.aborted) throw new ConnectError('the write was cancelled', Code.Canceled);
+    clearTimeout(this.idle);
+    this.seq += 1n;
+    const seq = this.seq;
+    return new Promise<WriteResponse>((resolve, reject) => {
+      const onAbort = () => {
+        if (this.pending.delete(seq)) {
+          reject(new ConnectError('the write was cancelled', Code.Canceled));
+          this.settled();
+        }
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.pending.set(seq, {
+        resolve: (r) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(r);
+        },
+        reject: (err) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(err);
+        },
+      });
+      this.queue.push(create(ForwardWritesRequestSchema, { seq, header, content }));
+      this.wakeRequests?.();
+    });
+  }
+
+  /** Fails every write not answered and ends the call; the next write opens another stream. */
+  fail(err: unknown): void {
+    if (this.open) {
+      this.open = false;
+      this.failure = err;
+      this.onClosed();
+    }
+    clearTimeout(this.idle);
+    this.queue.length = 0;
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+    for (const w of this.waiting.splice(0)) w();
+    this.wakeRequests?.();
+    this.abort.abort();
+  }
+
+  private async *requests(): AsyncGenerator<ForwardWritesRequest> {
+    for (;;) {
+      const r = this.queue.shift();
+      if (r) {
+        yield r;
+        continue;
+      }
+      if (!this.open) return;
+      await new Promise<void>((resolve) => (this.wakeRequests = resolve));
+    }
+  }
+
+  private async readAnswers(answers: AsyncIterable<ForwardWritesResponse>): Promise<void> {
+    let why: unknown = new ConnectError('the replica ended the ForwardWrites stream', Code.Unavailable);
+    try {
+      for await (const a of answers) {
+        const p = this.pending.get(a.seq);
+        if (!p) continue; // cancelled by its caller meanwhile
+        this.pending.delete(a.seq);
+        if (a.result.case === 'written') p.resolve(a.result.value);
+        else {
+          const e = a.result.value;
+          const code = e && e.code > 0 && e.code <= Code.Unauthenticated ? (e.code as Code) : Code.Unknown;
+          p.reject(new ConnectError(e?.message ?? `no result for ForwardWrites request ${a.seq}`, code));
+        }
+        this.settled();
+      }
+    } catch (err) {
+      why = err;
+    }
+    this.fail(why);
+  }
+
+  /** A write left the stream: wake a waiting one, or end the stream after idleMs with nothing in flight. */
+  private settled(): void {
+    this.waiting.shift()?.();
+    if (this.pending.size > 0 || !this.open) return;
+    clearTimeout(this.idle);
+    this.idle = setTimeout(() => {
+      if (this.pending.size > 0 || !this.open) return;
+      // Ends the request side; the replica answers nothing more and ends its side.
+      this.open = false;
+      this.failure = new ConnectError('the ForwardWrites stream was idle and ended', Code.Unavailable);
+      this.onClosed();
+      this.wakeRequests?.();
+    }, this.idleMs);
+    this.idle.unref();
+  }
+}
