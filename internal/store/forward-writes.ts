@@ -100,9 +100,13 @@ export async function* serveForwardWrites(
     wakeAnswers?.();
     wakeReader?.();
   };
+  let onDrain: (() => void) | undefined;
   const stopped = new Promise<void>((resolve) => {
     if (draining.aborted) resolve();
-    else draining.addEventListener('abort', () => resolve(), { once: true });
+    else {
+      onDrain = () => resolve();
+      draining.addEventListener('abort', onDrain, { once: true });
+    }
   });
 
   void (async () => {
@@ -127,16 +131,21 @@ export async function* serveForwardWrites(
     }
   })();
 
-  for (;;) {
-    const a = answered.shift();
-    if (a) {
-      yield a;
-      continue;
+  try {
+    for (;;) {
+      const a = answered.shift();
+      if (a) {
+        yield a;
+        continue;
+      }
+      if (!taking && inFlight === 0) {
+        if (failure !== undefined) throw failure;
+        return;
+      }
+      await new Promise<void>((r) => (wakeAnswers = r));
     }
-    if (!taking && inFlight === 0) {
-      if (failure !== undefined) throw failure;
-      return;
-    }
-    await new Promise<void>((r) => (wakeAnswers = r));
+  } finally {
+    // The signal is the store's, shared by every stream it serves: leave nothing on it.
+    if (onDrain) draining.removeEventListener('abort', onDrain);
   }
 }

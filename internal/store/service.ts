@@ -573,11 +573,14 @@ export class StoreServiceImpl {
       writer = w;
       const fwd: WriteHeader = { ...h, cookie: w.cookie, writtenAtMs: BigInt(w.writtenAtMs), forwardTo: [] };
       const send = () =>
-        targets.map((t) =>
-          this.forwards.write(t, fwd, content, ctx.signal).catch((err: unknown) => {
+        targets.map((t) => {
+          const answer = this.forwards.write(t, fwd, content, ctx.signal).catch((err: unknown) => {
             throw this.replicaError(t, err);
-          }),
-        );
+          });
+          // Handled now: a replica may fail while this store's own commit is still running.
+          answer.catch(() => {});
+          return answer;
+        });
       await w.write(content);
       const sha = h.sha256.length === 32 ? h.sha256 : undefined;
       let local: Awaited<ReturnType<NeedleWriter['commit']>>;

@@ -18,8 +18,17 @@ import { type ServerProcess, spawnServer, tmpName } from '../helpers/tools.js';
 // forward_to of a blob of at most 64 KiB reaches each replica on one long-lived stream
 // per replica store instead of a Write stream per replica (internal/store/forward-writes.ts).
 
-const startStore = (name: string, dataDir = tmpName(name), listen = '127.0.0.1:0') =>
-  spawnServer({ name, args: ['store', '--listen', listen, '--data', dataDir], env: { STORE_ID: name } });
+const startStore = (
+  name: string,
+  dataDir = tmpName(name),
+  listen = '127.0.0.1:0',
+  env: Record<string, string> = {},
+) =>
+  spawnServer({
+    name,
+    args: ['store', '--listen', listen, '--data', dataDir],
+    env: { STORE_ID: name, ...env },
+  });
 
 /** haystack_rpc_handled_total of one method at a store, all codes summed. */
 async function handled(p: ServerProcess, method: string): Promise<number> {
@@ -109,6 +118,33 @@ describe('small writes reach the other replicas on one ForwardWrites stream per 
     expect(sameBytes(await readBlob(storeClient(procs[2]!.address), 'after-restart'), data)).toBe(
       'identical',
     );
+  });
+});
+
+describe('a replica lost while the forwarding store still commits', () => {
+  const procs: ServerProcess[] = [];
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.stop()));
+  });
+
+  it('fails that write UNAVAILABLE naming the replica, and the forwarding store keeps serving', async () => {
+    // Slow disks (FAULT_FSYNC_DELAY): the replica dies with the write in flight on its
+    // stream, 1.5 s before the first store's own commit ends.
+    procs.push(await startStore('fwk-1', tmpName('fwk-1'), '127.0.0.1:0', { FAULT_FSYNC_DELAY: '2500ms' }));
+    procs.push(await startStore('fwk-2', tmpName('fwk-2'), '127.0.0.1:0', { FAULT_FSYNC_DELAY: '2000ms' }));
+    const [first, replica] = procs as [ServerProcess, ServerProcess];
+    const client = storeClient(first.address);
+    const forwardTo = [{ storeId: replica.name, address: replica.address }];
+    const writing = failure(writeBlob(client, 'lost-replica', bytes(4096, 1), { forwardTo, term: 1n }));
+    await new Promise((r) => setTimeout(r, 1000));
+    await replica.kill();
+    const err = await writing;
+    expect(err.code).toBe(Code.Unavailable);
+    expect(err.rawMessage).toContain('fwk-2');
+    await new Promise((r) => setTimeout(r, 500));
+    expect(first.child.exitCode).toBeNull();
+    const alone = await writeBlob(client, 'after-loss', bytes(10, 2), { term: 1n });
+    expect(alone.replicas.map((r) => r.storeId)).toEqual(['fwk-1']);
   });
 });
 

@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { create } from '@bufbuild/protobuf';
 import { Code, ConnectError } from '@connectrpc/connect';
 import { describe, expect, it } from 'vitest';
@@ -261,6 +262,29 @@ describe('serveForwardWrites (the replica)', () => {
     reqs.push('end');
     for await (const _ of { [Symbol.asyncIterator]: () => gen }) {
       // drain
+    }
+  });
+
+  it('leaves no listener on the store-wide draining signal once a stream ends, however it ends', async () => {
+    const drain = new AbortController();
+    const h = heldWrites();
+    for (const how of ['end', 'cancel'] as const) {
+      const reqs = requestStream();
+      const gen = serveForwardWrites(reqs.iterable, h.writeOne, drain.signal);
+      const first = gen.next();
+      await tick();
+      expect(getEventListeners(drain.signal, 'abort')).toHaveLength(1);
+      if (how === 'end') {
+        reqs.push('end');
+        expect((await first).done).toBe(true);
+      } else {
+        reqs.push(request(1n, 'x', new Uint8Array(1)));
+        await tick();
+        h.release.get('x')!();
+        await first;
+        await gen.return(undefined);
+      }
+      expect(getEventListeners(drain.signal, 'abort')).toHaveLength(0);
     }
   });
 
