@@ -100,21 +100,30 @@ export async function* serveForwardWrites(
     wakeAnswers?.();
     wakeReader?.();
   };
-  let onDrain: (() => void) | undefined;
-  const stopped = new Promise<void>((resolve) => {
-    if (draining.aborted) resolve();
-    else {
-      onDrain = () => resolve();
-      draining.addEventListener('abort', onDrain, { once: true });
-    }
-  });
+  let drained = draining.aborted;
+  /** Ends the reader's wait for the next request: set anew for each wait, never piled up. */
+  let wakeDrain: (() => void) | undefined;
+  const onDrain = () => {
+    drained = true;
+    wakeDrain?.();
+  };
+  draining.addEventListener('abort', onDrain, { once: true });
 
   void (async () => {
     const it = requests[Symbol.asyncIterator]();
     try {
       for (;;) {
         while (inFlight >= FORWARD_IN_FLIGHT) await new Promise<void>((r) => (wakeReader = r));
-        const next = await Promise.race([it.next(), stopped.then(() => undefined)]);
+        if (drained) break;
+        // Not Promise.race against one promise of the drain: each race would leave a
+        // reaction on it holding that request for the stream's whole life.
+        const next = await new Promise<IteratorResult<ForwardWritesRequest> | undefined>(
+          (resolve, reject) => {
+            wakeDrain = () => resolve(undefined);
+            it.next().then(resolve, reject);
+          },
+        );
+        wakeDrain = undefined;
         if (next === undefined || next.done) break;
         inFlight++;
         void answer(next.value, writeOne).then((a) => {
@@ -146,6 +155,6 @@ export async function* serveForwardWrites(
     }
   } finally {
     // The signal is the store's, shared by every stream it serves: leave nothing on it.
-    if (onDrain) draining.removeEventListener('abort', onDrain);
+    draining.removeEventListener('abort', onDrain);
   }
 }

@@ -1,4 +1,6 @@
 import { getEventListeners } from 'node:events';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { create } from '@bufbuild/protobuf';
 import { Code, ConnectError } from '@connectrpc/connect';
 import { describe, expect, it } from 'vitest';
@@ -286,6 +288,34 @@ describe('serveForwardWrites (the replica)', () => {
       }
       expect(getEventListeners(drain.signal, 'abort')).toHaveLength(0);
     }
+  });
+
+  it('holds no request once it is answered, however long the stream lives', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const reqs = requestStream();
+    const writeOne = async (messages: AsyncIterable<WriteRequest>) => {
+      for await (const _ of messages) {
+        // consumed, as a Write would
+      }
+      return create(WriteResponseSchema, {});
+    };
+    const gen = serveForwardWrites(reqs.iterable, writeOne, new AbortController().signal);
+    const refs: WeakRef<ForwardWritesRequest>[] = [];
+    for (let i = 0; i < 50; i++) {
+      const r = request(BigInt(i), `g${i}`, new Uint8Array(1024));
+      refs.push(new WeakRef(r));
+      reqs.push(r);
+      expect((await gen.next()).value?.seq).toBe(BigInt(i));
+    }
+    for (let i = 0; i < 3; i++) {
+      await tick();
+      gc();
+    }
+    // The newest may still sit in a local; a stream that kept each would hold all 50.
+    expect(refs.filter((r) => r.deref() !== undefined).length).toBeLessThanOrEqual(2);
+    reqs.push('end');
+    expect((await gen.next()).done).toBe(true);
   });
 
   it('once draining, takes no more requests, answers those it took, and ends', async () => {
