@@ -16,7 +16,7 @@ import { FORWARD_IN_FLIGHT } from './forward-writes.js';
  * forwards there, matched to answers by seq. A stream that fails or ends fails the
  * writes it has not answered (their outcome is unknown, like a Write stream cut
  * short: the gateway's retry is idempotent) and the next write opens a new one. A
- * stream with nothing in flight for `idleMs` is ended.
+ * stream with nothing in flight for `idleMs` is ended (forwardIdleMs).
  */
 
 /** Opens a ForwardWrites call to `target`: a pinned client's forwardWrites. */
@@ -26,15 +26,23 @@ export type OpenForwardWrites = (
   signal: AbortSignal,
 ) => AsyncIterable<ForwardWritesResponse>;
 
-/** Ends a stream after this long with nothing in flight (below the servers' request idle limit, 60 s by default). */
-const IDLE_MS = 15_000;
+/**
+ * How long a stream with nothing in flight stays open: 2 s, or less under a shorter
+ * request idle limit (LISTEN_REQUEST_IDLE_TIMEOUT, which the replica applies to these
+ * streams too). Ending it first means a write never goes out on a stream the replica
+ * is about to cut; opening another costs one HTTP/2 stream per idle spell.
+ */
+export function forwardIdleMs(requestIdleMs: number): number {
+  return Math.max(50, Math.min(2_000, Math.floor(requestIdleMs / 2)));
+}
 
 export class ForwardWritesClient {
   private readonly streams = new Map<string, ForwardStream>();
 
+  /** `idleMs`: see forwardIdleMs. */
   constructor(
     private readonly open: OpenForwardWrites,
-    private readonly idleMs = IDLE_MS,
+    private readonly idleMs: number,
   ) {}
 
   /**

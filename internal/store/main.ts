@@ -106,6 +106,7 @@ export async function runStore(cfg: StoreConfig): Promise<void> {
       log,
       readChunkSize: cfg.readChunkSize,
       forwardInlineMax: cfg.forwardInlineMax,
+      requestIdleMs: cfg.limits.requestIdleMs,
       shards,
       fencing,
       ...(witness ? { witness } : {}),

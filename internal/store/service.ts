@@ -29,6 +29,7 @@ import { keyPage } from '../rpc/key-page.js';
 import { AsyncPipe } from '../rpc/pipe.js';
 import { callerIdentity, isAuthenticatedTransport } from '../security/authz.js';
 import { boundedFromPeer } from '../security/peer-checks.js';
+import { DEFAULT_LISTENER_LIMITS } from '../server/listener-limits.js';
 import type { Logger } from '../server/logger.js';
 import { boundedChunks } from './chunk-stream.js';
 import { coldFacts, isStub, STUB_CONTENT_TYPE, writeStub } from './cold-stub.js';
@@ -36,7 +37,7 @@ import type { KeyRewrapper } from './crypto/rewrap.js';
 import { FailedPreconditionError, NotFoundError } from './errors.js';
 import type { FencingTerms, Issuer } from './fencing-terms.js';
 import { FORWARD_INLINE_MAX, FORWARD_MESSAGE_MAX, serveForwardWrites } from './forward-writes.js';
-import { ForwardWritesClient } from './forward-writes-client.js';
+import { ForwardWritesClient, forwardIdleMs } from './forward-writes-client.js';
 import { decodeGroupCursor, encodeGroupCursor } from './group-cursor.js';
 import { shardHandlers } from './shard-service.js';
 import type { ShardStore } from './shard-store.js';
@@ -92,6 +93,8 @@ export interface StoreServiceOptions {
    * (the default).
    */
   forwardInlineMax?: number;
+  /** This store's LISTEN_REQUEST_IDLE_TIMEOUT (ms; default 60 s): its ForwardWrites streams end well before a peer's would cut them (forwardIdleMs). */
+  requestIdleMs?: number;
 }
 
 /** A volume's statistics as the contract's VolumeStats message. */
@@ -166,10 +169,12 @@ export class StoreServiceImpl {
 
   constructor(private readonly o: StoreServiceOptions) {
     this.inlineMax = Math.min(o.forwardInlineMax ?? FORWARD_INLINE_MAX, FORWARD_INLINE_MAX);
-    this.forwards = new ForwardWritesClient((target, requests, signal) =>
-      o.peers
-        .client(StoreService, target.address, pinnedStore('forward_to entry', target))
-        .forwardWrites(requests, { signal }),
+    this.forwards = new ForwardWritesClient(
+      (target, requests, signal) =>
+        o.peers
+          .client(StoreService, target.address, pinnedStore('forward_to entry', target))
+          .forwardWrites(requests, { signal }),
+      forwardIdleMs(o.requestIdleMs ?? DEFAULT_LISTENER_LIMITS.requestIdleMs),
     );
   }
 

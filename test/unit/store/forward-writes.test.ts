@@ -16,7 +16,7 @@ import {
   WriteResponseSchema,
 } from '../../../gen/haystack/v1/store_pb.js';
 import { FORWARD_IN_FLIGHT, serveForwardWrites } from '../../../internal/store/forward-writes.js';
-import { ForwardWritesClient } from '../../../internal/store/forward-writes-client.js';
+import { ForwardWritesClient, forwardIdleMs } from '../../../internal/store/forward-writes-client.js';
 
 // The logic of both ends of StoreService.ForwardWrites, with the stream between them
 // in memory; test/integration/store-forward-writes.test.ts runs it between real stores.
@@ -71,7 +71,7 @@ function fakeReplica() {
 describe('ForwardWritesClient (the forwarding store)', () => {
   it('carries concurrent writes on one stream and matches answers by seq, in any order', async () => {
     const r = fakeReplica();
-    const client = new ForwardWritesClient(r.open);
+    const client = new ForwardWritesClient(r.open, 60_000);
     const signal = new AbortController().signal;
     const a = client.write(target, header('a', 1), new Uint8Array(1), signal);
     const b = client.write(target, header('b', 1), new Uint8Array(1), signal);
@@ -89,7 +89,7 @@ describe('ForwardWritesClient (the forwarding store)', () => {
 
   it("rejects a write with the replica's code and message", async () => {
     const r = fakeReplica();
-    const client = new ForwardWritesClient(r.open);
+    const client = new ForwardWritesClient(r.open, 60_000);
     const w = client.write(target, header('x', 1), new Uint8Array(1), new AbortController().signal);
     await tick();
     r.answer(
@@ -104,7 +104,7 @@ describe('ForwardWritesClient (the forwarding store)', () => {
 
   it('fails every unanswered write when the stream fails, then opens a new stream for the next', async () => {
     const r = fakeReplica();
-    const client = new ForwardWritesClient(r.open);
+    const client = new ForwardWritesClient(r.open, 60_000);
     const signal = new AbortController().signal;
     const ws = [
       client.write(target, header('p', 1), new Uint8Array(1), signal),
@@ -124,7 +124,7 @@ describe('ForwardWritesClient (the forwarding store)', () => {
 
   it('fails unanswered writes UNAVAILABLE when the replica ends the stream (it is draining)', async () => {
     const r = fakeReplica();
-    const client = new ForwardWritesClient(r.open);
+    const client = new ForwardWritesClient(r.open, 60_000);
     const w = client.write(target, header('d', 1), new Uint8Array(1), new AbortController().signal);
     await tick();
     r.answer('end');
@@ -134,7 +134,7 @@ describe('ForwardWritesClient (the forwarding store)', () => {
 
   it('rejects a cancelled write at once and ignores its late answer', async () => {
     const r = fakeReplica();
-    const client = new ForwardWritesClient(r.open);
+    const client = new ForwardWritesClient(r.open, 60_000);
     const ac = new AbortController();
     const w = client.write(target, header('c', 1), new Uint8Array(1), ac.signal);
     await tick();
@@ -151,7 +151,7 @@ describe('ForwardWritesClient (the forwarding store)', () => {
 
   it(`keeps at most ${FORWARD_IN_FLIGHT} writes in flight per stream; the next waits for an answer`, async () => {
     const r = fakeReplica();
-    const client = new ForwardWritesClient(r.open);
+    const client = new ForwardWritesClient(r.open, 60_000);
     const ws = Array.from({ length: FORWARD_IN_FLIGHT + 1 }, (_, i) =>
       client.write(target, header(`n${i}`, 1), new Uint8Array(1), new AbortController().signal),
     );
@@ -163,6 +163,12 @@ describe('ForwardWritesClient (the forwarding store)', () => {
     expect(r.received).toHaveLength(FORWARD_IN_FLIGHT + 1);
     client.close();
     await Promise.allSettled(ws);
+  });
+
+  it('ends idle streams before the request idle limit a peer applies (2 s, or half a shorter limit)', () => {
+    expect(forwardIdleMs(60_000)).toBe(2_000);
+    expect(forwardIdleMs(3_000)).toBe(1_500);
+    expect(forwardIdleMs(100)).toBe(50);
   });
 
   it('ends a stream left idle, and the next write opens another', async () => {
