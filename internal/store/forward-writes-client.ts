@@ -36,8 +36,14 @@ export function forwardIdleMs(requestIdleMs: number): number {
   return Math.max(50, Math.min(2_000, Math.floor(requestIdleMs / 2)));
 }
 
+/** A replica that refused ForwardWrites itself (an older store) gets Write streams for this long before it is asked again. */
+const UNSUPPORTED_MS = 60_000;
+
 export class ForwardWritesClient {
   private readonly streams = new Map<string, ForwardStream>();
+  /** Replicas whose store refused the stream itself (UNIMPLEMENTED, PERMISSION_DENIED): until when to leave them be. */
+  private readonly unsupported = new Map<string, number>();
+  private closed = false;
 
   /** `idleMs`: see forwardIdleMs. */
   constructor(
@@ -46,24 +52,42 @@ export class ForwardWritesClient {
   ) {}
 
   /**
+   * False while `target` is a store that refused ForwardWrites itself, before answering
+   * any write on it (a store of an older version during a rolling upgrade: UNIMPLEMENTED,
+   * or PERMISSION_DENIED from its role table): its writes go on Write streams meanwhile.
+   */
+  supports(target: StoreTarget): boolean {
+    const key = keyOf(target);
+    const until = this.unsupported.get(key);
+    if (until === undefined) return true;
+    if (Date.now() < until) return false;
+    this.unsupported.delete(key);
+    return true;
+  }
+
+  /**
    * Writes `content` (the whole blob, FORWARD_INLINE_MAX bytes at most) on `target`
    * under `header` (forward_to empty): the replica's Write answer, or its refusal as
    * a ConnectError with the replica's code; the stream's own failure as its error.
-   * Aborting `signal` rejects at once (CANCELED); the replica may still write the blob.
+   * Aborting `signal` rejects at once (CANCELED); the replica may still write the blob
+   * if the request had gone out.
    */
-  write(
+  async write(
     target: StoreTarget,
     header: WriteHeader,
     content: Uint8Array,
     signal: AbortSignal,
   ): Promise<WriteResponse> {
-    const key = `${target.storeId}@${target.address}`;
+    if (this.closed) throw new ConnectError('this store is shutting down', Code.Unavailable);
+    if (signal.aborted) throw cancelled();
+    const key = keyOf(target);
     let s = this.streams.get(key);
     if (!s?.open) {
       const stream: ForwardStream = new ForwardStream(
         (requests, abort) => this.open(target, requests, abort),
-        () => {
+        (refused) => {
           if (this.streams.get(key) === stream) this.streams.delete(key);
+          if (refused) this.unsupported.set(key, Date.now() + UNSUPPORTED_MS);
         },
         this.idleMs,
       );
@@ -73,13 +97,17 @@ export class ForwardWritesClient {
     return s.write(header, content, signal);
   }
 
-  /** Ends every stream; writes not yet answered fail UNAVAILABLE. */
+  /** Ends every stream; writes not yet answered fail UNAVAILABLE, and later ones at once. */
   close(): void {
+    this.closed = true;
     for (const s of [...this.streams.values()]) {
       s.fail(new ConnectError('this store is shutting down', Code.Unavailable));
     }
   }
 }
+
+const keyOf = (t: StoreTarget) => `${t.storeId}@${t.address}`;
+const cancelled = () => new ConnectError('the write was cancelled', Code.Canceled);
 
 interface Pending {
   resolve(r: WriteResponse): void;
@@ -90,13 +118,17 @@ interface Pending {
 class ForwardStream {
   open = true;
   private seq = 0n;
+  /** Writes sent or queued to send, not yet answered: at most FORWARD_IN_FLIGHT. */
   private readonly pending = new Map<bigint, Pending>();
+  /** Requests not yet taken by the transport (each also in pending). */
   private readonly queue: ForwardWritesRequest[] = [];
-  /** Writes waiting for a slot (FORWARD_IN_FLIGHT are in flight). */
-  private readonly waiting: (() => void)[] = [];
+  /** Writes waiting for a slot; each removes itself when its caller gives up. */
+  private readonly waiting = new Set<() => void>();
   private wakeRequests: (() => void) | undefined;
   private idle: NodeJS.Timeout | undefined;
   private failure: unknown;
+  /** An answer arrived on this stream: its store serves ForwardWrites. */
+  private answered = false;
   private readonly abort = new AbortController();
 
   constructor(
@@ -104,27 +136,29 @@ class ForwardStream {
       requests: AsyncIterable<ForwardWritesRequest>,
       signal: AbortSignal,
     ) => AsyncIterable<ForwardWritesResponse>,
-    private readonly onClosed: () => void,
+    private readonly onClosed: (refused: boolean) => void,
     private readonly idleMs: number,
   ) {
     void this.readAnswers(open(this.requests(), this.abort.signal));
+    this.armIdle();
   }
 
   async write(header: WriteHeader, content: Uint8Array, signal: AbortSignal): Promise<WriteResponse> {
-    while (this.open && this.pending.size >= FORWARD_IN_FLIGHT) {
-      await new Promise<void>((r) => this.waiting.push(r));
-    }
+    while (this.open && this.pending.size >= FORWARD_IN_FLIGHT) await this.slot(signal);
     if (!this.open) throw this.failure;
-    if (signal.aborted) throw new ConnectError('the write was cancelled', Code.Canceled);
+    if (signal.aborted) throw cancelled();
     clearTimeout(this.idle);
     this.seq += 1n;
     const seq = this.seq;
+    const request = create(ForwardWritesRequestSchema, { seq, header, content });
     return new Promise<WriteResponse>((resolve, reject) => {
       const onAbort = () => {
-        if (this.pending.delete(seq)) {
-          reject(new ConnectError('the write was cancelled', Code.Canceled));
-          this.settled();
-        }
+        if (!this.pending.delete(seq)) return;
+        // Not taken by the transport yet: it never goes out.
+        const i = this.queue.indexOf(request);
+        if (i >= 0) this.queue.splice(i, 1);
+        reject(cancelled());
+        this.settled();
       };
       signal.addEventListener('abort', onAbort, { once: true });
       this.pending.set(seq, {
@@ -137,25 +171,45 @@ class ForwardStream {
           reject(err);
         },
       });
-      this.queue.push(create(ForwardWritesRequestSchema, { seq, header, content }));
+      this.queue.push(request);
       this.wakeRequests?.();
     });
   }
 
   /** Fails every write not answered and ends the call; the next write opens another stream. */
   fail(err: unknown): void {
+    const code = ConnectError.from(err).code;
     if (this.open) {
       this.open = false;
       this.failure = err;
-      this.onClosed();
+      // Refused as a whole before any answer: the replica's store does not serve ForwardWrites.
+      this.onClosed(!this.answered && (code === Code.Unimplemented || code === Code.PermissionDenied));
     }
     clearTimeout(this.idle);
     this.queue.length = 0;
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
-    for (const w of this.waiting.splice(0)) w();
+    for (const w of [...this.waiting]) w();
     this.wakeRequests?.();
     this.abort.abort();
+  }
+
+  /** Resolves when a slot may be free (or the stream closed); rejects CANCELED when `signal` aborts first. */
+  private slot(signal: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        this.waiting.delete(wake);
+        reject(cancelled());
+      };
+      const wake = () => {
+        this.waiting.delete(wake);
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      };
+      if (signal.aborted) return reject(cancelled());
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.waiting.add(wake);
+    });
   }
 
   private async *requests(): AsyncGenerator<ForwardWritesRequest> {
@@ -174,6 +228,7 @@ class ForwardStream {
     let why: unknown = new ConnectError('the replica ended the ForwardWrites stream', Code.Unavailable);
     try {
       for await (const a of answers) {
+        this.answered = true;
         const p = this.pending.get(a.seq);
         if (!p) continue; // cancelled by its caller meanwhile
         this.pending.delete(a.seq);
@@ -191,17 +246,22 @@ class ForwardStream {
     this.fail(why);
   }
 
-  /** A write left the stream: wake a waiting one, or end the stream after idleMs with nothing in flight. */
+  /** A write left the stream: every waiting write re-checks for a slot; with none left, the idle clock starts. */
   private settled(): void {
-    this.waiting.shift()?.();
-    if (this.pending.size > 0 || !this.open) return;
+    for (const w of [...this.waiting]) w();
+    this.armIdle();
+  }
+
+  /** Ends the stream after idleMs with nothing in flight and nobody waiting. */
+  private armIdle(): void {
+    if (this.pending.size > 0 || this.waiting.size > 0 || !this.open) return;
     clearTimeout(this.idle);
     this.idle = setTimeout(() => {
-      if (this.pending.size > 0 || !this.open) return;
+      if (this.pending.size > 0 || this.waiting.size > 0 || !this.open) return;
       // Ends the request side; the replica answers nothing more and ends its side.
       this.open = false;
       this.failure = new ConnectError('the ForwardWrites stream was idle and ended', Code.Unavailable);
-      this.onClosed();
+      this.onClosed(false);
       this.wakeRequests?.();
     }, this.idleMs);
     this.idle.unref();

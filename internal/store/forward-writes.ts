@@ -23,7 +23,7 @@ import type { MessageLimit } from '../server/server.js';
 /** Largest content forwarded inline on a ForwardWrites stream; larger blobs get a Write stream per replica. */
 export const FORWARD_INLINE_MAX = 64 * 1024;
 
-/** Writes one stream has in flight at once: the rest wait (the replica stops reading; HTTP/2 flow control holds the sender). */
+/** Writes one stream has taken and not yet had their answers sent: the rest wait (the replica stops reading; HTTP/2 flow control holds the sender). */
 export const FORWARD_IN_FLIGHT = 64;
 
 /** Largest ForwardWritesRequest accepted: the inline content and a header (blob id, content type, file name: a few hundred bytes). */
@@ -83,7 +83,11 @@ async function answer(req: ForwardWritesRequest, writeOne: WriteOne): Promise<Fo
  * are in flight, writes each with `writeOne`, yields each answer as it completes.
  * Once `draining` aborts (the store is shutting down) it takes no more requests,
  * answers those it took and ends the stream; the sender fails the rest (UNAVAILABLE,
- * outcome unknown) and its gateway's retry goes elsewhere.
+ * outcome unknown) and its gateway's retry goes elsewhere. The server's request idle
+ * limit (LISTEN_REQUEST_IDLE_TIMEOUT, 60 s by default) runs on these streams too, also
+ * while writes are in flight: a write slower than that, with no other request on the
+ * stream meanwhile, ends it DEADLINE_EXCEEDED, and the sender fails its writes
+ * UNAVAILABLE (retried; idempotent).
  */
 export async function* serveForwardWrites(
   requests: AsyncIterable<ForwardWritesRequest>,
@@ -96,10 +100,6 @@ export async function* serveForwardWrites(
   let failure: unknown;
   let wakeAnswers: (() => void) | undefined;
   let wakeReader: (() => void) | undefined;
-  const wake = () => {
-    wakeAnswers?.();
-    wakeReader?.();
-  };
   let drained = draining.aborted;
   /** Ends the reader's wait for the next request: set anew for each wait, never piled up. */
   let wakeDrain: (() => void) | undefined;
@@ -128,15 +128,14 @@ export async function* serveForwardWrites(
         inFlight++;
         void answer(next.value, writeOne).then((a) => {
           answered.push(a);
-          inFlight--;
-          wake();
+          wakeAnswers?.();
         });
       }
     } catch (err) {
       failure = err;
     } finally {
       taking = false;
-      wake();
+      wakeAnswers?.();
     }
   })();
 
@@ -145,6 +144,9 @@ export async function* serveForwardWrites(
       const a = answered.shift();
       if (a) {
         yield a;
+        // Counted until its answer is taken: a sender that reads no answers gets no more writes.
+        inFlight--;
+        wakeReader?.();
         continue;
       }
       if (!taking && inFlight === 0) {

@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { create } from '@bufbuild/protobuf';
 import {
   Code,
@@ -14,6 +15,7 @@ import {
   ReadResponseSchema,
   StoreService,
   type WriteHeader,
+  WriteHeaderSchema,
   type WriteRequest,
   WriteRequestSchema,
   type WriteResponse,
@@ -168,6 +170,8 @@ export class StoreServiceImpl {
   private readonly draining = new AbortController();
 
   constructor(private readonly o: StoreServiceOptions) {
+    // One listener per ForwardWrites stream served, each removed when its stream ends.
+    setMaxListeners(0, this.draining.signal);
     this.inlineMax = Math.min(o.forwardInlineMax ?? FORWARD_INLINE_MAX, FORWARD_INLINE_MAX);
     this.forwards = new ForwardWritesClient(
       (target, requests, signal) =>
@@ -517,7 +521,12 @@ export class StoreServiceImpl {
       ),
     );
 
-    if (targets.length > 0 && size <= this.inlineMax)
+    if (
+      targets.length > 0 &&
+      this.inlineMax > 0 &&
+      size <= this.inlineMax &&
+      targets.every((t) => this.forwards.supports(t))
+    )
       return this.writeInline(h, it, size, stamp, targets, ctx);
 
     let writer: NeedleWriter | undefined;
@@ -572,11 +581,21 @@ export class StoreServiceImpl {
     for await (const chunk of boundedChunks(it, size, MAX_CHUNK)) parts.push(chunk);
     const content = parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
     let writer: NeedleWriter | undefined;
-    let remote: Promise<WriteResponse>[] = [];
     try {
       const w = await this.beginWrite(h, size, stamp);
       writer = w;
-      const fwd: WriteHeader = { ...h, cookie: w.cookie, writtenAtMs: BigInt(w.writtenAtMs), forwardTo: [] };
+      // Field by field, not { ...h }: unknown fields of the caller's header would ride along
+      // and could push the message past the replica's limit, failing the whole shared stream.
+      const fwd = create(WriteHeaderSchema, {
+        blobId: h.blobId,
+        cookie: w.cookie,
+        size: h.size,
+        sha256: h.sha256,
+        term: h.term,
+        contentType: h.contentType,
+        fileName: h.fileName,
+        writtenAtMs: BigInt(w.writtenAtMs),
+      });
       const send = () =>
         targets.map((t) => {
           const answer = this.forwards.write(t, fwd, content, ctx.signal).catch((err: unknown) => {
@@ -589,6 +608,7 @@ export class StoreServiceImpl {
       await w.write(content);
       const sha = h.sha256.length === 32 ? h.sha256 : undefined;
       let local: Awaited<ReturnType<NeedleWriter['commit']>>;
+      let remote: Promise<WriteResponse>[];
       if (w.existing) {
         // Only identical content may reach the replicas under the original cookie and stamp.
         local = await mapErrors(() => w.commit(sha));
@@ -602,8 +622,8 @@ export class StoreServiceImpl {
       return this.answerWrite(h, local, await Promise.all(remote));
     } catch (err) {
       await writer?.abort().catch(() => {});
-      // Settle the replicas' answers so none is left unhandled.
-      await Promise.allSettled(remote);
+      // The replicas' answers are handled already (send): none is waited for, a slow replica
+      // must not delay this failure (their writes cannot be called back once sent).
       throw toConnectError(err);
     }
   }

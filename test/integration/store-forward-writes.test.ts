@@ -121,6 +121,27 @@ describe('small writes reach the other replicas on one ForwardWrites stream per 
   });
 });
 
+describe('FORWARD_INLINE_MAX=0', () => {
+  const procs: ServerProcess[] = [];
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.stop()));
+  });
+
+  it('sends every blob, an empty one too, on a Write stream of its own', async () => {
+    procs.push(await startStore('fw0-1', tmpName('fw0-1'), '127.0.0.1:0', { FORWARD_INLINE_MAX: '0' }));
+    procs.push(await startStore('fw0-2'));
+    const [first, replica] = procs as [ServerProcess, ServerProcess];
+    const forwardTo = [{ storeId: replica.name, address: replica.address }];
+    const client = storeClient(first.address);
+    await writeBlob(client, 'empty', new Uint8Array(0), { forwardTo, term: 1n });
+    await writeBlob(client, 'small', bytes(1024, 1), { forwardTo, term: 1n });
+    expect(await handled(replica, 'Write')).toBe(2);
+    expect(sameBytes(await readBlob(storeClient(replica.address), 'small'), bytes(1024, 1))).toBe(
+      'identical',
+    );
+  });
+});
+
 describe('a replica lost while the forwarding store still commits', () => {
   const procs: ServerProcess[] = [];
   afterAll(async () => {

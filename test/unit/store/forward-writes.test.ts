@@ -165,6 +165,95 @@ describe('ForwardWritesClient (the forwarding store)', () => {
     await Promise.allSettled(ws);
   });
 
+  it('a write cancelled while it waits for a slot leaves at once and does not keep the next waiter out', async () => {
+    const r = fakeReplica();
+    const client = new ForwardWritesClient(r.open, 60_000);
+    const full = Array.from({ length: FORWARD_IN_FLIGHT }, (_, i) =>
+      client.write(target, header(`f${i}`, 1), new Uint8Array(1), new AbortController().signal),
+    );
+    const giveUp = new AbortController();
+    const quitter = client.write(target, header('quitter', 1), new Uint8Array(1), giveUp.signal);
+    const patient = client.write(
+      target,
+      header('patient', 1),
+      new Uint8Array(1),
+      new AbortController().signal,
+    );
+    await tick();
+    giveUp.abort();
+    await expect(quitter).rejects.toMatchObject({ code: Code.Canceled });
+    r.answer(r.ok(r.received[0]!.seq, 'f0'));
+    await full[0];
+    await tick();
+    expect(r.received.map((q) => q.header?.blobId)).toContain('patient');
+    expect(r.received.map((q) => q.header?.blobId)).not.toContain('quitter');
+    client.close();
+    await Promise.allSettled([...full, patient]);
+  });
+
+  it('a write cancelled before the transport took it is never sent', async () => {
+    const taken: ForwardWritesRequest[] = [];
+    let take: (() => Promise<void>) | undefined;
+    const open = (_t: StoreTarget, requests: AsyncIterable<ForwardWritesRequest>) => {
+      const it = requests[Symbol.asyncIterator]();
+      take = async () => {
+        const n = await it.next();
+        if (!n.done) taken.push(n.value);
+      };
+      return (async function* (): AsyncGenerator<ForwardWritesResponse> {
+        await new Promise(() => {});
+      })();
+    };
+    const client = new ForwardWritesClient(open, 60_000);
+    const ac = new AbortController();
+    const gone = client.write(target, header('gone', 1), new Uint8Array(1), ac.signal);
+    await tick();
+    ac.abort();
+    await expect(gone).rejects.toMatchObject({ code: Code.Canceled });
+    const kept = client.write(target, header('kept', 1), new Uint8Array(1), new AbortController().signal);
+    await tick();
+    await take!();
+    expect(taken.map((q) => q.header?.blobId)).toEqual(['kept']);
+    client.close();
+    await expect(kept).rejects.toMatchObject({ code: Code.Unavailable });
+  });
+
+  it('opens no stream for a write already cancelled, and none once closed', async () => {
+    const r = fakeReplica();
+    const client = new ForwardWritesClient(r.open, 60_000);
+    const ac = new AbortController();
+    ac.abort();
+    await expect(client.write(target, header('z', 1), new Uint8Array(1), ac.signal)).rejects.toMatchObject({
+      code: Code.Canceled,
+    });
+    client.close();
+    await expect(
+      client.write(target, header('y', 1), new Uint8Array(1), new AbortController().signal),
+    ).rejects.toMatchObject({ code: Code.Unavailable });
+    expect(r.opened).toHaveLength(0);
+  });
+
+  it('leaves a replica whose store refuses the stream itself (an older store) to Write streams for a while', async () => {
+    const r = fakeReplica();
+    const client = new ForwardWritesClient(r.open, 60_000);
+    expect(client.supports(target)).toBe(true);
+    const w = client.write(target, header('u', 1), new Uint8Array(1), new AbortController().signal);
+    await tick();
+    r.answer(new ConnectError('HTTP 404 Not Found', Code.Unimplemented));
+    await expect(w).rejects.toMatchObject({ code: Code.Unimplemented });
+    expect(client.supports(target)).toBe(false);
+    // Another store, or a stream that had answered before failing, is not marked.
+    const other = { ...target, storeId: 'store-c' };
+    const w2 = client.write(other, header('v', 1), new Uint8Array(1), new AbortController().signal);
+    await tick();
+    r.answer(r.ok(r.received.at(-1)!.seq, 'v'));
+    await w2;
+    r.answer(new ConnectError('denied later', Code.PermissionDenied));
+    await tick();
+    expect(client.supports(other)).toBe(true);
+    client.close();
+  });
+
   it('ends idle streams before the request idle limit a peer applies (2 s, or half a shorter limit)', () => {
     expect(forwardIdleMs(60_000)).toBe(2_000);
     expect(forwardIdleMs(3_000)).toBe(1_500);
@@ -265,7 +354,13 @@ describe('serveForwardWrites (the replica)', () => {
     h.release.get('b0')!();
     expect((await first).value?.seq).toBe(0n);
     await tick();
+    // Answered but its answer not yet taken by the transport: still counted.
+    expect(h.started).toHaveLength(FORWARD_IN_FLIGHT);
+    const second = gen.next();
+    await tick();
     expect(h.started).toHaveLength(FORWARD_IN_FLIGHT + 1);
+    h.release.get('b1')!();
+    await second;
     for (const r of h.release.values()) r();
     reqs.push('end');
     for await (const _ of { [Symbol.asyncIterator]: () => gen }) {
@@ -322,6 +417,25 @@ describe('serveForwardWrites (the replica)', () => {
     expect(refs.filter((r) => r.deref() !== undefined).length).toBeLessThanOrEqual(2);
     reqs.push('end');
     expect((await gen.next()).done).toBe(true);
+  });
+
+  it('takes no more writes while its answers are not taken (a sender that does not read)', async () => {
+    let started = 0;
+    const writeOne = async (messages: AsyncIterable<WriteRequest>) => {
+      for await (const _ of messages) {
+        // consumed, as a Write would
+      }
+      started++;
+      return create(WriteResponseSchema, {});
+    };
+    const endless = (async function* () {
+      for (let n = 0; n < 1000; n++) yield request(BigInt(n), `u${n}`, new Uint8Array(1));
+    })();
+    const gen = serveForwardWrites(endless, writeOne, new AbortController().signal);
+    await gen.next();
+    for (let i = 0; i < 50; i++) await tick();
+    expect(started).toBeLessThanOrEqual(FORWARD_IN_FLIGHT + 1);
+    await gen.return(undefined);
   });
 
   it('once draining, takes no more requests, answers those it took, and ends', async () => {
