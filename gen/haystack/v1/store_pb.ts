@@ -1883,9 +1883,11 @@ export const ListShardsResponseSchema: GenMessage<ListShardsResponse> = /*@__PUR
 export const StoreService: GenService<{
   /**
    * Writes one blob: a WriteHeader first, then the content as chunks. When the
-   * header lists other replicas the store forwards the stream to them in parallel,
-   * with the cookie and stamp it answers, and answers only once every replica holds
-   * the blob durably (fsync'd); otherwise it fails naming the store that failed.
+   * header lists other replicas the store forwards the blob to them in parallel
+   * (a Write stream each; a blob of at most 64 KiB as one message on its
+   * ForwardWrites stream to each), with the cookie and stamp it answers, and
+   * answers only once every replica holds the blob durably (fsync'd); otherwise it
+   * fails naming the store that failed.
    * The store computes the content's SHA-256 itself and keeps it in the needle.
    * When the id's newest needle here is live: the same size and SHA-256 succeed
    * without writing again and answer the ORIGINAL cookie and stamp (a retried
